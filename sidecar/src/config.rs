@@ -1,0 +1,586 @@
+//! The relay config file (`kind: SidecarConfig`): serde types, defaults and `validate()`.
+//! This file is the contract with the operator; docs/sidecar-config.md documents every field.
+
+use serde::{Deserialize, Serialize};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// The only `apiVersion` this build understands.
+pub const API_VERSION: &str = "mailroom.dev/v1alpha1";
+/// The only `kind` this build understands.
+pub const KIND: &str = "SidecarConfig";
+/// Default SMTP listen address: loopback only.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:2525";
+/// Default admin (metrics, probes) address.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9465";
+
+/// Errors loading or validating a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid `SidecarConfig` document.
+    #[error("config file {path}: {field}: {message}")]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// The field path where parsing failed (`.` for the document).
+        field: String,
+        /// What serde said.
+        message: String,
+    },
+    /// The document parsed but some values are not acceptable; every problem is listed.
+    #[error("config file {path} is invalid:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The path given.
+        path: PathBuf,
+        /// One entry per problem, each starting with the field path.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One validation problem: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted field path, e.g. `delivery.smarthost.port`.
+    pub field: String,
+    /// A sentence saying what is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The whole config document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// Must be [`KIND`].
+    pub kind: String,
+    /// Name of the relay this sidecar serves (`namespace/name` in Kubernetes); a metric label.
+    #[serde(default = "default_relay_name")]
+    pub relay: String,
+    /// Host name used in EHLO, the greeting, Received headers and DSNs.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// SMTP listener.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Admin HTTP server (metrics, probes).
+    #[serde(default)]
+    pub admin: Admin,
+    /// Limits applied to inbound sessions.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Sender domains this relay may send as; MAIL FROM and From: must be one of them.
+    pub domains: Vec<Domain>,
+    /// Durable message store.
+    pub spool: Spool,
+    /// How mail leaves: a map with exactly one key, `smarthost` or `capture`.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub delivery: Delivery,
+    /// Retry schedule for deferred recipients.
+    #[serde(default)]
+    pub retry: Retry,
+    /// Bounce (DSN) settings.
+    #[serde(default)]
+    pub bounces: Bounces,
+}
+
+/// SMTP listener settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listen {
+    /// Address to listen on. Default `127.0.0.1:2525`.
+    #[serde(default = "default_listen_addr")]
+    pub address: SocketAddr,
+    /// Must be `true` to listen on a non-loopback address (the sidecar is not an open relay).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
+/// Admin server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admin {
+    /// Address of `/metrics`, `/livez`, `/readyz`. Default `127.0.0.1:9465`.
+    #[serde(default = "default_admin_addr")]
+    pub address: SocketAddr,
+}
+
+/// What to do with a bare CR or LF inside DATA (RFC 5321 2.3.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum BareLineEndings {
+    /// Reject the message with `550 5.6.11` (default; immune to SMTP smuggling).
+    #[default]
+    Reject,
+    /// Rewrite each bare CR or LF as CRLF.
+    Normalize,
+}
+
+/// Inbound limits. Defaults are safe for a per-pod relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted message (SIZE). Default 25 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// Recipients per message. Default 100 (RFC 5321 4.5.3.1.8 minimum).
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Concurrent inbound connections. Default 256.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest command line including CRLF. Default 2048 (RFC 5321 4.5.3.1.4 requires >= 512).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Idle time allowed while waiting for a command. Default 300 (RFC 5321 4.5.3.2.7).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    /// Time allowed between two reads of DATA. Default 180 (RFC 5321 4.5.3.2.6).
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout_seconds: u64,
+    /// Bad commands tolerated before the connection is closed. Default 10.
+    #[serde(default = "default_max_bad_commands")]
+    pub max_bad_commands: u32,
+    /// Treatment of bare CR/LF in message data. Default `reject`.
+    #[serde(default)]
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// A sender domain and how to sign its mail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Domain {
+    /// The domain, e.g. `example.com`; lowercase ASCII (A-labels for IDNs).
+    pub domain: String,
+    /// DKIM signing for this domain; absent means unsigned.
+    #[serde(default)]
+    pub dkim: Option<Dkim>,
+}
+
+/// DKIM signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DkimAlgorithm {
+    /// `rsa-sha256` (RFC 6376); key file is PKCS#1 or PKCS#8 PEM.
+    RsaSha256,
+    /// `ed25519-sha256` (RFC 8463); key file is PKCS#8 PEM.
+    Ed25519Sha256,
+}
+
+/// DKIM signing settings for one domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dkim {
+    /// Selector: the record is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// Signing algorithm.
+    pub algorithm: DkimAlgorithm,
+    /// PEM private key file (a mounted Secret in Kubernetes).
+    pub key_file: PathBuf,
+}
+
+/// Spool settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spool {
+    /// Directory for the spool; created if missing.
+    pub dir: PathBuf,
+    /// Bytes of queued mail before new mail gets `452 4.3.1`. Default 1 GiB.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Queued messages before new mail gets `452 4.3.1`. Default 100000.
+    #[serde(default = "default_spool_max_messages")]
+    pub max_messages: u64,
+}
+
+/// How mail leaves: exactly one mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Delivery {
+    /// Relay everything through one smarthost.
+    Smarthost(Smarthost),
+    /// Keep every message as an `.eml` file (staging, quick start); nothing is sent.
+    Capture(Capture),
+}
+
+/// TLS to the smarthost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsMode {
+    /// STARTTLS, required: a server that does not offer it gets nothing (default).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+    /// Plain text; only when set explicitly.
+    None,
+}
+
+/// SMTP AUTH mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthMechanism {
+    /// AUTH PLAIN (RFC 4616).
+    Plain,
+    /// AUTH LOGIN.
+    Login,
+    /// AUTH XOAUTH2 (password file holds the access token).
+    Xoauth2,
+}
+
+/// Smarthost credentials, read from files at each connection (rotated Secrets apply without restart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Auth {
+    /// Mechanism; default `plain`.
+    #[serde(default = "default_auth_mechanism")]
+    pub mechanism: AuthMechanism,
+    /// File holding the user name.
+    pub username_file: PathBuf,
+    /// File holding the password or token.
+    pub password_file: PathBuf,
+}
+
+/// The smarthost route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Smarthost {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port. Default 587.
+    #[serde(default = "default_smarthost_port")]
+    pub port: u16,
+    /// TLS mode. Default `starttls`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM CA bundle to verify the server; default: system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Credentials; absent means no AUTH.
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// Connect timeout. Default 30.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Timeout for each SMTP command reply. Default 300 (RFC 5321 4.5.3.2).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_seconds: u64,
+    /// Concurrent connections to the smarthost. Default 4.
+    #[serde(default = "default_smarthost_connections")]
+    pub max_connections: usize,
+}
+
+/// Capture delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capture {
+    /// Directory receiving one `<id>.eml` per message.
+    pub dir: PathBuf,
+}
+
+/// Retry schedule: jittered exponential backoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// First retry after this long. Default 60.
+    #[serde(default = "default_retry_initial")]
+    pub initial_seconds: u64,
+    /// Each retry waits this many times longer than the one before. Default 2.
+    #[serde(default = "default_retry_multiplier")]
+    pub multiplier: f64,
+    /// Cap on the wait between two attempts. Default 3600.
+    #[serde(default = "default_retry_max")]
+    pub max_seconds: u64,
+    /// Give up (and bounce) after a message has been queued this long. Default 432000 (5 days).
+    #[serde(default = "default_retry_max_age")]
+    pub max_age_seconds: u64,
+}
+
+/// Bounce settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bounces {
+    /// Send a delay notice (RFC 3464 `Action: delayed`) once a message has waited this long; off when absent.
+    #[serde(default)]
+    pub delay_notice_after_seconds: Option<u64>,
+}
+
+fn default_relay_name() -> String {
+    "default".into()
+}
+fn default_hostname() -> String {
+    "localhost".into()
+}
+fn default_listen_addr() -> SocketAddr {
+    DEFAULT_LISTEN_ADDR.parse().expect("constant address parses")
+}
+fn default_admin_addr() -> SocketAddr {
+    DEFAULT_ADMIN_ADDR.parse().expect("constant address parses")
+}
+fn default_max_message_bytes() -> u64 {
+    25 * 1024 * 1024
+}
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_line_bytes() -> usize {
+    2048
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_data_timeout() -> u64 {
+    180
+}
+fn default_max_bad_commands() -> u32 {
+    10
+}
+fn default_spool_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_spool_max_messages() -> u64 {
+    100_000
+}
+fn default_smarthost_port() -> u16 {
+    587
+}
+fn default_auth_mechanism() -> AuthMechanism {
+    AuthMechanism::Plain
+}
+fn default_connect_timeout() -> u64 {
+    30
+}
+fn default_command_timeout() -> u64 {
+    300
+}
+fn default_smarthost_connections() -> usize {
+    4
+}
+fn default_retry_initial() -> u64 {
+    60
+}
+fn default_retry_multiplier() -> f64 {
+    2.0
+}
+fn default_retry_max() -> u64 {
+    3600
+}
+fn default_retry_max_age() -> u64 {
+    5 * 24 * 3600
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self { address: default_listen_addr(), allow_non_loopback: false }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { address: default_admin_addr() }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message_bytes(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            max_line_bytes: default_max_line_bytes(),
+            idle_timeout_seconds: default_idle_timeout(),
+            data_timeout_seconds: default_data_timeout(),
+            max_bad_commands: default_max_bad_commands(),
+            bare_line_endings: BareLineEndings::default(),
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            initial_seconds: default_retry_initial(),
+            multiplier: default_retry_multiplier(),
+            max_seconds: default_retry_max(),
+            max_age_seconds: default_retry_max_age(),
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used in error messages only.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            field: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Invalid { path: path.to_owned(), problems })
+        }
+    }
+
+    /// Every semantic problem in the document, each with its field path.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |field: &str, message: String| p.push(Problem { field: field.into(), message });
+        if self.api_version != API_VERSION {
+            bad("apiVersion", format!("unsupported apiVersion {:?}; this build reads {API_VERSION:?}", self.api_version));
+        }
+        if self.kind != KIND {
+            bad("kind", format!("must be {KIND:?}, not {:?}", self.kind));
+        }
+        if !is_hostname(&self.hostname) {
+            bad("hostname", format!("{:?} is not a valid host name", self.hostname));
+        }
+        if !self.listen.address.ip().is_loopback() && !self.listen.allow_non_loopback {
+            bad(
+                "listen.address",
+                format!(
+                    "{} is not a loopback address; set listen.allowNonLoopback: true to expose the relay",
+                    self.listen.address
+                ),
+            );
+        }
+        let l = &self.limits;
+        if l.max_message_bytes == 0 {
+            bad("limits.maxMessageBytes", "must be greater than 0".into());
+        }
+        if l.max_recipients == 0 {
+            bad("limits.maxRecipients", "must be greater than 0".into());
+        }
+        if l.max_connections == 0 {
+            bad("limits.maxConnections", "must be greater than 0".into());
+        }
+        if l.max_line_bytes < 512 {
+            bad("limits.maxLineBytes", "must be at least 512 (RFC 5321 4.5.3.1.4)".into());
+        }
+        if l.idle_timeout_seconds == 0 {
+            bad("limits.idleTimeoutSeconds", "must be greater than 0".into());
+        }
+        if l.data_timeout_seconds == 0 {
+            bad("limits.dataTimeoutSeconds", "must be greater than 0".into());
+        }
+        if self.domains.is_empty() {
+            bad("domains", "at least one sender domain is required".into());
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            if !is_hostname(&d.domain) || d.domain.to_ascii_lowercase() != d.domain {
+                bad(&format!("domains[{i}].domain"), format!("{:?} is not a lowercase domain name", d.domain));
+            }
+            if self.domains[..i].iter().any(|o| o.domain == d.domain) {
+                bad(&format!("domains[{i}].domain"), format!("{:?} is listed twice", d.domain));
+            }
+            if let Some(dkim) = &d.dkim
+                && !is_label(&dkim.selector)
+            {
+                bad(&format!("domains[{i}].dkim.selector"), format!("{:?} is not a DNS label", dkim.selector));
+            }
+        }
+        if self.spool.max_bytes == 0 {
+            bad("spool.maxBytes", "must be greater than 0".into());
+        }
+        if self.spool.max_messages == 0 {
+            bad("spool.maxMessages", "must be greater than 0".into());
+        }
+        if let Delivery::Smarthost(s) = &self.delivery {
+            if s.host.parse::<std::net::IpAddr>().is_err() && !is_hostname(&s.host) {
+                bad("delivery.smarthost.host", format!("{:?} is not a host name or IP address", s.host));
+            }
+            if s.port == 0 {
+                bad("delivery.smarthost.port", "must be between 1 and 65535".into());
+            }
+            if s.connect_timeout_seconds == 0 {
+                bad("delivery.smarthost.connectTimeoutSeconds", "must be greater than 0".into());
+            }
+            if s.command_timeout_seconds == 0 {
+                bad("delivery.smarthost.commandTimeoutSeconds", "must be greater than 0".into());
+            }
+            if s.max_connections == 0 {
+                bad("delivery.smarthost.maxConnections", "must be greater than 0".into());
+            }
+        }
+        let r = &self.retry;
+        if r.initial_seconds == 0 {
+            bad("retry.initialSeconds", "must be greater than 0".into());
+        }
+        if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
+            bad("retry.multiplier", "must be between 1 and 100".into());
+        }
+        if r.max_seconds < r.initial_seconds {
+            bad("retry.maxSeconds", "must be at least retry.initialSeconds".into());
+        }
+        if r.max_age_seconds == 0 {
+            bad("retry.maxAgeSeconds", "must be greater than 0".into());
+        }
+        p
+    }
+
+    /// The configured sender domain matching `domain` (ASCII case-insensitive).
+    pub fn domain(&self, domain: &str) -> Option<&Domain> {
+        self.domains.iter().find(|d| d.domain.eq_ignore_ascii_case(domain))
+    }
+}
+
+impl Limits {
+    /// Idle timeout as a `Duration`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+
+    /// DATA read timeout as a `Duration`.
+    pub fn data_timeout(&self) -> Duration {
+        Duration::from_secs(self.data_timeout_seconds)
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 host name (also used for domains): dot-separated labels, at most 253 octets.
+pub fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,16 @@
+//! mailroom sidecar: a local SMTP relay that spools mail durably, DKIM-signs it and delivers it.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod dkim;
+pub mod dsn;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod queue;
+pub mod settings;
+pub mod shutdown;
+pub mod spool;

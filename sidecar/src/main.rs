@@ -1,0 +1,3 @@
+//! `mailroom-sidecar`: wiring only (settings, config, app, signals).
+
+fn main() {}

@@ -1,0 +1,269 @@
+//! Prometheus metrics of the sidecar. Every label value comes from a bounded set (an enum or the
+//! configured sender domains); never addresses, recipient domains, IPs or reply text.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+const NS: &str = "mailroom_sidecar";
+
+/// Why a message (or a whole transaction) was refused at the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Over `limits.maxMessageBytes` (declared or actual).
+    Size,
+    /// MAIL FROM domain not configured.
+    SenderDomain,
+    /// Header From: domain not configured, or no From: header.
+    HeaderFrom,
+    /// Bare CR or LF in DATA.
+    BareLineEnding,
+    /// Spool full or disk full.
+    SpoolFull,
+    /// Spool write failed.
+    SpoolError,
+    /// Malformed message (e.g. no header section).
+    Malformed,
+}
+
+impl RejectReason {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Size => "size",
+            Self::SenderDomain => "sender_domain",
+            Self::HeaderFrom => "header_from",
+            Self::BareLineEnding => "bare_line_ending",
+            Self::SpoolFull => "spool_full",
+            Self::SpoolError => "spool_error",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// How an inbound session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Client sent QUIT.
+    Quit,
+    /// Client went idle or too slow; got `421`.
+    Timeout,
+    /// Too many bad commands or an unrecoverable protocol error.
+    ProtocolError,
+    /// Client closed the connection without QUIT.
+    Disconnected,
+    /// The sidecar is shutting down; got `421`.
+    Shutdown,
+    /// Connection limit reached; got `421` at once.
+    Overloaded,
+}
+
+impl SessionEnd {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quit => "quit",
+            Self::Timeout => "timeout",
+            Self::ProtocolError => "protocol_error",
+            Self::Disconnected => "disconnected",
+            Self::Shutdown => "shutdown",
+            Self::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// All sidecar metrics, registered in their own registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// `sessions_total{end}`.
+    pub sessions: IntCounterVec,
+    /// `sessions_active`.
+    pub sessions_active: IntGauge,
+    /// `messages_received_total{result, reason}`; result is accepted|rejected.
+    pub received: IntCounterVec,
+    /// `messages_delivered_total{route, sender_domain, reply_class}` (one per recipient).
+    pub delivered: IntCounterVec,
+    /// `messages_deferred_total{route, sender_domain, reply_class}` (one per recipient attempt).
+    pub deferred: IntCounterVec,
+    /// `messages_bounced_total{route, sender_domain, reply_class}` (one per recipient).
+    pub bounced: IntCounterVec,
+    /// `dsn_sent_total{kind}`; kind is failure|delay.
+    pub dsn_sent: IntCounterVec,
+    /// `dkim_signatures_total{domain, algorithm, result}`.
+    pub dkim: IntCounterVec,
+    /// `queue_messages{state}`; state is ready|deferred.
+    pub queue_messages: IntGaugeVec,
+    /// `queue_bytes{state}`.
+    pub queue_bytes: IntGaugeVec,
+    /// `queue_oldest_message_age_seconds`.
+    pub oldest_age: IntGauge,
+    /// `accept_duration_seconds`: end of DATA to `250`.
+    pub accept_duration: Histogram,
+    /// `delivery_duration_seconds{route, outcome}`: one delivery attempt (one transaction).
+    pub delivery_duration: HistogramVec,
+    /// `message_size_bytes`: accepted messages.
+    pub message_size: Histogram,
+    /// `config_reloads_total`.
+    pub config_reloads: IntCounter,
+    /// `config_reload_failures_total`.
+    pub config_reload_failures: IntCounter,
+    /// `spool_quarantined_total`: spool records found corrupt at start-up.
+    pub spool_quarantined: IntCounter,
+    /// `spool_commit_batch_size`: messages made durable by one fsync.
+    pub spool_batch: Histogram,
+    /// `route_parked{route}`: 1 while a route is parked after connection failures.
+    pub route_parked: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique constants");
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntCounterVec::new(Opts::new(name, help).namespace(NS), labels).expect("valid metric");
+            reg(Box::new(m.clone()));
+            m
+        };
+        let outcome_labels = &["route", "sender_domain", "reply_class"];
+        let sessions = counter_vec("sessions_total", "Inbound SMTP sessions by how they ended.", &["end"]);
+        let received = counter_vec(
+            "messages_received_total",
+            "Messages offered by clients, by result (accepted|rejected) and reject reason.",
+            &["result", "reason"],
+        );
+        let delivered =
+            counter_vec("messages_delivered_total", "Recipients accepted by the next hop.", outcome_labels);
+        let deferred = counter_vec(
+            "messages_deferred_total",
+            "Recipient delivery attempts that failed temporarily and will be retried.",
+            outcome_labels,
+        );
+        let bounced = counter_vec(
+            "messages_bounced_total",
+            "Recipients that failed permanently or expired.",
+            outcome_labels,
+        );
+        let dsn_sent = counter_vec("dsn_sent_total", "Delivery status notifications generated.", &["kind"]);
+        let dkim = counter_vec(
+            "dkim_signatures_total",
+            "DKIM signing attempts by sender domain, algorithm and result.",
+            &["domain", "algorithm", "result"],
+        );
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntGaugeVec::new(Opts::new(name, help).namespace(NS), labels).expect("valid metric");
+            reg(Box::new(m.clone()));
+            m
+        };
+        let queue_messages = gauge_vec("queue_messages", "Messages in the queue by state.", &["state"]);
+        let queue_bytes = gauge_vec("queue_bytes", "Bytes of messages in the queue by state.", &["state"]);
+        let route_parked =
+            gauge_vec("route_parked", "1 while a route is parked after connection failures.", &["route"]);
+        let gauge = |name: &str, help: &str| {
+            let m = IntGauge::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
+            reg(Box::new(m.clone()));
+            m
+        };
+        let sessions_active = gauge("sessions_active", "Inbound SMTP sessions now open.");
+        let oldest_age =
+            gauge("queue_oldest_message_age_seconds", "Age of the oldest message in the queue; 0 when empty.");
+        let counter = |name: &str, help: &str| {
+            let m = IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
+            reg(Box::new(m.clone()));
+            m
+        };
+        let config_reloads = counter("config_reloads_total", "Config file changes applied.");
+        let config_reload_failures =
+            counter("config_reload_failures_total", "Config file changes rejected as invalid.");
+        let spool_quarantined =
+            counter("spool_quarantined_total", "Corrupt spool records set aside at start-up.");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let m = Histogram::with_opts(HistogramOpts::new(name, help).namespace(NS).buckets(buckets))
+                .expect("valid metric");
+            reg(Box::new(m.clone()));
+            m
+        };
+        let accept_duration = histogram(
+            "accept_duration_seconds",
+            "Time from the end of DATA to the 250 reply (spool write and fsync).",
+            prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets"),
+        );
+        let message_size = histogram(
+            "message_size_bytes",
+            "Size of accepted messages.",
+            prometheus::exponential_buckets(1024.0, 4.0, 10).expect("valid buckets"),
+        );
+        let spool_batch = histogram(
+            "spool_commit_batch_size",
+            "Messages made durable by one spool fsync (group commit).",
+            prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets"),
+        );
+        let delivery_duration = HistogramVec::new(
+            HistogramOpts::new("delivery_duration_seconds", "Duration of one delivery attempt (one transaction).")
+                .namespace(NS)
+                .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets")),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
+        reg(Box::new(delivery_duration.clone()));
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; labels say which build runs.").namespace(NS),
+            &["version"],
+        )
+        .expect("valid metric");
+        reg(Box::new(build_info.clone()));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            registry,
+            sessions,
+            sessions_active,
+            received,
+            delivered,
+            deferred,
+            bounced,
+            dsn_sent,
+            dkim,
+            queue_messages,
+            queue_bytes,
+            oldest_age,
+            accept_duration,
+            delivery_duration,
+            message_size,
+            config_reloads,
+            config_reload_failures,
+            spool_quarantined,
+            spool_batch,
+            route_parked,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts a message refused at the door.
+    pub fn rejected(&self, reason: RejectReason) {
+        self.received.with_label_values(&["rejected", reason.as_str()]).inc();
+    }
+
+    /// Counts an accepted message of `size` bytes.
+    pub fn accepted(&self, size: u64) {
+        self.received.with_label_values(&["accepted", "none"]).inc();
+        self.message_size.observe(size as f64);
+    }
+}

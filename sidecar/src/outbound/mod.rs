@@ -1,0 +1,116 @@
+//! Outbound delivery: the [`Transport`] seam, per-recipient [`RcptResult`]s and the one place
+//! where transport errors become an [`Outcome`].
+
+pub mod capture;
+pub mod deliver;
+
+use crate::queue::Envelope;
+use std::future::Future;
+
+/// What happened to one recipient in one attempt. Retry, DSN and metrics all read this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The next hop accepted responsibility (2xx after DATA).
+    Delivered,
+    /// Temporary failure: 4xx, connection, TLS or timeout. Retried.
+    Deferred,
+    /// Permanent failure: 5xx. Bounced to the sender.
+    Bounced,
+}
+
+impl Outcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Deferred => "deferred",
+            Self::Bounced => "bounced",
+        }
+    }
+}
+
+/// Coarse reply class for the `reply_class` metric label (never the reply text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyClass {
+    /// 2xx.
+    Ok,
+    /// 4xx reply.
+    Transient,
+    /// 5xx reply.
+    Permanent,
+    /// No reply in time.
+    Timeout,
+    /// TCP connect or I/O failure.
+    Connection,
+    /// TLS handshake or certificate failure, or TLS required but not offered.
+    Tls,
+    /// AUTH rejected or credentials unreadable.
+    Auth,
+    /// The next hop spoke something that is not SMTP.
+    Protocol,
+}
+
+impl ReplyClass {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "2xx",
+            Self::Transient => "4xx",
+            Self::Permanent => "5xx",
+            Self::Timeout => "timeout",
+            Self::Connection => "connection",
+            Self::Tls => "tls",
+            Self::Auth => "auth",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// The result for one recipient of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptResult {
+    /// What happened.
+    pub outcome: Outcome,
+    /// For the metric label.
+    pub class: ReplyClass,
+    /// Human-readable diagnostic for logs and DSNs, e.g. `550 5.1.1 no such user` or
+    /// `connection to smtp.example.net:587 refused`. Never a metric label.
+    pub diagnostic: String,
+}
+
+/// Route label values (bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through the configured smarthost.
+    Smarthost,
+    /// Written to the capture directory.
+    Capture,
+}
+
+impl Route {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Smarthost => "smarthost",
+            Self::Capture => "capture",
+        }
+    }
+}
+
+/// Delivers one message to some of its recipients.
+pub trait Transport: Send + Sync + 'static {
+    /// The route label of this transport.
+    fn route(&self) -> Route;
+    /// Tries `recipients` (a subset of `envelope.recipients`) once; returns one result per
+    /// recipient, in order. Never panics; every failure is a result.
+    fn deliver(
+        &self,
+        envelope: &Envelope,
+        recipients: &[String],
+        message: &[u8],
+    ) -> impl Future<Output = Vec<RcptResult>> + Send;
+    /// Whether the route is parked (down); the queue then holds mail instead of trying it.
+    fn parked(&self) -> bool {
+        false
+    }
+}
