@@ -392,13 +392,18 @@ fn default_retry_max_age() -> u64 {
 
 impl Default for Listen {
     fn default() -> Self {
-        Self { address: default_listen_addr(), allow_non_loopback: false }
+        Self {
+            address: default_listen_addr(),
+            allow_non_loopback: false,
+        }
     }
 }
 
 impl Default for Admin {
     fn default() -> Self {
-        Self { address: default_admin_addr() }
+        Self {
+            address: default_admin_addr(),
+        }
     }
 }
 
@@ -433,8 +438,10 @@ impl Default for Retry {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -450,22 +457,39 @@ impl Config {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(Error::Invalid { path: path.to_owned(), problems })
+            Err(Error::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
         }
     }
 
     /// Every semantic problem in the document, each with its field path.
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
-        let mut bad = |field: &str, message: String| p.push(Problem { field: field.into(), message });
+        let mut bad = |field: &str, message: String| {
+            p.push(Problem {
+                field: field.into(),
+                message,
+            })
+        };
         if self.api_version != API_VERSION {
-            bad("apiVersion", format!("unsupported apiVersion {:?}; this build reads {API_VERSION:?}", self.api_version));
+            bad(
+                "apiVersion",
+                format!(
+                    "unsupported apiVersion {:?}; this build reads {API_VERSION:?}",
+                    self.api_version
+                ),
+            );
         }
         if self.kind != KIND {
             bad("kind", format!("must be {KIND:?}, not {:?}", self.kind));
         }
         if !is_hostname(&self.hostname) {
-            bad("hostname", format!("{:?} is not a valid host name", self.hostname));
+            bad(
+                "hostname",
+                format!("{:?} is not a valid host name", self.hostname),
+            );
         }
         if !self.listen.address.ip().is_loopback() && !self.listen.allow_non_loopback {
             bad(
@@ -487,7 +511,10 @@ impl Config {
             bad("limits.maxConnections", "must be greater than 0".into());
         }
         if l.max_line_bytes < 512 {
-            bad("limits.maxLineBytes", "must be at least 512 (RFC 5321 4.5.3.1.4)".into());
+            bad(
+                "limits.maxLineBytes",
+                "must be at least 512 (RFC 5321 4.5.3.1.4)".into(),
+            );
         }
         if l.idle_timeout_seconds == 0 {
             bad("limits.idleTimeoutSeconds", "must be greater than 0".into());
@@ -500,15 +527,24 @@ impl Config {
         }
         for (i, d) in self.domains.iter().enumerate() {
             if !is_hostname(&d.domain) || d.domain.to_ascii_lowercase() != d.domain {
-                bad(&format!("domains[{i}].domain"), format!("{:?} is not a lowercase domain name", d.domain));
+                bad(
+                    &format!("domains[{i}].domain"),
+                    format!("{:?} is not a lowercase domain name", d.domain),
+                );
             }
             if self.domains[..i].iter().any(|o| o.domain == d.domain) {
-                bad(&format!("domains[{i}].domain"), format!("{:?} is listed twice", d.domain));
+                bad(
+                    &format!("domains[{i}].domain"),
+                    format!("{:?} is listed twice", d.domain),
+                );
             }
             if let Some(dkim) = &d.dkim
                 && !is_label(&dkim.selector)
             {
-                bad(&format!("domains[{i}].dkim.selector"), format!("{:?} is not a DNS label", dkim.selector));
+                bad(
+                    &format!("domains[{i}].dkim.selector"),
+                    format!("{:?} is not a DNS label", dkim.selector),
+                );
             }
         }
         if self.spool.max_bytes == 0 {
@@ -519,19 +555,31 @@ impl Config {
         }
         if let Delivery::Smarthost(s) = &self.delivery {
             if s.host.parse::<std::net::IpAddr>().is_err() && !is_hostname(&s.host) {
-                bad("delivery.smarthost.host", format!("{:?} is not a host name or IP address", s.host));
+                bad(
+                    "delivery.smarthost.host",
+                    format!("{:?} is not a host name or IP address", s.host),
+                );
             }
             if s.port == 0 {
                 bad("delivery.smarthost.port", "must be between 1 and 65535".into());
             }
             if s.connect_timeout_seconds == 0 {
-                bad("delivery.smarthost.connectTimeoutSeconds", "must be greater than 0".into());
+                bad(
+                    "delivery.smarthost.connectTimeoutSeconds",
+                    "must be greater than 0".into(),
+                );
             }
             if s.command_timeout_seconds == 0 {
-                bad("delivery.smarthost.commandTimeoutSeconds", "must be greater than 0".into());
+                bad(
+                    "delivery.smarthost.commandTimeoutSeconds",
+                    "must be greater than 0".into(),
+                );
             }
             if s.max_connections == 0 {
-                bad("delivery.smarthost.maxConnections", "must be greater than 0".into());
+                bad(
+                    "delivery.smarthost.maxConnections",
+                    "must be greater than 0".into(),
+                );
             }
         }
         let r = &self.retry;
@@ -552,7 +600,9 @@ impl Config {
 
     /// The configured sender domain matching `domain` (ASCII case-insensitive).
     pub fn domain(&self, domain: &str) -> Option<&Domain> {
-        self.domains.iter().find(|d| d.domain.eq_ignore_ascii_case(domain))
+        self.domains
+            .iter()
+            .find(|d| d.domain.eq_ignore_ascii_case(domain))
     }
 }
 
@@ -571,7 +621,8 @@ impl Limits {
 fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }

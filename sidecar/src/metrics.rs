@@ -137,14 +137,21 @@ impl Metrics {
             m
         };
         let outcome_labels = &["route", "sender_domain", "reply_class"];
-        let sessions = counter_vec("sessions_total", "Inbound SMTP sessions by how they ended.", &["end"]);
+        let sessions = counter_vec(
+            "sessions_total",
+            "Inbound SMTP sessions by how they ended.",
+            &["end"],
+        );
         let received = counter_vec(
             "messages_received_total",
             "Messages offered by clients, by result (accepted|rejected) and reject reason.",
             &["result", "reason"],
         );
-        let delivered =
-            counter_vec("messages_delivered_total", "Recipients accepted by the next hop.", outcome_labels);
+        let delivered = counter_vec(
+            "messages_delivered_total",
+            "Recipients accepted by the next hop.",
+            outcome_labels,
+        );
         let deferred = counter_vec(
             "messages_deferred_total",
             "Recipient delivery attempts that failed temporarily and will be retried.",
@@ -155,7 +162,11 @@ impl Metrics {
             "Recipients that failed permanently or expired.",
             outcome_labels,
         );
-        let dsn_sent = counter_vec("dsn_sent_total", "Delivery status notifications generated.", &["kind"]);
+        let dsn_sent = counter_vec(
+            "dsn_sent_total",
+            "Delivery status notifications generated.",
+            &["kind"],
+        );
         let dkim = counter_vec(
             "dkim_signatures_total",
             "DKIM signing attempts by sender domain, algorithm and result.",
@@ -167,27 +178,40 @@ impl Metrics {
             m
         };
         let queue_messages = gauge_vec("queue_messages", "Messages in the queue by state.", &["state"]);
-        let queue_bytes = gauge_vec("queue_bytes", "Bytes of messages in the queue by state.", &["state"]);
-        let route_parked =
-            gauge_vec("route_parked", "1 while a route is parked after connection failures.", &["route"]);
+        let queue_bytes = gauge_vec(
+            "queue_bytes",
+            "Bytes of messages in the queue by state.",
+            &["state"],
+        );
+        let route_parked = gauge_vec(
+            "route_parked",
+            "1 while a route is parked after connection failures.",
+            &["route"],
+        );
         let gauge = |name: &str, help: &str| {
             let m = IntGauge::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
             reg(Box::new(m.clone()));
             m
         };
         let sessions_active = gauge("sessions_active", "Inbound SMTP sessions now open.");
-        let oldest_age =
-            gauge("queue_oldest_message_age_seconds", "Age of the oldest message in the queue; 0 when empty.");
+        let oldest_age = gauge(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest message in the queue; 0 when empty.",
+        );
         let counter = |name: &str, help: &str| {
             let m = IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
             reg(Box::new(m.clone()));
             m
         };
         let config_reloads = counter("config_reloads_total", "Config file changes applied.");
-        let config_reload_failures =
-            counter("config_reload_failures_total", "Config file changes rejected as invalid.");
-        let spool_quarantined =
-            counter("spool_quarantined_total", "Corrupt spool records set aside at start-up.");
+        let config_reload_failures = counter(
+            "config_reload_failures_total",
+            "Config file changes rejected as invalid.",
+        );
+        let spool_quarantined = counter(
+            "spool_quarantined_total",
+            "Corrupt spool records set aside at start-up.",
+        );
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let m = Histogram::with_opts(HistogramOpts::new(name, help).namespace(NS).buckets(buckets))
                 .expect("valid metric");
@@ -210,9 +234,12 @@ impl Metrics {
             prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets"),
         );
         let delivery_duration = HistogramVec::new(
-            HistogramOpts::new("delivery_duration_seconds", "Duration of one delivery attempt (one transaction).")
-                .namespace(NS)
-                .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets")),
+            HistogramOpts::new(
+                "delivery_duration_seconds",
+                "Duration of one delivery attempt (one transaction).",
+            )
+            .namespace(NS)
+            .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets")),
             &["route", "outcome"],
         )
         .expect("valid metric");
@@ -258,7 +285,9 @@ impl Metrics {
 
     /// Counts a message refused at the door.
     pub fn rejected(&self, reason: RejectReason) {
-        self.received.with_label_values(&["rejected", reason.as_str()]).inc();
+        self.received
+            .with_label_values(&["rejected", reason.as_str()])
+            .inc();
     }
 
     /// Counts an accepted message of `size` bytes.

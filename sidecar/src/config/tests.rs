@@ -42,9 +42,19 @@ fn every_problem_is_reported_at_once() {
         .replace("domain: example.com", "domain: Bad_Domain..")
         + "listen:\n  address: 0.0.0.0:25\nretry:\n  initialSeconds: 0\n";
     let err = Config::parse(Path::new("t.yaml"), &text).expect_err("invalid");
-    let Error::Invalid { problems, .. } = err else { panic!("wrong error") };
+    let Error::Invalid { problems, .. } = err else {
+        panic!("wrong error")
+    };
     let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, ["apiVersion", "listen.address", "domains[0].domain", "retry.initialSeconds"]);
+    assert_eq!(
+        fields,
+        [
+            "apiVersion",
+            "listen.address",
+            "domains[0].domain",
+            "retry.initialSeconds"
+        ]
+    );
 }
 
 #[test]

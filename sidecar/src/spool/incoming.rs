@@ -1,0 +1,156 @@
+//! A message being received: body bytes go to the writer in chunks as they arrive (bounded
+//! memory), and `commit` returns only once body and envelope are fsync'd.
+
+use super::{CHUNK_BYTES, Entry, Loc, Meta, Queued, Spool, lock, record, record::Kind, writer::Op};
+use crate::{
+    inbound::{MessageWriter, SinkError},
+    queue::{Envelope, MessageId},
+};
+use std::{collections::BTreeSet, sync::atomic::Ordering};
+use tokio::sync::oneshot;
+
+type Reply = oneshot::Receiver<Result<(u64, Vec<Loc>), super::WriteError>>;
+
+/// One message being written; dropping it without `commit` releases its reservation.
+#[derive(Debug)]
+pub struct Incoming {
+    spool: Spool,
+    id: MessageId,
+    buf: Vec<u8>,
+    len: u64,
+    crc: crc32fast::Hasher,
+    pending: Vec<Reply>,
+    /// Oldest segment this message may have written to; reclaim stops there until it ends.
+    floor: u64,
+    finished: bool,
+}
+
+impl Incoming {
+    pub(super) fn new(spool: Spool, id: MessageId) -> Self {
+        let floor = spool.inner.active.load(Ordering::SeqCst);
+        *lock(&spool.inner.state).inflight.entry(floor).or_default() += 1;
+        Self {
+            spool,
+            id,
+            buf: Vec::new(),
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+            pending: Vec::new(),
+            floor,
+            finished: false,
+        }
+    }
+
+    async fn flush(&mut self, commit: Option<&Meta>) -> Result<(), SinkError> {
+        let mut buf = Vec::with_capacity(self.buf.len() + 256);
+        let mut payloads = Vec::new();
+        if !self.buf.is_empty() {
+            let at = record::encode(&mut buf, Kind::Chunk, self.id, &self.buf);
+            payloads.push((at, self.buf.len() as u32));
+            self.buf.clear();
+        }
+        if let Some(meta) = commit {
+            let json = serde_json::to_vec(meta).map_err(|_| SinkError::Io)?;
+            record::encode(&mut buf, Kind::Commit, self.id, &json);
+        } else if buf.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let op = Op {
+            buf,
+            payloads,
+            durable: commit.is_some(),
+            reply: Some(reply),
+        };
+        self.spool.inner.tx.send(op).await.map_err(|_| SinkError::Io)?;
+        self.pending.push(rx);
+        Ok(())
+    }
+}
+
+impl MessageWriter for Incoming {
+    fn id(&self) -> MessageId {
+        self.id
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), SinkError> {
+        {
+            let max_bytes = lock(&self.spool.inner.limits).0;
+            let mut st = lock(&self.spool.inner.state);
+            if st.bytes + chunk.len() as u64 > max_bytes {
+                return Err(SinkError::Full);
+            }
+            st.bytes += chunk.len() as u64;
+        }
+        self.len += chunk.len() as u64;
+        self.crc.update(chunk);
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush(None).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self, envelope: Envelope) -> Result<MessageId, SinkError> {
+        let meta = Meta {
+            envelope,
+            len: self.len,
+            crc: self.crc.clone().finalize(),
+            done: vec![],
+            signature: None,
+        };
+        self.flush(Some(&meta)).await?;
+        let mut chunks = Vec::new();
+        let mut segs = BTreeSet::new();
+        for rx in std::mem::take(&mut self.pending) {
+            match rx.await {
+                Ok(Ok((seg, locs))) => {
+                    segs.insert(seg);
+                    chunks.extend(locs);
+                }
+                Ok(Err(super::WriteError::DiskFull)) => return Err(SinkError::Full),
+                Ok(Err(super::WriteError::Io)) | Err(_) => return Err(SinkError::Io),
+            }
+        }
+        {
+            let mut st = lock(&self.spool.inner.state);
+            for s in &segs {
+                *st.seg_live.entry(*s).or_default() += 1;
+            }
+            let entry = Entry {
+                meta: meta.clone(),
+                chunks,
+                segs,
+                verified: true,
+            };
+            st.entries.insert(self.id, entry);
+        }
+        self.finished = true;
+        self.release_floor();
+        let _ = self.spool.inner.arrivals.send(Queued { id: self.id, meta });
+        Ok(self.id)
+    }
+}
+
+impl Incoming {
+    fn release_floor(&self) {
+        let mut st = lock(&self.spool.inner.state);
+        if let Some(n) = st.inflight.get_mut(&self.floor) {
+            *n -= 1;
+            if *n == 0 {
+                st.inflight.remove(&self.floor);
+            }
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.release_floor();
+            let mut st = lock(&self.spool.inner.state);
+            st.count -= 1;
+            st.bytes -= self.len;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+use super::*;
+use crate::{inbound::MessageWriter, queue::Envelope};
+
+fn cfg(dir: &Path) -> config::Spool {
+    config::Spool {
+        dir: dir.to_owned(),
+        max_bytes: 1 << 30,
+        max_messages: 1000,
+    }
+}
+
+fn envelope(rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: "app@example.com".into(),
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        smtputf8: false,
+        received_at: 1,
+    }
+}
+
+async fn put(spool: &Spool, body: &[u8], rcpts: &[&str]) -> MessageId {
+    let mut w = spool.begin().await.expect("begin");
+    for piece in body.chunks(100_000) {
+        w.write(piece).await.expect("write");
+    }
+    w.commit(envelope(rcpts)).await.expect("commit")
+}
+
+fn segments(dir: &Path) -> Vec<u64> {
+    let mut s = list_segments(dir).expect("list");
+    s.sort_unstable();
+    s
+}
+
+#[tokio::test]
+async fn committed_messages_survive_reopen_byte_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (spool, found, mut arrivals) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
+    assert!(found.is_empty());
+    let a = put(&spool, b"Subject: a\r\n\r\nbody a\r\n", &["x@example.net"]).await;
+    let b = put(&spool, &big, &["y@example.net", "z@example.net"]).await;
+    assert_eq!(arrivals.recv().await.map(|q| q.id), Some(a));
+    assert_eq!(arrivals.recv().await.map(|q| q.id), Some(b));
+    spool.recipients_done(b, &[1]).await;
+    spool.set_signature(b, "DKIM-Signature: v=1\r\n".into()).await;
+    drop(spool);
+
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("reopen");
+    assert_eq!(found.iter().map(|q| q.id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(found[1].meta.done, [1]);
+    assert_eq!(
+        spool.read(a).await.expect("read a"),
+        b"Subject: a\r\n\r\nbody a\r\n"
+    );
+    let got = spool.read(b).await.expect("read b");
+    assert_eq!(&got[..21], b"DKIM-Signature: v=1\r\n");
+    assert!(got[21..] == big[..], "big body differs");
+}
+
+#[tokio::test]
+async fn removed_messages_stay_removed_and_space_is_reclaimed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
+    let a = put(&spool, b"a\r\n", &["x@example.net"]).await;
+    spool.remove(a).await;
+    assert_eq!(spool.usage(), (0, 0));
+    drop(spool);
+    // Give the writer thread a moment to flush the Done record at exit.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = segments(dir.path());
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("reopen");
+    assert!(found.is_empty());
+    let after = segments(dir.path());
+    assert_eq!(
+        after.len(),
+        1,
+        "old segments {before:?} reclaimed, only the new active one is left: {after:?}"
+    );
+    drop(spool);
+}
+
+#[tokio::test]
+async fn torn_tail_is_ignored_and_corruption_is_quarantined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
+    let a = put(&spool, b"first\r\n", &["x@example.net"]).await;
+    let b = put(&spool, b"second\r\n", &["x@example.net"]).await;
+    let c = put(&spool, b"third\r\n", &["x@example.net"]).await;
+    drop(spool);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let seg = segment_path(dir.path(), segments(dir.path())[0]);
+    let mut bytes = std::fs::read(&seg).expect("read segment");
+    // Corrupt message b's body and tear the segment's tail (a crash mid-write).
+    let at = bytes.windows(6).position(|w| w == b"second").expect("find b");
+    bytes[at] = b'S';
+    bytes.extend_from_slice(&[0x4d, 0x52, 0x53, 0x31, 1, 2, 3]);
+    std::fs::write(&seg, bytes).expect("write segment");
+
+    let metrics = Metrics::new();
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), metrics.clone()).expect("reopen");
+    assert_eq!(
+        found.iter().map(|q| q.id).collect::<Vec<_>>(),
+        [a, c],
+        "b is quarantined, not delivered"
+    );
+    assert!(metrics.spool_quarantined.get() >= 1);
+    assert!(
+        dir.path()
+            .join("quarantine")
+            .read_dir()
+            .expect("quarantine dir")
+            .count()
+            >= 1
+    );
+    assert_eq!(spool.read(c).await.expect("read c"), b"third\r\n");
+    let _ = b;
+}
+
+#[tokio::test]
+async fn limits_answer_full_and_release_on_abort() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.max_messages = 1;
+    c.max_bytes = 10;
+    let (spool, _, _) = Spool::open(&c, Metrics::new()).expect("open");
+    let mut w = spool.begin().await.expect("first begin");
+    assert_eq!(spool.begin().await.err(), Some(SinkError::Full), "count limit");
+    assert_eq!(
+        w.write(b"0123456789abc").await,
+        Err(SinkError::Full),
+        "byte limit"
+    );
+    drop(w);
+    assert_eq!(spool.usage(), (0, 0));
+    let mut w = spool.begin().await.expect("begin after abort");
+    w.write(b"ok").await.expect("fits");
+}
+
+#[tokio::test]
+async fn compaction_moves_live_messages_so_old_segments_can_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
+    let keep = put(&spool, b"keep me\r\n", &["x@example.net"]).await;
+    spool.set_signature(keep, "DKIM-Signature: k\r\n".into()).await;
+    // Fill past a segment boundary with messages that then finish.
+    let filler = vec![b'x'; 8 << 20];
+    for _ in 0..9 {
+        let id = put(&spool, &filler, &["x@example.net"]).await;
+        spool.remove(id).await;
+    }
+    put(&spool, b"tail\r\n", &["x@example.net"]).await;
+    assert!(segments(dir.path()).len() >= 2);
+    assert_eq!(spool.compact().await, 1);
+    assert!(
+        !segments(dir.path()).contains(&1),
+        "oldest segment deleted: {:?}",
+        segments(dir.path())
+    );
+    drop(spool);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("reopen");
+    assert!(found.iter().any(|q| q.id == keep));
+    assert_eq!(
+        spool.read(keep).await.expect("read"),
+        b"DKIM-Signature: k\r\nkeep me\r\n"
+    );
+}
