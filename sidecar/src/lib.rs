@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod queue;
+pub mod reload;
 pub mod settings;
 pub mod shutdown;
 pub mod spool;

@@ -1,3 +1,109 @@
-//! `mailroom-sidecar`: wiring only (settings, config, app, signals).
+//! `mailroom-sidecar`: wiring only. Settings from the environment, config from the file, then
+//! the app until SIGTERM, then drain.
 
-fn main() {}
+use mailroom_sidecar::{
+    app::App,
+    config::Config,
+    settings::{Env, LogFormat, Settings},
+    shutdown,
+};
+use std::process::ExitCode;
+
+/// BSD `EX_USAGE`: bad settings or config (as linkerd does).
+const EX_USAGE: u8 = 64;
+/// BSD `EX_UNAVAILABLE`: could not start (spool, bind).
+const EX_UNAVAILABLE: u8 = 69;
+
+const HELP: &str = "mailroom-sidecar: local SMTP relay with a durable spool
+
+USAGE:
+    mailroom-sidecar                      run with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml)
+    mailroom-sidecar --config FILE        run with FILE
+    mailroom-sidecar --check-config FILE  validate FILE and exit (0 when valid, 64 when not)
+    mailroom-sidecar --version
+
+ENVIRONMENT:
+    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, SIDECAR_DRAIN_SECONDS,
+    SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_LOG_FORMAT (json|plain), RUST_LOG
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut settings = match Settings::parse(&Env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mailroom-sidecar: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => {}
+        ["--check-config", file] => return check_config(file),
+        ["--config", file] => settings.config_path = file.into(),
+        ["--version"] => {
+            println!("mailroom-sidecar {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        ["--help" | "-h"] => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprint!("mailroom-sidecar: unexpected arguments {args:?}\n\n{HELP}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
+    init_tracing(settings.log_format);
+    let config = match Config::load(&settings.config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    rt.block_on(async move {
+        let app = match App::build(settings, config).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+        tracing::info!(smtp = %app.smtp_addr(), admin = %app.admin_addr(), "listening");
+        let running = app.spawn();
+        shutdown::signal_received().await;
+        running.drain().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn check_config(file: &str) -> ExitCode {
+    match Config::load(file.as_ref()) {
+        Ok(_) => {
+            println!("{file}: valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}

@@ -1,1 +1,148 @@
-//! TODO: settings
+//! Process settings from `SIDECAR_*` environment variables, read through the [`Strings`] trait
+//! so tests pass a map instead of touching the process environment. Every bad variable is
+//! reported at once.
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Path of the config file.
+pub const ENV_CONFIG_PATH: &str = "SIDECAR_CONFIG_PATH";
+/// Overrides `listen.address` from the config file.
+pub const ENV_LISTEN_ADDR: &str = "SIDECAR_LISTEN_ADDR";
+/// Overrides `admin.address` from the config file.
+pub const ENV_ADMIN_ADDR: &str = "SIDECAR_ADMIN_ADDR";
+/// How long to keep delivering after SIGTERM before exiting.
+pub const ENV_DRAIN_SECONDS: &str = "SIDECAR_DRAIN_SECONDS";
+/// How often to look for a changed config file.
+pub const ENV_RELOAD_INTERVAL_SECONDS: &str = "SIDECAR_RELOAD_INTERVAL_SECONDS";
+/// `json` for JSON logs; anything else is plain text.
+pub const ENV_LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
+
+/// Default config path (where the operator's ConfigMap is mounted).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailroom/sidecar.yaml";
+/// Default drain deadline.
+pub const DEFAULT_DRAIN_SECONDS: u64 = 25;
+/// Default reload poll interval.
+pub const DEFAULT_RELOAD_INTERVAL_SECONDS: u64 = 2;
+
+/// A source of named strings (the environment, or a map in tests).
+pub trait Strings {
+    /// The value of `name`, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Strings for HashMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).map(|v| v.to_string())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Process settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Config file path.
+    pub config_path: PathBuf,
+    /// Listen address override.
+    pub listen_addr: Option<SocketAddr>,
+    /// Admin address override.
+    pub admin_addr: Option<SocketAddr>,
+    /// Drain deadline after SIGTERM.
+    pub drain: Duration,
+    /// Config reload poll interval.
+    pub reload_interval: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Every invalid variable, with its name and value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid environment: {}", .0.join("; "))]
+pub struct Error(pub Vec<String>);
+
+impl Settings {
+    /// Reads every setting; reports all invalid ones together.
+    pub fn parse(env: &impl Strings) -> Result<Self, Error> {
+        let mut errors = Vec::new();
+        let mut addr = |name: &str| {
+            let v = env.get(name)?;
+            v.parse::<SocketAddr>()
+                .map_err(|e| errors.push(format!("{name}={v:?}: {e} (expected host:port, e.g. 127.0.0.1:2525)")))
+                .ok()
+        };
+        let listen_addr = addr(ENV_LISTEN_ADDR);
+        let admin_addr = addr(ENV_ADMIN_ADDR);
+        let mut secs = |name: &str, default: u64| match env.get(name) {
+            None => Duration::from_secs(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n > 0 || name == ENV_DRAIN_SECONDS => Duration::from_secs(n),
+                _ => {
+                    errors.push(format!("{name}={v:?}: expected a whole number of seconds"));
+                    Duration::from_secs(default)
+                }
+            },
+        };
+        let drain = secs(ENV_DRAIN_SECONDS, DEFAULT_DRAIN_SECONDS);
+        let reload_interval = secs(ENV_RELOAD_INTERVAL_SECONDS, DEFAULT_RELOAD_INTERVAL_SECONDS);
+        let log_format = match env.get(ENV_LOG_FORMAT).as_deref() {
+            None | Some("plain") | Some("text") => LogFormat::Plain,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                errors.push(format!("{ENV_LOG_FORMAT}={other:?}: expected json or plain"));
+                LogFormat::Plain
+            }
+        };
+        let config_path = env.get(ENV_CONFIG_PATH).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()).into();
+        if errors.is_empty() {
+            Ok(Self { config_path, listen_addr, admin_addr, drain, reload_interval, log_format })
+        } else {
+            Err(Error(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let s = Settings::parse(&HashMap::new()).expect("valid");
+        assert_eq!(s.config_path, PathBuf::from(DEFAULT_CONFIG_PATH));
+        assert_eq!(s.listen_addr, None);
+        assert_eq!(s.drain, Duration::from_secs(DEFAULT_DRAIN_SECONDS));
+        assert_eq!(s.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported() {
+        let env = HashMap::from([
+            (ENV_LISTEN_ADDR, "localhost"),
+            (ENV_ADMIN_ADDR, "127.0.0.1:9465"),
+            (ENV_DRAIN_SECONDS, "soon"),
+            (ENV_LOG_FORMAT, "xml"),
+        ]);
+        let Error(errors) = Settings::parse(&env).expect_err("invalid");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("SIDECAR_LISTEN_ADDR="));
+        assert!(errors[1].starts_with("SIDECAR_DRAIN_SECONDS="));
+        assert!(errors[2].starts_with("SIDECAR_LOG_FORMAT="));
+    }
+}

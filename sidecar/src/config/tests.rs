@@ -62,3 +62,16 @@ fn non_loopback_listen_needs_explicit_opt_in() {
     let text = format!("{MINIMAL}listen:\n  address: 0.0.0.0:25\n  allowNonLoopback: true\n");
     Config::parse(Path::new("t.yaml"), &text).expect("explicit opt-in is valid");
 }
+
+#[test]
+fn golden_files_load() {
+    for (name, text) in [
+        ("smarthost.yaml", include_str!("../../../tests/fixtures/sidecar-config/smarthost.yaml")),
+        ("capture.yaml", include_str!("../../../tests/fixtures/sidecar-config/capture.yaml")),
+    ] {
+        let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Every field the golden file sets survives a serialize/parse round trip.
+        let again = serde_yaml::to_string(&c).expect("serialize");
+        assert_eq!(Config::parse(Path::new(name), &again).expect("reparse"), c, "{name}");
+    }
+}

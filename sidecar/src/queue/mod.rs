@@ -1,7 +1,9 @@
 //! Queued messages: the envelope, per-recipient state and the scheduler that hands due messages
 //! to delivery.
 
+pub mod attempt;
 pub mod retry;
+pub mod runner;
 
 use std::time::SystemTime;
 

@@ -1,0 +1,76 @@
+//! Config hot reload: polls the file (Kubernetes swaps mounted ConfigMaps through a symlink,
+//! which inotify on the file itself misses) and applies a valid new version to new sessions and
+//! to delivery; an invalid one is logged, counted, and ignored.
+
+use crate::{
+    app::{Delivery, with_overrides},
+    config::Config,
+    metrics::Metrics,
+    settings::Settings,
+    spool::Spool,
+};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Watches `settings.config_path` until aborted.
+pub async fn watch(
+    settings: Settings,
+    config_tx: watch::Sender<Arc<Config>>,
+    delivery_tx: watch::Sender<Arc<Delivery>>,
+    spool: Spool,
+    metrics: Metrics,
+) {
+    let path = settings.config_path.clone();
+    let mut last = tokio::fs::read(&path).await.ok();
+    let mut tick = tokio::time::interval(settings.reload_interval);
+    loop {
+        tick.tick().await;
+        let Ok(bytes) = tokio::fs::read(&path).await else { continue };
+        if last.as_ref() == Some(&bytes) {
+            continue;
+        }
+        last = Some(bytes.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        match Config::parse(&path, &text).map(|c| with_overrides(&settings, c)) {
+            Err(e) => {
+                metrics.config_reload_failures.inc();
+                tracing::error!(error = %e, "config change rejected; keeping the current config");
+            }
+            Ok(new) => apply(new, &config_tx, &delivery_tx, &spool, &metrics),
+        }
+    }
+}
+
+fn apply(
+    new: Config,
+    config_tx: &watch::Sender<Arc<Config>>,
+    delivery_tx: &watch::Sender<Arc<Delivery>>,
+    spool: &Spool,
+    metrics: &Metrics,
+) {
+    let old = config_tx.borrow().clone();
+    if new.listen != old.listen || new.admin != old.admin || new.spool.dir != old.spool.dir {
+        tracing::warn!("listen, admin and spool.dir changes take effect after a restart");
+    }
+    let delivery_changed = new.delivery != old.delivery
+        || new.domains != old.domains
+        || new.retry != old.retry
+        || new.bounces != old.bounces
+        || new.hostname != old.hostname;
+    if delivery_changed {
+        match Delivery::build(&new, metrics) {
+            Ok(d) => {
+                delivery_tx.send_replace(Arc::new(d));
+            }
+            Err(e) => {
+                metrics.config_reload_failures.inc();
+                tracing::error!(error = %e, "config change rejected; keeping the current config");
+                return;
+            }
+        }
+    }
+    spool.set_limits(&new.spool);
+    config_tx.send_replace(Arc::new(new));
+    metrics.config_reloads.inc();
+    tracing::info!("config reloaded");
+}

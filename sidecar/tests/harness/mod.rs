@@ -1,0 +1,268 @@
+//! Runs the real `mailroom-sidecar` binary as a process for end-to-end sidecar tests, and talks
+//! to it the way a kubelet and Prometheus would (files, signals, HTTP).
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The Python interpreter with the test peers' packages (aiosmtpd, dkimpy), prepared by `make test`.
+pub fn python() -> PathBuf {
+    match std::env::var_os("MAILROOM_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "MAILROOM_PYTHON is not set: run `make test` (tests/env/prepare.sh builds a venv with \
+             aiosmtpd and dkimpy and exports it)"
+        ),
+    }
+}
+
+/// Directory of the test peers (`sidecar/tests/peers`).
+pub fn peers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
+}
+
+/// A running sidecar process with its own temp dir (spool, capture, config).
+pub struct Sidecar {
+    child: Option<Child>,
+    /// SMTP address.
+    pub smtp: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Config file path (rewrite it to test reload).
+    pub config_path: PathBuf,
+    /// Work directory; `{dir}` in config templates expands to it.
+    pub dir: PathBuf,
+    log: Arc<Mutex<String>>,
+    env: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    /// Writes `config` (with `{dir}` replaced) and starts the sidecar on free loopback ports.
+    pub fn start(dir: &Path, config: &str) -> Self {
+        let config_path = dir.join("sidecar.yaml");
+        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string())).expect("write config");
+        let mut s = Self {
+            child: None,
+            smtp: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            config_path,
+            dir: dir.to_owned(),
+            log: Arc::default(),
+            env: vec![("SIDECAR_RELOAD_INTERVAL_SECONDS".into(), "1".into())],
+        };
+        s.spawn();
+        s
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        let config_path = dir.join("sidecar.yaml");
+        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string())).expect("write config");
+        let mut all = vec![("SIDECAR_RELOAD_INTERVAL_SECONDS".to_string(), "1".to_string())];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut s = Self {
+            child: None,
+            smtp: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            config_path,
+            dir: dir.to_owned(),
+            log: Arc::default(),
+            env: all,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar"));
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .env("SIDECAR_LISTEN_ADDR", self.smtp.to_string())
+            .env("SIDECAR_ADMIN_ADDR", self.admin.to_string())
+            .env("RUST_LOG", "info,mailroom_sidecar=debug")
+            .env_remove("SIDECAR_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn mailroom-sidecar");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.child = Some(child);
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => panic!("sidecar did not start; log:\n{}", self.log()),
+        };
+        self.smtp = field(&line, "smtp=").parse().expect("smtp addr in log");
+        self.admin = field(&line, "admin=").parse().expect("admin addr in log");
+        self.wait_ready();
+    }
+
+    /// Everything the sidecar logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_get(self.admin, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sidecar never became ready; log:\n{}", self.log());
+    }
+
+    /// `/metrics` text.
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").expect("GET /metrics").1
+    }
+
+    /// Value of one sample, e.g. `metric(r#"mailroom_sidecar_messages_delivered_total{...}"#)`;
+    /// label order as the exposition prints it (alphabetical). 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+
+    /// Polls `series` until `pred` holds or 30 s pass.
+    pub fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.metric(series);
+            if pred(v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("{series} = {v} never matched; metrics:\n{}\nlog:\n{}", self.metrics(), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, as a node failure or OOM kill would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let status = c.wait().ok()?;
+        self.child = None;
+        status.code()
+    }
+
+    /// Starts the process again on the same ports, config and spool.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- sidecar log ---\n{}", self.log());
+        }
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(key).map(|i| i + key.len()).unwrap_or(line.len());
+    let rest = &line[start..];
+    rest.split_whitespace().next().unwrap_or("")
+}
+
+/// Minimal HTTP/1.0 GET: status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sum of the samples whose series starts with `series` (so a prefix without the closing brace
+/// sums over the remaining labels).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', ',', '}', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sends one message with Python's smtplib (a client we did not write). Returns smtplib's
+/// per-recipient refusals as printed JSON, or the error text.
+pub fn smtplib_send(smtp: SocketAddr, from: &str, to: &[&str], message: &[u8]) -> Result<String, String> {
+    let script = r#"
+import json, smtplib, sys
+host, port, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rcpts = sys.argv[4:]
+data = sys.stdin.buffer.read()
+try:
+    with smtplib.SMTP(host, port, timeout=30) as s:
+        refused = s.sendmail(sender, rcpts, data)
+    print(json.dumps({"ok": True, "refused": {k: [v[0], v[1].decode()] for k, v in refused.items()}}))
+except smtplib.SMTPException as e:
+    print(json.dumps({"ok": False, "error": repr(e)}))
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(smtp.ip().to_string())
+        .arg(smtp.port().to_string())
+        .arg(from)
+        .args(to)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is required (apt-get install python3)");
+    child.stdin.take().expect("stdin").write_all(message).expect("write message");
+    let out = child.wait_with_output().expect("smtplib");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if text.contains("\"ok\": true") { Ok(text) } else { Err(text) }
+}
+
+/// Polls until `f` returns Some or 30 s pass.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
