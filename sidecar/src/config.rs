@@ -127,7 +127,7 @@ pub struct Admin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum BareLineEndings {
-    /// Reject the message with `550 5.6.11` (default; immune to SMTP smuggling).
+    /// Reject the message with `550 5.5.2` (default; immune to SMTP smuggling).
     #[default]
     Reject,
     /// Rewrite each bare CR or LF as CRLF.

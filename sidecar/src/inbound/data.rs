@@ -1,1 +1,190 @@
-//! TODO: inbound/data
+//! Streaming DATA receiver: finds the one true end of data (CRLF "." CRLF, RFC 5321 4.1.1.4),
+//! undoes dot-stuffing (RFC 5321 4.5.2) and handles bare CR/LF (RFC 5321 2.3.8) so that no
+//! "second message" can be smuggled (CVE-2023-51764 family). Pure: bytes in, bytes out.
+
+use crate::config::BareLineEndings;
+
+/// Where the receiver is inside the current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Just after a real CRLF (or the CRLF that ended the DATA command line).
+    LineStart,
+    /// Inside a line.
+    Text,
+    /// Saw CR inside a line; the CR is not emitted yet.
+    Cr,
+    /// Saw "." at the start of a line; not emitted yet.
+    Dot,
+    /// Saw "." CR at the start of a line; not emitted yet.
+    DotCr,
+    /// Saw the terminator.
+    Done,
+}
+
+/// The result of a complete DATA phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The message is acceptable as far as the transfer goes; `size` bytes were emitted.
+    Complete {
+        /// Bytes of message data (after unstuffing and normalisation).
+        size: u64,
+    },
+    /// More than the size limit (RFC 1870): reply `552 5.3.4`.
+    TooBig,
+    /// A bare CR or LF with [`BareLineEndings::Reject`]: reply `550 5.5.2`.
+    BareLineEnding,
+}
+
+/// Incremental DATA receiver. Feed it what the socket gives, in any split; it appends message
+/// bytes to the caller's buffer, so memory stays bounded by the caller's chunk size.
+///
+/// Once the message is known to be rejected (too big, or a bare line ending with `Reject`), it
+/// stops emitting but keeps scanning for the terminator: the reply comes only after the real
+/// end of data, and nothing after a fake end is ever read as commands.
+#[derive(Debug, Clone)]
+pub struct DataReceiver {
+    state: State,
+    bare: BareLineEndings,
+    max_bytes: u64,
+    size: u64,
+    bare_seen: bool,
+    too_big: bool,
+}
+
+// === impl DataReceiver ===
+
+impl DataReceiver {
+    /// A receiver positioned just after the CRLF of the `DATA` command line, so that
+    /// `DATA\r\n.\r\n` is an empty message.
+    pub fn new(max_bytes: u64, bare: BareLineEndings) -> Self {
+        Self {
+            state: State::LineStart,
+            bare,
+            max_bytes,
+            size: 0,
+            bare_seen: false,
+            too_big: false,
+        }
+    }
+
+    /// Consumes `input`, appending message bytes to `out`. Returns `Some(n)` once the terminator
+    /// has been seen, where `n` bytes of `input` (terminator included) belong to the message;
+    /// the rest is the next command. Returns `None` when all of `input` was consumed.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::Text => {
+                    let rest = &input[i..];
+                    let n = rest
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(rest.len());
+                    if n > 0 {
+                        self.emit(out, &rest[..n]);
+                        i += n;
+                        continue;
+                    }
+                    i += 1;
+                    if b == b'\r' {
+                        self.state = State::Cr;
+                    } else {
+                        // A bare LF never starts a line: the next "." is ordinary text, so
+                        // "\n.\n" or "\n.\r\n" can never end DATA.
+                        self.bare_line_ending(out);
+                    }
+                }
+                State::LineStart => {
+                    i += 1;
+                    self.state = State::Text;
+                    match b {
+                        b'.' => self.state = State::Dot,
+                        b'\r' => self.state = State::Cr,
+                        b'\n' => self.bare_line_ending(out),
+                        _ => self.emit(out, &[b]),
+                    }
+                }
+                State::Cr => {
+                    i += 1;
+                    match b {
+                        b'\n' => {
+                            self.emit(out, b"\r\n");
+                            self.state = State::LineStart;
+                        }
+                        // The earlier CR was bare; this one is pending in turn.
+                        b'\r' => self.bare_line_ending(out),
+                        _ => {
+                            self.bare_line_ending(out);
+                            self.emit(out, &[b]);
+                            self.state = State::Text;
+                        }
+                    }
+                }
+                State::Dot => {
+                    if b == b'\r' {
+                        i += 1;
+                        self.state = State::DotCr;
+                    } else {
+                        // RFC 5321 4.5.2: a leading period followed by more characters is deleted;
+                        // the character itself is ordinary text (so ".." gives ".").
+                        self.state = State::Text;
+                    }
+                }
+                State::DotCr => {
+                    if b == b'\n' {
+                        self.state = State::Done;
+                        return Some(i + 1);
+                    }
+                    // ".\r" then anything else: the period is deleted (4.5.2), the CR is bare,
+                    // and `b` is read again as text ("\r\n.\r\r\n" is not an end).
+                    self.bare_line_ending(out);
+                    self.state = State::Text;
+                }
+                State::Done => return Some(i),
+            }
+        }
+        (self.state == State::Done).then_some(i)
+    }
+
+    /// Whether the terminator has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Whether the message will be rejected whatever follows; output is no longer produced.
+    pub fn is_rejected(&self) -> bool {
+        self.too_big || (self.bare_seen && self.bare == BareLineEndings::Reject)
+    }
+
+    /// The verdict so far (final once [`is_done`](Self::is_done)).
+    pub fn verdict(&self) -> Verdict {
+        if self.bare_seen && self.bare == BareLineEndings::Reject {
+            Verdict::BareLineEnding
+        } else if self.too_big {
+            Verdict::TooBig
+        } else {
+            Verdict::Complete { size: self.size }
+        }
+    }
+
+    fn bare_line_ending(&mut self, out: &mut Vec<u8>) {
+        self.bare_seen = true;
+        if self.bare == BareLineEndings::Normalize {
+            self.emit(out, b"\r\n");
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        self.size = self.size.saturating_add(bytes.len() as u64);
+        if self.size > self.max_bytes {
+            self.too_big = true;
+        }
+        if !self.is_rejected() {
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
