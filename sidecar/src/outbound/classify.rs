@@ -105,13 +105,15 @@ fn is_tls_io(err: &SmtpError) -> bool {
 mod tests {
     use super::*;
 
-    /// lettre builds reply errors only from the wire; a duplex stream stands in for a server.
+    /// lettre builds reply errors only from the wire, so a loopback peer sends the reply.
     async fn reply_error(reply: &str) -> SmtpError {
-        use lettre::transport::smtp::{client::AsyncSmtpConnection, extension::ClientId};
+        use lettre::transport::smtp::{client::AsyncSmtpConnection, commands::Rset, extension::ClientId};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (client, mut server) = tokio::io::duplex(4096);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
         let reply = reply.to_owned();
         let peer = tokio::spawn(async move {
+            let (mut server, _) = listener.accept().await.expect("accept");
             server.write_all(b"220 test ESMTP\r\n").await.expect("greeting");
             let mut buf = [0u8; 512];
             let _ = server.read(&mut buf).await;
@@ -120,11 +122,9 @@ mod tests {
             server.write_all(reply.as_bytes()).await.expect("reply");
             server
         });
-        let mut conn =
-            AsyncSmtpConnection::connect_with_transport(Box::new(client), &ClientId::Domain("me".into()))
-                .await
-                .expect("connects");
-        let err = conn.command(lettre::transport::smtp::commands::Rset).await.expect_err("negative reply");
+        let me = ClientId::Domain("me".into());
+        let mut conn = AsyncSmtpConnection::connect_tokio1(addr, None, &me, None, None).await.expect("connects");
+        let err = conn.command(Rset).await.expect_err("negative reply");
         drop(peer.await);
         err
     }

@@ -126,8 +126,8 @@ mod tests {
     #[test]
     fn failed_probes_double_the_period_up_to_the_cap() {
         struct Case {
-            probe_at: u64,
-            want_parked_until: u64,
+            probe_at: u32,
+            want_parked_until: u32,
         }
         let t0 = Instant::now();
         let mut b = Breaker::new(policy());
