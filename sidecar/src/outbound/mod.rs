@@ -2,7 +2,14 @@
 //! where transport errors become an [`Outcome`].
 
 pub mod capture;
+pub mod classify;
 pub mod deliver;
+pub mod park;
+pub mod smarthost;
+
+pub use capture::CaptureTransport;
+pub use classify::classify;
+pub use smarthost::{DeliveryError, SmarthostTransport};
 
 use crate::queue::Envelope;
 use std::future::Future;

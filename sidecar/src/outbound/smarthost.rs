@@ -1,0 +1,264 @@
+//! [`SmarthostTransport`]: delivery through the configured smarthost with a small pool of idle
+//! authenticated connections, a limit on concurrent connections and route parking.
+
+use super::{
+    Outcome, RcptResult, ReplyClass, Route, Transport, deliver,
+    park::{Admission, Breaker, ParkPolicy},
+};
+use crate::{
+    config::{self, TlsMode},
+    metrics::Metrics,
+    queue::Envelope,
+};
+use lettre::transport::smtp::{
+    client::{AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters},
+    extension::ClientId,
+};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+use tokio::sync::Semaphore;
+
+/// A pooled connection idle longer than this is closed rather than reused; servers may drop
+/// idle clients after 5 minutes (RFC 5321 4.5.3.2.7), so stay well below that.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors building a [`SmarthostTransport`] from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The CA file could not be read.
+    #[error("cannot read smarthost CA file {path}: {source}")]
+    ReadCa {
+        /// The configured `caFile`.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file holds no usable PEM certificate.
+    #[error("smarthost CA file {path} holds no PEM certificate")]
+    BadCa {
+        /// The configured `caFile`.
+        path: PathBuf,
+    },
+    /// The TLS client could not be set up.
+    #[error("cannot set up TLS for smarthost {host}: {source}")]
+    Tls {
+        /// The smarthost host name.
+        host: String,
+        /// lettre's error.
+        #[source]
+        source: lettre::transport::smtp::Error,
+    },
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+/// Delivers through one smarthost (config `delivery.smarthost`).
+pub struct SmarthostTransport {
+    settings: deliver::Settings,
+    idle: Mutex<Vec<Idle>>,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    breaker: Mutex<Breaker>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for SmarthostTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmarthostTransport")
+            .field("settings", &self.settings)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl SmarthostTransport ===
+
+impl SmarthostTransport {
+    /// Prepares the transport; `hostname` is sent in EHLO. Reads the CA file now (credentials are
+    /// read at each connection). Sets `route_parked{route="smarthost"}` in `metrics`.
+    pub fn new(cfg: &config::Smarthost, hostname: &str, metrics: Metrics) -> Result<Self, DeliveryError> {
+        let tls_params = match cfg.tls {
+            TlsMode::None => None,
+            TlsMode::Starttls | TlsMode::Implicit => Some(tls_parameters(cfg)?),
+        };
+        let settings = deliver::Settings {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            tls: cfg.tls,
+            tls_params,
+            client_id: ClientId::Domain(hostname.to_owned()),
+            auth: cfg.auth.clone(),
+            connect_timeout: Duration::from_secs(cfg.connect_timeout_seconds),
+            command_timeout: Duration::from_secs(cfg.command_timeout_seconds),
+        };
+        let max_connections = cfg.max_connections.max(1);
+        metrics.route_parked.with_label_values(&[Route::Smarthost.as_str()]).set(0);
+        Ok(Self {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            breaker: Mutex::new(Breaker::new(ParkPolicy::default())),
+            metrics,
+        })
+    }
+
+    /// Replaces the default [`ParkPolicy`] (3 failures; 30 s doubling to 5 min).
+    pub fn with_park_policy(self, policy: ParkPolicy) -> Self {
+        *lock(&self.breaker) = Breaker::new(policy);
+        self
+    }
+
+    /// Idle connections in the pool now.
+    pub fn idle_connections(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// Sends QUIT on every idle connection and drops them (at shutdown).
+    pub async fn close(&self) {
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        for mut i in idle {
+            let _ = tokio::time::timeout(self.settings.command_timeout, i.conn.quit()).await;
+        }
+    }
+
+    async fn attempt(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+        let all = |r: RcptResult| vec![r; recipients.len()];
+        let mut probe = match lock(&self.breaker).admit(Instant::now()) {
+            Admission::Parked => return all(parked()),
+            Admission::Probe => Some(ProbeGuard(self)),
+            Admission::Open => None,
+        };
+        // Never closed, so acquiring cannot fail; the permit bounds connections in use, and a new
+        // connection is opened only when none is idle, which bounds open ones too.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return all(parked());
+        };
+        let mut conn = match self.checkout().await {
+            Ok(conn) => conn,
+            Err(failure) => {
+                if failure.parks {
+                    self.connection_failed();
+                }
+                if let Some(p) = probe.take() {
+                    p.disarm();
+                }
+                return all(failure.result);
+            }
+        };
+        self.connection_ok();
+        if let Some(p) = probe.take() {
+            p.disarm();
+        }
+        let limit = self.settings.command_timeout;
+        let tx = deliver::transaction(&mut conn, limit, envelope, recipients, message).await;
+        if tx.timed_out {
+            self.connection_failed();
+        }
+        if tx.reusable && !conn.has_broken() {
+            lock(&self.idle).push(Idle { conn, since: Instant::now() });
+        }
+        tx.results
+    }
+
+    /// An idle connection that still answers RSET, or a new one.
+    async fn checkout(&self) -> Result<AsyncSmtpConnection, deliver::OpenFailure> {
+        loop {
+            let Some(idle) = lock(&self.idle).pop() else { break };
+            let mut conn = idle.conn;
+            if idle.since.elapsed() < POOL_IDLE_TIMEOUT
+                && deliver::reset(&mut conn, self.settings.command_timeout).await
+            {
+                return Ok(conn);
+            }
+        }
+        deliver::open(&self.settings).await
+    }
+
+    fn connection_ok(&self) {
+        if lock(&self.breaker).success() {
+            tracing::info!(route = Route::Smarthost.as_str(), "route unparked");
+            self.set_parked(false);
+        }
+    }
+
+    fn connection_failed(&self) {
+        let parked = lock(&self.breaker).failure(Instant::now());
+        if parked {
+            tracing::warn!(route = Route::Smarthost.as_str(), "route parked after connection failures");
+        }
+        self.set_parked(parked);
+    }
+
+    fn set_parked(&self, parked: bool) {
+        self.metrics.route_parked.with_label_values(&[Route::Smarthost.as_str()]).set(i64::from(parked));
+    }
+}
+
+impl Transport for SmarthostTransport {
+    fn route(&self) -> Route {
+        Route::Smarthost
+    }
+
+    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+        if recipients.is_empty() {
+            return Vec::new();
+        }
+        self.attempt(envelope, recipients, message).await
+    }
+
+    fn parked(&self) -> bool {
+        lock(&self.breaker).is_parked(Instant::now())
+    }
+}
+
+/// Releases the probe slot if the probing attempt is dropped before it learns anything.
+struct ProbeGuard<'a>(&'a SmarthostTransport);
+
+impl ProbeGuard<'_> {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.breaker).probe_abandoned();
+    }
+}
+
+fn parked() -> RcptResult {
+    RcptResult {
+        outcome: Outcome::Deferred,
+        class: ReplyClass::Connection,
+        diagnostic: "smarthost route parked after repeated connection failures".into(),
+    }
+}
+
+/// Poisoning only means another task panicked while holding the lock; the data is still valid.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Server certificate verification: the system roots, or only the CA file when one is given.
+fn tls_parameters(cfg: &config::Smarthost) -> Result<TlsParameters, DeliveryError> {
+    let tls_err = |source| DeliveryError::Tls { host: cfg.host.clone(), source };
+    let mut builder = TlsParameters::builder(cfg.host.clone());
+    if let Some(path) = &cfg.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|source| DeliveryError::ReadCa { path: path.clone(), source })?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(DeliveryError::BadCa { path: path.clone() });
+        }
+        let cert = Certificate::from_pem(&pem).map_err(|_| DeliveryError::BadCa { path: path.clone() })?;
+        builder = builder.certificate_store(CertificateStore::None).add_root_certificate(cert);
+    }
+    builder.build_rustls().map_err(tls_err)
+}

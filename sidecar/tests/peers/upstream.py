@@ -1,0 +1,171 @@
+"""Scripted upstream SMTP server for the sidecar's delivery tests (aiosmtpd, which we did not write).
+
+Binds 127.0.0.1 (port 0 by default) and prints the bound port on stdout, then serves until killed.
+Recipient behaviour by local part: temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
+slow* -> sleeps --slow-seconds before 250. Each transaction is saved in --maildir as
+<n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number);
+<maildir>/connections holds the number of TCP connections accepted so far.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+
+def parse_args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tls", choices=["starttls", "implicit", "none"], default="none")
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--require-auth", metavar="USER:PASS")
+    p.add_argument("--maildir", required=True)
+    p.add_argument("--greeting-421", action="store_true", help="answer every connection with 421 and close")
+    p.add_argument("--fail-data", type=int, help="reply code after DATA, e.g. 451 or 554")
+    p.add_argument("--slow-seconds", type=float, default=5.0)
+    return p.parse_args()
+
+
+class State:
+    def __init__(self, maildir):
+        self.maildir = maildir
+        self.connections = 0
+        self.transactions = 0
+
+    def connected(self):
+        self.connections += 1
+        write_atomic(os.path.join(self.maildir, "connections"), str(self.connections).encode())
+        return self.connections
+
+
+def write_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class Handler:
+    def __init__(self, args, state):
+        self.args = args
+        self.state = state
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@", 1)[0].lower()
+        if local.startswith("temp-fail"):
+            return "450 4.2.0 <%s>: mailbox temporarily unavailable" % address
+        if local.startswith("perm-fail"):
+            return "550 5.1.1 <%s>: no such user" % address
+        if local.startswith("slow"):
+            await asyncio.sleep(self.args.slow_seconds)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.args.fail_data:
+            code = self.args.fail_data
+            enhanced = "4.3.0" if code < 500 else "5.3.0"
+            return "%d %s transaction failed by request" % (code, enhanced)
+        self.state.transactions += 1
+        n = self.state.transactions
+        base = os.path.join(self.args.maildir, "%04d" % n)
+        write_atomic(base + ".eml", envelope.content)
+        meta = {
+            "mail_from": envelope.mail_from,
+            "mail_options": envelope.mail_options,
+            "rcpt_tos": envelope.rcpt_tos,
+            "connection": getattr(server, "connection_number", 0),
+            "tls": session.ssl is not None or self.args.tls == "implicit",
+            "authenticated": bool(session.authenticated),
+        }
+        write_atomic(base + ".json", json.dumps(meta).encode())
+        return "250 2.0.0 queued as %04d" % n
+
+    async def auth_XOAUTH2(self, server, args):
+        # RFC 7628-style token: base64("user=" user "\x01auth=Bearer " token "\x01\x01").
+        import base64
+
+        if len(args) < 2:
+            return AuthResult(success=False, handled=False)
+        raw = base64.b64decode(args[1])
+        fields = dict(f.split("=", 1) for f in raw.decode().split("\x01") if "=" in f)
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        user = fields.get("user", "")
+        return authenticate(self.args, LoginPassword(user.encode(), token.encode()))
+
+
+def authenticate(args, login_password):
+    user, password = args.require_auth.split(":", 1)
+    ok = login_password.login == user.encode() and login_password.password == password.encode()
+    return AuthResult(success=ok, handled=False)
+
+
+class CountingSMTP(SMTP):
+    def __init__(self, state, *a, **kw):
+        super().__init__(*a, **kw)
+        self.state = state
+        self.connection_number = 0
+
+    def connection_made(self, transport):
+        if self._original_transport is None:  # not the STARTTLS re-entry
+            self.connection_number = self.state.connected()
+        super().connection_made(transport)
+
+
+def tls_context(args):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.cert, args.key)
+    return ctx
+
+
+async def greeting_421(reader, writer):
+    writer.write(b"421 4.3.2 service not available, closing transmission channel\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def main():
+    args = parse_args()
+    os.makedirs(args.maildir, exist_ok=True)
+    state = State(args.maildir)
+    loop = asyncio.get_running_loop()
+    if args.greeting_421:
+        server = await asyncio.start_server(greeting_421, "127.0.0.1", args.port)
+    else:
+        ctx = tls_context(args) if args.tls != "none" else None
+        authenticator = None
+        if args.require_auth:
+            authenticator = lambda srv, sess, env, mech, data: authenticate(args, data)  # noqa: E731
+
+        def factory():
+            return CountingSMTP(
+                state,
+                Handler(args, state),
+                hostname="upstream.test",
+                enable_SMTPUTF8=True,
+                tls_context=ctx if args.tls == "starttls" else None,
+                require_starttls=args.tls == "starttls",
+                authenticator=authenticator,
+                auth_required=bool(args.require_auth),
+                auth_require_tls=args.tls != "none",
+                loop=loop,
+            )
+
+        server = await loop.create_server(
+            factory, "127.0.0.1", args.port, ssl=ctx if args.tls == "implicit" else None
+        )
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
