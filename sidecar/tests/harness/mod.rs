@@ -266,3 +266,82 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A sidecar config relaying to `127.0.0.1:<port>`, with `extra` appended under `delivery.smarthost`
+/// (indented by four spaces) and `tail` appended at the top level.
+pub fn smarthost_config(port: u16, tls: &str, smarthost_extra: &str, domains: &str, tail: &str) -> String {
+    format!(
+        "apiVersion: mailroom.dev/v1alpha1
+kind: SidecarConfig
+hostname: sidecar.test
+domains:
+{domains}
+spool:
+  dir: {{dir}}/spool
+delivery:
+  smarthost:
+    host: 127.0.0.1
+    port: {port}
+    tls: {tls}
+    connectTimeoutSeconds: 5
+    commandTimeoutSeconds: 10
+{smarthost_extra}
+retry:
+  initialSeconds: 1
+  multiplier: 1.5
+  maxSeconds: 2
+  maxAgeSeconds: 600
+{tail}"
+    )
+}
+
+/// Generates a DKIM key with the openssl CLI; returns (key file, DNS TXT record value).
+pub fn dkim_key(dir: &Path, name: &str, algorithm: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{name}.pem"));
+    let args: Vec<&str> = match algorithm {
+        "rsa" => vec!["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        _ => vec!["genpkey", "-algorithm", "ED25519"],
+    };
+    let status = Command::new("openssl")
+        .args(&args)
+        .arg("-out")
+        .arg(&key)
+        .stderr(Stdio::null())
+        .status()
+        .expect("the openssl CLI is required (apt-get install openssl)");
+    assert!(status.success(), "openssl genpkey failed");
+    let der = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl pkey");
+    assert!(der.status.success());
+    let (k, public) = match algorithm {
+        // RFC 6376 3.6.1: p= is the SubjectPublicKeyInfo for RSA.
+        "rsa" => ("rsa", der.stdout.as_slice()),
+        // RFC 8463 4.2: p= is the raw 32-byte Ed25519 key (the SPKI's last 32 bytes).
+        _ => ("ed25519", &der.stdout[der.stdout.len() - 32..]),
+    };
+    (key, format!("v=DKIM1; k={k}; p={}", base64(public)))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A free loopback port (bound then released; fine for tests that restart a peer on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}

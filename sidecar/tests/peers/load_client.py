@@ -1,0 +1,54 @@
+"""Load client for the crash test (Python smtplib, a client we did not write).
+
+Usage: load_client.py HOST PORT SENDER RCPT ACKED_FILE COUNT WORKER
+Sends COUNT messages, each with a unique Subject `load-<WORKER>-<n>`. After every 250 reply to
+DATA it appends the subject to ACKED_FILE and flushes: that file is the client's own record of
+what the relay acknowledged. Connection failures (the relay being killed) are retried until the
+message is acknowledged or 60 s pass.
+"""
+
+import os
+import smtplib
+import sys
+import time
+
+
+def main():
+    host, port, sender, rcpt, acked_path, count, worker = sys.argv[1:8]
+    port, count = int(port), int(count)
+    acked = open(acked_path, "a", buffering=1)
+    conn = None
+    for n in range(count):
+        subject = "load-%s-%d" % (worker, n)
+        body = ("From: %s\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (sender, rcpt, subject)) + ("x" * 1500 + "\r\n")
+        deadline = time.time() + 60
+        while True:
+            try:
+                if conn is None:
+                    conn = smtplib.SMTP(host, port, timeout=10)
+                conn.sendmail(sender, [rcpt], body.encode())
+                acked.write(subject + "\n")
+                acked.flush()
+                os.fsync(acked.fileno())
+                break
+            except (OSError, smtplib.SMTPException):
+                # Not acknowledged: the relay owes us nothing for this one; try again.
+                try:
+                    if conn is not None:
+                        conn.close()
+                except Exception:
+                    pass
+                conn = None
+                if time.time() > deadline:
+                    print("gave up on %s" % subject, file=sys.stderr)
+                    sys.exit(1)
+                time.sleep(0.05)
+    if conn is not None:
+        try:
+            conn.quit()
+        except Exception:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+//! The sidecar process over its life: crashes, reloads, full disks, shutdown, start-up checks.
+
+mod common;
+mod harness;
+
+use common::Upstream;
+use harness::{Sidecar, eventually, smarthost_config, smtplib_send};
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+/// Proves the durability contract: four clients send continuously while the sidecar is killed
+/// with SIGKILL three times and restarted; every message a client saw `250` for reaches the
+/// upstream. Duplicates are counted and reported (allowed, loss is not).
+#[test]
+fn kill9_during_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let mut sidecar = Sidecar::start(dir.path(), &smarthost_config(up.port, "none", "", "  - domain: example.com", ""));
+    let acked = dir.path().join("acked");
+    let clients: Vec<_> = (0..4)
+        .map(|w| {
+            Command::new("python3")
+                .arg(harness::peers_dir().join("load_client.py"))
+                .args([&sidecar.smtp.ip().to_string(), &sidecar.smtp.port().to_string()])
+                .args(["app@example.com", "user@example.net"])
+                .arg(&acked)
+                .args(["150", &w.to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("python3 is required (apt-get install python3)")
+        })
+        .collect();
+    for pause in [400, 700, 300] {
+        std::thread::sleep(Duration::from_millis(pause));
+        sidecar.restart();
+    }
+    for mut c in clients {
+        assert!(c.wait().expect("client").success(), "a client gave up");
+    }
+    let acked: Vec<String> =
+        std::fs::read_to_string(&acked).expect("acked").lines().map(str::to_owned).collect();
+    assert_eq!(acked.len(), 600, "every message was eventually acknowledged");
+    let counts = eventually("every acknowledged message upstream", || {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for r in up.received() {
+            let text = String::from_utf8_lossy(&r.data).to_string();
+            if let Some(subject) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) {
+                *counts.entry(subject.to_string()).or_default() += 1;
+            }
+        }
+        acked.iter().all(|s| counts.contains_key(s)).then_some(counts)
+    });
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!("kill -9 x3 under load: {} acknowledged, 0 lost, {duplicates} duplicates", acked.len());
+}
+
+/// Proves hot reload: a new sender domain applies to new sessions without a restart; an invalid
+/// file is rejected, counted, and the running config stays.
+#[test]
+fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |domains: &str| {
+        format!(
+            "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n{domains}\nspool:\n  dir: {}/spool\n\
+             delivery:\n  capture:\n    dir: {}/capture\n",
+            dir.path().display(),
+            dir.path().display()
+        )
+    };
+    let sidecar = Sidecar::start(dir.path(), &config("  - domain: a.example"));
+    let msg = |d: &str| format!("From: x@{d}\r\nSubject: t\r\n\r\nbody\r\n");
+    let err = smtplib_send(sidecar.smtp, "x@b.example", &["u@example.net"], msg("b.example").as_bytes())
+        .expect_err("b.example not yet allowed");
+    assert!(err.contains("550") && err.contains("5.7.1"), "{err}");
+
+    std::fs::write(&sidecar.config_path, config("  - domain: a.example\n  - domain: b.example")).expect("write");
+    sidecar.wait_metric("mailroom_sidecar_config_reloads_total", |v| v == 1.0);
+    smtplib_send(sidecar.smtp, "x@b.example", &["u@example.net"], msg("b.example").as_bytes()).expect("allowed now");
+
+    std::fs::write(&sidecar.config_path, "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nbogus: 1\n")
+        .expect("write");
+    sidecar.wait_metric("mailroom_sidecar_config_reload_failures_total", |v| v == 1.0);
+    smtplib_send(sidecar.smtp, "x@b.example", &["u@example.net"], msg("b.example").as_bytes())
+        .expect("old config still in force");
+    assert!(sidecar.log().contains("config change rejected"));
+}
+
+/// Proves back-pressure: with the spool at its message limit (the smarthost is down, so nothing
+/// drains) new mail gets `452 4.3.1`, and what was accepted is delivered once the smarthost is up.
+#[test]
+fn full_spool_answers_452_and_keeps_what_it_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = harness::free_port();
+    let tail = "";
+    let config = smarthost_config(port, "none", "", "  - domain: example.com", tail)
+        .replace("  dir: {dir}/spool", "  dir: {dir}/spool\n  maxMessages: 2");
+    let sidecar = Sidecar::start(dir.path(), &config);
+    let msg = b"From: app@example.com\r\n\r\nx\r\n";
+    for _ in 0..2 {
+        smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect("fits");
+    }
+    let err = smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect_err("full");
+    assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
+    assert_eq!(sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="spool_full""#), 1.0);
+    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    eventually("both accepted messages delivered", || (up.received().len() == 2).then_some(()));
+}
+
+/// Proves the disk-full path on a real full filesystem (a 2 MiB tmpfs): `452 4.3.1`, and the
+/// messages accepted before are intact and delivered.
+#[test]
+fn full_disk_answers_452_and_damages_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("spool dir");
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&spool).status();
+    assert!(
+        mounted.is_ok_and(|s| s.success()),
+        "this test mounts a small tmpfs and needs root (CI and make test run as root)"
+    );
+    let _unmount = Unmount(spool.clone());
+    let port = harness::free_port();
+    let sidecar = Sidecar::start(dir.path(), &smarthost_config(port, "none", "", "  - domain: example.com", ""));
+    let big = format!("From: app@example.com\r\n\r\n{}\r\n", "y".repeat(400_000));
+    let mut accepted = 0;
+    let err = loop {
+        match smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], big.as_bytes()) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 10, "a 2 MiB disk cannot hold 10 messages of 400 kB");
+    };
+    assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
+    assert!(accepted >= 1);
+    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let got = eventually("accepted messages delivered intact", || {
+        let r = up.received();
+        (r.len() == accepted).then_some(r)
+    });
+    for r in got {
+        assert!(r.data.ends_with(big.as_bytes()));
+    }
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Proves SIGTERM drains: the sidecar stops, exits 0, and a message it could not deliver in the
+/// drain window is delivered after the next start.
+#[test]
+fn sigterm_drains_and_undelivered_mail_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = harness::free_port();
+    let config = smarthost_config(port, "none", "", "  - domain: example.com", "");
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &config, &[("SIDECAR_DRAIN_SECONDS", "1")]);
+    smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], b"From: app@example.com\r\n\r\nx\r\n")
+        .expect("accepted");
+    assert_eq!(sidecar.terminate(), Some(0));
+    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    sidecar.restart();
+    eventually("delivery after restart", || (up.received().len() == 1).then_some(()));
+}
+
+/// Proves capture mode with curl as the client: the message lands as an .eml file, byte-exact
+/// after the Received header, with its envelope beside it.
+#[test]
+fn capture_mode_keeps_messages_sent_by_curl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
+                  spool:\n  dir: {dir}/spool\ndelivery:\n  capture:\n    dir: {dir}/capture\n";
+    let sidecar = Sidecar::start(dir.path(), config);
+    let body = "From: app@example.com\r\nTo: user@example.net\r\nSubject: curl\r\n\r\nsent by curl\r\n";
+    let file = dir.path().join("mail.txt");
+    std::fs::write(&file, body).expect("write");
+    let out = Command::new("curl")
+        .args(["-sS", &format!("smtp://{}", sidecar.smtp), "--mail-from", "app@example.com"])
+        .args(["--mail-rcpt", "user@example.net", "--upload-file"])
+        .arg(&file)
+        .output()
+        .expect("curl is required (apt-get install curl)");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let eml = eventually("captured .eml", || {
+        let entries = std::fs::read_dir(dir.path().join("capture")).ok()?;
+        entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "eml"))
+    });
+    let text = std::fs::read_to_string(&eml).expect("read eml");
+    assert!(text.starts_with("Received: from "), "{text}");
+    assert!(text.ends_with(body), "{text}");
+}
+
+/// Proves `--check-config`: valid files pass, an invalid one lists every problem with its field
+/// path and exits 64 without binding anything.
+#[test]
+fn check_config_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: mailroom.dev/v2\nkind: SidecarConfig\ndomains: []\nspool:\n  dir: /x\n\
+         delivery:\n  smarthost:\n    host: 'not a host'\n    port: 0\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar")).arg("--check-config").arg(&bad).output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in ["apiVersion", "domains", "delivery.smarthost.host", "delivery.smarthost.port"] {
+        assert!(err.contains(&format!("  - {field}: ")), "{field} missing from:\n{err}");
+    }
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sidecar-config/smarthost.yaml");
+    let ok = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar")).arg("--check-config").arg(golden).output().expect("run");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
