@@ -1,0 +1,386 @@
+//! `ControlPlane`: etcd + kube-apiserver (+ kube-controller-manager) on loopback with a throwaway PKI,
+//! shared by every test of a test binary (`shared()`) or owned by one test (`start()`).
+
+use std::{
+    fmt,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, Once},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+};
+use kube::{
+    Api, Client, Config,
+    api::PostParams,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use tokio::sync::OnceCell;
+
+use crate::{
+    janitor::{self, Janitor},
+    kubeconfig::{self, Credentials},
+    pki::{self, CA_CRT, SA_KEY, SA_PUB, SERVING_CRT, SERVING_KEY},
+    process::Proc,
+    testenv,
+};
+
+/// How to start a control plane. `Options::default()` is what `shared()` uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Also run kube-controller-manager (garbage collection, namespace deletion, ServiceAccounts).
+    /// Default: true.
+    pub controller_manager: bool,
+    /// The controllers kube-controller-manager runs (its `--controllers`). Default: garbage collector,
+    /// namespace, serviceaccount and root CA publisher; there is no kubelet or scheduler, so workload
+    /// controllers would only create Pods that never run.
+    pub controllers: Vec<String>,
+    /// Extra kube-apiserver flags, e.g. `--feature-gates=...`.
+    pub apiserver_args: Vec<String>,
+    /// How long to wait for `/readyz`. Default: 60 s (it is ready in a few seconds when idle).
+    pub ready_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let controllers = [
+            "garbage-collector-controller",
+            "namespace-controller",
+            "serviceaccount-controller",
+            "root-ca-certificate-publisher-controller",
+        ];
+        Self {
+            controller_manager: true,
+            controllers: controllers.map(String::from).to_vec(),
+            apiserver_args: Vec::new(),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running control plane. Dropping it kills its processes and removes its directory (keeping
+/// `logs/` if the dropping thread is panicking); the shared one is cleaned up when the test process ends.
+pub struct ControlPlane {
+    dir: PathBuf,
+    server: String,
+    ca_pem: String,
+    admin: Kubeconfig,
+    startup: Duration,
+    // Stopped in reverse start order on drop: controller-manager, apiserver, etcd.
+    procs: Vec<Proc>,
+    janitor: Janitor,
+}
+
+/// Set to `1` to keep control-plane logs even when every test passed.
+pub const ENV_KEEP_LOGS: &str = "MAILROOM_TESTENV_KEEP_LOGS";
+
+/// Directories of live control planes, so that a failing test anywhere keeps their logs.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static SHARED: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
+
+// === impl ControlPlane ===
+
+impl ControlPlane {
+    /// The control plane shared by every test in this test binary, started on first use with
+    /// `Options::default()`. Tests share it, so each should work in its own `new_namespace()`.
+    pub async fn shared() -> Result<&'static Self> {
+        let started = SHARED
+            .get_or_init(|| async { Self::start().await.map_err(|e| format!("{e:#}")) })
+            .await;
+        started
+            .as_ref()
+            .map_err(|e| anyhow!("the shared control plane failed to start: {e}"))
+    }
+
+    /// Starts a control plane owned by the caller, with `Options::default()`.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts a control plane owned by the caller.
+    pub async fn start_with(options: Options) -> Result<Self> {
+        let t0 = Instant::now();
+        let (etcd, apiserver) = (testenv::bin("etcd")?, testenv::bin("kube-apiserver")?);
+        let dir = tempfile::Builder::new().prefix("mailroom-cp-").tempdir()?.keep();
+        // From here on the janitor owns the directory: it removes it however we exit.
+        let janitor = Janitor::spawn(&dir)?;
+        install_panic_hook();
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(dir.clone());
+        if keep_logs_requested() {
+            mark_keep_logs(&dir);
+        }
+
+        let pki = pki::generate(&dir.join("pki"))?;
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let server = format!("https://127.0.0.1:{}", free_port()?);
+        let admin_doc = kubeconfig::document(&server, &pki.ca_pem, "admin", Credentials::Cert(&pki.admin));
+        kubeconfig::write(&admin_doc, &dir.join("kubeconfig"))?;
+
+        let mut cp = Self {
+            server,
+            ca_pem: pki.ca_pem,
+            admin: kubeconfig::parse(&admin_doc)?,
+            startup: Duration::ZERO,
+            procs: Vec::new(),
+            janitor,
+            dir,
+        };
+        let etcd_url = format!("http://127.0.0.1:{}", free_port()?);
+        cp.spawn("etcd", &etcd, &cp.etcd_args(&etcd_url)?)?;
+        let mut args = cp.apiserver_args(&etcd_url)?;
+        args.extend(options.apiserver_args.iter().cloned());
+        cp.spawn("kube-apiserver", &apiserver, &args)?;
+        cp.wait_ready(options.ready_timeout).await?;
+        if options.controller_manager {
+            let kcm = testenv::bin("kube-controller-manager")?;
+            cp.spawn(
+                "kube-controller-manager",
+                &kcm,
+                &cp.controller_manager_args(&options.controllers),
+            )?;
+        }
+        cp.startup = t0.elapsed();
+        eprintln!(
+            "mailroom-test-support: control plane {} ready in {:.1?} (logs: {})",
+            cp.server,
+            cp.startup,
+            cp.logs_dir().display()
+        );
+        Ok(cp)
+    }
+
+    /// A new cluster-admin client. Make one per test: a `kube::Client` is bound to the tokio runtime it
+    /// was made on, and each `#[tokio::test]` has its own.
+    pub async fn client(&self) -> Result<Client> {
+        client_from(self.admin.clone()).await
+    }
+
+    /// A client authenticated as ServiceAccount `namespace/name` (which must exist) with a fresh token
+    /// from the TokenRequest API, so RBAC applies exactly as it would to a pod using that account.
+    pub async fn client_for_service_account(&self, namespace: &str, name: &str) -> Result<Client> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?
+            .status
+            .context("TokenRequest returned no status")?
+            .token;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let doc = kubeconfig::document(&self.server, &self.ca_pem, &user, Credentials::Token(&token));
+        client_from(kubeconfig::parse(&doc)?).await
+    }
+
+    /// A `helm` command pointed at this control plane (`KUBECONFIG`), with helm's cache, config and
+    /// data directories inside the control plane directory so that tests never touch `~/.config/helm`.
+    pub fn helm(&self) -> Result<Command> {
+        let mut helm = testenv::command("helm")?;
+        let home = self.dir.join("helm");
+        helm.env("KUBECONFIG", self.kubeconfig_path())
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        Ok(helm)
+    }
+
+    /// The apiserver URL, `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server
+    }
+
+    /// PEM of the CA that signed the apiserver certificate and the admin client certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A cluster-admin kubeconfig file (client certificate), e.g. for `helm` or a spawned operator.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Where etcd, kube-apiserver and kube-controller-manager write their logs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// How long `start` took until `/readyz` answered and the controller-manager was launched.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    fn spawn(&mut self, name: &'static str, program: &Path, args: &[String]) -> Result<()> {
+        let proc = Proc::spawn(name, program, args, &self.logs_dir())?;
+        self.janitor.watch(proc.pid())?;
+        self.procs.push(proc);
+        Ok(())
+    }
+
+    /// Polls `/readyz` until it answers `ok`; fails early with the log tail if a process exits.
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            for proc in &mut self.procs {
+                if let Some(status) = proc.exited()? {
+                    bail!(
+                        "{} exited ({status}) during start-up\n{}",
+                        proc.name,
+                        proc.log_tail(40)
+                    );
+                }
+            }
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            let last = match client.request_text(request).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                Ok(body) => body,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                let apiserver = self.procs.iter().find(|p| p.name == "kube-apiserver");
+                let tail = apiserver.map(|p| p.log_tail(40)).unwrap_or_default();
+                bail!("kube-apiserver not ready after {timeout:?}: {last}\n{tail}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn etcd_args(&self, client_url: &str) -> Result<Vec<String>> {
+        let peer_url = format!("http://127.0.0.1:{}", free_port()?);
+        Ok(vec![
+            "--name=default".into(),
+            format!("--data-dir={}", self.dir.join("etcd").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            // Throwaway data: durability costs start-up time and buys nothing.
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ])
+    }
+
+    fn apiserver_args(&self, etcd_url: &str) -> Result<Vec<String>> {
+        let pki = self.dir.join("pki");
+        let port = self.server.rsplit(':').next().context("server URL has no port")?;
+        let file = |name: &str| pki.join(name).display().to_string();
+        Ok(vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", self.dir.join("apiserver").display()),
+            format!("--tls-cert-file={}", file(SERVING_CRT)),
+            format!("--tls-private-key-file={}", file(SERVING_KEY)),
+            format!("--client-ca-file={}", file(CA_CRT)),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", file(SA_PUB)),
+            format!("--service-account-signing-key-file={}", file(SA_KEY)),
+            // Needed for Service validation; nothing ever routes to it (no kube-proxy, see below).
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            // All on by default; named so that a change of defaults cannot silently drop them.
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,\
+             MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota"
+                .into(),
+            "--allow-privileged=true".into(),
+            // No kubernetes Service endpoints to maintain; resolve webhook/APIService services through
+            // their Endpoints instead of the (unroutable) cluster IP. Tests register webhooks by URL.
+            "--endpoint-reconciler-type=none".into(),
+            "--enable-aggregator-routing=true".into(),
+            "--profiling=false".into(),
+        ])
+    }
+
+    fn controller_manager_args(&self, controllers: &[String]) -> Vec<String> {
+        let pki = self.dir.join("pki");
+        vec![
+            format!("--kubeconfig={}", self.kubeconfig_path().display()),
+            format!("--controllers={}", controllers.join(",")),
+            "--leader-elect=false".into(),
+            // No HTTPS endpoint: nothing scrapes it, and it would need its own port.
+            "--secure-port=0".into(),
+            format!("--root-ca-file={}", pki.join(CA_CRT).display()),
+            format!(
+                "--service-account-private-key-file={}",
+                pki.join(SA_KEY).display()
+            ),
+        ]
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            mark_keep_logs(&self.dir);
+        }
+        while let Some(mut proc) = self.procs.pop() {
+            proc.stop();
+        }
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d| d != &self.dir);
+        self.janitor.finish();
+    }
+}
+
+impl fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("server", &self.server)
+            .field("dir", &self.dir)
+            .field("procs", &self.procs)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn client_from(kubeconfig: Kubeconfig) -> Result<Client> {
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// A port that was free a moment ago. Another process may take it before ours binds it; start-up then
+/// fails with "address already in use" in the log tail, which is rare enough on a test machine.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `MAILROOM_TESTENV_KEEP_LOGS=1` keeps logs even when every test passed.
+fn keep_logs_requested() -> bool {
+    std::env::var_os(ENV_KEEP_LOGS).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn mark_keep_logs(dir: &Path) {
+    let _ = std::fs::write(dir.join(janitor::KEEP_LOGS), b"");
+}
+
+/// On any panic (a failing test), mark every live control plane to keep its logs and say where they are.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            for dir in LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                mark_keep_logs(dir);
+                eprintln!(
+                    "mailroom-test-support: control plane logs: {}",
+                    dir.join("logs").display()
+                );
+            }
+        }));
+    });
+}
