@@ -100,7 +100,11 @@ impl Signer {
                 .headers(SIGNED_HEADERS.iter().copied())
                 .header_canonicalization(Canonicalization::Relaxed)
                 .body_canonicalization(Canonicalization::Relaxed);
-            let entry = DomainKey { signer, algorithm: dkim.algorithm, selector: dkim.selector.clone() };
+            let entry = DomainKey {
+                signer,
+                algorithm: dkim.algorithm,
+                selector: dkim.selector.clone(),
+            };
             keys.insert(d.domain.to_ascii_lowercase(), entry);
         }
         Ok(Self { keys })
@@ -119,7 +123,10 @@ impl Signer {
             key.signer
                 .sign(message)
                 .map(|sig| sig.to_header().into_bytes())
-                .map_err(|e| Error::Sign { domain: domain.to_owned(), reason: e.to_string() }),
+                .map_err(|e| Error::Sign {
+                    domain: domain.to_owned(),
+                    reason: e.to_string(),
+                }),
         )
     }
 }
@@ -134,8 +141,11 @@ pub fn label(algorithm: DkimAlgorithm) -> &'static str {
 
 fn load_key(domain: &str, dkim: &config::Dkim) -> Result<DkimKey, Error> {
     let path = &dkim.key_file;
-    let pem = std::fs::read(path)
-        .map_err(|source| Error::ReadKey { domain: domain.to_owned(), path: path.clone(), source })?;
+    let pem = std::fs::read(path).map_err(|source| Error::ReadKey {
+        domain: domain.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
     let bad = |reason: &str| Error::ParseKey {
         domain: domain.to_owned(),
         path: path.clone(),

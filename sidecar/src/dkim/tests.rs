@@ -7,7 +7,11 @@ use std::path::Path;
 fn domain(key_file: &Path, algorithm: DkimAlgorithm) -> Domain {
     Domain {
         domain: "example.com".into(),
-        dkim: Some(Dkim { selector: "s1".into(), algorithm, key_file: key_file.to_owned() }),
+        dkim: Some(Dkim {
+            selector: "s1".into(),
+            algorithm,
+            key_file: key_file.to_owned(),
+        }),
     }
 }
 
@@ -21,10 +25,26 @@ fn key_errors_name_domain_and_file_but_never_the_key() {
         want: &'static str,
     }
     let cases = [
-        Case { contents: None, algorithm: DkimAlgorithm::RsaSha256, want: "cannot read" },
-        Case { contents: Some("not pem at all"), algorithm: DkimAlgorithm::RsaSha256, want: "no PKCS#1" },
-        Case { contents: Some(FAKE_PKCS1), algorithm: DkimAlgorithm::RsaSha256, want: "not a valid RSA" },
-        Case { contents: Some(FAKE_PKCS1), algorithm: DkimAlgorithm::Ed25519Sha256, want: "must be PKCS#8" },
+        Case {
+            contents: None,
+            algorithm: DkimAlgorithm::RsaSha256,
+            want: "cannot read",
+        },
+        Case {
+            contents: Some("not pem at all"),
+            algorithm: DkimAlgorithm::RsaSha256,
+            want: "no PKCS#1",
+        },
+        Case {
+            contents: Some(FAKE_PKCS1),
+            algorithm: DkimAlgorithm::RsaSha256,
+            want: "not a valid RSA",
+        },
+        Case {
+            contents: Some(FAKE_PKCS1),
+            algorithm: DkimAlgorithm::Ed25519Sha256,
+            want: "must be PKCS#8",
+        },
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     for (i, c) in cases.iter().enumerate() {
@@ -34,7 +54,10 @@ fn key_errors_name_domain_and_file_but_never_the_key() {
         }
         let err = Signer::new(&[domain(&path, c.algorithm)]).expect_err("bad key is refused");
         let msg = err.to_string();
-        assert!(msg.contains("example.com") && msg.contains(&path.display().to_string()), "{msg}");
+        assert!(
+            msg.contains("example.com") && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
         assert!(msg.contains(c.want), "case {i}: {msg}");
         assert!(!msg.contains("U0VDUkVU"), "key material leaked: {msg}");
     }
@@ -42,7 +65,15 @@ fn key_errors_name_domain_and_file_but_never_the_key() {
 
 #[test]
 fn domains_without_dkim_are_not_signed() {
-    let signer = Signer::new(&[Domain { domain: "example.com".into(), dkim: None }]).expect("no keys");
-    assert!(signer.sign("example.com", b"From: a@example.com\r\n\r\n").is_none());
+    let signer = Signer::new(&[Domain {
+        domain: "example.com".into(),
+        dkim: None,
+    }])
+    .expect("no keys");
+    assert!(
+        signer
+            .sign("example.com", b"From: a@example.com\r\n\r\n")
+            .is_none()
+    );
     assert!(signer.algorithm("example.com").is_none());
 }

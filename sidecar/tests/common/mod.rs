@@ -19,7 +19,9 @@ pub fn python() -> PathBuf {
 
 /// A script in `tests/peers/`.
 pub fn peer(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
 }
 
 /// Runs `openssl` with `args` in `dir`; fails the test with a clear message if it is missing.
@@ -30,7 +32,11 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run the openssl CLI (install openssl; make test needs it): {e}"));
-    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -49,11 +55,28 @@ pub struct TestCa {
 pub fn test_ca(dir: &Path) -> TestCa {
     std::fs::create_dir_all(dir).expect("ca dir");
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=mailroom test CA", "-keyout", "ca.key"];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mailroom test CA",
+        "-keyout",
+        "ca.key",
+    ];
     ca.extend(ec);
     ca.extend(["-out", "ca.pem"]);
     openssl(dir, &ca);
-    let mut csr = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"];
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ];
     csr.extend(ec);
     openssl(dir, &csr);
     std::fs::write(
@@ -65,11 +88,28 @@ pub fn test_ca(dir: &Path) -> TestCa {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
         ],
     );
-    TestCa { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") }
+    TestCa {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    }
 }
 
 /// `tests/peers/upstream.py` running as a child; killed on drop.
@@ -115,9 +155,17 @@ impl Upstream {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let port = line.trim().parse().unwrap_or_else(|_| {
             let _ = child.kill();
-            panic!("upstream.py did not print its port: {}", std::fs::read_to_string(&log).unwrap_or_default())
+            panic!(
+                "upstream.py did not print its port: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
         });
-        Self { child, port, maildir, log }
+        Self {
+            child,
+            port,
+            maildir,
+            log,
+        }
     }
 
     /// Every transaction received so far, in order.
