@@ -46,12 +46,13 @@ pub fn classify(err: &SmtpError) -> (Outcome, ReplyClass) {
 pub fn result(phase: Phase, err: &SmtpError) -> RcptResult {
     let (mut outcome, mut class) = classify(err);
     match (phase, class) {
-        (Phase::Auth, ReplyClass::Timeout) => {}
+        (Phase::Auth | Phase::Tls, ReplyClass::Timeout) => {}
         (Phase::Auth, _) => (outcome, class) = (Outcome::Deferred, ReplyClass::Auth),
-        (Phase::Tls, ReplyClass::Connection | ReplyClass::Protocol) => class = ReplyClass::Tls,
-        // A 5xx before any transaction (greeting 554, EHLO or STARTTLS refused) says nothing
-        // about the recipients; RFC 5321 3.1 lets us try again later.
-        (Phase::Connect | Phase::Tls, ReplyClass::Permanent) => outcome = Outcome::Deferred,
+        // RFC 3207 4: 454 (or a broken handshake) means no TLS now; never a reason to bounce.
+        (Phase::Tls, _) => (outcome, class) = (Outcome::Deferred, ReplyClass::Tls),
+        // A 5xx before any transaction (greeting 554, EHLO refused) says nothing about the
+        // recipients; RFC 5321 3.1 lets us try again later.
+        (Phase::Connect, ReplyClass::Permanent) => outcome = Outcome::Deferred,
         _ => {}
     }
     RcptResult {

@@ -149,6 +149,9 @@ impl SmarthostTransport {
             Err(failure) => {
                 if failure.parks {
                     self.connection_failed();
+                } else {
+                    // The server answered (e.g. AUTH refused): the route itself is reachable.
+                    self.connection_ok();
                 }
                 if let Some(p) = probe.take() {
                     p.disarm();
