@@ -60,7 +60,11 @@ pub fn build(report: &Report<'_>, kind: Kind, recipients: &[(String, String)]) -
     let headers = header_section(report.original);
     let boundary = boundary(report, &headers);
     let sender_domain = report.envelope.sender_domain();
-    let from_domain = if sender_domain.is_empty() { report.hostname } else { sender_domain.as_str() };
+    let from_domain = if sender_domain.is_empty() {
+        report.hostname
+    } else {
+        sender_domain.as_str()
+    };
     let subject = match kind {
         Kind::Failed | Kind::Expired => "Undelivered Mail Returned to Sender",
         Kind::Delayed { .. } => "Delayed Mail (still being retried)",
@@ -70,11 +74,16 @@ pub fn build(report: &Report<'_>, kind: Kind, recipients: &[(String, String)]) -
         out.push_str(s);
         out.push_str("\r\n");
     };
-    line(&format!("From: Mail Delivery System <MAILER-DAEMON@{from_domain}>"));
+    line(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{from_domain}>"
+    ));
     line(&format!("To: <{}>", report.envelope.sender));
     line(&format!("Subject: {subject}"));
     line(&format!("Date: {}", rfc5322_date(report.now)));
-    line(&format!("Message-ID: <{}.{}.dsn@{}>", report.message_id, report.now, report.hostname));
+    line(&format!(
+        "Message-ID: <{}.{}.dsn@{}>",
+        report.message_id, report.now, report.hostname
+    ));
     // RFC 3834 5: automatic responses are marked so that nobody auto-replies to them.
     line("Auto-Submitted: auto-replied");
     line("MIME-Version: 1.0");
@@ -118,7 +127,10 @@ fn human_readable(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, 
         }
         Kind::Delayed { will_retry_until } => {
             line("Your message has not yet been delivered to the recipients below. The mail");
-            line(&format!("system will keep trying until {}.", rfc5322_date(will_retry_until)));
+            line(&format!(
+                "system will keep trying until {}.",
+                rfc5322_date(will_retry_until)
+            ));
             line("You do not need to send it again.");
         }
     }
@@ -132,13 +144,23 @@ fn human_readable(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, 
 fn delivery_status(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, rcpts: &[(String, String)]) {
     line(&format!("Reporting-MTA: dns; {}", report.hostname));
     line(&format!("X-Mailroom-Queue-ID: {}", report.message_id));
-    line(&format!("Arrival-Date: {}", rfc5322_date(report.envelope.received_at)));
+    line(&format!(
+        "Arrival-Date: {}",
+        rfc5322_date(report.envelope.received_at)
+    ));
     for (rcpt, diagnostic) in rcpts {
         line("");
         // RFC 6533 3: the utf-8 address type for internationalized addresses.
         let addr_type = if rcpt.is_ascii() { "rfc822" } else { "utf-8" };
         line(&format!("Final-Recipient: {addr_type}; {rcpt}"));
-        line(&format!("Action: {}", if matches!(kind, Kind::Delayed { .. }) { "delayed" } else { "failed" }));
+        line(&format!(
+            "Action: {}",
+            if matches!(kind, Kind::Delayed { .. }) {
+                "delayed"
+            } else {
+                "failed"
+            }
+        ));
         line(&format!("Status: {}", status(kind, diagnostic)));
         if let Some(mta) = report.remote_mta {
             line(&format!("Remote-MTA: dns; {mta}"));
@@ -146,7 +168,11 @@ fn delivery_status(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind,
         let diagnostic = one_line(diagnostic);
         if !diagnostic.is_empty() {
             // RFC 3464 2.3.6: "smtp" only for SMTP replies; other text uses an X- type.
-            let dtype = if reply_code(&diagnostic).is_some() { "smtp" } else { "X-Mailroom" };
+            let dtype = if reply_code(&diagnostic).is_some() {
+                "smtp"
+            } else {
+                "X-Mailroom"
+            };
             line(&format!("Diagnostic-Code: {dtype}; {diagnostic}"));
         }
         line(&format!("Last-Attempt-Date: {}", rfc5322_date(report.now)));
@@ -186,12 +212,18 @@ fn is_enhanced(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
     parts.len() == 3
         && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..].iter().all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[1..]
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Diagnostics go into header-like fields: no line breaks, bounded length.
 fn one_line(s: &str) -> String {
-    let mut out: String = s.split(['\r', '\n']).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ");
+    let mut out: String = s
+        .split(['\r', '\n'])
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if out.len() > MAX_DIAGNOSTIC {
         let mut cut = MAX_DIAGNOSTIC;
         while !out.is_char_boundary(cut) {
@@ -240,7 +272,9 @@ fn boundary(report: &Report<'_>, headers: &[u8]) -> String {
 /// RFC 5322 3.3 date-time in UTC.
 fn rfc5322_date(secs: u64) -> String {
     let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-    chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().to_rfc2822()
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .to_rfc2822()
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ fn report(envelope: &Envelope) -> Report<'_> {
 
 fn failed() -> Vec<(String, String)> {
     vec![
-        ("a@example.net".into(), "550 5.1.1 <a@example.net>: no such user".into()),
+        (
+            "a@example.net".into(),
+            "550 5.1.1 <a@example.net>: no such user".into(),
+        ),
         ("b@example.net".into(), "554 transaction failed".into()),
     ]
 }
@@ -40,10 +43,22 @@ fn failure_notice_is_a_multipart_report_with_three_parts() {
     let ct = msg.content_type().expect("content type");
     assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
     assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
-    assert_eq!(msg.header_raw("Auto-Submitted").map(str::trim), Some("auto-replied"));
-    assert_eq!(msg.from().and_then(|a| a.first()).and_then(|a| a.address()), Some("MAILER-DAEMON@example.com"));
-    assert_eq!(msg.to().and_then(|a| a.first()).and_then(|a| a.address()), Some("app@example.com"));
-    assert!(msg.message_id().is_some_and(|id| id.ends_with("@relay.example.com")));
+    assert_eq!(
+        msg.header_raw("Auto-Submitted").map(str::trim),
+        Some("auto-replied")
+    );
+    assert_eq!(
+        msg.from().and_then(|a| a.first()).and_then(|a| a.address()),
+        Some("MAILER-DAEMON@example.com")
+    );
+    assert_eq!(
+        msg.to().and_then(|a| a.first()).and_then(|a| a.address()),
+        Some("app@example.com")
+    );
+    assert!(
+        msg.message_id()
+            .is_some_and(|id| id.ends_with("@relay.example.com"))
+    );
     assert!(msg.date().is_some());
 
     let root = msg.part(0).and_then(|p| p.sub_parts()).expect("multipart");
@@ -55,10 +70,16 @@ fn failure_notice_is_a_multipart_report_with_three_parts() {
             format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or(""))
         })
         .collect();
-    assert_eq!(types, ["text/plain", "message/delivery-status", "text/rfc822-headers"]);
+    assert_eq!(
+        types,
+        ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    );
 
     let human = part(0).text_contents().expect("text");
-    assert!(human.contains("<a@example.net>: 550 5.1.1 <a@example.net>: no such user"), "{human}");
+    assert!(
+        human.contains("<a@example.net>: 550 5.1.1 <a@example.net>: no such user"),
+        "{human}"
+    );
 
     let status = String::from_utf8_lossy(part(1).contents()).into_owned();
     for want in [
@@ -100,12 +121,31 @@ fn every_line_ends_with_crlf() {
 fn expiry_and_delay_notices_carry_their_action_and_status() {
     let env = envelope();
     let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    let expired = text(expiry(&report(&env), &[("a@example.net".into(), "connection refused".into())]));
-    assert!(expired.contains("Action: failed\r\nStatus: 4.4.7\r\n"), "{expired}");
-    assert!(expired.contains("Diagnostic-Code: X-Mailroom; connection refused\r\n"), "{expired}");
-    let delayed = text(delay(&report(&env), &[("a@example.net".into(), "451 4.3.0 try later".into())], 1_700_400_000));
-    assert!(delayed.contains("Action: delayed\r\nStatus: 4.3.0\r\n"), "{delayed}");
-    assert!(delayed.contains("Will-Retry-Until: Sun, 19 Nov 2023 13:20:00 +0000\r\n"), "{delayed}");
+    let expired = text(expiry(
+        &report(&env),
+        &[("a@example.net".into(), "connection refused".into())],
+    ));
+    assert!(
+        expired.contains("Action: failed\r\nStatus: 4.4.7\r\n"),
+        "{expired}"
+    );
+    assert!(
+        expired.contains("Diagnostic-Code: X-Mailroom; connection refused\r\n"),
+        "{expired}"
+    );
+    let delayed = text(delay(
+        &report(&env),
+        &[("a@example.net".into(), "451 4.3.0 try later".into())],
+        1_700_400_000,
+    ));
+    assert!(
+        delayed.contains("Action: delayed\r\nStatus: 4.3.0\r\n"),
+        "{delayed}"
+    );
+    assert!(
+        delayed.contains("Will-Retry-Until: Sun, 19 Nov 2023 13:20:00 +0000\r\n"),
+        "{delayed}"
+    );
     assert!(delayed.contains("Subject: Delayed Mail"), "{delayed}");
 }
 
@@ -118,15 +158,51 @@ fn status_comes_from_the_reply_when_it_fits() {
     }
     let delayed = Kind::Delayed { will_retry_until: 0 };
     let cases = [
-        Case { kind: Kind::Failed, diagnostic: "550 5.1.1 no such user", want: "5.1.1" },
-        Case { kind: Kind::Failed, diagnostic: "550 no such user", want: "5.0.0" },
-        Case { kind: Kind::Failed, diagnostic: "550 4.1.1 mismatched class", want: "5.0.0" },
-        Case { kind: Kind::Failed, diagnostic: "address is not valid", want: "5.0.0" },
-        Case { kind: Kind::Failed, diagnostic: "552 5.3.4 too big", want: "5.3.4" },
-        Case { kind: Kind::Expired, diagnostic: "451 4.3.0 later", want: "4.4.7" },
-        Case { kind: delayed, diagnostic: "450 4.2.0 busy", want: "4.2.0" },
-        Case { kind: delayed, diagnostic: "timed out waiting for a reply", want: "4.0.0" },
-        Case { kind: delayed, diagnostic: "450 4.2.1000 bad", want: "4.0.0" },
+        Case {
+            kind: Kind::Failed,
+            diagnostic: "550 5.1.1 no such user",
+            want: "5.1.1",
+        },
+        Case {
+            kind: Kind::Failed,
+            diagnostic: "550 no such user",
+            want: "5.0.0",
+        },
+        Case {
+            kind: Kind::Failed,
+            diagnostic: "550 4.1.1 mismatched class",
+            want: "5.0.0",
+        },
+        Case {
+            kind: Kind::Failed,
+            diagnostic: "address is not valid",
+            want: "5.0.0",
+        },
+        Case {
+            kind: Kind::Failed,
+            diagnostic: "552 5.3.4 too big",
+            want: "5.3.4",
+        },
+        Case {
+            kind: Kind::Expired,
+            diagnostic: "451 4.3.0 later",
+            want: "4.4.7",
+        },
+        Case {
+            kind: delayed,
+            diagnostic: "450 4.2.0 busy",
+            want: "4.2.0",
+        },
+        Case {
+            kind: delayed,
+            diagnostic: "timed out waiting for a reply",
+            want: "4.0.0",
+        },
+        Case {
+            kind: delayed,
+            diagnostic: "450 4.2.1000 bad",
+            want: "4.0.0",
+        },
     ];
     for c in cases {
         assert_eq!(status(c.kind, c.diagnostic), c.want, "{}", c.diagnostic);
@@ -140,13 +216,30 @@ fn header_section_is_cut_at_the_empty_line_and_normalised() {
         want: &'static [u8],
     }
     let cases = [
-        Case { input: b"A: 1\r\nB: 2\r\n\r\nbody\r\n", want: b"A: 1\r\nB: 2\r\n" },
-        Case { input: b"A: 1\nB: 2\n\nbody\n", want: b"A: 1\r\nB: 2\r\n" },
-        Case { input: b"A: 1", want: b"A: 1\r\n" },
-        Case { input: b"", want: b"" },
+        Case {
+            input: b"A: 1\r\nB: 2\r\n\r\nbody\r\n",
+            want: b"A: 1\r\nB: 2\r\n",
+        },
+        Case {
+            input: b"A: 1\nB: 2\n\nbody\n",
+            want: b"A: 1\r\nB: 2\r\n",
+        },
+        Case {
+            input: b"A: 1",
+            want: b"A: 1\r\n",
+        },
+        Case {
+            input: b"",
+            want: b"",
+        },
     ];
     for c in cases {
-        assert_eq!(header_section(c.input), c.want, "{:?}", String::from_utf8_lossy(c.input));
+        assert_eq!(
+            header_section(c.input),
+            c.want,
+            "{:?}",
+            String::from_utf8_lossy(c.input)
+        );
     }
 }
 
@@ -157,7 +250,10 @@ fn boundary_avoids_text_in_the_returned_headers() {
     let original = b"X-Trap: =_mailroom-0000000000000abc-1700000600\r\n\r\n".to_vec();
     r.original = &original;
     let text = String::from_utf8(failure(&r, &failed())).expect("utf-8");
-    assert!(text.contains("boundary=\"=_mailroom-0000000000000abc-1700000600-1\""), "{text}");
+    assert!(
+        text.contains("boundary=\"=_mailroom-0000000000000abc-1700000600-1\""),
+        "{text}"
+    );
 }
 
 #[test]

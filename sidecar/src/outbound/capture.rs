@@ -36,7 +36,10 @@ pub struct CapturedEnvelope {
 impl CaptureTransport {
     /// Captures into `dir`, which is created if missing (config `delivery.capture.dir`).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), counter: AtomicU64::new(0) }
+        Self {
+            dir: dir.into(),
+            counter: AtomicU64::new(0),
+        }
     }
 
     /// The capture directory.
@@ -46,7 +49,10 @@ impl CaptureTransport {
 
     /// A name no other capture in this directory has: time, process and a counter.
     fn unique_name(&self) -> String {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{nanos:x}-{:x}-{n:x}", std::process::id())
     }
@@ -81,7 +87,11 @@ impl Transport for CaptureTransport {
 }
 
 fn failed(diagnostic: &str) -> RcptResult {
-    RcptResult { outcome: Outcome::Deferred, class: ReplyClass::Connection, diagnostic: diagnostic.into() }
+    RcptResult {
+        outcome: Outcome::Deferred,
+        class: ReplyClass::Connection,
+        diagnostic: diagnostic.into(),
+    }
 }
 
 /// The `.json` goes first, so whoever sees an `.eml` also finds its envelope.

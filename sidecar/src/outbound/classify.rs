@@ -46,15 +46,20 @@ pub fn classify(err: &SmtpError) -> (Outcome, ReplyClass) {
 pub fn result(phase: Phase, err: &SmtpError) -> RcptResult {
     let (mut outcome, mut class) = classify(err);
     match (phase, class) {
-        (Phase::Auth, ReplyClass::Timeout) => {}
+        (Phase::Auth | Phase::Tls, ReplyClass::Timeout) => {}
         (Phase::Auth, _) => (outcome, class) = (Outcome::Deferred, ReplyClass::Auth),
-        (Phase::Tls, ReplyClass::Connection | ReplyClass::Protocol) => class = ReplyClass::Tls,
-        // A 5xx before any transaction (greeting 554, EHLO or STARTTLS refused) says nothing
-        // about the recipients; RFC 5321 3.1 lets us try again later.
-        (Phase::Connect | Phase::Tls, ReplyClass::Permanent) => outcome = Outcome::Deferred,
+        // RFC 3207 4: 454 (or a broken handshake) means no TLS now; never a reason to bounce.
+        (Phase::Tls, _) => (outcome, class) = (Outcome::Deferred, ReplyClass::Tls),
+        // A 5xx before any transaction (greeting 554, EHLO refused) says nothing about the
+        // recipients; RFC 5321 3.1 lets us try again later.
+        (Phase::Connect, ReplyClass::Permanent) => outcome = Outcome::Deferred,
         _ => {}
     }
-    RcptResult { outcome, class, diagnostic: diagnostic(phase, err) }
+    RcptResult {
+        outcome,
+        class,
+        diagnostic: diagnostic(phase, err),
+    }
 }
 
 /// The diagnostic for an error: `"<code> <text>"` as the server sent it when there is a reply
@@ -70,7 +75,11 @@ pub fn diagnostic(phase: Phase, err: &SmtpError) -> String {
         Phase::Auth => "authentication with the smarthost failed",
         Phase::Transaction => "the smarthost connection failed",
     };
-    if detail.is_empty() { what.to_owned() } else { format!("{what}: {detail}") }
+    if detail.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {detail}")
+    }
 }
 
 /// The result for a step that ran out of time (RFC 5321 4.5.3.2: the client times out).
@@ -123,7 +132,9 @@ mod tests {
             server
         });
         let me = ClientId::Domain("me".into());
-        let mut conn = AsyncSmtpConnection::connect_tokio1(addr, None, &me, None, None).await.expect("connects");
+        let mut conn = AsyncSmtpConnection::connect_tokio1(addr, None, &me, None, None)
+            .await
+            .expect("connects");
         let err = conn.command(Rset).await.expect_err("negative reply");
         drop(peer.await);
         err
@@ -176,7 +187,11 @@ mod tests {
         for phase in [Phase::Connect, Phase::Tls, Phase::Auth, Phase::Transaction] {
             let got = timeout(phase);
             assert_eq!((got.outcome, got.class), (Outcome::Deferred, ReplyClass::Timeout));
-            assert!(got.diagnostic.starts_with("timed out waiting for"), "{}", got.diagnostic);
+            assert!(
+                got.diagnostic.starts_with("timed out waiting for"),
+                "{}",
+                got.diagnostic
+            );
         }
     }
 }

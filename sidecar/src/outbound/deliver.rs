@@ -86,7 +86,10 @@ fn parks(r: &RcptResult) -> bool {
 
 /// Connects, greets, secures and authenticates one connection.
 pub(crate) async fn open(s: &Settings) -> Result<AsyncSmtpConnection, OpenFailure> {
-    let fail = |result: RcptResult| OpenFailure { parks: parks(&result), result };
+    let fail = |result: RcptResult| OpenFailure {
+        parks: parks(&result),
+        result,
+    };
     // RFC 8314 3: implicit TLS starts the handshake before the greeting.
     let implicit = match s.tls {
         TlsMode::Implicit => s.tls_params.clone(),
@@ -100,7 +103,9 @@ pub(crate) async fn open(s: &Settings) -> Result<AsyncSmtpConnection, OpenFailur
         None,
     );
     // The classifier tells a handshake failure (implicit TLS) from a refused connect.
-    let mut conn = step(s.connect_timeout + s.command_timeout, Phase::Connect, connect).await.map_err(fail)?;
+    let mut conn = step(s.connect_timeout + s.command_timeout, Phase::Connect, connect)
+        .await
+        .map_err(fail)?;
     if s.tls == TlsMode::Starttls {
         let Some(params) = s.tls_params.clone() else {
             return Err(fail(tls_unavailable("no TLS parameters")));
@@ -108,21 +113,32 @@ pub(crate) async fn open(s: &Settings) -> Result<AsyncSmtpConnection, OpenFailur
         if !conn.can_starttls() {
             // RFC 3207 4: a client that requires TLS must not go on in clear text.
             let _ = timeout(s.command_timeout, conn.quit()).await;
-            return Err(fail(tls_unavailable("the smarthost does not offer STARTTLS (RFC 3207)")));
+            return Err(fail(tls_unavailable(
+                "the smarthost does not offer STARTTLS (RFC 3207)",
+            )));
         }
-        step(s.command_timeout, Phase::Tls, conn.starttls(params, &s.client_id)).await.map_err(fail)?;
+        step(s.command_timeout, Phase::Tls, conn.starttls(params, &s.client_id))
+            .await
+            .map_err(fail)?;
     }
     if let Some(auth) = &s.auth {
         // A rejected AUTH is our configuration's problem, not the route's: it does not park.
         authenticate(&mut conn, auth, s.command_timeout)
             .await
-            .map_err(|result| OpenFailure { parks: result.class == ReplyClass::Timeout, result })?;
+            .map_err(|result| OpenFailure {
+                parks: result.class == ReplyClass::Timeout,
+                result,
+            })?;
     }
     Ok(conn)
 }
 
 fn tls_unavailable(why: &str) -> RcptResult {
-    RcptResult { outcome: Outcome::Deferred, class: ReplyClass::Tls, diagnostic: why.to_owned() }
+    RcptResult {
+        outcome: Outcome::Deferred,
+        class: ReplyClass::Tls,
+        diagnostic: why.to_owned(),
+    }
 }
 
 /// RFC 4954: AUTH with credentials read now, so that a rotated Secret applies at once. The
@@ -140,7 +156,9 @@ async fn authenticate(
         AuthMechanism::Xoauth2 => Mechanism::Xoauth2,
     };
     let credentials = Credentials::new(username, password);
-    step(limit, Phase::Auth, conn.auth(&[mechanism], &credentials)).await.map(drop)
+    step(limit, Phase::Auth, conn.auth(&[mechanism], &credentials))
+        .await
+        .map(drop)
 }
 
 fn read_secret(path: &Path) -> Result<String, RcptResult> {
@@ -150,7 +168,11 @@ fn read_secret(path: &Path) -> Result<String, RcptResult> {
         Err(e) => Err(RcptResult {
             outcome: Outcome::Deferred,
             class: ReplyClass::Auth,
-            diagnostic: format!("cannot read smarthost credentials file {}: {}", path.display(), e.kind()),
+            diagnostic: format!(
+                "cannot read smarthost credentials file {}: {}",
+                path.display(),
+                e.kind()
+            ),
         }),
     }
 }
@@ -172,7 +194,13 @@ pub(crate) async fn transaction(
     let all = |r: RcptResult| vec![r; recipients.len()];
     let (from, params) = match mail_from(conn, envelope, recipients, message) {
         Ok(v) => v,
-        Err(r) => return Transaction { results: all(r), reusable: true, timed_out: false },
+        Err(r) => {
+            return Transaction {
+                results: all(r),
+                reusable: true,
+                timed_out: false,
+            };
+        }
     };
     if let Err(r) = step(limit, Phase::Transaction, conn.command(Mail::new(from, params))).await {
         return broken_unless_reply(all(r.clone()), &r);
@@ -184,7 +212,13 @@ pub(crate) async fn transaction(
             results[i] = Some(invalid_address(rcpt));
             continue;
         };
-        match step(limit, Phase::Transaction, conn.command(Rcpt::new(address, vec![]))).await {
+        match step(
+            limit,
+            Phase::Transaction,
+            conn.command(Rcpt::new(address, vec![])),
+        )
+        .await
+        {
             Ok(_) => accepted.push(i),
             Err(r) if is_reply(&r) => results[i] = Some(r),
             Err(r) => return broken_unless_reply(fill(results, &r), &r),
@@ -203,7 +237,11 @@ pub(crate) async fn transaction(
         Ok(reply) => RcptResult {
             outcome: Outcome::Delivered,
             class: ReplyClass::Ok,
-            diagnostic: format!("{} {}", reply.code(), reply.message().collect::<Vec<_>>().join(" ")),
+            diagnostic: format!(
+                "{} {}",
+                reply.code(),
+                reply.message().collect::<Vec<_>>().join(" ")
+            ),
         },
         Err(r) if is_reply(&r) => r,
         Err(r) => return broken_unless_reply(fill(results, &r), &r),
@@ -224,9 +262,7 @@ fn mail_from(
 ) -> Result<(Option<Address>, Vec<MailParameter>), RcptResult> {
     let info = conn.server_info();
     let mut params = Vec::new();
-    let utf8 = envelope.smtputf8
-        || !envelope.sender.is_ascii()
-        || recipients.iter().any(|r| !r.is_ascii());
+    let utf8 = envelope.smtputf8 || !envelope.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
     if utf8 {
         if !info.supports_feature(Extension::SmtpUtfEight) {
             return Err(unsupported("SMTPUTF8 (RFC 6531)"));
@@ -268,7 +304,10 @@ fn is_reply(r: &RcptResult) -> bool {
 }
 
 fn fill(results: Vec<Option<RcptResult>>, r: &RcptResult) -> Vec<RcptResult> {
-    results.into_iter().map(|x| x.unwrap_or_else(|| r.clone())).collect()
+    results
+        .into_iter()
+        .map(|x| x.unwrap_or_else(|| r.clone()))
+        .collect()
 }
 
 fn finish(results: Vec<Option<RcptResult>>, reusable: bool, timed_out: bool) -> Transaction {
@@ -277,12 +316,20 @@ fn finish(results: Vec<Option<RcptResult>>, reusable: bool, timed_out: bool) -> 
         class: ReplyClass::Protocol,
         diagnostic: "no result for this recipient".into(),
     };
-    Transaction { results: fill(results, &unknown), reusable, timed_out }
+    Transaction {
+        results: fill(results, &unknown),
+        reusable,
+        timed_out,
+    }
 }
 
 fn broken_unless_reply(results: Vec<RcptResult>, r: &RcptResult) -> Transaction {
     let reply = is_reply(r);
-    Transaction { results, reusable: reply, timed_out: r.class == ReplyClass::Timeout }
+    Transaction {
+        results,
+        reusable: reply,
+        timed_out: r.class == ReplyClass::Timeout,
+    }
 }
 
 fn strip_final_crlf(message: &[u8]) -> &[u8] {
@@ -300,9 +347,18 @@ mod tests {
             want: &'static [u8],
         }
         let cases = [
-            Case { input: b"a\r\n", want: b"a" },
-            Case { input: b"a\r\n\r\n", want: b"a\r\n" },
-            Case { input: b"a", want: b"a" },
+            Case {
+                input: b"a\r\n",
+                want: b"a",
+            },
+            Case {
+                input: b"a\r\n\r\n",
+                want: b"a\r\n",
+            },
+            Case {
+                input: b"a",
+                want: b"a",
+            },
         ];
         for c in cases {
             assert_eq!(strip_final_crlf(c.input), c.want);

@@ -16,7 +16,11 @@ pub struct ParkPolicy {
 
 impl Default for ParkPolicy {
     fn default() -> Self {
-        Self { threshold: 3, initial: Duration::from_secs(30), max: Duration::from_secs(300) }
+        Self {
+            threshold: 3,
+            initial: Duration::from_secs(30),
+            max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -46,7 +50,13 @@ pub struct Breaker {
 impl Breaker {
     /// A healthy route.
     pub fn new(policy: ParkPolicy) -> Self {
-        Self { policy, failures: 0, parked_until: None, period: policy.initial, probing: false }
+        Self {
+            policy,
+            failures: 0,
+            parked_until: None,
+            period: policy.initial,
+            probing: false,
+        }
     }
 
     /// Whether an attempt now would be refused.
@@ -105,7 +115,11 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn policy() -> ParkPolicy {
-        ParkPolicy { threshold: 2, initial: 10 * S, max: 25 * S }
+        ParkPolicy {
+            threshold: 2,
+            initial: 10 * S,
+            max: 25 * S,
+        }
     }
 
     #[test]
@@ -119,7 +133,11 @@ mod tests {
         assert_eq!(b.admit(t0 + 9 * S), Admission::Parked);
         assert!(!b.is_parked(t0 + 10 * S), "period over");
         assert_eq!(b.admit(t0 + 10 * S), Admission::Probe);
-        assert_eq!(b.admit(t0 + 10 * S), Admission::Parked, "only one probe at a time");
+        assert_eq!(
+            b.admit(t0 + 10 * S),
+            Admission::Parked,
+            "only one probe at a time"
+        );
         assert!(b.is_parked(t0 + 10 * S));
     }
 
@@ -134,16 +152,29 @@ mod tests {
         b.failure(t0);
         b.failure(t0); // parked until 10
         let cases = [
-            Case { probe_at: 10, want_parked_until: 30 },
-            Case { probe_at: 30, want_parked_until: 55 },
-            Case { probe_at: 55, want_parked_until: 80 },
+            Case {
+                probe_at: 10,
+                want_parked_until: 30,
+            },
+            Case {
+                probe_at: 30,
+                want_parked_until: 55,
+            },
+            Case {
+                probe_at: 55,
+                want_parked_until: 80,
+            },
         ];
         for c in cases {
             let at = t0 + c.probe_at * S;
             assert_eq!(b.admit(at), Admission::Probe);
             assert!(b.failure(at));
             let until = t0 + c.want_parked_until * S;
-            assert!(b.is_parked(until - S) && !b.is_parked(until), "probe at {}", c.probe_at);
+            assert!(
+                b.is_parked(until - S) && !b.is_parked(until),
+                "probe at {}",
+                c.probe_at
+            );
         }
     }
 

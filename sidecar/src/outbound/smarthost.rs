@@ -99,7 +99,10 @@ impl SmarthostTransport {
             command_timeout: Duration::from_secs(cfg.command_timeout_seconds),
         };
         let max_connections = cfg.max_connections.max(1);
-        metrics.route_parked.with_label_values(&[Route::Smarthost.as_str()]).set(0);
+        metrics
+            .route_parked
+            .with_label_values(&[Route::Smarthost.as_str()])
+            .set(0);
         Ok(Self {
             settings,
             idle: Mutex::new(Vec::new()),
@@ -146,6 +149,9 @@ impl SmarthostTransport {
             Err(failure) => {
                 if failure.parks {
                     self.connection_failed();
+                } else {
+                    // The server answered (e.g. AUTH refused): the route itself is reachable.
+                    self.connection_ok();
                 }
                 if let Some(p) = probe.take() {
                     p.disarm();
@@ -163,7 +169,10 @@ impl SmarthostTransport {
             self.connection_failed();
         }
         if tx.reusable && !conn.has_broken() {
-            lock(&self.idle).push(Idle { conn, since: Instant::now() });
+            lock(&self.idle).push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
         tx.results
     }
@@ -192,13 +201,19 @@ impl SmarthostTransport {
     fn connection_failed(&self) {
         let parked = lock(&self.breaker).failure(Instant::now());
         if parked {
-            tracing::warn!(route = Route::Smarthost.as_str(), "route parked after connection failures");
+            tracing::warn!(
+                route = Route::Smarthost.as_str(),
+                "route parked after connection failures"
+            );
         }
         self.set_parked(parked);
     }
 
     fn set_parked(&self, parked: bool) {
-        self.metrics.route_parked.with_label_values(&[Route::Smarthost.as_str()]).set(i64::from(parked));
+        self.metrics
+            .route_parked
+            .with_label_values(&[Route::Smarthost.as_str()])
+            .set(i64::from(parked));
     }
 }
 
@@ -249,16 +264,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Server certificate verification: the system roots, or only the CA file when one is given.
 fn tls_parameters(cfg: &config::Smarthost) -> Result<TlsParameters, DeliveryError> {
-    let tls_err = |source| DeliveryError::Tls { host: cfg.host.clone(), source };
+    let tls_err = |source| DeliveryError::Tls {
+        host: cfg.host.clone(),
+        source,
+    };
     let mut builder = TlsParameters::builder(cfg.host.clone());
     if let Some(path) = &cfg.ca_file {
-        let pem =
-            std::fs::read(path).map_err(|source| DeliveryError::ReadCa { path: path.clone(), source })?;
+        let pem = std::fs::read(path).map_err(|source| DeliveryError::ReadCa {
+            path: path.clone(),
+            source,
+        })?;
         if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
             return Err(DeliveryError::BadCa { path: path.clone() });
         }
         let cert = Certificate::from_pem(&pem).map_err(|_| DeliveryError::BadCa { path: path.clone() })?;
-        builder = builder.certificate_store(CertificateStore::None).add_root_certificate(cert);
+        builder = builder
+            .certificate_store(CertificateStore::None)
+            .add_root_certificate(cert);
     }
     builder.build_rustls().map_err(tls_err)
 }

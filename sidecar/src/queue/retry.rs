@@ -21,10 +21,18 @@ pub fn next_delay(attempt: u32, cfg: &Retry, jitter: f64) -> Duration {
     }
     let exponent = i32::try_from(attempt - 1).unwrap_or(i32::MAX);
     let nominal = (cfg.initial_seconds as f64 * cfg.multiplier.powi(exponent)).min(cfg.max_seconds as f64);
-    let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.5 };
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
     let secs = nominal * (JITTER_LOW + JITTER_SPAN * jitter);
     // NaN (a zero×inf multiplier) or negative values cannot come from a validated config.
-    if secs.is_finite() && secs > 0.0 { Duration::from_secs_f64(secs) } else { Duration::ZERO }
+    if secs.is_finite() && secs > 0.0 {
+        Duration::from_secs_f64(secs)
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// Whether a message received at `received_at` has been queued longer than `max_age_seconds`
@@ -38,7 +46,12 @@ mod tests {
     use super::*;
 
     fn cfg() -> Retry {
-        Retry { initial_seconds: 60, multiplier: 2.0, max_seconds: 3600, max_age_seconds: 5 * 86400 }
+        Retry {
+            initial_seconds: 60,
+            multiplier: 2.0,
+            max_seconds: 3600,
+            max_age_seconds: 5 * 86400,
+        }
     }
 
     #[test]
@@ -49,18 +62,66 @@ mod tests {
             want_ms: u64,
         }
         let cases = [
-            Case { attempt: 0, jitter: 0.5, want_ms: 0 },
-            Case { attempt: 1, jitter: 0.5, want_ms: 60_000 },
-            Case { attempt: 2, jitter: 0.5, want_ms: 120_000 },
-            Case { attempt: 3, jitter: 0.5, want_ms: 240_000 },
-            Case { attempt: 7, jitter: 0.5, want_ms: 3_600_000 },
-            Case { attempt: 1000, jitter: 0.5, want_ms: 3_600_000 },
-            Case { attempt: u32::MAX, jitter: 0.5, want_ms: 3_600_000 },
-            Case { attempt: 1, jitter: 0.0, want_ms: 48_000 },
-            Case { attempt: 1, jitter: 0.999_999, want_ms: 71_999 },
-            Case { attempt: 7, jitter: 0.0, want_ms: 2_880_000 },
-            Case { attempt: 1, jitter: f64::NAN, want_ms: 60_000 },
-            Case { attempt: 1, jitter: 7.0, want_ms: 72_000 },
+            Case {
+                attempt: 0,
+                jitter: 0.5,
+                want_ms: 0,
+            },
+            Case {
+                attempt: 1,
+                jitter: 0.5,
+                want_ms: 60_000,
+            },
+            Case {
+                attempt: 2,
+                jitter: 0.5,
+                want_ms: 120_000,
+            },
+            Case {
+                attempt: 3,
+                jitter: 0.5,
+                want_ms: 240_000,
+            },
+            Case {
+                attempt: 7,
+                jitter: 0.5,
+                want_ms: 3_600_000,
+            },
+            Case {
+                attempt: 1000,
+                jitter: 0.5,
+                want_ms: 3_600_000,
+            },
+            Case {
+                attempt: u32::MAX,
+                jitter: 0.5,
+                want_ms: 3_600_000,
+            },
+            Case {
+                attempt: 1,
+                jitter: 0.0,
+                want_ms: 48_000,
+            },
+            Case {
+                attempt: 1,
+                jitter: 0.999_999,
+                want_ms: 71_999,
+            },
+            Case {
+                attempt: 7,
+                jitter: 0.0,
+                want_ms: 2_880_000,
+            },
+            Case {
+                attempt: 1,
+                jitter: f64::NAN,
+                want_ms: 60_000,
+            },
+            Case {
+                attempt: 1,
+                jitter: 7.0,
+                want_ms: 72_000,
+            },
         ];
         for c in cases {
             let got = next_delay(c.attempt, &cfg(), c.jitter).as_millis() as u64;
@@ -70,7 +131,10 @@ mod tests {
 
     #[test]
     fn multiplier_one_is_a_constant_interval() {
-        let cfg = Retry { multiplier: 1.0, ..cfg() };
+        let cfg = Retry {
+            multiplier: 1.0,
+            ..cfg()
+        };
         for attempt in 1..20 {
             assert_eq!(next_delay(attempt, &cfg, 0.5), Duration::from_secs(60));
         }
@@ -85,13 +149,35 @@ mod tests {
         }
         let max = 5 * 86400;
         let cases = [
-            Case { received_at: 1000, now: 1000, want: false },
-            Case { received_at: 1000, now: 1000 + max - 1, want: false },
-            Case { received_at: 1000, now: 1000 + max, want: true },
-            Case { received_at: 1000, now: 500, want: false }, // clock went backwards
+            Case {
+                received_at: 1000,
+                now: 1000,
+                want: false,
+            },
+            Case {
+                received_at: 1000,
+                now: 1000 + max - 1,
+                want: false,
+            },
+            Case {
+                received_at: 1000,
+                now: 1000 + max,
+                want: true,
+            },
+            Case {
+                received_at: 1000,
+                now: 500,
+                want: false,
+            }, // clock went backwards
         ];
         for c in cases {
-            assert_eq!(expired(c.received_at, c.now, &cfg()), c.want, "{} {}", c.received_at, c.now);
+            assert_eq!(
+                expired(c.received_at, c.now, &cfg()),
+                c.want,
+                "{} {}",
+                c.received_at,
+                c.now
+            );
         }
     }
 }

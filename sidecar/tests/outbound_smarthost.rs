@@ -1,0 +1,395 @@
+//! `SmarthostTransport` against a scripted aiosmtpd upstream (tests/peers/upstream.py) on
+//! 127.0.0.1: TLS modes, AUTH, per-recipient outcomes, timeouts, connection reuse and parking.
+
+mod common;
+
+use common::{TestCa, Upstream, test_ca};
+use mailroom_sidecar::{
+    config::{Auth, AuthMechanism, Smarthost, TlsMode},
+    metrics::Metrics,
+    outbound::{Outcome, RcptResult, ReplyClass, SmarthostTransport, Transport, park::ParkPolicy},
+    queue::Envelope,
+};
+use std::{path::Path, time::Duration};
+
+const MESSAGE: &[u8] = b"From: App <app@example.com>\r\nTo: <ok@example.net>\r\nSubject: caf\xc3\xa9\r\n\
+\r\n.a line starting with a dot\r\n..two dots\r\n.\r\nlast line\r\n";
+
+struct Harness {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = test_ca(&dir.path().join("ca"));
+    Harness { dir, ca }
+}
+
+fn upstream(h: &Harness, args: &[&str]) -> Upstream {
+    let mut all: Vec<&str> = args.to_vec();
+    let (cert, key) = (
+        h.ca.cert.to_str().expect("utf-8"),
+        h.ca.key.to_str().expect("utf-8"),
+    );
+    all.extend(["--cert", cert, "--key", key]);
+    Upstream::start(h.dir.path(), &all)
+}
+
+fn smarthost(port: u16, tls: TlsMode, ca_file: &Path) -> Smarthost {
+    Smarthost {
+        host: "127.0.0.1".into(),
+        port,
+        tls,
+        ca_file: Some(ca_file.to_owned()),
+        auth: None,
+        connect_timeout_seconds: 5,
+        command_timeout_seconds: 5,
+        max_connections: 2,
+    }
+}
+
+fn auth(dir: &Path, mechanism: AuthMechanism, user: &str, pass: &str) -> Auth {
+    let (u, p) = (dir.join("username"), dir.join("password"));
+    std::fs::write(&u, format!("{user}\n")).expect("user file");
+    std::fs::write(&p, format!("{pass}\n")).expect("password file");
+    Auth {
+        mechanism,
+        username_file: u,
+        password_file: p,
+    }
+}
+
+fn transport(cfg: &Smarthost) -> SmarthostTransport {
+    SmarthostTransport::new(cfg, "relay.example.com", Metrics::new()).expect("transport builds")
+}
+
+fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: sender.into(),
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        smtputf8: false,
+        received_at: 1_700_000_000,
+    }
+}
+
+async fn send(t: &SmarthostTransport, sender: &str, rcpts: &[&str]) -> Vec<RcptResult> {
+    let env = envelope(sender, rcpts);
+    let results = t.deliver(&env, &env.recipients, MESSAGE).await;
+    assert_eq!(results.len(), rcpts.len());
+    results
+}
+
+fn classes(results: &[RcptResult]) -> Vec<(Outcome, ReplyClass)> {
+    results.iter().map(|r| (r.outcome, r.class)).collect()
+}
+
+#[tokio::test]
+async fn starttls_and_auth_deliver_the_bytes_unchanged() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "starttls", "--require-auth", "relay:s3cret"]);
+    let mut cfg = smarthost(up.port, TlsMode::Starttls, &h.ca.ca);
+    cfg.auth = Some(auth(h.dir.path(), AuthMechanism::Plain, "relay", "s3cret"));
+    let results = send(&transport(&cfg), "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(
+        classes(&results),
+        [(Outcome::Delivered, ReplyClass::Ok)],
+        "{results:?}\n{}",
+        up.log()
+    );
+    assert!(
+        results[0].diagnostic.starts_with("250 2.0.0"),
+        "{}",
+        results[0].diagnostic
+    );
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].data, MESSAGE,
+        "byte-exact after dot-stuffing and unstuffing"
+    );
+    assert_eq!(got[0].meta["tls"], true);
+    assert_eq!(got[0].meta["authenticated"], true);
+    assert_eq!(got[0].meta["mail_from"], "app@example.com");
+    assert_eq!(got[0].meta["rcpt_tos"], serde_json::json!(["ok@example.net"]));
+    // RFC 6152: the 8-bit subject needs BODY=8BITMIME.
+    assert_eq!(got[0].meta["mail_options"], serde_json::json!(["BODY=8BITMIME"]));
+}
+
+#[tokio::test]
+async fn login_and_xoauth2_authenticate_too() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "starttls", "--require-auth", "relay:tok3n"]);
+    for mechanism in [AuthMechanism::Login, AuthMechanism::Xoauth2] {
+        let mut cfg = smarthost(up.port, TlsMode::Starttls, &h.ca.ca);
+        cfg.auth = Some(auth(h.dir.path(), mechanism, "relay", "tok3n"));
+        let results = send(&transport(&cfg), "app@example.com", &["ok@example.net"]).await;
+        assert_eq!(
+            classes(&results),
+            [(Outcome::Delivered, ReplyClass::Ok)],
+            "{mechanism:?}: {results:?}"
+        );
+    }
+    assert_eq!(up.received().len(), 2);
+}
+
+#[tokio::test]
+async fn each_recipient_gets_its_own_outcome() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "none"]);
+    let cfg = smarthost(up.port, TlsMode::None, &h.ca.ca);
+    let rcpts = [
+        "ok@example.net",
+        "temp-fail@example.net",
+        "perm-fail@example.net",
+        "ok2@example.net",
+    ];
+    let results = send(&transport(&cfg), "app@example.com", &rcpts).await;
+    assert_eq!(
+        classes(&results),
+        [
+            (Outcome::Delivered, ReplyClass::Ok),
+            (Outcome::Deferred, ReplyClass::Transient),
+            (Outcome::Bounced, ReplyClass::Permanent),
+            (Outcome::Delivered, ReplyClass::Ok),
+        ]
+    );
+    assert_eq!(
+        results[1].diagnostic,
+        "450 4.2.0 <temp-fail@example.net>: mailbox temporarily unavailable"
+    );
+    assert_eq!(
+        results[2].diagnostic,
+        "550 5.1.1 <perm-fail@example.net>: no such user"
+    );
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].meta["rcpt_tos"],
+        serde_json::json!(["ok@example.net", "ok2@example.net"])
+    );
+}
+
+#[tokio::test]
+async fn required_starttls_not_offered_defers_and_sends_nothing() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "none"]);
+    let cfg = smarthost(up.port, TlsMode::Starttls, &h.ca.ca);
+    let results = send(
+        &transport(&cfg),
+        "app@example.com",
+        &["ok@example.net", "b@example.net"],
+    )
+    .await;
+    assert_eq!(classes(&results), [(Outcome::Deferred, ReplyClass::Tls); 2]);
+    assert!(
+        results[0].diagnostic.contains("does not offer STARTTLS"),
+        "{}",
+        results[0].diagnostic
+    );
+    assert!(up.received().is_empty());
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_defers_with_class_tls() {
+    let h = harness();
+    let other = test_ca(&h.dir.path().join("other-ca"));
+    for (mode, flag) in [(TlsMode::Starttls, "starttls"), (TlsMode::Implicit, "implicit")] {
+        let up = upstream(&h, &["--tls", flag]);
+        let cfg = smarthost(up.port, mode, &other.ca);
+        let results = send(&transport(&cfg), "app@example.com", &["ok@example.net"]).await;
+        assert_eq!(
+            classes(&results),
+            [(Outcome::Deferred, ReplyClass::Tls)],
+            "{mode:?}: {results:?}"
+        );
+        assert!(up.received().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn rejected_credentials_defer_with_class_auth() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "starttls", "--require-auth", "relay:s3cret"]);
+    let mut cfg = smarthost(up.port, TlsMode::Starttls, &h.ca.ca);
+    cfg.auth = Some(auth(h.dir.path(), AuthMechanism::Plain, "relay", "wrong"));
+    let t = transport(&cfg);
+    let results = send(&t, "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(classes(&results), [(Outcome::Deferred, ReplyClass::Auth)]);
+    assert!(
+        results[0].diagnostic.starts_with("535"),
+        "{}",
+        results[0].diagnostic
+    );
+    assert!(
+        !results[0].diagnostic.contains("wrong"),
+        "no secret in diagnostics"
+    );
+    assert!(!t.parked(), "AUTH failures do not park the route");
+
+    cfg.auth = Some(Auth {
+        password_file: h.dir.path().join("missing"),
+        ..auth(h.dir.path(), AuthMechanism::Plain, "relay", "x")
+    });
+    let results = send(&transport(&cfg), "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(classes(&results), [(Outcome::Deferred, ReplyClass::Auth)]);
+    assert!(up.received().is_empty());
+}
+
+#[tokio::test]
+async fn implicit_tls_delivers() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "implicit"]);
+    let mut cfg = smarthost(up.port, TlsMode::Implicit, &h.ca.ca);
+    cfg.host = "localhost".into();
+    let results = send(&transport(&cfg), "", &["ok@example.net"]).await;
+    assert_eq!(
+        classes(&results),
+        [(Outcome::Delivered, ReplyClass::Ok)],
+        "{results:?}"
+    );
+    let got = up.received();
+    assert_eq!(got[0].meta["tls"], true);
+    assert_eq!(
+        got[0].meta["mail_from"], "<>",
+        "null sender for bounces (RFC 5321 4.5.5)"
+    );
+}
+
+#[tokio::test]
+async fn a_421_greeting_defers() {
+    let h = harness();
+    let up = upstream(&h, &["--greeting-421"]);
+    let cfg = smarthost(up.port, TlsMode::None, &h.ca.ca);
+    let results = send(&transport(&cfg), "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(classes(&results), [(Outcome::Deferred, ReplyClass::Transient)]);
+    assert!(
+        results[0].diagnostic.starts_with("421 4.3.2"),
+        "{}",
+        results[0].diagnostic
+    );
+}
+
+#[tokio::test]
+async fn failed_data_applies_to_every_accepted_recipient() {
+    let h = harness();
+    for (code, want) in [("451", Outcome::Deferred), ("554", Outcome::Bounced)] {
+        let up = upstream(&h, &["--fail-data", code]);
+        let cfg = smarthost(up.port, TlsMode::None, &h.ca.ca);
+        let results = send(
+            &transport(&cfg),
+            "app@example.com",
+            &["a@example.net", "perm-fail@example.net", "b@example.net"],
+        )
+        .await;
+        assert_eq!(results[0].outcome, want);
+        assert_eq!(results[2].outcome, want);
+        assert!(
+            results[0].diagnostic.starts_with(code),
+            "{}",
+            results[0].diagnostic
+        );
+        assert_eq!(results[1].outcome, Outcome::Bounced, "its own RCPT reply");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_reply_times_out_and_defers() {
+    let h = harness();
+    let up = upstream(&h, &["--slow-seconds", "4"]);
+    let mut cfg = smarthost(up.port, TlsMode::None, &h.ca.ca);
+    cfg.command_timeout_seconds = 1;
+    let t = transport(&cfg);
+    let started = std::time::Instant::now();
+    let results = send(
+        &t,
+        "app@example.com",
+        &["ok@example.net", "slow@example.net", "later@example.net"],
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        classes(&results),
+        [(Outcome::Deferred, ReplyClass::Timeout); 3],
+        "{results:?}"
+    );
+    assert_eq!(t.idle_connections(), 0, "a timed-out connection is not reused");
+    assert!(up.received().is_empty());
+}
+
+#[tokio::test]
+async fn connections_are_reused_between_messages() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "starttls", "--require-auth", "relay:s3cret"]);
+    let mut cfg = smarthost(up.port, TlsMode::Starttls, &h.ca.ca);
+    cfg.auth = Some(auth(h.dir.path(), AuthMechanism::Plain, "relay", "s3cret"));
+    let t = transport(&cfg);
+    for _ in 0..3 {
+        let results = send(
+            &t,
+            "app@example.com",
+            &["ok@example.net", "perm-fail@example.net"],
+        )
+        .await;
+        assert_eq!(results[0].outcome, Outcome::Delivered);
+    }
+    assert_eq!(up.received().len(), 3);
+    assert_eq!(up.connections(), 1, "one connection, RSET between transactions");
+    assert_eq!(t.idle_connections(), 1);
+    t.close().await;
+    assert_eq!(t.idle_connections(), 0);
+}
+
+#[tokio::test]
+async fn refused_connections_park_the_route_and_a_probe_unparks_it() {
+    let h = harness();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let metrics = Metrics::new();
+    let cfg = smarthost(port, TlsMode::None, &h.ca.ca);
+    let policy = ParkPolicy {
+        threshold: 2,
+        initial: Duration::from_millis(300),
+        max: Duration::from_secs(1),
+    };
+    let t = SmarthostTransport::new(&cfg, "relay.example.com", metrics.clone())
+        .expect("builds")
+        .with_park_policy(policy);
+    let parked_gauge = || metrics.route_parked.with_label_values(&["smarthost"]).get();
+    for _ in 0..2 {
+        let results = send(&t, "app@example.com", &["ok@example.net"]).await;
+        assert_eq!(
+            classes(&results),
+            [(Outcome::Deferred, ReplyClass::Connection)],
+            "{results:?}"
+        );
+    }
+    assert!(t.parked());
+    assert_eq!(parked_gauge(), 1);
+    let results = send(&t, "app@example.com", &["ok@example.net"]).await;
+    assert!(
+        results[0].diagnostic.contains("parked"),
+        "{}",
+        results[0].diagnostic
+    );
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!t.parked(), "period over: one probe may go");
+    let results = send(&t, "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(results[0].class, ReplyClass::Connection, "the probe failed");
+    assert!(t.parked(), "parked again, for longer");
+
+    let up = Upstream::start(h.dir.path(), &["--port", &port.to_string()]);
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let results = send(&t, "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(
+        classes(&results),
+        [(Outcome::Delivered, ReplyClass::Ok)],
+        "{results:?}"
+    );
+    assert!(!t.parked());
+    assert_eq!(parked_gauge(), 0);
+    assert_eq!(up.received().len(), 1);
+}
