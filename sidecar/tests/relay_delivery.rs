@@ -45,7 +45,7 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
         let r = up.received();
         (r.len() == 2).then_some(r)
     });
-    for (received, original, txt) in [(&got[0], body.as_str(), &rsa_txt), (&got[1], ed_body.as_str(), &ed_txt)] {
+    for (received, original, txt) in [(&got[0], body, &rsa_txt), (&got[1], &ed_body[..], &ed_txt)] {
         assert_eq!(received.meta["tls"], true, "{:?}", received.meta);
         assert_eq!(received.meta["authenticated"], true);
         let data = String::from_utf8(received.data.clone()).expect("utf8");
