@@ -337,3 +337,57 @@ impl Harness {
         end
     }
 }
+
+/// `inbound::serve` running on `127.0.0.1:0` with a [`MemorySink`].
+#[derive(Debug)]
+pub struct Server {
+    /// The bound port.
+    pub port: u16,
+    /// Where accepted messages go.
+    pub sink: Arc<MemorySink>,
+    /// The server's metrics.
+    pub metrics: Metrics,
+    /// Send a new config here to hot-reload it.
+    pub config: watch::Sender<Arc<Config>>,
+    /// Send `true` to stop accepting and drain.
+    pub stop: watch::Sender<bool>,
+    /// The `serve` task; ends once every session has ended after `stop`.
+    pub task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `127.0.0.1:0` and spawns `serve` with `config`.
+    pub async fn start(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let port = listener.local_addr().expect("bound address").port();
+        let sink = MemorySink::new();
+        let metrics = Metrics::new();
+        let (config, config_rx) = watch::channel(Arc::new(config));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(mailroom_sidecar::inbound::serve(
+            listener,
+            config_rx,
+            sink.clone(),
+            metrics.clone(),
+            stopped,
+        ));
+        Self {
+            port,
+            sink,
+            metrics,
+            config,
+            stop,
+            task,
+        }
+    }
+
+    /// A test client connected to the server.
+    pub async fn connect(&self) -> Client<tokio::net::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect");
+        Client::new(stream)
+    }
+}
