@@ -163,3 +163,81 @@ pub(super) fn parse_error(e: &ParseError) -> Reply {
         _ => reply::UNKNOWN_COMMAND,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtp_proto::Request;
+
+    struct Case {
+        line: &'static str,
+        /// `Ok(true)`: a MAIL whose parameters we offer; `Ok(false)`: one we must refuse with 555;
+        /// `Err(code)`: the parse error reply.
+        want: Result<bool, &'static str>,
+    }
+
+    #[test]
+    fn mail_parameters_and_parse_errors_map_to_replies() {
+        let cases = [
+            Case {
+                line: "MAIL FROM:<a@example.com>\r\n",
+                want: Ok(true),
+            },
+            Case {
+                line: "MAIL FROM:<a@example.com> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n",
+                want: Ok(true),
+            },
+            Case {
+                line: "MAIL FROM:<a@example.com> BODY=7BIT\r\n",
+                want: Ok(true),
+            },
+            Case {
+                line: "MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n",
+                want: Ok(false),
+            },
+            Case {
+                line: "MAIL FROM:<a@example.com> RET=HDRS\r\n",
+                want: Ok(false),
+            },
+            Case {
+                line: "MAIL FROM:<a@example.com> ENVID=x\r\n",
+                want: Ok(false),
+            },
+            Case {
+                line: "MAIL FROM:<a@example.com> AUTH=<>\r\n",
+                want: Ok(false),
+            },
+            Case {
+                line: "MAIL FROM:<a@example.com> BODY=9BIT\r\n",
+                want: Err("501 5.5.4"),
+            },
+            Case {
+                line: "MAIL FROM:<not an address>\r\n",
+                want: Err("501 5.1.7"),
+            },
+            Case {
+                line: "MAIL FROM:a@example.com\r\n",
+                want: Err("501 5.5.4"),
+            },
+            Case {
+                line: "RCPT TO:<@>\r\n",
+                want: Err("501 5.1.3"),
+            },
+            Case {
+                line: "FROB\r\n",
+                want: Err("500 5.5.2"),
+            },
+        ];
+        for case in cases {
+            let got = match Request::parse(&mut case.line.as_bytes().iter()) {
+                Ok(Request::Mail { from }) => Ok(mail_parameters_offered(&from)),
+                Ok(other) => panic!("{:?} parsed as {}", case.line, other.name()),
+                Err(e) => {
+                    let r = parse_error(&e);
+                    Err(format!("{} {}", r.code, r.status))
+                }
+            };
+            assert_eq!(got, case.want.map_err(String::from), "{:?}", case.line);
+        }
+    }
+}
