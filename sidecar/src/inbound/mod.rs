@@ -1,6 +1,7 @@
 //! Inbound SMTP: the accept loop (one task per connection, connection limit) and the seam between
 //! a session and the spool ([`MessageSink`]).
 
+mod commands;
 pub mod data;
 pub mod headers;
 pub mod reply;
