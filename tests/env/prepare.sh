@@ -13,6 +13,8 @@
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
 # <hash> is the first 12 hex digits of sha256(versions.env); tests/support computes the same path.
+# bin/* and venv are symlinks into testenv/build/<component>-<hash of its own versions>/, so changing
+# one version rebuilds only that component.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,7 +47,7 @@ hash="$(sha256sum "$here/versions.env" | cut -c1-12)"
 root="${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv"
 dir="$root/${KUBERNETES_VERSION}-${hash}"
 bin="$dir/bin"
-mkdir -p "$bin"
+mkdir -p "$bin" "$root/build"
 
 # One prepare at a time per cache (two test runs starting together must not build twice).
 if command -v flock >/dev/null; then
@@ -83,6 +85,23 @@ check_python() {
         die "python3 must be >= 3.10 with the venv and ensurepip modules (Debian: apt-get install python3-venv)."
 }
 
+# === components ===
+
+# component_dir NAME VAR...: where component NAME is built, keyed by the values of the variables
+# from versions.env that decide its content (and TESTENV_REVISION).
+component_dir() {
+    local name="$1" key="TESTENV_REVISION=$TESTENV_REVISION" var
+    shift
+    for var in "$@"; do key+=";$var=${!var}"; done
+    echo "$root/build/$name-$(printf '%s' "$key" | sha256sum | cut -c1-12)"
+}
+
+# link SRC DST: point DST at SRC, replacing an older link (or a directory from an older layout).
+link() {
+    if [ -d "$2" ] && [ ! -L "$2" ]; then rm -rf "$2"; fi
+    ln -sfn "$1" "$2.tmp" && mv -fT "$2.tmp" "$2"
+}
+
 # === go builds ===
 
 # The go.mod files are generated from versions.env by pin.sh; refuse to build from stale ones.
@@ -94,31 +113,38 @@ check_pinned() {
         die "tests/env/go/$name pins $module $got but versions.env says $want; run: bash tests/env/pin.sh $name"
 }
 
-# go_build NAME "BINARIES" "PACKAGES" [extra go build args...]: builds every package of tools module
-# NAME into $bin unless all of BINARIES already exist there. Builds into a temp dir and renames, so an
-# interrupted build never leaves a half-written binary that a later run would take as done.
+# go_build NAME CDIR "BINARIES" "PACKAGES" [extra go build args...]: builds every package of tools
+# module NAME into component dir CDIR unless all of BINARIES are already there, then links them into
+# $bin. Builds into a temp dir and renames, so an interrupted build never leaves a half-written binary
+# that a later run would take as done. A main package at a module root (etcd's go.etcd.io/etcd/server/v3)
+# comes out named after the path element before /vN; a FROM:TO entry in BINARIES renames it.
 go_build() {
-    local name="$1" bins="$2" pkgs="$3" b missing=()
-    shift 3
+    local name="$1" cdir="$2" bins="$3" pkgs="$4" b names="" missing=()
+    shift 4
     for b in $bins; do
-        [ -x "$bin/$b" ] || missing+=("$b")
+        names+="${names:+ }${b#*:}"
+        [ -x "$cdir/${b#*:}" ] || missing+=("$b")
     done
     if [ "${#missing[@]}" -eq 0 ]; then
-        log "ok      $bins (cached)"
-        return
+        log "ok      $names (cached)"
+    else
+        log "build   $names from tests/env/go/$name (first build takes minutes; go output follows)"
+        local t0=$SECONDS tmp
+        mkdir -p "$cdir"
+        tmp="$(mktemp -d "$cdir/.tmp.XXXXXX")"
+        # shellcheck disable=SC2086 # pkgs is a list
+        (cd "$here/go/$name" && go build -p "$jobs" -o "$tmp/" "$@" $pkgs) ||
+            die "building $names failed (see go output above). Check the Go toolchain and access to the Go module proxy, then rerun."
+        for b in $bins; do
+            [ -x "$tmp/${b%%:*}" ] || die "go build produced no ${b%%:*} in $tmp"
+            mv -f "$tmp/${b%%:*}" "$cdir/${b#*:}"
+        done
+        rm -rf "$tmp"
+        log "built   $names in $((SECONDS - t0))s"
     fi
-    log "build   $bins from tests/env/go/$name (first build takes minutes; go output follows)"
-    local t0=$SECONDS tmp
-    tmp="$(mktemp -d "$dir/.build-$name.XXXXXX")"
-    # shellcheck disable=SC2086 # pkgs is a list
-    (cd "$here/go/$name" && go build -p "$jobs" -o "$tmp/" "$@" $pkgs) ||
-        die "building $bins failed (see go output above). Check the Go toolchain and network access to the Go module proxy, then rerun."
     for b in $bins; do
-        [ -x "$tmp/$b" ] || die "go build produced no $b in $tmp"
-        mv -f "$tmp/$b" "$bin/$b"
+        link "$cdir/${b#*:}" "$bin/${b#*:}"
     done
-    rm -rf "$tmp"
-    log "built   $bins in $((SECONDS - t0))s"
 }
 
 build_go_tools() {
@@ -139,22 +165,13 @@ build_go_tools() {
         kflags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=${kver%%.*}"
         kflags+=" -X $p.gitMinor=$(echo "$kver" | cut -d. -f2) -X $p.gitTreeState=clean -X $p.buildDate=$date"
     done
-    go_build kubernetes "kube-apiserver kube-controller-manager" \
+    go_build kubernetes "$(component_dir kubernetes KUBERNETES_VERSION KUBERNETES_STAGING_VERSION)" \
+        "kube-apiserver kube-controller-manager" \
         "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager" \
         -ldflags="$kflags"
 
     check_pinned etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
-    # The server module's main package is named after the module directory (v3); build to a file.
-    if [ -x "$bin/etcd" ]; then
-        log "ok      etcd (cached)"
-    else
-        log "build   etcd from tests/env/go/etcd"
-        local t0=$SECONDS
-        (cd "$here/go/etcd" && go build -p "$jobs" -ldflags="-s -w" -o "$bin/.etcd.tmp" go.etcd.io/etcd/server/v3) ||
-            die "building etcd failed (see go output above)."
-        mv -f "$bin/.etcd.tmp" "$bin/etcd"
-        log "built   etcd in $((SECONDS - t0))s"
-    fi
+    go_build etcd "$(component_dir etcd ETCD_VERSION)" server:etcd go.etcd.io/etcd/server/v3 -ldflags="-s -w"
 
     check_pinned helm helm.sh/helm/v3 "$HELM_VERSION"
     local cgo hflags
@@ -165,7 +182,7 @@ build_go_tools() {
     for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
         hflags+=" -X $p.k8sVersionMajor=$((${cgo%%.*} + 1)) -X $p.k8sVersionMinor=$(echo "$cgo" | cut -d. -f2)"
     done
-    go_build helm helm helm.sh/helm/v3/cmd/helm -ldflags="$hflags"
+    go_build helm "$(component_dir helm HELM_VERSION)" helm helm.sh/helm/v3/cmd/helm -ldflags="$hflags"
 
     check_pinned prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
     local pver pflags
@@ -174,7 +191,8 @@ build_go_tools() {
     p=github.com/prometheus/common/version
     pflags="-s -w -X $p.Version=$pver -X $p.Revision=$PROMETHEUS_VERSION -X $p.Branch=release"
     pflags+=" -X $p.BuildUser=mailroom-testenv -X $p.BuildDate=$date"
-    go_build prometheus "prometheus promtool" \
+    go_build prometheus "$(component_dir prometheus PROMETHEUS_VERSION PROMETHEUS_BUILD_TAGS)" \
+        "prometheus promtool" \
         "github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool" \
         -tags="$PROMETHEUS_BUILD_TAGS" -ldflags="$pflags"
 }
@@ -182,9 +200,12 @@ build_go_tools() {
 # === python venv ===
 
 build_venv() {
-    local venv="$dir/venv" stamp="$dir/venv/.mailroom-requirements"
+    local venv stamp
+    venv="$(component_dir venv PYTHON_REQUIREMENTS)"
+    stamp="$venv/.mailroom-requirements"
     if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$PYTHON_REQUIREMENTS" ]; then
         log "ok      venv (cached)"
+        link "$venv" "$dir/venv"
         return
     fi
     check_python
@@ -198,6 +219,7 @@ build_venv() {
     "$venv/bin/python" -c 'import aiosmtpd, dkim, cryptography, dns' ||
         die "venv at $venv cannot import its tools"
     echo "$PYTHON_REQUIREMENTS" >"$stamp"
+    link "$venv" "$dir/venv"
     log "built   venv in $((SECONDS - t0))s"
 }
 

@@ -23,9 +23,10 @@ use kube::{
 use tokio::sync::OnceCell;
 
 use crate::{
+    flags::{self, Ports},
     janitor::{self, Janitor},
     kubeconfig::{self, Credentials},
-    pki::{self, CA_CRT, SA_KEY, SA_PUB, SERVING_CRT, SERVING_KEY},
+    pki,
     process::Proc,
     testenv,
 };
@@ -105,7 +106,7 @@ impl ControlPlane {
     /// Starts a control plane owned by the caller.
     pub async fn start_with(options: Options) -> Result<Self> {
         let t0 = Instant::now();
-        let (etcd, apiserver) = (testenv::bin("etcd")?, testenv::bin("kube-apiserver")?);
+        let (etcd_bin, apiserver_bin) = (testenv::bin("etcd")?, testenv::bin("kube-apiserver")?);
         let dir = tempfile::Builder::new().prefix("mailroom-cp-").tempdir()?.keep();
         // From here on the janitor owns the directory: it removes it however we exit.
         let janitor = Janitor::spawn(&dir)?;
@@ -118,7 +119,13 @@ impl ControlPlane {
         let pki = pki::generate(&dir.join("pki"))?;
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
-        let server = format!("https://127.0.0.1:{}", free_port()?);
+        let [apiserver, etcd_client, etcd_peer] = free_ports()?;
+        let ports = Ports {
+            apiserver,
+            etcd_client,
+            etcd_peer,
+        };
+        let server = format!("https://127.0.0.1:{apiserver}");
         let admin_doc = kubeconfig::document(&server, &pki.ca_pem, "admin", Credentials::Cert(&pki.admin));
         kubeconfig::write(&admin_doc, &dir.join("kubeconfig"))?;
 
@@ -131,19 +138,15 @@ impl ControlPlane {
             janitor,
             dir,
         };
-        let etcd_url = format!("http://127.0.0.1:{}", free_port()?);
-        cp.spawn("etcd", &etcd, &cp.etcd_args(&etcd_url)?)?;
-        let mut args = cp.apiserver_args(&etcd_url)?;
+        cp.spawn("etcd", &etcd_bin, &flags::etcd(&cp.dir, &ports))?;
+        let mut args = flags::apiserver(&cp.dir, &ports);
         args.extend(options.apiserver_args.iter().cloned());
-        cp.spawn("kube-apiserver", &apiserver, &args)?;
+        cp.spawn("kube-apiserver", &apiserver_bin, &args)?;
         cp.wait_ready(options.ready_timeout).await?;
         if options.controller_manager {
             let kcm = testenv::bin("kube-controller-manager")?;
-            cp.spawn(
-                "kube-controller-manager",
-                &kcm,
-                &cp.controller_manager_args(&options.controllers),
-            )?;
+            let args = flags::controller_manager(&cp.dir, &options.controllers);
+            cp.spawn("kube-controller-manager", &kcm, &args)?;
         }
         cp.startup = t0.elapsed();
         eprintln!(
@@ -256,70 +259,6 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    fn etcd_args(&self, client_url: &str) -> Result<Vec<String>> {
-        let peer_url = format!("http://127.0.0.1:{}", free_port()?);
-        Ok(vec![
-            "--name=default".into(),
-            format!("--data-dir={}", self.dir.join("etcd").display()),
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=default={peer_url}"),
-            // Throwaway data: durability costs start-up time and buys nothing.
-            "--unsafe-no-fsync=true".into(),
-            "--log-level=warn".into(),
-        ])
-    }
-
-    fn apiserver_args(&self, etcd_url: &str) -> Result<Vec<String>> {
-        let pki = self.dir.join("pki");
-        let port = self.server.rsplit(':').next().context("server URL has no port")?;
-        let file = |name: &str| pki.join(name).display().to_string();
-        Ok(vec![
-            format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            format!("--secure-port={port}"),
-            format!("--cert-dir={}", self.dir.join("apiserver").display()),
-            format!("--tls-cert-file={}", file(SERVING_CRT)),
-            format!("--tls-private-key-file={}", file(SERVING_KEY)),
-            format!("--client-ca-file={}", file(CA_CRT)),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-            format!("--service-account-key-file={}", file(SA_PUB)),
-            format!("--service-account-signing-key-file={}", file(SA_KEY)),
-            // Needed for Service validation; nothing ever routes to it (no kube-proxy, see below).
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--authorization-mode=RBAC".into(),
-            // All on by default; named so that a change of defaults cannot silently drop them.
-            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,\
-             MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota"
-                .into(),
-            "--allow-privileged=true".into(),
-            // No kubernetes Service endpoints to maintain; resolve webhook/APIService services through
-            // their Endpoints instead of the (unroutable) cluster IP. Tests register webhooks by URL.
-            "--endpoint-reconciler-type=none".into(),
-            "--enable-aggregator-routing=true".into(),
-            "--profiling=false".into(),
-        ])
-    }
-
-    fn controller_manager_args(&self, controllers: &[String]) -> Vec<String> {
-        let pki = self.dir.join("pki");
-        vec![
-            format!("--kubeconfig={}", self.kubeconfig_path().display()),
-            format!("--controllers={}", controllers.join(",")),
-            "--leader-elect=false".into(),
-            // No HTTPS endpoint: nothing scrapes it, and it would need its own port.
-            "--secure-port=0".into(),
-            format!("--root-ca-file={}", pki.join(CA_CRT).display()),
-            format!(
-                "--service-account-private-key-file={}",
-                pki.join(SA_KEY).display()
-            ),
-        ]
-    }
 }
 
 impl Drop for ControlPlane {
@@ -352,10 +291,18 @@ async fn client_from(kubeconfig: Kubeconfig) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// A port that was free a moment ago. Another process may take it before ours binds it; start-up then
-/// fails with "address already in use" in the log tail, which is rare enough on a test machine.
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` distinct loopback ports that were free a moment ago (all held open while choosing, so they
+/// differ). Another process may take one before ours binds it; start-up then fails with "address
+/// already in use" in the log tail, which is rare enough on a test machine.
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// `MAILROOM_TESTENV_KEEP_LOGS=1` keeps logs even when every test passed.

@@ -13,6 +13,7 @@
 #![deny(rust_2018_idioms)]
 
 mod control_plane;
+mod flags;
 mod janitor;
 mod kubeconfig;
 mod namespace;
