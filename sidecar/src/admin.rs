@@ -50,11 +50,18 @@ pub fn router(metrics: Metrics, ready: Readiness) -> Router {
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], s.metrics.encode())
+    (
+        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        s.metrics.encode(),
+    )
 }
 
 async fn ready_handler(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.ready.get() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+    if s.ready.get() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
 }
 
 /// Serves the admin routes on `listener` until `shutdown` completes.
@@ -64,5 +71,7 @@ pub async fn serve(
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, ready)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(metrics, ready))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -40,7 +40,7 @@ pub enum Error {
 #[derive(Debug)]
 pub enum AnyTransport {
     /// `delivery.smarthost`.
-    Smarthost(SmarthostTransport),
+    Smarthost(Box<SmarthostTransport>),
     /// `delivery.capture`.
     Capture(CaptureTransport),
 }
@@ -94,7 +94,7 @@ impl Delivery {
             config::Delivery::Smarthost(s) => {
                 let t = SmarthostTransport::new(s, &cfg.hostname, metrics.clone())
                     .map_err(|e| Error::Transport(e.to_string()))?;
-                (AnyTransport::Smarthost(t), s.max_connections)
+                (AnyTransport::Smarthost(Box::new(t)), s.max_connections)
             }
             config::Delivery::Capture(c) => (AnyTransport::Capture(CaptureTransport::new(&c.dir)), 4),
         };
@@ -128,7 +128,10 @@ impl Delivery {
         if domain.is_empty() {
             return "none";
         }
-        self.domains.iter().find(|d| d.eq_ignore_ascii_case(domain)).map_or("other", String::as_str)
+        self.domains
+            .iter()
+            .find(|d| d.eq_ignore_ascii_case(domain))
+            .map_or("other", String::as_str)
     }
 }
 
@@ -166,14 +169,29 @@ impl App {
         let (spool_cfg, m) = (config.spool.clone(), metrics.clone());
         let (spool, found, arrivals) = tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, m))
             .await
-            .map_err(|e| spool::Error::Dir { dir: config.spool.dir.clone(), source: std::io::Error::other(e) })??;
+            .map_err(|e| spool::Error::Dir {
+                dir: config.spool.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })
         };
         let listener = bind(config.listen.address).await?;
         let admin = bind(config.admin.address).await?;
         tracing::info!(messages = found.len(), "spool replayed");
-        Ok(Self { settings, config, metrics, spool, found, arrivals, delivery, listener, admin })
+        Ok(Self {
+            settings,
+            config,
+            metrics,
+            spool,
+            found,
+            arrivals,
+            delivery,
+            listener,
+            admin,
+        })
     }
 
     /// The bound SMTP address (useful with port 0).
@@ -201,7 +219,12 @@ impl App {
         let admin_stop = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        let admin = tokio::spawn(admin::serve(self.admin, self.metrics.clone(), ready.clone(), admin_stop));
+        let admin = tokio::spawn(admin::serve(
+            self.admin,
+            self.metrics.clone(),
+            ready.clone(),
+            admin_stop,
+        ));
         let (inbound_stop, inbound_stopped) = watch::channel(false);
         let inbound = tokio::spawn(inbound::serve(
             self.listener,
@@ -221,7 +244,17 @@ impl App {
         ));
         ready.set(true);
         tracing::info!("sidecar ready");
-        Running { ready, inbound, inbound_stop, runner, reload, admin, drain_tx, stop_tx, drain: self.settings.drain }
+        Running {
+            ready,
+            inbound,
+            inbound_stop,
+            runner,
+            reload,
+            admin,
+            drain_tx,
+            stop_tx,
+            drain: self.settings.drain,
+        }
     }
 }
 

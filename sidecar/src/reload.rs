@@ -25,7 +25,9 @@ pub async fn watch(
     let mut tick = tokio::time::interval(settings.reload_interval);
     loop {
         tick.tick().await;
-        let Ok(bytes) = tokio::fs::read(&path).await else { continue };
+        let Ok(bytes) = tokio::fs::read(&path).await else {
+            continue;
+        };
         if last.as_ref() == Some(&bytes) {
             continue;
         }

@@ -84,7 +84,11 @@ impl Settings {
         let mut addr = |name: &str| {
             let v = env.get(name)?;
             v.parse::<SocketAddr>()
-                .map_err(|e| errors.push(format!("{name}={v:?}: {e} (expected host:port, e.g. 127.0.0.1:2525)")))
+                .map_err(|e| {
+                    errors.push(format!(
+                        "{name}={v:?}: {e} (expected host:port, e.g. 127.0.0.1:2525)"
+                    ))
+                })
                 .ok()
         };
         let listen_addr = addr(ENV_LISTEN_ADDR);
@@ -109,9 +113,19 @@ impl Settings {
                 LogFormat::Plain
             }
         };
-        let config_path = env.get(ENV_CONFIG_PATH).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()).into();
+        let config_path = env
+            .get(ENV_CONFIG_PATH)
+            .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into())
+            .into();
         if errors.is_empty() {
-            Ok(Self { config_path, listen_addr, admin_addr, drain, reload_interval, log_format })
+            Ok(Self {
+                config_path,
+                listen_addr,
+                admin_addr,
+                drain,
+                reload_interval,
+                log_format,
+            })
         } else {
             Err(Error(errors))
         }

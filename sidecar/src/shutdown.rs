@@ -4,7 +4,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Completes when the process receives SIGTERM or SIGINT.
 pub async fn signal_received() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         // Without signal handlers the process can still be stopped by SIGKILL; never return early.
         return std::future::pending().await;
     };

@@ -3,8 +3,8 @@
 
 mod memsink;
 
-use memsink::{Server, Stored, config, split_received};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::header::ContentType};
+use memsink::{Server, Stored, config, split_received};
 use std::{process::Output, time::Duration};
 use tokio::process::Command;
 

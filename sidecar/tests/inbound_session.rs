@@ -3,8 +3,8 @@
 
 mod memsink;
 
-use memsink::{Harness, config, split_received};
 use mailroom_sidecar::{config::BareLineEndings, inbound::SinkError, metrics::SessionEnd};
+use memsink::{Harness, config, split_received};
 
 const HEADER: &str = "From: App <app@example.com>\r\nTo: user@dest.test\r\nSubject: hi\r\n\r\n";
 

@@ -17,7 +17,16 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
     let ca = test_ca(&dir.path().join("ca"));
     let up = Upstream::start(
         dir.path(),
-        &["--tls", "starttls", "--cert", path(&ca.cert), "--key", path(&ca.key), "--require-auth", "relay:s3cret"],
+        &[
+            "--tls",
+            "starttls",
+            "--cert",
+            path(&ca.cert),
+            "--key",
+            path(&ca.key),
+            "--require-auth",
+            "relay:s3cret",
+        ],
     );
     std::fs::write(dir.path().join("user"), "relay\n").expect("user file");
     std::fs::write(dir.path().join("pass"), "s3cret\n").expect("pass file");
@@ -33,13 +42,28 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
         rsa_key.display(),
         ed_key.display()
     );
-    let sidecar = Sidecar::start(dir.path(), &smarthost_config(up.port, "starttls", &extra, &domains, ""));
+    let sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(up.port, "starttls", &extra, &domains, ""),
+    );
 
     let body = "From: App <app@example.com>\r\nTo: user@example.net\r\nSubject: dots\r\n\
                 Message-ID: <1@example.com>\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nend\r\n";
-    smtplib_send(sidecar.smtp, "app@example.com", &["user@example.net"], body.as_bytes()).expect("accepted");
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["user@example.net"],
+        body.as_bytes(),
+    )
+    .expect("accepted");
     let ed_body = body.replace("app@example.com", "news@ed.example.com");
-    smtplib_send(sidecar.smtp, "news@ed.example.com", &["user@example.net"], ed_body.as_bytes()).expect("accepted");
+    smtplib_send(
+        sidecar.smtp,
+        "news@ed.example.com",
+        &["user@example.net"],
+        ed_body.as_bytes(),
+    )
+    .expect("accepted");
 
     let got = eventually("two messages upstream", || {
         let r = up.received();
@@ -49,10 +73,17 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
         assert_eq!(received.meta["tls"], true, "{:?}", received.meta);
         assert_eq!(received.meta["authenticated"], true);
         let data = String::from_utf8(received.data.clone()).expect("utf8");
-        assert!(data.ends_with(original), "message bytes relayed unchanged:\n{data}");
+        assert!(
+            data.ends_with(original),
+            "message bytes relayed unchanged:\n{data}"
+        );
         let prefix = &data[..data.len() - original.len()];
         assert!(prefix.starts_with("DKIM-Signature: v=1; a="), "{prefix}");
-        assert_eq!(prefix.matches("\r\nReceived: from ").count(), 1, "exactly one Received header: {prefix}");
+        assert_eq!(
+            prefix.matches("\r\nReceived: from ").count(),
+            1,
+            "exactly one Received header: {prefix}"
+        );
         let file = dir.path().join("signed.eml");
         std::fs::write(&file, &received.data).expect("write");
         let out = Command::new(common::python())
@@ -61,7 +92,11 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
             .arg(txt)
             .output()
             .expect("dkim_verify.py");
-        assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dkimpy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     sidecar.wait_metric(
         r#"mailroom_sidecar_messages_delivered_total{reply_class="2xx",route="smarthost",sender_domain="example.com"}"#,
@@ -69,7 +104,10 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
     );
     assert_eq!(sidecar.metric(r#"mailroom_sidecar_dkim_signatures_total{algorithm="rsa-sha256",domain="example.com",result="ok"}"#), 1.0);
     assert_eq!(sidecar.metric(r#"mailroom_sidecar_dkim_signatures_total{algorithm="ed25519-sha256",domain="ed.example.com",result="ok"}"#), 1.0);
-    assert_eq!(sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="none",result="accepted"}"#), 2.0);
+    assert_eq!(
+        sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="none",result="accepted"}"#),
+        2.0
+    );
 }
 
 /// Proves per-recipient outcomes in one transaction, the bounce (an RFC 3464 report with the
@@ -98,22 +136,35 @@ fn mixed_recipients_deliver_bounce_and_expire_with_dsns() {
     assert_eq!(got[0].meta["rcpt_tos"], serde_json::json!(["ok@example.net"]));
     assert_eq!(got[0].meta["mail_from"], "app@example.com");
     let bounce = String::from_utf8_lossy(&got[1].data).to_string();
-    assert_eq!(got[1].meta["mail_from"], "", "DSNs use the null sender");
+    assert_eq!(got[1].meta["mail_from"], "<>", "DSNs use the null sender");
     assert_eq!(got[1].meta["rcpt_tos"], serde_json::json!(["app@example.com"]));
     assert!(bounce.contains("report-type=delivery-status"), "{bounce}");
-    assert!(bounce.contains("Final-Recipient: rfc822; perm-fail@example.net"), "{bounce}");
+    assert!(
+        bounce.contains("Final-Recipient: rfc822; perm-fail@example.net"),
+        "{bounce}"
+    );
     assert!(bounce.contains("Status: 5.1.1"), "{bounce}");
     assert!(bounce.contains("Subject: mixed"), "original headers are returned");
     let expiry = String::from_utf8_lossy(&got[2].data).to_string();
-    assert!(expiry.contains("Final-Recipient: rfc822; temp-fail@example.net"), "{expiry}");
+    assert!(
+        expiry.contains("Final-Recipient: rfc822; temp-fail@example.net"),
+        "{expiry}"
+    );
     assert!(expiry.contains("Status: 4.4.7"), "{expiry}");
 
     let labels = r#"{reply_class="5xx",route="smarthost",sender_domain="example.com"}"#;
-    assert_eq!(sidecar.metric(&format!("mailroom_sidecar_messages_bounced_total{labels}")), 1.0);
+    assert_eq!(
+        sidecar.metric(&format!("mailroom_sidecar_messages_bounced_total{labels}")),
+        1.0
+    );
     sidecar.wait_metric(r#"mailroom_sidecar_dsn_sent_total{kind="failure"}"#, |v| v == 2.0);
     assert!(sidecar.metric(r#"mailroom_sidecar_messages_deferred_total{reply_class="4xx""#) >= 1.0);
     std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(up.received().len(), 3, "nothing else is sent: no bounce of a bounce, no duplicate");
+    assert_eq!(
+        up.received().len(),
+        3,
+        "nothing else is sent: no bounce of a bounce, no duplicate"
+    );
 }
 
 /// Proves retry: the upstream first fails every DATA with 451, then comes back healthy on the
@@ -124,14 +175,30 @@ fn deferred_message_is_retried_until_delivered() {
     let port = harness::free_port();
     let first = dir.path().join("first");
     std::fs::create_dir_all(&first).expect("dir");
-    let down = Upstream::start(&first, &["--tls", "none", "--port", &port.to_string(), "--fail-data", "451"]);
-    let sidecar = Sidecar::start(dir.path(), &smarthost_config(port, "none", "", "  - domain: example.com", ""));
-    smtplib_send(sidecar.smtp, "app@example.com", &["user@example.net"], b"From: app@example.com\r\n\r\nx\r\n")
-        .expect("accepted");
-    sidecar.wait_metric(r#"mailroom_sidecar_messages_deferred_total{reply_class="4xx""#, |v| v >= 1.0);
+    let down = Upstream::start(
+        &first,
+        &["--tls", "none", "--port", &port.to_string(), "--fail-data", "451"],
+    );
+    let sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(port, "none", "", "  - domain: example.com", ""),
+    );
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["user@example.net"],
+        b"From: app@example.com\r\n\r\nx\r\n",
+    )
+    .expect("accepted");
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_deferred_total{reply_class="4xx""#,
+        |v| v >= 1.0,
+    );
     drop(down);
     let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
-    eventually("delivery after retry", || (up.received().len() == 1).then_some(()));
+    eventually("delivery after retry", || {
+        (up.received().len() == 1).then_some(())
+    });
     sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
     assert_eq!(sidecar.metric("mailroom_sidecar_messages_delivered_total"), 1.0);
     assert_eq!(sidecar.metric("mailroom_sidecar_dsn_sent_total"), 0.0);
@@ -143,10 +210,21 @@ fn deferred_message_is_retried_until_delivered() {
 fn starttls_required_but_not_offered_defers_and_sends_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = Sidecar::start(dir.path(), &smarthost_config(up.port, "starttls", "", "  - domain: example.com", ""));
-    smtplib_send(sidecar.smtp, "app@example.com", &["user@example.net"], b"From: app@example.com\r\n\r\nx\r\n")
-        .expect("accepted");
-    sidecar.wait_metric(r#"mailroom_sidecar_messages_deferred_total{reply_class="tls""#, |v| v >= 1.0);
+    let sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(up.port, "starttls", "", "  - domain: example.com", ""),
+    );
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["user@example.net"],
+        b"From: app@example.com\r\n\r\nx\r\n",
+    )
+    .expect("accepted");
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_deferred_total{reply_class="tls""#,
+        |v| v >= 1.0,
+    );
     assert!(up.connections() >= 1, "the sidecar did connect");
     assert!(up.received().is_empty(), "nothing was sent in clear");
 }
@@ -159,7 +237,16 @@ fn auth_failure_defers_with_metric() {
     let ca = test_ca(&dir.path().join("ca"));
     let up = Upstream::start(
         dir.path(),
-        &["--tls", "starttls", "--cert", path(&ca.cert), "--key", path(&ca.key), "--require-auth", "relay:right"],
+        &[
+            "--tls",
+            "starttls",
+            "--cert",
+            path(&ca.cert),
+            "--key",
+            path(&ca.key),
+            "--require-auth",
+            "relay:right",
+        ],
     );
     std::fs::write(dir.path().join("user"), "relay").expect("user");
     std::fs::write(dir.path().join("pass"), "wrong").expect("pass");
@@ -167,12 +254,26 @@ fn auth_failure_defers_with_metric() {
         "    caFile: {}\n    auth:\n      usernameFile: {{dir}}/user\n      passwordFile: {{dir}}/pass",
         ca.ca.display()
     );
-    let sidecar = Sidecar::start(dir.path(), &smarthost_config(up.port, "starttls", &extra, "  - domain: example.com", ""));
-    smtplib_send(sidecar.smtp, "app@example.com", &["user@example.net"], b"From: app@example.com\r\n\r\nx\r\n")
-        .expect("accepted");
-    sidecar.wait_metric(r#"mailroom_sidecar_messages_deferred_total{reply_class="auth""#, |v| v >= 1.0);
+    let sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(up.port, "starttls", &extra, "  - domain: example.com", ""),
+    );
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["user@example.net"],
+        b"From: app@example.com\r\n\r\nx\r\n",
+    )
+    .expect("accepted");
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_deferred_total{reply_class="auth""#,
+        |v| v >= 1.0,
+    );
     assert!(up.received().is_empty());
-    assert!(!sidecar.log().contains("wrong"), "the password never reaches the log");
+    assert!(
+        !sidecar.log().contains("wrong"),
+        "the password never reaches the log"
+    );
 }
 
 fn path(p: &std::path::Path) -> &str {

@@ -18,7 +18,10 @@ use std::{
 fn kill9_during_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let mut sidecar = Sidecar::start(dir.path(), &smarthost_config(up.port, "none", "", "  - domain: example.com", ""));
+    let mut sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(up.port, "none", "", "  - domain: example.com", ""),
+    );
     let acked = dir.path().join("acked");
     let clients: Vec<_> = (0..4)
         .map(|w| {
@@ -40,10 +43,13 @@ fn kill9_during_load_loses_no_acknowledged_message() {
     for mut c in clients {
         assert!(c.wait().expect("client").success(), "a client gave up");
     }
-    let acked: Vec<String> =
-        std::fs::read_to_string(&acked).expect("acked").lines().map(str::to_owned).collect();
+    let acked: Vec<String> = std::fs::read_to_string(&acked)
+        .expect("acked")
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(acked.len(), 600, "every message was eventually acknowledged");
-    let counts = eventually("every acknowledged message upstream", || {
+    let received = || {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for r in up.received() {
             let text = String::from_utf8_lossy(&r.data).to_string();
@@ -51,10 +57,29 @@ fn kill9_during_load_loses_no_acknowledged_message() {
                 *counts.entry(subject.to_string()).or_default() += 1;
             }
         }
-        acked.iter().all(|s| counts.contains_key(s)).then_some(counts)
-    });
+        counts
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let counts = loop {
+        let counts = received();
+        let missing: Vec<&String> = acked.iter().filter(|s| !counts.contains_key(*s)).collect();
+        if missing.is_empty() {
+            break counts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} acknowledged messages never reached the upstream, e.g. {:?}\nqueue: {}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            sidecar.metric("mailroom_sidecar_queue_messages"),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
-    eprintln!("kill -9 x3 under load: {} acknowledged, 0 lost, {duplicates} duplicates", acked.len());
+    eprintln!(
+        "kill -9 x3 under load: {} acknowledged, 0 lost, {duplicates} duplicates",
+        acked.len()
+    );
 }
 
 /// Proves hot reload: a new sender domain applies to new sessions without a restart; an invalid
@@ -72,19 +97,42 @@ fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
     };
     let sidecar = Sidecar::start(dir.path(), &config("  - domain: a.example"));
     let msg = |d: &str| format!("From: x@{d}\r\nSubject: t\r\n\r\nbody\r\n");
-    let err = smtplib_send(sidecar.smtp, "x@b.example", &["u@example.net"], msg("b.example").as_bytes())
-        .expect_err("b.example not yet allowed");
+    let err = smtplib_send(
+        sidecar.smtp,
+        "x@b.example",
+        &["u@example.net"],
+        msg("b.example").as_bytes(),
+    )
+    .expect_err("b.example not yet allowed");
     assert!(err.contains("550") && err.contains("5.7.1"), "{err}");
 
-    std::fs::write(&sidecar.config_path, config("  - domain: a.example\n  - domain: b.example")).expect("write");
+    std::fs::write(
+        &sidecar.config_path,
+        config("  - domain: a.example\n  - domain: b.example"),
+    )
+    .expect("write");
     sidecar.wait_metric("mailroom_sidecar_config_reloads_total", |v| v == 1.0);
-    smtplib_send(sidecar.smtp, "x@b.example", &["u@example.net"], msg("b.example").as_bytes()).expect("allowed now");
+    smtplib_send(
+        sidecar.smtp,
+        "x@b.example",
+        &["u@example.net"],
+        msg("b.example").as_bytes(),
+    )
+    .expect("allowed now");
 
-    std::fs::write(&sidecar.config_path, "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nbogus: 1\n")
-        .expect("write");
+    std::fs::write(
+        &sidecar.config_path,
+        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nbogus: 1\n",
+    )
+    .expect("write");
     sidecar.wait_metric("mailroom_sidecar_config_reload_failures_total", |v| v == 1.0);
-    smtplib_send(sidecar.smtp, "x@b.example", &["u@example.net"], msg("b.example").as_bytes())
-        .expect("old config still in force");
+    smtplib_send(
+        sidecar.smtp,
+        "x@b.example",
+        &["u@example.net"],
+        msg("b.example").as_bytes(),
+    )
+    .expect("old config still in force");
     assert!(sidecar.log().contains("config change rejected"));
 }
 
@@ -104,9 +152,14 @@ fn full_spool_answers_452_and_keeps_what_it_accepted() {
     }
     let err = smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect_err("full");
     assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
-    assert_eq!(sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="spool_full""#), 1.0);
+    assert_eq!(
+        sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="spool_full""#),
+        1.0
+    );
     let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
-    eventually("both accepted messages delivered", || (up.received().len() == 2).then_some(()));
+    eventually("both accepted messages delivered", || {
+        (up.received().len() == 2).then_some(())
+    });
 }
 
 /// Proves the disk-full path on a real full filesystem (a 2 MiB tmpfs): `452 4.3.1`, and the
@@ -116,18 +169,33 @@ fn full_disk_answers_452_and_damages_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
     std::fs::create_dir_all(&spool).expect("spool dir");
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&spool).status();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&spool)
+        .status();
     assert!(
         mounted.is_ok_and(|s| s.success()),
         "this test mounts a small tmpfs and needs root (CI and make test run as root)"
     );
     let _unmount = Unmount(spool.clone());
     let port = harness::free_port();
-    let sidecar = Sidecar::start(dir.path(), &smarthost_config(port, "none", "", "  - domain: example.com", ""));
-    let big = format!("From: app@example.com\r\n\r\n{}\r\n", "y".repeat(400_000));
+    let sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(port, "none", "", "  - domain: example.com", ""),
+    );
+    // 400 kB in lines of 78 octets (RFC 5322 2.1.1 recommends at most 78).
+    let big = format!(
+        "From: app@example.com\r\n\r\n{}",
+        format!("{}\r\n", "y".repeat(76)).repeat(5_200)
+    );
     let mut accepted = 0;
     let err = loop {
-        match smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], big.as_bytes()) {
+        match smtplib_send(
+            sidecar.smtp,
+            "app@example.com",
+            &["u@example.net"],
+            big.as_bytes(),
+        ) {
             Ok(_) => accepted += 1,
             Err(e) => break e,
         }
@@ -161,12 +229,19 @@ fn sigterm_drains_and_undelivered_mail_survives_restart() {
     let port = harness::free_port();
     let config = smarthost_config(port, "none", "", "  - domain: example.com", "");
     let mut sidecar = Sidecar::start_with_env(dir.path(), &config, &[("SIDECAR_DRAIN_SECONDS", "1")]);
-    smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], b"From: app@example.com\r\n\r\nx\r\n")
-        .expect("accepted");
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["u@example.net"],
+        b"From: app@example.com\r\n\r\nx\r\n",
+    )
+    .expect("accepted");
     assert_eq!(sidecar.terminate(), Some(0));
     let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
     sidecar.restart();
-    eventually("delivery after restart", || (up.received().len() == 1).then_some(()));
+    eventually("delivery after restart", || {
+        (up.received().len() == 1).then_some(())
+    });
 }
 
 /// Proves capture mode with curl as the client: the message lands as an .eml file, byte-exact
@@ -181,15 +256,27 @@ fn capture_mode_keeps_messages_sent_by_curl() {
     let file = dir.path().join("mail.txt");
     std::fs::write(&file, body).expect("write");
     let out = Command::new("curl")
-        .args(["-sS", &format!("smtp://{}", sidecar.smtp), "--mail-from", "app@example.com"])
+        .args([
+            "-sS",
+            &format!("smtp://{}", sidecar.smtp),
+            "--mail-from",
+            "app@example.com",
+        ])
         .args(["--mail-rcpt", "user@example.net", "--upload-file"])
         .arg(&file)
         .output()
         .expect("curl is required (apt-get install curl)");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let eml = eventually("captured .eml", || {
         let entries = std::fs::read_dir(dir.path().join("capture")).ok()?;
-        entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "eml"))
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "eml"))
     });
     let text = std::fs::read_to_string(&eml).expect("read eml");
     assert!(text.starts_with("Received: from "), "{text}");
@@ -208,13 +295,32 @@ fn check_config_lists_every_problem_and_exits_64() {
          delivery:\n  smarthost:\n    host: 'not a host'\n    port: 0\n",
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar")).arg("--check-config").arg(&bad).output().expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar"))
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    for field in ["apiVersion", "domains", "delivery.smarthost.host", "delivery.smarthost.port"] {
-        assert!(err.contains(&format!("  - {field}: ")), "{field} missing from:\n{err}");
+    for field in [
+        "apiVersion",
+        "domains",
+        "delivery.smarthost.host",
+        "delivery.smarthost.port",
+    ] {
+        assert!(
+            err.contains(&format!("  - {field}: ")),
+            "{field} missing from:\n{err}"
+        );
     }
-    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sidecar-config/smarthost.yaml");
-    let ok = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar")).arg("--check-config").arg(golden).output().expect("run");
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/sidecar-config/smarthost.yaml"
+    );
+    let ok = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar"))
+        .arg("--check-config")
+        .arg(golden)
+        .output()
+        .expect("run");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }

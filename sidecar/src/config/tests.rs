@@ -66,12 +66,22 @@ fn non_loopback_listen_needs_explicit_opt_in() {
 #[test]
 fn golden_files_load() {
     for (name, text) in [
-        ("smarthost.yaml", include_str!("../../../tests/fixtures/sidecar-config/smarthost.yaml")),
-        ("capture.yaml", include_str!("../../../tests/fixtures/sidecar-config/capture.yaml")),
+        (
+            "smarthost.yaml",
+            include_str!("../../../tests/fixtures/sidecar-config/smarthost.yaml"),
+        ),
+        (
+            "capture.yaml",
+            include_str!("../../../tests/fixtures/sidecar-config/capture.yaml"),
+        ),
     ] {
         let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
         // Every field the golden file sets survives a serialize/parse round trip.
         let again = serde_yaml::to_string(&c).expect("serialize");
-        assert_eq!(Config::parse(Path::new(name), &again).expect("reparse"), c, "{name}");
+        assert_eq!(
+            Config::parse(Path::new(name), &again).expect("reparse"),
+            c,
+            "{name}"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! One delivery attempt of one message: read it, DKIM-sign it once, hand it to the transport,
 //! and apply the per-recipient outcomes (metrics, bounces, retry schedule).
 
-use super::{Envelope, MessageId, now_secs, retry, runner::{Item, Next}};
+use super::{
+    Envelope, MessageId, now_secs, retry,
+    runner::{Item, Next},
+};
 use crate::{
     app::Delivery,
     inbound::{MessageSink, MessageWriter},
@@ -34,13 +37,17 @@ pub async fn run(mut item: Item, spool: &Spool, d: &Delivery, metrics: &Metrics)
         item.meta.signature = Some(header);
     }
     let env = item.meta.envelope.clone();
-    let pending: Vec<u32> =
-        (0..env.recipients.len() as u32).filter(|i| !item.meta.done.contains(i)).collect();
+    let pending: Vec<u32> = (0..env.recipients.len() as u32)
+        .filter(|i| !item.meta.done.contains(i))
+        .collect();
     if pending.is_empty() {
         spool.remove(id).await;
         return Next::Done;
     }
-    let rcpts: Vec<String> = pending.iter().map(|&i| env.recipients[i as usize].clone()).collect();
+    let rcpts: Vec<String> = pending
+        .iter()
+        .map(|&i| env.recipients[i as usize].clone())
+        .collect();
     let started = std::time::Instant::now();
     let mut results = d.transport.deliver(&env, &rcpts, &bytes).await;
     results.resize_with(rcpts.len(), || RcptResult {
@@ -50,7 +57,10 @@ pub async fn run(mut item: Item, spool: &Spool, d: &Delivery, metrics: &Metrics)
     });
     let route = d.transport.route().as_str();
     let attempt_outcome = overall(&results);
-    metrics.delivery_duration.with_label_values(&[route, attempt_outcome.as_str()]).observe(started.elapsed().as_secs_f64());
+    metrics
+        .delivery_duration
+        .with_label_values(&[route, attempt_outcome.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     item.attempts += 1;
 
     let sender_label = d.sender_label(&env);
@@ -79,8 +89,14 @@ pub async fn run(mut item: Item, spool: &Spool, d: &Delivery, metrics: &Metrics)
     let mut expired = Vec::new();
     if !deferred.is_empty() && retry::expired(env.received_at, now_secs(), &d.retry) {
         for (idx, rcpt, diag) in deferred.drain(..) {
-            metrics.bounced.with_label_values(&[route, sender_label, "expired"]).inc();
-            let diag = format!("message expired after {} attempts; last error: {diag}", item.attempts);
+            metrics
+                .bounced
+                .with_label_values(&[route, sender_label, "expired"])
+                .inc();
+            let diag = format!(
+                "message expired after {} attempts; last error: {diag}",
+                item.attempts
+            );
             expired.push((idx, rcpt, diag));
         }
     }
@@ -107,7 +123,11 @@ pub async fn run(mut item: Item, spool: &Spool, d: &Delivery, metrics: &Metrics)
     }
     maybe_delay_notice(&mut item, spool, d, &deferred, &bytes, metrics).await;
     let connection_failure = results.iter().all(|r| {
-        r.outcome == Outcome::Deferred && matches!(r.class, ReplyClass::Connection | ReplyClass::Tls | ReplyClass::Timeout)
+        r.outcome == Outcome::Deferred
+            && matches!(
+                r.class,
+                ReplyClass::Connection | ReplyClass::Tls | ReplyClass::Timeout
+            )
     });
     let delay = retry::next_delay(item.attempts, &d.retry, rand::random::<f64>());
     Next::Retry(item, delay, connection_failure)
@@ -161,7 +181,10 @@ async fn queue_dsn(
     original: &[u8],
     kind: DsnKind,
 ) -> Result<(), crate::inbound::SinkError> {
-    let list: Vec<(String, String)> = rcpts.iter().map(|(_, r, diag)| (r.clone(), diag.clone())).collect();
+    let list: Vec<(String, String)> = rcpts
+        .iter()
+        .map(|(_, r, diag)| (r.clone(), diag.clone()))
+        .collect();
     let report = crate::dsn::Report {
         hostname: &d.hostname,
         envelope: env,
@@ -195,7 +218,9 @@ async fn maybe_delay_notice(
     original: &[u8],
     metrics: &Metrics,
 ) {
-    let Some(after) = d.bounces.delay_notice_after_seconds else { return };
+    let Some(after) = d.bounces.delay_notice_after_seconds else {
+        return;
+    };
     let env = &item.meta.envelope;
     if item.delay_notice_sent || env.is_bounce() || now_secs().saturating_sub(env.received_at) < after {
         return;

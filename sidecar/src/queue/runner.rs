@@ -63,7 +63,12 @@ pub struct Runner {
 
 impl Runner {
     /// A runner over `found` (replayed at start) plus whatever arrives later.
-    pub fn new(spool: Spool, delivery: watch::Receiver<Arc<Delivery>>, metrics: Metrics, found: Vec<Queued>) -> Self {
+    pub fn new(
+        spool: Spool,
+        delivery: watch::Receiver<Arc<Delivery>>,
+        metrics: Metrics,
+        found: Vec<Queued>,
+    ) -> Self {
         let mut r = Self {
             spool,
             delivery,
@@ -83,11 +88,23 @@ impl Runner {
 
     fn add(&mut self, q: Queued) {
         self.ready.push_back(q.id);
-        self.items.insert(q.id, Item { id: q.id, meta: q.meta, attempts: 0, delay_notice_sent: false });
+        self.items.insert(
+            q.id,
+            Item {
+                id: q.id,
+                meta: q.meta,
+                attempts: 0,
+                delay_notice_sent: false,
+            },
+        );
     }
 
     /// Runs until drained (after `drain` turns true and the queue is empty).
-    pub async fn run(mut self, mut arrivals: mpsc::UnboundedReceiver<Queued>, mut drain: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut arrivals: mpsc::UnboundedReceiver<Queued>,
+        mut drain: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut compact = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -133,12 +150,15 @@ impl Runner {
         let limit = if self.suspect { 1 } else { delivery.concurrency };
         while self.in_flight.len() < limit {
             let Some(id) = self.ready.pop_front() else { break };
-            let Some(item) = self.items.get(&id).cloned() else { continue };
+            let Some(item) = self.items.get(&id).cloned() else {
+                continue;
+            };
             if !self.busy.insert(id) {
                 continue;
             }
             let (spool, metrics, delivery) = (self.spool.clone(), self.metrics.clone(), delivery.clone());
-            self.in_flight.spawn(async move { (id, attempt::run(item, &spool, &delivery, &metrics).await) });
+            self.in_flight
+                .spawn(async move { (id, attempt::run(item, &spool, &delivery, &metrics).await) });
         }
     }
 
@@ -180,7 +200,11 @@ impl Runner {
         m.queue_messages.with_label_values(&["deferred"]).set(wait_n);
         m.queue_bytes.with_label_values(&["ready"]).set(ready_b);
         m.queue_bytes.with_label_values(&["deferred"]).set(wait_b);
-        let age = if oldest == u64::MAX { 0 } else { now_secs().saturating_sub(oldest) };
+        let age = if oldest == u64::MAX {
+            0
+        } else {
+            now_secs().saturating_sub(oldest)
+        };
         m.oldest_age.set(age as i64);
     }
 }

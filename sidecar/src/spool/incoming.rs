@@ -1,7 +1,7 @@
 //! A message being received: body bytes go to the writer in chunks as they arrive (bounded
 //! memory), and `commit` returns only once body and envelope are fsync'd.
 
-use super::{CHUNK_BYTES, Entry, Loc, Meta, Queued, Spool, lock, record, record::Kind, writer::Op};
+use super::{CHUNK_BYTES, Entry, Meta, Queued, Spool, lock, record, record::Kind, writer::Op};
 use crate::{
     inbound::{MessageWriter, SinkError},
     queue::{Envelope, MessageId},
@@ -9,7 +9,7 @@ use crate::{
 use std::{collections::BTreeSet, sync::atomic::Ordering};
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Receiver<Result<(u64, Vec<Loc>), super::WriteError>>;
+type Reply = oneshot::Receiver<super::writer::Written>;
 
 /// One message being written; dropping it without `commit` releases its reservation.
 #[derive(Debug)]

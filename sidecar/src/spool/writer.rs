@@ -35,6 +35,9 @@ pub enum WriteError {
     Io,
 }
 
+/// What the writer answers: the segment written to and where each requested payload landed.
+pub type Written = Result<(u64, Vec<Loc>), WriteError>;
+
 /// One request: encoded records, the payloads whose locations the caller wants, and whether the
 /// reply must wait for fsync.
 #[derive(Debug)]
@@ -46,7 +49,7 @@ pub struct Op {
     /// Reply only after the bytes are on stable storage.
     pub durable: bool,
     /// Where to send the result.
-    pub reply: Option<oneshot::Sender<Result<(u64, Vec<Loc>), WriteError>>>,
+    pub reply: Option<oneshot::Sender<Written>>,
 }
 
 /// Most bytes gathered into one write.
@@ -216,7 +219,7 @@ impl Writer {
     }
 }
 
-fn reply_all(batch: &mut Vec<Op>, result: Result<(u64, Vec<Loc>), WriteError>) {
+fn reply_all(batch: &mut Vec<Op>, result: Written) {
     for op in batch.drain(..) {
         if let Some(reply) = op.reply {
             let _ = reply.send(result.clone());

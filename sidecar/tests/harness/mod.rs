@@ -46,7 +46,8 @@ impl Sidecar {
     /// Writes `config` (with `{dir}` replaced) and starts the sidecar on free loopback ports.
     pub fn start(dir: &Path, config: &str) -> Self {
         let config_path = dir.join("sidecar.yaml");
-        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string())).expect("write config");
+        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string()))
+            .expect("write config");
         let mut s = Self {
             child: None,
             smtp: "127.0.0.1:0".parse().expect("addr"),
@@ -63,7 +64,8 @@ impl Sidecar {
     /// Like `start`, with extra environment variables.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.join("sidecar.yaml");
-        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string())).expect("write config");
+        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string()))
+            .expect("write config");
         let mut all = vec![("SIDECAR_RELOAD_INTERVAL_SECONDS".to_string(), "1".to_string())];
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut s = Self {
@@ -126,7 +128,10 @@ impl Sidecar {
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if http_get(self.admin, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+            if http_get(self.admin, "/readyz")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -154,7 +159,11 @@ impl Sidecar {
                 return v;
             }
             if Instant::now() > deadline {
-                panic!("{series} = {v} never matched; metrics:\n{}\nlog:\n{}", self.metrics(), self.log());
+                panic!(
+                    "{series} = {v} never matched; metrics:\n{}\nlog:\n{}",
+                    self.metrics(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -206,8 +215,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -247,15 +263,24 @@ except smtplib.SMTPException as e:
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 is required (apt-get install python3)");
-    child.stdin.take().expect("stdin").write_all(message).expect("write message");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(message)
+        .expect("write message");
     let out = child.wait_with_output().expect("smtplib");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if text.contains("\"ok\": true") { Ok(text) } else { Err(text) }
+    if text.contains("\"ok\": true") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
-/// Polls until `f` returns Some or 30 s pass.
+/// Polls until `f` returns Some or 75 s pass (a parked route waits 30 s before its probe).
 pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(75);
     loop {
         if let Some(v) = f() {
             return v;
@@ -329,7 +354,9 @@ fn base64(bytes: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -343,5 +370,8 @@ fn base64(bytes: &[u8]) -> String {
 
 /// A free loopback port (bound then released; fine for tests that restart a peer on it).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }

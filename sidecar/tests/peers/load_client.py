@@ -20,7 +20,7 @@ def main():
     conn = None
     for n in range(count):
         subject = "load-%s-%d" % (worker, n)
-        body = ("From: %s\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (sender, rcpt, subject)) + ("x" * 1500 + "\r\n")
+        body = ("From: %s\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (sender, rcpt, subject)) + ("x" * 76 + "\r\n") * 20
         deadline = time.time() + 60
         while True:
             try:
