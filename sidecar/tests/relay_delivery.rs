@@ -279,3 +279,50 @@ fn auth_failure_defers_with_metric() {
 fn path(p: &std::path::Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Proves the metrics a known workload produces, exactly: three accepted messages (one with two
+/// recipients), one refused for its sender domain, all delivered through capture.
+#[test]
+fn metrics_match_a_known_workload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
+                  spool:\n  dir: {dir}/spool\ndelivery:\n  capture:\n    dir: {dir}/capture\n";
+    let sidecar = Sidecar::start(dir.path(), config);
+    let msg = b"From: app@example.com\r\nSubject: m\r\n\r\nhello\r\n";
+    smtplib_send(sidecar.smtp, "app@example.com", &["a@example.net"], msg).expect("1");
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["b@example.net", "c@example.org"],
+        msg,
+    )
+    .expect("2");
+    smtplib_send(sidecar.smtp, "app@example.com", &["d@example.net"], msg).expect("3");
+    smtplib_send(sidecar.smtp, "app@elsewhere.example", &["d@example.net"], msg).expect_err("not ours");
+    sidecar.wait_metric("mailroom_sidecar_messages_delivered_total", |v| v == 4.0);
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    let text = sidecar.metrics();
+    let m = |series: &str| harness::metric_value(&text, series);
+    let delivered = r#"mailroom_sidecar_messages_delivered_total{reply_class="2xx",route="capture",sender_domain="example.com"}"#;
+    assert_eq!(m(delivered), 4.0);
+    assert_eq!(
+        m(r#"mailroom_sidecar_messages_received_total{reason="none",result="accepted"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"mailroom_sidecar_messages_received_total{reason="sender_domain",result="rejected"}"#),
+        1.0
+    );
+    assert_eq!(m("mailroom_sidecar_accept_duration_seconds_count"), 3.0);
+    assert_eq!(m("mailroom_sidecar_message_size_bytes_count"), 3.0);
+    assert_eq!(m(r#"mailroom_sidecar_sessions_total{end="quit"}"#), 4.0);
+    assert_eq!(m("mailroom_sidecar_messages_bounced_total"), 0.0);
+    assert_eq!(m("mailroom_sidecar_messages_deferred_total"), 0.0);
+    assert_eq!(m("mailroom_sidecar_dsn_sent_total"), 0.0);
+    assert_eq!(m("mailroom_sidecar_queue_oldest_message_age_seconds"), 0.0);
+    assert_eq!(
+        m(r#"mailroom_sidecar_delivery_duration_seconds_count{outcome="delivered",route="capture"}"#),
+        3.0
+    );
+    assert!(text.contains("mailroom_sidecar_build_info{version=\""), "{text}");
+}
