@@ -1,0 +1,107 @@
+"""A real authoritative DNS server on loopback for mailroom's tests (dnslib, which we did not write).
+
+Usage: dnsserver.py ZONE_FILE [--address 127.0.0.1] [--port 0]
+Serves UDP and TCP on the same port and prints that port on stdout once listening. The zone file
+is master-file syntax (`example.com. 300 IN MX 10 mx.example.com.`); it is re-read whenever it
+changes, so a test can publish or withdraw records while the server runs. Names absent from the
+file get NXDOMAIN; a name that exists without the asked type gets NOERROR with no answer (NODATA).
+A comment line `; SERVFAIL <name>` makes every query for <name> fail with SERVFAIL.
+"""
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+from dnslib import QTYPE, RCODE, RR, DNSLabel
+from dnslib.server import BaseResolver, DNSServer
+
+
+class ZoneResolver(BaseResolver):
+    def __init__(self, path):
+        self.path = path
+        self.mtime = None
+        self.records = []
+        self.servfail = set()
+        self.load()
+
+    def load(self):
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime == self.mtime:
+            return
+        with open(self.path) as f:
+            text = f.read()
+        self.servfail = {
+            DNSLabel(line.split()[2]) for line in text.splitlines() if line.startswith("; SERVFAIL ")
+        }
+        self.records = RR.fromZone(text)
+        self.mtime = mtime
+
+    def resolve(self, request, handler):
+        self.load()
+        reply = request.reply()
+        qname, qtype = request.q.qname, request.q.qtype
+        if qname in self.servfail:
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        matches = [rr for rr in self.records if rr.rname == qname]
+        if not matches:
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        for rr in matches:
+            if qtype == QTYPE.ANY or rr.rtype == qtype:
+                reply.add_answer(rr)
+            elif rr.rtype == QTYPE.CNAME:
+                reply.add_answer(rr)
+        return reply
+
+
+def free_port(address):
+    # One port for both UDP and TCP: take a UDP port and check TCP can bind it too.
+    for _ in range(50):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind((address, 0))
+        port = u.getsockname()[1]
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            t.bind((address, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+    raise SystemExit("no free port")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("zone")
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args()
+    port = args.port or free_port(args.address)
+    resolver = ZoneResolver(args.zone)
+    servers = [
+        DNSServer(resolver, port=port, address=args.address, tcp=tcp, logger=QuietLogger())
+        for tcp in (False, True)
+    ]
+    for s in servers:
+        s.start_thread()
+    print(port, flush=True)
+    while all(s.isAlive() for s in servers):
+        time.sleep(0.5)
+    sys.exit(1)
+
+
+class QuietLogger:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+if __name__ == "__main__":
+    main()
