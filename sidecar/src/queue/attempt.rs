@@ -14,7 +14,7 @@ use crate::{
 };
 use std::time::Duration;
 
-/// How soon to retry when a bounce could not be queued (spool full).
+/// How soon to retry when the spool could not be read or a bounce could not be queued.
 const DSN_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs one attempt and says what comes next.
@@ -22,11 +22,17 @@ pub async fn run(mut item: Item, spool: &Spool, d: &Delivery, metrics: &Metrics)
     let id = item.id;
     let mut bytes = match spool.read(id).await {
         Ok(b) => b,
-        Err(e) => {
-            tracing::error!(message = %id, error = %e, "cannot read spooled message; setting it aside");
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Next::Dropped,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            // The checksum failed: delivering damaged bytes would be worse than not delivering.
+            tracing::error!(message = %id, error = %e, "spooled message is corrupt; setting it aside");
             metrics.spool_quarantined.inc();
             spool.remove(id).await;
             return Next::Dropped;
+        }
+        Err(e) => {
+            tracing::error!(message = %id, error = %e, "cannot read spooled message; will retry");
+            return Next::Retry(item, DSN_RETRY, false);
         }
     };
     if item.meta.signature.is_none()
