@@ -28,7 +28,7 @@ use crate::{
     kubeconfig::{self, Credentials},
     pki,
     process::Proc,
-    testenv,
+    testenv::{self, ENV_KEEP_LOGS},
 };
 
 /// How to start a control plane. `Options::default()` is what `shared()` uses.
@@ -76,9 +76,6 @@ pub struct ControlPlane {
     procs: Vec<Proc>,
     janitor: Janitor,
 }
-
-/// Set to `1` to keep control-plane logs even when every test passed.
-pub const ENV_KEEP_LOGS: &str = "MAILROOM_TESTENV_KEEP_LOGS";
 
 /// Directories of live control planes, so that a failing test anywhere keeps their logs.
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());

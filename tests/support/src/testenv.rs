@@ -17,6 +17,10 @@ pub const ENV_DIR: &str = "MAILROOM_TESTENV_DIR";
 /// Overrides the Python interpreter (default `$MAILROOM_TESTENV_DIR/venv/bin/python`).
 pub const ENV_PYTHON: &str = "MAILROOM_TESTENV_PYTHON";
 
+/// Set to `1` to keep control-plane logs even when every test passed (they are always kept when a
+/// test panics).
+pub const ENV_KEEP_LOGS: &str = "MAILROOM_TESTENV_KEEP_LOGS";
+
 /// What to do when something is missing; every "not found" error ends with it.
 pub const PREPARE_HINT: &str =
     "run `make testenv` (tests/env/prepare.sh) to build the control plane binaries";

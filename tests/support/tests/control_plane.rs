@@ -265,6 +265,22 @@ fn promtool_runs_from_the_cache() -> Result<()> {
 }
 
 #[test]
+fn prometheus_runs_from_the_cache() -> Result<()> {
+    let out = testenv::command("prometheus")?.arg("--version").output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "prometheus --version failed: {text}");
+    assert!(
+        text.contains("prometheus, version 3."),
+        "prometheus says {text:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn python_venv_has_the_smtp_and_dkim_tools() -> Result<()> {
     let out = std::process::Command::new(testenv::python()?)
         .args(["-c", "import aiosmtpd, dkim, cryptography, dns.resolver"])
