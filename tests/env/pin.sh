@@ -7,7 +7,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
+# shellcheck source=SCRIPTDIR/versions.env
 source "$here/versions.env"
 
 # k8s.io/kubernetes replaces these with ./staging/src/k8s.io/<name>; a module that requires it must
@@ -102,7 +102,7 @@ pin() {
     esac
     rm -f "$here/go/$name/go.sum"
     # GOFLAGS from the environment (e.g. -mod=readonly) would stop tidy from writing go.sum.
-    (cd "$here/go/$name" && GOFLAGS= GOTOOLCHAIN=local go mod tidy)
+    (cd "$here/go/$name" && GOFLAGS='' GOTOOLCHAIN=local go mod tidy)
 }
 
 if [ "$#" -eq 0 ]; then

@@ -33,7 +33,7 @@ for arg in "$@"; do
     esac
 done
 
-# shellcheck source=versions.env
+# shellcheck source=SCRIPTDIR/versions.env
 source "$here/versions.env"
 
 start_all=$SECONDS
