@@ -326,3 +326,50 @@ fn metrics_match_a_known_workload() {
     );
     assert!(text.contains("mailroom_sidecar_build_info{version=\""), "{text}");
 }
+
+/// Proves the optional delay notice: with `bounces.delayNoticeAfterSeconds` set, a recipient
+/// still deferred after that long gets one RFC 3464 "delayed" report, and delivery goes on.
+#[test]
+fn delay_notice_is_sent_once_when_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let config = smarthost_config(
+        up.port,
+        "none",
+        "",
+        "  - domain: example.com",
+        "bounces:\n  delayNoticeAfterSeconds: 1\n",
+    );
+    let sidecar = Sidecar::start(dir.path(), &config);
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["temp-fail@example.net"],
+        b"From: app@example.com\r\n\r\nx\r\n",
+    )
+    .expect("accepted");
+    let got = eventually("delay notice", || {
+        let r = up.received();
+        (!r.is_empty()).then_some(r)
+    });
+    let notice = String::from_utf8_lossy(&got[0].data).to_string();
+    assert_eq!(got[0].meta["rcpt_tos"], serde_json::json!(["app@example.com"]));
+    assert!(notice.contains("Action: delayed"), "{notice}");
+    assert!(
+        notice.contains("Final-Recipient: rfc822; temp-fail@example.net"),
+        "{notice}"
+    );
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_deferred_total{reply_class="4xx""#,
+        |v| v >= 3.0,
+    );
+    assert_eq!(
+        sidecar.metric(r#"mailroom_sidecar_dsn_sent_total{kind="delay"}"#),
+        1.0
+    );
+    assert_eq!(
+        up.received().len(),
+        1,
+        "one notice only, and the message itself is still queued"
+    );
+}
