@@ -74,6 +74,10 @@ fn golden_files_load() {
             "capture.yaml",
             include_str!("../../../tests/fixtures/sidecar-config/capture.yaml"),
         ),
+        (
+            "rendered-relay.yaml",
+            include_str!("../../../tests/fixtures/sidecar-config/rendered-relay.yaml"),
+        ),
     ] {
         let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
         // Every field the golden file sets survives a serialize/parse round trip.

@@ -1,0 +1,235 @@
+//! `MailDomain` (cluster-scoped): a sender domain, its DKIM key, the DNS records to publish and
+//! which namespaces' Relays may send as it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::refs::conditions;
+
+/// Lowercase DNS name with at least two labels (A-labels for IDNs), as a regex inside a CEL string
+/// literal (so `\\.` is a literal dot).
+pub const DOMAIN_REGEX: &str =
+    r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// A sender domain managed by mailroom. The operator generates its DKIM key into a Secret in the
+/// operator's namespace, computes the DNS records to publish and checks them in live DNS.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mailroom.dev",
+    version = "v1alpha1",
+    kind = "MailDomain",
+    plural = "maildomains",
+    shortname = "md",
+    status = "MailDomainStatus",
+    printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"DNS","type":"string","jsonPath":".status.conditions[?(@.type==\"DnsVerified\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainSpec {
+    /// The domain mail is sent as (the `From:` and `MAIL FROM` domain), e.g. `example.com`.
+    /// Lowercase; use A-labels (`xn--...`) for internationalized names. Immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(
+        validation = Rule::new(format!("self.matches('{DOMAIN_REGEX}')")).message("spec.domain must be a lowercase DNS name with at least two labels, e.g. example.com"),
+        validation = Rule::new("self == oldSelf").message("spec.domain is immutable; create a new MailDomain instead")
+    )]
+    pub domain: String,
+    /// DKIM signing key settings. Default: an `rsa-2048` key published under selector `mailroom`.
+    #[serde(default)]
+    pub dkim: DkimSpec,
+    /// SPF record the operator should recommend and check. Absent: no SPF record is recommended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<SpfSpec>,
+    /// DMARC record the operator should recommend and check. Absent: no DMARC record is recommended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<DmarcSpec>,
+    /// Which namespaces' Relays may send as this domain. Empty (the default) allows none.
+    #[serde(default)]
+    pub allowed_namespaces: AllowedNamespaces,
+}
+
+/// DKIM key settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DkimSpec {
+    /// Key algorithm: `rsa-2048` (default, verifiable everywhere) or `ed25519` (RFC 8463).
+    /// Immutable: a new algorithm needs a new key, which rotation (not yet implemented) will do.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.dkim.algorithm is immutable"))]
+    pub algorithm: DkimAlgorithm,
+    /// DKIM selector: the public key is published at `<selector>._domainkey.<domain>`. A DNS label
+    /// (letters, digits, `-`). Default `mailroom`.
+    #[serde(default = "default_selector")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.dkim.selector must be a lowercase DNS label, e.g. mailroom"))]
+    pub selector: String,
+}
+
+/// DKIM key algorithm.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DkimAlgorithm {
+    /// RSA with a 2048-bit key, signed as `rsa-sha256`.
+    #[default]
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    /// Ed25519, signed as `ed25519-sha256` (RFC 8463).
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+/// Inputs for the recommended SPF record (`v=spf1 include:... <all>`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpfSpec {
+    /// Domains whose SPF records are included (`include:<domain>`), e.g. your smarthost provider's.
+    #[serde(default)]
+    #[schemars(length(max = 10))]
+    #[x_kube(validation = Rule::new(format!("self.all(d, size(d) <= 253 && d.matches('{DOMAIN_REGEX}'))")).message("spec.spf.includes must hold lowercase DNS names"))]
+    pub includes: Vec<String>,
+    /// What happens to mail from other hosts: `softfail` (`~all`, default), `fail` (`-all`) or
+    /// `neutral` (`?all`).
+    #[serde(default)]
+    pub all: SpfAll,
+}
+
+/// The SPF `all` mechanism qualifier.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SpfAll {
+    /// `~all`: other hosts soft-fail.
+    #[default]
+    Softfail,
+    /// `-all`: other hosts fail.
+    Fail,
+    /// `?all`: no statement about other hosts.
+    Neutral,
+}
+
+/// Inputs for the recommended DMARC record at `_dmarc.<domain>`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DmarcSpec {
+    /// Policy for mail failing DMARC: `none` (default, monitor only), `quarantine` or `reject`.
+    #[serde(default)]
+    pub policy: DmarcPolicy,
+    /// Address receiving aggregate reports (`rua=mailto:<address>`). Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 254))]
+    #[x_kube(validation = Rule::new("self.matches('^[^@\\\\s;,]+@[^@\\\\s;,]+$')").message("spec.dmarc.reportEmail must be an email address"))]
+    pub report_email: Option<String>,
+}
+
+/// DMARC policy (`p=`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DmarcPolicy {
+    /// `p=none`: report only.
+    #[default]
+    None,
+    /// `p=quarantine`: failing mail goes to spam.
+    Quarantine,
+    /// `p=reject`: failing mail is refused.
+    Reject,
+}
+
+/// Namespaces whose Relays may send as the domain: listed by name, selected by label, or both
+/// (a namespace matching either is allowed). Both empty allows no namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// Namespace names.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.all(n, size(n) <= 63 && n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("spec.allowedNamespaces.names must hold namespace names"))]
+    pub names: Vec<String>,
+    /// Label selector over namespaces (`matchLabels`, `matchExpressions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// What the operator observed about a MailDomain.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainStatus {
+    /// `Ready`, `DkimKeyReady` and `DnsVerified`.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The DKIM key in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<DkimStatus>,
+    /// The records to publish in DNS, each with what live DNS said at the last check.
+    #[serde(default)]
+    pub dns_records: Vec<DnsRecordStatus>,
+}
+
+/// The DKIM key in use.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DkimStatus {
+    /// Selector the key is published under.
+    pub selector: String,
+    /// `rsa-2048` or `ed25519`.
+    pub algorithm: String,
+    /// `sha256:<hex>` of the public key (DER SubjectPublicKeyInfo for RSA, raw key for Ed25519).
+    pub fingerprint: String,
+    /// Name of the Secret in the operator's namespace holding the private key.
+    pub secret_name: String,
+}
+
+/// One DNS record to publish, and what live DNS says about it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsRecordStatus {
+    /// `dkim`, `spf` or `dmarc`.
+    pub purpose: String,
+    /// Fully qualified owner name, e.g. `mailroom._domainkey.example.com`.
+    pub name: String,
+    /// Record type; always `TXT`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The record's character-strings, each at most 255 octets (RFC 1035 3.3.14); publish them as
+    /// one TXT record.
+    pub value: Vec<String>,
+    /// Whether live DNS serves a matching record.
+    #[serde(default)]
+    pub verified: bool,
+    /// What live DNS returned at the last check (each TXT record joined), or the lookup error.
+    #[serde(default)]
+    pub observed: Vec<String>,
+    /// When DNS was last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checked: Option<Time>,
+}
+
+fn default_selector() -> String {
+    "mailroom".into()
+}
+
+impl Default for DkimSpec {
+    fn default() -> Self {
+        Self {
+            algorithm: DkimAlgorithm::default(),
+            selector: default_selector(),
+        }
+    }
+}
+
+impl DkimAlgorithm {
+    /// The spelling used in the spec and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rsa2048 => "rsa-2048",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+}

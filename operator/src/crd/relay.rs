@@ -1,0 +1,186 @@
+//! `Relay` (namespaced): which MailDomains a workload sends as and how its sidecar delivers mail.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::refs::{CredentialsSecretRef, SecretKeyRef, conditions};
+
+/// Host name or IPv4/IPv6 literal, as a CEL expression over `self`.
+const HOST_RULE: &str = r"self.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$') || isIP(self)";
+
+/// An outbound mail relay for the pods of one namespace: the sidecar accepts mail on loopback in
+/// each pod and delivers it as configured here, DKIM-signed for the listed MailDomains.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mailroom.dev",
+    version = "v1alpha1",
+    kind = "Relay",
+    plural = "relays",
+    namespaced,
+    status = "RelayStatus",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
+    printcolumn = r#"{"name":"Domains","type":"string","jsonPath":".spec.domains"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RelaySpec {
+    /// Names of the MailDomains this relay sends as (at least one, at most 32, no duplicates). Each
+    /// must exist, be Ready and allow this namespace.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(
+        validation = Rule::new("self.all(d, size(d) <= 253 && d.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'))").message("spec.domains must hold MailDomain names (lowercase DNS subdomains)"),
+        validation = Rule::new("self.all(d, self.filter(e, e == d).size() == 1)").message("spec.domains must not list a MailDomain twice")
+    )]
+    pub domains: Vec<String>,
+    /// How mail leaves the pod: exactly one of `smarthost` or `capture`.
+    pub delivery: Delivery,
+    /// Retry schedule for temporary failures. Default: sidecar defaults (60 s, doubling to 3600 s,
+    /// give up after 5 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Limits on accepted mail. Default: sidecar defaults (25 MiB, 100 recipients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+    /// Loopback port the sidecar listens on inside each pod. Default 25.
+    #[serde(default = "default_listen_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub listen_port: u32,
+}
+
+/// Delivery mode; exactly one field is set.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.smarthost), has(self.capture)].filter(x, x).size() == 1").message("spec.delivery must set exactly one of smarthost or capture"))]
+pub struct Delivery {
+    /// Relay all mail through one SMTP server (your provider's submission endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smarthost: Option<SmarthostSpec>,
+    /// Keep every message as a file in the sidecar and send nothing (staging, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureSpec>,
+}
+
+/// An SMTP smarthost.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || self.tls != 'none'").message("spec.delivery.smarthost.credentialsSecretRef needs tls starttls or implicit; credentials are never sent in plain text"))]
+pub struct SmarthostSpec {
+    /// Host name or IP address of the smarthost.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(HOST_RULE).message("spec.delivery.smarthost.host must be a host name or IP address"))]
+    pub host: String,
+    /// TCP port, 1 to 65535. Default 587 (submission).
+    #[serde(default = "default_smarthost_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+    /// `starttls` (default; required, never downgraded), `implicit` (TLS from the first byte, port
+    /// 465) or `none` (plain text).
+    #[serde(default)]
+    pub tls: SmarthostTls,
+    /// Secret with the SMTP AUTH user name and password. Absent: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// Secret key holding a PEM CA bundle that must have signed the smarthost's certificate.
+    /// Absent: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// TLS to the smarthost.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SmarthostTls {
+    /// STARTTLS, required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+    /// Plain text.
+    None,
+}
+
+/// Capture delivery: messages are written to files in the sidecar and never sent.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct CaptureSpec {}
+
+/// Retry schedule; every duration is in whole seconds and greater than 0.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.initialSeconds) || !has(self.maxSeconds) || self.maxSeconds >= self.initialSeconds").message("spec.retry.maxSeconds must be at least spec.retry.initialSeconds"))]
+pub struct RetrySpec {
+    /// First retry after this many seconds. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub initial_seconds: Option<u64>,
+    /// Longest wait between two attempts, in seconds. Default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub max_seconds: Option<u64>,
+    /// Give up and bounce after a message has been queued this many seconds. Default 432000 (5 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub max_age_seconds: Option<u64>,
+}
+
+/// Limits on accepted mail.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest accepted message in bytes, 1 KiB to 100 MiB. Default 26214400 (25 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 104857600))]
+    pub max_message_bytes: Option<u64>,
+    /// Recipients per message, 1 to 1000. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_recipients: Option<u32>,
+}
+
+/// What the operator observed about a Relay.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayStatus {
+    /// `Ready`, with the reason when it is not.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Delivery mode in effect: `smarthost` or `capture`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The sender domains (`spec.domain` of each MailDomain) in the rendered config.
+    #[serde(default)]
+    pub effective_domains: Vec<String>,
+    /// Name of the ConfigMap holding the rendered sidecar config (key `sidecar.yaml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_name: Option<String>,
+    /// Name of the Secret holding the DKIM private keys the sidecar mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim_secret_name: Option<String>,
+}
+
+fn default_listen_port() -> u32 {
+    25
+}
+
+fn default_smarthost_port() -> u32 {
+    587
+}
+
+impl Delivery {
+    /// `smarthost` or `capture` (or `invalid` when the schema was bypassed).
+    pub fn mode(&self) -> &'static str {
+        match (&self.smarthost, &self.capture) {
+            (Some(_), None) => "smarthost",
+            (None, Some(_)) => "capture",
+            _ => "invalid",
+        }
+    }
+}

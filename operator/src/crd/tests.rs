@@ -1,0 +1,49 @@
+use super::*;
+
+#[test]
+fn crds_yaml_is_up_to_date() {
+    let want = yaml().expect("serialize CRDs");
+    let have = include_str!("../../../crds/crds.yaml");
+    assert!(
+        want == have,
+        "crds/crds.yaml is stale: run `cargo run -p mailroom-operator --bin crdgen > crds/crds.yaml`"
+    );
+}
+
+#[test]
+fn conditions_are_a_list_map_keyed_by_type() {
+    let crd = serde_json::to_value(Relay::crd()).expect("json");
+    let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        ["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"][0], "type");
+}
+
+#[test]
+fn every_spec_field_has_a_description() {
+    fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, prop) in props {
+                let here = format!("{path}.{name}");
+                if prop.get("description").is_none()
+                    && name != "metadata"
+                    && name != "apiVersion"
+                    && name != "kind"
+                {
+                    missing.push(here.clone());
+                }
+                walk(&here, prop, missing);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    for crd in all() {
+        let v = serde_json::to_value(&crd).expect("json");
+        let root = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        walk(&crd.spec.names.kind, root, &mut missing);
+    }
+    assert!(missing.is_empty(), "fields without a description: {missing:?}");
+}

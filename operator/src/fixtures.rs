@@ -1,0 +1,66 @@
+//! Test builders for our kinds: `Relay::test("ns", "name")`, `MailDomain::test("name", "example.com")`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::crd::{
+    AllowedNamespaces, CaptureSpec, Delivery, DkimAlgorithm, DkimSpec, MailDomain, MailDomainSpec, Relay,
+    RelaySpec,
+};
+
+impl MailDomain {
+    /// A MailDomain `name` for `domain` with an RSA key, allowing no namespace.
+    pub fn test(name: &str, domain: &str) -> Self {
+        let spec = MailDomainSpec {
+            domain: domain.into(),
+            dkim: DkimSpec::default(),
+            spf: None,
+            dmarc: None,
+            allowed_namespaces: AllowedNamespaces::default(),
+        };
+        let mut md = MailDomain::new(name, spec);
+        md.metadata.uid = Some(format!("uid-{name}"));
+        md
+    }
+
+    /// With this selector and algorithm.
+    pub fn with_dkim(mut self, selector: &str, algorithm: DkimAlgorithm) -> Self {
+        self.spec.dkim = DkimSpec {
+            selector: selector.into(),
+            algorithm,
+        };
+        self
+    }
+
+    /// Allowing these namespaces by name.
+    pub fn allowing(mut self, namespaces: &[&str]) -> Self {
+        self.spec.allowed_namespaces.names = namespaces.iter().map(|n| n.to_string()).collect();
+        self
+    }
+}
+
+impl Relay {
+    /// A capture Relay `namespace/name` sending as `domains`.
+    pub fn test(namespace: &str, name: &str, domains: &[&str]) -> Self {
+        let spec = RelaySpec {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            delivery: Delivery {
+                smarthost: None,
+                capture: Some(CaptureSpec {}),
+            },
+            retry: None,
+            limits: None,
+            listen_port: 25,
+        };
+        Relay {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                uid: Some(format!("uid-{name}")),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Pure rendering: `(Relay, [MailDomain])` -> the sidecar's `SidecarConfig` document. Secrets are
+//! named by the paths where the pod mounts them; no secret value ever enters the config.
+
+use std::path::PathBuf;
+
+use kube::ResourceExt;
+use mailroom_sidecar::config::{
+    self as sc, API_VERSION, Auth, AuthMechanism, Capture, Config, Delivery, Dkim, DkimAlgorithm as ScAlg,
+    Domain, Limits, Listen, Retry, Smarthost, Spool, TlsMode,
+};
+
+use crate::{
+    Error, Result,
+    crd::{DkimAlgorithm, MailDomain, Relay, SmarthostTls},
+};
+
+/// ConfigMap key holding the rendered document.
+pub const CONFIG_KEY: &str = "sidecar.yaml";
+/// Where the pod mounts the Relay's DKIM Secret (`<relay>-dkim`, one `<domain>.key` per domain).
+pub const DKIM_MOUNT: &str = "/etc/mailroom/dkim";
+/// Where the pod mounts the smarthost credentials Secret.
+pub const CREDENTIALS_MOUNT: &str = "/etc/mailroom/credentials";
+/// Where the pod mounts the smarthost CA Secret.
+pub const CA_MOUNT: &str = "/etc/mailroom/smarthost-ca";
+/// Spool directory inside the pod (an `emptyDir`).
+pub const SPOOL_DIR: &str = "/var/spool/mailroom";
+/// Capture directory inside the pod (capture delivery only).
+pub const CAPTURE_DIR: &str = "/var/lib/mailroom/capture";
+
+/// Name of the ConfigMap holding a Relay's rendered config.
+pub fn config_map_name(relay: &str) -> String {
+    format!("{relay}-sidecar")
+}
+
+/// Name of the Secret holding a Relay's DKIM private keys.
+pub fn dkim_secret_name(relay: &str) -> String {
+    format!("{relay}-dkim")
+}
+
+/// Key of a domain's private key inside the Relay's DKIM Secret.
+pub fn dkim_key_name(domain: &str) -> String {
+    format!("{domain}.key")
+}
+
+/// Renders the sidecar config for `relay` sending as `domains` (in the order of
+/// `relay.spec.domains`), and checks it with the sidecar's own `validate()`.
+pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
+    let namespace = relay.namespace().ok_or(Error::MissingNamespace)?;
+    let name = relay.name_any();
+    let spec = &relay.spec;
+    let port = u16::try_from(spec.listen_port).map_err(|_| {
+        Error::InvalidSpec(format!(
+            "Relay {namespace}/{name}: spec.listenPort is out of range"
+        ))
+    })?;
+    let mut limits = Limits::default();
+    if let Some(l) = &spec.limits {
+        limits.max_message_bytes = l.max_message_bytes.unwrap_or(limits.max_message_bytes);
+        limits.max_recipients = l.max_recipients.map_or(limits.max_recipients, |r| r as usize);
+    }
+    let mut retry = Retry::default();
+    if let Some(r) = &spec.retry {
+        retry.initial_seconds = r.initial_seconds.unwrap_or(retry.initial_seconds);
+        retry.max_seconds = r.max_seconds.unwrap_or(retry.max_seconds);
+        retry.max_age_seconds = r.max_age_seconds.unwrap_or(retry.max_age_seconds);
+    }
+    let config = Config {
+        api_version: API_VERSION.into(),
+        kind: sc::KIND.into(),
+        relay: format!("{namespace}/{name}"),
+        hostname: format!("{name}.{namespace}.svc"),
+        listen: Listen {
+            address: ([127, 0, 0, 1], port).into(),
+            allow_non_loopback: false,
+        },
+        admin: Default::default(),
+        limits,
+        domains: domains.iter().map(domain).collect(),
+        spool: Spool {
+            dir: SPOOL_DIR.into(),
+            // Sidecar defaults (1 GiB, 100000 messages): the CRD does not expose them yet.
+            max_bytes: 1024 * 1024 * 1024,
+            max_messages: 100_000,
+        },
+        delivery: delivery(relay, &namespace, &name)?,
+        retry,
+        bounces: Default::default(),
+    };
+    let problems = config.validate();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(Error::InvalidSpec(format!(
+            "Relay {namespace}/{name} renders an invalid sidecar config: {}",
+            list.join("; ")
+        )));
+    }
+    Ok(config)
+}
+
+/// The document as stored in the ConfigMap: a header comment, then YAML.
+pub fn to_yaml(relay: &Relay, config: &Config) -> Result<String> {
+    let body = serde_yaml::to_string(config).map_err(Error::Render)?;
+    Ok(format!(
+        "# Rendered by mailroom-operator from Relay {}/{}; do not edit (changes are overwritten).\n{body}",
+        relay.namespace().unwrap_or_default(),
+        relay.name_any()
+    ))
+}
+
+fn domain(md: &MailDomain) -> Domain {
+    let dkim = &md.spec.dkim;
+    Domain {
+        domain: md.spec.domain.clone(),
+        dkim: Some(Dkim {
+            selector: dkim.selector.clone(),
+            algorithm: match dkim.algorithm {
+                DkimAlgorithm::Rsa2048 => ScAlg::RsaSha256,
+                DkimAlgorithm::Ed25519 => ScAlg::Ed25519Sha256,
+            },
+            key_file: PathBuf::from(DKIM_MOUNT).join(dkim_key_name(&md.spec.domain)),
+        }),
+    }
+}
+
+fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
+    let d = &relay.spec.delivery;
+    match (&d.smarthost, &d.capture) {
+        (Some(s), None) => Ok(Delivery::Smarthost(Smarthost {
+            host: s.host.clone(),
+            port: u16::try_from(s.port).map_err(|_| {
+                Error::InvalidSpec(format!(
+                    "Relay {namespace}/{name}: spec.delivery.smarthost.port is out of range"
+                ))
+            })?,
+            tls: match s.tls {
+                SmarthostTls::Starttls => TlsMode::Starttls,
+                SmarthostTls::Implicit => TlsMode::Implicit,
+                SmarthostTls::None => TlsMode::None,
+            },
+            ca_file: s
+                .ca_secret_ref
+                .as_ref()
+                .map(|r| PathBuf::from(CA_MOUNT).join(&r.key)),
+            auth: s.credentials_secret_ref.as_ref().map(|c| Auth {
+                mechanism: AuthMechanism::Plain,
+                username_file: PathBuf::from(CREDENTIALS_MOUNT).join(&c.username_key),
+                password_file: PathBuf::from(CREDENTIALS_MOUNT).join(&c.password_key),
+            }),
+            // Sidecar defaults: the CRD does not expose them yet.
+            connect_timeout_seconds: 30,
+            command_timeout_seconds: 300,
+            max_connections: 4,
+        })),
+        (None, Some(_)) => Ok(Delivery::Capture(Capture {
+            dir: CAPTURE_DIR.into(),
+        })),
+        _ => Err(Error::InvalidSpec(format!(
+            "Relay {namespace}/{name}: spec.delivery must set exactly one of smarthost or capture"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+use super::*;
+use crate::crd::{CredentialsSecretRef, Delivery, LimitsSpec, RetrySpec, SecretKeyRef, SmarthostSpec};
+
+/// The Relay behind `tests/fixtures/sidecar-config/rendered-relay.yaml`.
+fn golden_input() -> (Relay, Vec<MailDomain>) {
+    let mut relay = Relay::test("shop", "outbound", &["shop", "news"]);
+    relay.spec.delivery = Delivery {
+        smarthost: Some(SmarthostSpec {
+            host: "smtp.relay.example.net".into(),
+            port: 587,
+            tls: SmarthostTls::Starttls,
+            credentials_secret_ref: Some(CredentialsSecretRef {
+                name: "smarthost-credentials".into(),
+                username_key: "username".into(),
+                password_key: "password".into(),
+            }),
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "smarthost-ca".into(),
+                key: "ca.crt".into(),
+            }),
+        }),
+        capture: None,
+    };
+    relay.spec.limits = Some(LimitsSpec {
+        max_message_bytes: Some(10 * 1024 * 1024),
+        max_recipients: Some(50),
+    });
+    relay.spec.retry = Some(RetrySpec {
+        initial_seconds: Some(30),
+        max_seconds: Some(1800),
+        max_age_seconds: Some(86400),
+    });
+    let domains = vec![
+        MailDomain::test("shop", "shop.example.com").with_dkim("mailroom-2026", DkimAlgorithm::Rsa2048),
+        MailDomain::test("news", "news.example.com").with_dkim("mailroom-ed", DkimAlgorithm::Ed25519),
+    ];
+    (relay, domains)
+}
+
+#[test]
+fn render_matches_the_golden_file() {
+    let (relay, domains) = golden_input();
+    let config = sidecar_config(&relay, &domains).expect("render");
+    let text = to_yaml(&relay, &config).expect("yaml");
+    let golden = include_str!("../../../tests/fixtures/sidecar-config/rendered-relay.yaml");
+    if text != golden && std::env::var_os("MAILROOM_UPDATE_GOLDEN").is_some() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/sidecar-config/rendered-relay.yaml"
+        );
+        std::fs::write(path, &text).expect("write golden");
+    }
+    assert_eq!(
+        text, golden,
+        "rerun with MAILROOM_UPDATE_GOLDEN=1 to update the golden file"
+    );
+}
+
+#[test]
+fn rendered_config_parses_back_with_the_sidecar_parser() {
+    let (relay, domains) = golden_input();
+    let config = sidecar_config(&relay, &domains).expect("render");
+    let text = to_yaml(&relay, &config).expect("yaml");
+    let parsed = Config::parse(std::path::Path::new("rendered.yaml"), &text).expect("sidecar accepts it");
+    assert_eq!(parsed, config);
+}
+
+#[test]
+fn capture_relay_renders_capture_delivery_and_paths_only() {
+    let relay = Relay::test("ns", "r", &["d"]);
+    let domains = vec![MailDomain::test("d", "example.org")];
+    let config = sidecar_config(&relay, &domains).expect("render");
+    assert_eq!(config.relay, "ns/r");
+    assert_eq!(config.listen.address.to_string(), "127.0.0.1:25");
+    assert!(matches!(config.delivery, sc::Delivery::Capture(_)));
+    let key_file = config.domains[0].dkim.as_ref().map(|d| d.key_file.clone());
+    assert_eq!(
+        key_file,
+        Some(PathBuf::from("/etc/mailroom/dkim/example.org.key"))
+    );
+}
+
+#[test]
+fn settings_the_sidecar_rejects_become_invalid_spec() {
+    let mut relay = Relay::test("ns", "r", &["d"]);
+    // CEL accepts this (maxSeconds unset), but the sidecar default maxSeconds (3600) is smaller.
+    relay.spec.retry = Some(RetrySpec {
+        initial_seconds: Some(7200),
+        ..Default::default()
+    });
+    let err = sidecar_config(&relay, &[MailDomain::test("d", "example.org")]).expect_err("invalid");
+    assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+    assert!(err.to_string().contains("retry.maxSeconds"), "{err}");
+}
+
+#[test]
+fn no_delivery_mode_is_invalid_spec() {
+    let mut relay = Relay::test("ns", "r", &["d"]);
+    relay.spec.delivery.capture = None;
+    let err = sidecar_config(&relay, &[MailDomain::test("d", "example.org")]).expect_err("invalid");
+    assert_eq!(err.reason(), crate::events::Reason::InvalidSpec);
+}
