@@ -14,28 +14,9 @@ use std::process::Command;
 #[test]
 fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = test_ca(&dir.path().join("ca"));
-    let up = Upstream::start(
-        dir.path(),
-        &[
-            "--tls",
-            "starttls",
-            "--cert",
-            path(&ca.cert),
-            "--key",
-            path(&ca.key),
-            "--require-auth",
-            "relay:s3cret",
-        ],
-    );
-    std::fs::write(dir.path().join("user"), "relay\n").expect("user file");
-    std::fs::write(dir.path().join("pass"), "s3cret\n").expect("pass file");
+    let (up, extra) = tls_upstream_with_auth(dir.path(), "s3cret", "s3cret");
     let (rsa_key, rsa_txt) = dkim_key(dir.path(), "rsa", "rsa");
     let (ed_key, ed_txt) = dkim_key(dir.path(), "ed", "ed25519");
-    let extra = format!(
-        "    caFile: {}\n    auth:\n      mechanism: plain\n      usernameFile: {{dir}}/user\n      passwordFile: {{dir}}/pass",
-        ca.ca.display()
-    );
     let domains = format!(
         "  - domain: example.com\n    dkim:\n      selector: s1\n      algorithm: rsa-sha256\n      keyFile: {}\n\
          \x20 - domain: ed.example.com\n    dkim:\n      selector: s2\n      algorithm: ed25519-sha256\n      keyFile: {}",
@@ -234,26 +215,7 @@ fn starttls_required_but_not_offered_defers_and_sends_nothing() {
 #[test]
 fn auth_failure_defers_with_metric() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = test_ca(&dir.path().join("ca"));
-    let up = Upstream::start(
-        dir.path(),
-        &[
-            "--tls",
-            "starttls",
-            "--cert",
-            path(&ca.cert),
-            "--key",
-            path(&ca.key),
-            "--require-auth",
-            "relay:right",
-        ],
-    );
-    std::fs::write(dir.path().join("user"), "relay").expect("user");
-    std::fs::write(dir.path().join("pass"), "wrong").expect("pass");
-    let extra = format!(
-        "    caFile: {}\n    auth:\n      usernameFile: {{dir}}/user\n      passwordFile: {{dir}}/pass",
-        ca.ca.display()
-    );
+    let (up, extra) = tls_upstream_with_auth(dir.path(), "right", "wrong");
     let sidecar = Sidecar::start(
         dir.path(),
         &smarthost_config(up.port, "starttls", &extra, "  - domain: example.com", ""),
@@ -274,6 +236,31 @@ fn auth_failure_defers_with_metric() {
         !sidecar.log().contains("wrong"),
         "the password never reaches the log"
     );
+}
+
+/// An upstream with STARTTLS (test CA) requiring AUTH `relay:<secret>`, and the smarthost config
+/// lines that make the sidecar log in with `relay:<password>`.
+fn tls_upstream_with_auth(dir: &std::path::Path, secret: &str, password: &str) -> (Upstream, String) {
+    let ca = test_ca(&dir.join("ca"));
+    let auth = format!("relay:{secret}");
+    let args = [
+        "--tls",
+        "starttls",
+        "--cert",
+        path(&ca.cert),
+        "--key",
+        path(&ca.key),
+        "--require-auth",
+        &auth,
+    ];
+    let up = Upstream::start(dir, &args);
+    std::fs::write(dir.join("user"), "relay\n").expect("user file");
+    std::fs::write(dir.join("pass"), format!("{password}\n")).expect("pass file");
+    let extra = format!(
+        "    caFile: {}\n    auth:\n      mechanism: plain\n      usernameFile: {{dir}}/user\n      passwordFile: {{dir}}/pass",
+        ca.ca.display()
+    );
+    (up, extra)
 }
 
 fn path(p: &std::path::Path) -> &str {

@@ -45,20 +45,7 @@ pub struct Sidecar {
 impl Sidecar {
     /// Writes `config` (with `{dir}` replaced) and starts the sidecar on free loopback ports.
     pub fn start(dir: &Path, config: &str) -> Self {
-        let config_path = dir.join("sidecar.yaml");
-        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string()))
-            .expect("write config");
-        let mut s = Self {
-            child: None,
-            smtp: "127.0.0.1:0".parse().expect("addr"),
-            admin: "127.0.0.1:0".parse().expect("addr"),
-            config_path,
-            dir: dir.to_owned(),
-            log: Arc::default(),
-            env: vec![("SIDECAR_RELOAD_INTERVAL_SECONDS".into(), "1".into())],
-        };
-        s.spawn();
-        s
+        Self::start_with_env(dir, config, &[])
     }
 
     /// Like `start`, with extra environment variables.
