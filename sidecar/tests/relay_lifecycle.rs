@@ -82,7 +82,7 @@ fn kill9_during_load_loses_no_acknowledged_message() {
     );
 }
 
-/// Proves hot reload: a new sender domain applies to new sessions without a restart; an invalid
+/// Proves hot reload through a kubelet-style symlink swap: a new sender domain applies to new sessions without a restart; an invalid
 /// file is rejected, counted, and the running config stays.
 #[test]
 fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
@@ -106,11 +106,7 @@ fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
     .expect_err("b.example not yet allowed");
     assert!(err.contains("550") && err.contains("5.7.1"), "{err}");
 
-    std::fs::write(
-        &sidecar.config_path,
-        config("  - domain: a.example\n  - domain: b.example"),
-    )
-    .expect("write");
+    sidecar.swap_config(&config("  - domain: a.example\n  - domain: b.example"));
     sidecar.wait_metric("mailroom_sidecar_config_reloads_total", |v| v == 1.0);
     smtplib_send(
         sidecar.smtp,
@@ -120,11 +116,7 @@ fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
     )
     .expect("allowed now");
 
-    std::fs::write(
-        &sidecar.config_path,
-        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nbogus: 1\n",
-    )
-    .expect("write");
+    sidecar.swap_config("apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nbogus: 1\n");
     sidecar.wait_metric("mailroom_sidecar_config_reload_failures_total", |v| v == 1.0);
     smtplib_send(
         sidecar.smtp,

@@ -34,7 +34,7 @@ pub struct Sidecar {
     pub smtp: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
-    /// Config file path (rewrite it to test reload).
+    /// Config file path: a symlink into `..data/`, as in a ConfigMap volume (see `swap_config`).
     pub config_path: PathBuf,
     /// Work directory; `{dir}` in config templates expands to it.
     pub dir: PathBuf,
@@ -51,8 +51,8 @@ impl Sidecar {
     /// Like `start`, with extra environment variables.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.join("sidecar.yaml");
-        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string()))
-            .expect("write config");
+        write_atomically(dir, &config.replace("{dir}", &dir.display().to_string()), 0);
+        std::os::unix::fs::symlink("..data/sidecar.yaml", &config_path).expect("config symlink");
         let mut all = vec![("SIDECAR_RELOAD_INTERVAL_SECONDS".to_string(), "1".to_string())];
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut s = Self {
@@ -104,6 +104,18 @@ impl Sidecar {
         self.smtp = field(&line, "smtp=").parse().expect("smtp addr in log");
         self.admin = field(&line, "admin=").parse().expect("admin addr in log");
         self.wait_ready();
+    }
+
+    /// Replaces the config the way the kubelet updates a mounted ConfigMap: a new timestamped
+    /// directory, then an atomic rename of the `..data` symlink (Kubernetes `AtomicWriter`).
+    pub fn swap_config(&self, text: &str) {
+        static GENERATION: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let n = GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        write_atomically(
+            &self.dir,
+            &text.replace("{dir}", &self.dir.display().to_string()),
+            n,
+        );
     }
 
     /// Everything the sidecar logged so far.
@@ -187,6 +199,16 @@ impl Drop for Sidecar {
             eprintln!("--- sidecar log ---\n{}", self.log());
         }
     }
+}
+
+fn write_atomically(dir: &Path, text: &str, generation: usize) {
+    let data = dir.join(format!("..{generation}"));
+    std::fs::create_dir_all(&data).expect("config data dir");
+    std::fs::write(data.join("sidecar.yaml"), text).expect("write config");
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{generation}"), &tmp).expect("data symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
