@@ -43,6 +43,31 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 16] = [
+        Self::Reconciled,
+        Self::InvalidSpec,
+        Self::SecretNotFound,
+        Self::SecretKeyMissing,
+        Self::ApplyFailed,
+        Self::DomainNotFound,
+        Self::DomainNotAllowed,
+        Self::DomainNotReady,
+        Self::DkimKeyLost,
+        Self::DkimKeyChanged,
+        Self::KeyGenerationFailed,
+        Self::KeyGenerated,
+        Self::KeyReady,
+        Self::RecordsVerified,
+        Self::RecordsNotVerified,
+        Self::DnsPending,
+    ];
+
+    /// The reason spelled `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     /// The CamelCase spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -3,14 +3,23 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
+pub mod apply;
 pub mod conditions;
 pub mod crd;
 pub mod dkim;
+pub mod dns;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
+pub mod metrics;
+pub mod offline;
+pub mod reconcile;
 pub mod records;
 pub mod render;
+pub mod settings;
+pub mod telemetry;
 
 use events::Reason;
 

@@ -1,5 +1,106 @@
-//! mailroom operator entry point (reconciles MailDomain and Relay; see issue #4).
+//! mailroom operator entry point: `mailroom-operator` runs the controllers (behind a Lease when
+//! leader election is on) and the admin server; `mailroom-operator render -f DIR` works offline.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the operator is not built yet; see docs/ for the sidecar")
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use mailroom_operator::{
+    admin,
+    dns::HickoryDns,
+    events::Events,
+    leader::Elector,
+    metrics::Metrics,
+    offline, reconcile,
+    settings::{Env, Settings},
+    telemetry,
+};
+
+const USAGE: &str = "usage:
+  mailroom-operator                          run the operator (settings from OPERATOR_* env)
+  mailroom-operator render -f DIR [-o OUT]   render MailDomain/Relay YAML in DIR offline into OUT (default ./rendered)";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => run().await,
+        Some("render") => render(&args[1..]),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown argument {other:?}\n{USAGE}"),
+    }
+}
+
+fn render(args: &[String]) -> anyhow::Result<()> {
+    let (mut dir, mut out) = (None, PathBuf::from("rendered"));
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-f" => dir = it.next().map(PathBuf::from),
+            "-o" => out = it.next().map(PathBuf::from).context("-o needs a directory")?,
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let dir = dir.context(format!("-f DIR is required\n{USAGE}"))?;
+    let summary = offline::render_dir(&dir, &out)?;
+    for path in summary.configs.iter().chain(&summary.keys).chain(&summary.dns) {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let settings = Settings::parse(&Env)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the apiserver")?;
+    let metrics = Arc::new(Metrics::new());
+    let dns = HickoryDns::new(&settings.dns_nameservers).map_err(anyhow::Error::msg)?;
+    tokio::spawn(admin::serve(settings.admin_addr, metrics.clone()));
+    let ctx = Arc::new(reconcile::Context {
+        events: Events::new(client.clone(), &settings.identity),
+        client: client.clone(),
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        dns: Arc::new(dns),
+    });
+    if !settings.leader_election {
+        reconcile::run(ctx).await;
+        return Ok(());
+    }
+    let mut elector = Elector::new(
+        client,
+        &settings.namespace,
+        &settings.lease_name,
+        &settings.identity,
+        settings.lease_duration,
+    );
+    tokio::select! {
+        r = elector.acquire() => r?,
+        _ = shutdown() => return Ok(()),
+    }
+    metrics.set_leader(&settings.lease_name, true);
+    tokio::select! {
+        // Controllers stop on SIGTERM/SIGINT themselves (shutdown_on_signal); then we release.
+        _ = reconcile::run(ctx) => {
+            elector.release().await;
+            Ok(())
+        }
+        _ = elector.keep() => {
+            // Another replica may already reconcile: exit rather than act on stale leadership.
+            bail!("lost the leader lease {}", settings.lease_name)
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

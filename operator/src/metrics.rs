@@ -1,0 +1,156 @@
+//! Operator metrics (`mailroom_operator_*`) in one `prometheus` registry; label values are
+//! bounded (kind, error label, record purpose) plus object names, which the user controls.
+
+use std::time::Instant;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// All operator metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` serves.
+    pub registry: Registry,
+    runs: IntCounterVec,
+    failures: IntCounterVec,
+    duration: HistogramVec,
+    ready: IntGaugeVec,
+    dns: IntGaugeVec,
+    leader: IntGaugeVec,
+}
+
+/// Observes a reconcile's duration when dropped.
+#[derive(Debug)]
+pub struct Timer {
+    histogram: prometheus::Histogram,
+    start: Instant,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "mailroom_operator_reconcile_runs_total",
+                "Reconciles started, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "mailroom_operator_reconcile_failures_total",
+                "Reconciles that failed, by kind and reason.",
+            ),
+            &["kind", "reason"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mailroom_operator_reconcile_duration_seconds",
+                "Reconcile duration, by kind.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let ready = IntGaugeVec::new(
+            Opts::new(
+                "mailroom_operator_object_ready",
+                "1 if the object's Ready condition is True, else 0.",
+            ),
+            &["kind", "namespace", "name"],
+        )
+        .expect("valid metric");
+        let dns = IntGaugeVec::new(
+            Opts::new(
+                "mailroom_operator_dns_record_verified",
+                "1 if live DNS serves the record, else 0.",
+            ),
+            &["domain", "purpose"],
+        )
+        .expect("valid metric");
+        let leader = IntGaugeVec::new(
+            Opts::new(
+                "mailroom_operator_leader",
+                "1 while this replica holds the Lease.",
+            ),
+            &["lease"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(duration.clone()),
+            Box::new(ready.clone()),
+            Box::new(dns.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(m).expect("metric registered once");
+        }
+        Self {
+            registry,
+            runs,
+            failures,
+            duration,
+            ready,
+            dns,
+            leader,
+        }
+    }
+
+    /// Counts a reconcile of `kind` and times it until the guard drops.
+    pub fn start(&self, kind: &str) -> Timer {
+        self.runs.with_label_values(&[kind]).inc();
+        Timer {
+            histogram: self.duration.with_label_values(&[kind]),
+            start: Instant::now(),
+        }
+    }
+
+    /// Counts a failure with its bounded label.
+    pub fn failure(&self, kind: &str, label: &'static str) {
+        self.failures.with_label_values(&[kind, label]).inc();
+    }
+
+    /// Records an object's Ready state.
+    pub fn set_ready(&self, kind: &str, namespace: &str, name: &str, ready: bool) {
+        self.ready
+            .with_label_values(&[kind, namespace, name])
+            .set(i64::from(ready));
+    }
+
+    /// Records a DNS finding.
+    pub fn set_dns(&self, domain: &str, purpose: &str, verified: bool) {
+        self.dns
+            .with_label_values(&[domain, purpose])
+            .set(i64::from(verified));
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, lease: &str, leading: bool) {
+        self.leader.with_label_values(&[lease]).set(i64::from(leading));
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

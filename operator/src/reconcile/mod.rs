@@ -1,0 +1,120 @@
+//! Controllers: `Context`, `run()` wiring both Controllers with their watches, and the shared
+//! `error_policy` (spec errors wait for a change, transient errors back off).
+
+pub mod mail_domain;
+pub mod relay;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+
+use crate::{
+    Error,
+    crd::{MailDomain, Relay},
+    dns::DnsCheck,
+    events::Events,
+    metrics::Metrics,
+    settings::Settings,
+};
+
+/// What every reconcile needs.
+#[derive(Clone)]
+pub struct Context {
+    /// Client with the operator's identity.
+    pub client: Client,
+    /// Process settings.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event publisher.
+    pub events: Events,
+    /// DNS checker.
+    pub dns: Arc<dyn DnsCheck>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs both controllers until the returned future is dropped.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let domains = Controller::new(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
+        .watches(
+            Api::<Secret>::namespaced(client.clone(), &ctx.settings.namespace),
+            watcher::Config::default().labels(mail_domain::KEY_LABEL),
+            |secret| {
+                let owner = secret.labels().get(mail_domain::KEY_LABEL).cloned();
+                owner.map(|name| ObjectRef::<MailDomain>::new(&name))
+            },
+        )
+        .shutdown_on_signal()
+        .run(mail_domain::reconcile, error_policy_domain, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let relays = Controller::new(Api::<Relay>::all(client.clone()), watcher::Config::default());
+    let store = relays.store();
+    let secrets_store = store.clone();
+    let relays = relays
+        .owns(Api::<ConfigMap>::all(client.clone()), relay::children())
+        .owns(Api::<Secret>::all(client.clone()), relay::children())
+        .watches(
+            Api::<MailDomain>::all(client.clone()),
+            watcher::Config::default(),
+            move |md| {
+                let name = md.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.spec.domains.contains(&name))
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<Secret>::all(client),
+            watcher::Config::default(),
+            move |secret| {
+                let (ns, name) = (secret.namespace(), secret.name_any());
+                secrets_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns && relay::references_secret(r, &name))
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(relay::reconcile, error_policy_relay, ctx)
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(domains, relays);
+}
+
+fn error_policy_domain(md: Arc<MailDomain>, error: &Error, ctx: Arc<Context>) -> Action {
+    error_policy("MailDomain", &md.name_any(), error, &ctx)
+}
+
+fn error_policy_relay(relay: Arc<Relay>, error: &Error, ctx: Arc<Context>) -> Action {
+    error_policy("Relay", &relay.name_any(), error, &ctx)
+}
+
+/// Transient errors (spec errors are handled inside reconcile and never reach here) requeue.
+fn error_policy(kind: &str, name: &str, error: &Error, ctx: &Context) -> Action {
+    tracing::warn!(kind, name, error = %error, "reconcile failed");
+    ctx.metrics.failure(kind, error.metric_label());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Current time as a `metav1.Time`.
+pub(crate) fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+}

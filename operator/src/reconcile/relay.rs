@@ -1,0 +1,312 @@
+//! Relay reconcile: gather the MailDomains and Secrets it references (names and keys only),
+//! render the sidecar config, apply ConfigMap + DKIM Secret owned by the Relay, patch status.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Namespace, Secret},
+};
+use kube::{
+    Api, ResourceExt,
+    api::ObjectMeta,
+    core::{Selector, SelectorExt},
+    runtime::{controller::Action, watcher},
+};
+
+use super::{Context, mail_domain::PRIVATE_KEY, now};
+use crate::{
+    Error, Result,
+    apply::{apply, owner_ref, patch_status},
+    conditions::{self, Cond, READY},
+    crd::{MailDomain, Relay, RelayStatus},
+    events::Reason,
+    render,
+};
+
+/// Label on every child of a Relay (ConfigMap, DKIM Secret).
+pub const RELAY_LABEL: &str = "mailroom.dev/relay";
+
+/// Watch config selecting Relay children.
+pub fn children() -> watcher::Config {
+    watcher::Config::default().labels(RELAY_LABEL)
+}
+
+/// Whether `relay` references Secret `name` (credentials or CA).
+pub fn references_secret(relay: &Relay, name: &str) -> bool {
+    relay.spec.delivery.smarthost.as_ref().is_some_and(|s| {
+        s.credentials_secret_ref.as_ref().is_some_and(|c| c.name == name)
+            || s.ca_secret_ref.as_ref().is_some_and(|c| c.name == name)
+    })
+}
+
+/// Whether `md` allows namespace `ns` (by name, or by label selector over `labels`).
+pub fn allows(md: &MailDomain, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+    let allowed = &md.spec.allowed_namespaces;
+    if allowed.names.iter().any(|n| n == ns) {
+        return true;
+    }
+    match &allowed.selector {
+        // An empty selector would select everything; we only honour explicit terms.
+        Some(sel)
+            if sel.match_labels.as_ref().is_some_and(|m| !m.is_empty())
+                || sel.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) =>
+        {
+            Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
+        }
+        _ => false,
+    }
+}
+
+/// Reconciles one Relay.
+pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start("Relay");
+    let ns = relay.namespace().ok_or(Error::MissingNamespace)?;
+    let name = relay.name_any();
+    let old = relay.status.clone().unwrap_or_default();
+    let mut status = RelayStatus {
+        conditions: old.conditions.clone(),
+        observed_generation: relay.metadata.generation,
+        mode: Some(relay.spec.delivery.mode().into()),
+        ..Default::default()
+    };
+    let t = now();
+    let action = match converge(&relay, &ns, &ctx, &mut status).await {
+        Ok(()) => {
+            let msg = format!(
+                "Relay {ns}/{name} is rendered into ConfigMap {}",
+                render::config_map_name(&name)
+            );
+            conditions::set(
+                &mut status.conditions,
+                Cond::yes(READY, Reason::Reconciled, msg),
+                status.observed_generation,
+                &t,
+            );
+            Action::await_change()
+        }
+        Err(e) if e.is_spec_error() => {
+            let msg = format!("Relay {ns}/{name}: {e}");
+            conditions::set(
+                &mut status.conditions,
+                Cond::no(READY, e.reason(), msg),
+                status.observed_generation,
+                &t,
+            );
+            ctx.metrics.failure("Relay", e.metric_label());
+            // Keep the last good children and their names in status.
+            status.config_map_name = old.config_map_name.clone();
+            status.dkim_secret_name = old.dkim_secret_name.clone();
+            status.effective_domains = old.effective_domains.clone();
+            Action::await_change()
+        }
+        Err(e) => return Err(e),
+    };
+    let was = conditions::get(&old.conditions, READY).map(|c| (c.status.clone(), c.reason.clone()));
+    let now_c = conditions::get(&status.conditions, READY).cloned();
+    if let Some(c) = now_c
+        && was != Some((c.status.clone(), c.reason.clone()))
+    {
+        let reason = Reason::parse(&c.reason).unwrap_or(Reason::ApplyFailed);
+        if c.status == "True" {
+            ctx.events.normal(&*relay, reason, c.message).await;
+        } else {
+            ctx.events.warn(&*relay, reason, c.message).await;
+        }
+    }
+    ctx.metrics.set_ready(
+        "Relay",
+        &ns,
+        &name,
+        conditions::is_true(&status.conditions, READY),
+    );
+    let value = serde_json::to_value(&status).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    patch_status(&Api::<Relay>::namespaced(ctx.client.clone(), &ns), &name, value).await?;
+    Ok(action)
+}
+
+async fn converge(relay: &Relay, ns: &str, ctx: &Context, status: &mut RelayStatus) -> Result<()> {
+    let domains = gather_domains(relay, ns, ctx).await?;
+    check_secrets(relay, ns, ctx).await?;
+    let keys = gather_keys(&domains, ctx).await?;
+    let config = render::sidecar_config(relay, &domains)?;
+    let text = render::to_yaml(relay, &config)?;
+    let name = relay.name_any();
+    let owner = owner_ref(relay)?;
+    let meta = |child: String| ObjectMeta {
+        name: Some(child),
+        namespace: Some(ns.into()),
+        labels: Some(BTreeMap::from([(RELAY_LABEL.to_string(), name.clone())])),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+    let cm = ConfigMap {
+        metadata: meta(render::config_map_name(&name)),
+        data: Some(BTreeMap::from([(render::CONFIG_KEY.to_string(), text)])),
+        ..Default::default()
+    };
+    let secret = Secret {
+        metadata: meta(render::dkim_secret_name(&name)),
+        type_: Some("Opaque".into()),
+        data: Some(keys),
+        ..Default::default()
+    };
+    apply(
+        &Api::namespaced(ctx.client.clone(), ns),
+        &with_type(secret, "v1", "Secret")?,
+        "apply DKIM Secret",
+    )
+    .await?;
+    apply(
+        &Api::namespaced(ctx.client.clone(), ns),
+        &with_type(cm, "v1", "ConfigMap")?,
+        "apply ConfigMap",
+    )
+    .await?;
+    status.effective_domains = domains.iter().map(|d| d.spec.domain.clone()).collect();
+    status.config_map_name = Some(render::config_map_name(&name));
+    status.dkim_secret_name = Some(render::dkim_secret_name(&name));
+    Ok(())
+}
+
+/// SSA needs apiVersion/kind in the body; k8s-openapi types serialize them, so round-trip.
+fn with_type<K: serde::Serialize + serde::de::DeserializeOwned>(
+    obj: K,
+    api_version: &str,
+    kind: &str,
+) -> Result<K> {
+    let mut v = serde_json::to_value(&obj).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    v["apiVersion"] = api_version.into();
+    v["kind"] = kind.into();
+    serde_json::from_value(v).map_err(|e| Error::InvalidSpec(e.to_string()))
+}
+
+async fn gather_domains(relay: &Relay, ns: &str, ctx: &Context) -> Result<Vec<MailDomain>> {
+    let api: Api<MailDomain> = Api::all(ctx.client.clone());
+    let mut labels: Option<BTreeMap<String, String>> = None;
+    let mut out = Vec::new();
+    for name in &relay.spec.domains {
+        let md = api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("get MailDomain"))?
+            .ok_or_else(|| Error::DomainNotFound { domain: name.clone() })?;
+        if labels.is_none() {
+            let namespace = Api::<Namespace>::all(ctx.client.clone())
+                .get_opt(ns)
+                .await
+                .map_err(Error::kube("get Namespace"))?;
+            labels = Some(namespace.map(|n| n.labels().clone()).unwrap_or_default());
+        }
+        if !allows(&md, ns, labels.as_ref().unwrap_or(&BTreeMap::new())) {
+            return Err(Error::DomainNotAllowed {
+                domain: name.clone(),
+                namespace: ns.into(),
+            });
+        }
+        let ready = md
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, READY));
+        if !ready || md.status.as_ref().and_then(|s| s.dkim.as_ref()).is_none() {
+            return Err(Error::DomainNotReady { domain: name.clone() });
+        }
+        out.push(md);
+    }
+    Ok(out)
+}
+
+async fn check_secrets(relay: &Relay, ns: &str, ctx: &Context) -> Result<()> {
+    let Some(s) = &relay.spec.delivery.smarthost else {
+        return Ok(());
+    };
+    let mut wanted: Vec<(&str, &str)> = Vec::new();
+    if let Some(c) = &s.credentials_secret_ref {
+        wanted.push((&c.name, &c.username_key));
+        wanted.push((&c.name, &c.password_key));
+    }
+    if let Some(c) = &s.ca_secret_ref {
+        wanted.push((&c.name, &c.key));
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for (name, key) in wanted {
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("get Secret"))?
+            .ok_or_else(|| Error::SecretNotFound {
+                namespace: ns.into(),
+                name: name.into(),
+            })?;
+        // Names and keys only: the values stay in the Secret.
+        let has = secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+            || secret.string_data.as_ref().is_some_and(|d| d.contains_key(key));
+        if !has {
+            return Err(Error::SecretKeyMissing {
+                namespace: ns.into(),
+                name: name.into(),
+                key: key.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The private key of every domain, keyed as the rendered config expects.
+async fn gather_keys(domains: &[MailDomain], ctx: &Context) -> Result<BTreeMap<String, ByteString>> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let mut out = BTreeMap::new();
+    for md in domains {
+        let name = md
+            .status
+            .as_ref()
+            .and_then(|s| s.dkim.as_ref())
+            .map(|d| d.secret_name.clone())
+            .unwrap_or_default();
+        let ns = ctx.settings.namespace.clone();
+        let secret = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube("get DKIM Secret"))?
+            .ok_or_else(|| Error::DomainNotReady {
+                domain: md.name_any(),
+            })?;
+        let pem = secret
+            .data
+            .and_then(|mut d| d.remove(PRIVATE_KEY))
+            .ok_or(Error::SecretKeyMissing {
+                namespace: ns,
+                name,
+                key: PRIVATE_KEY.into(),
+            })?;
+        out.insert(render::dkim_key_name(&md.spec.domain), pem);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    #[test]
+    fn namespaces_are_allowed_by_name_or_selector_only() {
+        let labels = BTreeMap::from([("team".to_string(), "shop".to_string())]);
+        let none = MailDomain::test("d", "example.com");
+        assert!(!allows(&none, "shop", &labels), "empty allows nothing");
+        assert!(allows(&none.clone().allowing(&["shop"]), "shop", &labels));
+        let mut by_label = none.clone();
+        by_label.spec.allowed_namespaces.selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("team".to_string(), "shop".to_string())])),
+            ..Default::default()
+        });
+        assert!(allows(&by_label, "shop", &labels));
+        assert!(!allows(&by_label, "other", &BTreeMap::new()));
+        let mut empty_selector = none;
+        empty_selector.spec.allowed_namespaces.selector = Some(LabelSelector::default());
+        assert!(
+            !allows(&empty_selector, "shop", &labels),
+            "an empty selector allows nothing"
+        );
+    }
+}
