@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::refs::conditions;
 
-/// Lowercase DNS name with at least two labels (A-labels for IDNs), as a regex inside a CEL string
-/// literal (so `\\.` is a literal dot).
+/// Lowercase DNS name with at least two labels (A-labels for IDNs), as an OpenAPI `pattern`.
+pub const DOMAIN_PATTERN: &str =
+    r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// The same regex inside a CEL string literal (so `\\.` is a literal dot).
 pub const DOMAIN_REGEX: &str =
     r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
@@ -89,8 +91,7 @@ pub enum DkimAlgorithm {
 pub struct SpfSpec {
     /// Domains whose SPF records are included (`include:<domain>`), e.g. your smarthost provider's.
     #[serde(default)]
-    #[schemars(length(max = 10))]
-    #[x_kube(validation = Rule::new(format!("self.all(d, size(d) <= 253 && d.matches('{DOMAIN_REGEX}'))")).message("spec.spf.includes must hold lowercase DNS names"))]
+    #[schemars(length(max = 10), inner(length(min = 1, max = 253), regex(pattern = DOMAIN_PATTERN)))]
     pub includes: Vec<String>,
     /// What happens to mail from other hosts: `softfail` (`~all`, default), `fail` (`-all`) or
     /// `neutral` (`?all`).
@@ -145,8 +146,13 @@ pub enum DmarcPolicy {
 pub struct AllowedNamespaces {
     /// Namespace names.
     #[serde(default)]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(n, size(n) <= 63 && n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("spec.allowedNamespaces.names must hold namespace names"))]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
     pub names: Vec<String>,
     /// Label selector over namespaces (`matchLabels`, `matchExpressions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

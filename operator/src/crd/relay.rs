@@ -31,10 +31,10 @@ const HOST_RULE: &str = r"self.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0
 pub struct RelaySpec {
     /// Names of the MailDomains this relay sends as (at least one, at most 32, no duplicates). Each
     /// must exist, be Ready and allow this namespace.
-    #[schemars(length(min = 1, max = 32))]
-    #[x_kube(
-        validation = Rule::new("self.all(d, size(d) <= 253 && d.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'))").message("spec.domains must hold MailDomain names (lowercase DNS subdomains)"),
-        validation = Rule::new("self.all(d, self.filter(e, e == d).size() == 1)").message("spec.domains must not list a MailDomain twice")
+    #[schemars(
+        length(min = 1, max = 32),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")),
+        extend("x-kubernetes-list-type" = "set")
     )]
     pub domains: Vec<String>,
     /// How mail leaves the pod: exactly one of `smarthost` or `capture`.

@@ -1,0 +1,287 @@
+//! Shared helpers for the apiserver tests: a control plane with our CRDs, the operator running
+//! in-process as a ServiceAccount bound to exactly `operator/rbac/rules.yaml`, polling, and a
+//! real DNS server on loopback.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::{
+    api::{
+        core::v1::ServiceAccount,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Resource,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
+use mailroom_operator::{
+    crd, dns::HickoryDns, events::Events, metrics::Metrics, reconcile, settings::Settings,
+};
+use mailroom_test_support::{ControlPlane, testenv};
+use serde::de::DeserializeOwned;
+
+/// The operator's ClusterRole rules, the file the chart ships.
+pub const RULES: &str = include_str!("../../rbac/rules.yaml");
+
+/// Applies every CRD and waits until each is Established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crd::all() {
+        let name = crd.metadata.name.clone().context("crd name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("mailroom-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        wait_for(&api, &name, |c: &CustomResourceDefinition| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// A ServiceAccount `namespace/mailroom-operator` bound (cluster-wide) to exactly [`RULES`];
+/// returns a client authenticated as it.
+pub async fn operator_client(cp: &ControlPlane, namespace: &str) -> Result<Client> {
+    let admin = cp.client().await?;
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("mailroom-operator".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let rules: Vec<PolicyRule> = serde_yaml::from_str(RULES)?;
+    let role_name = format!("mailroom-operator-{namespace}");
+    let role = ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(role_name.clone()),
+            ..Default::default()
+        },
+        rules: Some(rules),
+        ..Default::default()
+    };
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(role_name.clone()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: role_name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "mailroom-operator".into(),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<ClusterRoleBinding>::all(admin)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    cp.client_for_service_account(namespace, "mailroom-operator")
+        .await
+}
+
+/// An owned control plane with the CRDs and the operator running in-process as its ServiceAccount.
+pub struct Env {
+    /// The control plane (owned: our operator reconciles every object in it).
+    pub cp: ControlPlane,
+    /// Cluster-admin client for the test's own actions.
+    pub admin: Client,
+    /// The operator's namespace (DKIM key Secrets).
+    pub operator_ns: String,
+    operator: Option<tokio::task::JoinHandle<()>>,
+    settings: Settings,
+}
+
+impl Env {
+    /// Starts everything; `env` adds `OPERATOR_*` settings.
+    pub async fn start(env: &[(&str, &str)]) -> Result<Self> {
+        let cp = ControlPlane::start().await?;
+        let admin = cp.client().await?;
+        install_crds(&admin).await?;
+        let operator_ns = cp.new_namespace().await?;
+        let mut vars: HashMap<&str, &str> = env.iter().copied().collect();
+        vars.insert("OPERATOR_NAMESPACE", &operator_ns);
+        vars.insert("OPERATOR_IDENTITY", "test-operator");
+        let settings = Settings::parse(&vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut env = Self {
+            cp,
+            admin,
+            operator_ns,
+            operator: None,
+            settings,
+        };
+        env.start_operator().await?;
+        Ok(env)
+    }
+
+    /// (Re)starts the in-process operator with a fresh ServiceAccount token.
+    pub async fn start_operator(&mut self) -> Result<()> {
+        self.stop_operator();
+        let client = match self
+            .cp
+            .client_for_service_account(&self.operator_ns, "mailroom-operator")
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => operator_client(&self.cp, &self.operator_ns).await?,
+        };
+        let dns = HickoryDns::new(&self.settings.dns_nameservers).map_err(anyhow::Error::msg)?;
+        let ctx = Arc::new(reconcile::Context {
+            events: Events::new(client.clone(), &self.settings.identity),
+            client,
+            settings: self.settings.clone(),
+            metrics: Arc::new(Metrics::new()),
+            dns: Arc::new(dns),
+        });
+        self.operator = Some(tokio::spawn(reconcile::run(ctx)));
+        Ok(())
+    }
+
+    /// Stops the in-process operator.
+    pub fn stop_operator(&mut self) {
+        if let Some(handle) = self.operator.take() {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop_operator();
+    }
+}
+
+/// Polls `name` until `pred` holds (60 s).
+pub async fn wait_for<K>(api: &Api<K>, name: &str, pred: impl Fn(&K) -> bool) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Some(obj) = api.get_opt(name).await? {
+            if pred(&obj) {
+                return Ok(obj);
+            }
+            last = Some(obj);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {name}; last seen: {last:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until `name` no longer exists (60 s).
+pub async fn wait_gone<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get_opt(name).await?.is_some() {
+        if Instant::now() > deadline {
+            bail!("{name} still exists after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// The Ready condition's (status, reason) of a status's conditions.
+pub fn ready(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> (String, String) {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+/// `operator/tests/dns_server.py` under the test venv's Python: a real DNS server on loopback
+/// serving the TXT records in `zone` (re-read on every query).
+pub struct DnsServer {
+    child: Child,
+    /// UDP and TCP port on 127.0.0.1.
+    pub port: u16,
+    /// The zone file; rewrite it to change the answers.
+    pub zone: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DnsServer {
+    /// Starts the server with an empty zone.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let zone = dir.path().join("zone.txt");
+        std::fs::write(&zone, "")?;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dns_server.py");
+        let mut child = Command::new(testenv::python()?)
+            .arg(script)
+            .arg(&zone)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting dns_server.py")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .parse()
+            .with_context(|| format!("dns_server.py printed {line:?}"))?;
+        Ok(Self {
+            child,
+            port,
+            zone,
+            _dir: dir,
+        })
+    }
+
+    /// Replaces the served records (`name. 300 IN TXT "a" "b"` lines).
+    pub fn serve(&self, lines: &[String]) -> Result<()> {
+        let mut f = std::fs::File::create(&self.zone)?;
+        for line in lines {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
