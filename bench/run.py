@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""mailroom-sidecar vs Postfix vs the no-relay ceiling, side by side on this machine.
+
+Every scenario runs each system in turn (order alternating between repetitions) against the same
+load from Postfix's own `smtp-source`, relaying to the same `smtp-sink`:
+  ceiling   smtp-source -> smtp-sink (no relay: the machine's limit)
+  postfix   smtp-source -> Postfix null client (fsync on, as shipped) -> smtp-sink
+  mailroom  smtp-source -> mailroom-sidecar (spool on the same filesystem) -> smtp-sink
+Measured: accepted msg/s (until smtp-source has its last 250), end-to-end msg/s (until the sink
+has every message), accept latency p50/p99 from a probe client sending alongside the load, CPU
+seconds of the relay's processes, and PSS of all its processes idle and at peak.
+Writes bench/results/latest.json; bench/report.py turns it into docs/benchmarks.md and plots.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIDECAR = os.path.join(ROOT, "target", "release", "mailroom-sidecar")
+SINK_PORT, POSTFIX_PORT, MAILROOM_PORT, ADMIN_PORT = 30025, 30026, 30027, 30028
+WORK = os.environ.get("BENCH_WORK", "/var/tmp/mailroom-bench")
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+# === processes and measurements ===
+
+def pss_kib(pid):
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid, children=False):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK
+
+
+def descendants(root):
+    """root and every process below it."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(c for c, pp in parents.items() if pp == p)
+    return out
+
+
+class Relay:
+    """A relay under test: its root pid, how to stop it, and its measurements."""
+
+    def __init__(self, name, port, root_pid, stop):
+        self.name, self.port, self.root_pid, self.stop = name, port, root_pid, stop
+
+    def pids(self):
+        return descendants(self.root_pid) if self.root_pid else []
+
+    def pss(self):
+        return sum(pss_kib(p) for p in self.pids())
+
+    def cpu(self):
+        # Live processes plus the root's reaped children (Postfix daemons come and go).
+        return sum(cpu_seconds(p, children=(p == self.root_pid)) for p in self.pids())
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("nothing listens on port %d" % port)
+
+
+def start_sink():
+    proc = subprocess.Popen(
+        ["smtp-sink", "-u", "nobody", "-c", "127.0.0.1:%d" % SINK_PORT, "1024"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    state = {"mesg": 0}
+
+    def read():
+        buf = b""
+        while True:
+            b = proc.stdout.read(64)
+            if not b:
+                return
+            buf = (buf + b)[-256:]
+            m = re.findall(rb"mesg=(\d+)", buf)
+            if m:
+                state["mesg"] = int(m[-1])
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_port(SINK_PORT)
+    return proc, state
+
+
+def start_postfix():
+    conf, queue, data = (os.path.join(WORK, "postfix", d) for d in ("conf", "queue", "data"))
+    shutil.rmtree(os.path.join(WORK, "postfix"), ignore_errors=True)
+    for d in (conf, queue, data):
+        os.makedirs(d)
+    shutil.copy("/etc/postfix/master.cf", conf)
+    master = open(os.path.join(conf, "master.cf")).read()
+    master = re.sub(r"^smtp\s+inet.*smtpd$", "127.0.0.1:%d inet n - n - - smtpd" % POSTFIX_PORT, master, flags=re.M)
+    open(os.path.join(conf, "master.cf"), "w").write(master)
+    open(os.path.join(conf, "main.cf"), "w").write(
+        "\n".join([
+            "compatibility_level = 3.6",
+            "queue_directory = " + queue,
+            "data_directory = " + data,
+            "myhostname = bench.local",
+            "mydestination =",
+            "inet_interfaces = 127.0.0.1",
+            "inet_protocols = ipv4",
+            "mynetworks = 127.0.0.0/8",
+            "relayhost = [127.0.0.1]:%d" % SINK_PORT,
+            "smtpd_relay_restrictions = permit_mynetworks, reject",
+            "maillog_file = " + os.path.join(WORK, "postfix", "maillog"),
+            "maillog_file_prefixes = " + WORK,
+            "",
+        ])
+    )
+    subprocess.run(["chown", "postfix", data], check=True)
+    subprocess.run(["postfix", "-c", conf, "set-permissions"], check=True, capture_output=True)
+    subprocess.run(["postfix", "-c", conf, "start"], check=True, capture_output=True)
+    wait_port(POSTFIX_PORT)
+    pid = int(open(os.path.join(data, "master.lock")).read().split()[0])
+    return Relay("postfix", POSTFIX_PORT, pid, lambda: subprocess.run(["postfix", "-c", conf, "stop"], capture_output=True))
+
+
+def start_mailroom(dkim):
+    base = os.path.join(WORK, "mailroom")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    domain = "  - domain: example.com\n"
+    if dkim:
+        key = os.path.join(base, "dkim.pem")
+        algo = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"] if dkim == "rsa" else ["-algorithm", "ED25519"]
+        subprocess.run(["openssl", "genpkey", *algo, "-out", key], check=True, capture_output=True)
+        name = "rsa-sha256" if dkim == "rsa" else "ed25519-sha256"
+        domain += "    dkim:\n      selector: bench\n      algorithm: %s\n      keyFile: %s\n" % (name, key)
+    config = os.path.join(base, "sidecar.yaml")
+    open(config, "w").write(
+        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nhostname: bench.local\n"
+        "listen:\n  address: 127.0.0.1:%d\nadmin:\n  address: 127.0.0.1:%d\n"
+        "limits:\n  maxConnections: 1024\ndomains:\n%s"
+        "spool:\n  dir: %s/spool\n"
+        "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: %d\n    tls: none\n    maxConnections: 20\n"
+        % (MAILROOM_PORT, ADMIN_PORT, domain, base, SINK_PORT)
+    )
+    proc = subprocess.Popen([SIDECAR, "--config", config], stderr=open(os.path.join(base, "log"), "w"),
+                            env=dict(os.environ, RUST_LOG="warn"))
+    wait_port(MAILROOM_PORT)
+
+    def stop():
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+
+    return Relay("mailroom", MAILROOM_PORT, proc.pid, stop)
+
+
+class Probe(threading.Thread):
+    """One client session sending messages back to back; records DATA-end -> 250 latency."""
+
+    def __init__(self, port, size):
+        super().__init__(daemon=True)
+        self.port, self.size, self.latencies, self.sent, self.stopped = port, size, [], 0, False
+
+    def run(self):
+        s = socket.create_connection(("127.0.0.1", self.port))
+        f = s.makefile("rb")
+
+        def reply():
+            while True:
+                line = f.readline()
+                if line[3:4] != b"-":
+                    return line
+
+        reply()
+        s.sendall(b"EHLO probe\r\n")
+        reply()
+        body = b"From: <bench@example.com>\r\nTo: <probe@example.net>\r\nSubject: probe\r\n\r\n"
+        body += (b"z" * 70 + b"\r\n") * max(1, self.size // 72)
+        while not self.stopped:
+            s.sendall(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<probe@example.net>\r\nDATA\r\n")
+            reply(), reply(), reply()
+            s.sendall(body)
+            t = time.perf_counter()
+            s.sendall(b".\r\n")
+            line = reply()
+            if line.startswith(b"250"):
+                self.latencies.append(time.perf_counter() - t)
+                self.sent += 1
+            time.sleep(0.01)
+        s.sendall(b"QUIT\r\n")
+        s.close()
+
+
+def percentile(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def run_one(system, sc):
+    sink, state = start_sink()
+    relay = None
+    try:
+        if system == "postfix":
+            relay = start_postfix()
+        elif system == "mailroom":
+            relay = start_mailroom(sc.get("dkim"))
+        port = relay.port if relay else SINK_PORT
+        time.sleep(1)
+        idle = relay.pss() if relay else None
+        cpu0 = relay.cpu() if relay else None
+        peak = [idle or 0]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.2):
+                peak[0] = max(peak[0], relay.pss())
+
+        if relay:
+            threading.Thread(target=sample, daemon=True).start()
+        probe = Probe(port, sc["size"])
+        probe.start()
+        t0 = time.perf_counter()
+        src = subprocess.run(
+            ["smtp-source", "-d", "-s", str(sc["sessions"]), "-m", str(sc["count"]), "-l", str(sc["size"]),
+             "-f", "bench@example.com", "-t", "rcpt@example.net", "127.0.0.1:%d" % port],
+            capture_output=True,
+        )
+        t_accept = time.perf_counter() - t0
+        probe.stopped = True
+        probe.join()
+        if src.returncode != 0:
+            raise SystemExit("smtp-source failed against %s: %s" % (system, src.stderr.decode()))
+        want = sc["count"] + probe.sent
+        deadline = time.time() + 600
+        while state["mesg"] < want:
+            if time.time() > deadline:
+                raise SystemExit("%s: sink got %d of %d" % (system, state["mesg"], want))
+            time.sleep(0.02)
+        t_e2e = time.perf_counter() - t0
+        done.set()
+        cpu = (relay.cpu() - cpu0) if relay else None
+        return {
+            "system": system,
+            "accepted_per_s": sc["count"] / t_accept,
+            "e2e_per_s": sc["count"] / t_e2e,
+            "latency_p50_ms": (percentile(probe.latencies, 50) or 0) * 1000,
+            "latency_p99_ms": (percentile(probe.latencies, 99) or 0) * 1000,
+            "probe_messages": probe.sent,
+            "cpu_seconds": cpu,
+            "pss_idle_kib": idle,
+            "pss_peak_kib": peak[0] if relay else None,
+        }
+    finally:
+        if relay:
+            relay.stop()
+        sink.kill()
+        sink.wait()
+
+
+SCENARIOS = [
+    {"name": "2 KiB, 10 sessions", "size": 2048, "sessions": 10},
+    {"name": "2 KiB, 50 sessions", "size": 2048, "sessions": 50},
+    {"name": "100 KiB, 10 sessions", "size": 100 * 1024, "sessions": 10, "scale": 0.1},
+    {"name": "2 KiB, 50 sessions, DKIM RSA-2048", "size": 2048, "sessions": 50, "dkim": "rsa", "systems": ["mailroom"]},
+    {"name": "2 KiB, 50 sessions, DKIM Ed25519", "size": 2048, "sessions": 50, "dkim": "ed25519", "systems": ["mailroom"]},
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
+    args = ap.parse_args()
+    for tool in ("smtp-source", "smtp-sink", "postfix", "openssl"):
+        if not shutil.which(tool):
+            raise SystemExit("%s is missing: run `make bench` (bench/run.sh installs Postfix)" % tool)
+    if not os.path.exists(SIDECAR):
+        raise SystemExit("build it first: cargo build --release --bin mailroom-sidecar")
+    os.makedirs(WORK, exist_ok=True)
+    results = []
+    for rep in range(args.repeat):
+        for sc in SCENARIOS:
+            sc = dict(sc, count=max(100, int(args.messages * sc.get("scale", 1))))
+            systems = sc.get("systems", ["ceiling", "postfix", "mailroom"])
+            if rep % 2:
+                systems = list(reversed(systems))
+            for system in systems:
+                print("%-38s %-9s ..." % (sc["name"], system), end=" ", flush=True)
+                r = run_one(system, sc)
+                r.update(scenario=sc["name"], repetition=rep, messages=sc["count"])
+                print("accepted %7.0f/s  e2e %7.0f/s  p99 %6.1f ms" % (r["accepted_per_s"], r["e2e_per_s"], r["latency_p99_ms"]))
+                results.append(r)
+    machine = {
+        "cpus": os.cpu_count(),
+        "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "filesystem": subprocess.run(["df", "-T", WORK], capture_output=True, text=True).stdout.splitlines()[-1].split()[1],
+        "postfix": subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    json.dump({"machine": machine, "messages": args.messages, "results": results}, open(args.out, "w"), indent=1)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
