@@ -153,7 +153,7 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(
-                matches(&[case.record.clone()], &[&c]),
+                matches(std::slice::from_ref(&case.record), &[&c]),
                 case.want,
                 "{:?}",
                 case.record
