@@ -5,13 +5,22 @@ use crate::{
     config::{self, Config},
     dkim, inbound,
     metrics::Metrics,
-    outbound::{RcptResult, Route, Transport, capture::CaptureTransport, smarthost::SmarthostTransport},
+    outbound::{
+        RcptResult, Route, Transport, capture::CaptureTransport, direct::DirectTransport,
+        mx::HickoryResolver, smarthost::SmarthostTransport,
+    },
     queue::{Envelope, runner::Runner},
     settings::Settings,
     spool::{self, Spool},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+/// Time allowed for one DNS query of direct delivery.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent delivery attempts with direct delivery; each domain is further limited by
+/// `maxConnectionsPerDomain`.
+const DIRECT_CONCURRENCY: usize = 16;
 
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +50,8 @@ pub enum Error {
 pub enum AnyTransport {
     /// `delivery.smarthost`.
     Smarthost(Box<SmarthostTransport>),
+    /// `delivery.direct`.
+    Direct(Box<DirectTransport<HickoryResolver>>),
     /// `delivery.capture`.
     Capture(CaptureTransport),
 }
@@ -49,6 +60,7 @@ impl Transport for AnyTransport {
     fn route(&self) -> Route {
         match self {
             Self::Smarthost(t) => t.route(),
+            Self::Direct(t) => t.route(),
             Self::Capture(t) => t.route(),
         }
     }
@@ -56,6 +68,7 @@ impl Transport for AnyTransport {
     async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
         match self {
             Self::Smarthost(t) => t.deliver(envelope, recipients, message).await,
+            Self::Direct(t) => t.deliver(envelope, recipients, message).await,
             Self::Capture(t) => t.deliver(envelope, recipients, message).await,
         }
     }
@@ -63,6 +76,7 @@ impl Transport for AnyTransport {
     fn parked(&self) -> bool {
         match self {
             Self::Smarthost(t) => t.parked(),
+            Self::Direct(t) => t.parked(),
             Self::Capture(t) => t.parked(),
         }
     }
@@ -96,6 +110,13 @@ impl Delivery {
                     .map_err(|e| Error::Transport(e.to_string()))?;
                 (AnyTransport::Smarthost(Box::new(t)), s.max_connections)
             }
+            config::Delivery::Direct(d) => {
+                let resolver = HickoryResolver::new(&d.resolvers, DNS_TIMEOUT)
+                    .map_err(|e| Error::Transport(format!("resolver: {e}")))?;
+                let t = DirectTransport::new(d, &cfg.hostname, resolver, metrics.clone())
+                    .map_err(|e| Error::Transport(e.to_string()))?;
+                (AnyTransport::Direct(Box::new(t)), DIRECT_CONCURRENCY)
+            }
             config::Delivery::Capture(c) => (AnyTransport::Capture(CaptureTransport::new(&c.dir)), 4),
         };
         Ok(Self {
@@ -108,7 +129,7 @@ impl Delivery {
             domains: cfg.domains.iter().map(|d| d.domain.clone()).collect(),
             remote_mta: match &cfg.delivery {
                 config::Delivery::Smarthost(s) => Some(s.host.clone()),
-                config::Delivery::Capture(_) => None,
+                config::Delivery::Direct(_) | config::Delivery::Capture(_) => None,
             },
         })
     }

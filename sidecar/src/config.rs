@@ -1,6 +1,9 @@
 //! The relay config file (`kind: SidecarConfig`): serde types, defaults and `validate()`.
 //! This file is the contract with the operator; docs/sidecar-config.md documents every field.
 
+mod direct;
+
+pub use direct::{DaneMode, Direct, DirectTls, MtaStsMode};
 use serde::{Deserialize, Serialize};
 use std::{
     net::SocketAddr,
@@ -91,7 +94,7 @@ pub struct Config {
     pub domains: Vec<Domain>,
     /// Durable message store.
     pub spool: Spool,
-    /// How mail leaves: a map with exactly one key, `smarthost` or `capture`.
+    /// How mail leaves: a map with exactly one key, `smarthost`, `direct` or `capture`.
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub delivery: Delivery,
     /// Retry schedule for deferred recipients.
@@ -217,6 +220,8 @@ pub struct Spool {
 pub enum Delivery {
     /// Relay everything through one smarthost.
     Smarthost(Smarthost),
+    /// Deliver to each recipient domain's MX hosts.
+    Direct(Direct),
     /// Keep every message as an `.eml` file (staging, quick start); nothing is sent.
     Capture(Capture),
 }
@@ -368,10 +373,10 @@ fn default_smarthost_port() -> u16 {
 fn default_auth_mechanism() -> AuthMechanism {
     AuthMechanism::Plain
 }
-fn default_connect_timeout() -> u64 {
+pub(crate) fn default_connect_timeout() -> u64 {
     30
 }
-fn default_command_timeout() -> u64 {
+pub(crate) fn default_command_timeout() -> u64 {
     300
 }
 fn default_smarthost_connections() -> usize {
@@ -594,6 +599,9 @@ impl Config {
         }
         if r.max_age_seconds == 0 {
             bad("retry.maxAgeSeconds", "must be greater than 0".into());
+        }
+        if let Delivery::Direct(d) = &self.delivery {
+            d.validate(&mut p);
         }
         p
     }

@@ -116,6 +116,13 @@ pub struct Metrics {
     pub spool_batch: Histogram,
     /// `route_parked{route}`: 1 while a route is parked after connection failures.
     pub route_parked: IntGaugeVec,
+    /// `mx_lookups_total{result}`: direct delivery's MX lookups, one per domain and attempt.
+    pub mx_lookups: IntCounterVec,
+    /// `outbound_tls_total{policy, version, outcome}`: direct delivery's TLS decisions, one per
+    /// connection opened.
+    pub outbound_tls: IntCounterVec,
+    /// `mta_sts_policies_total{result}`: MTA-STS policy lookups (cache hits included).
+    pub mta_sts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -171,6 +178,21 @@ impl Metrics {
             "dkim_signatures_total",
             "DKIM signing attempts by sender domain, algorithm and result.",
             &["domain", "algorithm", "result"],
+        );
+        let mx_lookups = counter_vec(
+            "mx_lookups_total",
+            "MX lookups of direct delivery by result (ok|implicit|null|nxdomain|servfail).",
+            &["result"],
+        );
+        let outbound_tls = counter_vec(
+            "outbound_tls_total",
+            "Connections opened by direct delivery, by TLS policy, negotiated version and outcome.",
+            &["policy", "version", "outcome"],
+        );
+        let mta_sts = counter_vec(
+            "mta_sts_policies_total",
+            "MTA-STS policy lookups by result (none|enforce|testing|policy_none|error).",
+            &["result"],
         );
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let m = IntGaugeVec::new(Opts::new(name, help).namespace(NS), labels).expect("valid metric");
@@ -272,6 +294,9 @@ impl Metrics {
             spool_quarantined,
             spool_batch,
             route_parked,
+            mx_lookups,
+            outbound_tls,
+            mta_sts,
         }
     }
 

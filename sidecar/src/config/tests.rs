@@ -71,6 +71,10 @@ fn golden_files_load() {
             include_str!("../../../tests/fixtures/sidecar-config/smarthost.yaml"),
         ),
         (
+            "direct.yaml",
+            include_str!("../../../tests/fixtures/sidecar-config/direct.yaml"),
+        ),
+        (
             "capture.yaml",
             include_str!("../../../tests/fixtures/sidecar-config/capture.yaml"),
         ),
@@ -88,4 +92,41 @@ fn golden_files_load() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn direct_delivery_gets_defaults_and_reports_bad_fields_with_paths() {
+    let text = MINIMAL.replace("  capture:\n    dir: /tmp/capture\n", "  direct: {}\n");
+    let c = Config::parse(Path::new("t.yaml"), &text).expect("valid");
+    let Delivery::Direct(d) = &c.delivery else {
+        panic!("direct expected")
+    };
+    assert_eq!((d.port, d.max_hosts, d.tls), (25, 5, DirectTls::Opportunistic));
+    assert_eq!((d.mta_sts, d.dane), (MtaStsMode::Off, DaneMode::Off));
+    assert!(d.resolvers.is_empty());
+
+    let text = MINIMAL.replace(
+        "  capture:\n    dir: /tmp/capture\n",
+        "  direct:\n    port: 0\n    maxHosts: 0\n    maxConnectionsPerDomain: 0\n",
+    );
+    let Err(Error::Invalid { problems, .. }) = Config::parse(Path::new("t.yaml"), &text) else {
+        panic!("invalid expected")
+    };
+    let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "delivery.direct.port",
+            "delivery.direct.maxConnectionsPerDomain",
+            "delivery.direct.maxHosts"
+        ]
+    );
+    let text = MINIMAL.replace(
+        "  capture:\n    dir: /tmp/capture\n",
+        "  direct:\n    tls: maybe\n",
+    );
+    let Err(Error::Parse { field, .. }) = Config::parse(Path::new("t.yaml"), &text) else {
+        panic!("parse error expected")
+    };
+    assert_eq!(field, "delivery.direct.tls");
 }

@@ -70,10 +70,10 @@ pub fn diagnostic(phase: Phase, err: &SmtpError) -> String {
         return format!("{code} {detail}").trim_end().to_owned();
     }
     let what = match phase {
-        Phase::Connect => "connection to the smarthost failed",
-        Phase::Tls => "TLS with the smarthost failed",
+        Phase::Connect => "connection to the next hop failed",
+        Phase::Tls => "TLS with the next hop failed",
         Phase::Auth => "authentication with the smarthost failed",
-        Phase::Transaction => "the smarthost connection failed",
+        Phase::Transaction => "the connection to the next hop failed",
     };
     if detail.is_empty() {
         what.to_owned()
@@ -93,7 +93,7 @@ pub fn timeout(phase: Phase) -> RcptResult {
     RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Timeout,
-        diagnostic: format!("timed out waiting for {step} from the smarthost"),
+        diagnostic: format!("timed out waiting for {step} from the next hop"),
     }
 }
 

@@ -1,5 +1,5 @@
-//! One smarthost connection with lettre's connection-level API: connect, STARTTLS, AUTH, and one
-//! mail transaction with a result per recipient. Every step runs under a timeout, because
+//! One connection with lettre's connection-level API: connect, STARTTLS, AUTH (smarthost), and
+//! one mail transaction with a result per recipient (shared by the smarthost and direct routes). Every step runs under a timeout, because
 //! lettre's own timeout covers only the TCP connect.
 
 use super::{
@@ -16,7 +16,7 @@ use lettre::{
         authentication::{Credentials, Mechanism},
         client::{AsyncSmtpConnection, TlsParameters},
         commands::{Data, Mail, Rcpt, Rset},
-        extension::{ClientId, Extension, MailBodyParameter, MailParameter},
+        extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo},
     },
 };
 use std::{future::Future, path::Path, str::FromStr, time::Duration};
@@ -66,7 +66,7 @@ pub(crate) struct Transaction {
     pub timed_out: bool,
 }
 
-async fn step<T>(
+pub(crate) async fn step<T>(
     limit: Duration,
     phase: Phase,
     fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
@@ -184,15 +184,18 @@ pub(crate) async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bo
 
 /// Sends one message to `recipients`, each RCPT on its own so that one rejection does not fail
 /// the others (RFC 5321 3.3).
+///
+/// `info` is what the last EHLO reply said (after STARTTLS, the second one; RFC 3207 4.2).
 pub(crate) async fn transaction(
     conn: &mut AsyncSmtpConnection,
+    info: &ServerInfo,
     limit: Duration,
     envelope: &Envelope,
     recipients: &[String],
     message: &[u8],
 ) -> Transaction {
     let all = |r: RcptResult| vec![r; recipients.len()];
-    let (from, params) = match mail_from(conn, envelope, recipients, message) {
+    let (from, params) = match mail_from(info, envelope, recipients, message) {
         Ok(v) => v,
         Err(r) => {
             return Transaction {
@@ -255,12 +258,11 @@ pub(crate) async fn transaction(
 /// MAIL FROM with SMTPUTF8 (RFC 6531 3.4) and BODY=8BITMIME (RFC 6152 3) when the message needs
 /// them; a message the smarthost cannot take unchanged is bounced rather than mangled.
 fn mail_from(
-    conn: &AsyncSmtpConnection,
+    info: &ServerInfo,
     envelope: &Envelope,
     recipients: &[String],
     message: &[u8],
 ) -> Result<(Option<Address>, Vec<MailParameter>), RcptResult> {
-    let info = conn.server_info();
     let mut params = Vec::new();
     let utf8 = envelope.smtputf8 || !envelope.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
     if utf8 {
@@ -287,7 +289,7 @@ fn unsupported(what: &str) -> RcptResult {
     RcptResult {
         outcome: Outcome::Bounced,
         class: ReplyClass::Protocol,
-        diagnostic: format!("the smarthost does not support {what}, which this message needs"),
+        diagnostic: format!("the next hop does not support {what}, which this message needs"),
     }
 }
 

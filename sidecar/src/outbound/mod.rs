@@ -3,12 +3,20 @@
 
 pub mod capture;
 pub mod classify;
+pub mod dane;
 pub mod deliver;
+pub mod direct;
+pub mod mta_sts;
+pub mod mx;
 pub mod park;
+pub mod route;
 pub mod smarthost;
+pub mod starttls;
+pub mod tls;
 
 pub use capture::CaptureTransport;
 pub use classify::classify;
+pub use direct::DirectTransport;
 pub use smarthost::{DeliveryError, SmarthostTransport};
 
 use crate::queue::Envelope;
@@ -55,6 +63,8 @@ pub enum ReplyClass {
     Auth,
     /// The next hop spoke something that is not SMTP.
     Protocol,
+    /// A DNS lookup failed temporarily (direct delivery).
+    Dns,
 }
 
 impl ReplyClass {
@@ -69,6 +79,7 @@ impl ReplyClass {
             Self::Tls => "tls",
             Self::Auth => "auth",
             Self::Protocol => "protocol",
+            Self::Dns => "dns",
         }
     }
 }
@@ -92,6 +103,8 @@ pub enum Route {
     Smarthost,
     /// Written to the capture directory.
     Capture,
+    /// To the recipient domains' MX hosts.
+    Direct,
 }
 
 impl Route {
@@ -100,6 +113,7 @@ impl Route {
         match self {
             Self::Smarthost => "smarthost",
             Self::Capture => "capture",
+            Self::Direct => "direct",
         }
     }
 }

@@ -164,7 +164,8 @@ impl SmarthostTransport {
             p.disarm();
         }
         let limit = self.settings.command_timeout;
-        let tx = deliver::transaction(&mut conn, limit, envelope, recipients, message).await;
+        let info = conn.server_info().clone();
+        let tx = deliver::transaction(&mut conn, &info, limit, envelope, recipients, message).await;
         if tx.timed_out {
             self.connection_failed();
         }

@@ -9,7 +9,7 @@ use crate::{
     app::Delivery,
     inbound::{MessageSink, MessageWriter},
     metrics::Metrics,
-    outbound::{Outcome, RcptResult, ReplyClass, Transport},
+    outbound::{Outcome, RcptResult, ReplyClass, Route, Transport},
     spool::Spool,
 };
 use std::time::Duration;
@@ -128,13 +128,16 @@ pub async fn run(mut item: Item, spool: &Spool, d: &Delivery, metrics: &Metrics)
         return Next::Done;
     }
     maybe_delay_notice(&mut item, spool, d, &deferred, &bytes, metrics).await;
-    let connection_failure = results.iter().all(|r| {
-        r.outcome == Outcome::Deferred
-            && matches!(
-                r.class,
-                ReplyClass::Connection | ReplyClass::Tls | ReplyClass::Timeout
-            )
-    });
+    // With direct delivery one unreachable domain says nothing about the others, so it must not
+    // slow the whole queue down to probing.
+    let connection_failure = d.transport.route() != Route::Direct
+        && results.iter().all(|r| {
+            r.outcome == Outcome::Deferred
+                && matches!(
+                    r.class,
+                    ReplyClass::Connection | ReplyClass::Tls | ReplyClass::Timeout
+                )
+        });
     let delay = retry::next_delay(item.attempts, &d.retry, rand::random::<f64>());
     Next::Retry(item, delay, connection_failure)
 }

@@ -1,6 +1,6 @@
 """Scripted upstream SMTP server for the sidecar's delivery tests (aiosmtpd, which we did not write).
 
-Binds 127.0.0.1 (port 0 by default) and prints the bound port on stdout, then serves until killed.
+Binds --address (127.0.0.1 by default; any 127.0.0.x works on Linux) and --port (0 by default) and prints the bound port on stdout, then serves until killed.
 Recipient behaviour by local part: temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
 slow* -> sleeps --slow-seconds before 250. Each transaction is saved in --maildir as
 <n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number);
@@ -19,6 +19,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 def parse_args():
     p = argparse.ArgumentParser()
+    p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--tls", choices=["starttls", "implicit", "none"], default="none")
     p.add_argument("--cert")
@@ -135,7 +136,7 @@ async def main():
     state = State(args.maildir)
     loop = asyncio.get_running_loop()
     if args.greeting_421:
-        server = await asyncio.start_server(greeting_421, "127.0.0.1", args.port)
+        server = await asyncio.start_server(greeting_421, args.address, args.port)
     else:
         ctx = tls_context(args) if args.tls != "none" else None
         authenticator = None
@@ -157,7 +158,7 @@ async def main():
             )
 
         server = await loop.create_server(
-            factory, "127.0.0.1", args.port, ssl=ctx if args.tls == "implicit" else None
+            factory, args.address, args.port, ssl=ctx if args.tls == "implicit" else None
         )
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:

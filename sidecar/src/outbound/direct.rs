@@ -1,0 +1,253 @@
+//! [`DirectTransport`]: delivery to each recipient domain's MX hosts (RFC 5321 5), with
+//! per-domain concurrency, per-destination connection reuse and fallback to the next host.
+
+mod plan;
+mod security;
+
+pub use plan::MxResult;
+pub use security::Security;
+
+use super::{
+    Outcome, RcptResult, ReplyClass, Route, Transport, deliver,
+    mx::MxResolver,
+    route::{self, Hop},
+    starttls::{self, Opened},
+    tls::TlsConfigs,
+};
+use crate::{config, metrics::Metrics, queue::Envelope};
+use lettre::transport::smtp::extension::ClientId;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+use tokio::sync::Semaphore;
+
+/// A pooled connection idle longer than this is closed rather than reused (RFC 5321 4.5.3.2.7).
+const POOL_IDLE_TIMEOUT: Duration = super::smarthost::POOL_IDLE_TIMEOUT;
+
+/// Settings taken from `delivery.direct`.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub port: u16,
+    pub client_id: ClientId,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub max_hosts: usize,
+    pub per_domain: usize,
+}
+
+/// Connections are reused only for the same address and the same security demand.
+type PoolKey = (Hop, Security);
+
+#[derive(Debug)]
+struct Idle {
+    opened: Opened,
+    since: Instant,
+}
+
+/// Delivers to MX hosts (config `delivery.direct`).
+#[derive(Debug)]
+pub struct DirectTransport<R> {
+    resolver: R,
+    settings: Settings,
+    policy: security::Policy,
+    tls: TlsConfigs,
+    domains: Mutex<HashMap<String, Arc<Semaphore>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    metrics: Metrics,
+}
+
+/// Poisoning only means another task panicked while holding the lock; the data is still valid.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// === impl DirectTransport ===
+
+impl<R: MxResolver> DirectTransport<R> {
+    /// Prepares the transport; `hostname` is sent in EHLO.
+    pub fn new(
+        cfg: &config::Direct,
+        hostname: &str,
+        resolver: R,
+        metrics: Metrics,
+    ) -> Result<Self, super::tls::TlsSetupError> {
+        let tls = TlsConfigs::new(cfg.ca_file.as_deref())?;
+        Ok(Self {
+            resolver,
+            settings: Settings {
+                port: cfg.port,
+                client_id: ClientId::Domain(hostname.to_owned()),
+                connect_timeout: Duration::from_secs(cfg.connect_timeout_seconds),
+                command_timeout: Duration::from_secs(cfg.command_timeout_seconds),
+                max_hosts: cfg.max_hosts,
+                per_domain: cfg.max_connections_per_domain,
+            },
+            policy: security::Policy::new(cfg, tls.roots.clone()),
+            tls,
+            domains: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Idle connections in the pool now.
+    pub fn idle_connections(&self) -> usize {
+        lock(&self.idle).values().map(Vec::len).sum()
+    }
+
+    fn permits(&self, domain: &str) -> Arc<Semaphore> {
+        let mut map = lock(&self.domains);
+        // Forget domains nobody is delivering to, so the map stays small.
+        if map.len() > 1024 {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(domain.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_domain)))
+            .clone()
+    }
+
+    async fn deliver_domain(
+        &self,
+        envelope: &Envelope,
+        domain: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
+        let all = |r: RcptResult| vec![r; recipients.len()];
+        let permits = self.permits(domain);
+        // Never closed, so acquiring cannot fail.
+        let Ok(_permit) = permits.acquire().await else {
+            return all(security::failure("no connection slot for this domain".into()));
+        };
+        let (mx, hops) = plan::resolve(&self.resolver, domain, self.settings.max_hosts).await;
+        self.metrics.mx_lookups.with_label_values(&[mx.as_str()]).inc();
+        let hops = match hops {
+            Ok(h) => h,
+            Err(r) => return all(r),
+        };
+        let hops = match self
+            .policy
+            .for_domain(&self.resolver, domain, hops, &self.metrics)
+            .await
+        {
+            Ok(h) => h,
+            Err(r) => return all(r),
+        };
+        let mut last = None;
+        for (hop, base) in hops {
+            let security = self.policy.for_host(&self.resolver, &hop, base).await;
+            let mut opened = match self.checkout(&hop, &security).await {
+                Ok(o) => o,
+                Err(r) => {
+                    tracing::info!(host = %hop.host, ip = %hop.ip, diagnostic = %r.diagnostic, "mail exchanger failed; trying the next");
+                    last = Some(r);
+                    continue;
+                }
+            };
+            let limit = self.settings.command_timeout;
+            let info = opened.info.clone();
+            let tx =
+                deliver::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
+            if tx.reusable && !opened.conn.has_broken() {
+                let idle = Idle {
+                    opened,
+                    since: Instant::now(),
+                };
+                lock(&self.idle).entry((hop, security)).or_default().push(idle);
+            }
+            return tx.results;
+        }
+        all(last.unwrap_or_else(|| security::failure(format!("no usable mail exchanger for {domain}"))))
+    }
+
+    /// An idle connection to `hop` that still answers RSET, or a new one.
+    async fn checkout(&self, hop: &Hop, security: &Security) -> Result<Opened, RcptResult> {
+        let key = (hop.clone(), security.clone());
+        loop {
+            let Some(idle) = lock(&self.idle).get_mut(&key).and_then(Vec::pop) else {
+                break;
+            };
+            let mut opened = idle.opened;
+            if idle.since.elapsed() < POOL_IDLE_TIMEOUT
+                && deliver::reset(&mut opened.conn, self.settings.command_timeout).await
+            {
+                return Ok(opened);
+            }
+        }
+        self.open(hop, security).await
+    }
+
+    async fn open(&self, hop: &Hop, security: &Security) -> Result<Opened, RcptResult> {
+        let s = &self.settings;
+        let addr = SocketAddr::new(hop.ip, s.port);
+        let mut opened = starttls::connect(addr, &s.client_id, s.connect_timeout, s.command_timeout)
+            .await
+            .map_err(|r| on_host(hop, r))?;
+        let outcome = self.policy.secure(&mut opened, hop, security, &self.tls, s).await;
+        self.metrics
+            .outbound_tls
+            .with_label_values(&[security.label(), outcome.version, outcome.outcome])
+            .inc();
+        match outcome.result {
+            Ok(()) => Ok(opened),
+            // RFC 7435 3: opportunistic TLS may go on in plain text when the handshake fails;
+            // a new connection, because the failed one is in an unknown state.
+            Err(r) if !security.required() && outcome.outcome == "handshake_failed" => {
+                tracing::info!(host = %hop.host, diagnostic = %r.diagnostic, "tls handshake failed; retrying in plain text");
+                self.metrics
+                    .outbound_tls
+                    .with_label_values(&[security.label(), "none", "plaintext_fallback"])
+                    .inc();
+                starttls::connect(addr, &s.client_id, s.connect_timeout, s.command_timeout)
+                    .await
+                    .map_err(|r| on_host(hop, r))
+            }
+            Err(r) => {
+                let _ = tokio::time::timeout(s.command_timeout, opened.conn.quit()).await;
+                Err(on_host(hop, r))
+            }
+        }
+    }
+}
+
+/// Names the host in diagnostics that are not a server reply (a reply keeps its code first,
+/// which DSNs parse).
+fn on_host(hop: &Hop, mut r: RcptResult) -> RcptResult {
+    if !matches!(r.class, ReplyClass::Transient | ReplyClass::Permanent) {
+        r.diagnostic = format!("{}[{}]: {}", hop.host, hop.ip, r.diagnostic);
+    }
+    r
+}
+
+impl<R: MxResolver> Transport for DirectTransport<R> {
+    fn route(&self) -> Route {
+        Route::Direct
+    }
+
+    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+        let groups = route::group_by_domain(recipients);
+        let attempts = groups.iter().map(|g| {
+            let rcpts: Vec<String> = g.indices.iter().map(|&i| recipients[i].clone()).collect();
+            async move { self.deliver_domain(envelope, &g.domain, &rcpts, message).await }
+        });
+        let per_domain = futures_util::future::join_all(attempts).await;
+        let mut out: Vec<Option<RcptResult>> = vec![None; recipients.len()];
+        for (g, results) in groups.iter().zip(per_domain) {
+            for (&i, r) in g.indices.iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or(RcptResult {
+                    outcome: Outcome::Deferred,
+                    class: ReplyClass::Protocol,
+                    diagnostic: "no result for this recipient".into(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,220 @@
+//! The TLS demand per destination: the configured level (RFC 7435 opportunistic or required),
+//! raised by MTA-STS (RFC 8461 5) or DANE (RFC 7672 2.2, which takes precedence), and the
+//! STARTTLS step that meets it.
+
+use super::Settings;
+use crate::{
+    config::{self, DaneMode, DirectTls, MtaStsMode},
+    metrics::Metrics,
+    outbound::{
+        Outcome, RcptResult, ReplyClass, dane,
+        mta_sts::{self, Mode},
+        mx::{MxResolver, Tlsa},
+        route::Hop,
+        starttls::{self, Opened},
+        tls::TlsConfigs,
+    },
+};
+use lettre::transport::smtp::extension::Extension;
+use rustls::RootCertStore;
+use std::{sync::Arc, time::Duration};
+
+/// What a connection to one host must achieve.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Security {
+    /// STARTTLS when offered, certificate not verified (RFC 7435 3); plain text otherwise.
+    Opportunistic,
+    /// STARTTLS required, certificate not verified (`tls: require`).
+    Encrypted,
+    /// MTA-STS `testing`: as the configured level; violations are logged and counted only.
+    StsTesting {
+        /// `tls: require` is configured.
+        required: bool,
+    },
+    /// MTA-STS `enforce`: STARTTLS with a WebPKI-valid certificate for the MX host name.
+    StsEnforce,
+    /// DANE: STARTTLS with a certificate matching one of these DANE-EE records.
+    Dane(Vec<Tlsa>),
+}
+
+impl Security {
+    /// The `policy` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Opportunistic => "opportunistic",
+            Self::Encrypted => "require",
+            Self::StsTesting { .. } => "mta_sts_testing",
+            Self::StsEnforce => "mta_sts",
+            Self::Dane(_) => "dane",
+        }
+    }
+
+    pub(crate) fn required(&self) -> bool {
+        !matches!(self, Self::Opportunistic | Self::StsTesting { required: false })
+    }
+}
+
+/// What securing one connection gave: the result and the metric labels.
+#[derive(Debug)]
+pub(crate) struct TlsOutcome {
+    pub result: Result<(), RcptResult>,
+    pub version: &'static str,
+    pub outcome: &'static str,
+}
+
+/// A deferral for a TLS policy failure.
+pub(crate) fn failure(diagnostic: String) -> RcptResult {
+    RcptResult {
+        outcome: Outcome::Deferred,
+        class: ReplyClass::Tls,
+        diagnostic,
+    }
+}
+
+/// The configured modes and the MTA-STS cache.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    tls: DirectTls,
+    mta_sts: MtaStsMode,
+    dane: DaneMode,
+    port: u16,
+    cache: mta_sts::Cache,
+}
+
+impl Policy {
+    pub fn new(cfg: &config::Direct, roots: Arc<RootCertStore>) -> Self {
+        let timeout = Duration::from_secs(cfg.connect_timeout_seconds.min(60));
+        Self {
+            tls: cfg.tls,
+            mta_sts: cfg.mta_sts,
+            dane: cfg.dane,
+            port: cfg.port,
+            cache: mta_sts::Cache::new(roots, cfg.mta_sts_port, timeout),
+        }
+    }
+
+    /// The hops allowed by the domain's MTA-STS policy and the demand for each.
+    pub async fn for_domain<R: MxResolver>(
+        &self,
+        resolver: &R,
+        domain: &str,
+        hops: Vec<Hop>,
+        metrics: &Metrics,
+    ) -> Result<Vec<(Hop, Security)>, RcptResult> {
+        let base = match self.tls {
+            DirectTls::Opportunistic => Security::Opportunistic,
+            DirectTls::Require => Security::Encrypted,
+        };
+        let with = |hops: Vec<Hop>, s: Security| hops.into_iter().map(|h| (h, s.clone())).collect();
+        if self.mta_sts == MtaStsMode::Off {
+            return Ok(with(hops, base));
+        }
+        let policy = self.cache.policy(resolver, domain).await;
+        let label = match &policy {
+            Ok(None) => "none",
+            Ok(Some(p)) if p.mode == Mode::Enforce => "enforce",
+            Ok(Some(p)) if p.mode == Mode::Testing => "testing",
+            Ok(Some(_)) => "policy_none",
+            Err(_) => "error",
+        };
+        metrics.mta_sts.with_label_values(&[label]).inc();
+        let policy = match policy {
+            Ok(Some(p)) if p.mode != Mode::None => p,
+            Ok(_) => return Ok(with(hops, base)),
+            Err(e) => {
+                // RFC 8461 5: without a valid policy, deliver as if none were published.
+                tracing::info!(domain, error = %e, "mta-sts policy unavailable");
+                return Ok(with(hops, base));
+            }
+        };
+        if policy.mode == Mode::Enforce && self.mta_sts == MtaStsMode::Enforce {
+            let allowed: Vec<Hop> = hops.into_iter().filter(|h| policy.matches(&h.host)).collect();
+            if allowed.is_empty() {
+                return Err(failure(format!(
+                    "451 4.7.5 no MX host of {domain} matches its MTA-STS policy (RFC 8461 4.1)"
+                )));
+            }
+            return Ok(with(allowed, Security::StsEnforce));
+        }
+        for h in hops.iter().filter(|h| !policy.matches(&h.host)) {
+            tracing::warn!(domain, host = %h.host, "mx host does not match the mta-sts policy (testing: delivering anyway)");
+        }
+        let required = self.tls == DirectTls::Require;
+        Ok(with(hops, Security::StsTesting { required }))
+    }
+
+    /// RFC 7672 2.2: secure TLSA records for the host override MTA-STS (RFC 8461 2).
+    pub async fn for_host<R: MxResolver>(&self, resolver: &R, hop: &Hop, base: Security) -> Security {
+        if self.dane == DaneMode::Off {
+            return base;
+        }
+        match resolver.tlsa(&format!("_{}._tcp.{}", self.port, hop.host)).await {
+            Ok(t) if t.secure && !t.value.is_empty() => {
+                let usable = dane::usable(&t.value);
+                // RFC 7672 2.2: secure but unusable records still make TLS mandatory.
+                if usable.is_empty() {
+                    Security::Encrypted
+                } else {
+                    Security::Dane(usable)
+                }
+            }
+            // Insecure or absent records: DANE does not apply (RFC 7672 2.2.1).
+            _ => base,
+        }
+    }
+
+    /// STARTTLS as `security` demands, on a connection that has just said EHLO.
+    pub async fn secure(
+        &self,
+        opened: &mut Opened,
+        hop: &Hop,
+        security: &Security,
+        tls: &TlsConfigs,
+        s: &Settings,
+    ) -> TlsOutcome {
+        let done = |result, version, outcome| TlsOutcome {
+            result,
+            version,
+            outcome,
+        };
+        if !opened.info.supports_feature(Extension::StartTls) {
+            if security.required() {
+                let why = format!(
+                    "{} does not offer STARTTLS and the {} policy requires TLS (RFC 3207)",
+                    hop.host,
+                    security.label()
+                );
+                return done(Err(failure(why)), "none", "not_offered");
+            }
+            return done(Ok(()), "none", "plaintext");
+        }
+        let config = match security {
+            Security::Opportunistic | Security::Encrypted | Security::StsTesting { .. } => {
+                tls.unverified.clone()
+            }
+            Security::StsEnforce => tls.verified.clone(),
+            Security::Dane(records) => match tls.dane(records.clone()) {
+                Ok(c) => c,
+                Err(e) => return done(Err(failure(e.to_string())), "none", "handshake_failed"),
+            },
+        };
+        match starttls::upgrade(opened, config, &hop.host, &s.client_id, s.command_timeout).await {
+            Ok((version, chain)) => {
+                let mut outcome = "ok";
+                if matches!(security, Security::StsTesting { .. }) && !tls.verify(&chain, &hop.host) {
+                    tracing::warn!(host = %hop.host, "certificate not valid for the mta-sts policy (testing: delivering anyway)");
+                    outcome = "testing_violation";
+                }
+                done(Ok(()), version.as_str(), outcome)
+            }
+            Err(r) => {
+                let outcome = if r.diagnostic.contains("certificate") || r.diagnostic.contains("TLSA") {
+                    "verify_failed"
+                } else {
+                    "handshake_failed"
+                };
+                done(Err(r), "none", outcome)
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! A lettre connection over a stream we own, so that STARTTLS (RFC 3207) runs with our own
+//! rustls config: the verifier per policy, and the negotiated version for metrics.
+
+use super::{
+    Outcome, RcptResult, ReplyClass,
+    classify::{self, Phase},
+    deliver::step,
+};
+use lettre::transport::smtp::{
+    client::{AsyncSmtpConnection, AsyncTokioStream},
+    commands::{Ehlo, Starttls},
+    extension::{ClientId, ServerInfo},
+};
+use rustls::{
+    ClientConfig, ProtocolVersion,
+    pki_types::{CertificateDer, ServerName},
+};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+enum Slot {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Moving,
+}
+
+/// The socket under a lettre connection, swappable from plain to TLS in place.
+#[derive(Clone)]
+pub(crate) struct Handoff {
+    slot: Arc<Mutex<Slot>>,
+    peer: SocketAddr,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Poisoning only means another task panicked while holding the lock; the data is still valid.
+fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn moving() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream is being upgraded to TLS")
+}
+
+macro_rules! with_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut *lock(&$self.slot) {
+            Slot::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Slot::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Slot::Moving => Poll::Ready(Err(moving())),
+        }
+    };
+}
+
+impl AsyncRead for Handoff {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        with_stream!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Handoff {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        with_stream!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        with_stream!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        with_stream!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+impl AsyncTokioStream for Handoff {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.peer)
+    }
+}
+
+/// A connection after greeting and EHLO, with the socket handle for STARTTLS.
+pub(crate) struct Opened {
+    pub conn: AsyncSmtpConnection,
+    pub info: ServerInfo,
+    pub handoff: Handoff,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("handoff", &self.handoff)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to `addr` and reads the greeting and the EHLO reply.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    client_id: &ClientId,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+) -> Result<Opened, RcptResult> {
+    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(connection_failed(&e.to_string())),
+        Err(_) => return Err(classify::timeout(Phase::Connect)),
+    };
+    let handoff = Handoff {
+        slot: Arc::new(Mutex::new(Slot::Plain(tcp))),
+        peer: addr,
+    };
+    let stream: Box<dyn AsyncTokioStream> = Box::new(handoff.clone());
+    let conn = step(
+        command_timeout,
+        Phase::Connect,
+        AsyncSmtpConnection::connect_with_transport(stream, client_id),
+    )
+    .await?;
+    let info = conn.server_info().clone();
+    Ok(Opened { conn, info, handoff })
+}
+
+/// The negotiated protocol version, for the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+    /// Anything else rustls may negotiate in future.
+    Other,
+}
+
+impl TlsVersion {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls12 => "TLSv1.2",
+            Self::Tls13 => "TLSv1.3",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// STARTTLS, the handshake with `config` for `server_name`, and EHLO again (RFC 3207 4.2:
+/// everything learned before TLS is discarded). Updates `opened.info`.
+pub(crate) async fn upgrade(
+    opened: &mut Opened,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+    client_id: &ClientId,
+    limit: Duration,
+) -> Result<(TlsVersion, Vec<CertificateDer<'static>>), RcptResult> {
+    step(limit, Phase::Tls, opened.conn.command(Starttls)).await?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|_| tls_failed(&format!("{server_name:?} is not a TLS server name")))?;
+    let plain = match std::mem::replace(&mut *lock(&opened.handoff.slot), Slot::Moving) {
+        Slot::Plain(s) => s,
+        _ => return Err(tls_failed("STARTTLS on a stream that is not plain text")),
+    };
+    let tls = match tokio::time::timeout(limit, TlsConnector::from(config).connect(name, plain)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(tls_failed(&e.to_string())),
+        Err(_) => return Err(classify::timeout(Phase::Tls)),
+    };
+    let version = match tls.get_ref().1.protocol_version() {
+        Some(ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
+        Some(ProtocolVersion::TLSv1_3) => TlsVersion::Tls13,
+        _ => TlsVersion::Other,
+    };
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    *lock(&opened.handoff.slot) = Slot::Tls(Box::new(tls));
+    let reply = step(
+        limit,
+        Phase::Tls,
+        opened.conn.command(Ehlo::new(client_id.clone())),
+    )
+    .await?;
+    opened.info = ServerInfo::from_response(&reply).map_err(|e| classify::result(Phase::Tls, &e))?;
+    Ok((version, chain))
+}
+
+fn connection_failed(detail: &str) -> RcptResult {
+    RcptResult {
+        outcome: Outcome::Deferred,
+        class: ReplyClass::Connection,
+        diagnostic: format!("connection failed: {detail}"),
+    }
+}
+
+/// A TLS failure result (deferred: RFC 3207 4.1 leaves the decision to retry to the client).
+pub(crate) fn tls_failed(detail: &str) -> RcptResult {
+    RcptResult {
+        outcome: Outcome::Deferred,
+        class: ReplyClass::Tls,
+        diagnostic: format!("TLS failed: {detail}"),
+    }
+}

@@ -1,0 +1,222 @@
+//! Outbound TLS for direct delivery: rustls client configs per policy. Opportunistic TLS does
+//! not verify (RFC 7435 3), MTA-STS verifies with WebPKI (RFC 8461 4.2), DANE matches TLSA
+//! records (RFC 7672 3) through [`super::dane`].
+
+use super::{dane, mx::Tlsa};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
+    client::WebPkiServerVerifier,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use std::{path::Path, sync::Arc};
+
+/// Errors preparing TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The CA file could not be read or holds no certificate.
+    #[error("cannot use CA file {path}: {message}")]
+    CaFile {
+        /// The configured file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// rustls refused the verifier set-up.
+    #[error("cannot set up certificate verification: {0}")]
+    Verifier(String),
+}
+
+/// The client configs, built once.
+#[derive(Debug, Clone)]
+pub struct TlsConfigs {
+    provider: Arc<CryptoProvider>,
+    /// Accepts any certificate (opportunistic TLS).
+    pub unverified: Arc<ClientConfig>,
+    /// WebPKI: system roots plus the configured CA file.
+    pub verified: Arc<ClientConfig>,
+    /// The same roots, for the MTA-STS policy fetch.
+    pub roots: Arc<RootCertStore>,
+    pkix: Arc<WebPkiServerVerifier>,
+}
+
+// === impl TlsConfigs ===
+
+impl TlsConfigs {
+    /// System roots plus `ca_file` when given.
+    pub fn new(ca_file: Option<&Path>) -> Result<Self, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        // Unreadable system certificates are skipped; a missing bundle leaves only the CA file.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = ca_file {
+            let ca_err = |message: String| TlsSetupError::CaFile {
+                path: path.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("no PEM certificate".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+            }
+        }
+        let roots = Arc::new(roots);
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+        let unverified = Self::with_verifier(&provider, Arc::new(AcceptAny(provider.clone())))?;
+        let verified = Self::with_verifier(&provider, webpki.clone())?;
+        Ok(Self {
+            provider,
+            unverified,
+            verified,
+            roots,
+            pkix: webpki,
+        })
+    }
+
+    fn with_verifier(
+        provider: &Arc<CryptoProvider>,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSetupError::Verifier(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    /// Whether `chain` (end entity first) is WebPKI-valid for `host` now (MTA-STS `testing`).
+    pub fn verify(&self, chain: &[CertificateDer<'static>], host: &str) -> bool {
+        let (Some(ee), Ok(name)) = (chain.first(), ServerName::try_from(host.to_owned())) else {
+            return false;
+        };
+        self.pkix
+            .verify_server_cert(ee, &chain[1..], &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    /// A config that accepts only a chain matching one of `records` (RFC 7672 3.1).
+    pub fn dane(&self, records: Vec<Tlsa>) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        Self::with_verifier(
+            &self.provider,
+            Arc::new(DaneVerifier {
+                provider: self.provider.clone(),
+                records,
+            }),
+        )
+    }
+}
+
+/// RFC 7435 3: opportunistic security encrypts without authenticating the server. Handshake
+/// signatures are still checked, so the session key belongs to the presented certificate.
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// RFC 7672 3.1: with usable TLSA records the chain must match one of them; names and expiry
+/// are not checked for DANE-EE (3.1.1).
+#[derive(Debug)]
+struct DaneVerifier {
+    provider: Arc<CryptoProvider>,
+    records: Vec<Tlsa>,
+}
+
+impl ServerCertVerifier for DaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        let chain: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
+            .chain(intermediates.iter().map(|c| c.as_ref()))
+            .collect();
+        if dane::matches(&self.records, &chain) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(TlsError::General(
+                "certificate matches no TLSA record (RFC 7672 3)".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

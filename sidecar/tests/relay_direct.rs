@@ -1,0 +1,251 @@
+//! Direct delivery end to end: the real `mailroom-sidecar` process resolves MX records from a
+//! real authoritative DNS server on loopback (`tests/peers/dnsserver.py`, dnslib) and delivers
+//! to aiosmtpd receivers bound on 127.0.0.2 and 127.0.0.3.
+
+mod common;
+mod harness;
+
+use common::{Upstream, python, test_ca};
+use harness::{Sidecar, eventually, free_port, smtplib_send};
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+/// `tests/peers/dnsserver.py` serving `zone` on 127.0.0.1; killed on drop.
+struct DnsServer {
+    child: Child,
+    port: u16,
+    zone: PathBuf,
+}
+
+impl DnsServer {
+    fn start(dir: &Path, zone: &str) -> Self {
+        let path = dir.join("zone.txt");
+        std::fs::write(&path, zone).expect("zone file");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/dnsserver.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dnsserver.py with MAILROOM_PYTHON");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let port = line.trim().parse().expect("dnsserver.py prints its port");
+        Self {
+            child,
+            port,
+            zone: path,
+        }
+    }
+
+    /// Replaces the zone; the server re-reads it on the next query (mtime changes).
+    fn publish(&self, zone: &str) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&self.zone, zone).expect("zone file");
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dns: u16, smtp_port: u16, tls: &str) -> String {
+    format!(
+        "apiVersion: mailroom.dev/v1alpha1
+kind: SidecarConfig
+hostname: sidecar.test
+domains:
+  - domain: example.com
+spool:
+  dir: {{dir}}/spool
+delivery:
+  direct:
+    resolvers: [\"127.0.0.1:{dns}\"]
+    port: {smtp_port}
+    tls: {tls}
+    connectTimeoutSeconds: 2
+    commandTimeoutSeconds: 10
+retry:
+  initialSeconds: 1
+  multiplier: 1.0
+  maxSeconds: 1
+  maxAgeSeconds: 600
+"
+    )
+}
+
+fn upstream(dir: &Path, address: &str, port: u16, tls: Option<&common::TestCa>) -> Upstream {
+    let port = port.to_string();
+    let mut args = vec!["--address", address, "--port", &port];
+    let (cert, key);
+    if let Some(ca) = tls {
+        cert = ca.cert.display().to_string();
+        key = ca.key.display().to_string();
+        args.extend(["--tls", "starttls", "--cert", &cert, "--key", &key]);
+    }
+    Upstream::start(dir, &args)
+}
+
+fn message(to: &str) -> String {
+    format!(
+        "From: App <app@example.com>\r\nTo: {to}\r\nSubject: direct\r\nMessage-ID: <d@example.com>\r\n\r\nhello\r\n"
+    )
+}
+
+/// Proves routing: MX preference order with fallback when the preferred host (127.0.0.2) is
+/// down, opportunistic STARTTLS to a host whose certificate we cannot verify, implicit MX
+/// (RFC 5321 5.1), null MX (RFC 7505, bounced 5.1.10 without connecting) and NXDOMAIN
+/// (bounced 5.1.2). The bounce itself goes direct to the sender domain's MX.
+#[test]
+fn mx_order_fallback_implicit_null_and_nxdomain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = test_ca(&dir.path().join("ca"));
+    let port = free_port();
+    let mx2 = upstream(dir.path(), "127.0.0.3", port, Some(&ca));
+    let dns = DnsServer::start(
+        dir.path(),
+        "a.test. 300 IN MX 10 mx1.a.test.
+a.test. 300 IN MX 20 mx2.a.test.
+mx1.a.test. 300 IN A 127.0.0.2
+mx2.a.test. 300 IN A 127.0.0.3
+implicit.test. 300 IN A 127.0.0.3
+null.test. 300 IN MX 0 .
+example.com. 300 IN MX 10 mx2.a.test.
+",
+    );
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "opportunistic"));
+    let rcpts = ["u@a.test", "v@implicit.test", "w@null.test", "x@missing.test"];
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &rcpts,
+        message("u@a.test").as_bytes(),
+    )
+    .expect("accepted");
+
+    let got = eventually("two deliveries and one bounce", || {
+        let r = mx2.received();
+        (r.len() == 3).then_some(r)
+    });
+    let mut delivered: Vec<String> = got
+        .iter()
+        .filter(|r| r.meta["mail_from"] != "<>" && r.meta["mail_from"] != "")
+        .flat_map(|r| r.meta["rcpt_tos"].as_array().expect("rcpts").clone())
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["u@a.test", "v@implicit.test"]);
+    assert!(
+        got.iter().all(|r| r.meta["tls"] == true),
+        "opportunistic STARTTLS used: {got:?}"
+    );
+    let dsn = got
+        .iter()
+        .find(|r| r.meta["rcpt_tos"][0] == "app@example.com")
+        .expect("bounce to the sender");
+    let dsn = String::from_utf8_lossy(&dsn.data);
+    assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
+    assert!(dsn.contains("Status: 5.1.2"), "{dsn}");
+    let m = |s: &str| sidecar.metric(&format!("mailroom_sidecar_mx_lookups_total{{result=\"{s}\"}}"));
+    assert!(m("ok") >= 2.0 && m("implicit") == 1.0 && m("null") == 1.0 && m("nxdomain") == 1.0);
+    assert_eq!(
+        sidecar.metric(
+            r#"mailroom_sidecar_outbound_tls_total{outcome="ok",policy="opportunistic",version="TLSv1.3"}"#
+        ),
+        2.0,
+        "one TLS session per delivery: {}",
+        sidecar.metrics()
+    );
+}
+
+/// Proves SERVFAIL is temporary: the recipient is deferred (reply class `dns`) and delivered
+/// once the zone answers.
+#[test]
+fn servfail_defers_then_delivers_when_dns_is_fixed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mx = upstream(dir.path(), "127.0.0.2", port, None);
+    let good = "flaky.test. 300 IN MX 10 mx.flaky.test.\nmx.flaky.test. 300 IN A 127.0.0.2\n";
+    let dns = DnsServer::start(dir.path(), &format!("; SERVFAIL flaky.test.\n{good}"));
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "opportunistic"));
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["a@flaky.test"],
+        message("a@flaky.test").as_bytes(),
+    )
+    .expect("accepted");
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_deferred_total{reply_class="dns",route="direct",sender_domain="example.com"}"#,
+        |v| v >= 1.0,
+    );
+    assert!(mx.received().is_empty());
+    dns.publish(good);
+    eventually("delivery after the fix", || {
+        (mx.received().len() == 1).then_some(())
+    });
+    assert!(sidecar.metric(r#"mailroom_sidecar_mx_lookups_total{result="servfail"}"#) >= 1.0);
+    assert_eq!(
+        mx.received()[0].meta["tls"],
+        false,
+        "plain text when STARTTLS is not offered"
+    );
+}
+
+/// Proves `tls: require` never sends in plain text: the preferred MX offers no STARTTLS, so it
+/// is skipped (counted as `not_offered`) and the message goes to the next MX, which offers it;
+/// with only the plain host left, the recipient stays deferred with class `tls`.
+#[test]
+fn required_tls_is_refused_when_not_offered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = test_ca(&dir.path().join("ca"));
+    let port = free_port();
+    let plain = upstream(dir.path(), "127.0.0.2", port, None);
+    let tls = upstream(dir.path(), "127.0.0.3", port, Some(&ca));
+    let dns = DnsServer::start(
+        dir.path(),
+        "both.test. 300 IN MX 10 plain.both.test.
+both.test. 300 IN MX 20 tls.both.test.
+plain.both.test. 300 IN A 127.0.0.2
+tls.both.test. 300 IN A 127.0.0.3
+plainonly.test. 300 IN MX 10 plain.both.test.
+",
+    );
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "require"));
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["a@both.test"],
+        message("a@both.test").as_bytes(),
+    )
+    .expect("accepted");
+    let got = eventually("delivery over TLS", || {
+        let r = tls.received();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(got[0].meta["tls"], true);
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["b@plainonly.test"],
+        message("b@plainonly.test").as_bytes(),
+    )
+    .expect("accepted");
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_deferred_total{reply_class="tls",route="direct",sender_domain="example.com"}"#,
+        |v| v >= 2.0,
+    );
+    assert!(plain.received().is_empty(), "nothing sent in plain text");
+    assert!(
+        sidecar.metric(
+            r#"mailroom_sidecar_outbound_tls_total{outcome="not_offered",policy="require",version="none"}"#
+        ) >= 3.0
+    );
+}
