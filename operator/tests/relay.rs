@@ -1,0 +1,195 @@
+//! Relay against a real kube-apiserver with the operator running as its ServiceAccount (bound to
+//! exactly operator/rbac/rules.yaml): the happy path renders a config the sidecar accepts, every
+//! negative path sets Ready=False with its reason, and deleting the Relay garbage-collects its children.
+
+mod common;
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, Result};
+use common::{Env, ready, wait_for, wait_gone};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret},
+};
+use kube::{
+    Api,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+};
+use mailroom_operator::crd::{MailDomain, MailDomainSpec, Relay, RelaySpec};
+use mailroom_sidecar::config::{Config, Delivery};
+
+fn reason_is(want: &'static str) -> impl Fn(&Relay) -> bool {
+    move |r: &Relay| {
+        let conds = r
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        ready(&conds, "Ready").1 == want
+    }
+}
+
+async fn domain(env: &Env, name: &str, yaml: &str) -> Result<()> {
+    let spec: MailDomainSpec = serde_yaml::from_str(yaml)?;
+    let api: Api<MailDomain> = Api::all(env.admin.clone());
+    api.create(&PostParams::default(), &MailDomain::new(name, spec))
+        .await?;
+    wait_for(&api, name, |md| {
+        md.status
+            .as_ref()
+            .is_some_and(|s| ready(&s.conditions, "Ready").0 == "True")
+    })
+    .await?;
+    Ok(())
+}
+
+async fn relay(env: &Env, ns: &str, name: &str, yaml: &str) -> Result<Api<Relay>> {
+    let spec: RelaySpec = serde_yaml::from_str(yaml)?;
+    let api: Api<Relay> = Api::namespaced(env.admin.clone(), ns);
+    api.create(&PostParams::default(), &Relay::new(name, spec))
+        .await?;
+    Ok(api)
+}
+
+fn secret(name: &str, keys: &[&str]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            keys.iter()
+                .map(|k| (k.to_string(), ByteString(b"value".to_vec())))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn relay_renders_a_config_the_sidecar_accepts_and_children_are_garbage_collected() -> Result<()> {
+    let env = Env::start(&[("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")]).await?;
+    let ns = env.cp.new_namespace().await?;
+    let allowed = format!(
+        "domain: shop.example.com\ndkim: {{algorithm: ed25519}}\nallowedNamespaces: {{names: [{ns}]}}"
+    );
+    domain(&env, "shop", &allowed).await?;
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("creds", &["username", "password"]),
+        )
+        .await?;
+    let spec = "domains: [shop]
+delivery:
+  smarthost: {host: smtp.provider.net, port: 465, tls: implicit, credentialsSecretRef: {name: creds}}
+limits: {maxRecipients: 10}";
+    let api = relay(&env, &ns, "outbound", spec).await?;
+    let r = wait_for(&api, "outbound", reason_is("Reconciled")).await?;
+    let status = r.status.context("status")?;
+    assert_eq!(status.effective_domains, ["shop.example.com"]);
+    assert_eq!(status.mode.as_deref(), Some("smarthost"));
+    assert_eq!(status.config_map_name.as_deref(), Some("outbound-sidecar"));
+
+    let cms: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &ns);
+    let cm = cms.get("outbound-sidecar").await?;
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("sidecar.yaml"))
+        .context("sidecar.yaml")?;
+    let config = Config::parse(Path::new("sidecar.yaml"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(config.relay, format!("{ns}/outbound"));
+    assert_eq!(config.limits.max_recipients, 10);
+    let Delivery::Smarthost(s) = &config.delivery else {
+        panic!("smarthost expected")
+    };
+    assert_eq!((s.host.as_str(), s.port), ("smtp.provider.net", 465));
+    assert!(!text.contains("value"), "secret values never enter the ConfigMap");
+    assert_eq!(
+        cm.metadata.owner_references.as_ref().map(|o| o[0].kind.as_str()),
+        Some("Relay")
+    );
+    let managers: Vec<_> = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, ["mailroom.dev/operator"]);
+
+    let dkim = secrets.get("outbound-dkim").await?;
+    let pem = dkim
+        .data
+        .as_ref()
+        .and_then(|d| d.get("shop.example.com.key"))
+        .context("key")?;
+    assert!(String::from_utf8_lossy(&pem.0).contains("BEGIN PRIVATE KEY"));
+
+    api.delete("outbound", &DeleteParams::default()).await?;
+    wait_gone(&cms, "outbound-sidecar").await?;
+    wait_gone(&secrets, "outbound-dkim").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn relay_negative_paths_set_ready_false_with_their_reason() -> Result<()> {
+    let env = Env::start(&[("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")]).await?;
+    let ns = env.cp.new_namespace().await?;
+    domain(
+        &env,
+        "closed",
+        "domain: closed.example.com\ndkim: {algorithm: ed25519}",
+    )
+    .await?;
+    let open = format!(
+        "domain: open.example.com\ndkim: {{algorithm: ed25519}}\nallowedNamespaces: {{names: [{ns}]}}"
+    );
+    domain(&env, "open", &open).await?;
+
+    let api = relay(&env, &ns, "missing", "domains: [nope]\ndelivery: {capture: {}}").await?;
+    wait_for(&api, "missing", reason_is("DomainNotFound")).await?;
+
+    relay(&env, &ns, "closed", "domains: [closed]\ndelivery: {capture: {}}").await?;
+    wait_for(&api, "closed", reason_is("DomainNotAllowed")).await?;
+    // Allowing the namespace re-triggers the Relay (the MailDomain watch).
+    let patch = serde_json::json!({"spec": {"allowedNamespaces": {"names": [ns]}}});
+    Api::<MailDomain>::all(env.admin.clone())
+        .patch("closed", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_for(&api, "closed", reason_is("Reconciled")).await?;
+
+    let spec = "domains: [open]\ndelivery: {smarthost: {host: smtp.provider.net, credentialsSecretRef: {name: creds}}}";
+    relay(&env, &ns, "creds", spec).await?;
+    wait_for(&api, "creds", reason_is("SecretNotFound")).await?;
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &ns);
+    secrets
+        .create(&PostParams::default(), &secret("creds", &["username"]))
+        .await?;
+    let r = wait_for(&api, "creds", reason_is("SecretKeyMissing")).await?;
+    let msg = r
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .context("Ready")?
+        .message;
+    assert!(msg.contains("password") && msg.contains("creds"), "{msg}");
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(&secret("creds", &["username", "password"])),
+        )
+        .await?;
+    wait_for(&api, "creds", reason_is("Reconciled")).await?;
+
+    // A MailDomain that loses its key is not Ready; Relays using it say DomainNotReady.
+    let key = format!("dkim-{}", "open");
+    Api::<Secret>::namespaced(env.admin.clone(), &env.operator_ns)
+        .delete(&key, &DeleteParams::default())
+        .await?;
+    wait_for(&api, "creds", reason_is("DomainNotReady")).await?;
+    Ok(())
+}
