@@ -9,7 +9,7 @@ use axum::{Router, extract::State, routing::get};
 
 use crate::metrics::Metrics;
 
-/// Binds `addr` and serves until the future is dropped; returns the bound address via `bound`.
+/// Binds `addr` and serves the admin routes until the future is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin server listening");
