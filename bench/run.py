@@ -105,19 +105,26 @@ def wait_port(port, timeout=20):
 
 
 def start_sink():
+    # smtp-sink's running counter (-c) is written for a terminal; through a pipe it would sit in
+    # its output buffer, so it gets a pty.
+    master, slave = os.openpty()
     proc = subprocess.Popen(
         ["smtp-sink", "-u", "nobody", "-c", "127.0.0.1:%d" % SINK_PORT, "1024"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=slave, stderr=slave,
     )
+    os.close(slave)
     state = {"mesg": 0}
 
     def read():
         buf = b""
         while True:
-            b = proc.stdout.read(64)
+            try:
+                b = os.read(master, 256)
+            except OSError:
+                return
             if not b:
                 return
-            buf = (buf + b)[-256:]
+            buf = (buf + b)[-512:]
             m = re.findall(rb"mesg=(\d+)", buf)
             if m:
                 state["mesg"] = int(m[-1])
@@ -226,6 +233,7 @@ class Probe(threading.Thread):
                 self.sent += 1
             time.sleep(0.01)
         s.sendall(b"QUIT\r\n")
+        reply()
         s.close()
 
 
