@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help
+.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
@@ -38,3 +38,7 @@ test: lint check-golden cargo-test
 
 demo: build
 	bash examples/demo.sh
+
+# Benchmarks are not part of `make test`: slow, and noisy on shared machines. See docs/benchmarks.md.
+bench:
+	bash bench/run.sh
