@@ -225,8 +225,8 @@ pub fn ready(
         .unwrap_or_default()
 }
 
-/// `operator/tests/dns_server.py` under the test venv's Python: a real DNS server on loopback
-/// serving the TXT records in `zone` (re-read on every query).
+/// `tests/peers/dnsserver.py` (dnslib) under the test venv's Python: a real DNS server on
+/// loopback serving the records in `zone` (re-read when it changes).
 pub struct DnsServer {
     child: Child,
     /// UDP and TCP port on 127.0.0.1.
@@ -242,20 +242,20 @@ impl DnsServer {
         let dir = tempfile::tempdir()?;
         let zone = dir.path().join("zone.txt");
         std::fs::write(&zone, "")?;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dns_server.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/dnsserver.py");
         let mut child = Command::new(testenv::python()?)
             .arg(script)
             .arg(&zone)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .context("starting dns_server.py")?;
+            .context("starting tests/peers/dnsserver.py")?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
         let port = line
             .trim()
             .parse()
-            .with_context(|| format!("dns_server.py printed {line:?}"))?;
+            .with_context(|| format!("dnsserver.py printed {line:?}"))?;
         Ok(Self {
             child,
             port,
