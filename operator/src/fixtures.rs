@@ -44,8 +44,8 @@ impl Relay {
         let spec = RelaySpec {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             delivery: Delivery {
-                smarthost: None,
                 capture: Some(CaptureSpec {}),
+                ..Default::default()
             },
             retry: None,
             limits: None,

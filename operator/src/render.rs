@@ -124,8 +124,11 @@ fn domain(md: &MailDomain) -> Domain {
 
 fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
     let d = &relay.spec.delivery;
+    if let (None, Some(direct), None) = (&d.smarthost, &d.direct, &d.capture) {
+        return Ok(Delivery::Direct(render_direct(direct)));
+    }
     match (&d.smarthost, &d.capture) {
-        (Some(s), None) => Ok(Delivery::Smarthost(Smarthost {
+        (Some(s), None) if d.direct.is_none() => Ok(Delivery::Smarthost(Smarthost {
             host: s.host.clone(),
             port: u16::try_from(s.port).map_err(|_| {
                 Error::InvalidSpec(format!(
@@ -151,12 +154,30 @@ fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
             command_timeout_seconds: 300,
             max_connections: 4,
         })),
-        (None, Some(_)) => Ok(Delivery::Capture(Capture {
+        (None, Some(_)) if d.direct.is_none() => Ok(Delivery::Capture(Capture {
             dir: CAPTURE_DIR.into(),
         })),
         _ => Err(Error::InvalidSpec(format!(
-            "Relay {namespace}/{name}: spec.delivery must set exactly one of smarthost or capture"
+            "Relay {namespace}/{name}: spec.delivery must set exactly one of smarthost, direct or capture"
         ))),
+    }
+}
+
+/// Direct delivery uses the pod's resolver (the cluster DNS) and port 25; the rest are the
+/// sidecar's defaults.
+fn render_direct(spec: &crate::crd::DirectSpec) -> sc::Direct {
+    use crate::crd::{DirectTls, MtaSts};
+    sc::Direct {
+        tls: match spec.tls {
+            DirectTls::Opportunistic => sc::DirectTls::Opportunistic,
+            DirectTls::Require => sc::DirectTls::Require,
+        },
+        mta_sts: match spec.mta_sts {
+            MtaSts::Off => sc::MtaStsMode::Off,
+            MtaSts::Testing => sc::MtaStsMode::Testing,
+            MtaSts::Enforce => sc::MtaStsMode::Enforce,
+        },
+        ..sc::Direct::default()
     }
 }
 

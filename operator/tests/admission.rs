@@ -71,13 +71,25 @@ const CASES: &[Case] = &[
         name: "no delivery mode",
         kind: "Relay",
         spec: "domains: [a]\ndelivery: {}",
-        want: "spec.delivery must set exactly one of smarthost or capture",
+        want: "spec.delivery must set exactly one of smarthost, direct or capture",
     },
     Case {
         name: "two delivery modes",
         kind: "Relay",
         spec: "domains: [a]\ndelivery: {capture: {}, smarthost: {host: smtp.example.net}}",
-        want: "spec.delivery must set exactly one of smarthost or capture",
+        want: "spec.delivery must set exactly one of smarthost, direct or capture",
+    },
+    Case {
+        name: "direct and capture together",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}, direct: {}}",
+        want: "spec.delivery must set exactly one of smarthost, direct or capture",
+    },
+    Case {
+        name: "unknown direct TLS policy",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {direct: {tls: sometimes}}",
+        want: "spec.delivery.direct.tls",
     },
     Case {
         name: "no domains",
@@ -230,6 +242,7 @@ async fn examples_are_accepted() -> Result<()> {
     for text in [
         include_str!("../../examples/maildomain.yaml"),
         include_str!("../../examples/relay.yaml"),
+        include_str!("../../examples/relay-direct.yaml"),
     ] {
         for doc in serde_yaml::Deserializer::from_str(text) {
             let value = <serde_json::Value as serde::Deserialize>::deserialize(doc)?;

@@ -37,7 +37,7 @@ pub struct RelaySpec {
         extend("x-kubernetes-list-type" = "set")
     )]
     pub domains: Vec<String>,
-    /// How mail leaves the pod: exactly one of `smarthost` or `capture`.
+    /// How mail leaves the pod: exactly one of `smarthost`, `direct` or `capture`.
     pub delivery: Delivery,
     /// Retry schedule for temporary failures. Default: sidecar defaults (60 s, doubling to 3600 s,
     /// give up after 5 days).
@@ -53,16 +53,58 @@ pub struct RelaySpec {
 }
 
 /// Delivery mode; exactly one field is set.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.smarthost), has(self.capture)].filter(x, x).size() == 1").message("spec.delivery must set exactly one of smarthost or capture"))]
+#[x_kube(validation = Rule::new("[has(self.smarthost), has(self.direct), has(self.capture)].filter(x, x).size() == 1").message("spec.delivery must set exactly one of smarthost, direct or capture"))]
 pub struct Delivery {
     /// Relay all mail through one SMTP server (your provider's submission endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smarthost: Option<SmarthostSpec>,
+    /// Deliver to each recipient domain's mail exchangers (MX lookup), as an MTA does. Needs
+    /// outbound port 25 and a sending IP with a good reputation; see docs/delivery.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<DirectSpec>,
     /// Keep every message as a file in the sidecar and send nothing (staging, tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<CaptureSpec>,
+}
+
+/// Direct delivery: MX lookup through the pod's resolver, opportunistic or required TLS.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectSpec {
+    /// `opportunistic` (default: STARTTLS when offered, RFC 7435) or `require` (never plain text;
+    /// destinations without STARTTLS are deferred).
+    #[serde(default)]
+    pub tls: DirectTls,
+    /// MTA-STS (RFC 8461): `off` (default), `testing` (report only) or `enforce` (MX must match the
+    /// published policy and present a valid certificate).
+    #[serde(default)]
+    pub mta_sts: MtaSts,
+}
+
+/// TLS for direct delivery.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DirectTls {
+    /// STARTTLS when the server offers it.
+    #[default]
+    Opportunistic,
+    /// STARTTLS always; never plain text.
+    Require,
+}
+
+/// MTA-STS handling for direct delivery.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MtaSts {
+    /// Not consulted.
+    #[default]
+    Off,
+    /// Fetched and evaluated; violations are only reported.
+    Testing,
+    /// Enforced when the domain publishes `mode: enforce`.
+    Enforce,
 }
 
 /// An SMTP smarthost.
@@ -152,7 +194,7 @@ pub struct RelayStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Delivery mode in effect: `smarthost` or `capture`.
+    /// Delivery mode in effect: `smarthost`, `direct` or `capture`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// The sender domains (`spec.domain` of each MailDomain) in the rendered config.
@@ -175,11 +217,12 @@ fn default_smarthost_port() -> u32 {
 }
 
 impl Delivery {
-    /// `smarthost` or `capture` (or `invalid` when the schema was bypassed).
+    /// `smarthost`, `direct` or `capture` (or `invalid` when the schema was bypassed).
     pub fn mode(&self) -> &'static str {
-        match (&self.smarthost, &self.capture) {
-            (Some(_), None) => "smarthost",
-            (None, Some(_)) => "capture",
+        match (&self.smarthost, &self.direct, &self.capture) {
+            (Some(_), None, None) => "smarthost",
+            (None, Some(_), None) => "direct",
+            (None, None, Some(_)) => "capture",
             _ => "invalid",
         }
     }

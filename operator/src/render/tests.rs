@@ -19,7 +19,7 @@ fn golden_input() -> (Relay, Vec<MailDomain>) {
                 key: "ca.crt".into(),
             }),
         }),
-        capture: None,
+        ..Default::default()
     };
     relay.spec.limits = Some(LimitsSpec {
         max_message_bytes: Some(10 * 1024 * 1024),
@@ -99,4 +99,30 @@ fn no_delivery_mode_is_invalid_spec() {
     relay.spec.delivery.capture = None;
     let err = sidecar_config(&relay, &[MailDomain::test("d", "example.org")]).expect_err("invalid");
     assert_eq!(err.reason(), crate::events::Reason::InvalidSpec);
+}
+
+#[test]
+fn direct_relay_renders_mx_delivery_with_its_tls_policy() {
+    use crate::crd::{DirectSpec, DirectTls, MtaSts};
+    let mut relay = Relay::test("ns", "r", &["d"]);
+    relay.spec.delivery = Delivery {
+        direct: Some(DirectSpec {
+            tls: DirectTls::Require,
+            mta_sts: MtaSts::Enforce,
+        }),
+        ..Default::default()
+    };
+    let domains = vec![MailDomain::test("d", "example.org")];
+    let config = sidecar_config(&relay, &domains).expect("render");
+    let sc::Delivery::Direct(direct) = &config.delivery else {
+        panic!("direct expected: {config:?}")
+    };
+    assert_eq!(direct.tls, sc::DirectTls::Require);
+    assert_eq!(direct.mta_sts, sc::MtaStsMode::Enforce);
+    assert_eq!(direct.port, 25);
+    assert!(
+        direct.resolvers.is_empty(),
+        "the pod's resolver (cluster DNS) is used"
+    );
+    assert!(config.validate().is_empty());
 }

@@ -99,6 +99,25 @@ fn default_max_hosts() -> usize {
     5
 }
 
+impl Default for Direct {
+    /// Every field at its documented default (what `direct: {}` gives).
+    fn default() -> Self {
+        Self {
+            resolvers: Vec::new(),
+            port: default_port(),
+            tls: DirectTls::default(),
+            mta_sts: MtaStsMode::default(),
+            dane: DaneMode::default(),
+            ca_file: None,
+            mta_sts_port: default_https_port(),
+            connect_timeout_seconds: default_connect_timeout(),
+            command_timeout_seconds: default_command_timeout(),
+            max_connections_per_domain: default_per_domain(),
+            max_hosts: default_max_hosts(),
+        }
+    }
+}
+
 impl Direct {
     /// Appends every problem of this section, with field paths under `delivery.direct`.
     pub fn validate(&self, p: &mut Vec<Problem>) {
