@@ -1,7 +1,12 @@
 //! The relay config file (`kind: SidecarConfig`): serde types, defaults and `validate()`.
 //! This file is the contract with the operator; docs/sidecar-config.md documents every field.
 
+mod defaults;
 mod direct;
+mod validate;
+
+use defaults::*;
+pub use validate::is_hostname;
 
 pub use direct::{DaneMode, Direct, DirectTls, MtaStsMode};
 use serde::{Deserialize, Serialize};
@@ -328,116 +333,6 @@ pub struct Bounces {
     pub delay_notice_after_seconds: Option<u64>,
 }
 
-fn default_relay_name() -> String {
-    "default".into()
-}
-fn default_hostname() -> String {
-    "localhost".into()
-}
-fn default_listen_addr() -> SocketAddr {
-    DEFAULT_LISTEN_ADDR.parse().expect("constant address parses")
-}
-fn default_admin_addr() -> SocketAddr {
-    DEFAULT_ADMIN_ADDR.parse().expect("constant address parses")
-}
-fn default_max_message_bytes() -> u64 {
-    25 * 1024 * 1024
-}
-fn default_max_recipients() -> usize {
-    100
-}
-fn default_max_connections() -> usize {
-    256
-}
-fn default_max_line_bytes() -> usize {
-    2048
-}
-fn default_idle_timeout() -> u64 {
-    300
-}
-fn default_data_timeout() -> u64 {
-    180
-}
-fn default_max_bad_commands() -> u32 {
-    10
-}
-fn default_spool_max_bytes() -> u64 {
-    1024 * 1024 * 1024
-}
-fn default_spool_max_messages() -> u64 {
-    100_000
-}
-fn default_smarthost_port() -> u16 {
-    587
-}
-fn default_auth_mechanism() -> AuthMechanism {
-    AuthMechanism::Plain
-}
-pub(crate) fn default_connect_timeout() -> u64 {
-    30
-}
-pub(crate) fn default_command_timeout() -> u64 {
-    300
-}
-fn default_smarthost_connections() -> usize {
-    4
-}
-fn default_retry_initial() -> u64 {
-    60
-}
-fn default_retry_multiplier() -> f64 {
-    2.0
-}
-fn default_retry_max() -> u64 {
-    3600
-}
-fn default_retry_max_age() -> u64 {
-    5 * 24 * 3600
-}
-
-impl Default for Listen {
-    fn default() -> Self {
-        Self {
-            address: default_listen_addr(),
-            allow_non_loopback: false,
-        }
-    }
-}
-
-impl Default for Admin {
-    fn default() -> Self {
-        Self {
-            address: default_admin_addr(),
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: default_max_message_bytes(),
-            max_recipients: default_max_recipients(),
-            max_connections: default_max_connections(),
-            max_line_bytes: default_max_line_bytes(),
-            idle_timeout_seconds: default_idle_timeout(),
-            data_timeout_seconds: default_data_timeout(),
-            max_bad_commands: default_max_bad_commands(),
-            bare_line_endings: BareLineEndings::default(),
-        }
-    }
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Self {
-            initial_seconds: default_retry_initial(),
-            multiplier: default_retry_multiplier(),
-            max_seconds: default_retry_max(),
-            max_age_seconds: default_retry_max_age(),
-        }
-    }
-}
-
 // === impl Config ===
 
 impl Config {
@@ -469,143 +364,6 @@ impl Config {
         }
     }
 
-    /// Every semantic problem in the document, each with its field path.
-    pub fn validate(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        let mut bad = |field: &str, message: String| {
-            p.push(Problem {
-                field: field.into(),
-                message,
-            })
-        };
-        if self.api_version != API_VERSION {
-            bad(
-                "apiVersion",
-                format!(
-                    "unsupported apiVersion {:?}; this build reads {API_VERSION:?}",
-                    self.api_version
-                ),
-            );
-        }
-        if self.kind != KIND {
-            bad("kind", format!("must be {KIND:?}, not {:?}", self.kind));
-        }
-        if !is_hostname(&self.hostname) {
-            bad(
-                "hostname",
-                format!("{:?} is not a valid host name", self.hostname),
-            );
-        }
-        if !self.listen.address.ip().is_loopback() && !self.listen.allow_non_loopback {
-            bad(
-                "listen.address",
-                format!(
-                    "{} is not a loopback address; set listen.allowNonLoopback: true to expose the relay",
-                    self.listen.address
-                ),
-            );
-        }
-        let l = &self.limits;
-        if l.max_message_bytes == 0 {
-            bad("limits.maxMessageBytes", "must be greater than 0".into());
-        }
-        if l.max_recipients == 0 {
-            bad("limits.maxRecipients", "must be greater than 0".into());
-        }
-        if l.max_connections == 0 {
-            bad("limits.maxConnections", "must be greater than 0".into());
-        }
-        if l.max_line_bytes < 512 {
-            bad(
-                "limits.maxLineBytes",
-                "must be at least 512 (RFC 5321 4.5.3.1.4)".into(),
-            );
-        }
-        if l.idle_timeout_seconds == 0 {
-            bad("limits.idleTimeoutSeconds", "must be greater than 0".into());
-        }
-        if l.data_timeout_seconds == 0 {
-            bad("limits.dataTimeoutSeconds", "must be greater than 0".into());
-        }
-        if self.domains.is_empty() {
-            bad("domains", "at least one sender domain is required".into());
-        }
-        for (i, d) in self.domains.iter().enumerate() {
-            if !is_hostname(&d.domain) || d.domain.to_ascii_lowercase() != d.domain {
-                bad(
-                    &format!("domains[{i}].domain"),
-                    format!("{:?} is not a lowercase domain name", d.domain),
-                );
-            }
-            if self.domains[..i].iter().any(|o| o.domain == d.domain) {
-                bad(
-                    &format!("domains[{i}].domain"),
-                    format!("{:?} is listed twice", d.domain),
-                );
-            }
-            if let Some(dkim) = &d.dkim
-                && !is_label(&dkim.selector)
-            {
-                bad(
-                    &format!("domains[{i}].dkim.selector"),
-                    format!("{:?} is not a DNS label", dkim.selector),
-                );
-            }
-        }
-        if self.spool.max_bytes == 0 {
-            bad("spool.maxBytes", "must be greater than 0".into());
-        }
-        if self.spool.max_messages == 0 {
-            bad("spool.maxMessages", "must be greater than 0".into());
-        }
-        if let Delivery::Smarthost(s) = &self.delivery {
-            if s.host.parse::<std::net::IpAddr>().is_err() && !is_hostname(&s.host) {
-                bad(
-                    "delivery.smarthost.host",
-                    format!("{:?} is not a host name or IP address", s.host),
-                );
-            }
-            if s.port == 0 {
-                bad("delivery.smarthost.port", "must be between 1 and 65535".into());
-            }
-            if s.connect_timeout_seconds == 0 {
-                bad(
-                    "delivery.smarthost.connectTimeoutSeconds",
-                    "must be greater than 0".into(),
-                );
-            }
-            if s.command_timeout_seconds == 0 {
-                bad(
-                    "delivery.smarthost.commandTimeoutSeconds",
-                    "must be greater than 0".into(),
-                );
-            }
-            if s.max_connections == 0 {
-                bad(
-                    "delivery.smarthost.maxConnections",
-                    "must be greater than 0".into(),
-                );
-            }
-        }
-        let r = &self.retry;
-        if r.initial_seconds == 0 {
-            bad("retry.initialSeconds", "must be greater than 0".into());
-        }
-        if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
-            bad("retry.multiplier", "must be between 1 and 100".into());
-        }
-        if r.max_seconds < r.initial_seconds {
-            bad("retry.maxSeconds", "must be at least retry.initialSeconds".into());
-        }
-        if r.max_age_seconds == 0 {
-            bad("retry.maxAgeSeconds", "must be greater than 0".into());
-        }
-        if let Delivery::Direct(d) = &self.delivery {
-            d.validate(&mut p);
-        }
-        p
-    }
-
     /// The configured sender domain matching `domain` (ASCII case-insensitive).
     pub fn domain(&self, domain: &str) -> Option<&Domain> {
         self.domains
@@ -624,21 +382,6 @@ impl Limits {
     pub fn data_timeout(&self) -> Duration {
         Duration::from_secs(self.data_timeout_seconds)
     }
-}
-
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// RFC 1123 host name (also used for domains): dot-separated labels, at most 253 octets.
-pub fn is_hostname(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
 }
 
 #[cfg(test)]

@@ -1,0 +1,113 @@
+//! Defaults of every optional config field (documented in docs/sidecar-config.md).
+
+use super::*;
+
+pub(super) fn default_relay_name() -> String {
+    "default".into()
+}
+pub(super) fn default_hostname() -> String {
+    "localhost".into()
+}
+pub(super) fn default_listen_addr() -> SocketAddr {
+    DEFAULT_LISTEN_ADDR.parse().expect("constant address parses")
+}
+pub(super) fn default_admin_addr() -> SocketAddr {
+    DEFAULT_ADMIN_ADDR.parse().expect("constant address parses")
+}
+pub(super) fn default_max_message_bytes() -> u64 {
+    25 * 1024 * 1024
+}
+pub(super) fn default_max_recipients() -> usize {
+    100
+}
+pub(super) fn default_max_connections() -> usize {
+    256
+}
+pub(super) fn default_max_line_bytes() -> usize {
+    2048
+}
+pub(super) fn default_idle_timeout() -> u64 {
+    300
+}
+pub(super) fn default_data_timeout() -> u64 {
+    180
+}
+pub(super) fn default_max_bad_commands() -> u32 {
+    10
+}
+pub(super) fn default_spool_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+pub(super) fn default_spool_max_messages() -> u64 {
+    100_000
+}
+pub(super) fn default_smarthost_port() -> u16 {
+    587
+}
+pub(super) fn default_auth_mechanism() -> AuthMechanism {
+    AuthMechanism::Plain
+}
+pub(crate) fn default_connect_timeout() -> u64 {
+    30
+}
+pub(crate) fn default_command_timeout() -> u64 {
+    300
+}
+pub(super) fn default_smarthost_connections() -> usize {
+    4
+}
+pub(super) fn default_retry_initial() -> u64 {
+    60
+}
+pub(super) fn default_retry_multiplier() -> f64 {
+    2.0
+}
+pub(super) fn default_retry_max() -> u64 {
+    3600
+}
+pub(super) fn default_retry_max_age() -> u64 {
+    5 * 24 * 3600
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            address: default_listen_addr(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            address: default_admin_addr(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message_bytes(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            max_line_bytes: default_max_line_bytes(),
+            idle_timeout_seconds: default_idle_timeout(),
+            data_timeout_seconds: default_data_timeout(),
+            max_bad_commands: default_max_bad_commands(),
+            bare_line_endings: BareLineEndings::default(),
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            initial_seconds: default_retry_initial(),
+            multiplier: default_retry_multiplier(),
+            max_seconds: default_retry_max(),
+            max_age_seconds: default_retry_max_age(),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `Config::validate()`: every semantic problem at once, each with its field path.
+
+use super::*;
+
+// === impl Config ===
+
+impl Config {
+    /// Every semantic problem in the document, each with its field path.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |field: &str, message: String| {
+            p.push(Problem {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.api_version != API_VERSION {
+            bad(
+                "apiVersion",
+                format!(
+                    "unsupported apiVersion {:?}; this build reads {API_VERSION:?}",
+                    self.api_version
+                ),
+            );
+        }
+        if self.kind != KIND {
+            bad("kind", format!("must be {KIND:?}, not {:?}", self.kind));
+        }
+        if !is_hostname(&self.hostname) {
+            bad(
+                "hostname",
+                format!("{:?} is not a valid host name", self.hostname),
+            );
+        }
+        if !self.listen.address.ip().is_loopback() && !self.listen.allow_non_loopback {
+            bad(
+                "listen.address",
+                format!(
+                    "{} is not a loopback address; set listen.allowNonLoopback: true to expose the relay",
+                    self.listen.address
+                ),
+            );
+        }
+        let l = &self.limits;
+        if l.max_message_bytes == 0 {
+            bad("limits.maxMessageBytes", "must be greater than 0".into());
+        }
+        if l.max_recipients == 0 {
+            bad("limits.maxRecipients", "must be greater than 0".into());
+        }
+        if l.max_connections == 0 {
+            bad("limits.maxConnections", "must be greater than 0".into());
+        }
+        if l.max_line_bytes < 512 {
+            bad(
+                "limits.maxLineBytes",
+                "must be at least 512 (RFC 5321 4.5.3.1.4)".into(),
+            );
+        }
+        if l.idle_timeout_seconds == 0 {
+            bad("limits.idleTimeoutSeconds", "must be greater than 0".into());
+        }
+        if l.data_timeout_seconds == 0 {
+            bad("limits.dataTimeoutSeconds", "must be greater than 0".into());
+        }
+        if self.domains.is_empty() {
+            bad("domains", "at least one sender domain is required".into());
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            if !is_hostname(&d.domain) || d.domain.to_ascii_lowercase() != d.domain {
+                bad(
+                    &format!("domains[{i}].domain"),
+                    format!("{:?} is not a lowercase domain name", d.domain),
+                );
+            }
+            if self.domains[..i].iter().any(|o| o.domain == d.domain) {
+                bad(
+                    &format!("domains[{i}].domain"),
+                    format!("{:?} is listed twice", d.domain),
+                );
+            }
+            if let Some(dkim) = &d.dkim
+                && !is_label(&dkim.selector)
+            {
+                bad(
+                    &format!("domains[{i}].dkim.selector"),
+                    format!("{:?} is not a DNS label", dkim.selector),
+                );
+            }
+        }
+        if self.spool.max_bytes == 0 {
+            bad("spool.maxBytes", "must be greater than 0".into());
+        }
+        if self.spool.max_messages == 0 {
+            bad("spool.maxMessages", "must be greater than 0".into());
+        }
+        if let Delivery::Smarthost(s) = &self.delivery {
+            if s.host.parse::<std::net::IpAddr>().is_err() && !is_hostname(&s.host) {
+                bad(
+                    "delivery.smarthost.host",
+                    format!("{:?} is not a host name or IP address", s.host),
+                );
+            }
+            if s.port == 0 {
+                bad("delivery.smarthost.port", "must be between 1 and 65535".into());
+            }
+            if s.connect_timeout_seconds == 0 {
+                bad(
+                    "delivery.smarthost.connectTimeoutSeconds",
+                    "must be greater than 0".into(),
+                );
+            }
+            if s.command_timeout_seconds == 0 {
+                bad(
+                    "delivery.smarthost.commandTimeoutSeconds",
+                    "must be greater than 0".into(),
+                );
+            }
+            if s.max_connections == 0 {
+                bad(
+                    "delivery.smarthost.maxConnections",
+                    "must be greater than 0".into(),
+                );
+            }
+        }
+        let r = &self.retry;
+        if r.initial_seconds == 0 {
+            bad("retry.initialSeconds", "must be greater than 0".into());
+        }
+        if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
+            bad("retry.multiplier", "must be between 1 and 100".into());
+        }
+        if r.max_seconds < r.initial_seconds {
+            bad("retry.maxSeconds", "must be at least retry.initialSeconds".into());
+        }
+        if r.max_age_seconds == 0 {
+            bad("retry.maxAgeSeconds", "must be greater than 0".into());
+        }
+        if let Delivery::Direct(d) = &self.delivery {
+            d.validate(&mut p);
+        }
+        p
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 host name (also used for domains): dot-separated labels, at most 253 octets.
+pub fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
+}
