@@ -116,6 +116,11 @@ pub async fn serve<K: MessageSink>(
                 continue;
             }
         };
+        // Replies are small writes: with Nagle, one sent while the client's ACK for the last is
+        // delayed waits ~40 ms. A failure only costs latency, so it is logged and ignored.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
         let snapshot = config.borrow().clone();
         if sessions.len() >= snapshot.limits.max_connections {
             metrics

@@ -9,7 +9,7 @@ use std::{error::Error as _, io};
 /// carry no reply (a reset connection during STARTTLS is a TLS problem, not a network one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// TCP connect, greeting and EHLO (and the TLS handshake for implicit TLS).
+    /// TCP connect, greeting and EHLO.
     Connect,
     /// STARTTLS and the TLS handshake (RFC 3207).
     Tls,
@@ -30,7 +30,7 @@ pub fn classify(err: &SmtpError) -> (Outcome, ReplyClass) {
         (Outcome::Deferred, ReplyClass::Transient)
     } else if err.is_permanent() {
         (Outcome::Bounced, ReplyClass::Permanent)
-    } else if err.is_tls() || is_tls_io(err) {
+    } else if is_tls_io(err) {
         (Outcome::Deferred, ReplyClass::Tls)
     } else if err.is_response() || err.is_client() {
         (Outcome::Deferred, ReplyClass::Protocol)
@@ -97,8 +97,8 @@ pub fn timeout(phase: Phase) -> RcptResult {
     }
 }
 
-/// rustls reports handshake and certificate failures as `io::ErrorKind::InvalidData`, and lettre
-/// wraps them as connection errors; look through the chain to tell them apart.
+/// rustls reports failures on an established TLS stream as `io::ErrorKind::InvalidData`, and
+/// lettre wraps them as connection errors; look through the chain to tell them apart.
 fn is_tls_io(err: &SmtpError) -> bool {
     let mut source = err.source();
     while let Some(e) = source {

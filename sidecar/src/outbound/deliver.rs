@@ -1,10 +1,11 @@
-//! One connection with lettre's connection-level API: connect, STARTTLS, AUTH (smarthost), and
-//! one mail transaction with a result per recipient (shared by the smarthost and direct routes). Every step runs under a timeout, because
-//! lettre's own timeout covers only the TCP connect.
+//! One connection with lettre's connection-level API over our own socket: connect, TLS, AUTH
+//! (smarthost), and one mail transaction with a result per recipient (shared by the smarthost and
+//! direct routes). Every step runs under a timeout.
 
 use super::{
     Outcome, RcptResult, ReplyClass,
     classify::{self, Phase},
+    starttls::{self, Implicit, Opened},
 };
 use crate::{
     config::{self, AuthMechanism, TlsMode},
@@ -14,12 +15,13 @@ use lettre::{
     Address,
     transport::smtp::{
         authentication::{Credentials, Mechanism},
-        client::{AsyncSmtpConnection, TlsParameters},
-        commands::{Data, Mail, Rcpt, Rset},
+        client::AsyncSmtpConnection,
+        commands::{Auth, Data, Mail, Rcpt, Rset},
         extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo},
     },
 };
-use std::{future::Future, path::Path, str::FromStr, time::Duration};
+use rustls::ClientConfig;
+use std::{future::Future, net::SocketAddr, path::Path, str::FromStr, sync::Arc, time::Duration};
 use tokio::time::timeout;
 
 pub use super::smarthost::{DeliveryError, SmarthostTransport};
@@ -31,7 +33,7 @@ pub(crate) struct Settings {
     pub port: u16,
     pub tls: TlsMode,
     /// Built once: verifying against the system roots or only the configured CA file.
-    pub tls_params: Option<TlsParameters>,
+    pub tls_config: Option<Arc<ClientConfig>>,
     pub client_id: ClientId,
     pub auth: Option<config::Auth>,
     pub connect_timeout: Duration,
@@ -85,52 +87,62 @@ fn parks(r: &RcptResult) -> bool {
 }
 
 /// Connects, greets, secures and authenticates one connection.
-pub(crate) async fn open(s: &Settings) -> Result<AsyncSmtpConnection, OpenFailure> {
+pub(crate) async fn open(s: &Settings) -> Result<Opened, OpenFailure> {
     let fail = |result: RcptResult| OpenFailure {
         parks: parks(&result),
         result,
     };
-    // RFC 8314 3: implicit TLS starts the handshake before the greeting.
-    let implicit = match s.tls {
-        TlsMode::Implicit => s.tls_params.clone(),
-        _ => None,
+    let config = match (s.tls, &s.tls_config) {
+        (TlsMode::None, _) => None,
+        (_, Some(config)) => Some(config.clone()),
+        (_, None) => return Err(fail(tls_unavailable("no TLS config"))),
     };
-    let connect = AsyncSmtpConnection::connect_tokio1(
-        (s.host.as_str(), s.port),
-        Some(s.connect_timeout),
-        &s.client_id,
-        implicit,
-        None,
-    );
-    // The classifier tells a handshake failure (implicit TLS) from a refused connect.
-    let mut conn = step(s.connect_timeout + s.command_timeout, Phase::Connect, connect)
+    let addrs = resolve(&s.host, s.port, s.connect_timeout).await.map_err(fail)?;
+    // RFC 8314 3: implicit TLS starts the handshake before the greeting.
+    let implicit = config
+        .clone()
+        .filter(|_| s.tls == TlsMode::Implicit)
+        .map(|config| Implicit {
+            config,
+            server_name: &s.host,
+        });
+    let (id, limit) = (&s.client_id, s.command_timeout);
+    let mut opened = starttls::connect(&addrs, implicit, id, s.connect_timeout, limit)
         .await
         .map_err(fail)?;
-    if s.tls == TlsMode::Starttls {
-        let Some(params) = s.tls_params.clone() else {
-            return Err(fail(tls_unavailable("no TLS parameters")));
-        };
-        if !conn.can_starttls() {
+    if let (TlsMode::Starttls, Some(config)) = (s.tls, config) {
+        if !opened.info.supports_feature(Extension::StartTls) {
             // RFC 3207 4: a client that requires TLS must not go on in clear text.
-            let _ = timeout(s.command_timeout, conn.quit()).await;
+            let _ = timeout(limit, opened.conn.quit()).await;
             return Err(fail(tls_unavailable(
                 "the smarthost does not offer STARTTLS (RFC 3207)",
             )));
         }
-        step(s.command_timeout, Phase::Tls, conn.starttls(params, &s.client_id))
+        starttls::upgrade(&mut opened, config, &s.host, id, limit)
             .await
             .map_err(fail)?;
     }
     if let Some(auth) = &s.auth {
         // A rejected AUTH is our configuration's problem, not the route's: it does not park.
-        authenticate(&mut conn, auth, s.command_timeout)
+        authenticate(&mut opened, auth, limit)
             .await
             .map_err(|result| OpenFailure {
                 parks: result.class == ReplyClass::Timeout,
                 result,
             })?;
     }
-    Ok(conn)
+    Ok(opened)
+}
+
+/// The addresses of `host`, in the resolver's order.
+async fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>, RcptResult> {
+    match timeout(limit, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(e)) => Err(starttls::connection_failed(&format!(
+            "cannot resolve {host}: {e}"
+        ))),
+        Err(_elapsed) => Err(classify::timeout(Phase::Connect)),
+    }
 }
 
 fn tls_unavailable(why: &str) -> RcptResult {
@@ -141,13 +153,16 @@ fn tls_unavailable(why: &str) -> RcptResult {
     }
 }
 
+/// Challenges answered before giving up, as lettre does (RFC 4954 4 sets no limit).
+const MAX_AUTH_CHALLENGES: usize = 10;
+
 /// RFC 4954: AUTH with credentials read now, so that a rotated Secret applies at once. The
 /// values are never logged nor put in a diagnostic.
-async fn authenticate(
-    conn: &mut AsyncSmtpConnection,
-    auth: &config::Auth,
-    limit: Duration,
-) -> Result<(), RcptResult> {
+///
+/// The mechanism is checked against `opened.info`, not lettre's own copy of the EHLO reply: after
+/// our STARTTLS that copy is the one from before TLS, which RFC 3207 4.2 says to discard (and
+/// servers often offer AUTH only over TLS).
+async fn authenticate(opened: &mut Opened, auth: &config::Auth, limit: Duration) -> Result<(), RcptResult> {
     let username = read_secret(&auth.username_file)?;
     let password = read_secret(&auth.password_file)?;
     let mechanism = match auth.mechanism {
@@ -155,10 +170,31 @@ async fn authenticate(
         AuthMechanism::Login => Mechanism::Login,
         AuthMechanism::Xoauth2 => Mechanism::Xoauth2,
     };
+    if !opened.info.supports_auth_mechanism(mechanism) {
+        return Err(auth_failed(&format!(
+            "the smarthost does not offer AUTH {mechanism}"
+        )));
+    }
     let credentials = Credentials::new(username, password);
-    step(limit, Phase::Auth, conn.auth(&[mechanism], &credentials))
-        .await
-        .map(drop)
+    let lettre_err = |e| classify::result(Phase::Auth, &e);
+    let mut command = Auth::new(mechanism, credentials.clone(), None).map_err(lettre_err)?;
+    for _ in 0..=MAX_AUTH_CHALLENGES {
+        let reply = step(limit, Phase::Auth, opened.conn.command(command)).await?;
+        // RFC 4954 4: 334 carries a challenge; anything else positive ends the exchange.
+        if !reply.has_code(334) {
+            return Ok(());
+        }
+        command = Auth::new_from_response(mechanism, credentials.clone(), &reply).map_err(lettre_err)?;
+    }
+    Err(auth_failed("too many AUTH challenges"))
+}
+
+fn auth_failed(why: &str) -> RcptResult {
+    RcptResult {
+        outcome: Outcome::Deferred,
+        class: ReplyClass::Auth,
+        diagnostic: format!("authentication with the smarthost failed: {why}"),
+    }
 }
 
 fn read_secret(path: &Path) -> Result<String, RcptResult> {

@@ -183,7 +183,7 @@ impl<R: MxResolver> DirectTransport<R> {
     async fn open(&self, hop: &Hop, security: &Security) -> Result<Opened, RcptResult> {
         let s = &self.settings;
         let addr = SocketAddr::new(hop.ip, s.port);
-        let mut opened = starttls::connect(addr, &s.client_id, s.connect_timeout, s.command_timeout)
+        let mut opened = starttls::connect(&[addr], None, &s.client_id, s.connect_timeout, s.command_timeout)
             .await
             .map_err(|r| on_host(hop, r))?;
         let outcome = self.policy.secure(&mut opened, hop, security, &self.tls, s).await;
@@ -201,7 +201,7 @@ impl<R: MxResolver> DirectTransport<R> {
                     .outbound_tls
                     .with_label_values(&[security.label(), "none", "plaintext_fallback"])
                     .inc();
-                starttls::connect(addr, &s.client_id, s.connect_timeout, s.command_timeout)
+                starttls::connect(&[addr], None, &s.client_id, s.connect_timeout, s.command_timeout)
                     .await
                     .map_err(|r| on_host(hop, r))
             }

@@ -4,18 +4,16 @@
 use super::{
     Outcome, RcptResult, ReplyClass, Route, Transport, deliver,
     park::{Admission, Breaker, ParkPolicy},
+    starttls::Opened,
+    tls::{TlsConfigs, TlsSetupError},
 };
 use crate::{
     config::{self, TlsMode},
     metrics::Metrics,
     queue::Envelope,
 };
-use lettre::transport::smtp::{
-    client::{AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters},
-    extension::ClientId,
-};
+use lettre::transport::smtp::extension::ClientId;
 use std::{
-    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -28,34 +26,20 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors building a [`SmarthostTransport`] from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    /// The CA file could not be read.
-    #[error("cannot read smarthost CA file {path}: {source}")]
-    ReadCa {
-        /// The configured `caFile`.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The CA file holds no usable PEM certificate.
-    #[error("smarthost CA file {path} holds no PEM certificate")]
-    BadCa {
-        /// The configured `caFile`.
-        path: PathBuf,
-    },
-    /// The TLS client could not be set up.
+    /// The TLS client could not be set up (e.g. the CA file is unreadable or holds no PEM
+    /// certificate).
     #[error("cannot set up TLS for smarthost {host}: {source}")]
     Tls {
         /// The smarthost host name.
         host: String,
-        /// lettre's error.
+        /// What went wrong.
         #[source]
-        source: lettre::transport::smtp::Error,
+        source: TlsSetupError,
     },
 }
 
 struct Idle {
-    conn: AsyncSmtpConnection,
+    opened: Opened,
     since: Instant,
 }
 
@@ -84,15 +68,20 @@ impl SmarthostTransport {
     /// Prepares the transport; `hostname` is sent in EHLO. Reads the CA file now (credentials are
     /// read at each connection). Sets `route_parked{route="smarthost"}` in `metrics`.
     pub fn new(cfg: &config::Smarthost, hostname: &str, metrics: Metrics) -> Result<Self, DeliveryError> {
-        let tls_params = match cfg.tls {
+        let tls_config = match cfg.tls {
             TlsMode::None => None,
-            TlsMode::Starttls | TlsMode::Implicit => Some(tls_parameters(cfg)?),
+            TlsMode::Starttls | TlsMode::Implicit => Some(
+                TlsConfigs::pinned(cfg.ca_file.as_deref()).map_err(|source| DeliveryError::Tls {
+                    host: cfg.host.clone(),
+                    source,
+                })?,
+            ),
         };
         let settings = deliver::Settings {
             host: cfg.host.clone(),
             port: cfg.port,
             tls: cfg.tls,
-            tls_params,
+            tls_config,
             client_id: ClientId::Domain(hostname.to_owned()),
             auth: cfg.auth.clone(),
             connect_timeout: Duration::from_secs(cfg.connect_timeout_seconds),
@@ -128,7 +117,7 @@ impl SmarthostTransport {
     pub async fn close(&self) {
         let idle = std::mem::take(&mut *lock(&self.idle));
         for mut i in idle {
-            let _ = tokio::time::timeout(self.settings.command_timeout, i.conn.quit()).await;
+            let _ = tokio::time::timeout(self.settings.command_timeout, i.opened.conn.quit()).await;
         }
     }
 
@@ -144,8 +133,8 @@ impl SmarthostTransport {
         let Ok(_permit) = self.permits.acquire().await else {
             return all(parked());
         };
-        let mut conn = match self.checkout().await {
-            Ok(conn) => conn,
+        let mut opened = match self.checkout().await {
+            Ok(opened) => opened,
             Err(failure) => {
                 if failure.parks {
                     self.connection_failed();
@@ -164,14 +153,14 @@ impl SmarthostTransport {
             p.disarm();
         }
         let limit = self.settings.command_timeout;
-        let info = conn.server_info().clone();
-        let tx = deliver::transaction(&mut conn, &info, limit, envelope, recipients, message).await;
+        let info = opened.info.clone();
+        let tx = deliver::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
         if tx.timed_out {
             self.connection_failed();
         }
-        if tx.reusable && !conn.has_broken() {
+        if tx.reusable && !opened.conn.has_broken() {
             lock(&self.idle).push(Idle {
-                conn,
+                opened,
                 since: Instant::now(),
             });
         }
@@ -179,14 +168,14 @@ impl SmarthostTransport {
     }
 
     /// An idle connection that still answers RSET, or a new one.
-    async fn checkout(&self) -> Result<AsyncSmtpConnection, deliver::OpenFailure> {
+    async fn checkout(&self) -> Result<Opened, deliver::OpenFailure> {
         loop {
             let Some(idle) = lock(&self.idle).pop() else { break };
-            let mut conn = idle.conn;
+            let mut opened = idle.opened;
             if idle.since.elapsed() < POOL_IDLE_TIMEOUT
-                && deliver::reset(&mut conn, self.settings.command_timeout).await
+                && deliver::reset(&mut opened.conn, self.settings.command_timeout).await
             {
-                return Ok(conn);
+                return Ok(opened);
             }
         }
         deliver::open(&self.settings).await
@@ -261,27 +250,4 @@ fn parked() -> RcptResult {
 /// Poisoning only means another task panicked while holding the lock; the data is still valid.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Server certificate verification: the system roots, or only the CA file when one is given.
-fn tls_parameters(cfg: &config::Smarthost) -> Result<TlsParameters, DeliveryError> {
-    let tls_err = |source| DeliveryError::Tls {
-        host: cfg.host.clone(),
-        source,
-    };
-    let mut builder = TlsParameters::builder(cfg.host.clone());
-    if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path).map_err(|source| DeliveryError::ReadCa {
-            path: path.clone(),
-            source,
-        })?;
-        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-            return Err(DeliveryError::BadCa { path: path.clone() });
-        }
-        let cert = Certificate::from_pem(&pem).map_err(|_| DeliveryError::BadCa { path: path.clone() })?;
-        builder = builder
-            .certificate_store(CertificateStore::None)
-            .add_root_certificate(cert);
-    }
-    builder.build_rustls().map_err(tls_err)
 }

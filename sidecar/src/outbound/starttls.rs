@@ -1,5 +1,5 @@
-//! A lettre connection over a stream we own, so that STARTTLS (RFC 3207) runs with our own
-//! rustls config: the verifier per policy, and the negotiated version for metrics.
+//! A lettre connection over a stream we own: TCP_NODELAY on every socket, and TLS (STARTTLS,
+//! RFC 3207, or implicit, RFC 8314) with our own rustls config and the negotiated version.
 
 use super::{
     Outcome, RcptResult, ReplyClass,
@@ -114,21 +114,31 @@ impl std::fmt::Debug for Opened {
     }
 }
 
-/// Connects to `addr` and reads the greeting and the EHLO reply.
+/// TLS from the first byte (RFC 8314 3): the config and the name the certificate must match.
+pub(crate) struct Implicit<'a> {
+    pub config: Arc<ClientConfig>,
+    pub server_name: &'a str,
+}
+
+/// Connects to the first of `addrs` that answers (TLS first with `implicit`) and reads the
+/// greeting and the EHLO reply.
 pub(crate) async fn connect(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
+    implicit: Option<Implicit<'_>>,
     client_id: &ClientId,
     connect_timeout: Duration,
     command_timeout: Duration,
 ) -> Result<Opened, RcptResult> {
-    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(connection_failed(&e.to_string())),
-        Err(_) => return Err(classify::timeout(Phase::Connect)),
+    let (tcp, peer) = tcp(addrs, connect_timeout).await?;
+    let slot = match implicit {
+        None => Slot::Plain(tcp),
+        Some(i) => Slot::Tls(Box::new(
+            handshake(tcp, i.config, i.server_name, command_timeout).await?,
+        )),
     };
     let handoff = Handoff {
-        slot: Arc::new(Mutex::new(Slot::Plain(tcp))),
-        peer: addr,
+        slot: Arc::new(Mutex::new(slot)),
+        peer,
     };
     let stream: Box<dyn AsyncTokioStream> = Box::new(handoff.clone());
     let conn = step(
@@ -139,6 +149,42 @@ pub(crate) async fn connect(
     .await?;
     let info = conn.server_info().clone();
     Ok(Opened { conn, info, handoff })
+}
+
+/// Tries `addrs` in order, each under `limit`; the last failure when none answers.
+async fn tcp(addrs: &[SocketAddr], limit: Duration) -> Result<(TcpStream, SocketAddr), RcptResult> {
+    let mut last = connection_failed("no address to connect to");
+    for &addr in addrs {
+        match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                // lettre writes the final "." line on its own after the body; with Nagle it
+                // would wait for the server's delayed ACK (~40 ms) on every message.
+                if let Err(error) = s.set_nodelay(true) {
+                    tracing::debug!(%error, %addr, "cannot set TCP_NODELAY");
+                }
+                return Ok((s, addr));
+            }
+            Ok(Err(e)) => last = connection_failed(&e.to_string()),
+            Err(_) => last = classify::timeout(Phase::Connect),
+        }
+    }
+    Err(last)
+}
+
+/// The TLS handshake on `plain` with `config`, verifying against `server_name`.
+async fn handshake(
+    plain: TcpStream,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+    limit: Duration,
+) -> Result<TlsStream<TcpStream>, RcptResult> {
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|_| tls_failed(&format!("{server_name:?} is not a TLS server name")))?;
+    match tokio::time::timeout(limit, TlsConnector::from(config).connect(name, plain)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(tls_failed(&e.to_string())),
+        Err(_) => Err(classify::timeout(Phase::Tls)),
+    }
 }
 
 /// The negotiated protocol version, for the metric label.
@@ -173,17 +219,11 @@ pub(crate) async fn upgrade(
     limit: Duration,
 ) -> Result<(TlsVersion, Vec<CertificateDer<'static>>), RcptResult> {
     step(limit, Phase::Tls, opened.conn.command(Starttls)).await?;
-    let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|_| tls_failed(&format!("{server_name:?} is not a TLS server name")))?;
     let plain = match std::mem::replace(&mut *lock(&opened.handoff.slot), Slot::Moving) {
         Slot::Plain(s) => s,
         _ => return Err(tls_failed("STARTTLS on a stream that is not plain text")),
     };
-    let tls = match tokio::time::timeout(limit, TlsConnector::from(config).connect(name, plain)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(tls_failed(&e.to_string())),
-        Err(_) => return Err(classify::timeout(Phase::Tls)),
-    };
+    let tls = handshake(plain, config, server_name, limit).await?;
     let version = match tls.get_ref().1.protocol_version() {
         Some(ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
         Some(ProtocolVersion::TLSv1_3) => TlsVersion::Tls13,
@@ -206,7 +246,8 @@ pub(crate) async fn upgrade(
     Ok((version, chain))
 }
 
-fn connection_failed(detail: &str) -> RcptResult {
+/// A connection failure result (deferred, and it counts toward parking).
+pub(crate) fn connection_failed(detail: &str) -> RcptResult {
     RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Connection,

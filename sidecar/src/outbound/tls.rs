@@ -1,6 +1,6 @@
-//! Outbound TLS for direct delivery: rustls client configs per policy. Opportunistic TLS does
-//! not verify (RFC 7435 3), MTA-STS verifies with WebPKI (RFC 8461 4.2), DANE matches TLSA
-//! records (RFC 7672 3) through [`super::dane`].
+//! Outbound TLS: rustls client configs per policy for direct delivery and one for the smarthost.
+//! Opportunistic TLS does not verify (RFC 7435 3), MTA-STS verifies with WebPKI (RFC 8461 4.2),
+//! DANE matches TLSA records (RFC 7672 3) through [`super::dane`].
 
 use super::{dane, mx::Tlsa};
 use rustls::{
@@ -47,30 +47,8 @@ impl TlsConfigs {
     /// System roots plus `ca_file` when given.
     pub fn new(ca_file: Option<&Path>) -> Result<Self, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        // Unreadable system certificates are skipped; a missing bundle leaves only the CA file.
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(path) = ca_file {
-            let ca_err = |message: String| TlsSetupError::CaFile {
-                path: path.display().to_string(),
-                message,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificate".into()));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
-            }
-        }
-        let roots = Arc::new(roots);
-        let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+        let roots = Arc::new(roots(true, ca_file)?);
+        let webpki = Self::webpki(&provider, roots.clone())?;
         let unverified = Self::with_verifier(&provider, Arc::new(AcceptAny(provider.clone())))?;
         let verified = Self::with_verifier(&provider, webpki.clone())?;
         Ok(Self {
@@ -80,6 +58,24 @@ impl TlsConfigs {
             roots,
             pkix: webpki,
         })
+    }
+
+    /// A verifying config for one fixed next hop (the smarthost): the system roots, or only
+    /// `ca_file` when given, so that a private CA pins the smarthost.
+    pub fn pinned(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots(ca_file.is_none(), ca_file)?);
+        let webpki = Self::webpki(&provider, roots)?;
+        Self::with_verifier(&provider, webpki)
+    }
+
+    fn webpki(
+        provider: &Arc<CryptoProvider>,
+        roots: Arc<RootCertStore>,
+    ) -> Result<Arc<WebPkiServerVerifier>, TlsSetupError> {
+        WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| TlsSetupError::Verifier(e.to_string()))
     }
 
     fn with_verifier(
@@ -115,6 +111,34 @@ impl TlsConfigs {
             }),
         )
     }
+}
+
+/// The trust anchors: the system roots when `system`, plus every certificate in `ca_file`.
+fn roots(system: bool, ca_file: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    if system {
+        // Unreadable system certificates are skipped; a missing bundle leaves only the CA file.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+    }
+    let Some(path) = ca_file else {
+        return Ok(roots);
+    };
+    let ca_err = |message: String| TlsSetupError::CaFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ca_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ca_err("no PEM certificate".into()));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+    }
+    Ok(roots)
 }
 
 /// RFC 7435 3: opportunistic security encrypts without authenticating the server. Handshake
