@@ -20,6 +20,7 @@ pub mod records;
 pub mod render;
 pub mod settings;
 pub mod telemetry;
+pub mod webhook;
 
 use events::Reason;
 
@@ -105,6 +106,9 @@ pub enum Error {
     /// Serializing the sidecar config failed.
     #[error("rendering the sidecar config failed: {0}")]
     Render(#[source] serde_yaml::Error),
+    /// Issuing, parsing or loading the webhook's certificate failed.
+    #[error("webhook certificate: {0}")]
+    Certificate(String),
 }
 
 /// `Result` with the crate [`Error`].
@@ -121,7 +125,7 @@ impl Error {
     /// The condition and event reason for this error.
     pub fn reason(&self) -> Reason {
         match self {
-            Self::Kube { .. } | Self::Render(_) => Reason::ApplyFailed,
+            Self::Kube { .. } | Self::Render(_) | Self::Certificate(_) => Reason::ApplyFailed,
             Self::MissingNamespace | Self::MissingIdentity | Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::DomainNotFound { .. } => Reason::DomainNotFound,
             Self::DomainNotAllowed { .. } => Reason::DomainNotAllowed,
@@ -150,11 +154,15 @@ impl Error {
             Self::DkimKeyChanged { .. } => "dkim_key_changed",
             Self::KeyGeneration(_) => "key_generation",
             Self::Render(_) => "render",
+            Self::Certificate(_) => "certificate",
         }
     }
 
     /// Spec errors need a change by the user: `Ready=False`, a Warning event, and no retry loop.
     pub fn is_spec_error(&self) -> bool {
-        !matches!(self, Self::Kube { .. } | Self::KeyGeneration(_) | Self::Render(_))
+        !matches!(
+            self,
+            Self::Kube { .. } | Self::KeyGeneration(_) | Self::Render(_) | Self::Certificate(_)
+        )
     }
 }

@@ -13,6 +13,7 @@ use mailroom_operator::{
     offline, reconcile,
     settings::{Env, Settings},
     telemetry,
+    webhook::Webhook,
 };
 
 const USAGE: &str = "usage:
@@ -60,6 +61,17 @@ async fn run() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let dns = HickoryDns::new(&settings.dns_nameservers).map_err(anyhow::Error::msg)?;
     tokio::spawn(admin::serve(settings.admin_addr, metrics.clone()));
+    // Every replica serves the webhook, leader or not: pod admission must not wait for an election.
+    if let Some(addr) = settings.webhook.addr {
+        let webhook = Webhook::bind(addr, client.clone(), &settings, metrics.clone())
+            .await
+            .with_context(|| format!("binding the webhook on {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(error) = webhook.run().await {
+                tracing::error!(%error, "webhook stopped");
+            }
+        });
+    }
     let ctx = Arc::new(reconcile::Context {
         events: Events::new(client.clone(), &settings.identity),
         client: client.clone(),

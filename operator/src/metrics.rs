@@ -16,6 +16,9 @@ pub struct Metrics {
     ready: IntGaugeVec,
     dns: IntGaugeVec,
     leader: IntGaugeVec,
+    admissions: IntCounterVec,
+    admission_duration: prometheus::Histogram,
+    cert_expiry: prometheus::IntGauge,
 }
 
 /// Observes a reconcile's duration when dropped.
@@ -86,6 +89,30 @@ impl Metrics {
             &["lease"],
         )
         .expect("valid metric");
+        let admissions = IntCounterVec::new(
+            Opts::new(
+                "mailroom_operator_webhook_admissions_total",
+                "Pod admission requests answered by the injection webhook, by result: injected, \
+                 already_injected, skipped, denied, allowed_without_sidecar, error.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let admission_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "mailroom_operator_webhook_admission_duration_seconds",
+                "Time from receiving an admission request to sending the answer.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        let cert_expiry = prometheus::IntGauge::new(
+            "mailroom_operator_webhook_certificate_expiry_timestamp_seconds",
+            "Unix time when the serving certificate this replica uses expires.",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
@@ -93,6 +120,9 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(dns.clone()),
             Box::new(leader.clone()),
+            Box::new(admissions.clone()),
+            Box::new(admission_duration.clone()),
+            Box::new(cert_expiry.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -104,6 +134,9 @@ impl Metrics {
             ready,
             dns,
             leader,
+            admissions,
+            admission_duration,
+            cert_expiry,
         }
     }
 
@@ -138,6 +171,17 @@ impl Metrics {
     /// Records whether this replica leads.
     pub fn set_leader(&self, lease: &str, leading: bool) {
         self.leader.with_label_values(&[lease]).set(i64::from(leading));
+    }
+
+    /// Counts one admission answer with its bounded `result` and observes its duration.
+    pub fn admission(&self, result: &'static str, started: Instant) {
+        self.admissions.with_label_values(&[result]).inc();
+        self.admission_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records when the serving certificate in use expires.
+    pub fn set_certificate_expiry(&self, unix_seconds: i64) {
+        self.cert_expiry.set(unix_seconds);
     }
 
     /// The text exposition of every metric.

@@ -1,7 +1,11 @@
 //! Process settings from `OPERATOR_*` environment variables, read through [`Strings`] so tests
 //! pass a map; every bad variable is reported at once.
 
+mod webhook;
+
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+pub use webhook::*;
 
 /// Namespace holding the DKIM key Secrets and the leader Lease.
 pub const ENV_NAMESPACE: &str = "OPERATOR_NAMESPACE";
@@ -72,6 +76,8 @@ pub struct Settings {
     pub dns_nameservers: Vec<SocketAddr>,
     /// Interval between DNS rechecks.
     pub dns_recheck: Duration,
+    /// Webhook server, certificate and injection settings.
+    pub webhook: WebhookSettings,
 }
 
 /// Every invalid variable, one line each.
@@ -125,6 +131,7 @@ impl Settings {
                 )),
             }
         }
+        let webhook = WebhookSettings::parse(env, &mut errors);
         let identity = env
             .get(ENV_IDENTITY)
             .filter(|v| !v.is_empty())
@@ -140,6 +147,7 @@ impl Settings {
                     identity,
                     dns_nameservers,
                     dns_recheck: Duration::from_secs(recheck.max(1)),
+                    webhook,
                 })
             }
             _ => Err(SettingsError(errors)),

@@ -30,6 +30,8 @@ use mailroom_operator::{
 use mailroom_test_support::{ControlPlane, testenv};
 use serde::de::DeserializeOwned;
 
+pub mod webhook;
+
 /// The operator's ClusterRole rules, the file the chart ships.
 pub const RULES: &str = include_str!("../../rbac/rules.yaml");
 

@@ -1,0 +1,226 @@
+//! Webhook and injection settings (`OPERATOR_WEBHOOK_*`, `OPERATOR_SIDECAR_*`,
+//! `OPERATOR_INJECT_ON_MISSING_RELAY`); parsed as part of [`super::Settings`].
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use k8s_openapi::{api::core::v1::ResourceRequirements, apimachinery::pkg::api::resource::Quantity};
+
+use super::Strings;
+
+/// Webhook server address, or `off` to disable the webhook.
+pub const ENV_WEBHOOK_ADDR: &str = "OPERATOR_WEBHOOK_ADDR";
+/// `self` (the operator issues and rotates its certificate) or `external` (cert-manager).
+pub const ENV_WEBHOOK_CERT_MODE: &str = "OPERATOR_WEBHOOK_CERT_MODE";
+/// Secret (in `OPERATOR_NAMESPACE`) holding `ca.crt`, `tls.crt`, `tls.key`.
+pub const ENV_WEBHOOK_SECRET: &str = "OPERATOR_WEBHOOK_SECRET";
+/// Service name the apiserver calls; the certificate is issued for `<service>.<ns>.svc`.
+pub const ENV_WEBHOOK_SERVICE: &str = "OPERATOR_WEBHOOK_SERVICE";
+/// MutatingWebhookConfiguration whose `caBundle` the operator patches (self mode).
+pub const ENV_WEBHOOK_CONFIG: &str = "OPERATOR_WEBHOOK_CONFIG";
+/// Image of injected sidecars.
+pub const ENV_SIDECAR_IMAGE: &str = "OPERATOR_SIDECAR_IMAGE";
+/// JSON `ResourceRequirements` of injected sidecars.
+pub const ENV_SIDECAR_RESOURCES: &str = "OPERATOR_SIDECAR_RESOURCES";
+/// `deny` (default) or `allow`: what to do with a pod whose Relay is missing or not Ready.
+pub const ENV_INJECT_ON_MISSING_RELAY: &str = "OPERATOR_INJECT_ON_MISSING_RELAY";
+
+/// Default webhook address.
+pub const DEFAULT_WEBHOOK_ADDR: &str = "0.0.0.0:9443";
+/// Default serving certificate Secret.
+pub const DEFAULT_WEBHOOK_SECRET: &str = "mailroom-webhook-tls";
+/// Default webhook Service.
+pub const DEFAULT_WEBHOOK_SERVICE: &str = "mailroom-webhook";
+/// Default MutatingWebhookConfiguration name.
+pub const DEFAULT_WEBHOOK_CONFIG: &str = "mailroom-sidecar-injector";
+/// Default sidecar image repository; the tag is this crate's version.
+pub const DEFAULT_SIDECAR_REPOSITORY: &str = "ghcr.io/mailroom-dev/mailroom-sidecar";
+/// The one path the webhook serves.
+pub const WEBHOOK_PATH: &str = "/mutate";
+
+/// Who provides the serving certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertMode {
+    /// The operator keeps a CA and a serving certificate in the Secret and patches `caBundle`.
+    SelfSigned,
+    /// Someone else (cert-manager) writes the Secret and the `caBundle`; we only read and reload.
+    External,
+}
+
+/// What to do with a pod that asks for a Relay that is missing or not Ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingRelay {
+    /// Reject the pod with a message naming the Relay and its Ready reason.
+    Deny,
+    /// Admit the pod unchanged, with an admission warning.
+    Allow,
+}
+
+/// Webhook server, certificate and injection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    /// Listen address; `None` when `OPERATOR_WEBHOOK_ADDR=off`.
+    pub addr: Option<SocketAddr>,
+    /// Certificate mode.
+    pub cert_mode: CertMode,
+    /// Serving certificate Secret name (in the operator namespace).
+    pub secret: String,
+    /// Service name (certificate DNS names).
+    pub service: String,
+    /// MutatingWebhookConfiguration name.
+    pub config: String,
+    /// Sidecar image.
+    pub sidecar_image: String,
+    /// Sidecar resources.
+    pub sidecar_resources: ResourceRequirements,
+    /// Missing or not-Ready Relay policy.
+    pub on_missing_relay: MissingRelay,
+    /// Extra certificate names (IP addresses or DNS names). Not from env: tests that register the
+    /// webhook by `https://127.0.0.1:<port>` URL add `127.0.0.1`.
+    pub extra_names: Vec<String>,
+    /// Serving certificate lifetime (self mode). Not from env; tests shorten it.
+    pub cert_validity: Duration,
+    /// CA lifetime (self mode). Not from env; tests shorten it.
+    pub ca_validity: Duration,
+    /// How often the Secret is re-read (renewal, reload, caBundle). Not from env.
+    pub check_interval: Duration,
+}
+
+// === impl WebhookSettings ===
+
+impl WebhookSettings {
+    /// Reads the webhook variables; problems are appended to `errors`.
+    pub fn parse(env: &dyn Strings, errors: &mut Vec<String>) -> Self {
+        let text =
+            |name: &str, default: &str| env.get(name).filter(|v| !v.is_empty()).unwrap_or(default.into());
+        let addr_text = text(ENV_WEBHOOK_ADDR, DEFAULT_WEBHOOK_ADDR);
+        let addr = match addr_text.as_str() {
+            "off" => None,
+            other => other
+                .parse()
+                .map_err(|_| {
+                    errors.push(format!(
+                        "  {ENV_WEBHOOK_ADDR}={other}: not an ip:port address or off"
+                    ))
+                })
+                .ok(),
+        };
+        let cert_mode = match text(ENV_WEBHOOK_CERT_MODE, "self").as_str() {
+            "self" => CertMode::SelfSigned,
+            "external" => CertMode::External,
+            other => {
+                errors.push(format!(
+                    "  {ENV_WEBHOOK_CERT_MODE}={other}: must be self or external"
+                ));
+                CertMode::SelfSigned
+            }
+        };
+        let on_missing_relay = match text(ENV_INJECT_ON_MISSING_RELAY, "deny").as_str() {
+            "deny" => MissingRelay::Deny,
+            "allow" => MissingRelay::Allow,
+            other => {
+                errors.push(format!(
+                    "  {ENV_INJECT_ON_MISSING_RELAY}={other}: must be deny or allow"
+                ));
+                MissingRelay::Deny
+            }
+        };
+        let sidecar_resources = match env.get(ENV_SIDECAR_RESOURCES).filter(|v| !v.trim().is_empty()) {
+            None => default_resources(),
+            Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+                errors.push(format!(
+                    "  {ENV_SIDECAR_RESOURCES}: not a JSON ResourceRequirements object: {e}"
+                ));
+                default_resources()
+            }),
+        };
+        Self {
+            addr,
+            cert_mode,
+            secret: text(ENV_WEBHOOK_SECRET, DEFAULT_WEBHOOK_SECRET),
+            service: text(ENV_WEBHOOK_SERVICE, DEFAULT_WEBHOOK_SERVICE),
+            config: text(ENV_WEBHOOK_CONFIG, DEFAULT_WEBHOOK_CONFIG),
+            sidecar_image: text(ENV_SIDECAR_IMAGE, &default_image()),
+            sidecar_resources,
+            on_missing_relay,
+            extra_names: Vec::new(),
+            cert_validity: Duration::from_secs(365 * 24 * 3600),
+            ca_validity: Duration::from_secs(10 * 365 * 24 * 3600),
+            check_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `ghcr.io/mailroom-dev/mailroom-sidecar:<crate version>`.
+pub fn default_image() -> String {
+    format!("{DEFAULT_SIDECAR_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Requests 25m CPU and 32Mi memory; limits memory to 128Mi (no CPU limit: throttling a relay
+/// only delays mail).
+pub fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), q("25m")),
+            ("memory".to_string(), q("32Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), q("128Mi"))])),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn defaults_serve_on_9443_with_a_self_signed_certificate() {
+        let mut errors = Vec::new();
+        let s = WebhookSettings::parse(&HashMap::new(), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            s.addr.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_WEBHOOK_ADDR)
+        );
+        assert_eq!(s.cert_mode, CertMode::SelfSigned);
+        assert_eq!(s.on_missing_relay, MissingRelay::Deny);
+        assert!(s.sidecar_image.ends_with(env!("CARGO_PKG_VERSION")));
+        assert_eq!(s.sidecar_resources, default_resources());
+    }
+
+    #[test]
+    fn off_disables_and_every_bad_value_is_reported() {
+        let mut errors = Vec::new();
+        let env = HashMap::from([(ENV_WEBHOOK_ADDR, "off")]);
+        assert_eq!(WebhookSettings::parse(&env, &mut errors).addr, None);
+        let env = HashMap::from([
+            (ENV_WEBHOOK_ADDR, "9443"),
+            (ENV_WEBHOOK_CERT_MODE, "vault"),
+            (ENV_INJECT_ON_MISSING_RELAY, "maybe"),
+            (ENV_SIDECAR_RESOURCES, "{\"requests\": 5}"),
+        ]);
+        WebhookSettings::parse(&env, &mut errors);
+        assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+
+    #[test]
+    fn resources_are_read_as_json() {
+        let mut errors = Vec::new();
+        let env = HashMap::from([
+            (
+                ENV_SIDECAR_RESOURCES,
+                r#"{"requests":{"cpu":"1"},"limits":{"memory":"1Gi"}}"#,
+            ),
+            (ENV_WEBHOOK_CERT_MODE, "external"),
+            (ENV_INJECT_ON_MISSING_RELAY, "allow"),
+        ]);
+        let s = WebhookSettings::parse(&env, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.cert_mode, CertMode::External);
+        assert_eq!(s.on_missing_relay, MissingRelay::Allow);
+        let cpu = s.sidecar_resources.requests.and_then(|r| r.get("cpu").cloned());
+        assert_eq!(cpu, Some(Quantity("1".into())));
+    }
+}

@@ -1,0 +1,347 @@
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use mailroom_sidecar::config::Delivery as ScDelivery;
+
+use super::*;
+use crate::{
+    crd::{CredentialsSecretRef, MailDomain, SecretKeyRef, SmarthostSpec, SmarthostTls},
+    settings::Settings,
+};
+
+fn settings() -> WebhookSettings {
+    Settings::parse(&std::collections::HashMap::new())
+        .expect("defaults")
+        .webhook
+}
+
+fn pod(yaml: &str) -> Pod {
+    serde_yaml::from_str(yaml).expect("pod yaml")
+}
+
+const APP: &str = "
+metadata: {name: app, labels: {mailroom.dev/relay: outbound}}
+spec:
+  containers: [{name: app, image: app}]
+";
+
+fn smarthost_relay() -> Relay {
+    let mut relay = Relay::test("shop", "outbound", &["shop"]);
+    relay.spec.delivery.capture = None;
+    relay.spec.delivery.smarthost = Some(SmarthostSpec {
+        host: "smtp.example.net".into(),
+        port: 587,
+        tls: SmarthostTls::Starttls,
+        credentials_secret_ref: Some(CredentialsSecretRef {
+            name: "creds".into(),
+            username_key: "user".into(),
+            password_key: "pass".into(),
+        }),
+        ca_secret_ref: Some(SecretKeyRef {
+            name: "ca".into(),
+            key: "ca.pem".into(),
+        }),
+    });
+    relay
+}
+
+/// Applies the patch the way the apiserver does and reads the result back as a Pod.
+fn inject(pod: &Pod, relay: &Relay) -> Pod {
+    let ops = patch(pod, relay, &settings()).expect("patch");
+    let mut doc = serde_json::to_value(pod).expect("json");
+    json_patch::patch(&mut doc, &ops).expect("patch applies");
+    serde_json::from_value(doc).expect("still a pod")
+}
+
+fn sidecar(pod: &Pod) -> Container {
+    let spec = pod.spec.as_ref().expect("spec");
+    spec.init_containers.as_ref().expect("init containers")[0].clone()
+}
+
+fn env(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[test]
+fn plain_pod_gets_a_native_sidecar_volumes_env_sysctl_and_markers() {
+    let out = inject(&pod(APP), &smarthost_relay());
+    let sc = sidecar(&out);
+    assert_eq!(sc.name, SIDECAR_NAME);
+    assert_eq!(sc.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(sc.command, Some(vec!["mailroom-sidecar".to_string()]));
+    assert_eq!(env(&sc, "SIDECAR_LISTEN_ADDR").as_deref(), Some("127.0.0.1:25"));
+    assert_eq!(env(&sc, "SIDECAR_ADMIN_ADDR").as_deref(), Some("0.0.0.0:9465"));
+    assert_eq!(env(&sc, "SIDECAR_DRAIN_SECONDS").as_deref(), Some("25"));
+    let ctx = sc.security_context.clone().expect("security context");
+    assert_eq!(ctx.run_as_non_root, Some(true));
+    assert_eq!(ctx.read_only_root_filesystem, Some(true));
+    assert_eq!(ctx.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        ctx.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    assert_eq!(
+        ctx.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    assert!(sc.startup_probe.is_some() && sc.readiness_probe.is_some() && sc.liveness_probe.is_some());
+
+    let spec = out.spec.clone().expect("spec");
+    let names: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mailroom-config",
+            "mailroom-dkim",
+            "mailroom-credentials",
+            "mailroom-smarthost-ca",
+            "mailroom-spool"
+        ]
+    );
+    let app = &spec.containers[0];
+    assert_eq!(env(app, "SMTP_HOST").as_deref(), Some("127.0.0.1"));
+    assert_eq!(env(app, "SMTP_PORT").as_deref(), Some("25"));
+    let sysctls = spec.security_context.and_then(|c| c.sysctls).expect("sysctls");
+    assert_eq!(
+        (sysctls[0].name.as_str(), sysctls[0].value.as_str()),
+        (PORT_SYSCTL, "25")
+    );
+    assert_eq!(out.labels().get(INJECTED_LABEL).map(String::as_str), Some("true"));
+    assert!(out.annotations().contains_key(INJECTED_ANNOTATION));
+}
+
+#[test]
+fn reinjecting_an_injected_pod_changes_nothing() {
+    let relay = smarthost_relay();
+    let once = inject(&pod(APP), &relay);
+    assert!(patch(&once, &relay, &settings()).expect("patch").is_empty());
+    assert_eq!(inject(&once, &relay), once);
+}
+
+#[test]
+fn existing_settings_are_kept_and_ours_are_added_beside_them() {
+    let existing = pod("
+metadata: {name: app, labels: {mailroom.dev/relay: outbound}, annotations: {a: b}}
+spec:
+  terminationGracePeriodSeconds: 60
+  securityContext: {sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '1024'}]}
+  initContainers: [{name: migrate, image: app}]
+  volumes: [{name: data, emptyDir: {}}]
+  containers:
+  - {name: app, image: app, env: [{name: SMTP_HOST, value: mail.internal}]}
+  - {name: worker, image: app}
+");
+    let out = inject(&existing, &Relay::test("shop", "outbound", &["shop"]));
+    let spec = out.spec.clone().expect("spec");
+    let inits: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        inits,
+        [SIDECAR_NAME, "migrate"],
+        "sidecar first, so init containers can send too"
+    );
+    assert_eq!(
+        env(&sidecar(&out), "SIDECAR_DRAIN_SECONDS").as_deref(),
+        Some("55")
+    );
+    let names: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "data",
+            "mailroom-config",
+            "mailroom-dkim",
+            "mailroom-spool",
+            "mailroom-capture"
+        ]
+    );
+    assert_eq!(
+        env(&spec.containers[0], "SMTP_HOST").as_deref(),
+        Some("mail.internal")
+    );
+    assert_eq!(env(&spec.containers[0], "SMTP_PORT").as_deref(), Some("25"));
+    assert_eq!(
+        env(&spec.containers[1], "SMTP_HOST").as_deref(),
+        Some("127.0.0.1")
+    );
+    let sysctls = spec.security_context.and_then(|c| c.sysctls).expect("sysctls");
+    assert_eq!(sysctls.len(), 1);
+    assert_eq!(
+        sysctls[0].value, "25",
+        "a higher start would keep the sidecar from binding"
+    );
+    assert_eq!(out.annotations().get("a").map(String::as_str), Some("b"));
+}
+
+#[test]
+fn unprivileged_port_needs_no_sysctl_and_a_lower_start_is_kept() {
+    let mut relay = Relay::test("shop", "outbound", &["shop"]);
+    relay.spec.listen_port = 2525;
+    let out = inject(&pod(APP), &relay);
+    assert_eq!(out.spec.clone().and_then(|s| s.security_context), None);
+    assert_eq!(
+        env(&sidecar(&out), "SIDECAR_LISTEN_ADDR").as_deref(),
+        Some("127.0.0.1:2525")
+    );
+
+    let low = pod("
+metadata: {name: app, labels: {mailroom.dev/relay: outbound}}
+spec:
+  securityContext: {sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}]}
+  containers: [{name: app, image: app}]
+");
+    let out = inject(&low, &Relay::test("shop", "outbound", &["shop"]));
+    let sysctls = out.spec.and_then(|s| s.security_context).and_then(|c| c.sysctls);
+    assert_eq!(sysctls.map(|s| s[0].value.clone()).as_deref(), Some("0"));
+}
+
+#[test]
+fn a_volume_named_like_ours_is_refused() {
+    let taken = pod("
+metadata: {name: app, labels: {mailroom.dev/relay: outbound}}
+spec:
+  volumes: [{name: mailroom-spool, emptyDir: {}}]
+  containers: [{name: app, image: app}]
+");
+    let err = patch(&taken, &Relay::test("shop", "outbound", &["shop"]), &settings()).expect_err("conflict");
+    assert!(err.to_string().contains("mailroom-spool"), "{err}");
+}
+
+#[test]
+fn every_path_in_the_rendered_config_is_under_a_sidecar_mount() {
+    let relay = smarthost_relay();
+    let domains = [MailDomain::test("shop", "shop.example.com")];
+    let config = render::sidecar_config(&relay, &domains).expect("render");
+    let out = inject(&pod(APP), &relay);
+    let sc = sidecar(&out);
+    let mounts: Vec<String> = sc
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect();
+    let ScDelivery::Smarthost(s) = &config.delivery else {
+        panic!("smarthost expected")
+    };
+    let auth = s.auth.as_ref().expect("auth");
+    let mut paths = vec![
+        config.spool.dir.clone(),
+        auth.username_file.clone(),
+        auth.password_file.clone(),
+        s.ca_file.clone().expect("ca file"),
+    ];
+    paths.extend(
+        config
+            .domains
+            .iter()
+            .filter_map(|d| d.dkim.as_ref())
+            .map(|d| d.key_file.clone()),
+    );
+    paths.push(env(&sc, "SIDECAR_CONFIG_PATH").expect("config path").into());
+    for path in paths {
+        let mount = mounts.iter().find(|m| path.starts_with(Path::new(m)));
+        assert!(
+            mount.is_some(),
+            "{} is under no mount of {mounts:?}",
+            path.display()
+        );
+    }
+    // The files inside the mounts are the Secret keys the config names.
+    assert_eq!(auth.username_file, Path::new(CREDENTIALS_MOUNT).join("user"));
+    assert_eq!(
+        s.ca_file.as_deref(),
+        Some(Path::new(CA_MOUNT).join("ca.pem").as_path())
+    );
+}
+
+#[test]
+fn spool_size_limit_exceeds_the_rendered_spool_limit() {
+    let relay = Relay::test("shop", "outbound", &["shop"]);
+    let config =
+        render::sidecar_config(&relay, &[MailDomain::test("shop", "shop.example.com")]).expect("render");
+    let limit_mib: u64 = SPOOL_SIZE_LIMIT
+        .trim_end_matches("Mi")
+        .parse()
+        .expect("Mi quantity");
+    assert!(limit_mib * 1024 * 1024 >= config.spool.max_bytes + config.spool.max_bytes / 5);
+}
+
+#[test]
+fn drain_leaves_a_margin_of_the_grace_period() {
+    struct Case {
+        grace: Option<i64>,
+        want: i64,
+    }
+    for Case { grace, want } in [
+        Case {
+            grace: None,
+            want: 25,
+        },
+        Case {
+            grace: Some(60),
+            want: 55,
+        },
+        Case {
+            grace: Some(11),
+            want: 6,
+        },
+        Case {
+            grace: Some(10),
+            want: 5,
+        },
+        Case {
+            grace: Some(3),
+            want: 1,
+        },
+        Case {
+            grace: Some(0),
+            want: 0,
+        },
+        Case {
+            grace: Some(-5),
+            want: 0,
+        },
+    ] {
+        assert_eq!(drain_seconds(grace), want, "grace {grace:?}");
+    }
+}
+
+#[test]
+fn the_label_names_the_relay_and_the_annotation_fills_in_an_empty_label() {
+    struct Case {
+        yaml: &'static str,
+        want: Option<&'static str>,
+    }
+    for Case { yaml, want } in [
+        Case {
+            yaml: "metadata: {labels: {mailroom.dev/relay: a}, annotations: {mailroom.dev/relay: b}}",
+            want: Some("a"),
+        },
+        Case {
+            yaml: "metadata: {labels: {mailroom.dev/relay: ''}, annotations: {mailroom.dev/relay: b}}",
+            want: Some("b"),
+        },
+        Case {
+            yaml: "metadata: {labels: {mailroom.dev/relay: ''}}",
+            want: None,
+        },
+        Case {
+            yaml: "metadata: {annotations: {mailroom.dev/relay: b}}",
+            want: Some("b"),
+        },
+    ] {
+        assert_eq!(relay_name(&pod(yaml)).as_deref(), want, "{yaml}");
+    }
+    assert!(!is_injected(&Pod {
+        spec: Some(PodSpec::default()),
+        ..Default::default()
+    }));
+}

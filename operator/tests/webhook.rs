@@ -1,0 +1,224 @@
+//! The injection webhook against a real kube-apiserver that calls it over TLS (registered from the
+//! file the chart ships): what opted-in pods get and everything else does not, PodSecurity
+//! `restricted` on the result, Relay problems denied (or allowed), idempotency, and certificate
+//! rotation under load.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use common::{
+    Env,
+    webhook::{OPTED_IN_RESTRICTED, domain, init_names, pod, relay, start_injector},
+};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{ObjectMeta, PostParams},
+};
+
+const DNS: (&str, &str) = ("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9");
+
+/// MailDomain `shop` allowing `namespaces`, and a Ready capture Relay `outbound` in each.
+async fn ready_relays(env: &Env, namespaces: &[&str]) -> Result<()> {
+    let allowed = format!(
+        "domain: shop.example.com\ndkim: {{algorithm: ed25519}}\nallowedNamespaces: {{names: [{}]}}",
+        namespaces.join(", ")
+    );
+    domain(env, "shop", &allowed).await?;
+    for ns in namespaces {
+        relay(
+            env,
+            ns,
+            "outbound",
+            "domains: [shop]\ndelivery: {capture: {}}",
+            "Reconciled",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn denial(result: Result<Pod, kube::Error>) -> String {
+    match result {
+        Ok(pod) => panic!("pod {} was admitted", pod.name_any()),
+        Err(kube::Error::Api(e)) => e.message,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn env_of(pod: &Pod, name: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let env = spec.containers[0].env.as_ref()?;
+    env.iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+}
+
+fn metric(text: &str, result: &str) -> u64 {
+    let prefix = format!("mailroom_operator_webhook_admissions_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn opted_in_pods_get_a_sidecar_that_passes_pod_security_restricted_and_nothing_else_changes()
+-> Result<()> {
+    let env = Env::start(&[DNS]).await?;
+    let on = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
+    let off = env
+        .cp
+        .new_namespace_with_labels(&[("pod-security.kubernetes.io/enforce", "restricted")])
+        .await?;
+    ready_relays(&env, &[&on, &off]).await?;
+    let injector = start_injector(&env, &[], |_| {}).await?;
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &on);
+    let pp = PostParams::default();
+
+    pods.create(&pp, &pod("app", Some("outbound"), false)?).await?;
+    let stored = pods.get("app").await?;
+    assert_eq!(init_names(&stored), ["mailroom-sidecar"]);
+    let spec = stored.spec.clone().context("spec")?;
+    let sidecar = &spec.init_containers.as_ref().context("init")?[0];
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    let volumes: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    for want in [
+        "mailroom-config",
+        "mailroom-dkim",
+        "mailroom-spool",
+        "mailroom-capture",
+    ] {
+        assert!(volumes.contains(&want), "{want} missing from {volumes:?}");
+    }
+    assert_eq!(env_of(&stored, "SMTP_HOST").as_deref(), Some("127.0.0.1"));
+    assert_eq!(env_of(&stored, "SMTP_PORT").as_deref(), Some("25"));
+    let sysctls = spec.security_context.and_then(|c| c.sysctls).unwrap_or_default();
+    assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+    assert_eq!(
+        stored.labels().get("mailroom.dev/injected").map(String::as_str),
+        Some("true")
+    );
+
+    // Without the label, outside an opted-in namespace, or with only the annotation: untouched.
+    let plain = pods.create(&pp, &pod("plain", None, false)?).await?;
+    assert!(init_names(&plain).is_empty());
+    let outside = Api::<Pod>::namespaced(env.admin.clone(), &off)
+        .create(&pp, &pod("app", Some("outbound"), false)?)
+        .await?;
+    assert!(init_names(&outside).is_empty() && env_of(&outside, "SMTP_HOST").is_none());
+    let mut annotated = pod("annotated", None, false)?;
+    annotated.metadata.annotations = Some([("mailroom.dev/relay".into(), "outbound".into())].into());
+    assert!(init_names(&pods.create(&pp, &annotated).await?).is_empty());
+
+    // PodSecurity really enforces `restricted` here: a privileged app is still refused.
+    let refused = denial(
+        pods.create(&pp, &pod("privileged", Some("outbound"), true)?)
+            .await,
+    );
+    assert!(refused.contains("restricted"), "{refused}");
+
+    // Re-creating the injected pod as stored (a copied manifest) changes nothing.
+    let copy = Pod {
+        metadata: ObjectMeta {
+            name: Some("again".into()),
+            labels: stored.metadata.labels.clone(),
+            annotations: stored.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        spec: stored.spec.clone(),
+        ..Default::default()
+    };
+    let again = pods.create(&pp, &copy).await?;
+    assert_eq!(again.spec, stored.spec, "re-injection is idempotent");
+    let text = injector.metrics.render();
+    assert_eq!(metric(&text, "already_injected"), 1, "{text}");
+    assert!(metric(&text, "injected") >= 1, "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_or_unready_relay_is_denied_with_its_reason_unless_allowed() -> Result<()> {
+    let env = Env::start(&[DNS]).await?;
+    let ns = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
+    let allowed = format!(
+        "domain: shop.example.com\ndkim: {{algorithm: ed25519}}\nallowedNamespaces: {{names: [{ns}]}}"
+    );
+    domain(&env, "shop", &allowed).await?;
+    relay(
+        &env,
+        &ns,
+        "broken",
+        "domains: [nope]\ndelivery: {capture: {}}",
+        "DomainNotFound",
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
+    let pp = PostParams::default();
+
+    let injector = start_injector(&env, &[], |_| {}).await?;
+    let missing = denial(pods.create(&pp, &pod("a", Some("nope"), false)?).await);
+    assert!(
+        missing.contains(&format!("Relay {ns}/nope")) && missing.contains("does not exist"),
+        "{missing}"
+    );
+    let unready = denial(pods.create(&pp, &pod("b", Some("broken"), false)?).await);
+    assert!(unready.contains(&format!("Relay {ns}/broken")), "{unready}");
+    assert!(unready.contains("not Ready (DomainNotFound: "), "{unready}");
+    drop(injector);
+
+    let _allow = start_injector(&env, &[("OPERATOR_INJECT_ON_MISSING_RELAY", "allow")], |_| {}).await?;
+    let admitted = pods.create(&pp, &pod("c", Some("nope"), false)?).await?;
+    assert!(init_names(&admitted).is_empty(), "admitted without a sidecar");
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificate_rotation_keeps_admissions_working() -> Result<()> {
+    let env = Env::start(&[DNS]).await?;
+    let ns = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
+    ready_relays(&env, &[&ns]).await?;
+    let injector = start_injector(&env, &[], |s| {
+        s.webhook.cert_validity = Duration::from_secs(6);
+        s.webhook.ca_validity = Duration::from_secs(15);
+    })
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &env.operator_ns);
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let (mut serving, mut cas) = (BTreeSet::new(), BTreeSet::new());
+    let start = Instant::now();
+    let mut admitted = 0;
+    while start.elapsed() < Duration::from_secs(25) {
+        let created = pods
+            .create(&dry_run, &pod(&format!("p{admitted}"), Some("outbound"), false)?)
+            .await
+            .with_context(|| format!("admission {admitted} at {:?}", start.elapsed()))?;
+        assert_eq!(init_names(&created), ["mailroom-sidecar"]);
+        admitted += 1;
+        let data = secrets
+            .get(&injector.settings.webhook.secret)
+            .await?
+            .data
+            .unwrap_or_default();
+        let text = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        serving.insert(text("tls.crt").context("tls.crt")?);
+        let ca = text("ca.crt").context("ca.crt")?;
+        cas.insert(ca.split("-----END").next().unwrap_or_default().to_string());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(serving.len() >= 4, "serving certificates seen: {}", serving.len());
+    assert!(cas.len() >= 2, "CAs seen: {}", cas.len());
+    eprintln!(
+        "{admitted} admissions across {} serving certificates and {} CAs",
+        serving.len(),
+        cas.len()
+    );
+    Ok(())
+}
