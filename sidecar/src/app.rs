@@ -267,6 +267,8 @@ impl App {
         tracing::info!("sidecar ready");
         Running {
             ready,
+            spool: self.spool.clone(),
+            metrics: self.metrics.clone(),
             inbound,
             inbound_stop,
             runner,
@@ -283,6 +285,8 @@ impl App {
 #[derive(Debug)]
 pub struct Running {
     ready: Readiness,
+    spool: Spool,
+    metrics: Metrics,
     inbound: JoinHandle<()>,
     inbound_stop: watch::Sender<bool>,
     runner: JoinHandle<()>,
@@ -293,10 +297,20 @@ pub struct Running {
     drain: Duration,
 }
 
+/// What a drain left behind (it stays in the spool for the next start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Messages not delivered (or not yet bounced) when the drain ended.
+    pub undelivered_messages: u64,
+    /// Their bytes.
+    pub undelivered_bytes: u64,
+}
+
 impl Running {
     /// SIGTERM behaviour: stop accepting, let open sessions finish, keep delivering until the
-    /// queue is empty or the drain deadline passes; what is left stays in the spool.
-    pub async fn drain(self) {
+    /// queue is empty or the drain deadline passes; what is left stays in the spool, and is
+    /// reported (log line + `mailroom_sidecar_drain_undelivered_messages`).
+    pub async fn drain(self) -> DrainReport {
         self.ready.set(false);
         self.reload.abort();
         let deadline = tokio::time::Instant::now() + self.drain;
@@ -312,7 +326,25 @@ impl Running {
             tracing::warn!("drain deadline reached; undelivered mail stays in the spool");
             runner.abort();
         }
+        let (messages, bytes) = self.spool.usage();
+        let report = DrainReport {
+            undelivered_messages: messages,
+            undelivered_bytes: bytes,
+        };
+        self.metrics
+            .drain_undelivered
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+        if messages > 0 {
+            tracing::warn!(
+                undelivered_messages = messages,
+                undelivered_bytes = bytes,
+                "drain ended with undelivered mail; it stays in the spool for the next start"
+            );
+        } else {
+            tracing::info!(undelivered_messages = 0, "drain complete; the spool is empty");
+        }
         let _ = self.stop_tx.send(true);
         let _ = self.admin.await;
+        report
     }
 }

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub queue_bytes: IntGaugeVec,
     /// `queue_oldest_message_age_seconds`.
     pub oldest_age: IntGauge,
+    /// `drain_undelivered_messages`: messages left in the spool when the last drain ended.
+    pub drain_undelivered: IntGauge,
     /// `accept_duration_seconds`: end of DATA to `250`.
     pub accept_duration: Histogram,
     /// `delivery_duration_seconds{route, outcome}`: one delivery attempt (one transaction).
@@ -220,6 +222,10 @@ impl Metrics {
             "queue_oldest_message_age_seconds",
             "Age of the oldest message in the queue; 0 when empty.",
         );
+        let drain_undelivered = gauge(
+            "drain_undelivered_messages",
+            "Messages still in the spool when the drain after SIGTERM ended; 0 until then.",
+        );
         let counter = |name: &str, help: &str| {
             let m = IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
             reg(Box::new(m.clone()));
@@ -286,6 +292,7 @@ impl Metrics {
             queue_messages,
             queue_bytes,
             oldest_age,
+            drain_undelivered,
             accept_duration,
             delivery_duration,
             message_size,

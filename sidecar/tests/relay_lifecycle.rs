@@ -229,6 +229,11 @@ fn sigterm_drains_and_undelivered_mail_survives_restart() {
     )
     .expect("accepted");
     assert_eq!(sidecar.terminate(), Some(0));
+    let log = sidecar.log();
+    assert!(
+        log.contains("undelivered_messages=1") && log.contains("drain ended with undelivered mail"),
+        "the drain reports what it left behind:\n{log}"
+    );
     let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
     sidecar.restart();
     eventually("delivery after restart", || {
