@@ -49,7 +49,13 @@ impl TlsConfigs {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = Arc::new(roots(true, ca_file)?);
         let webpki = Self::webpki(&provider, roots.clone())?;
-        let unverified = Self::with_verifier(&provider, Arc::new(AcceptAny(provider.clone())))?;
+        let unverified = Self::with_verifier(
+            &provider,
+            Arc::new(PolicyVerifier {
+                provider: provider.clone(),
+                policy: Policy::AcceptAny,
+            }),
+        )?;
         let verified = Self::with_verifier(&provider, webpki.clone())?;
         Ok(Self {
             provider,
@@ -105,9 +111,9 @@ impl TlsConfigs {
     pub fn dane(&self, records: Vec<Tlsa>) -> Result<Arc<ClientConfig>, TlsSetupError> {
         Self::with_verifier(
             &self.provider,
-            Arc::new(DaneVerifier {
+            Arc::new(PolicyVerifier {
                 provider: self.provider.clone(),
-                records,
+                policy: Policy::Dane(records),
             }),
         )
     }
@@ -141,55 +147,24 @@ fn roots(system: bool, ca_file: Option<&Path>) -> Result<RootCertStore, TlsSetup
     Ok(roots)
 }
 
-/// RFC 7435 3: opportunistic security encrypts without authenticating the server. Handshake
-/// signatures are still checked, so the session key belongs to the presented certificate.
+/// How a server certificate is judged when the system roots are not the judge. Handshake
+/// signatures are always checked, so the session key belongs to the presented certificate.
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+enum Policy {
+    /// RFC 7435 3: opportunistic security encrypts without authenticating the server.
+    AcceptAny,
+    /// RFC 7672 3.1: with usable TLSA records the chain must match one of them; names and expiry
+    /// are not checked for DANE-EE (3.1.1).
+    Dane(Vec<Tlsa>),
 }
 
-/// RFC 7672 3.1: with usable TLSA records the chain must match one of them; names and expiry
-/// are not checked for DANE-EE (3.1.1).
 #[derive(Debug)]
-struct DaneVerifier {
+struct PolicyVerifier {
     provider: Arc<CryptoProvider>,
-    records: Vec<Tlsa>,
+    policy: Policy,
 }
 
-impl ServerCertVerifier for DaneVerifier {
+impl ServerCertVerifier for PolicyVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -198,10 +173,14 @@ impl ServerCertVerifier for DaneVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
+        let records = match &self.policy {
+            Policy::AcceptAny => return Ok(ServerCertVerified::assertion()),
+            Policy::Dane(records) => records,
+        };
         let chain: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
             .chain(intermediates.iter().map(|c| c.as_ref()))
             .collect();
-        if dane::matches(&self.records, &chain) {
+        if dane::matches(records, &chain) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(TlsError::General(
