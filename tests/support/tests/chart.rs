@@ -1,0 +1,373 @@
+//! The Helm chart (`charts/mailroom`) with the real tools: generated files in sync, `helm lint
+//! --strict`, `helm template` with defaults and with every toggle on, the values schema rejecting
+//! typos, contradictory toggles failing, and the rendered manifests applied with server-side
+//! dry-run, then installed and upgraded on a real kube-apiserver.
+
+mod common;
+
+use std::{collections::BTreeSet, process::Command};
+
+use anyhow::{Context, Result, ensure};
+use base64::Engine as _;
+use common::{ALL_ON, chart, documents, find, repo, run, run_fails, template};
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::MutatingWebhookConfiguration,
+        apps::v1::Deployment,
+        rbac::v1::{ClusterRole, PolicyRule},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+};
+use mailroom_test_support::{ControlPlane, testenv};
+use serde_json::Value;
+
+/// `hack/generate.py --check`: values.schema.json matches values.yaml's hints, and the copies of
+/// the CRDs, the RBAC rules and the webhook configuration equal their sources.
+#[test]
+fn generated_chart_files_are_up_to_date() -> Result<()> {
+    run(Command::new(testenv::python()?)
+        .arg(chart().join("hack/generate.py"))
+        .arg("--check"))?;
+    for (copy, source) in [
+        ("files/crds.yaml", "crds/crds.yaml"),
+        ("files/rbac-rules.yaml", "operator/rbac/rules.yaml"),
+        (
+            "files/mutatingwebhookconfiguration.yaml",
+            "operator/webhook/mutatingwebhookconfiguration.yaml",
+        ),
+    ] {
+        let want =
+            std::fs::read_to_string(repo().join(source)).with_context(|| format!("reading {source}"))?;
+        let got = std::fs::read_to_string(chart().join(copy))?;
+        ensure!(
+            got == want,
+            "charts/mailroom/{copy} differs from {source}: run hack/generate.py"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn lint_is_clean_with_defaults_and_with_every_toggle_on() -> Result<()> {
+    let home = tempfile::tempdir()?;
+    for set in [None, Some(ALL_ON)] {
+        let mut cmd = common::helm(home.path())?;
+        cmd.args(["lint", "--strict"]).arg(chart());
+        if let Some(set) = set {
+            cmd.args(["--set", set]);
+        }
+        let out = run(&mut cmd)?;
+        ensure!(out.contains("0 chart(s) failed"), "{out}");
+        ensure!(!out.contains("[WARNING]") && !out.contains("[ERROR]"), "{out}");
+    }
+    Ok(())
+}
+
+/// The default render is the operator alone; every toggle adds exactly its objects.
+#[test]
+fn template_renders_defaults_and_every_toggle() -> Result<()> {
+    let kinds = |docs: &[Value]| -> BTreeSet<String> {
+        docs.iter()
+            .map(|d| d["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let defaults = documents(&template("mailroom", "mailroom-system", &[])?)?;
+    let want: BTreeSet<String> = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(kinds(&defaults), want);
+
+    let all = documents(&template("mailroom", "mailroom-system", &["--set", ALL_ON])?)?;
+    let extra: BTreeSet<String> = kinds(&all).difference(&want).cloned().collect();
+    let want_extra: BTreeSet<String> = [
+        "Certificate",
+        "ConfigMap",
+        "Issuer",
+        "PodMonitor",
+        "PrometheusRule",
+        "ServiceMonitor",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(extra, want_extra);
+
+    // The Deployment: 2 replicas, leader election on, restricted security context, probes.
+    let deploy = find(&defaults, "Deployment", None)?;
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let env = env_map(container);
+    assert_eq!(
+        env.get("OPERATOR_LEADER_ELECTION").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        env.get("OPERATOR_WEBHOOK_CERT_MODE").map(String::as_str),
+        Some("self")
+    );
+    assert!(pod["affinity"]["podAntiAffinity"].is_object(), "{pod}");
+    let all_env = env_map(&find(&all, "Deployment", None)?["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(
+        all_env.get("OPERATOR_WEBHOOK_CERT_MODE").map(String::as_str),
+        Some("external")
+    );
+
+    // The CRDs are the generated ones, kept on uninstall.
+    for crd in defaults
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+    {
+        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    }
+    let without = documents(&template(
+        "mailroom",
+        "mailroom-system",
+        &["--set", "crds.enabled=false"],
+    )?)?;
+    assert!(!without.iter().any(|d| d["kind"] == "CustomResourceDefinition"));
+
+    // The dashboard ConfigMap carries the Grafana sidecar's label and valid JSON.
+    let cm = find(&all, "ConfigMap", None)?;
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json = cm["data"]["mailroom.json"].as_str().context("dashboard JSON")?;
+    let dashboard: Value = serde_json::from_str(json)?;
+    assert_eq!(dashboard["uid"], "mailroom-overview");
+    Ok(())
+}
+
+/// The chart's ClusterRole grants exactly `operator/rbac/rules.yaml`.
+#[test]
+fn cluster_role_is_exactly_the_operator_rules() -> Result<()> {
+    let docs = documents(&template("mailroom", "mailroom-system", &[])?)?;
+    let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole", None)?.clone())?;
+    let want: Vec<PolicyRule> =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("operator/rbac/rules.yaml"))?)?;
+    assert_eq!(role.rules, Some(want));
+    Ok(())
+}
+
+/// `values.schema.json` has `additionalProperties: false` everywhere: a typo is an error, not a
+/// silently ignored value; so are wrong types and values outside an enum.
+#[test]
+fn schema_rejects_typos_wrong_types_and_unknown_enum_values() -> Result<()> {
+    let home = tempfile::tempdir()?;
+    struct Case {
+        set: &'static str,
+        want: &'static str,
+    }
+    let cases = [
+        Case {
+            set: "operator.replica=3",
+            want: "additional properties 'replica' not allowed",
+        },
+        Case {
+            set: "podMonitor.enable=true",
+            want: "additional properties 'enable' not allowed",
+        },
+        Case {
+            set: "webhookk.port=1",
+            want: "additional properties 'webhookk' not allowed",
+        },
+        Case {
+            set: "operator.replicas=two",
+            want: "replicas",
+        },
+        Case {
+            set: "webhook.failurePolicy=Sometimes",
+            want: "failurePolicy",
+        },
+        Case {
+            set: "webhook.injectOnMissingRelay=maybe",
+            want: "injectOnMissingRelay",
+        },
+    ];
+    for case in cases {
+        let out = run_fails(
+            common::helm(home.path())?
+                .args(["template", "x"])
+                .arg(chart())
+                .args(["--set", case.set]),
+        )?;
+        ensure!(
+            out.contains("values don't meet the specifications of the schema"),
+            "{}: {out}",
+            case.set
+        );
+        ensure!(
+            out.contains(case.want),
+            "{}: want {:?} in {out}",
+            case.set,
+            case.want
+        );
+    }
+    Ok(())
+}
+
+/// Contradictory settings stop the render with a sentence that says what to change.
+#[test]
+fn conflicting_settings_fail_with_a_sentence() -> Result<()> {
+    struct Case {
+        set: &'static str,
+        want: &'static str,
+    }
+    let cases = [
+        Case {
+            set: "operator.leaderElection.enabled=false",
+            want: "operator.replicas > 1 needs operator.leaderElection.enabled=true",
+        },
+        Case {
+            set: "serviceMonitor.enabled=true,operator.metricsService.enabled=false",
+            want: "serviceMonitor.enabled=true needs operator.metricsService.enabled=true",
+        },
+        Case {
+            set: "operator.replicas=1",
+            want: "operator.podDisruptionBudget.minAvailable must be below operator.replicas",
+        },
+    ];
+    let home = tempfile::tempdir()?;
+    for case in cases {
+        let out = run_fails(
+            common::helm(home.path())?
+                .args(["template", "x"])
+                .arg(chart())
+                .args(["--set", case.set]),
+        )?;
+        ensure!(
+            out.contains(case.want),
+            "{}: want {:?} in {out}",
+            case.set,
+            case.want
+        );
+    }
+    // One replica is fine once the PDB is off.
+    template(
+        "x",
+        "default",
+        &[
+            "--set",
+            "operator.replicas=1,operator.podDisruptionBudget.enabled=false",
+        ],
+    )?;
+    Ok(())
+}
+
+/// The rendered manifests pass the apiserver's validation (server-side dry-run), then `helm
+/// install` creates them and `helm upgrade` with changed values updates them in place.
+#[tokio::test]
+async fn chart_dry_runs_installs_and_upgrades_on_a_real_apiserver() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let client = cp.client().await?;
+    let ns = cp.new_namespace().await?;
+    common::install_foreign_crds(&client).await?;
+
+    for set in [vec![], vec!["--set", ALL_ON]] {
+        let docs = documents(&template("dry", &ns, &set)?)?;
+        common::dry_run_apply(&client, &docs).await?;
+    }
+
+    let release = "mailroom";
+    run(cp
+        .helm()?
+        .args(["install", release])
+        .arg(chart())
+        .args(["--namespace", &ns]))?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["maildomains.mailroom.dev", "relays.mailroom.dev"] {
+        common::wait_established(&crds, name).await?;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deploy = deployments.get(release).await?;
+    assert_eq!(deploy.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let hook = hooks.get("mailroom-sidecar-injector").await?;
+    let webhook = &hook.webhooks.unwrap_or_default()[0];
+    assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
+    let service = webhook
+        .client_config
+        .service
+        .as_ref()
+        .context("service reference")?;
+    assert_eq!(
+        (service.name.as_str(), service.namespace.as_str()),
+        ("mailroom-webhook", ns.as_str())
+    );
+
+    // The operator (self mode) patches caBundle in; an upgrade must leave it alone.
+    let ca = base64::engine::general_purpose::STANDARD.encode(cp.ca_pem());
+    let patch = serde_json::json!({"webhooks": [{"name": webhook.name, "clientConfig": {"caBundle": ca}}]});
+    hooks
+        .patch(
+            "mailroom-sidecar-injector",
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await?;
+
+    run(cp.helm()?.args(["upgrade", release]).arg(chart()).args([
+        "--namespace",
+        &ns,
+        "--set",
+        "operator.replicas=3,webhook.failurePolicy=Ignore,operator.logLevel=debug,prometheusRule.enabled=false",
+    ]))?;
+    let deploy = deployments.get(release).await?;
+    assert_eq!(deploy.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    let env = env_map(&serde_json::to_value(&deploy)?["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(env.get("RUST_LOG").map(String::as_str), Some("debug"));
+    let hook = hooks.get("mailroom-sidecar-injector").await?;
+    let webhook = &hook.webhooks.unwrap_or_default()[0];
+    assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"));
+    let kept = webhook
+        .client_config
+        .ca_bundle
+        .as_ref()
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0));
+    assert_eq!(
+        kept,
+        Some(ca),
+        "helm upgrade must not reset the caBundle the operator patched in"
+    );
+    let history = run(cp
+        .helm()?
+        .args(["history", release, "--namespace", &ns, "-o", "json"]))?;
+    let history: Value = serde_json::from_str(&history)?;
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+
+    // Uninstall keeps the CRDs (crds.keep) and removes the rest.
+    run(cp.helm()?.args(["uninstall", release, "--namespace", &ns]))?;
+    for name in ["maildomains.mailroom.dev", "relays.mailroom.dev"] {
+        crds.get(name)
+            .await
+            .with_context(|| format!("{name} kept after uninstall"))?;
+    }
+    let left = deployments.list(&ListParams::default()).await?;
+    assert!(left.items.is_empty(), "the Deployment is gone after uninstall");
+    Ok(())
+}
+
+fn env_map(container: &Value) -> std::collections::BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect()
+}
