@@ -173,7 +173,7 @@ fn render_direct(spec: &crate::crd::DirectSpec) -> sc::Direct {
             DirectTls::Require => sc::DirectTls::Require,
         },
         mta_sts: match spec.mta_sts {
-            MtaSts::Off => sc::MtaStsMode::Off,
+            MtaSts::None => sc::MtaStsMode::Off,
             MtaSts::Testing => sc::MtaStsMode::Testing,
             MtaSts::Enforce => sc::MtaStsMode::Enforce,
         },

@@ -77,8 +77,8 @@ pub struct DirectSpec {
     /// destinations without STARTTLS are deferred).
     #[serde(default)]
     pub tls: DirectTls,
-    /// MTA-STS (RFC 8461): `off` (default), `testing` (report only) or `enforce` (MX must match the
-    /// published policy and present a valid certificate).
+    /// MTA-STS (RFC 8461): `none` (default: not consulted), `testing` (report only) or `enforce`
+    /// (MX must match the published policy and present a valid certificate).
     #[serde(default)]
     pub mta_sts: MtaSts,
 }
@@ -98,9 +98,9 @@ pub enum DirectTls {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum MtaSts {
-    /// Not consulted.
+    /// Not consulted (RFC 8461's own name for the mode; also not a YAML 1.1 boolean like `off`).
     #[default]
-    Off,
+    None,
     /// Fetched and evaluated; violations are only reported.
     Testing,
     /// Enforced when the domain publishes `mode: enforce`.

@@ -47,3 +47,26 @@ fn every_spec_field_has_a_description() {
     }
     assert!(missing.is_empty(), "fields without a description: {missing:?}");
 }
+
+#[test]
+fn crds_yaml_has_no_yaml11_boolean_lookalikes() {
+    // kubectl and Helm read YAML 1.1, where a plain on/off/yes/no is a boolean: an enum value
+    // spelled like that would turn into `false` and the apiserver would reject the CRD.
+    let have = include_str!("../../../crds/crds.yaml");
+    let bad: Vec<&str> = have
+        .lines()
+        .filter(|l| {
+            let v = l
+                .trim()
+                .trim_start_matches("- ")
+                .rsplit(": ")
+                .next()
+                .unwrap_or("");
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "on" | "off" | "yes" | "no" | "y" | "n"
+            )
+        })
+        .collect();
+    assert!(bad.is_empty(), "YAML 1.1 booleans in crds/crds.yaml: {bad:?}");
+}
