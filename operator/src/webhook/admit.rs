@@ -153,6 +153,11 @@ pub fn unusable(
     }
 }
 
+/// Whether the Relay's Ready condition is True.
+pub fn is_ready(relay: &Relay) -> bool {
+    not_ready(relay).is_none()
+}
+
 /// `None` when the Relay's Ready condition is True; else `Reason: message` (or why unknown).
 fn not_ready(relay: &Relay) -> Option<String> {
     let conditions = relay

@@ -10,6 +10,7 @@ pub mod tls;
 use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
 use axum::{Router, body::Bytes, extract::State, http::header::CONTENT_TYPE, routing::post};
+use futures::StreamExt;
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -17,6 +18,11 @@ use kube::{
     core::{
         DynamicObject,
         admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+    },
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store, store::Writer},
+        watcher,
     },
 };
 use tokio::net::TcpListener;
@@ -42,11 +48,14 @@ pub struct Webhook {
     store: Arc<CertStore>,
     keeper: Keeper,
     state: Arc<Handler>,
+    relays: Writer<Relay>,
 }
 
 /// What the `/mutate` route needs.
 struct Handler {
     client: Client,
+    /// Every Relay, watched: the fast path. A miss or a not-Ready Relay is read fresh.
+    relays: Store<Relay>,
     settings: WebhookSettings,
     metrics: Arc<Metrics>,
 }
@@ -72,8 +81,10 @@ impl Webhook {
         let listener = TcpListener::bind(addr).await?;
         let store = Arc::new(CertStore::default());
         let keeper = Keeper::new(client.clone(), settings.clone(), store.clone(), metrics.clone());
+        let (reader, writer) = reflector::store();
         let state = Arc::new(Handler {
             client,
+            relays: reader,
             settings: settings.webhook.clone(),
             metrics,
         });
@@ -82,6 +93,7 @@ impl Webhook {
             store,
             keeper,
             state,
+            relays: writer,
         })
     }
 
@@ -95,6 +107,14 @@ impl Webhook {
     pub async fn run(self) -> crate::Result<()> {
         let config = self.store.server_config()?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
+        let relays = watcher(
+            Api::<Relay>::all(self.state.client.clone()),
+            watcher::Config::default(),
+        );
+        let relays = reflector::reflector(self.relays, relays)
+            .default_backoff()
+            .applied_objects();
+        tokio::spawn(relays.for_each(|_| std::future::ready(())));
         let router = router(self.state);
         tokio::spawn(self.keeper.run());
         tracing::info!(addr = ?self.listener.local_addr().ok(), path = WEBHOOK_PATH, "webhook listening");
@@ -146,6 +166,18 @@ async fn mutate(
 // === impl Handler ===
 
 impl Handler {
+    /// The Relay from the watch cache when it is there and Ready, else read from the apiserver
+    /// (a Relay created or turned Ready a moment ago may not have reached the cache yet).
+    async fn relay(&self, namespace: &str, name: &str) -> Result<Option<Relay>, kube::Error> {
+        let cached = self.relays.get(&ObjectRef::new(name).within(namespace));
+        if let Some(relay) = cached.filter(|r| admit::is_ready(r)) {
+            return Ok(Some((*relay).clone()));
+        }
+        Api::<Relay>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+    }
+
     async fn review(&self, body: &[u8]) -> (AdmissionReview<DynamicObject>, Outcome) {
         let req: AdmissionRequest<Pod> = match serde_json::from_slice::<AdmissionReview<Pod>>(body)
             .map_err(|e| e.to_string())
@@ -161,21 +193,15 @@ impl Handler {
         };
         let wanted = admit::wanted(&req);
         let relay = match &wanted {
-            Wanted::Relay { namespace, name } => {
-                match Api::<Relay>::namespaced(self.client.clone(), namespace)
-                    .get_opt(name)
-                    .await
-                {
-                    Ok(relay) => relay,
-                    Err(error) => {
-                        tracing::warn!(%namespace, relay = %name, %error, "relay lookup failed");
-                        let msg = format!("mailroom: cannot read Relay {namespace}/{name}: {error}");
-                        let (response, _) =
-                            admit::unusable(AdmissionResponse::from(&req), msg, &self.settings);
-                        return (response.into_review(), Outcome::Error);
-                    }
+            Wanted::Relay { namespace, name } => match self.relay(namespace, name).await {
+                Ok(relay) => relay,
+                Err(error) => {
+                    tracing::warn!(%namespace, relay = %name, %error, "relay lookup failed");
+                    let msg = format!("mailroom: cannot read Relay {namespace}/{name}: {error}");
+                    let (response, _) = admit::unusable(AdmissionResponse::from(&req), msg, &self.settings);
+                    return (response.into_review(), Outcome::Error);
                 }
-            }
+            },
             _ => None,
         };
         let (response, outcome) = admit::answer(&req, &wanted, relay.as_ref(), &self.settings);
