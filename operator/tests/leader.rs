@@ -33,6 +33,8 @@ impl Operator {
             .env("OPERATOR_IDENTITY", identity)
             .env("OPERATOR_LEASE_DURATION_SECONDS", "3")
             .env("OPERATOR_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            // Every replica serves the webhook, leader or not; two on one host need two ports.
+            .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
             .env("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
