@@ -11,7 +11,7 @@ use mailroom_operator::{
     leader::Elector,
     metrics::Metrics,
     offline, reconcile,
-    settings::{Env, Settings},
+    settings::{self, Env, Settings, Strings},
     telemetry,
     webhook::Webhook,
 };
@@ -22,7 +22,8 @@ const USAGE: &str = "usage:
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    let json_logs = Env.get(settings::ENV_LOG_FORMAT).as_deref() == Some("json");
+    telemetry::init(json_logs);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => run().await,

@@ -23,6 +23,8 @@ pub const ENV_IDENTITY: &str = "OPERATOR_IDENTITY";
 pub const ENV_DNS_NAMESERVERS: &str = "OPERATOR_DNS_NAMESERVERS";
 /// Seconds between DNS rechecks of a MailDomain.
 pub const ENV_DNS_RECHECK_SECONDS: &str = "OPERATOR_DNS_RECHECK_SECONDS";
+/// Log format: `plain` (default) or `json` (one object per line).
+pub const ENV_LOG_FORMAT: &str = "OPERATOR_LOG_FORMAT";
 
 /// Default namespace.
 pub const DEFAULT_NAMESPACE: &str = "mailroom-system";
@@ -132,6 +134,11 @@ impl Settings {
             }
         }
         let webhook = WebhookSettings::parse(env, &mut errors);
+        // Read by main before anything else (logging starts first); validated here.
+        let log_format = text(ENV_LOG_FORMAT, "plain");
+        if !matches!(log_format.as_str(), "plain" | "json") {
+            errors.push(format!("  {ENV_LOG_FORMAT}={log_format}: must be plain or json"));
+        }
         let identity = env
             .get(ENV_IDENTITY)
             .filter(|v| !v.is_empty())
@@ -176,9 +183,11 @@ mod tests {
             (ENV_LEADER_ELECTION, "maybe"),
             (ENV_DNS_NAMESERVERS, "127.0.0.1:53,x"),
             (ENV_DNS_RECHECK_SECONDS, "-1"),
+            (ENV_LOG_FORMAT, "xml"),
+            (webhook::ENV_SIDECAR_LOG_FORMAT, "yaml"),
         ]);
         let err = Settings::parse(&env).expect_err("invalid");
-        assert_eq!(err.0.len(), 4, "{err}");
+        assert_eq!(err.0.len(), 6, "{err}");
     }
 
     #[test]

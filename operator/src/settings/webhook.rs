@@ -19,6 +19,8 @@ pub const ENV_WEBHOOK_SERVICE: &str = "OPERATOR_WEBHOOK_SERVICE";
 pub const ENV_WEBHOOK_CONFIG: &str = "OPERATOR_WEBHOOK_CONFIG";
 /// Image of injected sidecars.
 pub const ENV_SIDECAR_IMAGE: &str = "OPERATOR_SIDECAR_IMAGE";
+/// Log format of injected sidecars: `plain` (default) or `json` (their `SIDECAR_LOG_FORMAT`).
+pub const ENV_SIDECAR_LOG_FORMAT: &str = "OPERATOR_SIDECAR_LOG_FORMAT";
 /// JSON `ResourceRequirements` of injected sidecars.
 pub const ENV_SIDECAR_RESOURCES: &str = "OPERATOR_SIDECAR_RESOURCES";
 /// `deny` (default) or `allow`: what to do with a pod whose Relay is missing or not Ready.
@@ -72,6 +74,8 @@ pub struct WebhookSettings {
     pub sidecar_image: String,
     /// Sidecar resources.
     pub sidecar_resources: ResourceRequirements,
+    /// Sidecar log format (`plain` or `json`).
+    pub sidecar_log_format: String,
     /// Missing or not-Ready Relay policy.
     pub on_missing_relay: MissingRelay,
     /// Extra certificate names (IP addresses or DNS names). Not from env: tests that register the
@@ -133,9 +137,16 @@ impl WebhookSettings {
                 default_resources()
             }),
         };
+        let sidecar_log_format = text(ENV_SIDECAR_LOG_FORMAT, "plain");
+        if !matches!(sidecar_log_format.as_str(), "plain" | "json") {
+            errors.push(format!(
+                "  {ENV_SIDECAR_LOG_FORMAT}={sidecar_log_format}: must be plain or json"
+            ));
+        }
         Self {
             addr,
             cert_mode,
+            sidecar_log_format,
             secret: text(ENV_WEBHOOK_SECRET, DEFAULT_WEBHOOK_SECRET),
             service: text(ENV_WEBHOOK_SERVICE, DEFAULT_WEBHOOK_SERVICE),
             config: text(ENV_WEBHOOK_CONFIG, DEFAULT_WEBHOOK_CONFIG),

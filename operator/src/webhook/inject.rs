@@ -210,6 +210,7 @@ fn container(
         (s::ENV_LISTEN_ADDR, format!("127.0.0.1:{port}")),
         (s::ENV_ADMIN_ADDR, format!("0.0.0.0:{ADMIN_PORT}")),
         (s::ENV_DRAIN_SECONDS, drain_seconds(grace).to_string()),
+        (s::ENV_LOG_FORMAT, settings.sidecar_log_format.clone()),
     ];
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {

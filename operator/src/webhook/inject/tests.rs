@@ -76,6 +76,7 @@ fn plain_pod_gets_a_native_sidecar_volumes_env_sysctl_and_markers() {
     assert_eq!(env(&sc, "SIDECAR_LISTEN_ADDR").as_deref(), Some("127.0.0.1:25"));
     assert_eq!(env(&sc, "SIDECAR_ADMIN_ADDR").as_deref(), Some("0.0.0.0:9465"));
     assert_eq!(env(&sc, "SIDECAR_DRAIN_SECONDS").as_deref(), Some("25"));
+    assert_eq!(env(&sc, "SIDECAR_LOG_FORMAT").as_deref(), Some("plain"));
     let ctx = sc.security_context.clone().expect("security context");
     assert_eq!(ctx.run_as_non_root, Some(true));
     assert_eq!(ctx.read_only_root_filesystem, Some(true));
