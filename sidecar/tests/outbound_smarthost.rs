@@ -300,14 +300,14 @@ async fn a_slow_reply_times_out_and_defers() {
     let mut cfg = smarthost(up.port, TlsMode::None, &h.ca.ca);
     cfg.command_timeout_seconds = 1;
     let t = transport(&cfg);
-    let started = std::time::Instant::now();
+    // The Timeout class (not a 250 after the upstream's 4 s pause) is the proof that our 1 s
+    // limit fired; wall-clock assertions would be flaky on a shared machine.
     let results = send(
         &t,
         "app@example.com",
         &["ok@example.net", "slow@example.net", "later@example.net"],
     )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(
         classes(&results),
         [(Outcome::Deferred, ReplyClass::Timeout); 3],
