@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench
+.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
@@ -42,3 +42,11 @@ demo: build
 # Benchmarks are not part of `make test`: slow, and noisy on shared machines. See docs/benchmarks.md.
 bench:
 	bash bench/run.sh
+	$(MAKE) bench-webhook
+	"$${XDG_CACHE_HOME:-$$HOME/.cache}/mailroom/bench/venv/bin/python" bench/report.py bench/results/latest.json
+
+# Admission latency of the injection webhook (300 dry-run pod creations on the real apiserver).
+bench-webhook: testenv
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	$(CARGO) test --release -p mailroom-operator --test webhook repeated_admissions -- --nocapture 2>&1 \
+	  | grep "admission through the apiserver" | tee bench/results/webhook.txt

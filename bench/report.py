@@ -149,6 +149,11 @@ def main():
     out += ["", "DKIM rows are compared with the unsigned Postfix run of the same load (Postfix does not sign).", "",
             "![accepted](img/bench-accepted.png)", "", "![end to end](img/bench-e2e.png)", "",
             "![memory](img/bench-memory.png)", ""]
+    webhook = os.path.join(ROOT, "bench", "results", "webhook.txt")
+    if os.path.exists(webhook):
+        out += ["## Injection webhook", "",
+                "`make bench-webhook`: 300 dry-run pod creations through the real apiserver, each injected by",
+                "the operator's webhook (release build):", "", "```", open(webhook).read().strip(), "```", ""]
     notes = os.path.join(ROOT, "bench", "notes.md")
     if os.path.exists(notes):
         out += [open(notes).read().rstrip(), ""]
