@@ -79,6 +79,7 @@ async fn run() -> anyhow::Result<()> {
         settings: settings.clone(),
         metrics: metrics.clone(),
         dns: Arc::new(dns),
+        backoff: Default::default(),
     });
     if !settings.leader_election {
         reconcile::run(ctx).await;

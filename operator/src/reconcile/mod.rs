@@ -1,10 +1,11 @@
 //! Controllers: `Context`, `run()` wiring both Controllers with their watches, and the shared
 //! `error_policy` (spec errors wait for a change, transient errors back off).
 
+pub mod backoff;
 pub mod mail_domain;
 pub mod relay;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -35,6 +36,8 @@ pub struct Context {
     pub events: Events,
     /// DNS checker.
     pub dns: Arc<dyn DnsCheck>,
+    /// Retry delays for transient errors, per object.
+    pub backoff: Arc<backoff::Backoff>,
 }
 
 impl std::fmt::Debug for Context {
@@ -58,7 +61,7 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(mail_domain::reconcile, error_policy_domain, ctx.clone())
+        .run(reconcile_domain, error_policy_domain, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
     let relays = Controller::new(Api::<Relay>::all(client.clone()), watcher::Config::default());
@@ -94,24 +97,50 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(relay::reconcile, error_policy_relay, ctx)
+        .run(reconcile_relay, error_policy_relay, ctx)
         .for_each(|_| futures::future::ready(()));
     futures::join!(domains, relays);
 }
 
+async fn reconcile_domain(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = backoff_key("MailDomain", &md.name_any(), None);
+    let result = mail_domain::reconcile(md, ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
+    result
+}
+
+async fn reconcile_relay(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = backoff_key("Relay", &relay.name_any(), relay.namespace().as_deref());
+    let result = relay::reconcile(relay, ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
+    result
+}
+
 fn error_policy_domain(md: Arc<MailDomain>, error: &Error, ctx: Arc<Context>) -> Action {
-    error_policy("MailDomain", &md.name_any(), error, &ctx)
+    let key = backoff_key("MailDomain", &md.name_any(), None);
+    error_policy("MailDomain", &key, error, &ctx)
 }
 
 fn error_policy_relay(relay: Arc<Relay>, error: &Error, ctx: Arc<Context>) -> Action {
-    error_policy("Relay", &relay.name_any(), error, &ctx)
+    let key = backoff_key("Relay", &relay.name_any(), relay.namespace().as_deref());
+    error_policy("Relay", &key, error, &ctx)
 }
 
-/// Transient errors (spec errors are handled inside reconcile and never reach here) requeue.
-fn error_policy(kind: &str, name: &str, error: &Error, ctx: &Context) -> Action {
-    tracing::warn!(kind, name, error = %error, "reconcile failed");
+fn backoff_key(kind: &str, name: &str, namespace: Option<&str>) -> String {
+    format!("{kind}/{}/{name}", namespace.unwrap_or(""))
+}
+
+/// Transient errors (spec errors are handled inside reconcile and never reach here) requeue with
+/// per-object exponential backoff.
+fn error_policy(kind: &str, key: &str, error: &Error, ctx: &Context) -> Action {
+    let delay = ctx.backoff.failed(key);
+    tracing::warn!(kind, object = key, error = %error, retry_in = ?delay, "reconcile failed");
     ctx.metrics.failure(kind, error.metric_label());
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
 }
 
 /// Current time as a `metav1.Time`.

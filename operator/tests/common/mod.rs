@@ -160,6 +160,7 @@ impl Env {
             settings: self.settings.clone(),
             metrics: Arc::new(Metrics::new()),
             dns: Arc::new(dns),
+            backoff: Default::default(),
         });
         self.operator = Some(tokio::spawn(reconcile::run(ctx)));
         Ok(())
