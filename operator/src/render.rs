@@ -57,6 +57,7 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
     if let Some(l) = &spec.limits {
         limits.max_message_bytes = l.max_message_bytes.unwrap_or(limits.max_message_bytes);
         limits.max_recipients = l.max_recipients.map_or(limits.max_recipients, |r| r as usize);
+        limits.rate_per_minute = l.rate_per_minute;
     }
     let mut retry = Retry::default();
     if let Some(r) = &spec.retry {

@@ -199,6 +199,7 @@ impl App {
                 .await
                 .map_err(|source| Error::Bind { addr, source })
         };
+        spool.set_rate(config.limits.rate_per_minute);
         let listener = bind(config.listen.address).await?;
         let admin = bind(config.admin.address).await?;
         tracing::info!(messages = found.len(), "spool replayed");

@@ -167,6 +167,10 @@ pub struct Limits {
     /// Bad commands tolerated before the connection is closed. Default 10.
     #[serde(default = "default_max_bad_commands")]
     pub max_bad_commands: u32,
+    /// Messages accepted per minute by this sidecar (token bucket, bursts up to a minute's worth);
+    /// over it new mail gets `451 4.7.1`. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute: Option<u32>,
     /// Treatment of bare CR/LF in message data. Default `reject`.
     #[serde(default)]
     pub bare_line_endings: BareLineEndings,

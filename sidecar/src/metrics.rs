@@ -23,6 +23,8 @@ pub enum RejectReason {
     SpoolFull,
     /// Spool write failed.
     SpoolError,
+    /// Over `limits.ratePerMinute`.
+    RateLimited,
     /// Malformed message (e.g. no header section).
     Malformed,
 }
@@ -37,6 +39,7 @@ impl RejectReason {
             Self::BareLineEnding => "bare_line_ending",
             Self::SpoolFull => "spool_full",
             Self::SpoolError => "spool_error",
+            Self::RateLimited => "rate_limited",
             Self::Malformed => "malformed",
         }
     }

@@ -72,6 +72,7 @@ fn apply(
         }
     }
     spool.set_limits(&new.spool);
+    spool.set_rate(new.limits.rate_per_minute);
     config_tx.send_replace(Arc::new(new));
     metrics.config_reloads.inc();
     tracing::info!("config reloaded");

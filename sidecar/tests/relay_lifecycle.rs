@@ -321,3 +321,25 @@ fn check_config_lists_every_problem_and_exits_64() {
         .expect("run");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
+
+/// Proves `limits.ratePerMinute`: past a minute's worth, new mail gets `451 4.7.1` and is counted
+/// as rejected for `rate_limited`; what was accepted is delivered.
+#[test]
+fn rate_limit_defers_clients_with_451() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
+                  limits:\n  ratePerMinute: 2\nspool:\n  dir: {dir}/spool\ndelivery:\n  capture:\n    dir: {dir}/capture\n";
+    let sidecar = Sidecar::start(dir.path(), config);
+    let msg = b"From: app@example.com\r\n\r\nx\r\n";
+    for _ in 0..2 {
+        smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect("within the rate");
+    }
+    let err =
+        smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect_err("over the rate");
+    assert!(err.contains("451") && err.contains("4.7.1"), "{err}");
+    assert_eq!(
+        sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="rate_limited""#),
+        1.0
+    );
+    sidecar.wait_metric("mailroom_sidecar_messages_delivered_total", |v| v == 2.0);
+}

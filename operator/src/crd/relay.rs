@@ -181,6 +181,11 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_recipients: Option<u32>,
+    /// Messages each sidecar accepts per minute (a minute's worth may arrive at once); over it
+    /// apps get `451 4.7.1` and retry. 1 to 1000000. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub rate_per_minute: Option<u32>,
 }
 
 /// What the operator observed about a Relay.

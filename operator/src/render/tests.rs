@@ -24,6 +24,7 @@ fn golden_input() -> (Relay, Vec<MailDomain>) {
     relay.spec.limits = Some(LimitsSpec {
         max_message_bytes: Some(10 * 1024 * 1024),
         max_recipients: Some(50),
+        rate_per_minute: Some(600),
     });
     relay.spec.retry = Some(RetrySpec {
         initial_seconds: Some(30),

@@ -97,6 +97,7 @@ impl Default for Limits {
             data_timeout_seconds: default_data_timeout(),
             max_bad_commands: default_max_bad_commands(),
             bare_line_endings: BareLineEndings::default(),
+            rate_per_minute: None,
         }
     }
 }

@@ -63,6 +63,12 @@ impl Config {
         if l.data_timeout_seconds == 0 {
             bad("limits.dataTimeoutSeconds", "must be greater than 0".into());
         }
+        if l.rate_per_minute == Some(0) {
+            bad(
+                "limits.ratePerMinute",
+                "must be greater than 0 (leave it out for no limit)".into(),
+            );
+        }
         if self.domains.is_empty() {
             bad("domains", "at least one sender domain is required".into());
         }

@@ -27,6 +27,9 @@ pub enum SinkError {
     /// Any other storage failure: `451 4.3.0`.
     #[error("spool write failed")]
     Io,
+    /// Over `limits.ratePerMinute`: `451 4.7.1`, the client should try again later.
+    #[error("rate limit reached")]
+    RateLimited,
 }
 
 /// Where accepted messages go: the spool in production, a `Vec` in unit tests.

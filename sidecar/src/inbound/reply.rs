@@ -104,6 +104,8 @@ pub fn queued(id: impl std::fmt::Display) -> Reply {
 pub const SPOOL_FULL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage, try again later");
 /// Spool write failed (RFC 3463 X.3.0: other or undefined mail system status).
 pub const SPOOL_ERROR: Reply = Reply::new(451, "4.3.0", "Local error in processing, try again later");
+/// Over `limits.ratePerMinute` (RFC 3463 X.7.1: delivery not authorized, here for now).
+pub const RATE_LIMITED: Reply = Reply::new(451, "4.7.1", "Rate limit reached, try again later");
 /// RFC 5321 4.5.3.1.10: too many recipients is 452, and X.5.3 says so (RFC 3463).
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
 /// Idle or DATA timeout (RFC 3463 X.4.2: bad connection), then close (RFC 5321 4.5.3.2).
@@ -227,6 +229,7 @@ mod tests {
             CLOSING,
             SPOOL_FULL,
             SPOOL_ERROR,
+            RATE_LIMITED,
             TOO_MANY_RECIPIENTS,
             TIMEOUT,
             SHUTTING_DOWN,

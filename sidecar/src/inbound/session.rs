@@ -304,11 +304,13 @@ impl<S, K: MessageSink> std::fmt::Debug for Session<S, K> {
     }
 }
 
-/// The reply for a sink failure: full is `452 4.3.1`, anything else `451 4.3.0`.
+/// The reply for a sink failure: full is `452 4.3.1`, rate limited `451 4.7.1`, anything else
+/// `451 4.3.0`.
 pub(super) fn sink_reply(e: SinkError) -> Reply {
     match e {
         SinkError::Full => reply::SPOOL_FULL,
         SinkError::Io => reply::SPOOL_ERROR,
+        SinkError::RateLimited => reply::RATE_LIMITED,
     }
 }
 
@@ -316,5 +318,6 @@ pub(super) fn sink_reject_reason(e: SinkError) -> RejectReason {
     match e {
         SinkError::Full => RejectReason::SpoolFull,
         SinkError::Io => RejectReason::SpoolError,
+        SinkError::RateLimited => RejectReason::RateLimited,
     }
 }

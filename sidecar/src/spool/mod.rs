@@ -7,6 +7,7 @@
 //! an old segment are relocated (rewritten at the head) so one long retry cannot pin the disk.
 
 mod meta;
+mod rate;
 pub mod record;
 mod replay;
 mod writer;
@@ -97,6 +98,7 @@ struct State {
 struct Inner {
     dir: PathBuf,
     limits: Mutex<(u64, u64)>,
+    rate: Mutex<Option<rate::TokenBucket>>,
     tx: mpsc::Sender<Op>,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -167,6 +169,7 @@ impl Spool {
             inner: Arc::new(Inner {
                 dir,
                 limits: Mutex::new((cfg.max_bytes, cfg.max_messages)),
+                rate: Mutex::new(None),
                 tx,
                 state: Mutex::new(state),
                 next_id: AtomicU64::new(now_id),
@@ -181,6 +184,34 @@ impl Spool {
     /// Applies new limits (hot reload).
     pub fn set_limits(&self, cfg: &config::Spool) {
         *lock(&self.inner.limits) = (cfg.max_bytes, cfg.max_messages);
+    }
+
+    /// Applies `limits.ratePerMinute` to new mail from clients (`None`: no limit). An unchanged
+    /// rate keeps the bucket's state across reloads.
+    pub fn set_rate(&self, per_minute: Option<u32>) {
+        let mut rate = lock(&self.inner.rate);
+        if rate.as_ref().map(rate::TokenBucket::per_minute) != per_minute {
+            *rate = per_minute.map(|n| rate::TokenBucket::new(n, std::time::Instant::now()));
+        }
+    }
+
+    /// Starts a message the sidecar generates itself (a bounce): not subject to the rate limit,
+    /// which is for apps.
+    pub async fn begin_internal(&self) -> Result<Incoming, SinkError> {
+        self.reserve()
+    }
+
+    fn reserve(&self) -> Result<Incoming, SinkError> {
+        let (max_bytes, max_messages) = *lock(&self.inner.limits);
+        {
+            let mut st = lock(&self.inner.state);
+            if st.count >= max_messages || st.bytes >= max_bytes {
+                return Err(SinkError::Full);
+            }
+            st.count += 1;
+        }
+        let id = MessageId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        Ok(Incoming::new(self.clone(), id))
     }
 
     /// Number and total bytes of messages held (including those being received).
@@ -430,15 +461,11 @@ impl MessageSink for Spool {
     type Writer = Incoming;
 
     async fn begin(&self) -> Result<Incoming, SinkError> {
-        let (max_bytes, max_messages) = *lock(&self.inner.limits);
+        if let Some(bucket) = lock(&self.inner.rate).as_mut()
+            && !bucket.try_take(std::time::Instant::now())
         {
-            let mut st = lock(&self.inner.state);
-            if st.count >= max_messages || st.bytes >= max_bytes {
-                return Err(SinkError::Full);
-            }
-            st.count += 1;
+            return Err(SinkError::RateLimited);
         }
-        let id = MessageId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        Ok(Incoming::new(self.clone(), id))
+        self.reserve()
     }
 }
