@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use common::{Env, ready, wait_for, wait_gone};
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Secret},
+    api::core::v1::{ConfigMap, Pod, Secret},
 };
 use kube::{
     Api,
@@ -129,6 +129,33 @@ limits: {maxRecipients: 10}";
         .context("key")?;
     assert!(String::from_utf8_lossy(&pem.0).contains("BEGIN PRIVATE KEY"));
 
+    // status.pods counts injected pods asking for this Relay, and follows pod changes.
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
+    for (name, injected) in [("a", true), ("b", true), ("c", false)] {
+        let mut labels = vec![("mailroom.dev/relay", "outbound")];
+        if injected {
+            labels.push(("mailroom.dev/injected", "true"));
+        }
+        pods.create(&PostParams::default(), &plain_pod(name, &labels)?)
+            .await?;
+    }
+    wait_for(&api, "outbound", |r: &Relay| {
+        r.status.as_ref().is_some_and(|s| s.pods == 2)
+    })
+    .await?;
+    pods.delete(
+        "a",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+    wait_for(&api, "outbound", |r: &Relay| {
+        r.status.as_ref().is_some_and(|s| s.pods == 1)
+    })
+    .await?;
+
     api.delete("outbound", &DeleteParams::default()).await?;
     wait_gone(&cms, "outbound-sidecar").await?;
     wait_gone(&secrets, "outbound-dkim").await?;
@@ -192,4 +219,17 @@ async fn relay_negative_paths_set_ready_false_with_their_reason() -> Result<()> 
         .await?;
     wait_for(&api, "creds", reason_is("DomainNotReady")).await?;
     Ok(())
+}
+
+fn plain_pod(name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))?)
 }

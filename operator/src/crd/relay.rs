@@ -24,6 +24,7 @@ const HOST_RULE: &str = r"self.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0
     printcolumn = r#"{"name":"Domains","type":"string","jsonPath":".spec.domains"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
@@ -211,6 +212,10 @@ pub struct RelayStatus {
     /// Name of the Secret holding the DKIM private keys the sidecar mounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim_secret_name: Option<String>,
+    /// Pods in this namespace with an injected sidecar for this Relay (label
+    /// `mailroom.dev/relay=<name>` and `mailroom.dev/injected=true`).
+    #[serde(default)]
+    pub pods: u32,
 }
 
 fn default_listen_port() -> u32 {

@@ -8,7 +8,7 @@ pub mod relay;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
@@ -94,6 +94,19 @@ pub async fn run(ctx: Arc<Context>) {
                     .filter(|r| r.namespace() == ns && relay::references_secret(r, &name))
                     .map(|r| ObjectRef::from_obj(&*r))
                     .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<Pod>::all(ctx.client.clone()),
+            relay::injected_pods(),
+            |pod| {
+                let name = pod
+                    .labels()
+                    .get(relay::RELAY_LABEL)
+                    .filter(|n| !n.is_empty())
+                    .cloned();
+                name.zip(pod.namespace())
+                    .map(|(name, ns)| ObjectRef::<Relay>::new(&name).within(&ns))
             },
         )
         .shutdown_on_signal()

@@ -24,8 +24,26 @@ use crate::{
     render,
 };
 
-/// Label on every child of a Relay (ConfigMap, DKIM Secret).
+/// Label on every child of a Relay (ConfigMap, DKIM Secret), and on pods that ask for it.
 pub const RELAY_LABEL: &str = "mailroom.dev/relay";
+/// Label the webhook puts on injected pods.
+pub const INJECTED_LABEL: &str = "mailroom.dev/injected";
+
+/// Watch config selecting injected pods (to keep `status.pods` current).
+pub fn injected_pods() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"))
+}
+
+/// Counts the injected pods of Relay `name` in `ns` (metadata only).
+async fn count_pods(ctx: &Context, ns: &str, name: &str) -> Result<u32> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{RELAY_LABEL}={name},{INJECTED_LABEL}=true");
+    let list = pods
+        .list_metadata(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list pods"))?;
+    Ok(u32::try_from(list.items.len()).unwrap_or(u32::MAX))
+}
 
 /// Watch config selecting Relay children.
 pub fn children() -> watcher::Config {
@@ -70,6 +88,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
         mode: Some(relay.spec.delivery.mode().into()),
         ..Default::default()
     };
+    status.pods = count_pods(&ctx, &ns, &name).await?;
     let t = now();
     let action = match converge(&relay, &ns, &ctx, &mut status).await {
         Ok(()) => {

@@ -35,7 +35,7 @@ pub const NAMESPACE_LABEL: &str = "mailroom.dev/injection";
 /// Value of [`NAMESPACE_LABEL`].
 pub const NAMESPACE_VALUE: &str = "enabled";
 /// Label on injected pods (`"true"`); PodMonitors select by it.
-pub const INJECTED_LABEL: &str = "mailroom.dev/injected";
+pub const INJECTED_LABEL: &str = crate::reconcile::relay::INJECTED_LABEL;
 /// Annotation on injected pods: the injected sidecar image.
 pub const INJECTED_ANNOTATION: &str = "mailroom.dev/injected-sidecar";
 /// Where the `<relay>-sidecar` ConfigMap is mounted (a directory: a subPath mount never updates).
