@@ -185,9 +185,10 @@ mod tests {
             (ENV_DNS_RECHECK_SECONDS, "-1"),
             (ENV_LOG_FORMAT, "xml"),
             (webhook::ENV_SIDECAR_LOG_FORMAT, "yaml"),
+            (webhook::ENV_SIDECAR_DRAIN_SECONDS, "soon"),
         ]);
         let err = Settings::parse(&env).expect_err("invalid");
-        assert_eq!(err.0.len(), 6, "{err}");
+        assert_eq!(err.0.len(), 7, "{err}");
     }
 
     #[test]

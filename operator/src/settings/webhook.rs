@@ -19,6 +19,9 @@ pub const ENV_WEBHOOK_SERVICE: &str = "OPERATOR_WEBHOOK_SERVICE";
 pub const ENV_WEBHOOK_CONFIG: &str = "OPERATOR_WEBHOOK_CONFIG";
 /// Image of injected sidecars.
 pub const ENV_SIDECAR_IMAGE: &str = "OPERATOR_SIDECAR_IMAGE";
+/// Drain deadline of injected sidecars in seconds, capped by each pod's grace period minus 5 s;
+/// unset or 0: derived from the grace period alone.
+pub const ENV_SIDECAR_DRAIN_SECONDS: &str = "OPERATOR_SIDECAR_DRAIN_SECONDS";
 /// Log format of injected sidecars: `plain` (default) or `json` (their `SIDECAR_LOG_FORMAT`).
 pub const ENV_SIDECAR_LOG_FORMAT: &str = "OPERATOR_SIDECAR_LOG_FORMAT";
 /// JSON `ResourceRequirements` of injected sidecars.
@@ -76,6 +79,8 @@ pub struct WebhookSettings {
     pub sidecar_resources: ResourceRequirements,
     /// Sidecar log format (`plain` or `json`).
     pub sidecar_log_format: String,
+    /// Default drain deadline of injected sidecars (capped by the pod's grace period).
+    pub sidecar_drain_seconds: Option<u32>,
     /// Missing or not-Ready Relay policy.
     pub on_missing_relay: MissingRelay,
     /// Extra certificate names (IP addresses or DNS names). Not from env: tests that register the
@@ -143,10 +148,22 @@ impl WebhookSettings {
                 "  {ENV_SIDECAR_LOG_FORMAT}={sidecar_log_format}: must be plain or json"
             ));
         }
+        let drain_text = text(ENV_SIDECAR_DRAIN_SECONDS, "0");
+        let sidecar_drain_seconds = match drain_text.parse::<u32>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => {
+                errors.push(format!(
+                    "  {ENV_SIDECAR_DRAIN_SECONDS}={drain_text}: not a whole number of seconds"
+                ));
+                None
+            }
+        };
         Self {
             addr,
             cert_mode,
             sidecar_log_format,
+            sidecar_drain_seconds,
             secret: text(ENV_WEBHOOK_SECRET, DEFAULT_WEBHOOK_SECRET),
             service: text(ENV_WEBHOOK_SERVICE, DEFAULT_WEBHOOK_SERVICE),
             config: text(ENV_WEBHOOK_CONFIG, DEFAULT_WEBHOOK_CONFIG),

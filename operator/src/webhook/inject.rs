@@ -81,6 +81,12 @@ pub fn drain_seconds(grace: Option<i64>) -> i64 {
     }
 }
 
+/// The configured default drain deadline, never longer than what the grace period allows (the
+/// kubelet would kill the sidecar first).
+pub fn capped_drain(from_grace: i64, configured: Option<u32>) -> i64 {
+    configured.map_or(from_grace, |n| i64::from(n).min(from_grace))
+}
+
 /// The JSON patch injecting `relay`'s sidecar into `pod`; empty when already injected.
 pub fn patch(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Result<Vec<PatchOperation>> {
     if is_injected(pod) {
@@ -209,7 +215,10 @@ fn container(
         ),
         (s::ENV_LISTEN_ADDR, format!("127.0.0.1:{port}")),
         (s::ENV_ADMIN_ADDR, format!("0.0.0.0:{ADMIN_PORT}")),
-        (s::ENV_DRAIN_SECONDS, drain_seconds(grace).to_string()),
+        (
+            s::ENV_DRAIN_SECONDS,
+            capped_drain(drain_seconds(grace), settings.sidecar_drain_seconds).to_string(),
+        ),
         (s::ENV_LOG_FORMAT, settings.sidecar_log_format.clone()),
     ];
     let probe = |path: &str, period: i32, failures: i32| Probe {

@@ -77,6 +77,13 @@ fn plain_pod_gets_a_native_sidecar_volumes_env_sysctl_and_markers() {
     assert_eq!(env(&sc, "SIDECAR_ADMIN_ADDR").as_deref(), Some("0.0.0.0:9465"));
     assert_eq!(env(&sc, "SIDECAR_DRAIN_SECONDS").as_deref(), Some("25"));
     assert_eq!(env(&sc, "SIDECAR_LOG_FORMAT").as_deref(), Some("plain"));
+    assert_eq!(
+        capped_drain(25, Some(10)),
+        10,
+        "a shorter configured deadline wins"
+    );
+    assert_eq!(capped_drain(25, Some(60)), 25, "never past the grace period");
+    assert_eq!(capped_drain(25, None), 25);
     let ctx = sc.security_context.clone().expect("security context");
     assert_eq!(ctx.run_as_non_root, Some(true));
     assert_eq!(ctx.read_only_root_filesystem, Some(true));
