@@ -3,7 +3,7 @@
 
 mod webhook;
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 pub use webhook::*;
 
@@ -37,27 +37,8 @@ pub const DEFAULT_LEASE_DURATION_SECONDS: u64 = 15;
 /// Default DNS recheck interval (10 minutes).
 pub const DEFAULT_DNS_RECHECK_SECONDS: u64 = 600;
 
-/// Something that looks up strings by name: the process environment or a map in tests.
-pub trait Strings {
-    /// The value of `name`, if set.
-    fn get(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct Env;
-
-impl Strings for Env {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Strings for HashMap<&str, &str> {
-    fn get(&self, name: &str) -> Option<String> {
-        HashMap::get(self, name).map(|v| v.to_string())
-    }
-}
+// The same env seam as the sidecar's (a trait so tests pass a map, not the process env).
+pub use mailroom_sidecar::settings::{Env, Strings};
 
 /// Process settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +146,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn defaults_apply_when_nothing_is_set() {

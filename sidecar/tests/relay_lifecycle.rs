@@ -26,7 +26,7 @@ fn kill9_during_load_loses_no_acknowledged_message() {
     let clients: Vec<_> = (0..4)
         .map(|w| {
             Command::new("python3")
-                .arg(harness::peers_dir().join("load_client.py"))
+                .arg(common::peer("load_client.py"))
                 .args([&sidecar.smtp.ip().to_string(), &sidecar.smtp.port().to_string()])
                 .args(["app@example.com", "user@example.net"])
                 .arg(&acked)

@@ -207,7 +207,7 @@ async fn queue_dsn(
         DsnKind::Expiry => crate::dsn::expiry(&report, &list),
         DsnKind::Delay => crate::dsn::delay(&report, &list, env.received_at + d.retry.max_age_seconds),
     };
-    let mut w = spool.begin_internal().await?;
+    let mut w = spool.begin_internal()?;
     w.write(&body).await?;
     let dsn_env = Envelope {
         sender: String::new(),

@@ -197,11 +197,7 @@ impl Spool {
 
     /// Starts a message the sidecar generates itself (a bounce): not subject to the rate limit,
     /// which is for apps.
-    pub async fn begin_internal(&self) -> Result<Incoming, SinkError> {
-        self.reserve()
-    }
-
-    fn reserve(&self) -> Result<Incoming, SinkError> {
+    pub fn begin_internal(&self) -> Result<Incoming, SinkError> {
         let (max_bytes, max_messages) = *lock(&self.inner.limits);
         {
             let mut st = lock(&self.inner.state);
@@ -466,6 +462,6 @@ impl MessageSink for Spool {
         {
             return Err(SinkError::RateLimited);
         }
-        self.reserve()
+        self.begin_internal()
     }
 }

@@ -11,22 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The Python interpreter with the test peers' packages (aiosmtpd, dkimpy), prepared by `make test`.
-pub fn python() -> PathBuf {
-    match std::env::var_os("MAILROOM_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "MAILROOM_PYTHON is not set: run `make test` (tests/env/prepare.sh builds a venv with \
-             aiosmtpd and dkimpy and exports it)"
-        ),
-    }
-}
-
-/// Directory of the test peers (`sidecar/tests/peers`).
-pub fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
-
 /// A running sidecar process with its own temp dir (spool, capture, config).
 pub struct Sidecar {
     child: Option<Child>,
