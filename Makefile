@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook
+.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook bench-operator
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
@@ -42,11 +42,19 @@ demo: build
 # Benchmarks are not part of `make test`: slow, and noisy on shared machines. See docs/benchmarks.md.
 bench:
 	bash bench/run.sh
-	$(MAKE) bench-webhook
+	$(MAKE) bench-webhook bench-operator
 	"$${XDG_CACHE_HOME:-$$HOME/.cache}/mailroom/bench/venv/bin/python" bench/report.py bench/results/latest.json
 
-# Admission latency of the injection webhook (300 dry-run pod creations on the real apiserver).
+# Admission latency of the injection webhook (1,000 dry-run pod creations on the real apiserver).
 bench-webhook: testenv
 	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	MAILROOM_BENCH_ADMISSIONS=1000 \
 	$(CARGO) test --release -p mailroom-operator --test webhook repeated_admissions -- --nocapture 2>&1 \
 	  | grep "admission through the apiserver" | tee bench/results/webhook.txt
+
+# The operator binary reconciling 1,000 Relays in 50 namespaces over 100 MailDomains.
+bench-operator: testenv
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	MAILROOM_SCALE_RELAYS=1000 MAILROOM_SCALE_NAMESPACES=50 MAILROOM_SCALE_DOMAINS=100 \
+	MAILROOM_SCALE_OUT="$(CURDIR)/bench/results/operator.json" \
+	$(CARGO) test --release -p mailroom-operator --test scale -- --nocapture

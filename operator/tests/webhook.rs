@@ -238,8 +238,10 @@ async fn repeated_admissions_are_all_injected_and_timed_by_the_histogram() -> Re
         ..Default::default()
     };
     let before = injector.metrics.render();
+    // `make bench-webhook` asks for 1,000 (issue #8's figure); the suite's 300 keep it quick.
+    let n: usize = std::env::var("MAILROOM_BENCH_ADMISSIONS").map_or(Ok(300), |v| v.parse())?;
     let mut client_side = Vec::new();
-    for i in 0..300 {
+    for i in 0..n {
         let t = Instant::now();
         let created = pods
             .create(&dry_run, &pod(&format!("l{i}"), Some("outbound"), false)?)
@@ -252,7 +254,7 @@ async fn repeated_admissions_are_all_injected_and_timed_by_the_histogram() -> Re
     let after = injector.metrics.render();
     let webhook_p99 = histogram_quantile(&before, &after, 0.99);
     eprintln!(
-        "admission through the apiserver: p50 {:?}, p99 {:?}; at the webhook: p99 <= {webhook_p99} s",
+        "admission through the apiserver ({n} pods): p50 {:?}, p99 {:?}; at the webhook: p99 <= {webhook_p99} s",
         q(0.5),
         q(0.99)
     );
@@ -264,7 +266,7 @@ async fn repeated_admissions_are_all_injected_and_timed_by_the_histogram() -> Re
     };
     assert_eq!(
         count(&after) - count(&before),
-        300.0,
+        n as f64,
         "every admission is observed once"
     );
     Ok(())
