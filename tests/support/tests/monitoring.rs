@@ -183,9 +183,9 @@ fn documented_metrics() -> Result<BTreeSet<String>> {
 async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -> Result<()> {
     let bin = stack::build_binaries()?;
     let dir = tempfile::tempdir()?;
-    let operator = common::operator::start(&bin, dir.path()).await?;
-    let (mut upstream, upstream_port) = stack::upstream(dir.path())?;
-    let mut sidecar = start_sidecar(&bin, dir.path(), upstream_port)?;
+    let (operator, app_namespace) = common::operator::start(&bin, dir.path()).await?;
+    let mut upstream = stack::Upstream::plain(dir.path())?;
+    let mut sidecar = start_sidecar(&bin, dir.path(), upstream.port)?;
 
     // promtool check metrics: no findings on either exposition.
     for (what, addr) in [("sidecar", sidecar.1), ("operator", operator.admin)] {
@@ -230,7 +230,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         }
         let refused = stack::smtp_send(smtp, "app@elsewhere.org", &["ok@example.net"])?;
         ensure!(refused.is_err(), "a foreign sender must be rejected: {refused:?}");
-        operator.admit_one_pod()
+        common::operator::admit_one_pod(&operator, &app_namespace)
     };
     let moved = [
         r#"mailroom_sidecar_messages_received_total{result="accepted"}"#,
@@ -260,7 +260,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
             };
             eventually(&format!("{round}: {q}"), Duration::from_secs(60), || {
                 sidecar.0.check_running()?;
-                upstream.check_running()?;
+                upstream.proc.check_running()?;
                 Ok(query(&q)?.first().map(|_| ()))
             })?;
         }
