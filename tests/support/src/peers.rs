@@ -87,11 +87,11 @@ impl Upstream {
         })
     }
 
-    /// The saved messages, oldest first.
+    /// The saved messages, oldest first; each with its envelope file (written after the `.eml`).
     pub fn messages(&self) -> Result<Vec<PathBuf>> {
         let mut emls: Vec<PathBuf> = std::fs::read_dir(&self.maildir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .filter(|p| p.extension().is_some_and(|e| e == "eml") && p.with_extension("json").is_file())
             .collect();
         emls.sort();
         Ok(emls)

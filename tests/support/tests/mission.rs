@@ -95,6 +95,7 @@ async fn mail_from_an_opted_in_pod_reaches_the_smarthost_signed_and_shows_on_the
         ["example-com", "example.com", "True", "Reconciled", "True"]
     );
     let (columns, rows) = m.kubectl_get("relays", true).await?;
+    eprintln!("kubectl get relays: {columns:?} {rows:?}");
     assert_eq!(
         columns,
         ["Name", "Mode", "Domains", "Ready", "Reason", "Pods", "Age"]
