@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
-	@echo "make demo     run the sidecar on an embedded default config with capture delivery"
+	@echo "make demo     render examples/ offline and run a capture-mode sidecar: a DKIM-signed message, no cluster"
 	@echo "make testenv  build only the test environment (kube-apiserver, etcd, helm, prometheus, venv)"
 
 build:

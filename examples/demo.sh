@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
-# mailroom in one command, no cluster: run the sidecar with capture delivery, send it a message
-# with curl, and show the captured, DKIM-signed message and the metrics it produced.
+# mailroom in one command, no cluster: render the example MailDomain and Relays offline with
+# `mailroom-operator render`, run the sidecar of the staging Relay (capture delivery), send it a
+# message with curl, and show the captured, DKIM-signed message, the DNS records to publish and
+# the metrics it produced. SIDECAR_LISTEN_ADDR / SIDECAR_ADMIN_ADDR move its ports.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/target/debug/mailroom-sidecar"
-[ -x "$bin" ] || (cd "$root" && cargo build --bin mailroom-sidecar)
+bin="${MAILROOM_BIN:-$root/target/debug}"
+[ -x "$bin/mailroom-sidecar" ] && [ -x "$bin/mailroom-operator" ] || (cd "$root" && cargo build --bins)
+smtp="${SIDECAR_LISTEN_ADDR:-127.0.0.1:2525}"
+admin="${SIDECAR_ADMIN_ADDR:-127.0.0.1:9465}"
 work="$(mktemp -d)"
 trap 'kill "${pid:-0}" 2>/dev/null || true; wait 2>/dev/null || true; echo; echo "demo files kept in $work"' EXIT
 cd "$work"
-cp "$root/examples/sidecar.yaml" .
-openssl genpkey -algorithm ED25519 -out dkim-example.com.pem 2>/dev/null
 
-echo "== starting mailroom-sidecar (smtp 127.0.0.1:2525, admin 127.0.0.1:9465)"
-"$bin" --check-config sidecar.yaml
-"$bin" --config sidecar.yaml 2>sidecar.log &
+echo "== mailroom-operator render -f examples (what the operator would do in a cluster)"
+"$bin/mailroom-operator" render -f "$root/examples" -o rendered
+config=rendered/shop-staging/sidecar.yaml
+
+echo "== starting mailroom-sidecar for Relay shop/staging (smtp $smtp, admin $admin)"
+"$bin/mailroom-sidecar" --check-config "$config"
+SIDECAR_LISTEN_ADDR="$smtp" SIDECAR_ADMIN_ADDR="$admin" "$bin/mailroom-sidecar" --config "$config" 2>sidecar.log &
 pid=$!
-for _ in $(seq 100); do curl -fs http://127.0.0.1:9465/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fs http://127.0.0.1:9465/readyz >/dev/null || { cat sidecar.log; exit 1; }
+for _ in $(seq 100); do curl -fs "http://$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fs "http://$admin/readyz" >/dev/null || { cat sidecar.log; exit 1; }
 
 printf 'From: Demo App <app@example.com>\r\nTo: you@example.net\r\nSubject: Hello from mailroom\r\nMessage-ID: <demo-1@example.com>\r\nDate: %s\r\n\r\nIt works: spooled, signed and captured.\r\n' "$(date -R)" > message.txt
 echo "== sending with curl"
-curl -sS smtp://127.0.0.1:2525 --mail-from app@example.com --mail-rcpt you@example.net --upload-file message.txt
+curl -sS "smtp://$smtp" --mail-from app@example.com --mail-rcpt you@example.net --upload-file message.txt
 
-for _ in $(seq 50); do ls capture/*.eml >/dev/null 2>&1 && break; sleep 0.1; done
-echo "== captured message ($(ls capture/*.eml))"
-cat capture/*.eml
-echo "== DNS record to publish for it"
-printf 'demo._domainkey.example.com. TXT "v=DKIM1; k=ed25519; p=%s"\n' \
-  "$(openssl pkey -in dkim-example.com.pem -pubout -outform DER | tail -c 32 | base64)"
+capture=rendered/shop-staging/capture
+for _ in $(seq 50); do ls "$capture"/*.eml >/dev/null 2>&1 && break; sleep 0.1; done
+echo "== captured message ($(ls "$work/$capture"/*.eml))"
+cat "$capture"/*.eml
+echo "== DNS records to publish for example.com"
+cat rendered/example-com.dns.txt
 echo "== metrics"
-curl -fs http://127.0.0.1:9465/metrics | grep -E '^mailroom_sidecar_(messages_(received|delivered)_total|dkim_signatures_total)'
+curl -fs "http://$admin/metrics" | grep -E '^mailroom_sidecar_(messages_(received|delivered)_total|dkim_signatures_total)'

@@ -114,7 +114,8 @@ async fn deleted_key_secret_is_reported_and_not_replaced() -> Result<()> {
 
 #[tokio::test]
 async fn dns_verified_follows_live_dns_and_an_independent_verifier_accepts_the_key() -> Result<()> {
-    let dns = DnsServer::start()?;
+    let tmp = tempfile::tempdir()?;
+    let dns = DnsServer::start(tmp.path())?;
     let addr = dns.addr();
     let env = Env::start(&[
         ("OPERATOR_DNS_NAMESERVERS", &addr),

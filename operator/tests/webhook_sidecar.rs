@@ -7,39 +7,39 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Read},
-    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use common::{
     Env,
     webhook::{OPTED_IN_RESTRICTED, domain, pod, relay, start_injector},
 };
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Container, Pod, Secret},
+    api::core::v1::{Pod, Secret},
 };
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
-use mailroom_test_support::testenv;
+use mailroom_test_support::{
+    kubelet::PodContainer,
+    peers::Upstream,
+    stack::{Proc, eventually, free_port},
+    testenv,
+};
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sidecar/tests/peers");
-const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const MESSAGE: &str = "From: app@shop.example.com\r\nTo: someone@example.net\r\nSubject: injected\r\n\
                        Message-ID: <1@shop.example.com>\r\n\r\nhello from an injected pod\r\n";
 
 #[tokio::test]
 async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would_mount() -> Result<()> {
-    let sidecar_bin = sidecar_binary()?;
+    let bin = sidecar_bin_dir()?;
     let tmp = tempfile::tempdir()?;
-    let upstream = Upstream::start(tmp.path())?;
+    let mut upstream = Upstream::starttls_with_auth(tmp.path(), "mailer", "s3cret")?;
     let env = Env::start(&[("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")]).await?;
     let ns = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
     let allowed = format!(
@@ -55,7 +55,13 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
         )
         .await?;
     secrets
-        .create(&pp, &secret("upstream-ca", &[("ca.crt", &upstream.ca_pem)]))
+        .create(
+            &pp,
+            &secret(
+                "upstream-ca",
+                &[("ca.crt", upstream.ca_pem.as_deref().unwrap_or_default())],
+            ),
+        )
         .await?;
     let listen = free_port()?;
     let spec = format!(
@@ -92,28 +98,40 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
     assert_eq!(app_env("SMTP_PORT"), Some(listen.to_string()));
 
     let root = tmp.path().join("pod");
-    let env_vars = kubelet_files(&env, &ns, &stored, sidecar, &root).await?;
+    let mut container = PodContainer::materialize(&env.admin, &stored, "mailroom-sidecar", &root).await?;
     assert_eq!(
-        env_vars.get("SIDECAR_DRAIN_SECONDS").map(String::as_str),
+        container.env.get("SIDECAR_DRAIN_SECONDS").map(String::as_str),
         Some("35")
     );
     let command = sidecar.command.clone().unwrap_or_default();
     ensure!(command == ["mailroom-sidecar"], "unexpected command {command:?}");
-    let mut process = Command::new(&sidecar_bin)
-        .args(&command[1..])
-        .env_clear()
-        .envs(&env_vars)
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting mailroom-sidecar")?;
-    let log = collect(&mut process);
-    wait_listening(listen, &mut process, &log)?;
+    // A real pod has its own network namespace; here the admin port must be free.
+    container
+        .env
+        .insert("SIDECAR_ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port()?));
+    let mut process = Proc::spawn("sidecar", &mut container.command(&bin)?, tmp.path())?;
+    eventually(
+        "the sidecar to listen",
+        std::time::Duration::from_secs(30),
+        || {
+            process.check_running()?;
+            Ok(std::net::TcpStream::connect(("127.0.0.1", listen))
+                .ok()
+                .map(|_| ()))
+        },
+    )?;
 
     send(listen)?;
-    let eml = upstream.wait_message(&log)?;
-    let meta = std::fs::read_to_string(eml.with_extension("json"))?;
-    assert!(
-        meta.contains("\"tls\": true") && meta.contains("\"authenticated\": true"),
+    let eml = upstream.wait_messages(1, &mut process)?.remove(0);
+    let text = std::fs::read_to_string(&eml)?;
+    ensure!(
+        text.contains("DKIM-Signature:") && text.contains("d=shop.example.com"),
+        "unsigned:\n{text}"
+    );
+    let meta = Upstream::envelope(&eml)?;
+    assert_eq!(
+        (&meta["tls"], &meta["authenticated"]),
+        (&true.into(), &true.into()),
         "{meta}"
     );
     let records = md.status.map(|s| s.dns_records).unwrap_or_default();
@@ -133,79 +151,10 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(process.id().to_string())
-        .status()?;
-    let status = process.wait()?;
-    assert_eq!(status.code(), Some(0), "log:\n{}", log_text(&log));
-    assert!(log_text(&log).contains("drain complete"), "{}", log_text(&log));
+    let status = process.terminate()?;
+    assert_eq!(status.code(), Some(0), "{}", process.log());
+    assert!(process.log().contains("drain complete"), "{}", process.log());
     Ok(())
-}
-
-/// Writes the files of every volume the sidecar mounts under `root` (mount paths rewritten into
-/// `root`, in the env and in the config text) and returns the env to run it with. The admin
-/// address moves to a free loopback port: a real pod has its own network namespace.
-async fn kubelet_files(
-    env: &Env,
-    ns: &str,
-    pod: &Pod,
-    c: &Container,
-    root: &Path,
-) -> Result<BTreeMap<String, String>> {
-    let volumes = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.clone())
-        .unwrap_or_default();
-    let mut mounts: Vec<String> = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| m.mount_path.clone())
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    let rewrite = |text: &str| {
-        mounts.iter().fold(text.to_string(), |t, m| {
-            t.replace(m.as_str(), &format!("{}{m}", root.display()))
-        })
-    };
-    for m in c.volume_mounts.iter().flatten() {
-        if m.mount_path == SERVICE_ACCOUNT_MOUNT {
-            // Added to every container by the ServiceAccount admission plugin; the sidecar never reads it.
-            continue;
-        }
-        let dir = PathBuf::from(format!("{}{}", root.display(), m.mount_path));
-        std::fs::create_dir_all(&dir)?;
-        let v = volumes
-            .iter()
-            .find(|v| v.name == m.name)
-            .context("volume of a mount")?;
-        if let Some(cm) = &v.config_map {
-            let cm = Api::<ConfigMap>::namespaced(env.admin.clone(), ns)
-                .get(&cm.name)
-                .await?;
-            for (k, text) in cm.data.unwrap_or_default() {
-                std::fs::write(dir.join(k), rewrite(&text))?;
-            }
-        } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().context("secret name")?;
-            let secret = Api::<Secret>::namespaced(env.admin.clone(), ns)
-                .get(&name)
-                .await?;
-            for (k, bytes) in secret.data.unwrap_or_default() {
-                std::fs::write(dir.join(k), bytes.0)?;
-            }
-        } else if v.empty_dir.is_none() {
-            bail!("volume {} is of a kind this test does not materialize", v.name);
-        }
-    }
-    let mut vars = BTreeMap::new();
-    for e in c.env.iter().flatten() {
-        vars.insert(e.name.clone(), rewrite(e.value.as_deref().unwrap_or_default()));
-    }
-    vars.insert("SIDECAR_ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port()?));
-    Ok(vars)
 }
 
 fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
@@ -221,60 +170,6 @@ fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
         ),
         ..Default::default()
     }
-}
-
-/// `target/debug/mailroom-sidecar` next to this test binary's `deps/` directory.
-fn sidecar_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("target directory")?;
-    let bin = dir.join("mailroom-sidecar");
-    ensure!(
-        bin.is_file(),
-        "{} not found: build it with `cargo build -p mailroom-sidecar` (make test does)",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-type Log = std::sync::Arc<std::sync::Mutex<String>>;
-
-fn collect(child: &mut Child) -> Log {
-    let log = Log::default();
-    if let Some(stderr) = child.stderr.take() {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    log
-}
-
-fn log_text(log: &Log) -> String {
-    log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-fn wait_listening(port: u16, child: &mut Child, log: &Log) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait()? {
-            bail!("mailroom-sidecar exited ({status}):\n{}", log_text(log));
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "sidecar not listening:\n{}",
-            log_text(log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// Sends [`MESSAGE`] with Python's smtplib (a client we did not write).
@@ -297,75 +192,14 @@ fn send(port: u16) -> Result<()> {
     Ok(())
 }
 
-/// `sidecar/tests/peers/upstream.py` with STARTTLS (a certificate for 127.0.0.1 from a test CA)
-/// and AUTH required.
-struct Upstream {
-    child: Child,
-    port: u16,
-    maildir: PathBuf,
-    ca_pem: String,
-}
-
-impl Upstream {
-    fn start(dir: &Path) -> Result<Self> {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
-        let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &ca)?;
-        std::fs::write(dir.join("up.crt"), cert.pem())?;
-        std::fs::write(dir.join("up.key"), key.serialize_pem())?;
-        let maildir = dir.join("maildir");
-        let mut child = Command::new(testenv::python()?)
-            .arg(Path::new(PEERS).join("upstream.py"))
-            .args(["--tls", "starttls", "--require-auth", "mailer:s3cret", "--cert"])
-            .arg(dir.join("up.crt"))
-            .arg("--key")
-            .arg(dir.join("up.key"))
-            .arg("--maildir")
-            .arg(&maildir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting upstream.py")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let port = line
-            .trim()
-            .parse()
-            .with_context(|| format!("upstream.py printed {line:?}"))?;
-        Ok(Self {
-            child,
-            port,
-            maildir,
-            ca_pem: ca.pem(),
-        })
-    }
-
-    fn wait_message(&self, log: &Log) -> Result<PathBuf> {
-        let eml = self.maildir.join("0001.eml");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !eml.is_file() {
-            ensure!(
-                Instant::now() < deadline,
-                "nothing delivered; sidecar log:\n{}",
-                log_text(log)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut text = String::new();
-        std::fs::File::open(&eml)?.read_to_string(&mut text)?;
-        ensure!(
-            text.contains("DKIM-Signature:") && text.contains("d=shop.example.com"),
-            "unsigned:\n{text}"
-        );
-        Ok(eml)
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `target/debug`, where `mailroom-sidecar` is built (the image's `PATH` in this test).
+fn sidecar_bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("target directory")?;
+    ensure!(
+        dir.join("mailroom-sidecar").is_file(),
+        "{} not found: build it with `cargo build -p mailroom-sidecar` (make test does)",
+        dir.join("mailroom-sidecar").display()
+    );
+    Ok(dir.to_path_buf())
 }

@@ -1,13 +1,10 @@
 //! Shared helpers for the apiserver tests: a control plane with our CRDs, the operator running
 //! in-process as a ServiceAccount bound to exactly `operator/rbac/rules.yaml`, polling, and a
 //! real DNS server on loopback.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -27,7 +24,7 @@ use kube::{
 use mailroom_operator::{
     crd, dns::HickoryDns, events::Events, metrics::Metrics, reconcile, settings::Settings,
 };
-use mailroom_test_support::{ControlPlane, testenv};
+use mailroom_test_support::ControlPlane;
 use serde::de::DeserializeOwned;
 
 pub mod webhook;
@@ -228,63 +225,5 @@ pub fn ready(
         .unwrap_or_default()
 }
 
-/// `tests/peers/dnsserver.py` (dnslib) under the test venv's Python: a real DNS server on
-/// loopback serving the records in `zone` (re-read when it changes).
-pub struct DnsServer {
-    child: Child,
-    /// UDP and TCP port on 127.0.0.1.
-    pub port: u16,
-    /// The zone file; rewrite it to change the answers.
-    pub zone: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl DnsServer {
-    /// Starts the server with an empty zone.
-    pub fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let zone = dir.path().join("zone.txt");
-        std::fs::write(&zone, "")?;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/dnsserver.py");
-        let mut child = Command::new(testenv::python()?)
-            .arg(script)
-            .arg(&zone)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting tests/peers/dnsserver.py")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let port = line
-            .trim()
-            .parse()
-            .with_context(|| format!("dnsserver.py printed {line:?}"))?;
-        Ok(Self {
-            child,
-            port,
-            zone,
-            _dir: dir,
-        })
-    }
-
-    /// Replaces the served records (`name. 300 IN TXT "a" "b"` lines).
-    pub fn serve(&self, lines: &[String]) -> Result<()> {
-        let mut f = std::fs::File::create(&self.zone)?;
-        for line in lines {
-            writeln!(f, "{line}")?;
-        }
-        Ok(())
-    }
-
-    /// `127.0.0.1:<port>`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A real DNS server on loopback (`tests/peers/dnsserver.py`, dnslib).
+pub use mailroom_test_support::peers::DnsServer;

@@ -164,6 +164,23 @@ impl ControlPlane {
     /// A client authenticated as ServiceAccount `namespace/name` (which must exist) with a fresh token
     /// from the TokenRequest API, so RBAC applies exactly as it would to a pod using that account.
     pub async fn client_for_service_account(&self, namespace: &str, name: &str) -> Result<Client> {
+        let doc = self.service_account_document(namespace, name).await?;
+        client_from(kubeconfig::parse(&doc)?).await
+    }
+
+    /// Writes a kubeconfig for ServiceAccount `namespace/name` (a fresh token, valid one hour) to
+    /// `path`, for a process that should run with exactly that account's RBAC (e.g. the operator
+    /// binary started with the chart's ServiceAccount).
+    pub async fn write_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> Result<()> {
+        kubeconfig::write(&self.service_account_document(namespace, name).await?, path)
+    }
+
+    async fn service_account_document(&self, namespace: &str, name: &str) -> Result<serde_json::Value> {
         let accounts: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -180,8 +197,12 @@ impl ControlPlane {
             .context("TokenRequest returned no status")?
             .token;
         let user = format!("system:serviceaccount:{namespace}:{name}");
-        let doc = kubeconfig::document(&self.server, &self.ca_pem, &user, Credentials::Token(&token));
-        client_from(kubeconfig::parse(&doc)?).await
+        Ok(kubeconfig::document(
+            &self.server,
+            &self.ca_pem,
+            &user,
+            Credentials::Token(&token),
+        ))
     }
 
     /// A `helm` command pointed at this control plane (`KUBECONFIG`), with helm's cache, config and

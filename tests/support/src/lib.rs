@@ -1,5 +1,8 @@
 //! Test support: a throwaway Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager)
-//! for apiserver-layer and end-to-end tests, and the tools cached beside it by `tests/env/prepare.sh`.
+//! for apiserver-layer and end-to-end tests, the tools cached beside it by `tests/env/prepare.sh`, and
+//! the end-to-end pieces: the chart's release with the operator as a process (`release`), an injected
+//! container run as a kubelet would (`kubelet`), the SMTP and DNS peers (`peers`), and Prometheus
+//! configured from the chart's monitors (`prometheus`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -16,9 +19,14 @@ mod control_plane;
 mod flags;
 mod janitor;
 mod kubeconfig;
+pub mod kubelet;
 mod namespace;
+pub mod peers;
 mod pki;
 mod process;
+pub mod prometheus;
+pub mod release;
+pub mod stack;
 pub mod testenv;
 
 pub use control_plane::{ControlPlane, Options};

@@ -371,3 +371,42 @@ fn env_map(container: &Value) -> std::collections::BTreeMap<String, String> {
         .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
         .collect()
 }
+
+/// The Dockerfiles (which no test can build here: there is no container daemon) stay in line
+/// with what the chart and the webhook assume: a `scratch` final stage running as UID/GID 65532
+/// (the chart's and the injected sidecar's `runAsUser`/`runAsGroup`), with the binary the
+/// Deployment runs and the webhook injects (`command: [mailroom-sidecar]`) on `PATH`.
+#[test]
+fn dockerfiles_match_the_user_and_binaries_the_chart_expects() -> Result<()> {
+    let docs = documents(&template("mailroom", "mailroom-system", &[])?)?;
+    let pod = &find(&docs, "Deployment", None)?["spec"]["template"]["spec"];
+    let uid = pod["securityContext"]["runAsUser"]
+        .as_i64()
+        .context("runAsUser")?;
+    let gid = pod["securityContext"]["runAsGroup"]
+        .as_i64()
+        .context("runAsGroup")?;
+    for bin in ["operator", "sidecar"] {
+        let text = std::fs::read_to_string(repo().join(bin).join("Dockerfile"))?;
+        let final_stage = text.rsplit("\nFROM ").next().unwrap_or_default();
+        ensure!(
+            final_stage.starts_with("scratch"),
+            "{bin}: the final stage is not scratch"
+        );
+        ensure!(
+            final_stage.contains(&format!("\nUSER {uid}:{gid}\n")),
+            "{bin}/Dockerfile must run as {uid}:{gid}"
+        );
+        let program = format!("/usr/local/bin/mailroom-{bin}");
+        ensure!(
+            final_stage.contains(&format!("ENTRYPOINT [\"{program}\"]"))
+                && final_stage.contains("ENV PATH=/usr/local/bin"),
+            "{bin}/Dockerfile must run {program} and have it on PATH"
+        );
+        ensure!(
+            text.contains(&format!("cargo build --locked --release --bin mailroom-{bin}")),
+            "{bin}/Dockerfile builds another binary"
+        );
+    }
+    Ok(())
+}

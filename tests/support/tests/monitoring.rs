@@ -12,14 +12,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use common::{
     chart, documents, find, repo, run,
     stack::{self, Proc, eventually, free_port, http_get, urlencode},
     template,
 };
-use mailroom_test_support::testenv;
-use serde_json::Value;
+use mailroom_test_support::{
+    prometheus::{Prometheus, sample_value},
+    testenv,
+};
+use serde_json::{Value, json};
 
 /// The rules as the chart renders them into the PrometheusRule.
 fn rendered_rules() -> Result<Value> {
@@ -183,9 +186,9 @@ fn documented_metrics() -> Result<BTreeSet<String>> {
 async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -> Result<()> {
     let bin = stack::build_binaries()?;
     let dir = tempfile::tempdir()?;
-    let operator = common::operator::start(&bin, dir.path()).await?;
-    let (mut upstream, upstream_port) = stack::upstream(dir.path())?;
-    let mut sidecar = start_sidecar(&bin, dir.path(), upstream_port)?;
+    let (operator, app_namespace) = common::operator::start(&bin, dir.path()).await?;
+    let mut upstream = stack::Upstream::plain(dir.path())?;
+    let mut sidecar = start_sidecar(&bin, dir.path(), upstream.port)?;
 
     // promtool check metrics: no findings on either exposition.
     for (what, addr) in [("sidecar", sidecar.1), ("operator", operator.admin)] {
@@ -210,7 +213,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
     }
 
     let prom = start_prometheus(dir.path(), sidecar.1, operator.admin, &operator.namespace)?;
-    let query = |q: &str| -> Result<Vec<Value>> { prom_query(prom.1, q) };
+    let query = |q: &str| -> Result<Vec<Value>> { prom.query(q) };
     eventually("both targets up", Duration::from_secs(60), || {
         Ok((query("sum(up)")?.first().map(sample_value) == Some(2.0)).then_some(()))
     })?;
@@ -230,7 +233,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         }
         let refused = stack::smtp_send(smtp, "app@elsewhere.org", &["ok@example.net"])?;
         ensure!(refused.is_err(), "a foreign sender must be rejected: {refused:?}");
-        operator.admit_one_pod()
+        common::operator::admit_one_pod(&operator, &app_namespace)
     };
     let moved = [
         r#"mailroom_sidecar_messages_received_total{result="accepted"}"#,
@@ -260,7 +263,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
             };
             eventually(&format!("{round}: {q}"), Duration::from_secs(60), || {
                 sidecar.0.check_running()?;
-                upstream.check_running()?;
+                upstream.proc.check_running()?;
                 Ok(query(&q)?.first().map(|_| ()))
             })?;
         }
@@ -278,7 +281,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         ("$__rate_interval", "1m"),
     ];
     let substitute = |expr: &str| vars.iter().fold(expr.to_string(), |e, (k, v)| e.replace(k, v));
-    let exported = exported_names(prom.1)?;
+    let exported = exported_names(prom.addr)?;
     let mut summary = BTreeMap::new();
     for panel in dashboard["panels"].as_array().context("panels")? {
         let title = panel["title"].as_str().unwrap_or_default();
@@ -320,7 +323,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
             .with_context(|| format!("variable {name}: {q}"))?;
         let (selector, label) = inner.rsplit_once(',').context("label_values(selector, label)")?;
         let (status, body) = http_get(
-            prom.1,
+            prom.addr,
             &format!(
                 "/api/v1/label/{}/values?match[]={}",
                 label.trim(),
@@ -350,23 +353,6 @@ fn exported_names(prom: SocketAddr) -> Result<BTreeSet<String>> {
         .iter()
         .filter_map(|n| n.as_str().map(String::from))
         .collect())
-}
-
-fn sample_value(v: &Value) -> f64 {
-    v["value"][1]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-/// An instant query through the HTTP API; the result vector.
-fn prom_query(prom: SocketAddr, q: &str) -> Result<Vec<Value>> {
-    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(q)))?;
-    let v: Value = serde_json::from_str(&body).with_context(|| format!("HTTP {status}: {body}"))?;
-    if v["status"] != "success" {
-        bail!("query {q} failed: {body}");
-    }
-    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
 }
 
 /// The sidecar, relaying to the upstream with a DKIM key for example.com; (process, admin, smtp).
@@ -432,44 +418,19 @@ fn start_prometheus(
     sidecar: SocketAddr,
     operator: SocketAddr,
     ns: &str,
-) -> Result<(Proc, SocketAddr)> {
-    let rules = dir.join("rules.yaml");
-    std::fs::write(&rules, serde_yaml::to_string(&rendered_rules()?)?)?;
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files: [{rules}]
-scrape_configs:
-  - job_name: mailroom-sidecars
-    static_configs:
-      - targets: ['{sidecar}']
-        labels: {{namespace: shop, pod: app-0, relay: outbound}}
-  - job_name: mailroom-operator
-    static_configs:
-      - targets: ['{operator}']
-        labels: {{namespace: {ns}, pod: mailroom-0}}
-",
-            rules = rules.display()
-        ),
-    )?;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut proc = Proc::spawn(
-        "prometheus",
-        testenv::command("prometheus")?
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-            .arg(format!("--web.listen-address={addr}")),
-        dir,
-    )?;
-    stack::wait_http_ok("prometheus /-/ready", addr, "/-/ready", &mut proc)?;
-    let (_, body) = http_get(addr, "/api/v1/rules")?;
+) -> Result<Prometheus> {
+    let jobs = [
+        json!({"job_name": "mailroom-sidecars", "static_configs": [{"targets": [sidecar.to_string()],
+               "labels": {"namespace": "shop", "pod": "app-0", "relay": "outbound"}}]}),
+        json!({"job_name": "mailroom-operator", "static_configs": [{"targets": [operator.to_string()],
+               "labels": {"namespace": ns, "pod": "mailroom-0"}}]}),
+    ];
+    let prom = Prometheus::start(dir, &jobs, &rendered_rules()?)?;
     ensure!(
-        body.contains("MailroomQueueBackingUp"),
-        "prometheus did not load the chart's rules: {body}"
+        prom.alert_rules()?
+            .iter()
+            .any(|r| r["name"] == "MailroomQueueBackingUp"),
+        "prometheus did not load the chart's rules"
     );
-    Ok((proc, addr))
+    Ok(prom)
 }

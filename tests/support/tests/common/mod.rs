@@ -1,12 +1,8 @@
 //! Helpers shared by the chart and monitoring tests: paths, `helm template`, YAML documents,
 //! server-side dry-run apply, and stand-in CRDs for the kinds the chart targets but does not own.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -22,15 +18,7 @@ use serde_json::{Value, json};
 pub const ALL_ON: &str = "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,\
 grafanaDashboards.enabled=true,webhook.certManager.enabled=true";
 
-/// The repository root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `charts/mailroom`.
-pub fn chart() -> PathBuf {
-    repo().join("charts/mailroom")
-}
+pub use mailroom_test_support::{release::chart, stack::repo};
 
 /// Runs `cmd`; its stdout, or an error with the command, the exit status and stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {
@@ -102,6 +90,15 @@ pub fn find<'a>(docs: &'a [Value], kind: &str, name: Option<&str>) -> Result<&'a
 /// Applies every document with server-side apply in dry-run mode: the apiserver runs defaulting,
 /// schema validation and admission, and stores nothing.
 pub async fn dry_run_apply(client: &Client, docs: &[Value]) -> Result<()> {
+    apply_documents(client, docs, true).await
+}
+
+/// Applies every document with server-side apply, as `kubectl apply --server-side` does.
+pub async fn apply(client: &Client, docs: &[Value]) -> Result<()> {
+    apply_documents(client, docs, false).await
+}
+
+async fn apply_documents(client: &Client, docs: &[Value], dry_run: bool) -> Result<()> {
     for doc in docs {
         let obj: DynamicObject = serde_json::from_value(doc.clone())?;
         let types = obj.types.clone().context("document without apiVersion/kind")?;
@@ -115,13 +112,11 @@ pub async fn dry_run_apply(client: &Client, docs: &[Value]) -> Result<()> {
             (discovery::Scope::Namespaced, None) => bail!("{} {name} has no namespace", gvk.kind),
             (discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
         };
-        api.patch(
-            &name,
-            &PatchParams::apply("mailroom-chart-test").force().dry_run(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .with_context(|| format!("server-side dry-run apply of {} {name}", gvk.kind))?;
+        let mut params = PatchParams::apply("mailroom-chart-test").force();
+        params.dry_run = dry_run;
+        api.patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .with_context(|| format!("server-side apply of {} {name} (dry run: {dry_run})", gvk.kind))?;
     }
     Ok(())
 }
@@ -187,5 +182,10 @@ pub async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) -
     bail!("CRD {name} never became Established")
 }
 
+pub mod mission;
 pub mod operator;
-pub mod stack;
+
+/// Processes, polling and HTTP (`mailroom_test_support::stack`) and the SMTP peers.
+pub mod stack {
+    pub use mailroom_test_support::{peers::*, stack::*};
+}

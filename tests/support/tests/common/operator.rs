@@ -1,125 +1,41 @@
-//! The operator as the chart deploys it, minus the kubelet: `helm install` on the test control
-//! plane, then `target/debug/mailroom-operator` with the chart's ServiceAccount token and the
-//! environment of the chart's Deployment (addresses moved to loopback ports).
+//! The monitoring test's operator: the chart's release (`mailroom_test_support::release`) with a
+//! MailDomain whose records are not published and a Relay whose credentials Secret is missing, and
+//! one pod admission sent straight to the webhook.
 
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
-use anyhow::{Context, Result, bail, ensure};
-use base64::Engine as _;
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
-};
+use anyhow::{Context, Result, ensure};
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
 };
-use mailroom_test_support::{ControlPlane, testenv};
+use mailroom_test_support::{ControlPlane, release, testenv};
 use serde_json::{Value, json};
 
-use super::{
-    chart, documents, find, run,
-    stack::{self, Proc, free_port},
-    template,
-};
+use super::stack;
 
-/// The release name; the chart names the ServiceAccount, Deployment and webhook after it.
-pub const RELEASE: &str = "mailroom";
+/// The operator process as the chart runs it.
+pub use release::Operator;
 
-/// A running operator process.
-#[derive(Debug)]
-pub struct Operator {
-    /// The process.
-    pub proc: Proc,
-    /// Its admin address (`/metrics`).
-    pub admin: SocketAddr,
-    /// Its webhook address (HTTPS).
-    pub webhook: SocketAddr,
-    /// The release namespace (its own).
-    pub namespace: String,
-    /// The namespace holding the Relay.
-    pub app_namespace: String,
-}
-
-/// Installs the chart, creates a MailDomain and a Relay, and starts the operator.
-pub async fn start(bin: &Path, dir: &Path) -> Result<Operator> {
+/// Installs the chart, creates a MailDomain and a Relay, and starts the operator. Its DNS server
+/// is a closed loopback port (set through the chart's values), so record checks fail.
+pub async fn start(bin: &Path, dir: &Path) -> Result<(Operator, String)> {
     let cp = ControlPlane::shared().await?;
     let client = cp.client().await?;
     let namespace = cp.new_namespace().await?;
     let app_namespace = cp.new_namespace().await?;
-    run(cp
-        .helm()?
-        .args(["install", RELEASE])
-        .arg(chart())
-        .args(["--namespace", &namespace]))?;
-
-    // The chart's ServiceAccount, as a kubeconfig for the process.
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(RELEASE, &PostParams::default(), &request)
-        .await
-        .context("token for the chart's ServiceAccount")?
-        .status
-        .context("TokenRequest status")?
-        .token;
-    let kubeconfig = dir.join("operator.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        serde_yaml::to_string(&json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "test", "cluster": {
-                "server": cp.server_url(),
-                "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(cp.ca_pem()),
-            }}],
-            "users": [{"name": "operator", "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "test", "user": "operator"}}],
-            "current-context": "operator",
-        }))?,
-    )?;
-
-    create_objects(&client, &app_namespace).await?;
-
-    // The Deployment's environment, as the kubelet would resolve it.
-    let docs = documents(&template(RELEASE, &namespace, &[])?)?;
-    let container = &find(&docs, "Deployment", None)?["spec"]["template"]["spec"]["containers"][0];
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let dns = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?; // closed once dropped: lookups fail
-    let mut cmd = Command::new(bin.join("mailroom-operator"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KUBECONFIG", &kubeconfig);
-    for var in container["env"].as_array().context("Deployment env")? {
-        let name = var["name"].as_str().context("env name")?;
-        let value = match (&var["value"], var["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
-            (Value::String(v), _) => v.clone(),
-            (_, Some("metadata.namespace")) => namespace.clone(),
-            (_, Some("metadata.name")) => "mailroom-0".into(),
-            other => bail!("env {name}: cannot resolve {other:?}"),
-        };
-        cmd.env(name, value);
-    }
-    cmd.env("OPERATOR_ADMIN_ADDR", admin.to_string())
-        .env("OPERATOR_WEBHOOK_ADDR", webhook.to_string())
-        .env("OPERATOR_DNS_NAMESERVERS", dns.to_string())
-        .env("OPERATOR_DNS_RECHECK_SECONDS", "5");
-    let mut proc = Proc::spawn("operator", &mut cmd, dir)?;
-    stack::wait_http_ok("operator /readyz", admin, "/readyz", &mut proc)?;
-    Ok(Operator {
-        proc,
-        admin,
-        webhook,
-        namespace,
-        app_namespace,
-    })
+    release::install(
+        cp,
+        &namespace,
+        &[
+            &format!("operator.dns.nameservers={{{dns}}}"),
+            "operator.dns.recheckSeconds=5",
+        ],
+    )?;
+    create_objects(&client, &app_namespace).await?;
+    let operator = release::start_operator(cp, bin, &namespace, dir).await?;
+    Ok((operator, app_namespace))
 }
 
 /// MailDomain `example-com` (Ed25519, allowed in the app namespace; its DNS records are not
@@ -159,11 +75,10 @@ async fn create_objects(client: &kube::Client, app_namespace: &str) -> Result<()
     Ok(())
 }
 
-impl Operator {
-    /// Sends one pod admission (a pod asking for Relay `outbound`) straight to the webhook over
-    /// HTTPS, as the apiserver would; the test apiserver cannot reach the chart's Service.
-    pub fn admit_one_pod(&self) -> Result<()> {
-        let script = r#"
+/// Sends one pod admission (a pod asking for Relay `outbound` in `app_namespace`) straight to the
+/// webhook over HTTPS, as the apiserver would.
+pub fn admit_one_pod(operator: &Operator, app_namespace: &str) -> Result<()> {
+    let script = r#"
 import json, ssl, sys, urllib.request, uuid
 url, ns = sys.argv[1], sys.argv[2]
 ctx = ssl.create_default_context()
@@ -183,22 +98,21 @@ review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "reque
 req = urllib.request.Request(url, data=json.dumps(review).encode(), headers={"Content-Type": "application/json"})
 print(urllib.request.urlopen(req, context=ctx, timeout=10).read().decode())
 "#;
-        let url = format!("https://{}/mutate", self.webhook);
-        let answer = stack::eventually("the webhook to answer", Duration::from_secs(60), || {
-            let out = Command::new(testenv::python()?)
-                .args(["-c", script, &url, &self.app_namespace])
-                .output()?;
-            Ok(out
-                .status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).to_string()))
-        })
-        .with_context(|| format!("POST {url}\n{}", self.proc.log()))?;
-        let review: Value = serde_json::from_str(&answer)?;
-        ensure!(
-            review["response"]["uid"].is_string(),
-            "not an AdmissionReview answer: {answer}"
-        );
-        Ok(())
-    }
+    let url = format!("https://{}/mutate", operator.webhook);
+    let answer = stack::eventually("the webhook to answer", Duration::from_secs(60), || {
+        let out = Command::new(testenv::python()?)
+            .args(["-c", script, &url, app_namespace])
+            .output()?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string()))
+    })
+    .with_context(|| format!("POST {url}\n{}", operator.proc.log()))?;
+    let review: Value = serde_json::from_str(&answer)?;
+    ensure!(
+        review["response"]["uid"].is_string(),
+        "not an AdmissionReview answer: {answer}"
+    );
+    Ok(())
 }

@@ -1,6 +1,6 @@
-//! Real processes for the monitoring proof: the `mailroom-sidecar` and `mailroom-operator`
-//! binaries, the scripted upstream SMTP server (sidecar/tests/peers/upstream.py), Prometheus, and
-//! a Python smtplib client. Every child is killed on drop.
+//! Real processes for the end-to-end tests: our binaries built by cargo, children with their
+//! output in a log file (killed on drop), polling, and a minimal HTTP client for `/metrics`,
+//! `/readyz` and the Prometheus API.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -11,9 +11,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use mailroom_test_support::testenv;
 
-use super::repo;
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 /// Builds the sidecar and operator binaries (a no-op when `cargo test --workspace` already did)
 /// and returns `target/debug`. Another crate's binaries have no `CARGO_BIN_EXE_*`, so we ask cargo.
@@ -69,6 +71,46 @@ impl Proc {
             child,
             log,
         })
+    }
+
+    /// Spawns `cmd` (a test peer) that prints the port it bound as its first stdout line; stderr
+    /// goes to `<dir>/<name>.log`. Returns the process and that port.
+    pub fn spawn_reporting_port(name: &str, cmd: &mut Command, dir: &Path) -> Result<(Self, u16)> {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let proc = Self {
+            name: name.into(),
+            child,
+            log,
+        };
+        let port = line
+            .trim()
+            .parse()
+            .with_context(|| format!("{name} printed no port ({line:?})\n{}", proc.log()))?;
+        Ok((proc, port))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status (a graceful stop, as the kubelet does).
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        Ok(self.child.wait()?)
     }
 
     /// Everything it wrote so far.
@@ -151,85 +193,4 @@ pub fn wait_http_ok(what: &str, addr: SocketAddr, path: &str, proc: &mut Proc) -
         proc.check_running()?;
         Ok(http_get(addr, path).ok().filter(|(s, _)| *s == 200).map(|_| ()))
     })
-}
-
-/// `sidecar/tests/peers/upstream.py` on 127.0.0.1: `temp-fail*` recipients get 450, `perm-fail*` 550.
-pub fn upstream(dir: &Path) -> Result<(Proc, u16)> {
-    let maildir = dir.join("upstream-maildir");
-    std::fs::create_dir_all(&maildir)?;
-    let mut child = Command::new(testenv::python()?)
-        .arg(repo().join("sidecar/tests/peers/upstream.py"))
-        .arg("--maildir")
-        .arg(&maildir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("upstream.log"))?)
-        .spawn()
-        .context("starting upstream.py with the testenv python")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("upstream stdout")?).read_line(&mut line)?;
-    let port = line.trim().parse().with_context(|| {
-        format!(
-            "upstream.py printed no port: {}",
-            std::fs::read_to_string(dir.join("upstream.log")).unwrap_or_default()
-        )
-    })?;
-    let proc = Proc {
-        name: "upstream".into(),
-        child,
-        log: dir.join("upstream.log"),
-    };
-    Ok((proc, port))
-}
-
-/// Sends one message with Python's smtplib; `Ok` with smtplib's refusals as JSON text, or `Err`
-/// with the SMTP error (e.g. a rejected sender).
-pub fn smtp_send(smtp: SocketAddr, from: &str, to: &[&str]) -> Result<std::result::Result<String, String>> {
-    let script = r#"
-import json, smtplib, sys
-host, port, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rcpts = sys.argv[4:]
-msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: monitoring proof\r\nMessage-ID: <%s@test>\r\n\r\nhello\r\n"
-       % (sender, rcpts[0], id(rcpts))).encode()
-try:
-    with smtplib.SMTP(host, port, timeout=30) as s:
-        refused = s.sendmail(sender, rcpts, msg)
-    print(json.dumps({"ok": True, "refused": {k: v[0] for k, v in refused.items()}}))
-except smtplib.SMTPException as e:
-    print(json.dumps({"ok": False, "error": repr(e)}))
-"#;
-    let out = Command::new(testenv::python()?)
-        .arg("-c")
-        .arg(script)
-        .arg(smtp.ip().to_string())
-        .arg(smtp.port().to_string())
-        .arg(from)
-        .args(to)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        bail!(
-            "smtplib client failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(if text.contains("\"ok\": true") {
-        Ok(text)
-    } else {
-        Err(text)
-    })
-}
-
-/// An Ed25519 DKIM key made with the openssl CLI.
-pub fn dkim_key(dir: &Path) -> Result<PathBuf> {
-    let key = dir.join("dkim.pem");
-    let status = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ED25519", "-out"])
-        .arg(&key)
-        .status()
-        .context("the openssl CLI is required (apt-get install openssl)")?;
-    if !status.success() {
-        bail!("openssl genpkey failed");
-    }
-    Ok(key)
 }

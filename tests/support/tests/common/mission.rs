@@ -1,0 +1,446 @@
+//! The steps of the mission test (`tests/mission.rs`), each as a user would take it: install the
+//! chart, declare a MailDomain and publish its records, declare a Relay, opt a workload in, and
+//! watch it in Prometheus. Every step uses the real part; the module docs of
+//! `mailroom_test_support::{release, kubelet, prometheus}` say what stands in for the kubelet,
+//! the Service network and prometheus-operator.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, ensure};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
+};
+use mailroom_test_support::{
+    ControlPlane,
+    kubelet::PodContainer,
+    peers::{DnsServer, Upstream},
+    prometheus::{self, Prometheus},
+    release::{self, Operator},
+    stack::{self, Proc, eventually, free_port},
+};
+use serde_json::{Value, json};
+
+/// The chart's optional monitoring, all on: PodMonitor, ServiceMonitor, PrometheusRule and the
+/// Grafana dashboard ConfigMap.
+const MONITORING_ON: &str = "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboards.enabled=true";
+/// The container the webhook injects.
+const SIDECAR: &str = "mailroom-sidecar";
+
+/// One cluster with mailroom installed: its own control plane (the chart's cluster-scoped parts
+/// and the webhook see every namespace, so scenarios do not share one), the operator, and a DNS
+/// server the operator checks records against.
+pub struct Mission {
+    /// Cluster-admin client for the user's own actions.
+    pub client: Client,
+    /// The operator process.
+    pub operator: Operator,
+    /// The DNS server the MailDomain's records are published to.
+    pub dns: DnsServer,
+    /// The application namespace.
+    pub app_ns: String,
+    /// Our binaries (`target/debug`).
+    pub bin: PathBuf,
+    dir: tempfile::TempDir,
+    cp: ControlPlane,
+}
+
+/// An opted-in pod whose injected sidecar runs as a process.
+pub struct AppPod {
+    /// The pod as stored (after admission).
+    pub pod: Pod,
+    /// The sidecar container with its files on disk.
+    pub sidecar: PodContainer,
+    /// The sidecar process.
+    pub proc: Proc,
+    /// Where the app sends mail: `$SMTP_HOST:$SMTP_PORT` of the app container.
+    pub smtp: SocketAddr,
+    /// The sidecar's admin address (`/metrics`).
+    pub admin: SocketAddr,
+}
+
+// === impl Mission ===
+
+impl Mission {
+    /// `helm install` with monitoring on and the operator's DNS checks pointed at our DNS server,
+    /// then the operator with the chart's ServiceAccount and webhook registration.
+    pub async fn start() -> Result<Self> {
+        let bin = binaries()?;
+        let dir = tempfile::tempdir()?;
+        let cp = ControlPlane::start().await?;
+        let client = cp.client().await?;
+        super::install_foreign_crds(&client).await?;
+        let dns = DnsServer::start(dir.path())?;
+        let release_ns = cp.new_namespace().await?;
+        let nameservers = format!("operator.dns.nameservers={{{}}}", dns.addr());
+        release::install(
+            &cp,
+            &release_ns,
+            &[&nameservers, "operator.dns.recheckSeconds=1", MONITORING_ON],
+        )?;
+        let operator = release::start_operator(&cp, &bin, &release_ns, dir.path()).await?;
+        let app_ns = cp.new_namespace().await?;
+        Ok(Self {
+            client,
+            operator,
+            dns,
+            app_ns,
+            bin,
+            dir,
+            cp,
+        })
+    }
+
+    /// A directory for this scenario's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `kubectl apply --server-side -f -` of YAML documents.
+    pub async fn apply(&self, yaml: &str) -> Result<()> {
+        super::apply(&self.client, &super::documents(yaml)?).await
+    }
+
+    /// Waits until `kind/name` (in the app namespace unless cluster-scoped) has condition
+    /// `type_` with status `True`; the object as JSON.
+    pub async fn wait_condition(&self, kind: &str, name: &str, type_: &str) -> Result<Value> {
+        let api = self.api(kind);
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            if let Some(obj) = api.get_opt(name).await? {
+                last = serde_json::to_value(&obj)?;
+                if condition(&last, type_).0 == "True" {
+                    return Ok(last);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(anyhow!(
+            "{kind} {name} never got {type_}=True; last seen: {last:#}\n{}",
+            self.operator.proc.log()
+        ))
+    }
+
+    /// Publishes exactly the records the MailDomain's status lists, as zone file lines.
+    pub fn publish_dns_records(&self, domain: &Value) -> Result<Vec<String>> {
+        let records = domain["status"]["dnsRecords"]
+            .as_array()
+            .context("status.dnsRecords")?;
+        let zone: Vec<String> = records
+            .iter()
+            .map(|r| {
+                let strings: Vec<String> = r["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| format!("\"{}\"", s.as_str().unwrap_or_default()))
+                    .collect();
+                format!(
+                    "{}. 300 IN TXT {}",
+                    r["name"].as_str().unwrap_or_default(),
+                    strings.join(" ")
+                )
+            })
+            .collect();
+        self.dns.serve(&zone)?;
+        Ok(zone)
+    }
+
+    /// Secrets for a smarthost Relay: credentials `smarthost-credentials` and the CA that signed
+    /// the upstream's certificate, `smarthost-ca` (key `ca.crt`).
+    pub async fn smarthost_secrets(&self, upstream: &Upstream, user: &str, password: &str) -> Result<()> {
+        let ca = upstream.ca_pem.clone().context("the upstream has no TLS")?;
+        let yaml = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: smarthost-credentials, namespace: {ns}}}\n\
+             stringData: {{username: {user}, password: {password}}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: smarthost-ca, namespace: {ns}}}\n\
+             stringData:\n  ca.crt: |\n{ca}",
+            ns = self.app_ns,
+            ca = ca.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+        );
+        self.apply(&yaml).await
+    }
+
+    /// `kubectl label namespace <app> mailroom.dev/injection=enabled`.
+    pub async fn opt_in_namespace(&self) -> Result<()> {
+        let patch = json!({"metadata": {"labels": {"mailroom.dev/injection": "enabled"}}});
+        Api::<Namespace>::all(self.client.clone())
+            .patch(&self.app_ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates pod `name` asking for `relay` (label `mailroom.dev/relay`), then does what the
+    /// kubelet would for its injected sidecar: writes its mounted files and runs its command.
+    pub async fn run_pod(&self, name: &str, relay: &str) -> Result<AppPod> {
+        let pod: Pod = serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, labels: {{app: shop, mailroom.dev/relay: {relay}}}}}
+spec:
+  containers:
+  - {{name: app, image: registry.invalid/shop:1}}"
+        ))?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.app_ns);
+        // The apiserver learns of the caBundle and the namespace label a moment after they
+        // change: dry-run until the webhook injects, then create.
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let injected = |p: &Pod| {
+            p.spec
+                .iter()
+                .flat_map(|s| s.init_containers.iter().flatten())
+                .any(|c| c.name == SIDECAR)
+        };
+        let mut last = String::new();
+        for _ in 0..300 {
+            match pods.create(&dry, &pod).await {
+                Ok(p) if injected(&p) => break,
+                Ok(_) => last = "admitted without a sidecar".into(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let stored = pods.create(&PostParams::default(), &pod).await?;
+        ensure!(
+            injected(&stored),
+            "the webhook never injected ({last})\n{}",
+            self.operator.proc.log()
+        );
+
+        let root = self.dir().join(format!("pod-{name}"));
+        let mut sidecar = PodContainer::materialize(&self.client, &stored, SIDECAR, &root).await?;
+        // A pod has its own network namespace; here the admin port must be free on this machine.
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        sidecar.env.insert("SIDECAR_ADMIN_ADDR".into(), admin.to_string());
+        let mut proc = Proc::spawn(
+            &format!("sidecar-{name}"),
+            &mut sidecar.command(&self.bin)?,
+            self.dir(),
+        )?;
+        stack::wait_http_ok("sidecar /readyz", admin, "/readyz", &mut proc)?;
+        let app = &stored.spec.as_ref().context("spec")?.containers[0];
+        let app_env = |k: &str| {
+            app.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == k)
+                .and_then(|e| e.value.clone())
+                .with_context(|| format!("app container has no {k}"))
+        };
+        let smtp = format!("{}:{}", app_env("SMTP_HOST")?, app_env("SMTP_PORT")?).parse()?;
+        Ok(AppPod {
+            pod: stored,
+            sidecar,
+            proc,
+            smtp,
+            admin,
+        })
+    }
+
+    /// Prometheus configured from the chart's PodMonitor (scraping `pod`'s sidecar),
+    /// ServiceMonitor (scraping the operator) and PrometheusRule, as stored in the cluster.
+    pub async fn prometheus(&self, pod: &AppPod) -> Result<Prometheus> {
+        let ns = &self.operator.namespace;
+        let pod_monitor = self
+            .only("monitoring.coreos.com", "v1", "PodMonitor", "podmonitors", ns)
+            .await?;
+        let service_monitor = self
+            .only(
+                "monitoring.coreos.com",
+                "v1",
+                "ServiceMonitor",
+                "servicemonitors",
+                ns,
+            )
+            .await?;
+        let rule = self
+            .only(
+                "monitoring.coreos.com",
+                "v1",
+                "PrometheusRule",
+                "prometheusrules",
+                ns,
+            )
+            .await?;
+        let services = Api::<Service>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default().labels("app.kubernetes.io/service=metrics"))
+            .await?;
+        let service = services.items.first().context("the chart's metrics Service")?;
+        let jobs = [
+            prometheus::pod_monitor_job(&pod_monitor, &pod.pod, pod.admin)?,
+            prometheus::service_monitor_job(
+                &service_monitor,
+                service,
+                &self.operator.pod,
+                "operator",
+                self.operator.admin,
+            )?,
+        ];
+        let dir = self.dir().join("prometheus");
+        std::fs::create_dir_all(&dir)?;
+        let prom = Prometheus::start(&dir, &jobs, &rule["spec"])?;
+        eventually("both targets up", Duration::from_secs(60), || {
+            Ok((prom.query("sum(up)")?.first().map(prometheus::sample_value) == Some(2.0)).then_some(()))
+        })?;
+        Ok(prom)
+    }
+
+    /// The dashboard JSON from the chart's Grafana ConfigMap, as stored in the cluster.
+    pub async fn dashboard(&self) -> Result<Value> {
+        let cms = Api::<ConfigMap>::namespaced(self.client.clone(), &self.operator.namespace)
+            .list(&ListParams::default().labels("grafana_dashboard=1"))
+            .await?;
+        let data = cms
+            .items
+            .first()
+            .and_then(|c| c.data.clone())
+            .context("the dashboard ConfigMap")?;
+        let json = data.values().next().context("dashboard JSON")?;
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// What `kubectl get <plural>` prints: the apiserver's Table for our kind (its printer
+    /// columns), as (column names, rows).
+    pub async fn kubectl_get(
+        &self,
+        plural: &str,
+        namespaced: bool,
+    ) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+        let path = match namespaced {
+            true => format!("/apis/mailroom.dev/v1alpha1/namespaces/{}/{plural}", self.app_ns),
+            false => format!("/apis/mailroom.dev/v1alpha1/{plural}"),
+        };
+        let request = http::Request::get(path)
+            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+            .body(Vec::new())?;
+        let table: Value = serde_json::from_str(&self.client.request_text(request).await?)?;
+        let columns = table["columnDefinitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["priority"].as_i64().unwrap_or(0) == 0)
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>();
+        let rows = table["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                r["cells"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .take(columns.len())
+                    .map(|c| match c {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok((columns, rows))
+    }
+
+    /// Deletes `kind/name` in the app namespace.
+    pub async fn delete(&self, kind: &str, name: &str) -> Result<()> {
+        self.api(kind).delete(name, &Default::default()).await?;
+        Ok(())
+    }
+
+    /// Waits until ConfigMap or Secret `name` in the app namespace is gone (garbage-collected).
+    pub async fn wait_gone(&self, plural: &str, name: &str) -> Result<()> {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(
+                "",
+                "v1",
+                if plural == "secrets" {
+                    "Secret"
+                } else {
+                    "ConfigMap"
+                },
+            ),
+            plural,
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.app_ns, &resource);
+        for _ in 0..300 {
+            if api.get_opt(name).await?.is_none() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(anyhow!("{plural}/{name} was not garbage-collected"))
+    }
+
+    /// Whether ConfigMap or Secret `name` exists in the app namespace.
+    pub async fn exists(&self, plural: &str, name: &str) -> Result<bool> {
+        Ok(match plural {
+            "configmaps" => Api::<ConfigMap>::namespaced(self.client.clone(), &self.app_ns)
+                .get_opt(name)
+                .await?
+                .is_some(),
+            _ => Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), &self.app_ns)
+                .get_opt(name)
+                .await?
+                .is_some(),
+        })
+    }
+
+    fn api(&self, kind: &str) -> Api<DynamicObject> {
+        let plural = format!("{}s", kind.to_lowercase());
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("mailroom.dev", "v1alpha1", kind),
+            &plural,
+        );
+        match kind {
+            "MailDomain" => Api::all_with(self.client.clone(), &resource),
+            _ => Api::namespaced_with(self.client.clone(), &self.app_ns, &resource),
+        }
+    }
+
+    /// The one object of a kind in `ns`, as JSON.
+    async fn only(&self, group: &str, version: &str, kind: &str, plural: &str, ns: &str) -> Result<Value> {
+        let resource =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let list = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &resource)
+            .list(&ListParams::default())
+            .await?;
+        ensure!(
+            list.items.len() == 1,
+            "want one {kind} in {ns}, found {}",
+            list.items.len()
+        );
+        Ok(serde_json::to_value(&list.items[0])?)
+    }
+}
+
+/// (status, reason) of condition `type_` in an object's `status.conditions`.
+pub fn condition(obj: &Value, type_: &str) -> (String, String) {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().into(),
+                c["reason"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// `target/debug` with our binaries, built once per test binary.
+fn binaries() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| stack::build_binaries().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
