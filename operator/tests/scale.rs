@@ -215,7 +215,8 @@ async fn relays_at_scale_converge_and_follow_a_shared_domain_change() -> Result<
     let admin = cp.client().await?;
     install_crds(&admin).await?;
     let operator_ns = cp.new_namespace().await?;
-    let dns = DnsServer::start()?;
+    let dns_dir = tempfile::tempdir()?;
+    let dns = DnsServer::start(dns_dir.path())?;
     let t = Instant::now();
     create_all(&admin, &cp, size).await?;
     let created_in = t.elapsed();
