@@ -175,7 +175,11 @@ impl Cache {
     /// for that name, no redirects, status 200 only.
     async fn fetch<R: MxResolver>(&self, resolver: &R, domain: &str) -> Result<Policy, FetchError> {
         let host = format!("mta-sts.{domain}");
-        let ips = resolver.ips(&host).await.map_err(|e| format!("{host}: {e}"))?;
+        let ips = resolver
+            .ips(&host)
+            .await
+            .map_err(|e| format!("{host}: {e}"))?
+            .value;
         let ip = ips.first().ok_or_else(|| format!("{host} has no address"))?;
         let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let work = async {

@@ -33,7 +33,7 @@ pub enum Security {
     },
     /// MTA-STS `enforce`: STARTTLS with a WebPKI-valid certificate for the MX host name.
     StsEnforce,
-    /// DANE: STARTTLS with a certificate matching one of these DANE-EE records.
+    /// DANE: STARTTLS with a certificate matching one of these DANE-EE or DANE-TA records.
     Dane(Vec<Tlsa>),
 }
 
@@ -143,23 +143,54 @@ impl Policy {
         Ok(with(hops, Security::StsTesting { required }))
     }
 
-    /// RFC 7672 2.2: secure TLSA records for the host override MTA-STS (RFC 8461 2).
-    pub async fn for_host<R: MxResolver>(&self, resolver: &R, hop: &Hop, base: Security) -> Security {
+    /// RFC 7672 2.2: secure TLSA records for the host override MTA-STS (RFC 8461 2). `Err`: the
+    /// host must not be used this attempt (its TLSA lookup failed although its MX and address
+    /// answers were secure, so an attacker may be hiding the records).
+    pub async fn for_host<R: MxResolver>(
+        &self,
+        resolver: &R,
+        hop: &Hop,
+        base: Security,
+        metrics: &Metrics,
+    ) -> Result<Security, RcptResult> {
         if self.dane == DaneMode::Off {
-            return base;
+            return Ok(base);
         }
-        match resolver.tlsa(&format!("_{}._tcp.{}", self.port, hop.host)).await {
+        let count = |result: &str| metrics.dane.with_label_values(&[result]).inc();
+        // RFC 7672 2.2.1, 2.2.2: without a secure MX and address answer there is no secure
+        // binding from the domain to this host, so its TLSA records prove nothing.
+        if !hop.dnssec {
+            count("insecure");
+            return Ok(base);
+        }
+        let name = format!("_{}._tcp.{}", self.port, hop.host);
+        match resolver.tlsa(&name).await {
             Ok(t) if t.secure && !t.value.is_empty() => {
                 let usable = dane::usable(&t.value);
-                // RFC 7672 2.2: secure but unusable records still make TLS mandatory.
                 if usable.is_empty() {
-                    Security::Encrypted
+                    // RFC 7672 2.2: secure but unusable records still make TLS mandatory.
+                    count("unusable");
+                    Ok(Security::Encrypted)
                 } else {
-                    Security::Dane(usable)
+                    count("usable");
+                    Ok(Security::Dane(usable))
                 }
             }
-            // Insecure or absent records: DANE does not apply (RFC 7672 2.2.1).
-            _ => base,
+            Ok(t) if t.secure || t.value.is_empty() => {
+                count("absent");
+                Ok(base)
+            }
+            // Records from an unsigned zone below a signed one: DANE does not apply (2.2).
+            Ok(_) => {
+                count("insecure");
+                Ok(base)
+            }
+            Err(e) => {
+                count("failed");
+                Err(failure(format!(
+                    "451 4.7.5 TLSA lookup of {name} failed ({e}); the host is not used (RFC 7672 2.2)"
+                )))
+            }
         }
     }
 
@@ -207,12 +238,24 @@ impl Policy {
                 }
                 done(Ok(()), version.as_str(), outcome)
             }
-            Err(r) => {
+            Err(mut r) => {
                 let outcome = if r.diagnostic.contains("certificate") || r.diagnostic.contains("TLSA") {
                     "verify_failed"
                 } else {
                     "handshake_failed"
                 };
+                // Name the policy that refused the host, with the code RFC 3463 gives for it.
+                let policy = match security {
+                    Security::Dane(_) => Some("DANE (RFC 7672 3)"),
+                    Security::StsEnforce => Some("MTA-STS (RFC 8461 4.2)"),
+                    _ => None,
+                };
+                if let (Some(policy), "verify_failed") = (policy, outcome) {
+                    r.diagnostic = format!(
+                        "451 4.7.5 {} failed {policy} authentication: {}",
+                        hop.host, r.diagnostic
+                    );
+                }
                 done(Err(r), "none", outcome)
             }
         }
