@@ -33,6 +33,8 @@ pub enum Security {
     },
     /// MTA-STS `enforce`: STARTTLS with a WebPKI-valid certificate for the MX host name.
     StsEnforce,
+    /// MTA-STS `enforce`, and the host matches no `mx` pattern: only DANE can make it usable.
+    StsMismatch,
     /// DANE: STARTTLS with a certificate matching one of these DANE-EE or DANE-TA records.
     Dane(Vec<Tlsa>),
 }
@@ -44,7 +46,7 @@ impl Security {
             Self::Opportunistic => "opportunistic",
             Self::Encrypted => "require",
             Self::StsTesting { .. } => "mta_sts_testing",
-            Self::StsEnforce => "mta_sts",
+            Self::StsEnforce | Self::StsMismatch => "mta_sts",
             Self::Dane(_) => "dane",
         }
     }
@@ -128,6 +130,21 @@ impl Policy {
             }
         };
         if policy.mode == Mode::Enforce && self.mta_sts == MtaStsMode::Enforce {
+            // RFC 8461 2: DANE, where it applies, takes precedence; hosts outside the policy stay
+            // candidates when DANE may vouch for them, and are refused in for_host otherwise.
+            if self.dane == DaneMode::On && hops.iter().any(|h| h.dnssec) {
+                return Ok(hops
+                    .into_iter()
+                    .map(|h| {
+                        let s = if policy.matches(&h.host) {
+                            Security::StsEnforce
+                        } else {
+                            Security::StsMismatch
+                        };
+                        (h, s)
+                    })
+                    .collect());
+            }
             let allowed: Vec<Hop> = hops.into_iter().filter(|h| policy.matches(&h.host)).collect();
             if allowed.is_empty() {
                 return Err(failure(format!(
@@ -147,6 +164,23 @@ impl Policy {
     /// host must not be used this attempt (its TLSA lookup failed although its MX and address
     /// answers were secure, so an attacker may be hiding the records).
     pub async fn for_host<R: MxResolver>(
+        &self,
+        resolver: &R,
+        hop: &Hop,
+        base: Security,
+        metrics: &Metrics,
+    ) -> Result<Security, RcptResult> {
+        let host = hop.host.clone();
+        match self.dane_for_host(resolver, hop, base, metrics).await? {
+            Security::StsMismatch => Err(failure(format!(
+                "451 4.7.5 MX host {host} matches no mx pattern of the recipient domain's MTA-STS \
+                 policy and has no DANE TLSA records (RFC 8461 4.1)"
+            ))),
+            s => Ok(s),
+        }
+    }
+
+    async fn dane_for_host<R: MxResolver>(
         &self,
         resolver: &R,
         hop: &Hop,
@@ -223,7 +257,7 @@ impl Policy {
             Security::Opportunistic | Security::Encrypted | Security::StsTesting { .. } => {
                 tls.unverified.clone()
             }
-            Security::StsEnforce => tls.verified.clone(),
+            Security::StsEnforce | Security::StsMismatch => tls.verified.clone(),
             Security::Dane(records) => match tls.dane(records.clone()) {
                 Ok(c) => c,
                 Err(e) => return done(Err(failure(e.to_string())), "none", "handshake_failed"),
@@ -247,7 +281,7 @@ impl Policy {
                 // Name the policy that refused the host, with the code RFC 3463 gives for it.
                 let policy = match security {
                     Security::Dane(_) => Some("DANE (RFC 7672 3)"),
-                    Security::StsEnforce => Some("MTA-STS (RFC 8461 4.2)"),
+                    Security::StsEnforce | Security::StsMismatch => Some("MTA-STS (RFC 8461 4.2)"),
                     _ => None,
                 };
                 if let (Some(policy), "verify_failed") = (policy, outcome) {
