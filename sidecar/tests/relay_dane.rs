@@ -6,13 +6,9 @@
 mod common;
 mod harness;
 
-use common::{DnsServer, TestCa, Upstream, peer, python, spki_sha256, test_ca_for};
+use common::{DnsServer, PolicyServer, Upstream, spki_sha256, test_ca_for};
 use harness::{Sidecar, eventually, free_port, smtplib_send};
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-};
+use std::path::Path;
 
 fn config(dns: &DnsServer, smtp_port: u16, extra: &str) -> String {
     let anchor = dns.anchor.as_ref().expect("signed zone").display();
@@ -227,55 +223,6 @@ fn bogus_signatures_defer_and_never_fall_back() {
     eventually("delivery once the zone validates", || {
         (mx.received().len() == 1).then_some(())
     });
-}
-
-/// `sidecar/tests/peers/policy_server.py`: HTTPS MTA-STS policy host on `address`; killed on drop.
-#[derive(Debug)]
-pub struct PolicyServer {
-    child: Child,
-    /// The HTTPS port.
-    pub port: u16,
-    dir: PathBuf,
-}
-
-impl PolicyServer {
-    /// Serves `<dir>/<host>.txt` for each policy host, with `ca`'s certificate chain.
-    pub fn start(dir: &Path, address: &str, ca: &TestCa) -> Self {
-        let policies = dir.join("policies");
-        std::fs::create_dir_all(&policies).expect("policy dir");
-        let mut child = Command::new(python())
-            .arg(peer("policy_server.py"))
-            .args(["--address", address, "--cert"])
-            .arg(ca.chain())
-            .arg("--key")
-            .arg(&ca.key)
-            .arg("--dir")
-            .arg(&policies)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start policy_server.py with MAILROOM_PYTHON");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-        let port = line.trim().parse().expect("policy_server.py prints its port");
-        Self {
-            child,
-            port,
-            dir: policies,
-        }
-    }
-
-    /// Publishes `policy` for `mta-sts.<domain>`.
-    pub fn publish(&self, domain: &str, policy: &str) {
-        std::fs::write(self.dir.join(format!("mta-sts.{domain}.txt")), policy).expect("policy");
-    }
-}
-
-impl Drop for PolicyServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Proves DANE takes precedence over MTA-STS (RFC 8461 2, RFC 7672 2.2): `pre.test` publishes

@@ -237,6 +237,55 @@ impl Drop for DnsServer {
     }
 }
 
+/// `sidecar/tests/peers/policy_server.py`: HTTPS MTA-STS policy host on `address`; killed on drop.
+#[derive(Debug)]
+pub struct PolicyServer {
+    child: Child,
+    /// The HTTPS port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PolicyServer {
+    /// Serves `<dir>/<host>.txt` for each policy host, with `ca`'s certificate chain.
+    pub fn start(dir: &Path, address: &str, ca: &TestCa) -> Self {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("policy dir");
+        let mut child = Command::new(python())
+            .arg(peer("policy_server.py"))
+            .args(["--address", address, "--cert"])
+            .arg(ca.chain())
+            .arg("--key")
+            .arg(&ca.key)
+            .arg("--dir")
+            .arg(&policies)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start policy_server.py with MAILROOM_PYTHON");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let port = line.trim().parse().expect("policy_server.py prints its port");
+        Self {
+            child,
+            port,
+            dir: policies,
+        }
+    }
+
+    /// Publishes `policy` for `mta-sts.<domain>`.
+    pub fn publish(&self, domain: &str, policy: &str) {
+        std::fs::write(self.dir.join(format!("mta-sts.{domain}.txt")), policy).expect("policy");
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `tests/peers/upstream.py` running as a child; killed on drop.
 #[derive(Debug)]
 pub struct Upstream {
