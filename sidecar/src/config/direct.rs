@@ -142,6 +142,9 @@ impl Direct {
         if self.port == 0 {
             bad("port", "must be between 1 and 65535");
         }
+        if self.dnssec_trust_anchor_file.is_some() && self.dane == DaneMode::Off {
+            bad("dnssecTrustAnchorFile", "is only used with dane: \"on\"");
+        }
         if self.mta_sts_port == 0 {
             bad("mtaStsPort", "must be between 1 and 65535");
         }

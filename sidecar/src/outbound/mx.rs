@@ -293,3 +293,28 @@ pub fn merge_families(
         (Err(e @ DnsError::Temporary(_)), Err(_)) | (Err(_), Err(e)) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_anchor_files_need_dnskey_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ds = dir.path().join("ds.txt");
+        std::fs::write(
+            &ds,
+            ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n",
+        )
+        .expect("write");
+        assert_eq!(
+            trust_anchors(Some(&ds)).err().as_deref(),
+            Some("holds no DNSKEY record")
+        );
+        assert!(trust_anchors(Some(&dir.path().join("missing"))).is_err());
+        assert!(
+            !trust_anchors(None).expect("built in").is_empty(),
+            "IANA root keys"
+        );
+    }
+}
