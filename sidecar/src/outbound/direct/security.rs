@@ -202,9 +202,13 @@ impl Policy {
             Ok(t) if t.secure && !t.value.is_empty() => {
                 let usable = dane::usable(&t.value);
                 if usable.is_empty() {
-                    // RFC 7672 2.2: secure but unusable records still make TLS mandatory.
+                    // RFC 7672 2.2: secure but unusable records still make TLS mandatory; they
+                    // authenticate nothing, so a stronger demand (MTA-STS) stays as it is.
                     count("unusable");
-                    Ok(Security::Encrypted)
+                    Ok(match base {
+                        Security::Opportunistic | Security::StsTesting { .. } => Security::Encrypted,
+                        other => other,
+                    })
                 } else {
                     count("usable");
                     Ok(Security::Dane(usable))
@@ -293,5 +297,70 @@ impl Policy {
                 done(Err(r), "none", outcome)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::mx::StaticResolver;
+
+    #[tokio::test]
+    async fn dane_decides_per_host_and_overrides_only_what_it_authenticates() {
+        let cfg = config::Direct {
+            dane: DaneMode::On,
+            ..config::Direct::default()
+        };
+        let policy = Policy::new(&cfg, Arc::new(RootCertStore::empty()));
+        let metrics = Metrics::new();
+        let r = StaticResolver::from_zone(
+            "_25._tcp.ee.example. TLSA 3 1 1 00ff
+             _25._tcp.pkix.example. TLSA 1 1 1 00ff
+             ; SECURE _25._tcp.ee.example
+             ; SECURE _25._tcp.pkix.example
+             ; SERVFAIL _25._tcp.broken.example",
+        );
+        let hop = |host: &str, dnssec| Hop {
+            host: host.into(),
+            ip: "127.0.0.2".parse().expect("ip"),
+            dnssec,
+        };
+        let decide = |host: &'static str, dnssec, base| {
+            let (policy, r, metrics) = (&policy, &r, &metrics);
+            async move { policy.for_host(r, &hop(host, dnssec), base, metrics).await }
+        };
+        use Security::*;
+        assert!(matches!(
+            decide("ee.example", true, StsMismatch).await,
+            Ok(Dane(_))
+        ));
+        assert_eq!(
+            decide("ee.example", false, Opportunistic).await,
+            Ok(Opportunistic),
+            "insecure MX"
+        );
+        assert_eq!(decide("pkix.example", true, Opportunistic).await, Ok(Encrypted));
+        let refused = decide("pkix.example", true, StsMismatch)
+            .await
+            .expect_err("not in policy");
+        assert!(refused.diagnostic.contains("MTA-STS"), "{}", refused.diagnostic);
+        assert_eq!(
+            decide("none.example", true, StsEnforce).await,
+            Ok(StsEnforce),
+            "no records"
+        );
+        let failed = decide("broken.example", true, Opportunistic)
+            .await
+            .expect_err("servfail");
+        assert!(
+            failed.diagnostic.starts_with("451 4.7.5 TLSA lookup"),
+            "{}",
+            failed.diagnostic
+        );
+        assert_eq!(
+            metrics.dane.with_label_values(&["failed"]).get(),
+            1,
+            "every decision is counted"
+        );
     }
 }
