@@ -19,10 +19,12 @@ import base64
 import time
 
 import dns.dnssec
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
