@@ -167,7 +167,7 @@ fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
 /// Direct delivery uses the pod's resolver (the cluster DNS) and port 25; the rest are the
 /// sidecar's defaults.
 fn render_direct(spec: &crate::crd::DirectSpec) -> sc::Direct {
-    use crate::crd::{DirectTls, MtaSts};
+    use crate::crd::{Dane, DirectTls, MtaSts};
     sc::Direct {
         tls: match spec.tls {
             DirectTls::Opportunistic => sc::DirectTls::Opportunistic,
@@ -177,6 +177,11 @@ fn render_direct(spec: &crate::crd::DirectSpec) -> sc::Direct {
             MtaSts::None => sc::MtaStsMode::Off,
             MtaSts::Testing => sc::MtaStsMode::Testing,
             MtaSts::Enforce => sc::MtaStsMode::Enforce,
+        },
+        // The IANA root anchors built into the sidecar; a Relay has no field for private roots.
+        dane: match spec.dane {
+            Dane::None => sc::DaneMode::Off,
+            Dane::Opportunistic => sc::DaneMode::On,
         },
         ..sc::Direct::default()
     }

@@ -92,6 +92,12 @@ const CASES: &[Case] = &[
         want: "spec.delivery.direct.tls",
     },
     Case {
+        name: "unknown DANE mode",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {direct: {dane: mandatory}}",
+        want: "spec.delivery.direct.dane",
+    },
+    Case {
         name: "no domains",
         kind: "Relay",
         spec: "domains: []\ndelivery: {capture: {}}",

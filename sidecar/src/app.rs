@@ -6,8 +6,11 @@ use crate::{
     dkim, inbound,
     metrics::Metrics,
     outbound::{
-        RcptResult, Route, Transport, capture::CaptureTransport, direct::DirectTransport,
-        mx::HickoryResolver, smarthost::SmarthostTransport,
+        RcptResult, Route, Transport,
+        capture::CaptureTransport,
+        direct::DirectTransport,
+        mx::{self, HickoryResolver},
+        smarthost::SmarthostTransport,
     },
     queue::{Envelope, runner::Runner},
     settings::Settings,
@@ -111,7 +114,15 @@ impl Delivery {
                 (AnyTransport::Smarthost(Box::new(t)), s.max_connections)
             }
             config::Delivery::Direct(d) => {
-                let resolver = HickoryResolver::new(&d.resolvers, DNS_TIMEOUT)
+                let anchors = match d.dane {
+                    config::DaneMode::Off => None,
+                    config::DaneMode::On => Some(
+                        mx::trust_anchors(d.dnssec_trust_anchor_file.as_deref()).map_err(|e| {
+                            Error::Transport(format!("delivery.direct.dnssecTrustAnchorFile: {e}"))
+                        })?,
+                    ),
+                };
+                let resolver = HickoryResolver::new(&d.resolvers, DNS_TIMEOUT, anchors)
                     .map_err(|e| Error::Transport(format!("resolver: {e}")))?;
                 let t = DirectTransport::new(d, &cfg.hostname, resolver, metrics.clone())
                     .map_err(|e| Error::Transport(e.to_string()))?;

@@ -128,6 +128,8 @@ pub struct Metrics {
     pub outbound_tls: IntCounterVec,
     /// `mta_sts_policies_total{result}`: MTA-STS policy lookups (cache hits included).
     pub mta_sts: IntCounterVec,
+    /// `dane_lookups_total{result}`: DANE decisions per MX host tried (`dane: on`).
+    pub dane: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -197,6 +199,11 @@ impl Metrics {
         let mta_sts = counter_vec(
             "mta_sts_policies_total",
             "MTA-STS policy lookups by result (none|enforce|testing|policy_none|error).",
+            &["result"],
+        );
+        let dane = counter_vec(
+            "dane_lookups_total",
+            "DANE decisions per MX host by result (usable|unusable|absent|insecure|failed).",
             &["result"],
         );
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -307,6 +314,7 @@ impl Metrics {
             mx_lookups,
             outbound_tls,
             mta_sts,
+            dane,
         }
     }
 

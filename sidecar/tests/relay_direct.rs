@@ -5,56 +5,9 @@
 mod common;
 mod harness;
 
-use common::{Upstream, python, test_ca};
+use common::{DnsServer, Upstream, test_ca};
 use harness::{Sidecar, eventually, free_port, smtplib_send};
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-};
-
-/// `tests/peers/dnsserver.py` serving `zone` on 127.0.0.1; killed on drop.
-struct DnsServer {
-    child: Child,
-    port: u16,
-    zone: PathBuf,
-}
-
-impl DnsServer {
-    fn start(dir: &Path, zone: &str) -> Self {
-        let path = dir.join("zone.txt");
-        std::fs::write(&path, zone).expect("zone file");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/dnsserver.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start dnsserver.py with MAILROOM_PYTHON");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-        let port = line.trim().parse().expect("dnsserver.py prints its port");
-        Self {
-            child,
-            port,
-            zone: path,
-        }
-    }
-
-    /// Replaces the zone; the server re-reads it on the next query (mtime changes).
-    fn publish(&self, zone: &str) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&self.zone, zone).expect("zone file");
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::path::Path;
 
 fn config(dns: u16, smtp_port: u16, tls: &str) -> String {
     format!(

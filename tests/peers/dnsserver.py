@@ -6,6 +6,10 @@ is master-file syntax (`example.com. 300 IN MX 10 mx.example.com.`); it is re-re
 changes, so a test can publish or withdraw records while the server runs. Names absent from the
 file get NXDOMAIN; a name that exists without the asked type gets NOERROR with no answer (NODATA).
 A comment line `; SERVFAIL <name>` makes every query for <name> fail with SERVFAIL.
+
+With `--dnssec ANCHOR_FILE` the zone is served as a DNSSEC-signed root zone (signed_zone.py, with
+dnspython): a fresh key per run, its DNSKEY written to ANCHOR_FILE as the resolver's trust anchor,
+and `; INSECURE <name>` / `; BOGUS <name>` lines for unsigned subzones and broken signatures.
 """
 
 import argparse
@@ -15,7 +19,7 @@ import sys
 import time
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 
 class ZoneResolver(BaseResolver):
@@ -60,6 +64,39 @@ class ZoneResolver(BaseResolver):
         return reply
 
 
+class SignedResolver:
+    """Re-signs the zone file whenever it changes; answers are built by signed_zone.py."""
+
+    def __init__(self, path, anchor_path):
+        from signed_zone import SignedZones
+
+        self.path = path
+        self.mtime = None
+        self.zones = SignedZones()
+        with open(anchor_path, "w") as f:
+            f.write(self.zones.anchor())
+        self.load()
+
+    def load(self):
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime != self.mtime:
+            with open(self.path) as f:
+                self.zones.load(f.read())
+            self.mtime = mtime
+
+
+class SignedHandler(DNSHandler):
+    """dnslib's socket handling (UDP, length-prefixed TCP) with dnspython building the reply."""
+
+    def get_reply(self, data):
+        resolver = self.server.resolver
+        resolver.load()
+        return resolver.zones.reply(data, None if self.protocol == "tcp" else 1232)
+
+
 def free_port(address):
     # One port for both UDP and TCP: take a UDP port and check TCP can bind it too.
     for _ in range(50):
@@ -83,11 +120,17 @@ def main():
     p.add_argument("zone")
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--dnssec", metavar="ANCHOR_FILE")
     args = p.parse_args()
     port = args.port or free_port(args.address)
-    resolver = ZoneResolver(args.zone)
+    if args.dnssec:
+        resolver, handler = SignedResolver(args.zone, args.dnssec), SignedHandler
+    else:
+        resolver, handler = ZoneResolver(args.zone), DNSHandler
     servers = [
-        DNSServer(resolver, port=port, address=args.address, tcp=tcp, logger=QuietLogger())
+        DNSServer(
+            resolver, port=port, address=args.address, tcp=tcp, logger=QuietLogger(), handler=handler
+        )
         for tcp in (False, True)
     ]
     for s in servers:

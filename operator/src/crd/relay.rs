@@ -82,6 +82,23 @@ pub struct DirectSpec {
     /// (MX must match the published policy and present a valid certificate).
     #[serde(default)]
     pub mta_sts: MtaSts,
+    /// DANE (RFC 7672): `opportunistic` (default: DNSSEC-validate DNS answers and, where an MX
+    /// host publishes secure TLSA records, require a certificate matching them; takes precedence
+    /// over MTA-STS) or `none` (no DNSSEC validation, no TLSA lookups). With `opportunistic` the
+    /// pod's resolver must pass DNSSEC records through: answers that fail validation defer mail.
+    #[serde(default)]
+    pub dane: Dane,
+}
+
+/// DANE handling for direct delivery.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Dane {
+    /// No DNSSEC validation and no TLSA lookups.
+    None,
+    /// TLSA records are used where DNSSEC proves them; plain opportunistic TLS elsewhere.
+    #[default]
+    Opportunistic,
 }
 
 /// TLS for direct delivery.

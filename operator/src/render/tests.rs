@@ -104,12 +104,13 @@ fn no_delivery_mode_is_invalid_spec() {
 
 #[test]
 fn direct_relay_renders_mx_delivery_with_its_tls_policy() {
-    use crate::crd::{DirectSpec, DirectTls, MtaSts};
+    use crate::crd::{Dane, DirectSpec, DirectTls, MtaSts};
     let mut relay = Relay::test("ns", "r", &["d"]);
     relay.spec.delivery = Delivery {
         direct: Some(DirectSpec {
             tls: DirectTls::Require,
             mta_sts: MtaSts::Enforce,
+            dane: Dane::default(),
         }),
         ..Default::default()
     };
@@ -120,10 +121,23 @@ fn direct_relay_renders_mx_delivery_with_its_tls_policy() {
     };
     assert_eq!(direct.tls, sc::DirectTls::Require);
     assert_eq!(direct.mta_sts, sc::MtaStsMode::Enforce);
+    assert_eq!(
+        direct.dane,
+        sc::DaneMode::On,
+        "DANE is on unless a Relay opts out"
+    );
+    assert_eq!(direct.dnssec_trust_anchor_file, None, "the IANA root anchors");
     assert_eq!(direct.port, 25);
     assert!(
         direct.resolvers.is_empty(),
         "the pod's resolver (cluster DNS) is used"
     );
     assert!(config.validate().is_empty());
+
+    relay.spec.delivery.direct.as_mut().expect("direct").dane = Dane::None;
+    let config = sidecar_config(&relay, &domains).expect("render");
+    let sc::Delivery::Direct(direct) = &config.delivery else {
+        panic!("direct expected: {config:?}")
+    };
+    assert_eq!(direct.dane, sc::DaneMode::Off);
 }

@@ -37,11 +37,12 @@ pub enum MtaStsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum DaneMode {
-    /// No TLSA lookups (default).
+    /// No TLSA lookups and no DNSSEC validation (default).
     #[default]
     Off,
-    /// TLSA records of each MX host are looked up with DNSSEC validation; when secure records
-    /// exist, the certificate must match one of them (RFC 7672 2.2).
+    /// Every DNS answer is DNSSEC-validated (bogus answers defer like SERVFAIL); for MX hosts
+    /// reached through secure MX and address answers, TLSA records are looked up and, when
+    /// usable ones exist, the certificate must match one of them (RFC 7672 2.2).
     On,
 }
 
@@ -65,6 +66,11 @@ pub struct Direct {
     /// DANE use. Default `off`.
     #[serde(default)]
     pub dane: DaneMode,
+    /// DNSSEC trust anchors for `dane: on`: a file of DNSKEY records in master-file syntax
+    /// (`. IN DNSKEY 257 3 8 ...`). Default: the IANA root keys built into hickory-resolver;
+    /// other anchors are for private roots and tests.
+    #[serde(default)]
+    pub dnssec_trust_anchor_file: Option<PathBuf>,
     /// Extra PEM CA bundle trusted, besides the system roots, where certificates are verified
     /// (MTA-STS policy hosts and MX hosts under an enforced policy).
     #[serde(default)]
@@ -108,6 +114,7 @@ impl Default for Direct {
             tls: DirectTls::default(),
             mta_sts: MtaStsMode::default(),
             dane: DaneMode::default(),
+            dnssec_trust_anchor_file: None,
             ca_file: None,
             mta_sts_port: default_https_port(),
             connect_timeout_seconds: default_connect_timeout(),
@@ -134,6 +141,9 @@ impl Direct {
         }
         if self.port == 0 {
             bad("port", "must be between 1 and 65535");
+        }
+        if self.dnssec_trust_anchor_file.is_some() && self.dane == DaneMode::Off {
+            bad("dnssecTrustAnchorFile", "is only used with dane: \"on\"");
         }
         if self.mta_sts_port == 0 {
             bad("mtaStsPort", "must be between 1 and 65535");

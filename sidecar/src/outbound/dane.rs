@@ -1,35 +1,57 @@
-//! Pure DANE matching (RFC 7672 3, RFC 6698 2.1): which TLSA records are usable for SMTP and
-//! whether a presented certificate chain matches one of them.
+//! Pure DANE matching (RFC 7672 3, RFC 6698 2.1): which TLSA records are usable for SMTP,
+//! whether the end-entity certificate matches a DANE-EE record, and which presented issuer
+//! certificates are DANE-TA trust anchors.
 
 use super::mx::Tlsa;
 use ring::digest;
 
 /// RFC 7672 3.1.1: DANE-EE(3) binds the server's own certificate or key.
 const DANE_EE: u8 = 3;
+/// RFC 7672 3.1.2: DANE-TA(2) binds a trust anchor that issued the server's chain.
+const DANE_TA: u8 = 2;
 
-/// Records this implementation can authenticate with: DANE-EE with any selector and matching
-/// type. PKIX-TA(0) and PKIX-EE(1) are unusable for SMTP (RFC 7672 3.1.3); DANE-TA(2) needs
-/// chain validation up to the trust anchor, which is not implemented, so those records are
-/// treated as unusable too (RFC 7672 2.2 permits this; the session then still requires TLS).
+/// Records usable for SMTP: DANE-EE and DANE-TA with any selector and matching type.
+/// PKIX-TA(0) and PKIX-EE(1) are unusable (RFC 7672 3.1.3), as are unknown parameters.
 pub fn usable(records: &[Tlsa]) -> Vec<Tlsa> {
     records
         .iter()
-        .filter(|r| r.usage == DANE_EE && r.selector <= 1 && r.matching <= 2)
+        .filter(|r| (r.usage == DANE_EE || r.usage == DANE_TA) && r.selector <= 1 && r.matching <= 2)
         .cloned()
         .collect()
 }
 
-/// Whether the chain (end entity first, DER) matches one usable record. DANE-EE compares the
-/// end-entity certificate only (RFC 7672 3.1.1: names and validity are not checked).
-pub fn matches(records: &[Tlsa], chain: &[&[u8]]) -> bool {
-    let Some(ee) = chain.first() else { return false };
-    usable(records).iter().any(|r| {
-        let selected = match r.selector {
-            0 => Some(*ee),
-            _ => spki(ee),
-        };
-        selected.is_some_and(|s| association(r.matching, s).as_deref() == Some(r.data.as_slice()))
-    })
+/// Whether `cert` (DER) matches `r` by its selector and matching type (RFC 6698 2.1).
+fn matches_cert(r: &Tlsa, cert: &[u8]) -> bool {
+    let selected = match r.selector {
+        0 => Some(cert),
+        _ => spki(cert),
+    };
+    selected.is_some_and(|s| association(r.matching, s).as_deref() == Some(r.data.as_slice()))
+}
+
+/// Whether the end-entity certificate (DER) matches a DANE-EE record; names and validity are
+/// not checked (RFC 7672 3.1.1).
+pub fn matches_ee(records: &[Tlsa], ee: &[u8]) -> bool {
+    records
+        .iter()
+        .any(|r| r.usage == DANE_EE && r.selector <= 1 && matches_cert(r, ee))
+}
+
+/// The certificates of the presented issuer chain (end entity excluded) that match a DANE-TA
+/// record. RFC 7672 3.1.2 (and RFC 7671 5.2.2) has the server include the trust anchor in its
+/// chain, so a key-only (selector 1) record is matched against the certificates presented; the
+/// caller then validates the chain up to the one it finds and checks the name.
+pub fn trust_anchors<'a>(records: &[Tlsa], chain: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    chain
+        .iter()
+        .skip(1)
+        .filter(|c| {
+            records
+                .iter()
+                .any(|r| r.usage == DANE_TA && r.selector <= 1 && matches_cert(r, c))
+        })
+        .copied()
+        .collect()
 }
 
 /// RFC 6698 2.1.3: the association data for `matching` over the selected bytes.
@@ -144,7 +166,7 @@ mod tests {
             },
             Case {
                 record: rec(2, 1, 1, sha256_key.clone()),
-                want: false,
+                want: false, // DANE-TA never matches the end entity itself
             },
             Case {
                 record: rec(1, 1, 1, sha256_key),
@@ -153,12 +175,36 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(
-                matches(std::slice::from_ref(&case.record), &[&c]),
+                matches_ee(std::slice::from_ref(&case.record), &c),
                 case.want,
                 "{:?}",
                 case.record
             );
         }
-        assert!(!matches(&[rec(3, 0, 0, c.clone())], &[]), "no certificate");
+    }
+
+    #[test]
+    fn dane_ta_records_select_issuers_never_the_end_entity() {
+        let (ee_key, ta_key) = ([0x30, 3, 0x03, 1, 0xEE], [0x30, 3, 0x03, 1, 0x7A]);
+        let (ee, ta) = (cert(true, &ee_key), cert(true, &ta_key));
+        let rec = |usage, data: Vec<u8>| Tlsa {
+            usage,
+            selector: 1,
+            matching: 1,
+            data,
+        };
+        let ta_hash = association(1, &ta_key).expect("sha256");
+        let chain: [&[u8]; 2] = [&ee, &ta];
+        assert_eq!(trust_anchors(&[rec(2, ta_hash.clone())], &chain), [&ta[..]]);
+        assert!(
+            trust_anchors(&[rec(3, ta_hash.clone())], &chain).is_empty(),
+            "usage 3"
+        );
+        let ee_hash = association(1, &ee_key).expect("sha256");
+        assert!(
+            trust_anchors(&[rec(2, ee_hash)], &chain).is_empty(),
+            "the end entity is not its own trust anchor"
+        );
+        assert_eq!(usable(&[rec(2, ta_hash), rec(1, vec![])]).len(), 1);
     }
 }

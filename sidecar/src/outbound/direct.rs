@@ -138,7 +138,18 @@ impl<R: MxResolver> DirectTransport<R> {
         };
         let mut last = None;
         for (hop, base) in hops {
-            let security = self.policy.for_host(&self.resolver, &hop, base).await;
+            let security = match self
+                .policy
+                .for_host(&self.resolver, &hop, base, &self.metrics)
+                .await
+            {
+                Ok(s) => s,
+                Err(r) => {
+                    tracing::info!(host = %hop.host, diagnostic = %r.diagnostic, "mail exchanger unusable; trying the next");
+                    last = Some(on_host(&hop, r));
+                    continue;
+                }
+            };
             let mut opened = match self.checkout(&hop, &security).await {
                 Ok(o) => o,
                 Err(r) => {

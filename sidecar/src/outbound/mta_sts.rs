@@ -175,7 +175,11 @@ impl Cache {
     /// for that name, no redirects, status 200 only.
     async fn fetch<R: MxResolver>(&self, resolver: &R, domain: &str) -> Result<Policy, FetchError> {
         let host = format!("mta-sts.{domain}");
-        let ips = resolver.ips(&host).await.map_err(|e| format!("{host}: {e}"))?;
+        let ips = resolver
+            .ips(&host)
+            .await
+            .map_err(|e| format!("{host}: {e}"))?
+            .value;
         let ip = ips.first().ok_or_else(|| format!("{host} has no address"))?;
         let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let work = async {
@@ -187,13 +191,21 @@ impl Cache {
                 format!("GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
             tls.write_all(req.as_bytes()).await?;
             let mut body = Vec::new();
-            (&mut tls)
+            // Many HTTPS servers close without close_notify; rustls reports that as
+            // UnexpectedEof after the data, which is then complete only if Content-Length says
+            // so (checked below), as a truncated policy could lose `mx` lines.
+            let clean = match (&mut tls)
                 .take(MAX_POLICY_BYTES as u64 + 4096)
                 .read_to_end(&mut body)
-                .await?;
-            Ok::<_, std::io::Error>(body)
+                .await
+            {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                Err(e) => return Err(e),
+            };
+            Ok::<_, std::io::Error>((body, clean))
         };
-        let raw = match tokio::time::timeout(self.timeout, work).await {
+        let (raw, clean) = match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => return Err(format!("fetching the policy from {host}: {e}")),
             Err(_) => return Err(format!("fetching the policy from {host} timed out")),
@@ -203,6 +215,17 @@ impl Cache {
         let status = head.split_whitespace().nth(1).unwrap_or("");
         if status != "200" {
             return Err(format!("{host} answered HTTP {status}"));
+        }
+        let length = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        });
+        if !clean && length != Some(body.len()) {
+            return Err(format!(
+                "{host} closed the connection without close_notify and the body length is unconfirmed"
+            ));
         }
         Policy::parse(body).ok_or_else(|| format!("{host} served an invalid policy"))
     }

@@ -81,13 +81,16 @@ pub struct Hop {
     pub host: String,
     /// One of its addresses.
     pub ip: IpAddr,
+    /// The MX lookup and this host's address lookup were both DNSSEC-secure, so its TLSA
+    /// records may be used (RFC 7672 2.2.1, 2.2.2).
+    pub dnssec: bool,
 }
 
-/// Flattens hosts with their addresses into at most `max` hops, in order; IPv4 before IPv6
-/// within a host, because pods often have no IPv6 route.
-pub fn cap(hosts: &[(String, Vec<IpAddr>)], max: usize) -> Vec<Hop> {
+/// Flattens hosts with their addresses and DNSSEC status into at most `max` hops, in order;
+/// IPv4 before IPv6 within a host, because pods often have no IPv6 route.
+pub fn cap(hosts: &[(String, Vec<IpAddr>, bool)], max: usize) -> Vec<Hop> {
     let mut hops = Vec::new();
-    for (host, ips) in hosts {
+    for (host, ips, dnssec) in hosts {
         let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|ip| ip.is_ipv4());
         for ip in v4.into_iter().chain(v6) {
             if hops.len() == max {
@@ -96,6 +99,7 @@ pub fn cap(hosts: &[(String, Vec<IpAddr>)], max: usize) -> Vec<Hop> {
             let hop = Hop {
                 host: host.clone(),
                 ip,
+                dnssec: *dnssec,
             };
             if !hops.contains(&hop) {
                 hops.push(hop);
@@ -200,14 +204,19 @@ mod tests {
     fn hops_are_capped_in_order_with_ipv4_first() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let hosts = vec![
-            ("a".to_string(), vec![ip("::1"), ip("127.0.0.2"), ip("127.0.0.3")]),
-            ("b".to_string(), vec![ip("127.0.0.4"), ip("127.0.0.5")]),
+            (
+                "a".to_string(),
+                vec![ip("::1"), ip("127.0.0.2"), ip("127.0.0.3")],
+                false,
+            ),
+            ("b".to_string(), vec![ip("127.0.0.4"), ip("127.0.0.5")], true),
         ];
         let got: Vec<String> = cap(&hosts, 4)
             .iter()
             .map(|h| format!("{}/{}", h.host, h.ip))
             .collect();
         assert_eq!(got, ["a/127.0.0.2", "a/127.0.0.3", "a/::1", "b/127.0.0.4"]);
+        assert!(cap(&hosts, 4).iter().all(|h| h.dnssec == (h.host == "b")));
         assert!(cap(&hosts, 0).is_empty());
     }
 }

@@ -154,7 +154,7 @@ enum Policy {
     /// RFC 7435 3: opportunistic security encrypts without authenticating the server.
     AcceptAny,
     /// RFC 7672 3.1: with usable TLSA records the chain must match one of them; names and expiry
-    /// are not checked for DANE-EE (3.1.1).
+    /// are not checked for DANE-EE (3.1.1), both are for DANE-TA (3.1.2).
     Dane(Vec<Tlsa>),
 }
 
@@ -169,24 +169,43 @@ impl ServerCertVerifier for PolicyVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
         let records = match &self.policy {
             Policy::AcceptAny => return Ok(ServerCertVerified::assertion()),
             Policy::Dane(records) => records,
         };
+        // RFC 7672 3.1.1: DANE-EE binds the certificate itself; names and expiry do not matter.
+        if dane::matches_ee(records, end_entity) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        // RFC 7672 3.1.2: DANE-TA: the chain must validate up to the matching trust anchor, and
+        // the name must match the MX host (the TLSA base domain, 3.2.2) that rustls was given.
         let chain: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
             .chain(intermediates.iter().map(|c| c.as_ref()))
             .collect();
-        if dane::matches(records, &chain) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(TlsError::General(
-                "certificate matches no TLSA record (RFC 7672 3)".into(),
-            ))
+        let mut last = None;
+        for ta in dane::trust_anchors(records, &chain) {
+            let mut roots = RootCertStore::empty();
+            if let Err(e) = roots.add(CertificateDer::from(ta.to_vec())) {
+                last = Some(format!("DANE-TA certificate unusable as trust anchor: {e}"));
+                continue;
+            }
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::General(e.to_string()))?;
+            match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(format!("chain to the DANE-TA trust anchor: {e}")),
+            }
         }
+        Err(TlsError::General(format!(
+            "certificate matches no TLSA record (RFC 7672 3){}",
+            last.map(|l| format!("; {l}")).unwrap_or_default()
+        )))
     }
 
     fn verify_tls12_signature(

@@ -53,6 +53,12 @@ pub struct TestCa {
 
 /// Makes a fresh CA and server certificate in `dir` (EC P-256 keys: fast to generate).
 pub fn test_ca(dir: &Path) -> TestCa {
+    test_ca_for(dir, "IP:127.0.0.1,DNS:localhost")
+}
+
+/// As [`test_ca`], with the server certificate's subjectAltName set to `san`
+/// (`DNS:mx.example.test,...`).
+pub fn test_ca_for(dir: &Path, san: &str) -> TestCa {
     std::fs::create_dir_all(dir).expect("ca dir");
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
     let mut ca = vec![
@@ -81,8 +87,10 @@ pub fn test_ca(dir: &Path) -> TestCa {
     openssl(dir, &csr);
     std::fs::write(
         dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
     )
     .expect("ext file");
     openssl(
@@ -109,6 +117,172 @@ pub fn test_ca(dir: &Path) -> TestCa {
         ca: dir.join("ca.pem"),
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
+    }
+}
+
+impl TestCa {
+    /// The server certificate followed by the CA certificate, as a server presents them when
+    /// DANE-TA needs the trust anchor in the chain (RFC 7671 5.2.2).
+    pub fn chain(&self) -> PathBuf {
+        let path = self.cert.with_file_name("chain.pem");
+        let mut pem = std::fs::read(&self.cert).expect("server cert");
+        pem.extend(std::fs::read(&self.ca).expect("ca cert"));
+        std::fs::write(&path, pem).expect("chain file");
+        path
+    }
+}
+
+/// The TLSA `x 1 1` association data of a PEM certificate: SHA-256 of its SubjectPublicKeyInfo
+/// in hex, computed by the openssl CLI (independent of the sidecar's own DER parsing).
+pub fn spki_sha256(cert: &Path) -> String {
+    let dir = cert.parent().expect("cert dir");
+    let name = cert
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            &name,
+            "-noout",
+            "-pubkey",
+            "-out",
+            &format!("{name}.pub"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "pkey",
+            "-pubin",
+            "-in",
+            &format!("{name}.pub"),
+            "-outform",
+            "DER",
+            "-out",
+            &format!("{name}.spki"),
+        ],
+    );
+    let out = openssl(dir, &["dgst", "-sha256", "-r", &format!("{name}.spki")]);
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_owned()
+}
+
+/// `tests/peers/dnsserver.py` serving a zone file on 127.0.0.1; killed on drop.
+#[derive(Debug)]
+pub struct DnsServer {
+    child: Child,
+    /// The UDP and TCP port.
+    pub port: u16,
+    zone: PathBuf,
+    /// With `--dnssec`: the DNSKEY trust anchor file the server wrote.
+    pub anchor: Option<PathBuf>,
+}
+
+impl DnsServer {
+    /// Serves `zone` (master-file text) unsigned.
+    pub fn start(dir: &Path, zone: &str) -> Self {
+        Self::spawn(dir, zone, false)
+    }
+
+    /// Serves `zone` as a DNSSEC-signed root zone with a key made for this run; its DNSKEY is
+    /// in [`DnsServer::anchor`].
+    pub fn start_signed(dir: &Path, zone: &str) -> Self {
+        Self::spawn(dir, zone, true)
+    }
+
+    fn spawn(dir: &Path, zone: &str, signed: bool) -> Self {
+        let path = dir.join("zone.txt");
+        std::fs::write(&path, zone).expect("zone file");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/dnsserver.py");
+        let anchor = signed.then(|| dir.join("trust-anchor.txt"));
+        let mut cmd = Command::new(python());
+        cmd.arg(script).arg(&path);
+        if let Some(a) = &anchor {
+            cmd.arg("--dnssec").arg(a);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dnsserver.py with MAILROOM_PYTHON");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let port = line.trim().parse().expect("dnsserver.py prints its port");
+        Self {
+            child,
+            port,
+            zone: path,
+            anchor,
+        }
+    }
+
+    /// Replaces the zone; the server re-reads it on the next query (mtime changes).
+    pub fn publish(&self, zone: &str) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&self.zone, zone).expect("zone file");
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sidecar/tests/peers/policy_server.py`: HTTPS MTA-STS policy host on `address`; killed on drop.
+#[derive(Debug)]
+pub struct PolicyServer {
+    child: Child,
+    /// The HTTPS port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PolicyServer {
+    /// Serves `<dir>/<host>.txt` for each policy host, with `ca`'s certificate chain.
+    pub fn start(dir: &Path, address: &str, ca: &TestCa) -> Self {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("policy dir");
+        let mut child = Command::new(python())
+            .arg(peer("policy_server.py"))
+            .args(["--address", address, "--cert"])
+            .arg(ca.chain())
+            .arg("--key")
+            .arg(&ca.key)
+            .arg("--dir")
+            .arg(&policies)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start policy_server.py with MAILROOM_PYTHON");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let port = line.trim().parse().expect("policy_server.py prints its port");
+        Self {
+            child,
+            port,
+            dir: policies,
+        }
+    }
+
+    /// Publishes `policy` for `mta-sts.<domain>`.
+    pub fn publish(&self, domain: &str, policy: &str) {
+        std::fs::write(self.dir.join(format!("mta-sts.{domain}.txt")), policy).expect("policy");
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

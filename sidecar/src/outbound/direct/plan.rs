@@ -60,7 +60,7 @@ pub async fn resolve<R: MxResolver>(
     domain: &str,
     max: usize,
 ) -> (MxResult, Result<Vec<Hop>, RcptResult>) {
-    let records = match resolver.mx(domain).await {
+    let mx = match resolver.mx(domain).await {
         Ok(r) => r,
         Err(DnsError::NxDomain) => {
             let msg = format!("550 5.1.2 recipient domain {domain} does not exist (NXDOMAIN)");
@@ -68,10 +68,15 @@ pub async fn resolve<R: MxResolver>(
         }
         Err(e) => return (MxResult::Servfail, Err(temporary(domain, &e))),
     };
+    // RFC 7672 2.2.1: DANE needs a secure MX answer (for implicit MX, a secure denial).
+    let (records, secure) = (mx.value, mx.secure);
     if records.is_empty() {
         // RFC 5321 5.1: no MX records, so the domain itself is the only host, preference 0.
         let hosts = vec![MxHost::new(0, domain)];
-        return (MxResult::Implicit, addresses(resolver, domain, &hosts, max).await);
+        return (
+            MxResult::Implicit,
+            addresses(resolver, domain, &hosts, max, secure).await,
+        );
     }
     // ThreadRng is not Send: use it in a statement of its own, before the next await.
     let plan = route::order(records, &mut rand::rng());
@@ -80,19 +85,24 @@ pub async fn resolve<R: MxResolver>(
             let msg = format!("556 5.1.10 recipient domain {domain} accepts no mail (null MX, RFC 7505)");
             (MxResult::Null, Err(result(Outcome::Bounced, msg)))
         }
-        MxPlan::Hosts(hosts) => (MxResult::Ok, addresses(resolver, domain, &hosts, max).await),
+        MxPlan::Hosts(hosts) => (
+            MxResult::Ok,
+            addresses(resolver, domain, &hosts, max, secure).await,
+        ),
     }
 }
 
 /// Looks up hosts in order until `max` addresses are known. Permanent failure only when every
-/// host is known not to have an address; any temporary failure defers.
+/// host is known not to have an address; any temporary failure defers. `mx_secure`: the MX
+/// answer was DNSSEC-secure, so hosts with secure addresses may use DANE.
 async fn addresses<R: MxResolver>(
     resolver: &R,
     domain: &str,
     hosts: &[MxHost],
     max: usize,
+    mx_secure: bool,
 ) -> Result<Vec<Hop>, RcptResult> {
-    let mut found: Vec<(String, Vec<IpAddr>)> = Vec::new();
+    let mut found: Vec<(String, Vec<IpAddr>, bool)> = Vec::new();
     let mut count = 0;
     let mut temp = None;
     for h in hosts {
@@ -100,9 +110,9 @@ async fn addresses<R: MxResolver>(
             break;
         }
         match resolver.ips(&h.name).await {
-            Ok(ips) if !ips.is_empty() => {
-                count += ips.len();
-                found.push((h.name.clone(), ips));
+            Ok(ips) if !ips.value.is_empty() => {
+                count += ips.value.len();
+                found.push((h.name.clone(), ips.value, mx_secure && ips.secure));
             }
             Ok(_) | Err(DnsError::NxDomain) => {}
             Err(e) => temp = Some(temporary(&h.name, &e)),
@@ -212,6 +222,42 @@ mod tests {
                 (got, want) => panic!("{}: got {got:?}, want {want:?}", c.domain),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn dane_needs_secure_mx_and_secure_addresses() {
+        let r = StaticResolver::from_zone(
+            "s.example. MX 10 mx.s.example.
+             s.example. MX 20 mx.other.example.
+             mx.s.example. A 127.0.0.2
+             mx.other.example. A 127.0.0.3
+             i.example. MX 10 mx.s.example.
+             ; SECURE s.example
+             ; SECURE mx.s.example",
+        );
+        let secure = |d| {
+            let r = r.clone();
+            async move {
+                let (_, hops) = resolve(&r, d, 5).await;
+                hops.expect("hops")
+                    .iter()
+                    .map(|h| (h.host.clone(), h.dnssec))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            secure("s.example").await,
+            [
+                ("mx.s.example".to_string(), true),
+                ("mx.other.example".to_string(), false)
+            ],
+            "insecure address answer"
+        );
+        assert_eq!(
+            secure("i.example").await,
+            [("mx.s.example".to_string(), false)],
+            "insecure MX answer"
+        );
     }
 
     #[tokio::test]

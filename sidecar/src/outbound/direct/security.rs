@@ -33,7 +33,9 @@ pub enum Security {
     },
     /// MTA-STS `enforce`: STARTTLS with a WebPKI-valid certificate for the MX host name.
     StsEnforce,
-    /// DANE: STARTTLS with a certificate matching one of these DANE-EE records.
+    /// MTA-STS `enforce`, and the host matches no `mx` pattern: only DANE can make it usable.
+    StsMismatch,
+    /// DANE: STARTTLS with a certificate matching one of these DANE-EE or DANE-TA records.
     Dane(Vec<Tlsa>),
 }
 
@@ -44,7 +46,7 @@ impl Security {
             Self::Opportunistic => "opportunistic",
             Self::Encrypted => "require",
             Self::StsTesting { .. } => "mta_sts_testing",
-            Self::StsEnforce => "mta_sts",
+            Self::StsEnforce | Self::StsMismatch => "mta_sts",
             Self::Dane(_) => "dane",
         }
     }
@@ -128,6 +130,21 @@ impl Policy {
             }
         };
         if policy.mode == Mode::Enforce && self.mta_sts == MtaStsMode::Enforce {
+            // RFC 8461 2: DANE, where it applies, takes precedence; hosts outside the policy stay
+            // candidates when DANE may vouch for them, and are refused in for_host otherwise.
+            if self.dane == DaneMode::On && hops.iter().any(|h| h.dnssec) {
+                return Ok(hops
+                    .into_iter()
+                    .map(|h| {
+                        let s = if policy.matches(&h.host) {
+                            Security::StsEnforce
+                        } else {
+                            Security::StsMismatch
+                        };
+                        (h, s)
+                    })
+                    .collect());
+            }
             let allowed: Vec<Hop> = hops.into_iter().filter(|h| policy.matches(&h.host)).collect();
             if allowed.is_empty() {
                 return Err(failure(format!(
@@ -143,23 +160,75 @@ impl Policy {
         Ok(with(hops, Security::StsTesting { required }))
     }
 
-    /// RFC 7672 2.2: secure TLSA records for the host override MTA-STS (RFC 8461 2).
-    pub async fn for_host<R: MxResolver>(&self, resolver: &R, hop: &Hop, base: Security) -> Security {
-        if self.dane == DaneMode::Off {
-            return base;
+    /// RFC 7672 2.2: secure TLSA records for the host override MTA-STS (RFC 8461 2). `Err`: the
+    /// host must not be used this attempt (its TLSA lookup failed although its MX and address
+    /// answers were secure, so an attacker may be hiding the records).
+    pub async fn for_host<R: MxResolver>(
+        &self,
+        resolver: &R,
+        hop: &Hop,
+        base: Security,
+        metrics: &Metrics,
+    ) -> Result<Security, RcptResult> {
+        let host = hop.host.clone();
+        match self.dane_for_host(resolver, hop, base, metrics).await? {
+            Security::StsMismatch => Err(failure(format!(
+                "451 4.7.5 MX host {host} matches no mx pattern of the recipient domain's MTA-STS \
+                 policy and has no DANE TLSA records (RFC 8461 4.1)"
+            ))),
+            s => Ok(s),
         }
-        match resolver.tlsa(&format!("_{}._tcp.{}", self.port, hop.host)).await {
+    }
+
+    async fn dane_for_host<R: MxResolver>(
+        &self,
+        resolver: &R,
+        hop: &Hop,
+        base: Security,
+        metrics: &Metrics,
+    ) -> Result<Security, RcptResult> {
+        if self.dane == DaneMode::Off {
+            return Ok(base);
+        }
+        let count = |result: &str| metrics.dane.with_label_values(&[result]).inc();
+        // RFC 7672 2.2.1, 2.2.2: without a secure MX and address answer there is no secure
+        // binding from the domain to this host, so its TLSA records prove nothing.
+        if !hop.dnssec {
+            count("insecure");
+            return Ok(base);
+        }
+        let name = format!("_{}._tcp.{}", self.port, hop.host);
+        match resolver.tlsa(&name).await {
             Ok(t) if t.secure && !t.value.is_empty() => {
                 let usable = dane::usable(&t.value);
-                // RFC 7672 2.2: secure but unusable records still make TLS mandatory.
                 if usable.is_empty() {
-                    Security::Encrypted
+                    // RFC 7672 2.2: secure but unusable records still make TLS mandatory; they
+                    // authenticate nothing, so a stronger demand (MTA-STS) stays as it is.
+                    count("unusable");
+                    Ok(match base {
+                        Security::Opportunistic | Security::StsTesting { .. } => Security::Encrypted,
+                        other => other,
+                    })
                 } else {
-                    Security::Dane(usable)
+                    count("usable");
+                    Ok(Security::Dane(usable))
                 }
             }
-            // Insecure or absent records: DANE does not apply (RFC 7672 2.2.1).
-            _ => base,
+            Ok(t) if t.secure || t.value.is_empty() => {
+                count("absent");
+                Ok(base)
+            }
+            // Records from an unsigned zone below a signed one: DANE does not apply (2.2).
+            Ok(_) => {
+                count("insecure");
+                Ok(base)
+            }
+            Err(e) => {
+                count("failed");
+                Err(failure(format!(
+                    "451 4.7.5 TLSA lookup of {name} failed ({e}); the host is not used (RFC 7672 2.2)"
+                )))
+            }
         }
     }
 
@@ -192,7 +261,7 @@ impl Policy {
             Security::Opportunistic | Security::Encrypted | Security::StsTesting { .. } => {
                 tls.unverified.clone()
             }
-            Security::StsEnforce => tls.verified.clone(),
+            Security::StsEnforce | Security::StsMismatch => tls.verified.clone(),
             Security::Dane(records) => match tls.dane(records.clone()) {
                 Ok(c) => c,
                 Err(e) => return done(Err(failure(e.to_string())), "none", "handshake_failed"),
@@ -207,14 +276,91 @@ impl Policy {
                 }
                 done(Ok(()), version.as_str(), outcome)
             }
-            Err(r) => {
+            Err(mut r) => {
                 let outcome = if r.diagnostic.contains("certificate") || r.diagnostic.contains("TLSA") {
                     "verify_failed"
                 } else {
                     "handshake_failed"
                 };
+                // Name the policy that refused the host, with the code RFC 3463 gives for it.
+                let policy = match security {
+                    Security::Dane(_) => Some("DANE (RFC 7672 3)"),
+                    Security::StsEnforce | Security::StsMismatch => Some("MTA-STS (RFC 8461 4.2)"),
+                    _ => None,
+                };
+                if let (Some(policy), "verify_failed") = (policy, outcome) {
+                    r.diagnostic = format!(
+                        "451 4.7.5 {} failed {policy} authentication: {}",
+                        hop.host, r.diagnostic
+                    );
+                }
                 done(Err(r), "none", outcome)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::mx::StaticResolver;
+
+    #[tokio::test]
+    async fn dane_decides_per_host_and_overrides_only_what_it_authenticates() {
+        let cfg = config::Direct {
+            dane: DaneMode::On,
+            ..config::Direct::default()
+        };
+        let policy = Policy::new(&cfg, Arc::new(RootCertStore::empty()));
+        let metrics = Metrics::new();
+        let r = StaticResolver::from_zone(
+            "_25._tcp.ee.example. TLSA 3 1 1 00ff
+             _25._tcp.pkix.example. TLSA 1 1 1 00ff
+             ; SECURE _25._tcp.ee.example
+             ; SECURE _25._tcp.pkix.example
+             ; SERVFAIL _25._tcp.broken.example",
+        );
+        let hop = |host: &str, dnssec| Hop {
+            host: host.into(),
+            ip: "127.0.0.2".parse().expect("ip"),
+            dnssec,
+        };
+        let decide = |host: &'static str, dnssec, base| {
+            let (policy, r, metrics) = (&policy, &r, &metrics);
+            async move { policy.for_host(r, &hop(host, dnssec), base, metrics).await }
+        };
+        use Security::*;
+        assert!(matches!(
+            decide("ee.example", true, StsMismatch).await,
+            Ok(Dane(_))
+        ));
+        assert_eq!(
+            decide("ee.example", false, Opportunistic).await,
+            Ok(Opportunistic),
+            "insecure MX"
+        );
+        assert_eq!(decide("pkix.example", true, Opportunistic).await, Ok(Encrypted));
+        let refused = decide("pkix.example", true, StsMismatch)
+            .await
+            .expect_err("not in policy");
+        assert!(refused.diagnostic.contains("MTA-STS"), "{}", refused.diagnostic);
+        assert_eq!(
+            decide("none.example", true, StsEnforce).await,
+            Ok(StsEnforce),
+            "no records"
+        );
+        let failed = decide("broken.example", true, Opportunistic)
+            .await
+            .expect_err("servfail");
+        assert!(
+            failed.diagnostic.starts_with("451 4.7.5 TLSA lookup"),
+            "{}",
+            failed.diagnostic
+        );
+        assert_eq!(
+            metrics.dane.with_label_values(&["failed"]).get(),
+            1,
+            "every decision is counted"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 /// Answers from master-file lines `name [ttl] [IN] TYPE rdata` (MX, A, AAAA, TXT, TLSA).
 /// Absent names are NXDOMAIN; `; SERVFAIL name` fails every query for `name`; `; SECURE name`
-/// marks its TLSA answer as DNSSEC-validated.
+/// marks its MX, address and TLSA answers as DNSSEC-validated.
 #[derive(Debug, Clone, Default)]
 pub struct StaticResolver {
     records: Vec<(String, String, String)>,
@@ -67,21 +67,23 @@ impl StaticResolver {
 }
 
 impl MxResolver for StaticResolver {
-    async fn mx(&self, domain: &str) -> Result<Vec<MxHost>, DnsError> {
-        Ok(self
+    async fn mx(&self, domain: &str) -> Result<Secured<Vec<MxHost>>, DnsError> {
+        let value = self
             .answer(domain, "MX")?
             .iter()
             .filter_map(|d| {
                 let (pref, exchange) = d.split_once(' ')?;
                 Some(MxHost::new(pref.parse().ok()?, exchange.trim()))
             })
-            .collect())
+            .collect();
+        Ok(self.secured(domain, value))
     }
 
-    async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+    async fn ips(&self, host: &str) -> Result<Secured<Vec<IpAddr>>, DnsError> {
         let a = self.answer(host, "A")?;
         let aaaa = self.answer(host, "AAAA")?;
-        Ok(a.iter().chain(&aaaa).filter_map(|d| d.parse().ok()).collect())
+        let value = a.iter().chain(&aaaa).filter_map(|d| d.parse().ok()).collect();
+        Ok(self.secured(host, value))
     }
 
     async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
@@ -98,10 +100,16 @@ impl MxResolver for StaticResolver {
             Err(DnsError::NxDomain) => Vec::new(),
             Err(e) => return Err(e),
         };
-        Ok(Secured {
+        Ok(self.secured(name, value))
+    }
+}
+
+impl StaticResolver {
+    fn secured<T>(&self, name: &str, value: T) -> Secured<T> {
+        Secured {
             value,
             secure: self.secure.contains(&norm(name)),
-        })
+        }
     }
 }
 
@@ -141,11 +149,15 @@ mod tests {
              ; SECURE _25._tcp.mx.example.net",
         );
         assert_eq!(
-            r.mx("EXAMPLE.net").await,
+            r.mx("EXAMPLE.net").await.map(|s| s.value),
             Ok(vec![MxHost::new(10, "mx.example.net.")])
         );
-        assert_eq!(r.ips("mx.example.net").await.map(|v| v.len()), Ok(2));
-        assert_eq!(r.mx("mx.example.net").await, Ok(vec![]), "NODATA");
+        assert_eq!(r.ips("mx.example.net").await.map(|v| v.value.len()), Ok(2));
+        assert_eq!(
+            r.mx("mx.example.net").await.map(|s| s.value),
+            Ok(vec![]),
+            "NODATA"
+        );
         assert_eq!(r.mx("nowhere.example").await, Err(DnsError::NxDomain));
         assert!(matches!(
             r.mx("broken.example").await,
