@@ -375,7 +375,8 @@ def main():
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
-    ap.add_argument("--only", help="run only scenarios whose name contains this")
+    ap.add_argument("--only", help="run only scenarios whose name contains this; with an existing --out,"
+                    " their rows replace the old ones and the other scenarios' rows are kept")
     args = ap.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix", "openssl"):
         if not shutil.which(tool):
@@ -408,7 +409,13 @@ def main():
         "date": time.strftime("%Y-%m-%d"),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    json.dump({"machine": machine, "messages": args.messages, "results": results}, open(args.out, "w"), indent=1)
+    messages = args.messages
+    if args.only and os.path.exists(args.out):
+        old = json.load(open(args.out))
+        rerun = {r["scenario"] for r in results}
+        results = [r for r in old["results"] if r["scenario"] not in rerun] + results
+        machine, messages = dict(old["machine"], partial_rerun=machine["date"]), old["messages"]
+    json.dump({"machine": machine, "messages": messages, "results": results}, open(args.out, "w"), indent=1)
     print("wrote", args.out)
 
 
