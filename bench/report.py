@@ -113,6 +113,8 @@ def main():
         "100 KiB), %d repetition(s), medians shown." % (
             m["cpus"], m["cpu_model"], m["memory_gib"], m["kernel"], m["filesystem"], m["date"], data["messages"],
             1 + max(r["repetition"] for r in data["results"])),
+        *(["Some scenarios were rerun alone on %s (`bench/run.py --only`); their rows are from that run." % m["partial_rerun"]]
+          if m.get("partial_rerun") else []),
         "",
         "Accept latency is measured by a separate probe session sending messages one at a time during",
         "the load (end of DATA → `250`). CPU is the relay's processes only; memory is the sum of PSS of",
