@@ -274,3 +274,30 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_gauges_show_one_phase_and_pending_since_only_while_pending() {
+        let m = Metrics::new();
+        m.set_rotation("shop", "shop.example.com", RotationPhase::Pending, 100, Some(200));
+        let text = m.render();
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_rotation_phase{domain="shop.example.com",name="shop",phase="pending"} 1"#
+        ));
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_rotation_phase{domain="shop.example.com",name="shop",phase="stable"} 0"#
+        ));
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_rotation_pending_since_timestamp_seconds{domain="shop.example.com",name="shop"} 200"#
+        ));
+        m.set_rotation("shop", "shop.example.com", RotationPhase::Retiring, 300, None);
+        let text = m.render();
+        assert!(!text.contains("mailroom_operator_dkim_rotation_pending_since_timestamp_seconds{"));
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_key_active_since_timestamp_seconds{domain="shop.example.com",name="shop"} 300"#
+        ));
+    }
+}
