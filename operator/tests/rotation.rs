@@ -256,7 +256,10 @@ allowedNamespaces: {{names: [{ns}]}}"
         &first.secret_name,
     )
     .await?;
-    assert_eq!(key_secrets(&env).await?, [pending.secret_name.clone()]);
+    assert_eq!(
+        key_secrets(&env).await?,
+        std::slice::from_ref(&pending.secret_name)
+    );
     assert_eq!(dkim_records(&md), [("active".to_string(), new_name.clone())]);
     let old_file = format!("{DOMAIN}.mailroom.key");
     wait_for(&relay_secrets, "outbound-dkim", |s: &Secret| {
