@@ -9,7 +9,7 @@ mod common;
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, ensure};
-use common::{DnsServer, Env, wait_for, wait_gone};
+use common::{DnsServer, Env, sidecar, wait_for, wait_gone};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api,
@@ -122,7 +122,16 @@ fn dkimpy_verifies(pem: &[u8], selector: &str, dns: &DnsServer) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+fn record_value(md: &MailDomain, name: &str) -> Result<String> {
+    records(md)
+        .into_iter()
+        .find(|r| r.name == name)
+        .map(|r| r.value.concat())
+        .with_context(|| format!("record {name} in status"))
+}
+
+// Multi-threaded: the sidecar helpers block while the operator keeps reconciling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_switches_only_after_the_new_record_resolves_and_the_old_key_retires() -> Result<()> {
     let dns = DnsServer::start()?;
     let addr = dns.addr();
@@ -204,6 +213,19 @@ allowedNamespaces: {{names: [{ns}]}}"
     }
     assert_eq!(rendered(&cms).await?.0, "mailroom");
 
+    // A real sidecar on the mounted files signs with the old key, which the active record verifies.
+    let root = tempfile::tempdir()?;
+    sidecar::mount(&env.admin, &ns, "outbound", root.path()).await?;
+    let sc = sidecar::Sidecar::start(root.path())?;
+    let from = format!("app@{DOMAIN}");
+    let before = sc.send(&from, "before")?;
+    assert_eq!(sidecar::signing_selector(&before)?, "mailroom");
+    let md = api.get("rot").await?;
+    sidecar::dkim_verifies(
+        &before,
+        &record_value(&md, &format!("mailroom._domainkey.{DOMAIN}"))?,
+    )?;
+
     // A restarted operator resumes from status: same pending key, no new Secret.
     env.stop_operator();
     env.start_operator().await?;
@@ -243,6 +265,21 @@ allowedNamespaces: {{names: [{ns}]}}"
         .and_then(|d| d.get(&file))
         .context("the rendered key file is in the Relay's Secret")?;
     dkimpy_verifies(&pem.0, &pending.selector, &dns)?;
+
+    // The sidecar picks the switch up from the remounted files (the new key file was mounted
+    // before the switch) and signs with the new key, which the new record verifies.
+    sidecar::mount(&env.admin, &ns, "outbound", root.path()).await?;
+    let mut after = None;
+    for i in 0..60 {
+        let eml = sc.send(&from, &format!("after{i}"))?;
+        if sidecar::signing_selector(&eml)? == pending.selector {
+            after = Some(eml);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let after = after.context("the sidecar never signed with the new selector")?;
+    sidecar::dkim_verifies(&after, &record_value(&md, &new_name)?)?;
 
     // After the grace the old key's Secret and record are gone; the Relay drops its file.
     let md = wait_for(&api, "rot", |md| phase(md) == Some(RotationPhase::Stable)).await?;

@@ -30,6 +30,8 @@ pub const DOMAIN_REGEX: &str =
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"DNS","type":"string","jsonPath":".status.conditions[?(@.type==\"DnsVerified\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Selector","type":"string","priority":1,"jsonPath":".status.dkim.selector"}"#,
+    printcolumn = r#"{"name":"Rotation","type":"string","priority":1,"jsonPath":".status.dkim.phase"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
