@@ -10,7 +10,10 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, ensure};
 use common::{DnsServer, Env, sidecar, wait_for, wait_gone};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Secret},
+    events::v1::Event,
+};
 use kube::{
     Api,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -304,6 +307,25 @@ allowedNamespaces: {{names: [{ns}]}}"
     })
     .await?;
     assert_eq!(rendered(&cms).await?.0, pending.selector);
+
+    // Each transition was published as an event on the MailDomain.
+    let events = Api::<Event>::all(env.admin.clone())
+        .list(&ListParams::default())
+        .await?;
+    let reasons: Vec<String> = events
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("rot"))
+        .filter_map(|e| e.reason)
+        .filter(|r| r.starts_with("Key"))
+        .collect();
+    for want in ["KeyGenerated", "KeyRotationStarted", "KeyRotated", "KeyRetired"] {
+        assert_eq!(
+            reasons.iter().filter(|r| *r == want).count(),
+            1,
+            "{want} in {reasons:?}"
+        );
+    }
     Ok(())
 }
 
