@@ -3,6 +3,7 @@
 //! patch status, and publish events on transitions.
 
 mod keys;
+mod report;
 mod status;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -60,7 +61,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     // After the patch: a failed patch retries the whole plan, and events should not repeat.
     publish_transitions(&md, &old, &status, &ctx).await;
     for step in &steps {
-        publish_step(&md, step, &ctx).await;
+        report::publish_step(&md, step, &ctx).await;
     }
     Ok(action)
 }
@@ -85,21 +86,9 @@ async fn converge(
     }
     let state = status::state(md, &active, created);
     let policy = Policy::of(&md.spec.dkim);
-    let mut pairs: BTreeMap<String, KeyPair> = BTreeMap::from([(state.active.selector.clone(), active)]);
-    let pending = load(md, ctx, state.pending.as_ref(), &mut pairs).await?;
-    let retiring = load(md, ctx, state.retiring.as_ref().map(|(k, _)| k), &mut pairs).await?;
+    let mut pairs = BTreeMap::from([(state.active.selector.clone(), active)]);
     let mut dns = Lookups::default();
-    let mut verified = Vec::new();
-    for (selector, pair) in &pairs {
-        let record = records::dkim(&md.spec.domain, selector, &pair.txt_value());
-        if dns.check(ctx, &record).await.0 {
-            verified.push(selector.clone());
-        }
-    }
-    let mut known: Vec<&str> = vec![&state.active.secret_name];
-    known.extend(state.pending.iter().map(|k| k.secret_name.as_str()));
-    known.extend(state.retiring.iter().map(|(k, _)| k.secret_name.as_str()));
-    let unknown = keys::unknown(md, ctx, &known).await?;
+    let seen = observe(md, ctx, &state, &mut pairs, &mut dns).await?;
     let trigger = md.annotations().get(ROTATE_ANNOTATION).filter(|v| !v.is_empty());
     let mut plan = rotation::plan(
         &state,
@@ -108,31 +97,17 @@ async fn converge(
             name: &name,
             base_selector: &md.spec.dkim.selector,
             trigger: trigger.map(String::as_str),
-            verified: &verified,
-            pending_secret_present: pending,
-            retiring_secret_present: retiring,
-            unknown: &unknown,
+            verified: &seen.verified,
+            pending_secret_present: seen.pending,
+            retiring_secret_present: seen.retiring,
+            unknown: &seen.unknown,
             now: t.0,
         },
     );
-    if let Some(new) = &plan.create {
-        let pair = keys::create_rotated(md, ctx, new).await?;
-        pairs.insert(new.selector.clone(), pair);
-    }
-    if let Some(Step::Resumed(found)) = plan.steps.last() {
-        load(md, ctx, Some(found), &mut pairs).await?;
-    }
-    if let Some(p) = plan.state.pending.as_mut()
-        && let Some(pair) = pairs.get(&p.selector)
-    {
-        p.fingerprint = pair.fingerprint();
-    }
-    for secret in &plan.delete {
-        keys::delete(ctx, secret).await?;
-    }
+    carry_out(md, ctx, &mut plan, &mut pairs).await?;
     let all_verified = status::records(md, &plan.state, &pairs, &mut dns, ctx, status).await;
     status.dkim = Some(status::dkim(md, &plan.state, &policy));
-    set_conditions(md, &plan.state, all_verified, status, &t);
+    report::set_conditions(md, &plan.state, all_verified, status, &t);
     ctx.metrics.set_rotation(
         &name,
         &md.spec.domain,
@@ -147,6 +122,70 @@ async fn converge(
         wake = wake.min(Duration::from_secs(left.max(1)));
     }
     Ok((wake, plan.steps))
+}
+
+/// What the rotation plan needs from the cluster and DNS besides status.
+struct Seen {
+    pending: bool,
+    retiring: bool,
+    verified: Vec<String>,
+    unknown: Vec<rotation::Key>,
+}
+
+/// Reads the pending and retiring keys into `pairs`, asks DNS for every key's record, and lists
+/// key Secrets that status does not know.
+async fn observe(
+    md: &MailDomain,
+    ctx: &Context,
+    state: &rotation::State,
+    pairs: &mut BTreeMap<String, KeyPair>,
+    dns: &mut Lookups,
+) -> Result<Seen> {
+    let pending = load(md, ctx, state.pending.as_ref(), pairs).await?;
+    let retiring = load(md, ctx, state.retiring.as_ref().map(|(k, _)| k), pairs).await?;
+    let mut verified = Vec::new();
+    for (selector, pair) in pairs.iter() {
+        let record = records::dkim(&md.spec.domain, selector, &pair.txt_value());
+        if dns.check(ctx, &record).await.0 {
+            verified.push(selector.clone());
+        }
+    }
+    let mut known: Vec<&str> = vec![&state.active.secret_name];
+    known.extend(state.pending.iter().map(|k| k.secret_name.as_str()));
+    known.extend(state.retiring.iter().map(|(k, _)| k.secret_name.as_str()));
+    let unknown = keys::unknown(md, ctx, &known).await?;
+    Ok(Seen {
+        pending,
+        retiring,
+        verified,
+        unknown,
+    })
+}
+
+/// Creates the new key and deletes retired or cancelled ones, as `plan` says; records the new
+/// key's fingerprint in the plan's state.
+async fn carry_out(
+    md: &MailDomain,
+    ctx: &Context,
+    plan: &mut rotation::Plan,
+    pairs: &mut BTreeMap<String, KeyPair>,
+) -> Result<()> {
+    if let Some(new) = &plan.create {
+        let pair = keys::create_rotated(md, ctx, new).await?;
+        pairs.insert(new.selector.clone(), pair);
+    }
+    if let Some(Step::Resumed(found)) = plan.steps.last() {
+        load(md, ctx, Some(found), pairs).await?;
+    }
+    if let Some(p) = plan.state.pending.as_mut()
+        && let Some(pair) = pairs.get(&p.selector)
+    {
+        p.fingerprint = pair.fingerprint();
+    }
+    for secret in &plan.delete {
+        keys::delete(ctx, secret).await?;
+    }
+    Ok(())
 }
 
 /// Reads `key`'s Secret into `pairs`; whether it held a readable key.
@@ -168,63 +207,6 @@ async fn load(
     }
 }
 
-fn set_conditions(
-    md: &MailDomain,
-    state: &rotation::State,
-    all_verified: bool,
-    status: &mut MailDomainStatus,
-    t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-) {
-    let name = md.name_any();
-    let generation = md.metadata.generation;
-    let active = &state.active;
-    let key = match (&state.pending, &state.retiring) {
-        (Some(p), _) => Cond::yes(
-            DKIM_KEY_READY,
-            Reason::KeyRotationStarted,
-            format!(
-                "MailDomain {name} signs with selector {}; new key {} waits for its DNS record, publish it from status.dnsRecords",
-                active.selector, p.selector
-            ),
-        ),
-        (None, Some((old, at))) => Cond::yes(
-            DKIM_KEY_READY,
-            Reason::KeyRotated,
-            format!(
-                "MailDomain {name} signs with selector {}; keep the record of {} published until {at}",
-                active.selector, old.selector
-            ),
-        ),
-        (None, None) => Cond::yes(
-            DKIM_KEY_READY,
-            Reason::KeyReady,
-            format!(
-                "MailDomain {name} has its DKIM key in Secret {}",
-                active.secret_name
-            ),
-        ),
-    };
-    conditions::set(&mut status.conditions, key, generation, t);
-    let dns = if all_verified {
-        Cond::yes(
-            DNS_VERIFIED,
-            Reason::RecordsVerified,
-            format!("MailDomain {name}: every record is in DNS"),
-        )
-    } else {
-        let msg = format!("MailDomain {name}: publish the records in status.dnsRecords");
-        Cond::no(DNS_VERIFIED, Reason::RecordsNotVerified, msg)
-    };
-    conditions::set(&mut status.conditions, dns, generation, t);
-    let msg = format!("MailDomain {name} is ready for Relays");
-    conditions::set(
-        &mut status.conditions,
-        Cond::yes(READY, Reason::Reconciled, msg),
-        generation,
-        t,
-    );
-}
-
 /// DNS answers of one reconcile, so a name is asked once.
 #[derive(Default)]
 pub(crate) struct Lookups(BTreeMap<String, Result<Vec<String>, String>>);
@@ -241,57 +223,6 @@ impl Lookups {
             Some(Err(e)) => (false, vec![format!("lookup failed: {e}")]),
             None => (false, Vec::new()),
         }
-    }
-}
-
-async fn publish_step(md: &MailDomain, step: &Step, ctx: &Context) {
-    let name = md.name_any();
-    let record = |selector: &str| format!("{selector}._domainkey.{}", md.spec.domain);
-    let (warn, reason, note) = match step {
-        Step::Started(k) | Step::Resumed(k) => (
-            false,
-            Reason::KeyRotationStarted,
-            format!(
-                "MailDomain {name}: new DKIM key {}; publish TXT {} from status.dnsRecords, signing switches once it resolves",
-                k.selector,
-                record(&k.selector)
-            ),
-        ),
-        Step::Switched(k, at) => (
-            false,
-            Reason::KeyRotated,
-            format!(
-                "MailDomain {name} now signs with selector {}; the previous key retires at {at}",
-                k.selector
-            ),
-        ),
-        Step::Retired(k) => (
-            false,
-            Reason::KeyRetired,
-            format!(
-                "MailDomain {name}: key {} retired and its Secret deleted; remove TXT {} from DNS",
-                k.selector,
-                record(&k.selector)
-            ),
-        ),
-        Step::Cancelled(k, why) => (
-            true,
-            Reason::KeyRotationCancelled,
-            format!(
-                "MailDomain {name}: pending key {} dropped ({}); remove TXT {} if you published it",
-                k.selector,
-                match why {
-                    rotation::Cancel::NotWanted => "rotation is no longer requested",
-                    rotation::Cancel::SecretLost => "its Secret disappeared",
-                },
-                record(&k.selector)
-            ),
-        ),
-    };
-    if warn {
-        ctx.events.warn(md, reason, note).await;
-    } else {
-        ctx.events.normal(md, reason, note).await;
     }
 }
 
