@@ -40,11 +40,21 @@ pub enum Reason {
     RecordsNotVerified,
     /// DNS has not been checked yet.
     DnsPending,
+    /// A DKIM rotation started: a new key waits for its DNS record (`DkimKeyReady` reason while
+    /// pending).
+    KeyRotationStarted,
+    /// Signing switched to the new DKIM key; the previous key is retiring (`DkimKeyReady` reason
+    /// while retiring).
+    KeyRotated,
+    /// The previous DKIM key retired: its Secret is deleted and its DNS record may be removed.
+    KeyRetired,
+    /// A pending DKIM key was dropped before it ever signed.
+    KeyRotationCancelled,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 20] = [
         Self::Reconciled,
         Self::InvalidSpec,
         Self::SecretNotFound,
@@ -61,6 +71,10 @@ impl Reason {
         Self::RecordsVerified,
         Self::RecordsNotVerified,
         Self::DnsPending,
+        Self::KeyRotationStarted,
+        Self::KeyRotated,
+        Self::KeyRetired,
+        Self::KeyRotationCancelled,
     ];
 
     /// The reason spelled `s`, if any.
@@ -87,6 +101,10 @@ impl Reason {
             Self::RecordsVerified => "RecordsVerified",
             Self::RecordsNotVerified => "RecordsNotVerified",
             Self::DnsPending => "DnsPending",
+            Self::KeyRotationStarted => "KeyRotationStarted",
+            Self::KeyRotated => "KeyRotated",
+            Self::KeyRetired => "KeyRetired",
+            Self::KeyRotationCancelled => "KeyRotationCancelled",
         }
     }
 }

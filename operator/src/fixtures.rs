@@ -27,6 +27,7 @@ impl MailDomain {
         self.spec.dkim = DkimSpec {
             selector: selector.into(),
             algorithm,
+            rotation: None,
         };
         self
     }

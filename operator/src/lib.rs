@@ -18,6 +18,7 @@ pub mod offline;
 pub mod reconcile;
 pub mod records;
 pub mod render;
+pub mod rotation;
 pub mod settings;
 pub mod telemetry;
 pub mod webhook;

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+use crate::crd::RotationPhase;
+
 /// All operator metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -19,6 +21,15 @@ pub struct Metrics {
     admissions: IntCounterVec,
     admission_duration: prometheus::Histogram,
     cert_expiry: prometheus::IntGauge,
+    rotation: Rotation,
+}
+
+/// DKIM rotation gauges, per MailDomain (`name`) and its `domain`.
+#[derive(Debug, Clone)]
+struct Rotation {
+    phase: IntGaugeVec,
+    active_since: IntGaugeVec,
+    pending_since: IntGaugeVec,
 }
 
 /// Observes a reconcile's duration when dropped.
@@ -113,8 +124,12 @@ impl Metrics {
             "Unix time when the serving certificate this replica uses expires.",
         )
         .expect("valid metric");
+        let rotation = Rotation::new();
         for m in [
-            Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rotation.phase.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rotation.active_since.clone()),
+            Box::new(rotation.pending_since.clone()),
+            Box::new(runs.clone()),
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(ready.clone()),
@@ -137,6 +152,7 @@ impl Metrics {
             admissions,
             admission_duration,
             cert_expiry,
+            rotation,
         }
     }
 
@@ -184,6 +200,39 @@ impl Metrics {
         self.cert_expiry.set(unix_seconds);
     }
 
+    /// Records a MailDomain's DKIM rotation: its phase, when the signing key started signing,
+    /// and when the pending key was created (the series exists only while one is pending).
+    pub fn set_rotation(
+        &self,
+        name: &str,
+        domain: &str,
+        phase: RotationPhase,
+        active_since: i64,
+        pending_since: Option<i64>,
+    ) {
+        for p in RotationPhase::ALL {
+            self.rotation
+                .phase
+                .with_label_values(&[name, domain, p.label()])
+                .set(i64::from(p == phase));
+        }
+        self.rotation
+            .active_since
+            .with_label_values(&[name, domain])
+            .set(active_since);
+        match pending_since {
+            Some(t) => self
+                .rotation
+                .pending_since
+                .with_label_values(&[name, domain])
+                .set(t),
+            None => {
+                // Absent, not zero: `time() - 0` would look like a rotation stuck since 1970.
+                let _ = self.rotation.pending_since.remove_label_values(&[name, domain]);
+            }
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let encoder = prometheus::TextEncoder::new();
@@ -193,8 +242,62 @@ impl Metrics {
     }
 }
 
+// === impl Rotation ===
+
+impl Rotation {
+    fn new() -> Self {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        Self {
+            phase: gauge(
+                "mailroom_operator_dkim_rotation_phase",
+                "1 for the DKIM rotation phase a MailDomain is in (stable, pending, retiring), else 0.",
+                &["name", "domain", "phase"],
+            ),
+            active_since: gauge(
+                "mailroom_operator_dkim_key_active_since_timestamp_seconds",
+                "Unix time when a MailDomain's signing DKIM key started signing.",
+                &["name", "domain"],
+            ),
+            pending_since: gauge(
+                "mailroom_operator_dkim_rotation_pending_since_timestamp_seconds",
+                "Unix time when the pending DKIM key of a rotation was created; absent when none is pending.",
+                &["name", "domain"],
+            ),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_gauges_show_one_phase_and_pending_since_only_while_pending() {
+        let m = Metrics::new();
+        m.set_rotation("shop", "shop.example.com", RotationPhase::Pending, 100, Some(200));
+        let text = m.render();
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_rotation_phase{domain="shop.example.com",name="shop",phase="pending"} 1"#
+        ));
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_rotation_phase{domain="shop.example.com",name="shop",phase="stable"} 0"#
+        ));
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_rotation_pending_since_timestamp_seconds{domain="shop.example.com",name="shop"} 200"#
+        ));
+        m.set_rotation("shop", "shop.example.com", RotationPhase::Retiring, 300, None);
+        let text = m.render();
+        assert!(!text.contains("mailroom_operator_dkim_rotation_pending_since_timestamp_seconds{"));
+        assert!(text.contains(
+            r#"mailroom_operator_dkim_key_active_since_timestamp_seconds{domain="shop.example.com",name="shop"} 300"#
+        ));
     }
 }

@@ -36,13 +36,26 @@ impl Purpose {
     }
 }
 
-/// The records for `spec`, given the DKIM TXT value of its key.
+/// The records for `spec`, given the DKIM TXT value of its key (published under
+/// `spec.dkim.selector`).
 pub fn desired(spec: &MailDomainSpec, dkim_value: &str) -> Vec<Record> {
-    let mut out = vec![Record {
+    let mut out = vec![dkim(&spec.domain, &spec.dkim.selector, dkim_value)];
+    out.extend(policies(spec));
+    out
+}
+
+/// The DKIM record of one key (RFC 6376 3.6.2.1: `<selector>._domainkey.<domain>`).
+pub fn dkim(domain: &str, selector: &str, value: &str) -> Record {
+    Record {
         purpose: Purpose::Dkim,
-        name: format!("{}._domainkey.{}", spec.dkim.selector, spec.domain),
-        value: dkim_value.to_string(),
-    }];
+        name: format!("{selector}._domainkey.{domain}"),
+        value: value.to_string(),
+    }
+}
+
+/// The SPF and DMARC records `spec` asks for.
+pub fn policies(spec: &MailDomainSpec) -> Vec<Record> {
+    let mut out = Vec::new();
     if let Some(spf) = &spec.spf {
         out.push(Record {
             purpose: Purpose::Spf,

@@ -16,7 +16,8 @@ use crate::{
 
 /// ConfigMap key holding the rendered document.
 pub const CONFIG_KEY: &str = "sidecar.yaml";
-/// Where the pod mounts the Relay's DKIM Secret (`<relay>-dkim`, one `<domain>.key` per domain).
+/// Where the pod mounts the Relay's DKIM Secret (`<relay>-dkim`, one `<domain>.<selector>.key`
+/// per key).
 pub const DKIM_MOUNT: &str = "/etc/mailroom/dkim";
 /// Where the pod mounts the smarthost credentials Secret.
 pub const CREDENTIALS_MOUNT: &str = "/etc/mailroom/credentials";
@@ -37,9 +38,19 @@ pub fn dkim_secret_name(relay: &str) -> String {
     format!("{relay}-dkim")
 }
 
-/// Key of a domain's private key inside the Relay's DKIM Secret.
-pub fn dkim_key_name(domain: &str) -> String {
-    format!("{domain}.key")
+/// Key of a domain's private key inside the Relay's DKIM Secret. The selector is part of the
+/// name so that during a rotation the new key's file is mounted before the config names it: the
+/// kubelet updates the Secret and the ConfigMap volumes independently.
+pub fn dkim_key_name(domain: &str, selector: &str) -> String {
+    format!("{domain}.{selector}.key")
+}
+
+/// The selector a MailDomain signs with: the active key's in status, else `spec.dkim.selector`.
+pub fn signing_selector(md: &MailDomain) -> &str {
+    md.status
+        .as_ref()
+        .and_then(|s| s.dkim.as_ref())
+        .map_or(&md.spec.dkim.selector, |d| &d.selector)
 }
 
 /// Renders the sidecar config for `relay` sending as `domains` (in the order of
@@ -110,15 +121,16 @@ pub fn to_yaml(relay: &Relay, config: &Config) -> Result<String> {
 
 fn domain(md: &MailDomain) -> Domain {
     let dkim = &md.spec.dkim;
+    let selector = signing_selector(md);
     Domain {
         domain: md.spec.domain.clone(),
         dkim: Some(Dkim {
-            selector: dkim.selector.clone(),
+            selector: selector.to_string(),
             algorithm: match dkim.algorithm {
                 DkimAlgorithm::Rsa2048 => ScAlg::RsaSha256,
                 DkimAlgorithm::Ed25519 => ScAlg::Ed25519Sha256,
             },
-            key_file: PathBuf::from(DKIM_MOUNT).join(dkim_key_name(&md.spec.domain)),
+            key_file: PathBuf::from(DKIM_MOUNT).join(dkim_key_name(&md.spec.domain, selector)),
         }),
     }
 }

@@ -44,6 +44,24 @@ const CASES: &[Case] = &[
         want: "spec.dkim.selector must be a lowercase DNS label",
     },
     Case {
+        name: "zero rotation period",
+        kind: "MailDomain",
+        spec: "domain: a.example.com\ndkim: {rotation: {periodSeconds: 0}}",
+        want: "spec.dkim.rotation.periodSeconds",
+    },
+    Case {
+        name: "rotation without a period",
+        kind: "MailDomain",
+        spec: "domain: a.example.com\ndkim: {rotation: {graceSeconds: 60}}",
+        want: "spec.dkim.rotation.periodSeconds: Required value",
+    },
+    Case {
+        name: "zero grace",
+        kind: "MailDomain",
+        spec: "domain: a.example.com\ndkim: {rotation: {periodSeconds: 60, graceSeconds: 0}}",
+        want: "spec.dkim.rotation.graceSeconds",
+    },
+    Case {
         name: "bad spf include",
         kind: "MailDomain",
         spec: "domain: a.example.com\nspf: {includes: ['not a domain']}",

@@ -179,7 +179,7 @@ dmarc: {policy: reject, reportEmail: dmarc@shop.example.com}";
     std::fs::write(key_file.path(), &pem.0)?;
     let verify = Command::new(testenv::python()?)
         .arg("-c")
-        .arg(DKIMPY_VERIFY)
+        .arg(common::DKIMPY_SIGN_VERIFY)
         .args([
             key_file.path().to_str().context("path")?,
             "s2026",
@@ -199,22 +199,3 @@ dmarc: {policy: reject, reportEmail: dmarc@shop.example.com}";
     wait_for(&api, "shop", dns_state("False")).await?;
     Ok(())
 }
-
-/// Signs a message with dkimpy using the PEM key and verifies it, resolving through our DNS server.
-const DKIMPY_VERIFY: &str = r#"
-import sys, dkim, dns.resolver
-key_file, selector, domain, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-key = open(key_file, "rb").read()
-msg = (b"From: a@" + domain.encode() + b"\r\nTo: b@example.net\r\nSubject: hi\r\n"
-       b"Message-ID: <1@" + domain.encode() + b">\r\n\r\nhello\r\n")
-sig = dkim.sign(msg, selector.encode(), domain.encode(), key, include_headers=[b"from", b"to", b"subject"])
-r = dns.resolver.Resolver(configure=False)
-r.nameservers = ["127.0.0.1"]
-r.port = port
-def dnsfunc(name, timeout=5):
-    name = name.decode() if isinstance(name, bytes) else name
-    return b"".join(b"".join(s for s in rr.strings) for rr in r.resolve(name, "TXT"))
-ok = dkim.verify(sig + msg, dnsfunc=dnsfunc)
-print("verified" if ok else "NOT verified")
-sys.exit(0 if ok else 1)
-"#;

@@ -125,7 +125,7 @@ limits: {maxRecipients: 10}";
     let pem = dkim
         .data
         .as_ref()
-        .and_then(|d| d.get("shop.example.com.key"))
+        .and_then(|d| d.get("shop.example.com.mailroom.key"))
         .context("key")?;
     assert!(String::from_utf8_lossy(&pem.0).contains("BEGIN PRIVATE KEY"));
 

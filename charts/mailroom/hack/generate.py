@@ -4,6 +4,8 @@
   values.schema.json             from the `# --` and `# @schema` comments in values.yaml
   files/crds.yaml                copy of crds/crds.yaml (Helm reads only files inside the chart)
   files/rbac-rules.yaml          copy of operator/rbac/rules.yaml
+  files/rbac-namespace-rules.yaml
+                                 copy of operator/rbac/namespace-rules.yaml
   files/mutatingwebhookconfiguration.yaml
                                  copy of operator/webhook/mutatingwebhookconfiguration.yaml
 
@@ -23,6 +25,7 @@ REPO = CHART.parent.parent
 COPIES = {
     "files/crds.yaml": "crds/crds.yaml",
     "files/rbac-rules.yaml": "operator/rbac/rules.yaml",
+    "files/rbac-namespace-rules.yaml": "operator/rbac/namespace-rules.yaml",
     "files/mutatingwebhookconfiguration.yaml": "operator/webhook/mutatingwebhookconfiguration.yaml",
 }
 KEY = re.compile(r"^( *)([A-Za-z_][A-Za-z0-9_]*):(?: +(.*))?$")

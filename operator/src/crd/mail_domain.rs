@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::refs::conditions;
+use super::{DkimStatus, refs::conditions};
 
 /// Lowercase DNS name with at least two labels (A-labels for IDNs), as an OpenAPI `pattern`.
 pub const DOMAIN_PATTERN: &str =
@@ -30,6 +30,8 @@ pub const DOMAIN_REGEX: &str =
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"DNS","type":"string","jsonPath":".status.conditions[?(@.type==\"DnsVerified\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Selector","type":"string","priority":1,"jsonPath":".status.dkim.selector"}"#,
+    printcolumn = r#"{"name":"Rotation","type":"string","priority":1,"jsonPath":".status.dkim.phase"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -61,16 +63,43 @@ pub struct MailDomainSpec {
 #[serde(rename_all = "camelCase")]
 pub struct DkimSpec {
     /// Key algorithm: `rsa-2048` (default, verifiable everywhere) or `ed25519` (RFC 8463).
-    /// Immutable: a new algorithm needs a new key, which rotation (not yet implemented) will do.
+    /// Immutable: every key of the MailDomain, rotated ones included, uses this algorithm; for
+    /// another algorithm create a new MailDomain.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.dkim.algorithm is immutable"))]
     pub algorithm: DkimAlgorithm,
     /// DKIM selector: the public key is published at `<selector>._domainkey.<domain>`. A DNS label
-    /// (letters, digits, `-`). Default `mailroom`.
+    /// (letters, digits, `-`). Default `mailroom`. The first key uses it as is; keys made by
+    /// rotation use `<selector>-<yyyymmdd>-<hhmmss>` (UTC time the rotation started), with the
+    /// selector shortened so the result stays a 63-octet DNS label.
     #[serde(default = "default_selector")]
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.dkim.selector must be a lowercase DNS label, e.g. mailroom"))]
     pub selector: String,
+    /// Automatic key rotation. Absent (the default): the key is kept until rotated by hand with
+    /// the annotation `mailroom.dev/rotate-dkim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<DkimRotationSpec>,
+}
+
+/// When to replace the DKIM key, and how long the previous key stays published.
+///
+/// A rotation creates a new key under a new selector and lists its record in
+/// `status.dnsRecords` next to the current one; signing switches to the new key only once live DNS
+/// serves its record, and the previous record stays listed for `graceSeconds` after the switch so
+/// mail signed just before it still verifies.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DkimRotationSpec {
+    /// Start a rotation once the signing key has signed for this many seconds, e.g. 7776000
+    /// (90 days). At least 1; a new rotation waits until the previous key has retired.
+    #[schemars(range(min = 1, max = 315360000))]
+    pub period_seconds: u64,
+    /// Seconds the previous key stays published after signing switched away from it (mail in
+    /// queues and receivers that verify late still need it). Default 604800 (7 days); at least 1.
+    #[serde(default = "default_grace_seconds")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub grace_seconds: u64,
 }
 
 /// DKIM key algorithm.
@@ -170,26 +199,12 @@ pub struct MailDomainStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The DKIM key in use.
+    /// The DKIM key that signs, plus the key being rotated in or out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim: Option<DkimStatus>,
     /// The records to publish in DNS, each with what live DNS said at the last check.
     #[serde(default)]
     pub dns_records: Vec<DnsRecordStatus>,
-}
-
-/// The DKIM key in use.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DkimStatus {
-    /// Selector the key is published under.
-    pub selector: String,
-    /// `rsa-2048` or `ed25519`.
-    pub algorithm: String,
-    /// `sha256:<hex>` of the public key (DER SubjectPublicKeyInfo for RSA, raw key for Ed25519).
-    pub fingerprint: String,
-    /// Name of the Secret in the operator's namespace holding the private key.
-    pub secret_name: String,
 }
 
 /// One DNS record to publish, and what live DNS says about it.
@@ -215,10 +230,22 @@ pub struct DnsRecordStatus {
     /// When DNS was last checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checked: Option<Time>,
+    /// DKIM records only: which key the record publishes. `active` signs; `pending` is the new
+    /// key of a rotation (publish it: signing switches once it resolves); `retiring` is the
+    /// previous key (keep it until `status.dkim.retiring.retireAt`, then remove it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 fn default_selector() -> String {
     "mailroom".into()
+}
+
+/// Default `spec.dkim.rotation.graceSeconds`: 7 days.
+pub const DEFAULT_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+
+fn default_grace_seconds() -> u64 {
+    DEFAULT_GRACE_SECONDS
 }
 
 impl Default for DkimSpec {
@@ -226,6 +253,7 @@ impl Default for DkimSpec {
         Self {
             algorithm: DkimAlgorithm::default(),
             selector: default_selector(),
+            rotation: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The mailroom custom resources (`mailroom.dev/v1alpha1`) and `all()` for crdgen.
 
+mod dkim;
 mod mail_domain;
 mod refs;
 mod relay;
@@ -7,6 +8,7 @@ mod relay;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use dkim::*;
 pub use mail_domain::*;
 pub use refs::*;
 pub use relay::*;

@@ -1,35 +1,28 @@
-//! MailDomain reconcile: ensure the DKIM key Secret (create once, never replace), compute the DNS
-//! records, check them in live DNS, patch status, and publish events on transitions.
+//! MailDomain reconcile: ensure the signing key's Secret (create once, never replace), check the
+//! records in live DNS, run the pure rotation plan (`crate::rotation`) and carry out its steps,
+//! patch status, and publish events on transitions.
 
-use std::{collections::BTreeMap, sync::Arc};
+mod keys;
+mod report;
+mod status;
 
-use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{
-    Api, ResourceExt,
-    api::{ObjectMeta, PostParams},
-    runtime::controller::Action,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use kube::{Api, ResourceExt, runtime::controller::Action};
+
+pub use keys::{KEY_LABEL, PRIVATE_KEY, key_secret_name};
 
 use super::{Context, now};
 use crate::{
     Error, Result,
     apply::patch_status,
     conditions::{self, Cond, DKIM_KEY_READY, DNS_VERIFIED, READY},
-    crd::{DkimStatus, DnsRecordStatus, MailDomain, MailDomainStatus},
-    dkim::{self, KeyPair},
+    crd::{MailDomain, MailDomainStatus},
+    dkim::KeyPair,
     events::Reason,
     records,
+    rotation::{self, Observed, Policy, ROTATE_ANNOTATION, Step},
 };
-
-/// Label on DKIM key Secrets naming their MailDomain.
-pub const KEY_LABEL: &str = "mailroom.dev/mail-domain";
-/// Secret key holding the PKCS#8 PEM private key.
-pub const PRIVATE_KEY: &str = "private.pem";
-
-/// Name of the key Secret for MailDomain `name` (in the operator's namespace).
-pub fn key_secret_name(name: &str) -> String {
-    format!("dkim-{name}")
-}
 
 /// Reconciles one MailDomain.
 pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action> {
@@ -45,64 +38,18 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     };
     let generation = md.metadata.generation;
     let t = now();
-    let action = match ensure_key(&md, &ctx).await {
-        Ok((key, generated)) => {
-            if generated {
-                let note = format!(
-                    "generated a {} DKIM key for {}",
-                    md.spec.dkim.algorithm.as_str(),
-                    md.spec.domain
-                );
-                ctx.events.normal(&*md, Reason::KeyGenerated, note).await;
-            }
-            status.dkim = Some(DkimStatus {
-                selector: md.spec.dkim.selector.clone(),
-                algorithm: md.spec.dkim.algorithm.as_str().into(),
-                fingerprint: key.fingerprint(),
-                secret_name: key_secret_name(&name),
-            });
-            let msg = format!(
-                "MailDomain {name} has its DKIM key in Secret {}",
-                key_secret_name(&name)
-            );
-            conditions::set(
-                &mut status.conditions,
-                Cond::yes(DKIM_KEY_READY, Reason::KeyReady, msg),
-                generation,
-                &t,
-            );
-            let verified = check_dns(&md, &key, &ctx, &mut status).await;
-            let dns = if verified {
-                Cond::yes(
-                    DNS_VERIFIED,
-                    Reason::RecordsVerified,
-                    format!("MailDomain {name}: every record is in DNS"),
-                )
-            } else {
-                let msg = format!("MailDomain {name}: publish the records in status.dnsRecords");
-                Cond::no(DNS_VERIFIED, Reason::RecordsNotVerified, msg)
-            };
-            conditions::set(&mut status.conditions, dns, generation, &t);
-            let msg = format!("MailDomain {name} is ready for Relays");
-            conditions::set(
-                &mut status.conditions,
-                Cond::yes(READY, Reason::Reconciled, msg),
-                generation,
-                &t,
-            );
-            Action::requeue(ctx.settings.dns_recheck)
-        }
+    let (action, steps) = match converge(&md, &ctx, &mut status).await {
+        Ok((wake, steps)) => (Action::requeue(wake), steps),
         Err(e) if e.is_spec_error() || matches!(e, Error::KeyGeneration(_)) => {
             let msg = format!("MailDomain {name}: {e}");
             let no = |t| Cond::no(t, e.reason(), msg.clone());
             conditions::set(&mut status.conditions, no(DKIM_KEY_READY), generation, &t);
             conditions::set(&mut status.conditions, no(READY), generation, &t);
             ctx.metrics.failure("MailDomain", e.metric_label());
-            Action::await_change()
+            (Action::await_change(), Vec::new())
         }
         Err(e) => return Err(e),
     };
-    publish_transitions(&md, &old, &status, &ctx).await;
     ctx.metrics.set_ready(
         "MailDomain",
         "",
@@ -111,127 +58,172 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     );
     let value = serde_json::to_value(&status).map_err(|e| Error::InvalidSpec(e.to_string()))?;
     patch_status(&api, &name, value).await?;
+    // After the patch: a failed patch retries the whole plan, and events should not repeat.
+    publish_transitions(&md, &old, &status, &ctx).await;
+    for step in &steps {
+        report::publish_step(&md, step, &ctx).await;
+    }
     Ok(action)
 }
 
-/// The key pair, and whether it was generated now. Never replaces an existing Secret.
-async fn ensure_key(md: &MailDomain, ctx: &Context) -> Result<(KeyPair, bool)> {
+/// Brings keys, DNS findings and status in line; returns when to look again and the rotation
+/// steps taken.
+async fn converge(
+    md: &MailDomain,
+    ctx: &Context,
+    status: &mut MailDomainStatus,
+) -> Result<(Duration, Vec<Step>)> {
     let name = md.name_any();
-    let secret_name = key_secret_name(&name);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    let recorded = md
-        .status
-        .as_ref()
-        .and_then(|s| s.dkim.as_ref())
-        .map(|d| d.fingerprint.clone());
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::kube("get DKIM Secret"))?;
-    let (key, generated) = match existing {
-        Some(secret) => (read_key(md, &secret, &secret_name)?, false),
-        None if recorded.is_some() => {
-            return Err(Error::DkimKeyLost {
-                name: secret_name,
-                fingerprint: recorded.unwrap_or_default(),
-            });
-        }
-        None => {
-            let algorithm = md.spec.dkim.algorithm;
-            let key = tokio::task::spawn_blocking(move || KeyPair::generate(algorithm))
-                .await
-                .map_err(|e| Error::KeyGeneration(e.to_string()))??;
-            match secrets
-                .create(&PostParams::default(), &key_secret(md, &secret_name, &key))
-                .await
-            {
-                Ok(_) => (key, true),
-                // Another replica (or an earlier run) won the race: use what is stored.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    let secret = secrets
-                        .get(&secret_name)
-                        .await
-                        .map_err(Error::kube("get DKIM Secret"))?;
-                    (read_key(md, &secret, &secret_name)?, false)
-                }
-                Err(e) => return Err(Error::kube("create DKIM Secret")(e)),
-            }
-        }
-    };
-    if let Some(fp) = recorded
-        && fp != key.fingerprint()
-    {
-        return Err(Error::DkimKeyChanged {
-            name: secret_name,
-            detail: format!("status records {fp}, the Secret holds {}", key.fingerprint()),
-        });
+    let t = now();
+    let (active, created, generated) = keys::ensure_active(md, ctx).await?;
+    if generated {
+        let note = format!(
+            "generated a {} DKIM key for {}",
+            md.spec.dkim.algorithm.as_str(),
+            md.spec.domain
+        );
+        ctx.events.normal(md, Reason::KeyGenerated, note).await;
     }
-    Ok((key, generated))
+    let state = status::state(md, &active, created);
+    let policy = Policy::of(&md.spec.dkim);
+    let mut pairs = BTreeMap::from([(state.active.selector.clone(), active)]);
+    let mut dns = Lookups::default();
+    let seen = observe(md, ctx, &state, &mut pairs, &mut dns).await?;
+    let trigger = md.annotations().get(ROTATE_ANNOTATION).filter(|v| !v.is_empty());
+    let mut plan = rotation::plan(
+        &state,
+        &policy,
+        &Observed {
+            name: &name,
+            base_selector: &md.spec.dkim.selector,
+            trigger: trigger.map(String::as_str),
+            verified: &seen.verified,
+            pending_secret_present: seen.pending,
+            retiring_secret_present: seen.retiring,
+            unknown: &seen.unknown,
+            now: t.0,
+        },
+    );
+    carry_out(md, ctx, &mut plan, &mut pairs).await?;
+    let all_verified = status::records(md, &plan.state, &pairs, &mut dns, ctx, status).await;
+    status.dkim = Some(status::dkim(md, &plan.state, &policy));
+    report::set_conditions(md, &plan.state, all_verified, status, &t);
+    ctx.metrics.set_rotation(
+        &name,
+        &md.spec.domain,
+        plan.state.phase(),
+        plan.state.active_since.as_second(),
+        plan.state.pending.as_ref().map(|k| k.created.as_second()),
+    );
+    let mut wake = ctx.settings.dns_recheck;
+    if let Some(at) = plan.wake_at {
+        let left = at.duration_since(t.0).as_secs().max(0).unsigned_abs();
+        // At least a second: a timer that fires a hair early must not spin.
+        wake = wake.min(Duration::from_secs(left.max(1)));
+    }
+    Ok((wake, plan.steps))
 }
 
-fn read_key(md: &MailDomain, secret: &Secret, secret_name: &str) -> Result<KeyPair> {
-    let pem = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(PRIVATE_KEY))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .ok_or_else(|| Error::DkimKeyChanged {
-            name: secret_name.into(),
-            detail: format!("key {PRIVATE_KEY} is missing or not text"),
-        })?;
-    KeyPair::from_private_pem(md.spec.dkim.algorithm, &pem).map_err(|e| Error::DkimKeyChanged {
-        name: secret_name.into(),
-        detail: e.to_string(),
+/// What the rotation plan needs from the cluster and DNS besides status.
+struct Seen {
+    pending: bool,
+    retiring: bool,
+    verified: Vec<String>,
+    unknown: Vec<rotation::Key>,
+}
+
+/// Reads the pending and retiring keys into `pairs`, asks DNS for every key's record, and lists
+/// key Secrets that status does not know.
+async fn observe(
+    md: &MailDomain,
+    ctx: &Context,
+    state: &rotation::State,
+    pairs: &mut BTreeMap<String, KeyPair>,
+    dns: &mut Lookups,
+) -> Result<Seen> {
+    let pending = load(md, ctx, state.pending.as_ref(), pairs).await?;
+    let retiring = load(md, ctx, state.retiring.as_ref().map(|(k, _)| k), pairs).await?;
+    let mut verified = Vec::new();
+    for (selector, pair) in pairs.iter() {
+        let record = records::dkim(&md.spec.domain, selector, &pair.txt_value());
+        if dns.check(ctx, &record).await.0 {
+            verified.push(selector.clone());
+        }
+    }
+    let mut known: Vec<&str> = vec![&state.active.secret_name];
+    known.extend(state.pending.iter().map(|k| k.secret_name.as_str()));
+    known.extend(state.retiring.iter().map(|(k, _)| k.secret_name.as_str()));
+    let unknown = keys::unknown(md, ctx, &known).await?;
+    Ok(Seen {
+        pending,
+        retiring,
+        verified,
+        unknown,
     })
 }
 
-fn key_secret(md: &MailDomain, secret_name: &str, key: &KeyPair) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name.into()),
-            labels: Some(BTreeMap::from([(KEY_LABEL.to_string(), md.name_any())])),
-            annotations: Some(BTreeMap::from([
-                ("mailroom.dev/domain".to_string(), md.spec.domain.clone()),
-                (
-                    "mailroom.dev/algorithm".to_string(),
-                    key.algorithm.as_str().to_string(),
-                ),
-                ("mailroom.dev/fingerprint".to_string(), key.fingerprint()),
-            ])),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            PRIVATE_KEY.to_string(),
-            ByteString(key.private_pem.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
+/// Creates the new key and deletes retired or cancelled ones, as `plan` says; records the new
+/// key's fingerprint in the plan's state.
+async fn carry_out(
+    md: &MailDomain,
+    ctx: &Context,
+    plan: &mut rotation::Plan,
+    pairs: &mut BTreeMap<String, KeyPair>,
+) -> Result<()> {
+    if let Some(new) = &plan.create {
+        let pair = keys::create_rotated(md, ctx, new).await?;
+        pairs.insert(new.selector.clone(), pair);
+    }
+    if let Some(Step::Resumed(found)) = plan.steps.last() {
+        load(md, ctx, Some(found), pairs).await?;
+    }
+    if let Some(p) = plan.state.pending.as_mut()
+        && let Some(pair) = pairs.get(&p.selector)
+    {
+        p.fingerprint = pair.fingerprint();
+    }
+    for secret in &plan.delete {
+        keys::delete(ctx, secret).await?;
+    }
+    Ok(())
+}
+
+/// Reads `key`'s Secret into `pairs`; whether it held a readable key.
+async fn load(
+    md: &MailDomain,
+    ctx: &Context,
+    key: Option<&rotation::Key>,
+    pairs: &mut BTreeMap<String, KeyPair>,
+) -> Result<bool> {
+    let Some(key) = key else {
+        return Ok(false);
+    };
+    match keys::read_opt(md, ctx, &key.secret_name).await? {
+        Some(pair) => {
+            pairs.insert(key.selector.clone(), pair);
+            Ok(true)
+        }
+        None => Ok(false),
     }
 }
 
-/// Looks every record up and fills `status.dns_records`; true when all match.
-async fn check_dns(md: &MailDomain, key: &KeyPair, ctx: &Context, status: &mut MailDomainStatus) -> bool {
-    let mut all = true;
-    status.dns_records.clear();
-    for record in records::desired(&md.spec, &key.txt_value()) {
-        let (verified, observed) = match ctx.dns.txt(&record.name).await {
-            Ok(observed) => (records::matches(&record, &observed), observed),
-            Err(e) => (false, vec![format!("lookup failed: {e}")]),
-        };
-        ctx.metrics
-            .set_dns(&md.spec.domain, record.purpose.as_str(), verified);
-        all &= verified;
-        status.dns_records.push(DnsRecordStatus {
-            purpose: record.purpose.as_str().into(),
-            name: record.name.clone(),
-            type_: "TXT".into(),
-            value: dkim::split_txt(&record.value),
-            verified,
-            observed,
-            last_checked: Some(now()),
-        });
+/// DNS answers of one reconcile, so a name is asked once.
+#[derive(Default)]
+pub(crate) struct Lookups(BTreeMap<String, Result<Vec<String>, String>>);
+
+impl Lookups {
+    /// Whether `record` is served, and what DNS returned (or the lookup error).
+    pub(crate) async fn check(&mut self, ctx: &Context, record: &records::Record) -> (bool, Vec<String>) {
+        if !self.0.contains_key(&record.name) {
+            let answer = ctx.dns.txt(&record.name).await;
+            self.0.insert(record.name.clone(), answer);
+        }
+        match self.0.get(&record.name) {
+            Some(Ok(observed)) => (records::matches(record, observed), observed.clone()),
+            Some(Err(e)) => (false, vec![format!("lookup failed: {e}")]),
+            None => (false, Vec::new()),
+        }
     }
-    all
 }
 
 async fn publish_transitions(md: &MailDomain, old: &MailDomainStatus, new: &MailDomainStatus, ctx: &Context) {

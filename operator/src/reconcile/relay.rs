@@ -271,18 +271,19 @@ async fn check_secrets(relay: &Relay, ns: &str, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// The private key of every domain, keyed as the rendered config expects.
+/// The private keys of every domain, keyed as the rendered config expects: the signing key, and
+/// during a rotation the pending or retiring one too, so that the switch only changes the config.
 async fn gather_keys(domains: &[MailDomain], ctx: &Context) -> Result<BTreeMap<String, ByteString>> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let mut out = BTreeMap::new();
     for md in domains {
-        let name = md
-            .status
-            .as_ref()
-            .and_then(|s| s.dkim.as_ref())
-            .map(|d| d.secret_name.clone())
-            .unwrap_or_default();
+        let Some(dkim) = md.status.as_ref().and_then(|s| s.dkim.as_ref()) else {
+            return Err(Error::DomainNotReady {
+                domain: md.name_any(),
+            });
+        };
         let ns = ctx.settings.namespace.clone();
+        let name = dkim.secret_name.clone();
         let secret = api
             .get_opt(&name)
             .await
@@ -298,7 +299,19 @@ async fn gather_keys(domains: &[MailDomain], ctx: &Context) -> Result<BTreeMap<S
                 name,
                 key: PRIVATE_KEY.into(),
             })?;
-        out.insert(render::dkim_key_name(&md.spec.domain), pem);
+        out.insert(render::dkim_key_name(&md.spec.domain, &dkim.selector), pem);
+        // The other key is a courtesy: missing means it is being created or retired.
+        for other in [&dkim.pending, &dkim.retiring].into_iter().flatten() {
+            let pem = api
+                .get_opt(&other.secret_name)
+                .await
+                .map_err(Error::kube("get DKIM Secret"))?
+                .and_then(|s| s.data)
+                .and_then(|mut d| d.remove(PRIVATE_KEY));
+            if let Some(pem) = pem {
+                out.insert(render::dkim_key_name(&md.spec.domain, &other.selector), pem);
+            }
+        }
     }
     Ok(out)
 }

@@ -77,7 +77,7 @@ fn capture_relay_renders_capture_delivery_and_paths_only() {
     let key_file = config.domains[0].dkim.as_ref().map(|d| d.key_file.clone());
     assert_eq!(
         key_file,
-        Some(PathBuf::from("/etc/mailroom/dkim/example.org.key"))
+        Some(PathBuf::from("/etc/mailroom/dkim/example.org.mailroom.key"))
     );
 }
 
@@ -140,4 +140,24 @@ fn direct_relay_renders_mx_delivery_with_its_tls_policy() {
         panic!("direct expected: {config:?}")
     };
     assert_eq!(direct.dane, sc::DaneMode::Off);
+}
+
+#[test]
+fn a_rotated_domain_signs_with_the_active_selector_from_status() {
+    let relay = Relay::test("ns", "r", &["d"]);
+    let mut md = MailDomain::test("d", "example.org");
+    md.status = Some(crate::crd::MailDomainStatus {
+        dkim: Some(crate::crd::DkimStatus {
+            selector: "mailroom-20260401-010203".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let config = sidecar_config(&relay, &[md]).expect("render");
+    let dkim = config.domains[0].dkim.clone().expect("dkim");
+    assert_eq!(dkim.selector, "mailroom-20260401-010203");
+    assert_eq!(
+        dkim.key_file,
+        PathBuf::from("/etc/mailroom/dkim/example.org.mailroom-20260401-010203.key")
+    );
 }

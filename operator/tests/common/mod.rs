@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use k8s_openapi::{
     api::{
         core::v1::ServiceAccount,
-        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -27,10 +27,13 @@ use mailroom_operator::{
 use mailroom_test_support::ControlPlane;
 use serde::de::DeserializeOwned;
 
+pub mod sidecar;
 pub mod webhook;
 
 /// The operator's ClusterRole rules, the file the chart ships.
 pub const RULES: &str = include_str!("../../rbac/rules.yaml");
+/// The operator's Role rules in its own namespace, the file the chart ships.
+pub const NAMESPACE_RULES: &str = include_str!("../../rbac/namespace-rules.yaml");
 
 /// Applies every CRD and waits until each is Established.
 pub async fn install_crds(client: &Client) -> Result<()> {
@@ -54,8 +57,8 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// A ServiceAccount `namespace/mailroom-operator` bound (cluster-wide) to exactly [`RULES`];
-/// returns a client authenticated as it.
+/// A ServiceAccount `namespace/mailroom-operator` bound (cluster-wide) to exactly [`RULES`] and,
+/// in `namespace`, to exactly [`NAMESPACE_RULES`]; returns a client authenticated as it.
 pub async fn operator_client(cp: &ControlPlane, namespace: &str) -> Result<Client> {
     let admin = cp.client().await?;
     let sa = ServiceAccount {
@@ -98,7 +101,36 @@ pub async fn operator_client(cp: &ControlPlane, namespace: &str) -> Result<Clien
             ..Default::default()
         }]),
     };
-    Api::<ClusterRoleBinding>::all(admin)
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let meta = ObjectMeta {
+        name: Some("mailroom-operator".into()),
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(serde_yaml::from_str(NAMESPACE_RULES)?),
+    };
+    Api::<Role>::namespaced(admin.clone(), namespace)
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: "mailroom-operator".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "mailroom-operator".into(),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(admin, namespace)
         .create(&PostParams::default(), &binding)
         .await?;
     cp.client_for_service_account(namespace, "mailroom-operator")
@@ -227,3 +259,23 @@ pub fn ready(
 
 /// A real DNS server on loopback (`tests/peers/dnsserver.py`, dnslib).
 pub use mailroom_test_support::peers::DnsServer;
+
+/// dkimpy (which we did not write) signs a message with a PEM key and verifies it, resolving the
+/// selector through our DNS server. Args: key file, selector, domain, DNS port.
+pub const DKIMPY_SIGN_VERIFY: &str = r#"
+import sys, dkim, dns.resolver
+key_file, selector, domain, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+key = open(key_file, "rb").read()
+msg = (b"From: a@" + domain.encode() + b"\r\nTo: b@example.net\r\nSubject: hi\r\n"
+       b"Message-ID: <1@" + domain.encode() + b">\r\n\r\nhello\r\n")
+sig = dkim.sign(msg, selector.encode(), domain.encode(), key, include_headers=[b"from", b"to", b"subject"])
+r = dns.resolver.Resolver(configure=False)
+r.nameservers = ["127.0.0.1"]
+r.port = port
+def dnsfunc(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    return b"".join(b"".join(s for s in rr.strings) for rr in r.resolve(name, "TXT"))
+ok = dkim.verify(sig + msg, dnsfunc=dnsfunc)
+print("verified" if ok else "NOT verified")
+sys.exit(0 if ok else 1)
+"#;

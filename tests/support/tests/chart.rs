@@ -14,7 +14,7 @@ use k8s_openapi::{
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
         apps::v1::Deployment,
-        rbac::v1::{ClusterRole, PolicyRule},
+        rbac::v1::{ClusterRole, PolicyRule, Role},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -35,6 +35,10 @@ fn generated_chart_files_are_up_to_date() -> Result<()> {
     for (copy, source) in [
         ("files/crds.yaml", "crds/crds.yaml"),
         ("files/rbac-rules.yaml", "operator/rbac/rules.yaml"),
+        (
+            "files/rbac-namespace-rules.yaml",
+            "operator/rbac/namespace-rules.yaml",
+        ),
         (
             "files/mutatingwebhookconfiguration.yaml",
             "operator/webhook/mutatingwebhookconfiguration.yaml",
@@ -83,6 +87,8 @@ fn template_renders_defaults_and_every_toggle() -> Result<()> {
         "Deployment",
         "MutatingWebhookConfiguration",
         "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -154,7 +160,8 @@ fn template_renders_defaults_and_every_toggle() -> Result<()> {
     Ok(())
 }
 
-/// The chart's ClusterRole grants exactly `operator/rbac/rules.yaml`.
+/// The chart's ClusterRole grants exactly `operator/rbac/rules.yaml`, and its Role in the release
+/// namespace exactly `operator/rbac/namespace-rules.yaml`.
 #[test]
 fn cluster_role_is_exactly_the_operator_rules() -> Result<()> {
     let docs = documents(&template("mailroom", "mailroom-system", &[])?)?;
@@ -162,6 +169,12 @@ fn cluster_role_is_exactly_the_operator_rules() -> Result<()> {
     let want: Vec<PolicyRule> =
         serde_yaml::from_str(&std::fs::read_to_string(repo().join("operator/rbac/rules.yaml"))?)?;
     assert_eq!(role.rules, Some(want));
+    let role: Role = serde_json::from_value(find(&docs, "Role", None)?.clone())?;
+    let want: Vec<PolicyRule> = serde_yaml::from_str(&std::fs::read_to_string(
+        repo().join("operator/rbac/namespace-rules.yaml"),
+    )?)?;
+    assert_eq!(role.rules, Some(want));
+    assert_eq!(role.metadata.namespace.as_deref(), Some("mailroom-system"));
     Ok(())
 }
 
