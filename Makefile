@@ -3,11 +3,12 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook
+.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook soak
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
 	@echo "make demo     run the sidecar on an embedded default config with capture delivery"
+	@echo "make soak     the sidecar under faults for ~15 min (kill -9, outages); see docs/reliability.md"
 	@echo "make testenv  build only the test environment (kube-apiserver, etcd, helm, prometheus, venv)"
 
 build:
@@ -50,3 +51,10 @@ bench-webhook: testenv
 	eval "$$(bash tests/env/prepare.sh --print-env)"; \
 	$(CARGO) test --release -p mailroom-operator --test webhook repeated_admissions -- --nocapture 2>&1 \
 	  | grep "admission through the apiserver" | tee bench/results/webhook.txt
+
+# Faults at length (not part of `make test`): >= 20 kill -9 trials under load, a smarthost outage
+# (SOAK_ARGS="--outage-seconds 600" for longer), 421 answers and a hang after DATA. Loopback only.
+soak: testenv
+	$(CARGO) build --release --bin mailroom-sidecar
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	MAILROOM_PYTHON="$$MAILROOM_TESTENV_PYTHON" python3 bench/soak.py $(SOAK_ARGS)
