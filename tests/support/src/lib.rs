@@ -21,4 +21,4 @@ mod pki;
 mod process;
 pub mod testenv;
 
-pub use control_plane::{ControlPlane, Options};
+pub use control_plane::{Component, ControlPlane, Options};
