@@ -8,7 +8,7 @@ CARGO ?= cargo
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
 	@echo "make demo     run the sidecar on an embedded default config with capture delivery"
-	@echo "make soak     the sidecar under faults for ~15 min (kill -9, outages); see docs/reliability.md"
+	@echo "make soak     the sidecar under faults for ~10 min (kill -9, outages); see docs/reliability.md"
 	@echo "make testenv  build only the test environment (kube-apiserver, etcd, helm, prometheus, venv)"
 
 build:

@@ -13,8 +13,8 @@ Runs, in order:
            comes back: nothing lost, queue depth stays under the spool limit, time to drain.
   421      the smarthost answers every connection with 421 for --short-seconds, then recovers.
   hang     the smarthost takes DATA and never answers for --short-seconds, then recovers.
-Writes bench/results/soak.json and the results section of docs/reliability.md. Exit status 1 if
-any acknowledged message was lost.
+Prints the results as JSON; a full run (no --only) also writes bench/results/soak.json and the
+results section of docs/reliability.md. Exit status 1 if any acknowledged message was lost.
 
 Usage: python3 bench/soak.py [--kills 20] [--outage-seconds 180] [--short-seconds 60] [--clients 4]
        [--sidecar target/release/mailroom-sidecar] [--python $MAILROOM_PYTHON]
@@ -277,8 +277,8 @@ def markdown(results, argv):
     lines = [
         BEGIN,
         "",
-        "Measured by `make soak` (`python3 bench/soak.py %s`) on %s; %s." % (
-            " ".join(argv), time.strftime("%Y-%m-%d"), results["machine"]),
+        "Measured by `make soak` (`python3 bench/soak.py%s`) on %s; %s, release build." % (
+            "".join(" " + a for a in argv), time.strftime("%Y-%m-%d"), results["machine"]),
         "",
         "| run | acknowledged | lost | duplicates | notes |",
         "|---|---|---|---|---|",
@@ -291,7 +291,7 @@ def markdown(results, argv):
                         ("hang", "smarthost hangs after DATA")]:
         r = results[name]
         lines.append(
-            "| %s for %d s | %d | %d | %d | max queue %d (limit %d), peak RSS %.1f MiB, %d probes, "
+            "| %s for %d s | %d | %d | %d | max queue %d (limit %d), peak RSS %.1f MiB, %d probe(s), "
             "drained %.1f s after the smarthost returned |" % (
                 label, r["fault_seconds"], r["acknowledged"], r["lost"], r["duplicates"],
                 r["max_queue"], SPOOL_MAX_MESSAGES, r["max_rss_mib"], r["parked_probes"],
@@ -333,10 +333,11 @@ def main():
         log("%s: starting" % name)
         results[name] = run(d)
         log("%s: %s" % (name, json.dumps(results[name])))
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "soak.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    print(json.dumps(results, indent=2))
     if not args.only:
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench", "results", "soak.json"), "w") as f:
+            json.dump(results, f, indent=2)
         with open(DOC) as f:
             doc = f.read()
         section = markdown(results, sys.argv[1:])

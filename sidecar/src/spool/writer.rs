@@ -1,17 +1,15 @@
 //! The segment writer: one thread owns the active segment file and commits in groups.
-//! Writing and fsync are pipelined: the writer thread appends every batch at once and hands
-//! durable requests to a sync thread, so Done records and new messages never queue behind an
-//! fsync in progress; every durable request that arrives while an fsync runs shares the next one.
+//! Every durable request that arrives while an fsync runs shares the next fsync, so concurrent
+//! sessions pay for one flush per batch instead of one each.
 
 use super::segment_path;
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc as std_mpsc,
     },
     time::Duration,
 };
@@ -57,32 +55,17 @@ pub struct Op {
 /// Most bytes gathered into one write.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Non-durable records (Done, RcptDone) are flushed after this much quiet time at the latest.
-/// They are in the page cache as soon as they are written, so a process crash (SIGKILL, OOM)
-/// never loses them; only a kernel crash or power loss within this window can, and then the
-/// message is delivered again (a duplicate, never a loss).
 const LAZY_SYNC: Duration = Duration::from_millis(50);
-/// No segment has this sequence number; marks "no fsync has failed".
-const NO_SEGMENT: u64 = 0;
 
 pub(super) struct Writer {
-    dir: PathBuf,
-    seg_limit: u64,
-    active: Arc<AtomicU64>,
-    file: Arc<File>,
-    offset: u64,
-    dir_dirty: bool,
-    unsynced: bool,
-    batch_size: prometheus::Histogram,
-    /// Segment whose fsync failed (fsyncgate: its page cache can no longer be trusted).
-    poisoned: Arc<AtomicU64>,
-}
-
-/// Durable requests of one written batch, waiting for the fsync that makes them stable.
-struct Pending {
-    seg: u64,
-    file: Arc<File>,
-    sync_dir: bool,
-    replies: Vec<(oneshot::Sender<Written>, Written)>,
+    pub dir: PathBuf,
+    pub seg_limit: u64,
+    pub active: Arc<AtomicU64>,
+    pub file: File,
+    pub offset: u64,
+    pub dir_dirty: bool,
+    pub unsynced: bool,
+    pub batch_size: prometheus::Histogram,
 }
 
 impl Writer {
@@ -94,7 +77,10 @@ impl Writer {
         active: Arc<AtomicU64>,
         batch_size: prometheus::Histogram,
     ) -> io::Result<Self> {
-        let file = Arc::new(open_new(&dir, seq)?);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(segment_path(&dir, seq))?;
         active.store(seq, Ordering::SeqCst);
         Ok(Self {
             dir,
@@ -105,19 +91,18 @@ impl Writer {
             dir_dirty: true,
             unsynced: false,
             batch_size,
-            poisoned: Arc::new(AtomicU64::new(NO_SEGMENT)),
         })
     }
 
-    /// Starts segment `active + 1`; with `seal`, the current one is made durable first.
-    fn rotate(&mut self, seal: bool) -> io::Result<()> {
+    fn rotate(&mut self) -> io::Result<()> {
         let next = self.active.load(Ordering::SeqCst) + 1;
-        let file = open_new(&self.dir, next)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(segment_path(&self.dir, next))?;
         // The sealed segment must be durable before anything in the new one is acknowledged.
-        if seal {
-            self.file.sync_data()?;
-        }
-        self.file = Arc::new(file);
+        self.file.sync_data()?;
+        self.file = file;
         self.offset = 0;
         self.dir_dirty = true;
         self.active.store(next, Ordering::SeqCst);
@@ -142,18 +127,6 @@ impl Writer {
         {
             Ok(rt) => rt,
             Err(e) => return tracing::error!(error = %e, "spool writer cannot start"),
-        };
-        let (sync_tx, sync_rx) = std_mpsc::channel();
-        let syncer = {
-            let (dir, poisoned, batch_size) =
-                (self.dir.clone(), self.poisoned.clone(), self.batch_size.clone());
-            std::thread::Builder::new()
-                .name("spool-sync".into())
-                .spawn(move || sync_loop(&sync_rx, &dir, &poisoned, &batch_size))
-        };
-        let syncer = match syncer {
-            Ok(handle) => handle,
-            Err(e) => return tracing::error!(error = %e, "spool sync thread cannot start"),
         };
         let mut batch = Vec::new();
         loop {
@@ -185,36 +158,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Some(pending) = self.write_batch(&mut batch)
-                && sync_tx.send(pending).is_err()
-            {
-                tracing::error!("spool sync thread is gone");
-            }
+            self.write_batch(&mut batch);
         }
-        drop(sync_tx);
-        let _ = syncer.join();
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "spool fsync at shutdown failed");
         }
     }
 
-    /// Appends the batch, answers non-durable requests at once (their bytes are in the page
-    /// cache, which survives a process crash) and returns the durable ones for the sync thread.
-    fn write_batch(&mut self, batch: &mut Vec<Op>) -> Option<Pending> {
-        let active = self.active.load(Ordering::SeqCst);
-        let poisoned = self.poisoned.load(Ordering::SeqCst) == active;
-        // After a failed fsync nothing new is appended to that segment (its pages may be lost).
-        let rotation = if poisoned {
-            self.rotate(false)
-        } else if self.offset >= self.seg_limit {
-            self.rotate(true)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = rotation {
+    fn write_batch(&mut self, batch: &mut Vec<Op>) {
+        if self.offset >= self.seg_limit
+            && let Err(e) = self.rotate()
+        {
             tracing::error!(error = %e, "spool segment rotation failed");
-            reply_all(batch, Err(classify(&e)));
-            return None;
+            return reply_all(batch, Err(classify(&e)));
         }
         let seg = self.active.load(Ordering::SeqCst);
         let start = self.offset;
@@ -234,92 +190,33 @@ impl Writer {
             results.push(locs);
             all.extend_from_slice(&op.buf);
         }
-        if let Err(e) = (&*self.file).write_all(&all) {
+        if let Err(e) = self.file.write_all(&all) {
             tracing::error!(error = %e, "spool write failed");
             // Cut the torn tail so later records never follow garbage.
             let _ = self.file.set_len(start);
-            reply_all(batch, Err(classify(&e)));
-            return None;
+            return reply_all(batch, Err(classify(&e)));
         }
         self.offset += all.len() as u64;
         self.unsynced = true;
-        let mut replies = Vec::new();
+        let durable = batch.iter().filter(|op| op.durable).count();
+        if durable > 0 {
+            self.batch_size.observe(durable as f64);
+        }
+        if durable > 0
+            && let Err(e) = self.sync()
+        {
+            tracing::error!(error = %e, "spool fsync failed");
+            // After a failed fsync the page cache can no longer be trusted (fsyncgate): start a
+            // fresh segment so nothing new is appended after possibly lost pages.
+            let _ = self.rotate();
+            return reply_all(batch, Err(classify(&e)));
+        }
         for (op, locs) in batch.drain(..).zip(results) {
-            let Some(reply) = op.reply else { continue };
-            if op.durable {
-                replies.push((reply, Ok((seg, locs))));
-            } else {
+            if let Some(reply) = op.reply {
                 let _ = reply.send(Ok((seg, locs)));
             }
         }
-        if replies.is_empty() {
-            return None;
-        }
-        // The sync thread's fsync covers this write; the lazy flush is not needed for it.
-        self.unsynced = false;
-        let sync_dir = std::mem::take(&mut self.dir_dirty);
-        Some(Pending {
-            seg,
-            file: self.file.clone(),
-            sync_dir,
-            replies,
-        })
     }
-}
-
-/// The sync thread: one fsync for every batch written since the last one (group commit), then
-/// the replies that waited for it.
-fn sync_loop(
-    rx: &std_mpsc::Receiver<Pending>,
-    dir: &Path,
-    poisoned: &AtomicU64,
-    batch_size: &prometheus::Histogram,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        group.extend(rx.try_iter());
-        let mut failed = None;
-        // Batches of an older segment were made durable when it was sealed; syncing each distinct
-        // file again is cheap and keeps this loop independent of rotation.
-        let mut segs: Vec<(u64, &Arc<File>)> = group.iter().map(|p| (p.seg, &p.file)).collect();
-        segs.dedup_by_key(|(seg, _)| *seg);
-        for (seg, file) in segs {
-            if poisoned.load(Ordering::SeqCst) == seg {
-                failed = Some(io::Error::other("segment fsync failed earlier"));
-            } else if let Err(e) = file.sync_data() {
-                tracing::error!(segment = seg, error = %e, "spool fsync failed");
-                poisoned.store(seg, Ordering::SeqCst);
-                failed = Some(e);
-            }
-        }
-        if failed.is_none()
-            && group.iter().any(|p| p.sync_dir)
-            && let Err(e) = File::open(dir).and_then(|d| d.sync_all())
-        {
-            tracing::error!(error = %e, "spool directory fsync failed");
-            if let Some(last) = group.last() {
-                poisoned.store(last.seg, Ordering::SeqCst);
-            }
-            failed = Some(e);
-        }
-        let durable: usize = group.iter().map(|p| p.replies.len()).sum();
-        batch_size.observe(durable as f64);
-        for p in group {
-            for (reply, written) in p.replies {
-                let _ = reply.send(match &failed {
-                    Some(e) => Err(classify(e)),
-                    None => written,
-                });
-            }
-        }
-    }
-}
-
-fn open_new(dir: &Path, seq: u64) -> io::Result<File> {
-    OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, seq))
 }
 
 fn reply_all(batch: &mut Vec<Op>, result: Written) {
