@@ -8,7 +8,7 @@ CARGO ?= cargo
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
 	@echo "make demo     run the sidecar on an embedded default config with capture delivery"
-	@echo "make soak     the sidecar under faults for ~10 min (kill -9, outages); see docs/reliability.md"
+	@echo "make soak     the sidecar under faults for ~12 min (kill -9, outages); see docs/reliability.md"
 	@echo "make testenv  build only the test environment (kube-apiserver, etcd, helm, prometheus, venv)"
 
 build:
@@ -53,7 +53,8 @@ bench-webhook: testenv
 	  | grep "admission through the apiserver" | tee bench/results/webhook.txt
 
 # Faults at length (not part of `make test`): >= 20 kill -9 trials under load, a smarthost outage
-# (SOAK_ARGS="--outage-seconds 600" for longer), 421 answers and a hang after DATA. Loopback only.
+# (SOAK_ARGS="--outage-seconds 600" for longer), 421 answers, a hang after DATA, hostile clients.
+# Loopback only.
 soak: testenv
 	$(CARGO) build --release --bin mailroom-sidecar
 	eval "$$(bash tests/env/prepare.sh --print-env)"; \

@@ -13,6 +13,8 @@ Runs, in order:
            comes back: nothing lost, queue depth stays under the spool limit, time to drain.
   421      the smarthost answers every connection with 421 for --short-seconds, then recovers.
   hang     the smarthost takes DATA and never answers for --short-seconds, then recovers.
+  hostile  1,000 idle connections, 1 byte/s senders, over-long lines and bad-command floods for
+           --short-seconds: latency of a well-behaved client before and during, memory.
 Prints the results as JSON; a full run (no --only) also writes bench/results/soak.json and the
 results section of docs/reliability.md. Exit status 1 if any acknowledged message was lost.
 
@@ -108,6 +110,7 @@ class Sidecar:
             f.write(
                 "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nhostname: soak.test\n"
                 "domains:\n  - domain: example.com\n"
+                "limits:\n  maxConnections: 1500\n  idleTimeoutSeconds: 600\n"
                 "spool:\n  dir: %s/spool\n  maxMessages: %d\n"
                 "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: %d\n    tls: none\n"
                 "    connectTimeoutSeconds: 5\n    commandTimeoutSeconds: %d\n"
@@ -272,6 +275,95 @@ def outage(args, work, name, seconds, *upstream_args):
     return r
 
 
+def probe_latencies(sidecar, acked_path, seconds, tag):
+    """A well-behaved client on one connection: a message every 0.1 s; latency of each."""
+    import smtplib
+
+    out, n, end = [], 0, time.time() + seconds
+    with smtplib.SMTP("127.0.0.1", sidecar.smtp, timeout=30) as s, open(acked_path, "a") as acked:
+        while time.time() < end:
+            subject = "probe-%s-%d" % (tag, n)
+            body = "From: app@example.com\r\nSubject: %s\r\n\r\nprobe\r\n" % subject
+            t0 = time.perf_counter()
+            s.sendmail("app@example.com", ["user@example.net"], body.encode())
+            out.append(time.perf_counter() - t0)
+            acked.write(subject + "\n")
+            n += 1
+            time.sleep(0.1)
+    return out
+
+
+def hostile(args, work):
+    """1,000 idle connections, 1 byte/s senders, over-long lines and bad-command floods, while a
+    well-behaved client sends: its latency before and during, and the sidecar's memory."""
+    import resource
+    import socket
+    import threading
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    up = Upstream(args.python, work, free_port())
+    up.start()
+    sc = Sidecar(args.sidecar, work, up.port, 10)
+    sc.start()
+    acked = os.path.join(work, "acked-probe")
+    calm = probe_latencies(sc, acked, 10, "calm")
+    rss_before = sc.rss_kib()
+    idle = [socket.create_connection(("127.0.0.1", sc.smtp)) for _ in range(1000)]
+    stop = threading.Event()
+    counts = {"long_500": 0, "flood_421": 0}
+
+    def slow():
+        with socket.create_connection(("127.0.0.1", sc.smtp)) as c:
+            while not stop.is_set():
+                for b in b"NOOP\r\n":
+                    c.sendall(bytes([b]))
+                    time.sleep(1)
+
+    def abuse():
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", sc.smtp)) as c:
+                f = c.makefile("rb")
+                f.readline()
+                c.sendall(b"EHLO " + b"a" * 10000 + b"\r\n")
+                counts["long_500"] += f.readline().startswith(b"500 5.5.2")
+                c.sendall(b"XYZZY\r\n" * 12)
+                lines = [f.readline() for _ in range(12)]
+                counts["flood_421"] += any(l.startswith(b"421 4.7.0") for l in lines)
+
+    threads = [threading.Thread(target=slow, daemon=True) for _ in range(10)]
+    threads += [threading.Thread(target=abuse, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    log("hostile: 1000 idle connections, 10 slow senders, 2 abusive clients")
+    attacked = probe_latencies(sc, acked, args.short_seconds, "attacked")
+    active = int(sc.metric("mailroom_sidecar_sessions_active"))
+    rss_during = sc.rss_kib()
+    stop.set()
+    for c in idle:
+        c.close()
+    r = settle(sc, up, acked, 120)
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+
+    r.update({
+        "calm_p50_ms": pct(calm, 0.5), "calm_p99_ms": pct(calm, 0.99),
+        "attacked_p50_ms": pct(attacked, 0.5), "attacked_p99_ms": pct(attacked, 0.99),
+        "sessions_active": active, "rss_before_mib": round(rss_before / 1024, 1),
+        "rss_during_mib": round(rss_during / 1024, 1), **counts,
+    })
+    sc.stop()
+    up.stop()
+    return r
+
+
+def args_short(results):
+    return results.get("short_seconds", 60)
+
+
 def markdown(results, argv):
     c = results["crash"]
     lines = [
@@ -296,6 +388,16 @@ def markdown(results, argv):
                 label, r["fault_seconds"], r["acknowledged"], r["lost"], r["duplicates"],
                 r["max_queue"], SPOOL_MAX_MESSAGES, r["max_rss_mib"], r["parked_probes"],
                 r["drain_seconds"]))
+    h = results.get("hostile")
+    if h:
+        lines.append(
+            "| hostile clients for %d s: 1,000 idle connections, 10 senders at 1 byte/s, over-long "
+            "lines and bad-command floods (%d × `500 5.5.2`, %d × `421 4.7.0`) | %d | %d | %d | "
+            "well-behaved client p50/p99 %.1f/%.1f ms (%.1f/%.1f ms before), %d sessions open, "
+            "RSS %.1f MiB (%.1f MiB before) |" % (
+                args_short(results), h["long_500"], h["flood_421"], h["acknowledged"], h["lost"],
+                h["duplicates"], h["attacked_p50_ms"], h["attacked_p99_ms"], h["calm_p50_ms"],
+                h["calm_p99_ms"], h["sessions_active"], h["rss_during_mib"], h["rss_before_mib"]))
     lines += ["", END]
     return "\n".join(lines)
 
@@ -310,20 +412,21 @@ def main():
     p.add_argument("--sidecar", default=os.path.join(ROOT, "target", "release", "mailroom-sidecar"))
     p.add_argument("--python", default=os.environ.get("MAILROOM_PYTHON") or os.environ.get(
         "MAILROOM_TESTENV_PYTHON"), help="interpreter with aiosmtpd (make testenv prepares it)")
-    p.add_argument("--only", choices=["crash", "outage", "421", "hang"], action="append")
+    p.add_argument("--only", choices=["crash", "outage", "421", "hang", "hostile"], action="append")
     args = p.parse_args()
     if not args.python:
         raise SystemExit("set MAILROOM_PYTHON to the test env's python (make testenv; see Makefile)")
     if not os.access(args.sidecar, os.X_OK):
         raise SystemExit("%s missing: cargo build --release --bin mailroom-sidecar" % args.sidecar)
     work = tempfile.mkdtemp(prefix="mailroom-soak-")
-    results = {"clients": args.clients, "seed": args.seed,
+    results = {"clients": args.clients, "seed": args.seed, "short_seconds": args.short_seconds,
                "machine": "%d cores, %s" % (os.cpu_count(), os.uname().release)}
     runs = {
         "crash": lambda d: crash(args, d),
         "outage": lambda d: outage(args, d, "outage", args.outage_seconds),
         "421": lambda d: outage(args, d, "421", args.short_seconds, "--greeting-421"),
         "hang": lambda d: outage(args, d, "hang", args.short_seconds, "--hang-data", "1000000"),
+        "hostile": lambda d: hostile(args, d),
     }
     for name, run in runs.items():
         if args.only and name not in args.only:
