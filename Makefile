@@ -3,11 +3,12 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook bench-operator
+.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook bench-operator soak
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
 	@echo "make demo     render examples/ offline and run a capture-mode sidecar: a DKIM-signed message, no cluster"
+	@echo "make soak     the sidecar under faults for ~12 min (kill -9, outages); see docs/reliability.md"
 	@echo "make testenv  build only the test environment (kube-apiserver, etcd, helm, prometheus, venv)"
 
 build:
@@ -58,3 +59,11 @@ bench-operator: testenv
 	MAILROOM_SCALE_RELAYS=1000 MAILROOM_SCALE_NAMESPACES=50 MAILROOM_SCALE_DOMAINS=100 \
 	MAILROOM_SCALE_OUT="$(CURDIR)/bench/results/operator.json" \
 	$(CARGO) test --release -p mailroom-operator --test scale -- --nocapture
+
+# Faults at length (not part of `make test`): >= 20 kill -9 trials under load, a smarthost outage
+# (SOAK_ARGS="--outage-seconds 600" for longer), 421 answers, a hang after DATA, hostile clients.
+# Loopback only.
+soak: testenv
+	$(CARGO) build --release --bin mailroom-sidecar
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	MAILROOM_PYTHON="$$MAILROOM_TESTENV_PYTHON" python3 bench/soak.py $(SOAK_ARGS)

@@ -121,6 +121,11 @@ pub struct Metrics {
     pub spool_batch: Histogram,
     /// `route_parked{route}`: 1 while a route is parked after connection failures.
     pub route_parked: IntGaugeVec,
+    /// `route_failures_total{route}`: connection-level failures (refused, TLS, timeout) that count
+    /// towards parking.
+    pub route_failures: IntCounterVec,
+    /// `route_probes_total{route}`: single attempts let through when a parking period ends.
+    pub route_probes: IntCounterVec,
     /// `mx_lookups_total{result}`: direct delivery's MX lookups, one per domain and attempt.
     pub mx_lookups: IntCounterVec,
     /// `outbound_tls_total{policy, version, outcome}`: direct delivery's TLS decisions, one per
@@ -195,6 +200,16 @@ impl Metrics {
             "outbound_tls_total",
             "Connections opened by direct delivery, by TLS policy, negotiated version and outcome.",
             &["policy", "version", "outcome"],
+        );
+        let route_failures = counter_vec(
+            "route_failures_total",
+            "Connection-level delivery failures (refused, TLS, timeout) by route; they park it.",
+            &["route"],
+        );
+        let route_probes = counter_vec(
+            "route_probes_total",
+            "Probe attempts by route: one each time a parking period ends.",
+            &["route"],
         );
         let mta_sts = counter_vec(
             "mta_sts_policies_total",
@@ -311,6 +326,8 @@ impl Metrics {
             spool_quarantined,
             spool_batch,
             route_parked,
+            route_failures,
+            route_probes,
             mx_lookups,
             outbound_tls,
             mta_sts,

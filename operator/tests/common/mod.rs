@@ -27,6 +27,7 @@ use mailroom_operator::{
 use mailroom_test_support::ControlPlane;
 use serde::de::DeserializeOwned;
 
+pub mod process;
 pub mod sidecar;
 pub mod webhook;
 

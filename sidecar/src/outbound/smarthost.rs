@@ -125,7 +125,13 @@ impl SmarthostTransport {
         let all = |r: RcptResult| vec![r; recipients.len()];
         let mut probe = match lock(&self.breaker).admit(Instant::now()) {
             Admission::Parked => return all(parked()),
-            Admission::Probe => Some(ProbeGuard(self)),
+            Admission::Probe => {
+                self.metrics
+                    .route_probes
+                    .with_label_values(&[Route::Smarthost.as_str()])
+                    .inc();
+                Some(ProbeGuard(self))
+            }
             Admission::Open => None,
         };
         // Never closed, so acquiring cannot fail; the permit bounds connections in use, and a new
@@ -189,6 +195,10 @@ impl SmarthostTransport {
     }
 
     fn connection_failed(&self) {
+        self.metrics
+            .route_failures
+            .with_label_values(&[Route::Smarthost.as_str()])
+            .inc();
         let parked = lock(&self.breaker).failure(Instant::now());
         if parked {
             tracing::warn!(

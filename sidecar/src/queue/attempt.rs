@@ -121,12 +121,14 @@ pub async fn run(mut item: Item, spool: &Spool, d: &Delivery, metrics: &Metrics)
         }
         finished.extend(list.iter().map(|(idx, ..)| *idx));
     }
-    spool.recipients_done(id, &finished).await;
-    item.meta.done.extend_from_slice(&finished);
     if deferred.is_empty() {
+        // Straight to one Done record: every write between the upstream's 250 and the record of
+        // it widens the window in which a crash makes a duplicate (RFC 5321 6.1).
         spool.remove(id).await;
         return Next::Done;
     }
+    spool.recipients_done(id, &finished).await;
+    item.meta.done.extend_from_slice(&finished);
     maybe_delay_notice(&mut item, spool, d, &deferred, &bytes, metrics).await;
     // With direct delivery one unreachable domain says nothing about the others, so it must not
     // slow the whole queue down to probing.

@@ -1,8 +1,9 @@
 //! Durable spool: an append-only log of segment files with group commit.
 //!
 //! A message is acknowledged only after its Chunk and Commit records are fsync'd (file and
-//! directory). Later state (RcptDone, Signature, Done) is appended without waiting and flushed
-//! within [`writer`]'s lazy-sync window: a crash can then cause a duplicate, never a loss.
+//! directory). Later state (RcptDone, Signature, Done) is appended without waiting for any fsync
+//! and flushed within [`writer`]'s lazy-sync window: a crash can then cause a duplicate, never a
+//! loss.
 //! Segments are deleted oldest first once no live message has records in them; live messages in
 //! an old segment are relocated (rewritten at the head) so one long retry cannot pin the disk.
 

@@ -152,6 +152,18 @@ impl Sidecar {
         }
     }
 
+    /// Resident memory of the process in KiB (from /proc), 0 if it is not running.
+    pub fn rss_kib(&self) -> u64 {
+        let Some(c) = &self.child else { return 0 };
+        std::fs::read_to_string(format!("/proc/{}/status", c.id()))
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
     /// SIGKILL, as a node failure or OOM kill would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

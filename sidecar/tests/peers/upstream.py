@@ -2,7 +2,8 @@
 
 Binds --address (127.0.0.1 by default; any 127.0.0.x works on Linux) and --port (0 by default) and prints the bound port on stdout, then serves until killed.
 Recipient behaviour by local part: temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
-slow* -> sleeps --slow-seconds before 250. Each transaction is saved in --maildir as
+slow* -> sleeps --slow-seconds before 250. --hang-data N: the first N transactions get no reply
+after the end of data (the upstream hangs mid-DATA and saves nothing); later ones are served. Each transaction is saved in --maildir as
 <n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number);
 <maildir>/connections holds the number of TCP connections accepted so far.
 """
@@ -29,6 +30,7 @@ def parse_args():
     p.add_argument("--greeting-421", action="store_true", help="answer every connection with 421 and close")
     p.add_argument("--fail-data", type=int, help="reply code after DATA, e.g. 451 or 554")
     p.add_argument("--slow-seconds", type=float, default=5.0)
+    p.add_argument("--hang-data", type=int, default=0, metavar="N", help="never answer the first N DATA")
     return p.parse_args()
 
 
@@ -37,6 +39,7 @@ class State:
         self.maildir = maildir
         self.connections = 0
         self.transactions = 0
+        self.hung = 0
 
     def connected(self):
         self.connections += 1
@@ -72,6 +75,10 @@ class Handler:
             code = self.args.fail_data
             enhanced = "4.3.0" if code < 500 else "5.3.0"
             return "%d %s transaction failed by request" % (code, enhanced)
+        if self.state.hung < self.args.hang_data:
+            # Took the data, never answers: the client's DATA timeout must fire (RFC 5321 4.5.3.2.6).
+            self.state.hung += 1
+            await asyncio.Event().wait()
         self.state.transactions += 1
         n = self.state.transactions
         base = os.path.join(self.args.maildir, "%04d" % n)

@@ -64,6 +64,24 @@ impl Default for Options {
     }
 }
 
+/// A control-plane process a test may crash and restart (see [`ControlPlane::restart`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// etcd: its data directory survives the restart, as a crashed member's disk would.
+    Etcd,
+    /// kube-apiserver: every watch breaks and every client must reconnect.
+    Apiserver,
+}
+
+impl Component {
+    fn process_name(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Apiserver => "kube-apiserver",
+        }
+    }
+}
+
 /// A running control plane. Dropping it kills its processes and removes its directory (keeping
 /// `logs/` if the dropping thread is panicking); the shared one is cleaned up when the test process ends.
 pub struct ControlPlane {
@@ -240,6 +258,24 @@ impl ControlPlane {
     /// How long `start` took until `/readyz` answered and the controller-manager was launched.
     pub fn startup_time(&self) -> Duration {
         self.startup
+    }
+
+    /// Crashes `component` (SIGKILL), keeps it down for `downtime`, starts it again with the same
+    /// flags, ports and data, and waits until the apiserver answers `/readyz` again. Only for an
+    /// owned control plane (`start()`): the shared one belongs to every test of the binary.
+    pub async fn restart(&mut self, component: Component, downtime: Duration) -> Result<()> {
+        let name = component.process_name();
+        let proc = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no {name} process"))?;
+        proc.kill();
+        tokio::time::sleep(downtime).await;
+        proc.respawn()?;
+        let pid = proc.pid();
+        self.janitor.watch(pid)?;
+        self.wait_ready(Duration::from_secs(60)).await
     }
 
     fn spawn(&mut self, name: &'static str, program: &Path, args: &[String]) -> Result<()> {

@@ -29,4 +29,4 @@ pub mod release;
 pub mod stack;
 pub mod testenv;
 
-pub use control_plane::{ControlPlane, Options};
+pub use control_plane::{Component, ControlPlane, Options};

@@ -15,6 +15,8 @@ pub(crate) struct Proc {
     pub(crate) name: &'static str,
     child: Child,
     log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 // === impl Proc ===
@@ -23,17 +25,28 @@ impl Proc {
     /// Starts `program args...` with stdin closed and stdout+stderr appended to `logs/<name>.log`.
     pub(crate) fn spawn(name: &'static str, program: &Path, args: &[String], logs: &Path) -> Result<Self> {
         let log = logs.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .current_dir(logs)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self { name, child, log })
+        File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = start(program, args, &log)?;
+        Ok(Self {
+            name,
+            child,
+            log,
+            program: program.to_owned(),
+            args: args.to_vec(),
+        })
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub(crate) fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the process again with the same arguments (after [`Proc::kill`], or killing it now),
+    /// appending to the same log.
+    pub(crate) fn respawn(&mut self) -> Result<()> {
+        self.stop();
+        self.child = start(&self.program, &self.args, &self.log)?;
+        Ok(())
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -61,6 +74,22 @@ impl Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+fn start(program: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let out = fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir(log.parent().unwrap_or(Path::new(".")))
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))
 }
 
 impl Drop for Proc {

@@ -1,0 +1,86 @@
+//! The real `mailroom-operator` binary as a child process (cluster-admin kubeconfig, leader
+//! election on a short Lease), for tests that crash, signal or race it.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::Result;
+use mailroom_test_support::ControlPlane;
+
+/// One operator process; killed (SIGKILL) when dropped.
+pub struct OperatorProcess {
+    /// The process.
+    pub child: Child,
+    /// Its `OPERATOR_IDENTITY` (Lease holder name).
+    pub identity: &'static str,
+    admin_port: u16,
+}
+
+impl OperatorProcess {
+    /// Starts the operator watching the whole cluster, its Lease in `ns`, logging to
+    /// `<control plane logs>/operator-<identity>.log` (appended across restarts).
+    pub fn spawn(cp: &ControlPlane, ns: &str, identity: &'static str) -> Result<Self> {
+        let admin_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cp.logs_dir().join(format!("operator-{identity}.log")))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_mailroom-operator"))
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("OPERATOR_NAMESPACE", ns)
+            .env("OPERATOR_IDENTITY", identity)
+            .env("OPERATOR_LEASE_DURATION_SECONDS", "3")
+            .env("OPERATOR_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            // Every replica serves the webhook, leader or not; two on one host need two ports.
+            .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
+            .env("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Self {
+            child,
+            identity,
+            admin_port,
+        })
+    }
+
+    /// Reconciles this process has run, from its /metrics.
+    pub fn reconciles(&self) -> Result<u64> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with("mailroom_operator_reconcile_runs_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    }
+
+    /// Sends `signal` (e.g. `-TERM`) with kill(1).
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        Ok(())
+    }
+
+    /// SIGKILL, as an OOM kill or node loss would, and reap it.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
