@@ -5,13 +5,20 @@ pub mod backoff;
 pub mod mail_domain;
 pub mod relay;
 
-use std::sync::Arc;
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, Predicate, PredicateConfig, WatchStreamExt, controller::Action, predicates, reflector,
+        reflector::ObjectRef, watcher,
+    },
 };
 
 use crate::{
@@ -51,7 +58,19 @@ impl std::fmt::Debug for Context {
 /// Runs both controllers until the returned future is dropped.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let domains = Controller::new(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
+    // A MailDomain is reconciled when its spec or annotations (the rotation trigger) change, not
+    // when its own status does: every status patch (DNS findings carry `lastChecked`) would
+    // otherwise schedule another reconcile, which patches status again.
+    let (reader, writer) = reflector::store();
+    let own_changes = watcher(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            PredicateConfig::default(),
+        );
+    let domains = Controller::for_stream(own_changes, reader)
         .watches(
             Api::<Secret>::namespaced(client.clone(), &ctx.settings.namespace),
             watcher::Config::default().labels(mail_domain::KEY_LABEL),
@@ -70,9 +89,13 @@ pub async fn run(ctx: Arc<Context>) {
     let relays = relays
         .owns(Api::<ConfigMap>::all(client.clone()), relay::children())
         .owns(Api::<Secret>::all(client.clone()), relay::children())
-        .watches(
-            Api::<MailDomain>::all(client.clone()),
-            watcher::Config::default(),
+        // Only changes a Relay renders from wake its Relays: with hundreds of Relays on one
+        // MailDomain, each DNS recheck of it would otherwise reconcile all of them.
+        .watches_stream(
+            watcher(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .predicate_filter(what_relays_use, PredicateConfig::default()),
             move |md| {
                 let name = md.name_any();
                 store
@@ -83,9 +106,15 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<Secret>::all(client),
-            watcher::Config::default(),
+        // Names are all a Relay needs of other Secrets: metadata only, so the operator never
+        // receives (or holds) the values of every Secret in the cluster.
+        .watches_stream(
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::all(client),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
             move |secret| {
                 let (ns, name) = (secret.namespace(), secret.name_any());
                 secrets_store
@@ -113,6 +142,19 @@ pub async fn run(ctx: Arc<Context>) {
         .run(reconcile_relay, error_policy_relay, ctx)
         .for_each(|_| futures::future::ready(()));
     futures::join!(domains, relays);
+}
+
+/// A hash of what Relays take from a MailDomain: its spec (by generation), whether it is Ready,
+/// and its DKIM keys (selector, fingerprint, Secret; rotation adds and retires keys).
+fn what_relays_use(md: &MailDomain) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    md.metadata.generation.hash(&mut h);
+    if let Some(status) = &md.status {
+        let ready = crate::conditions::get(&status.conditions, crate::conditions::READY);
+        ready.map(|c| (&c.status, &c.reason)).hash(&mut h);
+        serde_json::to_string(&status.dkim).ok().hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 async fn reconcile_domain(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
