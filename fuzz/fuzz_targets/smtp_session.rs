@@ -2,4 +2,6 @@
 //! `mailroom_sidecar::fuzzing::smtp_session`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailroom_sidecar::fuzzing::smtp_session(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    mailroom_sidecar::fuzzing::smtp_session(data);
+});

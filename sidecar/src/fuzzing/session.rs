@@ -34,6 +34,18 @@ delivery:
     dir: /nonexistent/capture
 ";
 
+thread_local! {
+    /// The config with `bareLineEndings` reject and normalize; parsed once, not per input.
+    static CONFIGS: [Arc<Config>; 2] = {
+        let config = Config::parse(Path::new("fuzz.yaml"), CONFIG).expect("fuzz config is valid");
+        let mut normalize = config.clone();
+        normalize.limits.bare_line_endings = BareLineEndings::Normalize;
+        [Arc::new(config), Arc::new(normalize)]
+    };
+    /// Registering every metric per input would cost more than the session itself.
+    static METRICS: Metrics = Metrics::new();
+}
+
 /// Runs one inbound session over `input`. The first byte picks the variant: bits 0-1 a sink
 /// failure (none, `begin` full, `commit` I/O error, rate limited), bit 2 `bareLineEndings:
 /// normalize`, bit 3 shutdown already requested, bits 4-7 how many bytes each read returns
@@ -48,11 +60,7 @@ pub fn smtp_session(input: &[u8]) -> usize {
     let Some((&mode, stream)) = input.split_first() else {
         return 0;
     };
-    let mut config = Config::parse(Path::new("fuzz.yaml"), CONFIG).expect("fuzz config is valid");
-    if mode & 4 != 0 {
-        config.limits.bare_line_endings = BareLineEndings::Normalize;
-    }
-    let config = Arc::new(config);
+    let config = CONFIGS.with(|c| c[usize::from(mode & 4 != 0)].clone());
     let committed = Committed::default();
     let sink = Arc::new(FuzzSink {
         fail: mode & 3,
@@ -70,9 +78,15 @@ pub fn smtp_session(input: &[u8]) -> usize {
     let (stop, stopped) = tokio::sync::watch::channel(mode & 8 != 0);
     let mut io = super::block_on(async {
         let mut io = io;
-        Session::new(&mut io, config.clone(), sink, Metrics::new(), stopped)
-            .run()
-            .await;
+        Session::new(
+            &mut io,
+            config.clone(),
+            sink,
+            METRICS.with(Metrics::clone),
+            stopped,
+        )
+        .run()
+        .await;
         io
     });
     drop(stop);
