@@ -30,6 +30,7 @@ use mailroom_operator::{
 use mailroom_test_support::{ControlPlane, testenv};
 use serde::de::DeserializeOwned;
 
+pub mod sidecar;
 pub mod webhook;
 
 /// The operator's ClusterRole rules, the file the chart ships.
