@@ -21,7 +21,7 @@ const MAX_SEGMENTS: usize = 8;
 /// Writes segment files made from `input` into the empty directory `dir`, opens the spool there
 /// and reads back every queued message. The first byte picks the mode: odd is structured
 /// (the rest is a list of operations encoded as records with valid checksums: chunks, commits
-/// with right or wrong length and CRC, done, recipient-done, signature, segment break, garbage,
+/// with right, wrong or absurd length and wrong CRC, done, recipient-done, signature, segment break, garbage,
 /// bit flips and truncation), even is raw (the rest is the segments' bytes, split at `\xffSEG`).
 ///
 /// Invariants: the spool opens; a message it queues reads back with the length its commit
@@ -124,14 +124,15 @@ fn structured(input: &[u8]) -> (Vec<Vec<u8>>, HashMap<MessageId, Vec<u8>>) {
                         smtputf8: false,
                         received_at: 1,
                     },
-                    len: m.body.len() as u64 + u64::from(flags & 1),
+                    // Bit 0: one byte too long; bit 2: absurdly long (the allocator must not see it).
+                    len: m.body.len() as u64 + u64::from(flags & 1) + u64::from(flags & 4) * (1 << 40),
                     crc: crc32fast::hash(&m.body) ^ u32::from(flags & 2),
                     done: Vec::new(),
                     signature: None,
                 };
                 let json = serde_json::to_vec(&meta).expect("meta serializes");
                 record::encode(seg, Kind::Commit, id, &json);
-                m.tainted |= m.committed || flags & 3 != 0;
+                m.tainted |= m.committed || flags & 7 != 0;
                 m.committed = true;
             }
             2 => {
