@@ -80,7 +80,7 @@ fn spool_replay_seeds_hold_the_invariants() {
 /// bits the generator now sets, 4 TiB more). Replay defers the check of multi-segment messages
 /// to the first read, which checked the CRC only, so the read returned a body shorter than
 /// committed; with the huge length it asked the allocator for 4 TiB and aborted the process.
-/// Now the read fails with `InvalidData` and the message stays in the spool.
+/// Now the read fails with `InvalidData`, which delivery counts as quarantined and sets aside.
 #[test]
 fn multi_segment_message_with_a_wrong_length_fails_its_read_instead_of_aborting() {
     let input = b"\x01\x00\x02\x03abc\x05\x00\x00\x02\x02de\x01\x02\x05\x04\x02\x04si\x02\x03\x03\x02\x02\x00\x01\x02\x01";
