@@ -44,6 +44,12 @@ thread_local! {
         .enable_all()
         .build()
         .expect("a current-thread runtime builds");
+    /// Registering every metric per input would cost more than the code under test.
+    static METRICS: crate::metrics::Metrics = crate::metrics::Metrics::new();
+}
+
+fn metrics() -> crate::metrics::Metrics {
+    METRICS.with(Clone::clone)
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -3,7 +3,6 @@
 use crate::{
     config::{BareLineEndings, Config},
     inbound::{MessageSink, MessageWriter, Session, SinkError},
-    metrics::Metrics,
     queue::{self, Envelope, MessageId},
 };
 use std::{
@@ -42,8 +41,6 @@ thread_local! {
         normalize.limits.bare_line_endings = BareLineEndings::Normalize;
         [Arc::new(config), Arc::new(normalize)]
     };
-    /// Registering every metric per input would cost more than the session itself.
-    static METRICS: Metrics = Metrics::new();
 }
 
 /// Runs one inbound session over `input`. The first byte picks the variant: bits 0-1 a sink
@@ -78,15 +75,9 @@ pub fn smtp_session(input: &[u8]) -> usize {
     let (stop, stopped) = tokio::sync::watch::channel(mode & 8 != 0);
     let mut io = super::block_on(async {
         let mut io = io;
-        Session::new(
-            &mut io,
-            config.clone(),
-            sink,
-            METRICS.with(Metrics::clone),
-            stopped,
-        )
-        .run()
-        .await;
+        Session::new(&mut io, config.clone(), sink, super::metrics(), stopped)
+            .run()
+            .await;
         io
     });
     drop(stop);

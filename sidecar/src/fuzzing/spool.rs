@@ -3,7 +3,6 @@
 
 use crate::{
     config,
-    metrics::Metrics,
     queue::{Envelope, MessageId},
     spool::{
         Meta, Queued, Spool,
@@ -58,7 +57,7 @@ pub fn spool_replay(dir: &Path, input: &[u8]) -> usize {
 }
 
 fn open_and_read(cfg: &config::Spool, expect: &HashMap<MessageId, Vec<u8>>) -> Vec<Queued> {
-    let (spool, queued, _arrivals) = Spool::open(cfg, Metrics::new()).expect("spool opens");
+    let (spool, queued, _arrivals) = Spool::open(cfg, super::metrics()).expect("spool opens");
     super::block_on(async {
         for q in &queued {
             let sig = q.meta.signature.as_ref().map_or(0, String::len);
