@@ -3,13 +3,16 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook bench-operator soak
+.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook \
+	bench-operator soak deny audit fuzz fuzz-smoke
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
 	@echo "make demo     render examples/ offline and run a capture-mode sidecar: a DKIM-signed message, no cluster"
 	@echo "make soak     the sidecar under faults for ~12 min (kill -9, outages); see docs/reliability.md"
 	@echo "make testenv  build only the test environment (kube-apiserver, etcd, helm, prometheus, venv)"
+	@echo "make fuzz     run every fuzz target FUZZ_SECONDS (default 600) seconds; see docs/security.md"
+	@echo "make audit    check dependencies against the RustSec advisory database (needs network)"
 
 build:
 	$(CARGO) build --workspace --bins
@@ -22,6 +25,7 @@ lint: fmt clippy
 
 fmt:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -35,7 +39,25 @@ cargo-test: testenv
 	export MAILROOM_PYTHON="$$MAILROOM_TESTENV_PYTHON"; \
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
-test: lint check-golden cargo-test
+# Dependency policy in deny.toml. Advisories need the advisory database (network): `make audit`.
+deny: testenv
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	"$$MAILROOM_TESTENV_BIN/cargo-deny" --locked check licenses bans sources
+
+audit: testenv
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	"$$MAILROOM_TESTENV_BIN/cargo-deny" --locked check advisories
+
+# Long fuzzing runs, one target at a time (docs/security.md records results).
+FUZZ_SECONDS ?= 600
+fuzz: testenv
+	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# A short run of every fuzz target from its seeds, so that make test catches a regression.
+fuzz-smoke: testenv
+	FUZZ_CORPUS=fresh bash fuzz/run.sh 8
+
+test: lint check-golden deny fuzz-smoke cargo-test
 
 demo: build
 	bash examples/demo.sh

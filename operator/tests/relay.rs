@@ -182,6 +182,24 @@ async fn relay_negative_paths_set_ready_false_with_their_reason() -> Result<()> 
 
     relay(&env, &ns, "closed", "domains: [closed]\ndelivery: {capture: {}}").await?;
     wait_for(&api, "closed", reason_is("DomainNotAllowed")).await?;
+    // A namespace the MailDomain does not grant never gets its signing key, under any name.
+    let key = Api::<Secret>::namespaced(env.admin.clone(), &env.operator_ns)
+        .get("dkim-closed")
+        .await?;
+    let key_bytes: Vec<&[u8]> = key.data.iter().flatten().map(|(_, v)| v.0.as_slice()).collect();
+    assert!(!key_bytes.is_empty(), "dkim-closed holds the key");
+    let in_ns = Api::<Secret>::namespaced(env.admin.clone(), &ns)
+        .list(&Default::default())
+        .await?;
+    for s in &in_ns.items {
+        for (k, v) in s.data.iter().flatten() {
+            assert!(
+                !key_bytes.contains(&v.0.as_slice()) && !k.contains("closed.example.com"),
+                "{ns}/{:?} holds the key of a MailDomain that does not grant {ns}",
+                s.metadata.name
+            );
+        }
+    }
     // Allowing the namespace re-triggers the Relay (the MailDomain watch).
     let patch = serde_json::json!({"spec": {"allowedNamespaces": {"names": [ns]}}});
     Api::<MailDomain>::all(env.admin.clone())

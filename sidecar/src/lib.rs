@@ -7,6 +7,8 @@ pub mod app;
 pub mod config;
 pub mod dkim;
 pub mod dsn;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

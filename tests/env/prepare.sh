@@ -9,7 +9,7 @@
 #   eval "$(bash tests/env/prepare.sh --print-env)"   same, then export MAILROOM_TESTENV_* here
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
-#   bin/    kube-apiserver kube-controller-manager etcd helm prometheus promtool
+#   bin/    kube-apiserver kube-controller-manager etcd helm prometheus promtool cargo-fuzz cargo-deny
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
 # <hash> is the first 12 hex digits of sha256(versions.env); tests/support computes the same path.
@@ -197,6 +197,38 @@ build_go_tools() {
         -tags="$PROMETHEUS_BUILD_TAGS" -ldflags="$pflags"
 }
 
+# === cargo tools ===
+
+# cargo_install NAME VERSION: `cargo install --locked` of a pinned cargo subcommand into its own
+# component dir (its lock file decides every dependency), then linked into $bin. The build directory
+# is a temp dir that is removed afterwards, so nothing lands in the repo's target/.
+cargo_install() {
+    local name="$1" version="$2" cdir t0
+    cdir="$(component_dir "$name" "$3")"
+    if [ -x "$cdir/bin/$name" ]; then
+        log "ok      $name $version (cached)"
+    else
+        command -v cargo >/dev/null || die "cargo not found on PATH. Install Rust 1.95 and rerun tests/env/prepare.sh."
+        log "build   $name $version (cargo install; first build takes minutes on 2 cores)"
+        t0=$SECONDS
+        rm -rf "$cdir" "$cdir.tmp"
+        mkdir -p "$cdir"
+        CARGO_TARGET_DIR="$cdir/.build" cargo install --quiet --locked --root "$cdir.tmp" \
+            --version "=$version" -j "$(nproc)" "$name" ||
+            die "cargo install $name $version failed (see cargo output above); check access to the Rust package registry."
+        rm -rf "$cdir/.build"
+        mv -f "$cdir.tmp/bin" "$cdir/bin"
+        rm -rf "$cdir.tmp"
+        log "built   $name $version in $((SECONDS - t0))s"
+    fi
+    link "$cdir/bin/$name" "$bin/$name"
+}
+
+build_cargo_tools() {
+    cargo_install cargo-fuzz "$CARGO_FUZZ_VERSION" CARGO_FUZZ_VERSION
+    cargo_install cargo-deny "$CARGO_DENY_VERSION" CARGO_DENY_VERSION
+}
+
 # === python venv ===
 
 build_venv() {
@@ -225,6 +257,7 @@ build_venv() {
 
 log "cache   $dir"
 build_go_tools
+build_cargo_tools
 build_venv
 
 cat >"$dir/env.sh" <<EOF

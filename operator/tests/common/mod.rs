@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 
 pub mod process;
 pub mod sidecar;
+pub mod sidecar_process;
 pub mod webhook;
 
 /// The operator's ClusterRole rules, the file the chart ships.

@@ -58,6 +58,53 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn non_loopback_listen_without_opt_in_is_an_error_naming_the_field() {
+    struct Case {
+        address: &'static str,
+        refused: bool,
+    }
+    let cases = [
+        Case {
+            address: "0.0.0.0:2525",
+            refused: true,
+        },
+        Case {
+            address: "10.1.2.3:25",
+            refused: true,
+        },
+        Case {
+            address: "\"[::]:2525\"",
+            refused: true,
+        },
+        Case {
+            address: "127.0.0.2:2525",
+            refused: false,
+        },
+        Case {
+            address: "\"[::1]:2525\"",
+            refused: false,
+        },
+    ];
+    for case in cases {
+        let text = format!("{MINIMAL}listen:\n  address: {}\n", case.address);
+        match Config::parse(Path::new("t.yaml"), &text) {
+            Ok(_) => assert!(!case.refused, "{} accepted without opt-in", case.address),
+            Err(Error::Invalid { problems, .. }) => {
+                assert!(case.refused, "{} refused: {problems:?}", case.address);
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert_eq!(problems[0].field, "listen.address");
+                assert!(
+                    problems[0].message.contains("listen.allowNonLoopback: true"),
+                    "{}",
+                    problems[0]
+                );
+            }
+            Err(other) => panic!("{}: {other}", case.address),
+        }
+    }
+}
+
+#[test]
 fn non_loopback_listen_needs_explicit_opt_in() {
     let text = format!("{MINIMAL}listen:\n  address: 0.0.0.0:25\n  allowNonLoopback: true\n");
     Config::parse(Path::new("t.yaml"), &text).expect("explicit opt-in is valid");

@@ -230,7 +230,16 @@ impl Spool {
         };
         tokio::task::spawn_blocking(move || {
             let sig = entry.meta.signature.as_deref().unwrap_or("").as_bytes();
-            let mut out = Vec::with_capacity(sig.len() + entry.meta.len as usize);
+            // Sized from the chunks found on disk, not from the Commit's length: a corrupt length
+            // must fail the check below, not ask the allocator for terabytes (found by fuzzing).
+            let stored: u64 = entry.chunks.iter().map(|l| u64::from(l.len)).sum();
+            if stored != entry.meta.len {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "message length does not match its commit record",
+                ));
+            }
+            let mut out = Vec::with_capacity(sig.len() + stored as usize);
             out.extend_from_slice(sig);
             let mut crc = crc32fast::Hasher::new();
             for (l, f) in entry.chunks.iter().zip(files) {
