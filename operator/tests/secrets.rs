@@ -8,19 +8,15 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::{Command, Stdio},
+    io::Write,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use common::{
-    Env,
-    sidecar_process::{
-        Upstream, collect, kubelet_files, log_text, secret, send, sidecar_binary, wait_listening,
-    },
+    Env, secret,
     webhook::{OPTED_IN_RESTRICTED, domain, pod, relay, start_injector},
 };
 use k8s_openapi::api::{
@@ -32,6 +28,11 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use mailroom_operator::crd::{MailDomain, Relay};
+use mailroom_test_support::{
+    kubelet::PodContainer,
+    peers::{Upstream, smtp_send},
+    stack::{Proc, build_binaries, eventually, free_port, http_get},
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 const USER: &str = "mailer";
@@ -41,9 +42,9 @@ const PASSWORD: &str = "pw-Vq7Lx2Rz9Kd4Ns8Tb";
 #[tokio::test]
 async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metrics() -> Result<()> {
     let operator_log = capture_logs();
-    let sidecar_bin = sidecar_binary()?;
+    let bin = build_binaries()?;
     let tmp = tempfile::tempdir()?;
-    let upstream = Upstream::start(tmp.path(), &format!("{USER}:{PASSWORD}"))?;
+    let mut upstream = Upstream::starttls_with_auth(tmp.path(), USER, PASSWORD)?;
     // No DNS server answers there: the MailDomain's DNS check fails, which makes Events too.
     let env = Env::start(&[("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")]).await?;
     let ns = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
@@ -55,10 +56,11 @@ async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metri
     let pp = PostParams::default();
     let creds = [("username", USER), ("password", PASSWORD)];
     secrets.create(&pp, &secret("creds", &creds)).await?;
+    let ca = upstream.ca_pem.clone().context("the upstream's CA")?;
     secrets
-        .create(&pp, &secret("upstream-ca", &[("ca.crt", &upstream.ca_pem)]))
+        .create(&pp, &secret("upstream-ca", &[("ca.crt", &ca)]))
         .await?;
-    let listen = common::sidecar_process::free_port()?;
+    let listen = free_port()?;
     let spec = format!(
         "domains: [shop]\nlistenPort: {listen}\ndelivery:\n  smarthost: {{host: 127.0.0.1, port: {}, tls: starttls, \
          credentialsSecretRef: {{name: creds}}, caSecretRef: {{name: upstream-ca, key: ca.crt}}}}",
@@ -69,38 +71,36 @@ async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metri
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
     pods.create(&pp, &pod("app", Some("outbound"), false)?).await?;
     let stored = pods.get("app").await?;
-    let sidecar = stored
-        .spec
-        .iter()
-        .flat_map(|s| s.init_containers.iter().flatten())
-        .find(|c| c.name == "mailroom-sidecar")
-        .context("injected sidecar")?;
 
-    let mut vars = kubelet_files(&env, &ns, &stored, sidecar, &tmp.path().join("pod")).await?;
-    vars.insert("RUST_LOG".into(), "debug".into());
-    let admin = vars.get("SIDECAR_ADMIN_ADDR").cloned().context("admin address")?;
-    let mut process = Command::new(&sidecar_bin)
-        .env_clear()
-        .envs(&vars)
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting mailroom-sidecar")?;
-    let log = collect(&mut process);
-    wait_listening(listen, &mut process, &log)?;
-    send(listen)?;
+    let root = tmp.path().join("pod");
+    let mut container = PodContainer::materialize(&env.admin, &stored, "mailroom-sidecar", &root).await?;
+    container.env.insert("RUST_LOG".into(), "debug".into());
+    // A real pod has its own network namespace; here the admin port must be free.
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    container
+        .env
+        .insert("SIDECAR_ADMIN_ADDR".into(), admin.to_string());
+    let mut process = Proc::spawn("sidecar", &mut container.command(&bin)?, tmp.path())?;
+    eventually("the sidecar to listen", Duration::from_secs(30), || {
+        process.check_running()?;
+        Ok(std::net::TcpStream::connect(("127.0.0.1", listen))
+            .ok()
+            .map(|_| ()))
+    })?;
+    let smtp = format!("127.0.0.1:{listen}").parse()?;
+    if let Err(e) = smtp_send(smtp, "app@shop.example.com", &["someone@example.net"])? {
+        anyhow::bail!("smtplib: {e}");
+    }
     // Delivered signed with the key and authenticated with the password: both were used.
-    let eml = upstream.wait_message(&log)?;
-    let meta = std::fs::read_to_string(eml.with_extension("json"))?;
-    ensure!(meta.contains("\"authenticated\": true"), "{meta}");
-    let metrics = http_get(&admin, "/metrics")?;
+    let eml = upstream.wait_messages(1, &mut process)?.remove(0);
+    let meta = Upstream::envelope(&eml)?;
+    ensure!(meta["authenticated"] == true, "{meta}");
+    let (_, metrics) = http_get(admin, "/metrics")?;
     ensure!(
         metrics.contains("mailroom_sidecar_messages_delivered_total"),
         "{metrics}"
     );
-    Command::new("kill")
-        .args(["-TERM", &process.id().to_string()])
-        .status()?;
-    process.wait()?;
+    process.terminate()?;
 
     let key = Api::<Secret>::namespaced(env.admin.clone(), &env.operator_ns)
         .get("dkim-shop")
@@ -113,7 +113,7 @@ async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metri
         "the needles do not match the key as it is stored"
     );
 
-    let sidecar_log = log_text(&log);
+    let sidecar_log = process.log();
     ensure!(
         sidecar_log.contains("DEBUG"),
         "sidecar ran without debug logging:\n{sidecar_log}"
@@ -181,14 +181,6 @@ where
 {
     let list = Api::<K>::all(client.clone()).list(&ListParams::default()).await?;
     Ok(serde_json::to_string(&list.items)?)
-}
-
-fn http_get(addr: &str, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
 }
 
 /// Sends this process's logs (the in-process operator's, at debug level) to a buffer.

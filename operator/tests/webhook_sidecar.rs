@@ -13,17 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use common::{
-    Env,
+    Env, secret,
     webhook::{OPTED_IN_RESTRICTED, domain, pod, relay, start_injector},
 };
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{Pod, Secret},
-};
-use kube::{
-    Api,
-    api::{ObjectMeta, PostParams},
-};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{Api, api::PostParams};
 use mailroom_test_support::{
     kubelet::PodContainer,
     peers::Upstream,
@@ -155,21 +149,6 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
     assert_eq!(status.code(), Some(0), "{}", process.log());
     assert!(process.log().contains("drain complete"), "{}", process.log());
     Ok(())
-}
-
-fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
 }
 
 /// Sends [`MESSAGE`] with Python's smtplib (a client we did not write).

@@ -29,7 +29,6 @@ use serde::de::DeserializeOwned;
 
 pub mod process;
 pub mod sidecar;
-pub mod sidecar_process;
 pub mod webhook;
 
 /// The operator's ClusterRole rules, the file the chart ships.
@@ -281,3 +280,19 @@ ok = dkim.verify(sig + msg, dnsfunc=dnsfunc)
 print("verified" if ok else "NOT verified")
 sys.exit(0 if ok else 1)
 "#;
+
+/// A Secret named `name` with these keys and (UTF-8) values.
+pub fn secret(name: &str, data: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
