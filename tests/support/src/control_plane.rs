@@ -120,6 +120,24 @@ impl ControlPlane {
 
     /// Starts a control plane owned by the caller.
     pub async fn start_with(options: Options) -> Result<Self> {
+        // The ports are chosen free and then released for etcd and the apiserver to bind; in
+        // between, another test's outgoing connection can take one as its ephemeral port.
+        // That race is retried with new ports; anything else is an error at once.
+        let mut attempts = 0;
+        loop {
+            match Self::start_once(&options).await {
+                Err(e) if attempts < 3 && format!("{e:#}").contains("address already in use") => {
+                    attempts += 1;
+                    eprintln!(
+                        "mailroom-test-support: a control plane port was taken; retrying with new ports"
+                    );
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(options: &Options) -> Result<Self> {
         let t0 = Instant::now();
         let (etcd_bin, apiserver_bin) = (testenv::bin("etcd")?, testenv::bin("kube-apiserver")?);
         let dir = tempfile::Builder::new().prefix("mailroom-cp-").tempdir()?.keep();
