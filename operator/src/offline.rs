@@ -8,7 +8,7 @@ use std::{
 };
 
 use kube::ResourceExt;
-use mailroom_sidecar::config::Delivery;
+use mailroom_config::Delivery;
 use serde::Deserialize;
 
 use crate::{

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use kube::ResourceExt;
-use mailroom_sidecar::config::{
+use mailroom_config::{
     self as sc, API_VERSION, Auth, AuthMechanism, Capture, Config, Delivery, Dkim, DkimAlgorithm as ScAlg,
     Domain, Limits, Listen, Retry, Smarthost, Spool, TlsMode,
 };

@@ -38,7 +38,7 @@ pub const DEFAULT_LEASE_DURATION_SECONDS: u64 = 15;
 pub const DEFAULT_DNS_RECHECK_SECONDS: u64 = 600;
 
 // The same env seam as the sidecar's (a trait so tests pass a map, not the process env).
-pub use mailroom_sidecar::settings::{Env, Strings};
+pub use mailroom_config::settings::{Env, Strings};
 
 /// Process settings.
 #[derive(Debug, Clone, PartialEq)]

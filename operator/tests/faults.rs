@@ -247,7 +247,7 @@ impl Cluster {
                 )));
             }
             let text = config_text(cm[0])?;
-            let config = mailroom_sidecar::config::Config::parse(Path::new("sidecar.yaml"), &text)
+            let config = mailroom_config::Config::parse(Path::new("sidecar.yaml"), &text)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if config.limits.max_recipients != want[&name] as usize {
                 return Ok(Some(format!(

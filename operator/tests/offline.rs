@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Result, ensure};
-use mailroom_sidecar::config::Config;
+use mailroom_config::Config;
 
 #[test]
 fn render_examples_offline_and_reuse_keys() -> Result<()> {

@@ -16,8 +16,8 @@ use kube::{
     Api,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
+use mailroom_config::{Config, Delivery};
 use mailroom_operator::crd::{MailDomain, MailDomainSpec, Relay, RelaySpec};
-use mailroom_sidecar::config::{Config, Delivery};
 
 fn reason_is(want: &'static str) -> impl Fn(&Relay) -> bool {
     move |r: &Relay| {

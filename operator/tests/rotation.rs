@@ -18,8 +18,8 @@ use kube::{
     Api,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
+use mailroom_config::Config;
 use mailroom_operator::crd::{DnsRecordStatus, MailDomain, MailDomainSpec, Relay, RelaySpec, RotationPhase};
-use mailroom_sidecar::config::Config;
 use mailroom_test_support::testenv;
 
 const DOMAIN: &str = "rot.example.com";

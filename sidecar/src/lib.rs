@@ -4,7 +4,6 @@
 
 pub mod admin;
 pub mod app;
-pub mod config;
 pub mod dkim;
 pub mod dsn;
 #[doc(hidden)]
@@ -14,6 +13,9 @@ pub mod metrics;
 pub mod outbound;
 pub mod queue;
 pub mod reload;
-pub mod settings;
 pub mod shutdown;
 pub mod spool;
+
+// The contract with the operator lives in its own crate; these keep its paths short here.
+pub use mailroom_config as config;
+pub use mailroom_config::settings;

@@ -207,7 +207,7 @@ fn container(
     grace: Option<i64>,
     settings: &WebhookSettings,
 ) -> Container {
-    use mailroom_sidecar::settings as s;
+    use mailroom_config::settings as s;
     let env = [
         (
             s::ENV_CONFIG_PATH,

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::PodSpec;
-use mailroom_sidecar::config::Delivery as ScDelivery;
+use mailroom_config::Delivery as ScDelivery;
 
 use super::*;
 use crate::{

@@ -115,19 +115,19 @@ fn golden_files_load() {
     for (name, text) in [
         (
             "smarthost.yaml",
-            include_str!("../../../tests/fixtures/sidecar-config/smarthost.yaml"),
+            include_str!("../../tests/fixtures/sidecar-config/smarthost.yaml"),
         ),
         (
             "direct.yaml",
-            include_str!("../../../tests/fixtures/sidecar-config/direct.yaml"),
+            include_str!("../../tests/fixtures/sidecar-config/direct.yaml"),
         ),
         (
             "capture.yaml",
-            include_str!("../../../tests/fixtures/sidecar-config/capture.yaml"),
+            include_str!("../../tests/fixtures/sidecar-config/capture.yaml"),
         ),
         (
             "rendered-relay.yaml",
-            include_str!("../../../tests/fixtures/sidecar-config/rendered-relay.yaml"),
+            include_str!("../../tests/fixtures/sidecar-config/rendered-relay.yaml"),
         ),
     ] {
         let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -1,8 +1,12 @@
-//! The relay config file (`kind: SidecarConfig`): serde types, defaults and `validate()`.
-//! This file is the contract with the operator; docs/sidecar-config.md documents every field.
+//! The contract between the operator and the sidecar, and nothing else: the relay config file
+//! (`kind: SidecarConfig`) with its serde types, defaults and `validate()`, and the sidecar's
+//! process settings ([`settings`]: the `SIDECAR_*` environment variables and the [`settings::Strings`]
+//! seam). The operator renders this document and the sidecar loads it; both depend on this crate,
+//! and the operator on nothing else of the sidecar's. docs/sidecar-config.md documents every field.
 
 mod defaults;
 mod direct;
+pub mod settings;
 mod validate;
 
 use defaults::*;
