@@ -78,6 +78,18 @@ pub struct Settings {
 pub struct Error(pub Vec<String>);
 
 impl Settings {
+    /// `cfg` with the environment's address overrides applied (`SIDECAR_LISTEN_ADDR`,
+    /// `SIDECAR_ADMIN_ADDR`): at start and on every reload, so a reload never undoes them.
+    pub fn apply_overrides(&self, mut cfg: crate::Config) -> crate::Config {
+        if let Some(a) = self.listen_addr {
+            cfg.listen.address = a;
+        }
+        if let Some(a) = self.admin_addr {
+            cfg.admin.address = a;
+        }
+        cfg
+    }
+
     /// Reads every setting; reports all invalid ones together.
     pub fn parse(env: &impl Strings) -> Result<Self, Error> {
         let mut errors = Vec::new();

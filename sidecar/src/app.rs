@@ -2,28 +2,15 @@
 
 use crate::{
     admin::{self, Readiness},
-    config::{self, Config},
-    dkim, inbound,
+    config::Config,
+    inbound,
     metrics::Metrics,
-    outbound::{
-        RcptResult, Route, Transport,
-        capture::CaptureTransport,
-        direct::DirectTransport,
-        mx::{self, HickoryResolver},
-        smarthost::SmarthostTransport,
-    },
-    queue::{Envelope, runner::Runner},
+    queue::{delivery::Delivery, runner::Runner},
     settings::Settings,
     spool::{self, Spool},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-
-/// Time allowed for one DNS query of direct delivery.
-const DNS_TIMEOUT: Duration = Duration::from_secs(5);
-/// Concurrent delivery attempts with direct delivery; each domain is further limited by
-/// `maxConnectionsPerDomain`.
-const DIRECT_CONCURRENCY: usize = 16;
 
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +18,9 @@ pub enum Error {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] spool::Error),
-    /// A DKIM key could not be loaded.
+    /// The delivery side (transport, DKIM keys) could not be built.
     #[error(transparent)]
-    Dkim(#[from] dkim::Error),
-    /// The smarthost settings could not be turned into a transport.
-    #[error("delivery: {0}")]
-    Transport(String),
+    Delivery(#[from] crate::queue::delivery::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -46,125 +30,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The transports a config can choose.
-#[derive(Debug)]
-pub enum AnyTransport {
-    /// `delivery.smarthost`.
-    Smarthost(Box<SmarthostTransport>),
-    /// `delivery.direct`.
-    Direct(Box<DirectTransport<HickoryResolver>>),
-    /// `delivery.capture`.
-    Capture(CaptureTransport),
-}
-
-impl Transport for AnyTransport {
-    fn route(&self) -> Route {
-        match self {
-            Self::Smarthost(t) => t.route(),
-            Self::Direct(t) => t.route(),
-            Self::Capture(t) => t.route(),
-        }
-    }
-
-    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
-        match self {
-            Self::Smarthost(t) => t.deliver(envelope, recipients, message).await,
-            Self::Direct(t) => t.deliver(envelope, recipients, message).await,
-            Self::Capture(t) => t.deliver(envelope, recipients, message).await,
-        }
-    }
-
-    fn parked(&self) -> bool {
-        match self {
-            Self::Smarthost(t) => t.parked(),
-            Self::Direct(t) => t.parked(),
-            Self::Capture(t) => t.parked(),
-        }
-    }
-}
-
-/// Everything delivery needs from one config generation.
-#[derive(Debug)]
-pub struct Delivery {
-    /// How mail leaves.
-    pub transport: AnyTransport,
-    /// DKIM keys per sender domain.
-    pub signer: dkim::Signer,
-    /// Retry schedule.
-    pub retry: config::Retry,
-    /// Bounce settings.
-    pub bounces: config::Bounces,
-    /// Our host name (DSNs).
-    pub hostname: String,
-    /// Concurrent delivery attempts.
-    pub concurrency: usize,
-    domains: Vec<String>,
-    remote_mta: Option<String>,
-}
-
-impl Delivery {
-    /// Builds the delivery side of `cfg`.
-    pub fn build(cfg: &Config, metrics: &Metrics) -> Result<Self, Error> {
-        let (transport, concurrency) = match &cfg.delivery {
-            config::Delivery::Smarthost(s) => {
-                let t = SmarthostTransport::new(s, &cfg.hostname, metrics.clone())
-                    .map_err(|e| Error::Transport(e.to_string()))?;
-                (AnyTransport::Smarthost(Box::new(t)), s.max_connections)
-            }
-            config::Delivery::Direct(d) => {
-                let anchors = match d.dane {
-                    config::DaneMode::Off => None,
-                    config::DaneMode::On => Some(
-                        mx::trust_anchors(d.dnssec_trust_anchor_file.as_deref()).map_err(|e| {
-                            Error::Transport(format!("delivery.direct.dnssecTrustAnchorFile: {e}"))
-                        })?,
-                    ),
-                };
-                let resolver = HickoryResolver::new(&d.resolvers, DNS_TIMEOUT, anchors)
-                    .map_err(|e| Error::Transport(format!("resolver: {e}")))?;
-                let t = DirectTransport::new(d, &cfg.hostname, resolver, metrics.clone())
-                    .map_err(|e| Error::Transport(e.to_string()))?;
-                (AnyTransport::Direct(Box::new(t)), DIRECT_CONCURRENCY)
-            }
-            config::Delivery::Capture(c) => (AnyTransport::Capture(CaptureTransport::new(&c.dir)), 4),
-        };
-        Ok(Self {
-            transport,
-            signer: dkim::Signer::new(&cfg.domains)?,
-            retry: cfg.retry.clone(),
-            bounces: cfg.bounces.clone(),
-            hostname: cfg.hostname.clone(),
-            concurrency,
-            domains: cfg.domains.iter().map(|d| d.domain.clone()).collect(),
-            remote_mta: match &cfg.delivery {
-                config::Delivery::Smarthost(s) => Some(s.host.clone()),
-                config::Delivery::Direct(_) | config::Delivery::Capture(_) => None,
-            },
-        })
-    }
-
-    /// The next hop's name for DSNs (`Remote-MTA`), when there is one.
-    pub fn remote_mta(&self) -> Option<&str> {
-        self.remote_mta.as_deref()
-    }
-
-    /// `sender_domain` label: the configured domain of the envelope sender, or `none` (bounces).
-    pub fn sender_label(&self, env: &Envelope) -> &str {
-        self.domain_label(&env.sender_domain())
-    }
-
-    /// A configured domain as a label value, or `other`; keeps label values bounded.
-    pub fn domain_label(&self, domain: &str) -> &str {
-        if domain.is_empty() {
-            return "none";
-        }
-        self.domains
-            .iter()
-            .find(|d| d.eq_ignore_ascii_case(domain))
-            .map_or("other", String::as_str)
-    }
 }
 
 /// A built, not yet running sidecar.
@@ -181,21 +46,10 @@ pub struct App {
     admin: TcpListener,
 }
 
-/// Applies the environment's address overrides to a config.
-pub(crate) fn with_overrides(settings: &Settings, mut cfg: Config) -> Config {
-    if let Some(a) = settings.listen_addr {
-        cfg.listen.address = a;
-    }
-    if let Some(a) = settings.admin_addr {
-        cfg.admin.address = a;
-    }
-    cfg
-}
-
 impl App {
     /// Opens the spool (replaying it), loads keys and binds both listeners.
     pub async fn build(settings: Settings, config: Config) -> Result<Self, Error> {
-        let config = Arc::new(with_overrides(&settings, config));
+        let config = Arc::new(settings.apply_overrides(config));
         let metrics = Metrics::new();
         let delivery = Arc::new(Delivery::build(&config, &metrics)?);
         let (spool_cfg, m) = (config.spool.clone(), metrics.clone());

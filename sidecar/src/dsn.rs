@@ -1,7 +1,7 @@
 //! RFC 3464 delivery status notifications: failure (bounce), expiry and delay notices, built as
 //! pure functions from the envelope, the per-recipient diagnostics and the original message.
 
-use crate::queue::{Envelope, MessageId};
+use crate::message::{Envelope, MessageId};
 use std::fmt::Write as _;
 
 /// RFC 5322 2.1.1: lines must not exceed 998 octets; long diagnostics are cut well below that.

@@ -9,6 +9,7 @@ pub mod dsn;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbound;
+pub mod message;
 pub mod metrics;
 pub mod outbound;
 pub mod queue;

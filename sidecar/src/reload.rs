@@ -2,13 +2,7 @@
 //! which inotify on the file itself misses) and applies a valid new version to new sessions and
 //! to delivery; an invalid one is logged, counted, and ignored.
 
-use crate::{
-    app::{Delivery, with_overrides},
-    config::Config,
-    metrics::Metrics,
-    settings::Settings,
-    spool::Spool,
-};
+use crate::{config::Config, metrics::Metrics, queue::delivery::Delivery, settings::Settings, spool::Spool};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -33,7 +27,7 @@ pub async fn watch(
         }
         last = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
-        match Config::parse(&path, &text).map(|c| with_overrides(&settings, c)) {
+        match Config::parse(&path, &text).map(|c| settings.apply_overrides(c)) {
             Err(e) => {
                 metrics.config_reload_failures.inc();
                 tracing::error!(error = %e, "config change rejected; keeping the current config");

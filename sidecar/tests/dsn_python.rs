@@ -5,7 +5,7 @@ mod common;
 
 use mailroom_sidecar::{
     dsn,
-    queue::{Envelope, MessageId},
+    message::{Envelope, MessageId},
 };
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 
 mod memsink;
 
-use mailroom_sidecar::{config::BareLineEndings, inbound::SinkError, metrics::SessionEnd};
+use mailroom_sidecar::{config::BareLineEndings, message::SinkError, metrics::SessionEnd};
 use memsink::{Harness, config, split_received};
 
 const HEADER: &str = "From: App <app@example.com>\r\nTo: user@dest.test\r\nSubject: hi\r\n\r\n";

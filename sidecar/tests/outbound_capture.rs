@@ -1,8 +1,8 @@
 //! `CaptureTransport` writes the message bytes unchanged plus an envelope file, atomically.
 
 use mailroom_sidecar::{
+    message::Envelope,
     outbound::{CaptureTransport, Outcome, ReplyClass, Transport, capture::CapturedEnvelope},
-    queue::Envelope,
 };
 
 #[tokio::test]

@@ -6,9 +6,9 @@ mod common;
 use common::{TestCa, Upstream, test_ca};
 use mailroom_sidecar::{
     config::{Auth, AuthMechanism, Smarthost, TlsMode},
+    message::Envelope,
     metrics::Metrics,
     outbound::{Outcome, RcptResult, ReplyClass, SmarthostTransport, Transport, park::ParkPolicy},
-    queue::Envelope,
 };
 use std::{path::Path, time::Duration};
 

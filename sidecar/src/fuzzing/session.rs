@@ -2,8 +2,9 @@
 
 use crate::{
     config::{BareLineEndings, Config},
-    inbound::{MessageSink, MessageWriter, Session, SinkError},
-    queue::{self, Envelope, MessageId},
+    inbound::Session,
+    message::{self, Envelope, MessageId},
+    message::{MessageSink, MessageWriter, SinkError},
 };
 use std::{
     io,
@@ -120,7 +121,7 @@ fn check_replies(output: &[u8], committed: usize) {
 }
 
 fn check_message(config: &Config, envelope: &Envelope, body: &[u8]) {
-    let domain = queue::domain_of(&envelope.sender);
+    let domain = message::domain_of(&envelope.sender);
     assert!(
         config.domain(domain).is_some(),
         "committed sender {:?}",

@@ -3,7 +3,7 @@
 
 use crate::{
     config,
-    queue::{Envelope, MessageId},
+    message::{Envelope, MessageId},
     spool::{
         Meta, Queued, Spool,
         record::{self, Kind},

@@ -2,11 +2,13 @@
 //! sender policy and the limits that apply to them. Replies are queued on the session.
 
 use super::{
-    MessageSink,
     reply::{self, Reply},
     session::{Flow, Helo, Session, Transaction, sink_reject_reason, sink_reply},
 };
-use crate::{metrics::RejectReason, queue};
+use crate::{
+    message::{self, MessageSink},
+    metrics::RejectReason,
+};
 use smtp_proto::{Error as ParseError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo};
 use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -72,7 +74,7 @@ where
         if !smtputf8 && !sender.is_ascii() {
             return self.reply(reply::NEED_SMTPUTF8);
         }
-        let domain = queue::domain_of(sender);
+        let domain = message::domain_of(sender);
         if self.config.domain(domain).is_none() {
             self.metrics.rejected(RejectReason::SenderDomain);
             return self.reply(reply::sender_domain_denied(domain));

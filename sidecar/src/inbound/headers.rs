@@ -2,7 +2,7 @@
 //! From: domain against the sender policy, and build the one `Received:` field we prepend.
 
 use super::reply::{self, Reply};
-use crate::{config::Config, queue::MessageId};
+use crate::{config::Config, message::MessageId};
 use mail_parser::{HeaderName, MessageParser};
 use std::net::IpAddr;
 
@@ -80,7 +80,7 @@ pub fn check_from(header: &[u8], config: &Config) -> Result<(), Reply> {
     let mut seen = false;
     for addr in addresses.iter() {
         let address = addr.address().unwrap_or_default();
-        let domain = crate::queue::domain_of(address);
+        let domain = crate::message::domain_of(address);
         if config.domain(domain).is_none() {
             return Err(reply::header_from_denied(domain));
         }

@@ -3,11 +3,12 @@
 //! `tokio::io::duplex`. Commands are parsed by `smtp-proto`; message data by [`super::data`].
 
 use super::{
-    MessageSink, ShutdownSignal, SinkError, is_shutdown,
+    ShutdownSignal, is_shutdown,
     reply::{self, Reply},
 };
 use crate::{
     config::Config,
+    message::{MessageSink, SinkError},
     metrics::{Metrics, RejectReason, SessionEnd},
 };
 use bytes::{Bytes, BytesMut};

@@ -2,15 +2,14 @@
 //! bounded chunks, then decide the single reply after the end of data (RFC 5321 4.1.1.4).
 
 use super::{
-    MessageSink, MessageWriter, SinkError,
     data::{DataReceiver, Verdict},
     headers::{self, HeaderCapture, MAX_HEADER_BYTES},
     reply::{self, Reply},
     session::{Flow, READ_CHUNK, Read, Session, Transaction, sink_reject_reason, sink_reply},
 };
 use crate::{
+    message::{Envelope, MessageSink, MessageWriter, SinkError, now_secs},
     metrics::{RejectReason, SessionEnd},
-    queue::{Envelope, now_secs},
 };
 use bytes::Buf;
 use std::time::Instant;
@@ -110,7 +109,7 @@ where
         Flow::Continue
     }
 
-    fn received_field(&self, tx: &Transaction, id: crate::queue::MessageId) -> String {
+    fn received_field(&self, tx: &Transaction, id: crate::message::MessageId) -> String {
         let (helo, extended) = match &self.helo {
             Some(h) => (h.name.as_str(), h.extended),
             None => ("unknown", false),

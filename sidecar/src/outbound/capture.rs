@@ -2,7 +2,7 @@
 //! unchanged) plus `<name>.json` (the envelope) in a directory, written atomically.
 
 use super::{Outcome, RcptResult, ReplyClass, Route, Transport};
-use crate::queue::Envelope;
+use crate::message::Envelope;
 use std::{
     fs::{self, File},
     io::{self, Write},

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     config::{self, AuthMechanism, TlsMode},
-    queue::Envelope,
+    message::Envelope,
 };
 use lettre::{
     Address,

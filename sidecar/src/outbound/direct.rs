@@ -14,7 +14,7 @@ use super::{
     starttls::{self, Opened},
     tls::TlsConfigs,
 };
-use crate::{config, metrics::Metrics, queue::Envelope};
+use crate::{config, message::Envelope, metrics::Metrics};
 use lettre::transport::smtp::extension::ClientId;
 use std::{
     collections::HashMap,

@@ -19,7 +19,7 @@ pub use classify::classify;
 pub use direct::DirectTransport;
 pub use smarthost::{DeliveryError, SmarthostTransport};
 
-use crate::queue::Envelope;
+use crate::message::Envelope;
 use std::future::Future;
 
 /// What happened to one recipient in one attempt. Retry, DSN and metrics all read this.

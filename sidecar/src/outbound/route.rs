@@ -17,7 +17,7 @@ pub struct DomainGroup {
 pub fn group_by_domain(recipients: &[String]) -> Vec<DomainGroup> {
     let mut groups: Vec<DomainGroup> = Vec::new();
     for (i, rcpt) in recipients.iter().enumerate() {
-        let domain = crate::queue::domain_of(rcpt)
+        let domain = crate::message::domain_of(rcpt)
             .trim_end_matches('.')
             .to_ascii_lowercase();
         match groups.iter_mut().find(|g| g.domain == domain) {

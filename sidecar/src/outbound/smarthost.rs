@@ -9,8 +9,8 @@ use super::{
 };
 use crate::{
     config::{self, TlsMode},
+    message::Envelope,
     metrics::Metrics,
-    queue::Envelope,
 };
 use lettre::transport::smtp::extension::ClientId;
 use std::{

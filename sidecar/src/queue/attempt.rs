@@ -2,12 +2,12 @@
 //! and apply the per-recipient outcomes (metrics, bounces, retry schedule).
 
 use super::{
-    Envelope, MessageId, now_secs, retry,
+    delivery::Delivery,
+    retry,
     runner::{Item, Next},
 };
 use crate::{
-    app::Delivery,
-    inbound::MessageWriter,
+    message::{Envelope, MessageId, MessageWriter, domain_of, now_secs},
     metrics::Metrics,
     outbound::{Outcome, RcptResult, ReplyClass, Route, Transport},
     spool::Spool,
@@ -158,7 +158,7 @@ fn overall(results: &[RcptResult]) -> Outcome {
 fn sign(d: &Delivery, message: &[u8], metrics: &Metrics) -> Option<String> {
     let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
     let from = parsed.from()?.first()?.address()?;
-    let domain = super::domain_of(from).to_ascii_lowercase();
+    let domain = domain_of(from).to_ascii_lowercase();
     let result = d.signer.sign(&domain, message)?;
     let algorithm = d.signer.algorithm(&domain).map_or("none", crate::dkim::label);
     let label = d.domain_label(&domain);
@@ -191,7 +191,7 @@ async fn queue_dsn(
     rcpts: &[(u32, String, String)],
     original: &[u8],
     kind: DsnKind,
-) -> Result<(), crate::inbound::SinkError> {
+) -> Result<(), crate::message::SinkError> {
     let list: Vec<(String, String)> = rcpts
         .iter()
         .map(|(_, r, diag)| (r.clone(), diag.clone()))

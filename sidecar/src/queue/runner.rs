@@ -1,9 +1,9 @@
 //! The queue runner: takes spooled messages, hands them to the transport with bounded
 //! concurrency, and applies each attempt's per-recipient outcomes (retry, bounce, done).
 
-use super::{MessageId, attempt, now_secs};
+use super::{attempt, delivery::Delivery};
 use crate::{
-    app::Delivery,
+    message::{MessageId, now_secs},
     metrics::Metrics,
     outbound::Transport,
     spool::{Queued, Spool},

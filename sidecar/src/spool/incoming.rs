@@ -3,8 +3,8 @@
 
 use super::{CHUNK_BYTES, Entry, Meta, Queued, Spool, lock, record, record::Kind, writer::Op};
 use crate::{
-    inbound::{MessageWriter, SinkError},
-    queue::{Envelope, MessageId},
+    message::{Envelope, MessageId},
+    message::{MessageWriter, SinkError},
 };
 use std::{collections::BTreeSet, sync::atomic::Ordering};
 use tokio::sync::oneshot;

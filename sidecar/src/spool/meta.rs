@@ -1,6 +1,6 @@
 //! The payload of a Commit record: everything needed to resume a message after a restart.
 
-use crate::queue::Envelope;
+use crate::message::Envelope;
 use serde::{Deserialize, Serialize};
 
 /// Commit payload (JSON: small, and readable when inspecting a spool by hand).

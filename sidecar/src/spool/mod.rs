@@ -19,9 +19,9 @@ use writer::WriteError;
 
 use crate::{
     config,
-    inbound::{MessageSink, SinkError},
+    message::MessageId,
+    message::{MessageSink, SinkError},
     metrics::Metrics,
-    queue::MessageId,
 };
 use record::Kind;
 use std::{
@@ -165,7 +165,7 @@ impl Spool {
             .spawn(move || w.run(rx))
             .map_err(err)?;
         let (arrivals, arrivals_rx) = mpsc::unbounded_channel();
-        let now_id = (crate::queue::now_millis() << 20).max(replayed.max_id + 1);
+        let now_id = (crate::message::now_millis() << 20).max(replayed.max_id + 1);
         let spool = Spool {
             inner: Arc::new(Inner {
                 dir,

@@ -3,7 +3,7 @@
 //! A record is `magic u32 | kind u8 | id u64 | len u32 | crc u32 | payload[len]`, little endian.
 //! The CRC covers kind, id, len and payload, so a torn or corrupt record is always detected.
 
-use crate::queue::MessageId;
+use crate::message::MessageId;
 
 /// Marks the start of every record ("MRS1").
 pub const MAGIC: u32 = 0x3153_524d;

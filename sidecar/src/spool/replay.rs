@@ -7,7 +7,7 @@ use super::{
     record::{self, Decoded, Kind},
     writer::Loc,
 };
-use crate::queue::MessageId;
+use crate::message::MessageId;
 use std::{
     collections::{BTreeSet, HashMap},
     io,

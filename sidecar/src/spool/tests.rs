@@ -1,5 +1,5 @@
 use super::*;
-use crate::{inbound::MessageWriter, queue::Envelope};
+use crate::message::{Envelope, MessageWriter};
 
 fn cfg(dir: &Path) -> config::Spool {
     config::Spool {

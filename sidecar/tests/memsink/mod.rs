@@ -4,9 +4,10 @@
 
 use mailroom_sidecar::{
     config::Config,
-    inbound::{MessageSink, MessageWriter, Session, SinkError},
+    inbound::Session,
+    message::{Envelope, MessageId},
+    message::{MessageSink, MessageWriter, SinkError},
     metrics::{Metrics, SessionEnd},
-    queue::{Envelope, MessageId},
 };
 use std::{
     path::Path,

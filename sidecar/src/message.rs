@@ -1,0 +1,94 @@
+//! The ground floor: the vocabulary every other part speaks. A message's id and envelope, address
+//! helpers, the clock, and the [`MessageSink`] port through which accepted mail is stored (the
+//! spool implements it; inbound sessions and the DSN writer call it). Imports nothing of ours.
+
+use std::{future::Future, time::SystemTime};
+
+/// Spool-unique message id; also the `.eml` name in capture mode and the Received `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub u64);
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The SMTP envelope of one message as accepted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    /// MAIL FROM address; empty for the null sender `<>` (bounces only).
+    pub sender: String,
+    /// RCPT TO addresses, in order.
+    pub recipients: Vec<String>,
+    /// Whether the client declared SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// When the final `250` was sent (seconds since the epoch).
+    pub received_at: u64,
+}
+
+impl Envelope {
+    /// Whether this is a bounce (null reverse-path); bounces are never bounced (RFC 3461 6.2).
+    pub fn is_bounce(&self) -> bool {
+        self.sender.is_empty()
+    }
+
+    /// Domain part of the sender, lowercased; empty for the null sender.
+    pub fn sender_domain(&self) -> String {
+        domain_of(&self.sender).to_ascii_lowercase()
+    }
+}
+
+/// The domain part of an address (after the last `@`), or "" if there is none.
+pub fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why the sink could not take a message. Mapped to SMTP replies by the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Spool limit reached or disk full: `452 4.3.1` (RFC 3463 "mail system full").
+    #[error("spool full")]
+    Full,
+    /// Any other storage failure: `451 4.3.0`.
+    #[error("spool write failed")]
+    Io,
+    /// Over `limits.ratePerMinute`: `451 4.7.1`, the client should try again later.
+    #[error("rate limit reached")]
+    RateLimited,
+}
+
+/// Where accepted messages go: the spool in production, a `Vec` in unit tests.
+pub trait MessageSink: Send + Sync + 'static {
+    /// Streams one message.
+    type Writer: MessageWriter;
+    /// Starts a new message; fails fast with [`SinkError::Full`] when no more mail fits.
+    fn begin(&self) -> impl Future<Output = Result<Self::Writer, SinkError>> + Send;
+}
+
+/// One message being received. Dropping it without `commit` discards the message.
+pub trait MessageWriter: Send + 'static {
+    /// The id the message will have once committed (used in the Received header).
+    fn id(&self) -> MessageId;
+    /// Appends message bytes (already dot-unstuffed, CRLF line endings).
+    fn write(&mut self, chunk: &[u8]) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Makes the message durable with its envelope. Returns only once it is on disk (fsync'd):
+    /// the session answers `250` after this and never before.
+    fn commit(self, envelope: Envelope) -> impl Future<Output = Result<MessageId, SinkError>> + Send;
+}
