@@ -111,18 +111,30 @@ fn no_import_points_up_a_floor_or_across_the_edges() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    assert!(files.len() > 40, "found only {} files under {}", files.len(), src.display());
+    assert!(
+        files.len() > 40,
+        "found only {} files under {}",
+        files.len(),
+        src.display()
+    );
     let mut violations = Vec::new();
     let mut seen = BTreeMap::new();
     for file in &files {
         let rel = file.strip_prefix(&src).expect("under src");
         let first = rel.components().next().expect("a component");
-        let module = first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        let module = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
         if matches!(module.as_str(), "lib" | "main") {
             continue;
         }
         let Some(own) = floor(&module) else {
-            violations.push(format!("{}: module `{module}` has no floor in FLOORS", rel.display()));
+            violations.push(format!(
+                "{}: module `{module}` has no floor in FLOORS",
+                rel.display()
+            ));
             continue;
         };
         let source = std::fs::read_to_string(file).expect("read source");
@@ -145,11 +157,25 @@ fn no_import_points_up_a_floor_or_across_the_edges() {
             }
         }
     }
-    assert!(violations.is_empty(), "layering violations:\n  {}", violations.join("\n  "));
+    assert!(
+        violations.is_empty(),
+        "layering violations:\n  {}",
+        violations.join("\n  ")
+    );
     // The scan must actually see imports, or the test would pass vacuously.
-    for edge in [("queue", "outbound"), ("spool", "message"), ("app", "queue"), ("inbound", "message")] {
+    for edge in [
+        ("queue", "outbound"),
+        ("spool", "message"),
+        ("app", "queue"),
+        ("inbound", "message"),
+    ] {
         let key = (edge.0.to_string(), edge.1.to_string());
-        assert!(seen.contains_key(&key), "expected `{}` to import `crate::{}`", edge.0, edge.1);
+        assert!(
+            seen.contains_key(&key),
+            "expected `{}` to import `crate::{}`",
+            edge.0,
+            edge.1
+        );
     }
 }
 

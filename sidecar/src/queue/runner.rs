@@ -1,7 +1,10 @@
 //! The queue runner: takes spooled messages, hands them to the transport with bounded
 //! concurrency, and applies each attempt's per-recipient outcomes (retry, bounce, done).
 
-use super::{attempt, delivery::Delivery};
+use super::{
+    attempt,
+    delivery::{AnyTransport, Delivery},
+};
 use crate::{
     message::{MessageId, now_secs},
     metrics::Metrics,
@@ -48,9 +51,9 @@ pub enum Next {
 
 /// Runs the queue until `draining` is set and nothing is left, or until the task is aborted.
 #[derive(Debug)]
-pub struct Runner {
+pub struct Runner<T: Transport = AnyTransport> {
     spool: Spool,
-    delivery: watch::Receiver<Arc<Delivery>>,
+    delivery: watch::Receiver<Arc<Delivery<T>>>,
     metrics: Metrics,
     items: HashMap<MessageId, Item>,
     ready: VecDeque<MessageId>,
@@ -61,11 +64,11 @@ pub struct Runner {
     suspect: bool,
 }
 
-impl Runner {
+impl<T: Transport> Runner<T> {
     /// A runner over `found` (replayed at start) plus whatever arrives later.
     pub fn new(
         spool: Spool,
-        delivery: watch::Receiver<Arc<Delivery>>,
+        delivery: watch::Receiver<Arc<Delivery<T>>>,
         metrics: Metrics,
         found: Vec<Queued>,
     ) -> Self {
