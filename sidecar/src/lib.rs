@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod dkim;
 pub mod dsn;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbound;
@@ -16,6 +17,9 @@ pub mod queue;
 pub mod reload;
 pub mod shutdown;
 pub mod spool;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 
 // The contract with the operator lives in its own crate; these keep its paths short here.
 pub use mailroom_config as config;

@@ -111,6 +111,12 @@ impl<T: Transport> Runner<T> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut compact = tokio::time::interval(Duration::from_secs(60));
         loop {
+            // Take every message already committed before deciding anything: a drain must not
+            // end while accepted mail still sits in the channel (it would stay undelivered
+            // although there was time to deliver it).
+            while let Ok(q) = arrivals.try_recv() {
+                self.add(q);
+            }
             self.dispatch();
             if *drain.borrow() && self.items.is_empty() && self.in_flight.is_empty() {
                 self.update_gauges();
@@ -218,3 +224,6 @@ async fn sleep_until(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;
