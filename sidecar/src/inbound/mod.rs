@@ -48,7 +48,7 @@ const OVERLOAD_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// ```no_run
 /// # async fn f(listener: tokio::net::TcpListener, config: mailroom_sidecar::config::Config,
-/// #     sink: std::sync::Arc<impl mailroom_sidecar::inbound::MessageSink>) {
+/// #     sink: std::sync::Arc<impl mailroom_sidecar::message::MessageSink>) {
 /// let (_config_tx, config_rx) = tokio::sync::watch::channel(std::sync::Arc::new(config));
 /// let (stop, stopped) = tokio::sync::watch::channel(false);
 /// let metrics = mailroom_sidecar::metrics::Metrics::new();
