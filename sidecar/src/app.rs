@@ -3,7 +3,10 @@
 use crate::{
     admin::{self, Readiness},
     config::Config,
-    inbound,
+    inbound::{
+        self,
+        policy::{RateLimit, RateLimited},
+    },
     metrics::Metrics,
     queue::{delivery::Delivery, runner::Runner},
     settings::Settings,
@@ -39,6 +42,7 @@ pub struct App {
     config: Arc<Config>,
     metrics: Metrics,
     spool: Spool,
+    rate: RateLimit,
     found: Vec<spool::Queued>,
     arrivals: tokio::sync::mpsc::UnboundedReceiver<spool::Queued>,
     delivery: Arc<Delivery>,
@@ -64,7 +68,8 @@ impl App {
                 .await
                 .map_err(|source| Error::Bind { addr, source })
         };
-        spool.set_rate(config.limits.rate_per_minute);
+        let rate = inbound::policy::RateLimit::default();
+        rate.set(config.limits.rate_per_minute);
         let listener = bind(config.listen.address).await?;
         let admin = bind(config.admin.address).await?;
         tracing::info!(messages = found.len(), "spool replayed");
@@ -73,6 +78,7 @@ impl App {
             config,
             metrics,
             spool,
+            rate,
             found,
             arrivals,
             delivery,
@@ -116,7 +122,7 @@ impl App {
         let inbound = tokio::spawn(inbound::serve(
             self.listener,
             config_rx,
-            Arc::new(self.spool.clone()),
+            Arc::new(RateLimited::new(self.spool.clone(), self.rate.clone())),
             self.metrics.clone(),
             inbound_stopped,
         ));
@@ -127,6 +133,7 @@ impl App {
             config_tx,
             delivery_tx,
             self.spool.clone(),
+            self.rate.clone(),
             self.metrics.clone(),
         ));
         ready.set(true);

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod reload;
 pub mod shutdown;
 pub mod spool;
+pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;

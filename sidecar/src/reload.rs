@@ -2,7 +2,10 @@
 //! which inotify on the file itself misses) and applies a valid new version to new sessions and
 //! to delivery; an invalid one is logged, counted, and ignored.
 
-use crate::{config::Config, metrics::Metrics, queue::delivery::Delivery, settings::Settings, spool::Spool};
+use crate::{
+    config::Config, inbound::policy::RateLimit, metrics::Metrics, queue::delivery::Delivery,
+    settings::Settings, spool::Spool,
+};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -12,6 +15,7 @@ pub async fn watch(
     config_tx: watch::Sender<Arc<Config>>,
     delivery_tx: watch::Sender<Arc<Delivery>>,
     spool: Spool,
+    rate: RateLimit,
     metrics: Metrics,
 ) {
     let path = settings.config_path.clone();
@@ -32,7 +36,7 @@ pub async fn watch(
                 metrics.config_reload_failures.inc();
                 tracing::error!(error = %e, "config change rejected; keeping the current config");
             }
-            Ok(new) => apply(new, &config_tx, &delivery_tx, &spool, &metrics),
+            Ok(new) => apply(new, &config_tx, &delivery_tx, &spool, &rate, &metrics),
         }
     }
 }
@@ -42,6 +46,7 @@ fn apply(
     config_tx: &watch::Sender<Arc<Config>>,
     delivery_tx: &watch::Sender<Arc<Delivery>>,
     spool: &Spool,
+    rate: &RateLimit,
     metrics: &Metrics,
 ) {
     let old = config_tx.borrow().clone();
@@ -66,7 +71,7 @@ fn apply(
         }
     }
     spool.set_limits(&new.spool);
-    spool.set_rate(new.limits.rate_per_minute);
+    rate.set(new.limits.rate_per_minute);
     config_tx.send_replace(Arc::new(new));
     metrics.config_reloads.inc();
     tracing::info!("config reloaded");

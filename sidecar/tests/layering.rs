@@ -15,6 +15,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("settings", 0),
     ("message", 0),
     ("shutdown", 0),
+    ("sync", 0),
     // Services over the vocabulary.
     ("metrics", 1),
     ("dkim", 1),

@@ -1,14 +1,12 @@
 //! The commands of a mail transaction (RFC 5321 4.1.1): EHLO/HELO, MAIL, RCPT and DATA, with the
-//! sender policy and the limits that apply to them. Replies are queued on the session.
+//! sender policy ([`super::policy`]) and the limits that apply to them. Replies are queued on the session.
 
 use super::{
+    policy,
     reply::{self, Reply},
     session::{Flow, Helo, Session, Transaction, sink_reject_reason, sink_reply},
 };
-use crate::{
-    message::{self, MessageSink},
-    metrics::RejectReason,
-};
+use crate::{message::MessageSink, metrics::RejectReason};
 use smtp_proto::{Error as ParseError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo};
 use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -67,17 +65,11 @@ where
         }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         let sender = from.address.as_ref();
-        if sender.is_empty() {
-            self.metrics.rejected(RejectReason::SenderDomain);
-            return self.reply(reply::NULL_SENDER);
-        }
-        if !smtputf8 && !sender.is_ascii() {
-            return self.reply(reply::NEED_SMTPUTF8);
-        }
-        let domain = message::domain_of(sender);
-        if self.config.domain(domain).is_none() {
-            self.metrics.rejected(RejectReason::SenderDomain);
-            return self.reply(reply::sender_domain_denied(domain));
+        if let Err((reply, reason)) = policy::envelope_sender(sender, smtputf8, &self.config) {
+            if let Some(reason) = reason {
+                self.metrics.rejected(reason);
+            }
+            return self.reply(reply);
         }
         self.tx = Some(Transaction {
             sender: sender.to_owned(),

@@ -1,9 +1,7 @@
-//! Header work of the inbound side, all pure: capture the header section (bounded), check the
-//! From: domain against the sender policy, and build the one `Received:` field we prepend.
+//! Header work of the inbound side, all pure: capture the header section (bounded) for the
+//! sender policy, and build the one `Received:` field we prepend.
 
-use super::reply::{self, Reply};
-use crate::{config::Config, message::MessageId};
-use mail_parser::{HeaderName, MessageParser};
+use crate::message::MessageId;
 use std::net::IpAddr;
 
 /// Most header bytes buffered for the From: check; a larger header section is refused.
@@ -63,32 +61,6 @@ impl HeaderCapture {
     }
 }
 
-/// Sender policy on the header: exactly one From: field (RFC 5322 3.6) whose every address is
-/// in a configured domain. `Err` carries the reply to send after DATA.
-pub fn check_from(header: &[u8], config: &Config) -> Result<(), Reply> {
-    let parsed = MessageParser::new().parse_headers(header);
-    let Some(message) = parsed else {
-        return Err(reply::BAD_HEADER_FROM);
-    };
-    let mut froms = message.header_values(HeaderName::From);
-    let (Some(from), None) = (froms.next(), froms.next()) else {
-        return Err(reply::BAD_HEADER_FROM);
-    };
-    let Some(addresses) = from.as_address() else {
-        return Err(reply::BAD_HEADER_FROM);
-    };
-    let mut seen = false;
-    for addr in addresses.iter() {
-        let address = addr.address().unwrap_or_default();
-        let domain = crate::message::domain_of(address);
-        if config.domain(domain).is_none() {
-            return Err(reply::header_from_denied(domain));
-        }
-        seen = true;
-    }
-    if seen { Ok(()) } else { Err(reply::BAD_HEADER_FROM) }
-}
-
 /// The `with` keyword of the Received field (RFC 3848, RFC 6531 3.7.3).
 pub fn protocol(ehlo: bool, smtputf8: bool) -> &'static str {
     match (ehlo, smtputf8) {
@@ -132,70 +104,6 @@ pub fn now_rfc5322() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config() -> Config {
-        let text = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n  - domain: example.org\nspool:\n  dir: /s\ndelivery:\n  capture:\n    dir: /c\n";
-        Config::parse(std::path::Path::new("t.yaml"), text).expect("valid config")
-    }
-
-    struct Case {
-        header: &'static str,
-        want: Result<(), &'static str>,
-    }
-
-    #[test]
-    fn header_from_policy_table() {
-        let cases = [
-            Case {
-                header: "From: a@example.com\r\n\r\n",
-                want: Ok(()),
-            },
-            Case {
-                header: "From: A <a@EXAMPLE.com>\r\nTo: x@y\r\n\r\n",
-                want: Ok(()),
-            },
-            Case {
-                header: "From: \"b@evil.com\" <a@example.org>\r\n\r\n",
-                want: Ok(()),
-            },
-            Case {
-                header: "From: a@evil.com\r\n\r\n",
-                want: Err("550 5.7.1"),
-            },
-            Case {
-                header: "From: a@example.com, b@evil.com\r\n\r\n",
-                want: Err("550 5.7.1"),
-            },
-            Case {
-                header: "From: a@example.com\r\nFrom: b@evil.com\r\n\r\n",
-                want: Err("550 5.6.0"),
-            },
-            Case {
-                header: "To: x@y\r\n\r\n",
-                want: Err("550 5.6.0"),
-            },
-            Case {
-                header: "\r\n",
-                want: Err("550 5.6.0"),
-            },
-            Case {
-                header: "From: undisclosed:;\r\n\r\n",
-                want: Err("550 5.6.0"),
-            },
-        ];
-        let config = config();
-        for case in cases {
-            let got =
-                check_from(case.header.as_bytes(), &config).map_err(|r| format!("{} {}", r.code, r.status));
-            assert_eq!(got, case.want.map_err(String::from), "{:?}", case.header);
-        }
-    }
-
-    #[test]
-    fn denied_from_reply_names_the_domain() {
-        let err = check_from(b"From: a@evil.com\r\n\r\n", &config()).expect_err("denied");
-        assert!(err.text.contains("evil.com"), "{err}");
-    }
 
     #[test]
     fn capture_stops_at_the_blank_line_across_chunks() {

@@ -4,6 +4,7 @@
 mod commands;
 pub mod data;
 pub mod headers;
+pub mod policy;
 pub mod reply;
 pub mod session;
 mod transfer;

@@ -4,6 +4,7 @@
 use super::{
     data::{DataReceiver, Verdict},
     headers::{self, HeaderCapture, MAX_HEADER_BYTES},
+    policy,
     reply::{self, Reply},
     session::{Flow, READ_CHUNK, Read, Session, Transaction, sink_reject_reason, sink_reply},
 };
@@ -150,7 +151,7 @@ where
                     .then_some((RejectReason::Malformed, reply::HEADERS_TOO_BIG))
             })
             .or_else(|| {
-                headers::check_from(capture.bytes(), &self.config)
+                policy::header_from(capture.bytes(), &self.config)
                     .err()
                     .map(|r| (RejectReason::HeaderFrom, r))
             });

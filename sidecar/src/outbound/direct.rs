@@ -14,12 +14,12 @@ use super::{
     starttls::{self, Opened},
     tls::TlsConfigs,
 };
-use crate::{config, message::Envelope, metrics::Metrics};
+use crate::{config, message::Envelope, metrics::Metrics, sync::lock};
 use lettre::transport::smtp::extension::ClientId;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use tokio::sync::Semaphore;
@@ -57,11 +57,6 @@ pub struct DirectTransport<R> {
     domains: Mutex<HashMap<String, Arc<Semaphore>>>,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     metrics: Metrics,
-}
-
-/// Poisoning only means another task panicked while holding the lock; the data is still valid.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // === impl DirectTransport ===

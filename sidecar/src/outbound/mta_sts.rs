@@ -168,7 +168,7 @@ impl Cache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Policy, Instant)>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.entries)
     }
 
     /// RFC 8461 3.3: `https://mta-sts.<domain>/.well-known/mta-sts.txt`, certificate verified

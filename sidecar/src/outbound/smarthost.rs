@@ -11,10 +11,11 @@ use crate::{
     config::{self, TlsMode},
     message::Envelope,
     metrics::Metrics,
+    sync::lock,
 };
 use lettre::transport::smtp::extension::ClientId;
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use tokio::sync::Semaphore;
@@ -255,9 +256,4 @@ fn parked() -> RcptResult {
         class: ReplyClass::Connection,
         diagnostic: "smarthost route parked after repeated connection failures".into(),
     }
-}
-
-/// Poisoning only means another task panicked while holding the lock; the data is still valid.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -6,6 +6,7 @@ use super::{
     classify::{self, Phase},
     deliver::step,
 };
+use crate::sync::lock;
 use lettre::transport::smtp::{
     client::{AsyncSmtpConnection, AsyncTokioStream},
     commands::{Ehlo, Starttls},
@@ -19,7 +20,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -48,11 +49,6 @@ impl std::fmt::Debug for Handoff {
             .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
-}
-
-/// Poisoning only means another task panicked while holding the lock; the data is still valid.
-fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn moving() -> io::Error {

@@ -1,10 +1,11 @@
 //! A message being received: body bytes go to the writer in chunks as they arrive (bounded
 //! memory), and `commit` returns only once body and envelope are fsync'd.
 
-use super::{CHUNK_BYTES, Entry, Meta, Queued, Spool, lock, record, record::Kind, writer::Op};
+use super::{CHUNK_BYTES, Entry, Meta, Queued, Spool, record, record::Kind, writer::Op};
 use crate::{
     message::{Envelope, MessageId},
     message::{MessageWriter, SinkError},
+    sync::lock,
 };
 use std::{collections::BTreeSet, sync::atomic::Ordering};
 use tokio::sync::oneshot;

@@ -8,7 +8,6 @@
 //! an old segment are relocated (rewritten at the head) so one long retry cannot pin the disk.
 
 mod meta;
-mod rate;
 pub mod record;
 mod replay;
 mod writer;
@@ -22,6 +21,7 @@ use crate::{
     message::MessageId,
     message::{MessageSink, SinkError},
     metrics::Metrics,
+    sync::lock,
 };
 use record::Kind;
 use std::{
@@ -99,7 +99,6 @@ struct State {
 struct Inner {
     dir: PathBuf,
     limits: Mutex<(u64, u64)>,
-    rate: Mutex<Option<rate::TokenBucket>>,
     tx: mpsc::Sender<Op>,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -170,7 +169,6 @@ impl Spool {
             inner: Arc::new(Inner {
                 dir,
                 limits: Mutex::new((cfg.max_bytes, cfg.max_messages)),
-                rate: Mutex::new(None),
                 tx,
                 state: Mutex::new(state),
                 next_id: AtomicU64::new(now_id),
@@ -185,15 +183,6 @@ impl Spool {
     /// Applies new limits (hot reload).
     pub fn set_limits(&self, cfg: &config::Spool) {
         *lock(&self.inner.limits) = (cfg.max_bytes, cfg.max_messages);
-    }
-
-    /// Applies `limits.ratePerMinute` to new mail from clients (`None`: no limit). An unchanged
-    /// rate keeps the bucket's state across reloads.
-    pub fn set_rate(&self, per_minute: Option<u32>) {
-        let mut rate = lock(&self.inner.rate);
-        if rate.as_ref().map(rate::TokenBucket::per_minute) != per_minute {
-            *rate = per_minute.map(|n| rate::TokenBucket::new(n, std::time::Instant::now()));
-        }
     }
 
     /// Starts a message the sidecar generates itself (a bounce): not subject to the rate limit,
@@ -453,11 +442,6 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(seqs)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 mod incoming;
 pub use incoming::Incoming;
 #[cfg(test)]
@@ -467,11 +451,6 @@ impl MessageSink for Spool {
     type Writer = Incoming;
 
     async fn begin(&self) -> Result<Incoming, SinkError> {
-        if let Some(bucket) = lock(&self.inner.rate).as_mut()
-            && !bucket.try_take(std::time::Instant::now())
-        {
-            return Err(SinkError::RateLimited);
-        }
         self.begin_internal()
     }
 }

@@ -166,16 +166,3 @@ async fn compaction_moves_live_messages_so_old_segments_can_go() {
         b"DKIM-Signature: k\r\nkeep me\r\n"
     );
 }
-
-#[tokio::test]
-async fn rate_limit_refuses_clients_but_not_the_sidecars_own_bounces() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (spool, _, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
-    spool.set_rate(Some(2));
-    put(&spool, b"1\r\n", &["x@example.net"]).await;
-    put(&spool, b"2\r\n", &["x@example.net"]).await;
-    assert_eq!(spool.begin().await.err(), Some(SinkError::RateLimited));
-    spool.begin_internal().expect("bounces are not rate limited");
-    spool.set_rate(None);
-    spool.begin().await.expect("no limit any more");
-}

@@ -4,10 +4,11 @@
 use crate::{
     message::Envelope,
     outbound::{Outcome, RcptResult, ReplyClass, Route, Transport},
+    sync::lock,
 };
 use std::{
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -51,10 +52,6 @@ impl std::fmt::Debug for FakeTransport {
             .field("calls", &self.calls().len())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The outcome for a recipient by its local part, the default rule: `defer…` gets a `451`,
