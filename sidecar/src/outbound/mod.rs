@@ -3,13 +3,10 @@
 
 pub mod capture;
 pub mod classify;
-pub mod dane;
-pub mod deliver;
+pub mod client;
 pub mod direct;
-pub mod mta_sts;
-pub mod mx;
 pub mod park;
-pub mod route;
+pub mod pool;
 pub mod smarthost;
 pub mod starttls;
 pub mod tls;

@@ -2,8 +2,9 @@
 //! authenticated connections, a limit on concurrent connections and route parking.
 
 use super::{
-    Outcome, RcptResult, ReplyClass, Route, Transport, deliver,
+    Outcome, RcptResult, ReplyClass, Route, Transport, client,
     park::{Admission, Breaker, ParkPolicy},
+    pool::Pool,
     starttls::Opened,
     tls::{TlsConfigs, TlsSetupError},
 };
@@ -20,10 +21,6 @@ use std::{
 };
 use tokio::sync::Semaphore;
 
-/// A pooled connection idle longer than this is closed rather than reused; servers may drop
-/// idle clients after 5 minutes (RFC 5321 4.5.3.2.7), so stay well below that.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Errors building a [`SmarthostTransport`] from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -39,15 +36,10 @@ pub enum DeliveryError {
     },
 }
 
-struct Idle {
-    opened: Opened,
-    since: Instant,
-}
-
 /// Delivers through one smarthost (config `delivery.smarthost`).
 pub struct SmarthostTransport {
-    settings: deliver::Settings,
-    idle: Mutex<Vec<Idle>>,
+    settings: client::Settings,
+    idle: Pool<()>,
     permits: Arc<Semaphore>,
     max_connections: usize,
     breaker: Mutex<Breaker>,
@@ -78,7 +70,7 @@ impl SmarthostTransport {
                 })?,
             ),
         };
-        let settings = deliver::Settings {
+        let settings = client::Settings {
             host: cfg.host.clone(),
             port: cfg.port,
             tls: cfg.tls,
@@ -95,7 +87,7 @@ impl SmarthostTransport {
             .set(0);
         Ok(Self {
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: Pool::new(),
             permits: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             breaker: Mutex::new(Breaker::new(ParkPolicy::default())),
@@ -111,14 +103,13 @@ impl SmarthostTransport {
 
     /// Idle connections in the pool now.
     pub fn idle_connections(&self) -> usize {
-        lock(&self.idle).len()
+        self.idle.len()
     }
 
     /// Sends QUIT on every idle connection and drops them (at shutdown).
     pub async fn close(&self) {
-        let idle = std::mem::take(&mut *lock(&self.idle));
-        for mut i in idle {
-            let _ = tokio::time::timeout(self.settings.command_timeout, i.opened.conn.quit()).await;
+        for mut opened in self.idle.drain() {
+            let _ = tokio::time::timeout(self.settings.command_timeout, opened.conn.quit()).await;
         }
     }
 
@@ -161,31 +152,20 @@ impl SmarthostTransport {
         }
         let limit = self.settings.command_timeout;
         let info = opened.info.clone();
-        let tx = deliver::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
+        let tx = client::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
         if tx.timed_out {
             self.connection_failed();
         }
-        if tx.reusable && !opened.conn.has_broken() {
-            lock(&self.idle).push(Idle {
-                opened,
-                since: Instant::now(),
-            });
-        }
+        self.idle.give_back((), opened, tx.reusable);
         tx.results
     }
 
     /// An idle connection that still answers RSET, or a new one.
-    async fn checkout(&self) -> Result<Opened, deliver::OpenFailure> {
-        loop {
-            let Some(idle) = lock(&self.idle).pop() else { break };
-            let mut opened = idle.opened;
-            if idle.since.elapsed() < POOL_IDLE_TIMEOUT
-                && deliver::reset(&mut opened.conn, self.settings.command_timeout).await
-            {
-                return Ok(opened);
-            }
+    async fn checkout(&self) -> Result<Opened, client::OpenFailure> {
+        match self.idle.take(&(), self.settings.command_timeout).await {
+            Some(opened) => Ok(opened),
+            None => client::open(&self.settings).await,
         }
-        deliver::open(&self.settings).await
     }
 
     fn connection_ok(&self) {

@@ -4,7 +4,7 @@
 use super::{
     Outcome, RcptResult, ReplyClass,
     classify::{self, Phase},
-    deliver::step,
+    client::step,
 };
 use crate::sync::lock;
 use lettre::transport::smtp::{

@@ -1,8 +1,8 @@
 //! Outbound TLS: rustls client configs per policy for direct delivery and one for the smarthost.
 //! Opportunistic TLS does not verify (RFC 7435 3), MTA-STS verifies with WebPKI (RFC 8461 4.2),
-//! DANE matches TLSA records (RFC 7672 3) through [`super::dane`].
+//! DANE matches TLSA records (RFC 7672 3) through [`super::direct::dane`].
 
-use super::{dane, mx::Tlsa};
+use super::direct::{dane, mx::Tlsa};
 use rustls::{
     ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
     client::WebPkiServerVerifier,

@@ -10,8 +10,10 @@ use crate::{
     outbound::{
         RcptResult, Route, Transport,
         capture::CaptureTransport,
-        direct::DirectTransport,
-        mx::{self, HickoryResolver},
+        direct::{
+            DirectTransport,
+            mx::{self, HickoryResolver},
+        },
         smarthost::SmarthostTransport,
     },
 };

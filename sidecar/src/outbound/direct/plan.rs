@@ -1,11 +1,11 @@
 //! Where one domain's mail goes: MX lookup, implicit MX (RFC 5321 5.1), null MX (RFC 7505),
 //! NXDOMAIN and temporary failures, then the capped list of addresses to try.
 
-use crate::outbound::{
-    Outcome, RcptResult, ReplyClass,
+use super::{
     mx::{DnsError, MxResolver},
     route::{self, Hop, MxHost, MxPlan},
 };
+use crate::outbound::{Outcome, RcptResult, ReplyClass};
 use std::net::IpAddr;
 
 /// The `result` label of `mx_lookups_total`.
@@ -132,7 +132,7 @@ async fn addresses<R: MxResolver>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::mx::StaticResolver;
+    use crate::outbound::direct::mx::StaticResolver;
 
     const ZONE: &str = "
         ok.example. MX 20 mx2.ok.example.

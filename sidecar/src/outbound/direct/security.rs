@@ -7,10 +7,13 @@ use crate::{
     config::{self, DaneMode, DirectTls, MtaStsMode},
     metrics::Metrics,
     outbound::{
-        Outcome, RcptResult, ReplyClass, dane,
-        mta_sts::{self, Mode},
-        mx::{MxResolver, Tlsa},
-        route::Hop,
+        Outcome, RcptResult, ReplyClass,
+        direct::{
+            dane,
+            mta_sts::{self, Mode},
+            mx::{MxResolver, Tlsa},
+            route::Hop,
+        },
         starttls::{self, Opened},
         tls::TlsConfigs,
     },
@@ -303,7 +306,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::mx::StaticResolver;
+    use crate::outbound::direct::mx::StaticResolver;
 
     #[tokio::test]
     async fn dane_decides_per_host_and_overrides_only_what_it_authenticates() {

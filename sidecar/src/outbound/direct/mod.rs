@@ -1,31 +1,33 @@
 //! [`DirectTransport`]: delivery to each recipient domain's MX hosts (RFC 5321 5), with
 //! per-domain concurrency, per-destination connection reuse and fallback to the next host.
 
+pub mod dane;
+pub mod mta_sts;
+pub mod mx;
 mod plan;
+pub mod route;
 mod security;
 
 pub use plan::MxResult;
 pub use security::Security;
 
 use super::{
-    Outcome, RcptResult, ReplyClass, Route, Transport, deliver,
-    mx::MxResolver,
-    route::{self, Hop},
+    Outcome, RcptResult, ReplyClass, Route, Transport, client,
+    pool::Pool,
     starttls::{self, Opened},
     tls::TlsConfigs,
 };
 use crate::{config, message::Envelope, metrics::Metrics, sync::lock};
 use lettre::transport::smtp::extension::ClientId;
+use mx::MxResolver;
+use route::Hop;
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::sync::Semaphore;
-
-/// A pooled connection idle longer than this is closed rather than reused (RFC 5321 4.5.3.2.7).
-const POOL_IDLE_TIMEOUT: Duration = super::smarthost::POOL_IDLE_TIMEOUT;
 
 /// Settings taken from `delivery.direct`.
 #[derive(Debug, Clone)]
@@ -41,12 +43,6 @@ pub(crate) struct Settings {
 /// Connections are reused only for the same address and the same security demand.
 type PoolKey = (Hop, Security);
 
-#[derive(Debug)]
-struct Idle {
-    opened: Opened,
-    since: Instant,
-}
-
 /// Delivers to MX hosts (config `delivery.direct`).
 #[derive(Debug)]
 pub struct DirectTransport<R> {
@@ -55,7 +51,7 @@ pub struct DirectTransport<R> {
     policy: security::Policy,
     tls: TlsConfigs,
     domains: Mutex<HashMap<String, Arc<Semaphore>>>,
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    idle: Pool<PoolKey>,
     metrics: Metrics,
 }
 
@@ -83,14 +79,14 @@ impl<R: MxResolver> DirectTransport<R> {
             policy: security::Policy::new(cfg, tls.roots.clone()),
             tls,
             domains: Mutex::new(HashMap::new()),
-            idle: Mutex::new(HashMap::new()),
+            idle: Pool::new(),
             metrics,
         })
     }
 
     /// Idle connections in the pool now.
     pub fn idle_connections(&self) -> usize {
-        lock(&self.idle).values().map(Vec::len).sum()
+        self.idle.len()
     }
 
     fn permits(&self, domain: &str) -> Arc<Semaphore> {
@@ -155,15 +151,8 @@ impl<R: MxResolver> DirectTransport<R> {
             };
             let limit = self.settings.command_timeout;
             let info = opened.info.clone();
-            let tx =
-                deliver::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
-            if tx.reusable && !opened.conn.has_broken() {
-                let idle = Idle {
-                    opened,
-                    since: Instant::now(),
-                };
-                lock(&self.idle).entry((hop, security)).or_default().push(idle);
-            }
+            let tx = client::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
+            self.idle.give_back((hop, security), opened, tx.reusable);
             return tx.results;
         }
         all(last.unwrap_or_else(|| security::failure(format!("no usable mail exchanger for {domain}"))))
@@ -172,18 +161,10 @@ impl<R: MxResolver> DirectTransport<R> {
     /// An idle connection to `hop` that still answers RSET, or a new one.
     async fn checkout(&self, hop: &Hop, security: &Security) -> Result<Opened, RcptResult> {
         let key = (hop.clone(), security.clone());
-        loop {
-            let Some(idle) = lock(&self.idle).get_mut(&key).and_then(Vec::pop) else {
-                break;
-            };
-            let mut opened = idle.opened;
-            if idle.since.elapsed() < POOL_IDLE_TIMEOUT
-                && deliver::reset(&mut opened.conn, self.settings.command_timeout).await
-            {
-                return Ok(opened);
-            }
+        match self.idle.take(&key, self.settings.command_timeout).await {
+            Some(opened) => Ok(opened),
+            None => self.open(hop, security).await,
         }
-        self.open(hop, security).await
     }
 
     async fn open(&self, hop: &Hop, security: &Security) -> Result<Opened, RcptResult> {

@@ -1,0 +1,80 @@
+//! Idle connections kept for reuse, for both transports: the smarthost keys them by `()`, direct
+//! delivery by destination address and security demand. A connection is reused only while it is
+//! fresh and still answers `RSET` (RFC 5321 4.1.1.5); anything else is dropped.
+
+use super::{client, starttls::Opened};
+use crate::sync::lock;
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// A pooled connection idle longer than this is closed rather than reused; servers may drop
+/// idle clients after 5 minutes (RFC 5321 4.5.3.2.7), so stay well below that.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Idle {
+    opened: Opened,
+    since: Instant,
+}
+
+/// The pool.
+pub(crate) struct Pool<K> {
+    idle: Mutex<HashMap<K, Vec<Idle>>>,
+}
+
+impl<K> std::fmt::Debug for Pool<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("idle", &self.len()).finish()
+    }
+}
+
+impl<K> Pool<K> {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Idle connections now.
+    pub fn len(&self) -> usize {
+        lock(&self.idle).values().map(Vec::len).sum()
+    }
+
+    /// Takes every idle connection out (to close them at shutdown).
+    pub fn drain(&self) -> Vec<Opened> {
+        lock(&self.idle)
+            .drain()
+            .flat_map(|(_, list)| list)
+            .map(|i| i.opened)
+            .collect()
+    }
+}
+
+impl<K: Eq + Hash> Pool<K> {
+    /// Keeps `opened` for the next message to `key`, if the last transaction left it usable.
+    pub fn give_back(&self, key: K, opened: Opened, reusable: bool) {
+        if reusable && !opened.conn.has_broken() {
+            let idle = Idle {
+                opened,
+                since: Instant::now(),
+            };
+            lock(&self.idle).entry(key).or_default().push(idle);
+        }
+    }
+
+    /// The most recently used idle connection to `key` that is fresh and still answers `RSET`
+    /// within `limit`; stale ones met on the way are dropped.
+    pub async fn take(&self, key: &K, limit: Duration) -> Option<Opened> {
+        loop {
+            let idle = lock(&self.idle).get_mut(key).and_then(Vec::pop)?;
+            let mut opened = idle.opened;
+            if idle.since.elapsed() < IDLE_TIMEOUT && client::reset(&mut opened.conn, limit).await {
+                return Some(opened);
+            }
+        }
+    }
+}
