@@ -4,7 +4,8 @@
 mod memsink;
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::header::ContentType};
-use memsink::{Server, Stored, config, split_received};
+use mailroom_sidecar::testing::Stored;
+use memsink::{Server, config, split_received};
 use std::{process::Output, time::Duration};
 use tokio::process::Command;
 

@@ -3,14 +3,14 @@
 use crate::{
     config::{BareLineEndings, Config},
     inbound::Session,
-    message::{self, Envelope, MessageId},
-    message::{MessageSink, MessageWriter, SinkError},
+    message::{self, Envelope, SinkError},
+    testing::MemorySink,
 };
 use std::{
     io,
     path::Path,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -59,11 +59,13 @@ pub fn smtp_session(input: &[u8]) -> usize {
         return 0;
     };
     let config = CONFIGS.with(|c| c[usize::from(mode & 4 != 0)].clone());
-    let committed = Committed::default();
-    let sink = Arc::new(FuzzSink {
-        fail: mode & 3,
-        committed: committed.clone(),
-    });
+    let sink = MemorySink::new();
+    match mode & 3 {
+        1 => sink.fail_begin(Some(SinkError::Full)),
+        2 => sink.fail_commit(Some(SinkError::Io)),
+        3 => sink.fail_begin(Some(SinkError::RateLimited)),
+        _ => {}
+    }
     let chunk = match mode >> 4 {
         0 => usize::MAX,
         n => 1 << (n - 1),
@@ -76,16 +78,16 @@ pub fn smtp_session(input: &[u8]) -> usize {
     let (stop, stopped) = tokio::sync::watch::channel(mode & 8 != 0);
     let mut io = super::block_on(async {
         let mut io = io;
-        Session::new(&mut io, config.clone(), sink, super::metrics(), stopped)
+        Session::new(&mut io, config.clone(), sink.clone(), super::metrics(), stopped)
             .run()
             .await;
         io
     });
     drop(stop);
-    let committed = std::mem::take(&mut *committed.lock().unwrap_or_else(|e| e.into_inner()));
+    let committed = sink.messages();
     check_replies(&std::mem::take(&mut io.output), committed.len());
-    for (envelope, body) in &committed {
-        check_message(&config, envelope, body);
+    for stored in &committed {
+        check_message(&config, &stored.envelope, &stored.bytes);
     }
     committed.len()
 }
@@ -141,58 +143,6 @@ fn check_message(config: &Config, envelope: &Envelope, body: &[u8]) {
         body.ends_with(b"\r\n"),
         "committed message does not end with CRLF"
     );
-}
-
-type Committed = Arc<Mutex<Vec<(Envelope, Vec<u8>)>>>;
-
-/// An in-memory sink with an optional failure; commits are kept for the checks.
-#[derive(Debug)]
-struct FuzzSink {
-    fail: u8,
-    committed: Committed,
-}
-
-#[derive(Debug)]
-struct FuzzWriter {
-    committed: Committed,
-    fail_commit: bool,
-    body: Vec<u8>,
-}
-
-impl MessageSink for FuzzSink {
-    type Writer = FuzzWriter;
-
-    async fn begin(&self) -> Result<FuzzWriter, SinkError> {
-        match self.fail {
-            1 => Err(SinkError::Full),
-            3 => Err(SinkError::RateLimited),
-            f => Ok(FuzzWriter {
-                committed: self.committed.clone(),
-                fail_commit: f == 2,
-                body: Vec::new(),
-            }),
-        }
-    }
-}
-
-impl MessageWriter for FuzzWriter {
-    fn id(&self) -> MessageId {
-        MessageId(1)
-    }
-
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), SinkError> {
-        self.body.extend_from_slice(chunk);
-        Ok(())
-    }
-
-    async fn commit(self, envelope: Envelope) -> Result<MessageId, SinkError> {
-        if self.fail_commit {
-            return Err(SinkError::Io);
-        }
-        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        committed.push((envelope, self.body));
-        Ok(MessageId(committed.len() as u64))
-    }
 }
 
 /// Reads `input` `chunk` bytes at a time, then EOF; keeps everything written.
