@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """`make soak`: the sidecar under faults, long enough to measure rates (docs/reliability.md).
 
-Real parts only, loopback only: the mailroom-sidecar binary, sidecar/tests/peers/upstream.py
-(aiosmtpd) as the smarthost, sidecar/tests/peers/load_client.py (smtplib) as the apps. Each client
+Real parts only, loopback only: the mailroom-sidecar binary, tests/peers/upstream.py
+(aiosmtpd) as the smarthost, tests/peers/load_client.py (smtplib) as the apps. Each client
 keeps its own record of the `250` replies it got; that record is the truth the upstream's maildir
 is checked against.
 
@@ -36,7 +36,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEERS = os.path.join(ROOT, "sidecar", "tests", "peers")
+PEERS = os.path.join(ROOT, "tests", "peers")
 DOC = os.path.join(ROOT, "docs", "reliability.md")
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 SPOOL_MAX_MESSAGES = 20000

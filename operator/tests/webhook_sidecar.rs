@@ -25,7 +25,7 @@ use mailroom_test_support::{
     testenv,
 };
 
-const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sidecar/tests/peers");
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers");
 const MESSAGE: &str = "From: app@shop.example.com\r\nTo: someone@example.net\r\nSubject: injected\r\n\
                        Message-ID: <1@shop.example.com>\r\n\r\nhello from an injected pod\r\n";
 

@@ -1,6 +1,6 @@
 //! MTA-STS end to end (RFC 8461): the real `mailroom-sidecar` process reads `_mta-sts` TXT
 //! records from the loopback DNS server (`tests/peers/dnsserver.py`), fetches the policy over
-//! HTTPS from `sidecar/tests/peers/policy_server.py` (Python's http.server and ssl) with a
+//! HTTPS from `tests/peers/policy_server.py` (Python's http.server and ssl) with a
 //! certificate from a test CA given as `caFile`, and delivers to aiosmtpd on 127.0.0.2.
 //! `mtaStsPort` points the fetch at the test server's port instead of 443.
 

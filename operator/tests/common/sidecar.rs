@@ -185,11 +185,11 @@ pub fn signing_selector(eml: &Path) -> Result<String> {
         .context("no s= tag")
 }
 
-/// `sidecar/tests/peers/dkim_verify.py` (dkimpy) verifies the captured message against `txt`.
+/// `tests/peers/dkim_verify.py` (dkimpy) verifies the captured message against `txt`.
 pub fn dkim_verifies(eml: &Path, txt: &str) -> Result<()> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../sidecar/tests/peers/dkim_verify.py"
+        "/../tests/peers/dkim_verify.py"
     );
     let out = Command::new(testenv::python()?)
         .arg(script)

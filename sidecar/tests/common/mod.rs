@@ -17,10 +17,10 @@ pub fn python() -> PathBuf {
     }
 }
 
-/// A script in `tests/peers/`.
+/// A script in the repository's `tests/peers/`.
 pub fn peer(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/peers")
+        .join("../tests/peers")
         .join(name)
 }
 
@@ -200,7 +200,7 @@ impl DnsServer {
     fn spawn(dir: &Path, zone: &str, signed: bool) -> Self {
         let path = dir.join("zone.txt");
         std::fs::write(&path, zone).expect("zone file");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/dnsserver.py");
+        let script = peer("dnsserver.py");
         let anchor = signed.then(|| dir.join("trust-anchor.txt"));
         let mut cmd = Command::new(python());
         cmd.arg(script).arg(&path);
@@ -237,7 +237,7 @@ impl Drop for DnsServer {
     }
 }
 
-/// `sidecar/tests/peers/policy_server.py`: HTTPS MTA-STS policy host on `address`; killed on drop.
+/// `tests/peers/policy_server.py`: HTTPS MTA-STS policy host on `address`; killed on drop.
 #[derive(Debug)]
 pub struct PolicyServer {
     child: Child,

@@ -1,5 +1,5 @@
 //! Test peers we did not write, as processes on loopback: the scripted upstream SMTP server
-//! (aiosmtpd, `sidecar/tests/peers/upstream.py`), the authoritative DNS server (dnslib,
+//! (aiosmtpd, `tests/peers/upstream.py`), the authoritative DNS server (dnslib,
 //! `tests/peers/dnsserver.py`), a Python smtplib client, and the independent checkers (dkimpy
 //! through our DNS server, Python's email package for DSNs).
 
@@ -20,7 +20,7 @@ use crate::{
     testenv,
 };
 
-/// `sidecar/tests/peers/upstream.py` on 127.0.0.1: `temp-fail*` recipients get 450, `perm-fail*`
+/// `tests/peers/upstream.py` on 127.0.0.1: `temp-fail*` recipients get 450, `perm-fail*`
 /// 550; every accepted transaction is saved as `<maildir>/<n>.eml` plus `<n>.json`.
 #[derive(Debug)]
 pub struct Upstream {
@@ -73,7 +73,7 @@ impl Upstream {
         let (proc, port) = Proc::spawn_reporting_port(
             "upstream",
             Command::new(testenv::python()?)
-                .arg(repo().join("sidecar/tests/peers/upstream.py"))
+                .arg(repo().join("tests/peers/upstream.py"))
                 .args(args)
                 .arg("--maildir")
                 .arg(&maildir),
@@ -233,11 +233,11 @@ pub fn dkim_verify_dns(eml: &Path, dns_port: u16) -> Result<String> {
     Ok(stdout)
 }
 
-/// Parses a DSN with Python's email package (`sidecar/tests/peers/dsn_check.py`): content type,
+/// Parses a DSN with Python's email package (`tests/peers/dsn_check.py`): content type,
 /// report type, parts, From/To/Auto-Submitted, delivery-status blocks and parser defects.
 pub fn dsn_summary(eml: &Path) -> Result<Value> {
     let out = Command::new(testenv::python()?)
-        .arg(repo().join("sidecar/tests/peers/dsn_check.py"))
+        .arg(repo().join("tests/peers/dsn_check.py"))
         .arg(eml)
         .output()?;
     ensure!(
