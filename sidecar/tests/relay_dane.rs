@@ -7,34 +7,15 @@ mod common;
 mod harness;
 
 use common::{DnsServer, PolicyServer, Upstream, spki_sha256, test_ca_for};
-use harness::{Sidecar, eventually, free_port, smtplib_send};
+use harness::{Sidecar, direct_config, eventually, free_port, smtplib_send};
 use std::path::Path;
 
 fn config(dns: &DnsServer, smtp_port: u16, extra: &str) -> String {
     let anchor = dns.anchor.as_ref().expect("signed zone").display();
-    format!(
-        "apiVersion: mailroom.dev/v1alpha1
-kind: SidecarConfig
-hostname: sidecar.test
-domains:
-  - domain: example.com
-spool:
-  dir: {{dir}}/spool
-delivery:
-  direct:
-    resolvers: [\"127.0.0.1:{port}\"]
-    port: {smtp_port}
-    dane: \"on\"
-    dnssecTrustAnchorFile: {anchor}
-    connectTimeoutSeconds: 2
-    commandTimeoutSeconds: 10
-{extra}retry:
-  initialSeconds: 1
-  multiplier: 1.0
-  maxSeconds: 1
-  maxAgeSeconds: 600
-",
-        port = dns.port
+    direct_config(
+        dns.port,
+        smtp_port,
+        &format!("    dane: \"on\"\n    dnssecTrustAnchorFile: {anchor}\n{extra}"),
     )
 }
 

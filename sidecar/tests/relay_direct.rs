@@ -6,32 +6,11 @@ mod common;
 mod harness;
 
 use common::{DnsServer, Upstream, test_ca};
-use harness::{Sidecar, eventually, free_port, smtplib_send};
+use harness::{Sidecar, direct_config, eventually, free_port, smtplib_send};
 use std::path::Path;
 
 fn config(dns: u16, smtp_port: u16, tls: &str) -> String {
-    format!(
-        "apiVersion: mailroom.dev/v1alpha1
-kind: SidecarConfig
-hostname: sidecar.test
-domains:
-  - domain: example.com
-spool:
-  dir: {{dir}}/spool
-delivery:
-  direct:
-    resolvers: [\"127.0.0.1:{dns}\"]
-    port: {smtp_port}
-    tls: {tls}
-    connectTimeoutSeconds: 2
-    commandTimeoutSeconds: 10
-retry:
-  initialSeconds: 1
-  multiplier: 1.0
-  maxSeconds: 1
-  maxAgeSeconds: 600
-"
-    )
+    direct_config(dns, smtp_port, &format!("    tls: {tls}\n"))
 }
 
 fn upstream(dir: &Path, address: &str, port: u16, tls: Option<&common::TestCa>) -> Upstream {

@@ -8,34 +8,17 @@ mod common;
 mod harness;
 
 use common::{DnsServer, PolicyServer, TestCa, Upstream, test_ca_for};
-use harness::{Sidecar, eventually, free_port, smtplib_send};
+use harness::{Sidecar, direct_config, eventually, free_port, smtplib_send};
 use std::path::Path;
 
 fn config(dns: u16, smtp_port: u16, https_port: u16, ca: &Path) -> String {
-    format!(
-        "apiVersion: mailroom.dev/v1alpha1
-kind: SidecarConfig
-hostname: sidecar.test
-domains:
-  - domain: example.com
-spool:
-  dir: {{dir}}/spool
-delivery:
-  direct:
-    resolvers: [\"127.0.0.1:{dns}\"]
-    port: {smtp_port}
-    mtaSts: enforce
-    mtaStsPort: {https_port}
-    caFile: {}
-    connectTimeoutSeconds: 2
-    commandTimeoutSeconds: 10
-retry:
-  initialSeconds: 1
-  multiplier: 1.0
-  maxSeconds: 1
-  maxAgeSeconds: 600
-",
-        ca.display()
+    direct_config(
+        dns,
+        smtp_port,
+        &format!(
+            "    mtaSts: enforce\n    mtaStsPort: {https_port}\n    caFile: {}\n",
+            ca.display()
+        ),
     )
 }
 

@@ -187,10 +187,7 @@ pub fn signing_selector(eml: &Path) -> Result<String> {
 
 /// `tests/peers/dkim_verify.py` (dkimpy) verifies the captured message against `txt`.
 pub fn dkim_verifies(eml: &Path, txt: &str) -> Result<()> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/peers/dkim_verify.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/dkim_verify.py");
     let out = Command::new(testenv::python()?)
         .arg(script)
         .arg(eml)

@@ -325,6 +325,33 @@ retry:
     )
 }
 
+/// A sidecar config for direct delivery resolving through `127.0.0.1:<dns>` and connecting to
+/// MX hosts on `smtp_port`, with `extra` lines (indented by four spaces) under `delivery.direct`.
+/// Retries every second, so that tests see the second attempt soon.
+pub fn direct_config(dns: u16, smtp_port: u16, extra: &str) -> String {
+    format!(
+        "apiVersion: mailroom.dev/v1alpha1
+kind: SidecarConfig
+hostname: sidecar.test
+domains:
+  - domain: example.com
+spool:
+  dir: {{dir}}/spool
+delivery:
+  direct:
+    resolvers: [\"127.0.0.1:{dns}\"]
+    port: {smtp_port}
+    connectTimeoutSeconds: 2
+    commandTimeoutSeconds: 10
+{extra}retry:
+  initialSeconds: 1
+  multiplier: 1.0
+  maxSeconds: 1
+  maxAgeSeconds: 600
+"
+    )
+}
+
 /// Generates a DKIM key with the openssl CLI; returns (key file, DNS TXT record value).
 pub fn dkim_key(dir: &Path, name: &str, algorithm: &str) -> (PathBuf, String) {
     let key = dir.join(format!("{name}.pem"));
