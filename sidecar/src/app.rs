@@ -15,6 +15,9 @@ use crate::{
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+/// How long the drain waits for the spool's final fsync.
+const SPOOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -215,6 +218,14 @@ impl Running {
             );
         } else {
             tracing::info!(undelivered_messages = 0, "drain complete; the spool is empty");
+        }
+        // Done records are written lazily; the final fsync keeps delivered mail from being sent
+        // again after the next start. Bounded, in case a task still holds a spool handle.
+        if tokio::time::timeout(SPOOL_CLOSE_TIMEOUT, self.spool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("spool did not close in time; the next start may deliver some mail twice");
         }
         let _ = self.stop_tx.send(true);
         let _ = self.admin.await;

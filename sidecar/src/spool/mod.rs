@@ -104,6 +104,8 @@ struct Inner {
     next_id: AtomicU64,
     active: Arc<AtomicU64>,
     arrivals: mpsc::UnboundedSender<Queued>,
+    /// The writer thread, taken by [`Spool::close`].
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Handle to the spool; cheap to clone.
@@ -159,7 +161,7 @@ impl Spool {
         )
         .map_err(err)?;
         let (tx, rx) = mpsc::channel(1024);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || w.run(rx))
             .map_err(err)?;
@@ -174,10 +176,25 @@ impl Spool {
                 next_id: AtomicU64::new(now_id),
                 active,
                 arrivals,
+                writer: Mutex::new(Some(writer)),
             }),
         };
         spool.reclaim();
         Ok((spool, queued, arrivals_rx))
+    }
+
+    /// Closes the spool: once this and every other handle are gone, the writer writes what it
+    /// holds, makes it durable (a final fsync, so that no `Done` record is lost and no delivered
+    /// message is sent again after a restart) and exits; this waits for that. Reopen the same
+    /// directory only after it returns.
+    pub async fn close(self) {
+        let writer = lock(&self.inner.writer).take();
+        drop(self);
+        if let Some(writer) = writer
+            && tokio::task::spawn_blocking(move || writer.join()).await.is_err()
+        {
+            tracing::error!("spool writer thread could not be joined");
+        }
     }
 
     /// Applies new limits (hot reload).

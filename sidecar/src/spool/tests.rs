@@ -65,9 +65,7 @@ async fn removed_messages_stay_removed_and_space_is_reclaimed() {
     let a = put(&spool, b"a\r\n", &["x@example.net"]).await;
     spool.remove(a).await;
     assert_eq!(spool.usage(), (0, 0));
-    drop(spool);
-    // Give the writer thread a moment to flush the Done record at exit.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    spool.close().await;
     let before = segments(dir.path());
     let (spool, found, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("reopen");
     assert!(found.is_empty());
@@ -87,8 +85,7 @@ async fn torn_tail_is_ignored_and_corruption_is_quarantined() {
     let a = put(&spool, b"first\r\n", &["x@example.net"]).await;
     let b = put(&spool, b"second\r\n", &["x@example.net"]).await;
     let c = put(&spool, b"third\r\n", &["x@example.net"]).await;
-    drop(spool);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    spool.close().await;
     let seg = segment_path(dir.path(), segments(dir.path())[0]);
     let mut bytes = std::fs::read(&seg).expect("read segment");
     // Corrupt message b's body and tear the segment's tail (a crash mid-write).
@@ -157,8 +154,7 @@ async fn compaction_moves_live_messages_so_old_segments_can_go() {
         "oldest segment deleted: {:?}",
         segments(dir.path())
     );
-    drop(spool);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    spool.close().await;
     let (spool, found, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("reopen");
     assert!(found.iter().any(|q| q.id == keep));
     assert_eq!(
