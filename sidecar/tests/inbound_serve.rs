@@ -66,8 +66,19 @@ async fn shutdown_stops_accepting_and_waits_for_open_sessions() {
     client.command("RCPT TO:<x@dest.test>", "250").await;
     client.command("DATA", "354").await;
     server.stop.send(true).expect("serve listens");
-    // Mid-DATA the session is not cut: serve must still be waiting for it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the listener is closed, serve has acted on the stop; mid-DATA the session is not
+    // cut, so serve must still be waiting for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .is_ok()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve never stopped accepting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!server.task.is_finished(), "serve waits for the open session");
     client.send("From: a@example.com\r\n\r\nbye\r\n.\r\n").await;
     client.expect("250 2.0.0").await;

@@ -140,7 +140,12 @@ fn mixed_recipients_deliver_bounce_and_expire_with_dsns() {
     );
     sidecar.wait_metric(r#"mailroom_sidecar_dsn_sent_total{kind="failure"}"#, |v| v == 2.0);
     assert!(sidecar.metric(r#"mailroom_sidecar_messages_deferred_total{reply_class="4xx""#) >= 1.0);
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Both DSNs were delivered (not deferred, not bounced): nothing is left that could bounce.
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_delivered_total{reply_class="2xx",route="smarthost",sender_domain="none"}"#,
+        |v| v == 2.0,
+    );
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
     assert_eq!(
         up.received().len(),
         3,

@@ -38,8 +38,13 @@ fn smarthost_outage_parks_the_route_then_one_probe_lets_everything_through() {
         failures <= 4.0,
         "{failures} connection failures before parking (maxConnections is 4)"
     );
-    // Parking lasts 30 s: nothing may connect in the meantime, however much mail waits.
-    std::thread::sleep(Duration::from_secs(3));
+    // Parking lasts 30 s: nothing may connect in the meantime, however much mail waits. The
+    // runner sets the oldest-age gauge on each pass of its loop, where it would dispatch: once it
+    // has moved on by 3 s, the runner has had several chances to try and must not have.
+    let age = sidecar.metric("mailroom_sidecar_queue_oldest_message_age_seconds");
+    sidecar.wait_metric("mailroom_sidecar_queue_oldest_message_age_seconds", |v| {
+        v >= age + 3.0
+    });
     assert_eq!(
         sidecar.metric("mailroom_sidecar_route_failures_total"),
         failures,

@@ -268,9 +268,6 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
             })?;
         }
     }
-    // Let rate windows hold a few samples after the last increase.
-    std::thread::sleep(Duration::from_secs(3));
-
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
         chart().join("dashboards/mailroom.json"),
     )?)?;
@@ -295,8 +292,16 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
             }
             let q = substitute(expr);
             ensure!(!q.contains('$'), "panel {title:?}: unsubstituted variable in {q}");
-            let result = query(&q).with_context(|| format!("panel {title:?}: {q}"))?;
-            ensure!(!result.is_empty(), "panel {title:?} returns no data: {q}");
+            // Rate windows need a few samples after the last increase: poll until the panel has
+            // data rather than sleeping a guessed while.
+            let result = eventually(
+                &format!("panel {title:?} returns data: {q}"),
+                Duration::from_secs(60),
+                || {
+                    let result = query(&q).with_context(|| format!("panel {title:?}: {q}"))?;
+                    Ok((!result.is_empty()).then_some(result))
+                },
+            )?;
             summary.insert(
                 format!("{title} [{}]", target["refId"].as_str().unwrap_or("?")),
                 result.len(),
