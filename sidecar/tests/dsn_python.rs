@@ -1,12 +1,11 @@
 //! A failure DSN from `dsn::failure` read back by Python's `email` package (an independent MIME
 //! parser): multipart/report with the three RFC 3464 parts and per-recipient status blocks.
 
-mod common;
-
 use mailroom_sidecar::{
     dsn,
     message::{Envelope, MessageId},
 };
+use mailroom_test_support::relay::{self};
 use std::process::Command;
 
 #[test]
@@ -35,8 +34,8 @@ fn python_email_reads_the_failure_notice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dsn.eml");
     std::fs::write(&path, dsn::failure(&report, &failed)).expect("write dsn");
-    let out = Command::new(common::python())
-        .arg(common::peer("dsn_check.py"))
+    let out = Command::new(relay::python())
+        .arg(relay::peer("dsn_check.py"))
         .arg(&path)
         .output()
         .expect("run dsn_check.py");

@@ -1,14 +1,15 @@
 //! `SmarthostTransport` against a scripted aiosmtpd upstream (tests/peers/upstream.py) on
 //! 127.0.0.1: TLS modes, AUTH, per-recipient outcomes, timeouts, connection reuse and parking.
 
-mod common;
-
-use common::{TestCa, Upstream, test_ca};
 use mailroom_sidecar::{
     config::{Auth, AuthMechanism, Smarthost, TlsMode},
     message::Envelope,
     metrics::Metrics,
     outbound::{Outcome, RcptResult, ReplyClass, SmarthostTransport, Transport, park::ParkPolicy},
+};
+use mailroom_test_support::{
+    certs::{TestCa, test_ca},
+    peers::Upstream,
 };
 use std::{path::Path, time::Duration};
 

@@ -3,11 +3,11 @@
 //! dnspython signatures, a key made per run), looks up TLSA records of each MX host and
 //! authenticates aiosmtpd receivers on 127.0.0.2/3 by them.
 
-mod common;
-mod harness;
-
-use common::{DnsServer, PolicyServer, Upstream, spki_sha256, test_ca_for};
-use harness::{Sidecar, direct_config, eventually, free_port, smtplib_send};
+use mailroom_test_support::{
+    certs::{spki_sha256, test_ca_for},
+    peers::{DnsServer, PolicyServer, Upstream},
+    relay::{Sidecar, direct_config, eventually, free_port, smtplib_send},
+};
 use std::path::Path;
 
 fn config(dns: &DnsServer, smtp_port: u16, extra: &str) -> String {
@@ -71,7 +71,7 @@ _{port}._tcp.mx.dane.test. 1 IN TLSA 3 1 1 {hash}
 "
         )
     };
-    let dns = DnsServer::start_signed(dir.path(), &zone(&spki_sha256(&other.cert)));
+    let dns = DnsServer::signed(dir.path(), &zone(&spki_sha256(&other.cert)));
     let sidecar = Sidecar::start(dir.path(), &config(&dns, port, ""));
     send(&sidecar, "u@dane.test");
     sidecar.wait_metric(DEFERRED_TLS, |v| v >= 1.0);
@@ -111,7 +111,7 @@ fn dane_ta_validates_the_chain_and_the_mx_host_name() {
     let port = free_port();
     let mx = upstream(dir.path(), "127.0.0.3", port, Some((&ca.chain(), &ca.key)));
     let ta = spki_sha256(&ca.ca);
-    let dns = DnsServer::start_signed(
+    let dns = DnsServer::signed(
         dir.path(),
         &format!(
             "ta.test. 1 IN MX 10 mx.ta.test.
@@ -149,7 +149,7 @@ fn insecure_zone_falls_back_to_opportunistic_tls() {
     let other = test_ca_for(&dir.path().join("other"), "DNS:mx.plain.test");
     let port = free_port();
     let mx = upstream(dir.path(), "127.0.0.2", port, Some((&ca.cert, &ca.key)));
-    let dns = DnsServer::start_signed(
+    let dns = DnsServer::signed(
         dir.path(),
         &format!(
             "; INSECURE plain.test.
@@ -187,7 +187,7 @@ fn bogus_signatures_defer_and_never_fall_back() {
     let port = free_port();
     let mx = upstream(dir.path(), "127.0.0.2", port, None);
     let good = "bogus.test. 1 IN MX 10 mx.bogus.test.\nmx.bogus.test. 1 IN A 127.0.0.2\n";
-    let dns = DnsServer::start_signed(dir.path(), &format!("; BOGUS bogus.test.\n{good}"));
+    let dns = DnsServer::signed(dir.path(), &format!("; BOGUS bogus.test.\n{good}"));
     let sidecar = Sidecar::start(dir.path(), &config(&dns, port, ""));
     send(&sidecar, "u@bogus.test");
     sidecar.wait_metric(
@@ -222,7 +222,7 @@ fn dane_takes_precedence_over_mta_sts() {
         "pre.test",
         "version: STSv1\r\nmode: enforce\r\nmx: policy-only.pre.test\r\nmax_age: 86400\r\n",
     );
-    let dns = DnsServer::start_signed(
+    let dns = DnsServer::signed(
         dir.path(),
         &format!(
             "pre.test. 1 IN MX 10 mx.pre.test.

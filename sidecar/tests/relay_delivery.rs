@@ -1,11 +1,11 @@
 //! End to end through the real `mailroom-sidecar` process: a client we did not write (Python
 //! smtplib) sends to it, and an upstream we did not write (aiosmtpd) receives from it.
 
-mod common;
-mod harness;
-
-use common::{Upstream, test_ca};
-use harness::{Sidecar, dkim_key, eventually, smarthost_config, smtplib_send};
+use mailroom_test_support::{
+    certs::test_ca,
+    peers::Upstream,
+    relay::{self, Sidecar, dkim_key, eventually, smarthost_config, smtplib_send},
+};
 use std::process::Command;
 
 /// Proves the main path: STARTTLS (verified against the test CA) and AUTH to the smarthost; the
@@ -67,8 +67,8 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
         );
         let file = dir.path().join("signed.eml");
         std::fs::write(&file, &received.data).expect("write");
-        let out = Command::new(common::python())
-            .arg(common::peer("dkim_verify.py"))
+        let out = Command::new(relay::python())
+            .arg(relay::peer("dkim_verify.py"))
             .arg(&file)
             .arg(txt)
             .output()
@@ -158,7 +158,7 @@ fn mixed_recipients_deliver_bounce_and_expire_with_dsns() {
 #[test]
 fn deferred_message_is_retried_until_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = harness::free_port();
+    let port = relay::free_port();
     let first = dir.path().join("first");
     std::fs::create_dir_all(&first).expect("dir");
     let down = Upstream::start(
@@ -294,7 +294,7 @@ fn metrics_match_a_known_workload() {
     sidecar.wait_metric("mailroom_sidecar_messages_delivered_total", |v| v == 4.0);
     sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
     let text = sidecar.metrics();
-    let m = |series: &str| harness::metric_value(&text, series);
+    let m = |series: &str| relay::metric_value(&text, series);
     let delivered = r#"mailroom_sidecar_messages_delivered_total{reply_class="2xx",route="capture",sender_domain="example.com"}"#;
     assert_eq!(m(delivered), 4.0);
     assert_eq!(

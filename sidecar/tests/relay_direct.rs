@@ -2,18 +2,23 @@
 //! real authoritative DNS server on loopback (`tests/peers/dnsserver.py`, dnslib) and delivers
 //! to aiosmtpd receivers bound on 127.0.0.2 and 127.0.0.3.
 
-mod common;
-mod harness;
-
-use common::{DnsServer, Upstream, test_ca};
-use harness::{Sidecar, direct_config, eventually, free_port, smtplib_send};
+use mailroom_test_support::{
+    certs::test_ca,
+    peers::{DnsServer, Upstream},
+    relay::{Sidecar, direct_config, eventually, free_port, smtplib_send},
+};
 use std::path::Path;
 
 fn config(dns: u16, smtp_port: u16, tls: &str) -> String {
     direct_config(dns, smtp_port, &format!("    tls: {tls}\n"))
 }
 
-fn upstream(dir: &Path, address: &str, port: u16, tls: Option<&common::TestCa>) -> Upstream {
+fn upstream(
+    dir: &Path,
+    address: &str,
+    port: u16,
+    tls: Option<&mailroom_test_support::certs::TestCa>,
+) -> Upstream {
     let port = port.to_string();
     let mut args = vec!["--address", address, "--port", &port];
     let (cert, key);
@@ -41,7 +46,7 @@ fn mx_order_fallback_implicit_null_and_nxdomain() {
     let ca = test_ca(&dir.path().join("ca"));
     let port = free_port();
     let mx2 = upstream(dir.path(), "127.0.0.3", port, Some(&ca));
-    let dns = DnsServer::start(
+    let dns = DnsServer::with_zone(
         dir.path(),
         "a.test. 300 IN MX 10 mx1.a.test.
 a.test. 300 IN MX 20 mx2.a.test.
@@ -105,7 +110,7 @@ fn servfail_defers_then_delivers_when_dns_is_fixed() {
     let port = free_port();
     let mx = upstream(dir.path(), "127.0.0.2", port, None);
     let good = "flaky.test. 300 IN MX 10 mx.flaky.test.\nmx.flaky.test. 300 IN A 127.0.0.2\n";
-    let dns = DnsServer::start(dir.path(), &format!("; SERVFAIL flaky.test.\n{good}"));
+    let dns = DnsServer::with_zone(dir.path(), &format!("; SERVFAIL flaky.test.\n{good}"));
     let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "opportunistic"));
     smtplib_send(
         sidecar.smtp,
@@ -141,7 +146,7 @@ fn required_tls_is_refused_when_not_offered() {
     let port = free_port();
     let plain = upstream(dir.path(), "127.0.0.2", port, None);
     let tls = upstream(dir.path(), "127.0.0.3", port, Some(&ca));
-    let dns = DnsServer::start(
+    let dns = DnsServer::with_zone(
         dir.path(),
         "both.test. 300 IN MX 10 plain.both.test.
 both.test. 300 IN MX 20 tls.both.test.

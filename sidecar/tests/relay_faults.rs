@@ -2,11 +2,10 @@
 //! a hang after DATA, idle and slow connections, over-long lines and command floods. The long
 //! versions (minutes of outage, 20 kill -9 trials) are `make soak` (docs/reliability.md).
 
-mod common;
-mod harness;
-
-use common::Upstream;
-use harness::{Sidecar, eventually, free_port, smarthost_config, smtplib_send};
+use mailroom_test_support::{
+    peers::Upstream,
+    relay::{self, Sidecar, eventually, free_port, smarthost_config, smtplib_send},
+};
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
@@ -313,7 +312,7 @@ impl Smtp {
 fn send_load(sidecar: &Sidecar, dir: &Path, count: usize) -> Vec<String> {
     let acked = dir.join("acked");
     let status = Command::new("python3")
-        .arg(common::peer("load_client.py"))
+        .arg(relay::peer("load_client.py"))
         .args([&sidecar.smtp.ip().to_string(), &sidecar.smtp.port().to_string()])
         .args(["app@example.com", "user@example.net"])
         .arg(&acked)

@@ -1,10 +1,9 @@
 //! The sidecar process over its life: crashes, reloads, full disks, shutdown, start-up checks.
 
-mod common;
-mod harness;
-
-use common::Upstream;
-use harness::{Sidecar, eventually, smarthost_config, smtplib_send};
+use mailroom_test_support::{
+    peers::Upstream,
+    relay::{self, Sidecar, eventually, smarthost_config, smtplib_send},
+};
 use std::{
     collections::HashMap,
     process::{Command, Stdio},
@@ -26,7 +25,7 @@ fn kill9_during_load_loses_no_acknowledged_message() {
     let clients: Vec<_> = (0..4)
         .map(|w| {
             Command::new("python3")
-                .arg(common::peer("load_client.py"))
+                .arg(relay::peer("load_client.py"))
                 .args([&sidecar.smtp.ip().to_string(), &sidecar.smtp.port().to_string()])
                 .args(["app@example.com", "user@example.net"])
                 .arg(&acked)
@@ -133,7 +132,7 @@ fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
 #[test]
 fn full_spool_answers_452_and_keeps_what_it_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = harness::free_port();
+    let port = relay::free_port();
     let tail = "";
     let config = smarthost_config(port, "none", "", "  - domain: example.com", tail)
         .replace("  dir: {dir}/spool", "  dir: {dir}/spool\n  maxMessages: 2");
@@ -170,7 +169,7 @@ fn full_disk_answers_452_and_damages_nothing() {
         "this test mounts a small tmpfs and needs root (CI and make test run as root)"
     );
     let _unmount = Unmount(spool.clone());
-    let port = harness::free_port();
+    let port = relay::free_port();
     let sidecar = Sidecar::start(
         dir.path(),
         &smarthost_config(port, "none", "", "  - domain: example.com", ""),
@@ -218,7 +217,7 @@ impl Drop for Unmount {
 #[test]
 fn sigterm_drains_and_undelivered_mail_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = harness::free_port();
+    let port = relay::free_port();
     let config = smarthost_config(port, "none", "", "  - domain: example.com", "");
     let mut sidecar = Sidecar::start_with_env(dir.path(), &config, &[("SIDECAR_DRAIN_SECONDS", "1")]);
     smtplib_send(

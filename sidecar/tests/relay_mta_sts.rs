@@ -4,11 +4,11 @@
 //! certificate from a test CA given as `caFile`, and delivers to aiosmtpd on 127.0.0.2.
 //! `mtaStsPort` points the fetch at the test server's port instead of 443.
 
-mod common;
-mod harness;
-
-use common::{DnsServer, PolicyServer, TestCa, Upstream, test_ca_for};
-use harness::{Sidecar, direct_config, eventually, free_port, smtplib_send};
+use mailroom_test_support::{
+    certs::{TestCa, test_ca_for},
+    peers::{DnsServer, PolicyServer, Upstream},
+    relay::{Sidecar, direct_config, eventually, free_port, smtplib_send},
+};
 use std::path::Path;
 
 fn config(dns: u16, smtp_port: u16, https_port: u16, ca: &Path) -> String {
@@ -77,7 +77,7 @@ fn enforce_defers_a_mismatching_mx_and_delivers_to_a_matching_one() {
         "sts.test",
         "version: STSv1\r\nmode: enforce\r\nmx: mx.sts.test\r\nmax_age: 86400\r\n",
     );
-    let dns = DnsServer::start(dir.path(), &zone("sts.test", "rogue.sts.test"));
+    let dns = DnsServer::with_zone(dir.path(), &zone("sts.test", "rogue.sts.test"));
     let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, https.port, &ca.ca));
     send(&sidecar, "u@sts.test");
     sidecar.wait_metric(
@@ -124,7 +124,7 @@ fn testing_mode_delivers_and_reports_the_violation() {
         "tst.test",
         "version: STSv1\r\nmode: testing\r\nmx: mx.tst.test\r\nmax_age: 86400\r\n",
     );
-    let dns = DnsServer::start(dir.path(), &zone("tst.test", "rogue.tst.test"));
+    let dns = DnsServer::with_zone(dir.path(), &zone("tst.test", "rogue.tst.test"));
     let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, https.port, &ca.ca));
     send(&sidecar, "u@tst.test");
     eventually("delivery despite the violation", || {

@@ -1,8 +1,9 @@
 //! Test support: a throwaway Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager)
 //! for apiserver-layer and end-to-end tests, the tools cached beside it by `tests/env/prepare.sh`, and
 //! the end-to-end pieces: the chart's release with the operator as a process (`release`), an injected
-//! container run as a kubelet would (`kubelet`), the SMTP and DNS peers (`peers`), and Prometheus
-//! configured from the chart's monitors (`prometheus`).
+//! container run as a kubelet would (`kubelet`), the SMTP, DNS and HTTPS peers (`peers`, with their
+//! certificates from `certs`), Prometheus configured from the chart's monitors (`prometheus`), and
+//! the sidecar binary as a process for the sidecar's own scenarios (`relay`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod certs;
 mod control_plane;
 mod flags;
 mod janitor;
@@ -25,6 +27,7 @@ pub mod peers;
 mod pki;
 mod process;
 pub mod prometheus;
+pub mod relay;
 pub mod release;
 pub mod stack;
 pub mod testenv;

@@ -1,13 +1,15 @@
 //! Test peers we did not write, as processes on loopback: the scripted upstream SMTP server
 //! (aiosmtpd, `tests/peers/upstream.py`), the authoritative DNS server (dnslib,
-//! `tests/peers/dnsserver.py`), a Python smtplib client, and the independent checkers (dkimpy
-//! through our DNS server, Python's email package for DSNs).
+//! `tests/peers/dnsserver.py`, optionally DNSSEC-signed), the MTA-STS policy host
+//! (`tests/peers/policy_server.py`), a Python smtplib client, and the independent checkers (dkimpy
+//! through our DNS server, Python's email package for DSNs). Every peer is killed on drop.
 
 use std::{
     io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -16,6 +18,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use serde_json::Value;
 
 use crate::{
+    certs::TestCa,
     stack::{Proc, eventually, repo},
     testenv,
 };
@@ -36,10 +39,25 @@ pub struct Upstream {
 
 // === impl Upstream ===
 
+/// One transaction the upstream saved: its JSON record and the message bytes it received.
+#[derive(Debug)]
+pub struct Received {
+    /// `mail_from`, `mail_options`, `rcpt_tos`, `connection`, `tls`, `authenticated`.
+    pub meta: Value,
+    /// The message after dot-unstuffing.
+    pub data: Vec<u8>,
+}
+
 impl Upstream {
     /// Plain SMTP, no authentication.
     pub fn plain(dir: &Path) -> Result<Self> {
-        Self::start(dir, &[], None)
+        Self::spawn(dir, &[], None)
+    }
+
+    /// upstream.py with `args` (see its `--help`: `--port`, `--tls`, `--fail-data`, ...) in a
+    /// folder of its own under `dir`; panics if it does not start (for `#[test]` functions).
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::spawn(dir, args, None).unwrap_or_else(|e| panic!("upstream.py did not start: {e:#}"))
     }
 
     /// STARTTLS required (a certificate for 127.0.0.1 from a throwaway CA) and AUTH as
@@ -64,11 +82,15 @@ impl Upstream {
             "--key",
             path_str(&key_file)?,
         ];
-        Self::start(dir, &args, Some(ca.pem()))
+        Self::spawn(dir, &args, Some(ca.pem()))
     }
 
-    fn start(dir: &Path, args: &[&str], ca_pem: Option<String>) -> Result<Self> {
-        let maildir = dir.join("upstream-maildir");
+    fn spawn(dir: &Path, args: &[&str], ca_pem: Option<String>) -> Result<Self> {
+        // Several upstreams may share a test's folder (one restarted on the same port, say).
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let home = dir.join(format!("upstream-{n}"));
+        let maildir = home.join("maildir");
         std::fs::create_dir_all(&maildir)?;
         let (proc, port) = Proc::spawn_reporting_port(
             "upstream",
@@ -77,7 +99,7 @@ impl Upstream {
                 .args(args)
                 .arg("--maildir")
                 .arg(&maildir),
-            dir,
+            &home,
         )?;
         Ok(Self {
             proc,
@@ -85,6 +107,27 @@ impl Upstream {
             maildir,
             ca_pem,
         })
+    }
+
+    /// Every transaction saved so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.maildir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        names.retain(|p| p.extension().is_some_and(|e| e == "json"));
+        names.sort();
+        names
+            .iter()
+            .map(|json| Received {
+                meta: serde_json::from_slice(&std::fs::read(json).expect("read json")).expect("json"),
+                data: std::fs::read(json.with_extension("eml")).expect("read eml"),
+            })
+            .collect()
+    }
+
+    /// upstream.py's output so far, for assertion messages.
+    pub fn log(&self) -> String {
+        self.proc.log()
     }
 
     /// The saved messages, oldest first; each with its envelope file (written after the `.eml`).
@@ -119,18 +162,19 @@ impl Upstream {
         )?)?)
     }
 
-    /// TCP connections accepted so far.
-    pub fn connections(&self) -> Result<u64> {
-        match std::fs::read_to_string(self.maildir.join("connections")) {
-            Ok(n) => Ok(n.trim().parse()?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e.into()),
-        }
+    /// TCP connections accepted so far (0 before the first: upstream.py writes the count when
+    /// one arrives).
+    pub fn connections(&self) -> u64 {
+        std::fs::read_to_string(self.maildir.join("connections"))
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
 /// `tests/peers/dnsserver.py` (dnslib): an authoritative DNS server on 127.0.0.1 answering from a
-/// zone file it re-reads when it changes.
+/// zone file it re-reads when it changes; with DNSSEC, a signed root zone with a key made for the
+/// run.
 #[derive(Debug)]
 pub struct DnsServer {
     /// The process.
@@ -138,6 +182,8 @@ pub struct DnsServer {
     /// UDP and TCP port on 127.0.0.1.
     pub port: u16,
     zone: PathBuf,
+    /// For a signed zone: the DNSKEY trust anchor file the server wrote.
+    pub anchor: Option<PathBuf>,
 }
 
 // === impl DnsServer ===
@@ -145,16 +191,41 @@ pub struct DnsServer {
 impl DnsServer {
     /// Starts the server with an empty zone kept in `dir`.
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::spawn(dir, "", false)
+    }
+
+    /// Serves `zone` (master-file text), unsigned; panics if the server does not start.
+    pub fn with_zone(dir: &Path, zone: &str) -> Self {
+        Self::spawn(dir, zone, false).unwrap_or_else(|e| panic!("dnsserver.py did not start: {e:#}"))
+    }
+
+    /// Serves `zone` as a DNSSEC-signed root zone; its DNSKEY is in [`DnsServer::anchor`].
+    pub fn signed(dir: &Path, zone: &str) -> Self {
+        Self::spawn(dir, zone, true).unwrap_or_else(|e| panic!("dnsserver.py did not start: {e:#}"))
+    }
+
+    fn spawn(dir: &Path, zone_text: &str, signed: bool) -> Result<Self> {
         let zone = dir.join("zone.txt");
-        std::fs::write(&zone, "")?;
-        let (proc, port) = Proc::spawn_reporting_port(
-            "dnsserver",
-            Command::new(testenv::python()?)
-                .arg(repo().join("tests/peers/dnsserver.py"))
-                .arg(&zone),
-            dir,
-        )?;
-        Ok(Self { proc, port, zone })
+        std::fs::write(&zone, zone_text)?;
+        let anchor = signed.then(|| dir.join("trust-anchor.txt"));
+        let mut cmd = Command::new(testenv::python()?);
+        cmd.arg(repo().join("tests/peers/dnsserver.py")).arg(&zone);
+        if let Some(a) = &anchor {
+            cmd.arg("--dnssec").arg(a);
+        }
+        let (proc, port) = Proc::spawn_reporting_port("dnsserver", &mut cmd, dir)?;
+        Ok(Self {
+            proc,
+            port,
+            zone,
+            anchor,
+        })
+    }
+
+    /// Replaces the whole zone (master-file text); panics if it cannot be written.
+    pub fn publish(&self, zone: &str) {
+        let lines: Vec<String> = zone.lines().map(str::to_string).collect();
+        self.serve(&lines).expect("zone file");
     }
 
     /// Replaces the served records (`name. 300 IN TXT "a" "b"` lines).
@@ -176,30 +247,98 @@ impl DnsServer {
     }
 }
 
-/// Sends one message with Python's smtplib; `Ok` with smtplib's refusals as JSON text, or `Err`
-/// with the SMTP error (e.g. a rejected sender).
+/// `tests/peers/policy_server.py`: an HTTPS MTA-STS policy host on `address` with `ca`'s
+/// certificate chain.
+#[derive(Debug)]
+pub struct PolicyServer {
+    /// The process.
+    pub proc: Proc,
+    /// The HTTPS port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PolicyServer {
+    /// Serves `<dir>/policies/mta-sts.<domain>.txt`; panics if the server does not start.
+    pub fn start(dir: &Path, address: &str, ca: &TestCa) -> Self {
+        let policies = dir.join("policies");
+        let started = (|| -> Result<(Proc, u16)> {
+            std::fs::create_dir_all(&policies)?;
+            Proc::spawn_reporting_port(
+                "policy-server",
+                Command::new(testenv::python()?)
+                    .arg(repo().join("tests/peers/policy_server.py"))
+                    .args(["--address", address, "--cert"])
+                    .arg(ca.chain())
+                    .arg("--key")
+                    .arg(&ca.key)
+                    .arg("--dir")
+                    .arg(&policies),
+                dir,
+            )
+        })();
+        let (proc, port) = started.unwrap_or_else(|e| panic!("policy_server.py did not start: {e:#}"));
+        Self {
+            proc,
+            port,
+            dir: policies,
+        }
+    }
+
+    /// Publishes `policy` for `mta-sts.<domain>`.
+    pub fn publish(&self, domain: &str, policy: &str) {
+        std::fs::write(self.dir.join(format!("mta-sts.{domain}.txt")), policy).expect("policy");
+    }
+}
+
+/// Sends a small test message with Python's smtplib; `Ok` with smtplib's refusals as JSON text,
+/// or `Err` with the SMTP error (e.g. a rejected sender).
 pub fn smtp_send(smtp: SocketAddr, from: &str, to: &[&str]) -> Result<std::result::Result<String, String>> {
+    static SENT: AtomicU32 = AtomicU32::new(0);
+    let n = SENT.fetch_add(1, Ordering::Relaxed);
+    let first = to.first().copied().unwrap_or_default();
+    let message = format!(
+        "From: <{from}>\r\nTo: <{first}>\r\nSubject: mailroom test\r\nMessage-ID: <{}.{n}@test>\r\n\r\nhello\r\n",
+        std::process::id()
+    );
+    smtp_send_message(smtp, from, to, message.as_bytes())
+}
+
+/// Sends `message` with Python's smtplib (a client we did not write); `Ok` with smtplib's
+/// per-recipient refusals as JSON text (`{"ok": true, "refused": {rcpt: [code, text]}}`), or
+/// `Err` with the SMTP error.
+pub fn smtp_send_message(
+    smtp: SocketAddr,
+    from: &str,
+    to: &[&str],
+    message: &[u8],
+) -> Result<std::result::Result<String, String>> {
     let script = r#"
 import json, smtplib, sys
 host, port, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rcpts = sys.argv[4:]
-msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: mailroom test\r\nMessage-ID: <%s@test>\r\n\r\nhello\r\n"
-       % (sender, rcpts[0], id(rcpts))).encode()
+data = sys.stdin.buffer.read()
 try:
     with smtplib.SMTP(host, port, timeout=30) as s:
-        refused = s.sendmail(sender, rcpts, msg)
-    print(json.dumps({"ok": True, "refused": {k: v[0] for k, v in refused.items()}}))
+        refused = s.sendmail(sender, rcpts, data)
+    print(json.dumps({"ok": True, "refused": {k: [v[0], v[1].decode()] for k, v in refused.items()}}))
 except smtplib.SMTPException as e:
     print(json.dumps({"ok": False, "error": repr(e)}))
 "#;
-    let out = Command::new(testenv::python()?)
+    let mut child = Command::new(testenv::python()?)
         .arg("-c")
         .arg(script)
         .arg(smtp.ip().to_string())
         .arg(smtp.port().to_string())
         .arg(from)
         .args(to)
-        .output()?;
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the smtplib client")?;
+    child.stdin.take().context("stdin")?.write_all(message)?;
+    let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
         bail!(

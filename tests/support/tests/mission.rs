@@ -244,7 +244,7 @@ spec:
         envelope["rcpt_to"],
         serde_json::json!(["someone@example.net", "perm-fail@example.net"])
     );
-    assert_eq!(upstream.connections()?, 0, "capture mode must not send");
+    assert_eq!(upstream.connections(), 0, "capture mode must not send");
     Ok(())
 }
 

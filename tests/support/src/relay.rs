@@ -1,16 +1,41 @@
-//! Runs the real `mailroom-sidecar` binary as a process for end-to-end sidecar tests, and talks
-//! to it the way a kubelet and Prometheus would (files, signals, HTTP).
-#![allow(dead_code)]
+//! The real `mailroom-sidecar` binary as a process, for the sidecar's process tests
+//! (`sidecar/tests/relay_*.rs`): started from a config template on loopback ports it picks
+//! itself, talked to the way a kubelet and Prometheus would (files, signals, HTTP), plus the
+//! config templates and helpers those scenarios share. Failures panic with the sidecar's log:
+//! these helpers serve `#[test]` functions directly.
 
+use crate::stack::{self, http_get};
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{BufRead, BufReader},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+/// The `mailroom-sidecar` binary cargo built for the running test: `MAILROOM_SIDECAR_BIN`, or
+/// the one beside the test executable's `deps/` folder (cargo builds a package's binaries before
+/// its integration tests).
+pub fn sidecar_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MAILROOM_SIDECAR_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("mailroom-sidecar"))
+        .expect("target directory");
+    assert!(
+        bin.is_file(),
+        "{} not found: run the sidecar's tests with cargo test -p mailroom-sidecar, or set MAILROOM_SIDECAR_BIN",
+        bin.display()
+    );
+    bin
+}
+
+#[derive(Debug)]
 /// A running sidecar process with its own temp dir (spool, capture, config).
 pub struct Sidecar {
     child: Option<Child>,
@@ -53,7 +78,7 @@ impl Sidecar {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailroom-sidecar"));
+        let mut cmd = Command::new(sidecar_bin());
         cmd.arg("--config")
             .arg(&self.config_path)
             .env("SIDECAR_LISTEN_ADDR", self.smtp.to_string())
@@ -213,25 +238,6 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
     rest.split_whitespace().next().unwrap_or("")
 }
 
-/// Minimal HTTP/1.0 GET: status and body.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// Sum of the samples whose series starts with `series` (so a prefix without the closing brace
 /// sums over the remaining labels).
 pub fn metric_value(text: &str, series: &str) -> f64 {
@@ -243,58 +249,15 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 }
 
 /// Sends one message with Python's smtplib (a client we did not write). Returns smtplib's
-/// per-recipient refusals as printed JSON, or the error text.
+/// per-recipient refusals as printed JSON, or the error text; panics if the client cannot run.
 pub fn smtplib_send(smtp: SocketAddr, from: &str, to: &[&str], message: &[u8]) -> Result<String, String> {
-    let script = r#"
-import json, smtplib, sys
-host, port, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rcpts = sys.argv[4:]
-data = sys.stdin.buffer.read()
-try:
-    with smtplib.SMTP(host, port, timeout=30) as s:
-        refused = s.sendmail(sender, rcpts, data)
-    print(json.dumps({"ok": True, "refused": {k: [v[0], v[1].decode()] for k, v in refused.items()}}))
-except smtplib.SMTPException as e:
-    print(json.dumps({"ok": False, "error": repr(e)}))
-"#;
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(smtp.ip().to_string())
-        .arg(smtp.port().to_string())
-        .arg(from)
-        .args(to)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is required (apt-get install python3)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(message)
-        .expect("write message");
-    let out = child.wait_with_output().expect("smtplib");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if text.contains("\"ok\": true") {
-        Ok(text)
-    } else {
-        Err(text)
-    }
+    crate::peers::smtp_send_message(smtp, from, to, message).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Polls until `f` returns Some or 75 s pass (a parked route waits 30 s before its probe).
+/// Polls until `f` returns Some or 75 s pass (a parked route waits 30 s before its probe);
+/// panics with `what` after that.
 pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(75);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    stack::eventually(what, Duration::from_secs(75), || Ok(f())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A sidecar config relaying to `127.0.0.1:<port>`, with `extra` appended under `delivery.smarthost`
@@ -400,10 +363,18 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// A free loopback port (bound then released; fine for tests that restart a peer on it).
+/// A free loopback port, bound then released: for a peer a test starts (or restarts) on a known
+/// port, or one where nothing must listen.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    stack::free_port().expect("free port")
+}
+
+/// The test venv's Python (aiosmtpd, dkimpy, ...); panics with how to get it.
+pub fn python() -> PathBuf {
+    crate::testenv::python().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// A script in the repository's `tests/peers/`.
+pub fn peer(name: &str) -> PathBuf {
+    stack::repo().join("tests/peers").join(name)
 }
