@@ -1,11 +1,9 @@
 //! Clients we did not write (Python `smtplib`, `curl`, `lettre`) against `inbound::serve` on
 //! `127.0.0.1:0`; each test asserts byte for byte what the sink received.
 
-mod memsink;
-
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::header::ContentType};
 use mailroom_sidecar::testing::Stored;
-use memsink::{Server, config, split_received};
+use mailroom_sidecar::testing::{Server, config, split_received};
 use std::{process::Output, time::Duration};
 use tokio::process::Command;
 

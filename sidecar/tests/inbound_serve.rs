@@ -1,9 +1,7 @@
 //! `inbound::serve` over real loopback TCP: connection limit, hot reload for new sessions, and
 //! shutdown that stops accepting and waits for open sessions.
 
-mod memsink;
-
-use memsink::{Server, config};
+use mailroom_sidecar::testing::{Server, config};
 use std::{sync::Arc, time::Duration};
 
 #[tokio::test]

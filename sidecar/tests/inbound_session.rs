@@ -1,10 +1,8 @@
 //! The inbound SMTP session driven over `tokio::io::duplex` with an in-memory sink: relay, DATA
 //! framing, pipelining, limits, policy, timeouts, spool back-pressure and shutdown.
 
-mod memsink;
-
+use mailroom_sidecar::testing::{Harness, config, split_received};
 use mailroom_sidecar::{config::BareLineEndings, message::SinkError, metrics::SessionEnd};
-use memsink::{Harness, config, split_received};
 
 const HEADER: &str = "From: App <app@example.com>\r\nTo: user@dest.test\r\nSubject: hi\r\n\r\n";
 

@@ -1,9 +1,9 @@
-//! Helpers shared by the sidecar's session tests: the in-memory sink (from the `testing`
-//! feature), a test config, a line-oriented SMTP test client and a session harness.
-#![allow(dead_code)]
+//! Session test helpers: a test config, a line-oriented SMTP client, one session over
+//! `tokio::io::duplex` ([`Harness`]) and `inbound::serve` on loopback ([`Server`]), both with a
+//! [`MemorySink`]. They panic on failure: they serve `#[test]` functions directly.
 
-use mailroom_sidecar::testing::MemorySink;
-use mailroom_sidecar::{
+use super::MemorySink;
+use crate::{
     config::Config,
     inbound::Session,
     metrics::{Metrics, SessionEnd},
@@ -264,7 +264,7 @@ impl Server {
         let metrics = Metrics::new();
         let (config, config_rx) = watch::channel(Arc::new(config));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(mailroom_sidecar::inbound::serve(
+        let task = tokio::spawn(crate::inbound::serve(
             listener,
             config_rx,
             sink.clone(),
