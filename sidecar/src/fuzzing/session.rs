@@ -8,36 +8,21 @@ use crate::{
 };
 use std::{
     io,
-    path::Path,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Small limits so that the size, line and recipient limits are reachable by short inputs.
-const CONFIG: &str = "apiVersion: mailroom.dev/v1alpha1
-kind: SidecarConfig
-hostname: relay.test
-limits:
-  maxMessageBytes: 4096
-  maxRecipients: 3
-  maxLineBytes: 512
-  maxBadCommands: 20
-domains:
-  - domain: example.com
-  - domain: example.org
-spool:
-  dir: /nonexistent/spool
-delivery:
-  capture:
-    dir: /nonexistent/capture
-";
-
 thread_local! {
     /// The config with `bareLineEndings` reject and normalize; parsed once, not per input.
     static CONFIGS: [Arc<Config>; 2] = {
-        let config = Config::parse(Path::new("fuzz.yaml"), CONFIG).expect("fuzz config is valid");
+        let mut config = crate::testing::config();
+        // Small limits, so that short inputs reach the size, line and recipient limits.
+        config.limits.max_message_bytes = 4096;
+        config.limits.max_recipients = 3;
+        config.limits.max_line_bytes = 512;
+        config.limits.max_bad_commands = 20;
         let mut normalize = config.clone();
         normalize.limits.bare_line_endings = BareLineEndings::Normalize;
         [Arc::new(config), Arc::new(normalize)]
