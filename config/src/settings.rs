@@ -78,16 +78,42 @@ pub struct Settings {
 pub struct Error(pub Vec<String>);
 
 impl Settings {
-    /// `cfg` with the environment's address overrides applied (`SIDECAR_LISTEN_ADDR`,
-    /// `SIDECAR_ADMIN_ADDR`): at start and on every reload, so a reload never undoes them.
-    pub fn apply_overrides(&self, mut cfg: crate::Config) -> crate::Config {
+    /// Finishes a parsed config for this process: applies the environment's address overrides
+    /// (`SIDECAR_LISTEN_ADDR`, `SIDECAR_ADMIN_ADDR`), validates the result again (an override is
+    /// held to the same rules as the file: no non-loopback listener without
+    /// `listen.allowNonLoopback`), and checks that every file it names can be read. At start-up,
+    /// in `--check-config` and on every reload, so none of them accepts what another refuses.
+    pub fn finish(
+        &self,
+        path: &std::path::Path,
+        mut cfg: crate::Config,
+    ) -> Result<crate::Config, crate::Error> {
         if let Some(a) = self.listen_addr {
             cfg.listen.address = a;
         }
         if let Some(a) = self.admin_addr {
             cfg.admin.address = a;
         }
-        cfg
+        let mut problems = cfg.validate();
+        for p in &mut problems {
+            let set_by = match p.field.as_str() {
+                f if f.starts_with("listen.") && self.listen_addr.is_some() => Some(ENV_LISTEN_ADDR),
+                f if f.starts_with("admin.") && self.admin_addr.is_some() => Some(ENV_ADMIN_ADDR),
+                _ => None,
+            };
+            if let Some(var) = set_by {
+                p.message = format!("{} (the address comes from {var})", p.message);
+            }
+        }
+        problems.extend(cfg.check_files());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(crate::Error::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
     }
 
     /// Reads every setting; reports all invalid ones together.

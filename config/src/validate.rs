@@ -163,3 +163,67 @@ pub fn is_hostname(s: &str) -> bool {
     let s = s.strip_suffix('.').unwrap_or(s);
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
 }
+
+impl Config {
+    /// Every file the config names, with its field path: DKIM keys, smarthost credentials and
+    /// CA bundles, the DNSSEC trust anchor.
+    pub fn files(&self) -> Vec<(String, &Path)> {
+        let mut files = Vec::new();
+        for (i, d) in self.domains.iter().enumerate() {
+            if let Some(dkim) = &d.dkim {
+                files.push((format!("domains[{i}].dkim.keyFile"), dkim.key_file.as_path()));
+            }
+        }
+        match &self.delivery {
+            Delivery::Smarthost(s) => {
+                if let Some(ca) = &s.ca_file {
+                    files.push(("delivery.smarthost.caFile".into(), ca.as_path()));
+                }
+                if let Some(auth) = &s.auth {
+                    files.push((
+                        "delivery.smarthost.auth.usernameFile".into(),
+                        auth.username_file.as_path(),
+                    ));
+                    files.push((
+                        "delivery.smarthost.auth.passwordFile".into(),
+                        auth.password_file.as_path(),
+                    ));
+                }
+            }
+            Delivery::Direct(d) => {
+                if let Some(ca) = &d.ca_file {
+                    files.push(("delivery.direct.caFile".into(), ca.as_path()));
+                }
+                if let Some(anchor) = &d.dnssec_trust_anchor_file {
+                    files.push(("delivery.direct.dnssecTrustAnchorFile".into(), anchor.as_path()));
+                }
+            }
+            Delivery::Capture(_) => {}
+        }
+        files
+    }
+
+    /// Problems with the files the config names: each must be a file this process can read.
+    /// Unlike [`Config::validate`] this does I/O, so the operator (which renders paths that exist
+    /// only in the pod) never calls it; the sidecar does at start-up and in `--check-config`, so
+    /// that a config it would refuse to run is never reported valid.
+    pub fn check_files(&self) -> Vec<Problem> {
+        self.files()
+            .into_iter()
+            .filter_map(|(field, path)| {
+                let problem = match std::fs::File::open(path) {
+                    Ok(f) => match f.metadata() {
+                        Ok(m) if m.is_file() => return None,
+                        Ok(_) => format!("{} is not a file", path.display()),
+                        Err(e) => format!("cannot read {}: {e}", path.display()),
+                    },
+                    Err(e) => format!("cannot read {}: {e}", path.display()),
+                };
+                Some(Problem {
+                    field,
+                    message: problem,
+                })
+            })
+            .collect()
+    }
+}

@@ -54,9 +54,10 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the spool (replaying it), loads keys and binds both listeners.
+    /// Opens the spool (replaying it), loads keys and binds both listeners. `config` is the one
+    /// [`Settings::finish`] returned.
     pub async fn build(settings: Settings, config: Config) -> Result<Self, Error> {
-        let config = Arc::new(settings.apply_overrides(config));
+        let config = Arc::new(config);
         let metrics = Metrics::new();
         let delivery = Arc::new(Delivery::build(&config, &metrics)?);
         let (spool_cfg, m) = (config.spool.clone(), metrics.clone());

@@ -19,7 +19,11 @@ const HELP: &str = "mailroom-sidecar: local SMTP relay with a durable spool
 USAGE:
     mailroom-sidecar                      run with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml)
     mailroom-sidecar --config FILE        run with FILE
-    mailroom-sidecar --check-config FILE  validate FILE and exit (0 when valid, 64 when not)
+    mailroom-sidecar --check-config FILE  validate FILE as start-up would (overrides from the
+                                          environment, files it names) and exit: 0 valid, 64 not
+    mailroom-sidecar --check-document FILE
+                                          validate the document alone (what the operator renders;
+                                          the files it names need not exist here)
     mailroom-sidecar --version
 
 ENVIRONMENT:
@@ -38,7 +42,8 @@ fn main() -> ExitCode {
     };
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => {}
-        ["--check-config", file] => return check_config(file),
+        ["--check-config", file] => return check_config(&settings, file),
+        ["--check-document", file] => return check_document(file),
         ["--config", file] => settings.config_path = file.into(),
         ["--version"] => {
             println!("mailroom-sidecar {}", env!("CARGO_PKG_VERSION"));
@@ -54,7 +59,8 @@ fn main() -> ExitCode {
         }
     }
     init_tracing(settings.log_format);
-    let config = match Config::load(&settings.config_path) {
+    let path = settings.config_path.clone();
+    let config = match Config::load(&path).and_then(|c| settings.finish(&path, c)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -85,10 +91,27 @@ fn main() -> ExitCode {
     })
 }
 
-fn check_config(file: &str) -> ExitCode {
-    match Config::load(file.as_ref()) {
+/// Validates `file` exactly as start-up would: the document, the environment's overrides, and
+/// the files it names.
+fn check_config(settings: &Settings, file: &str) -> ExitCode {
+    let path = std::path::Path::new(file);
+    match Config::load(path).and_then(|c| settings.finish(path, c)) {
         Ok(_) => {
             println!("{file}: valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// Validates the document alone: for rendered configs checked away from the pod.
+fn check_document(file: &str) -> ExitCode {
+    match Config::load(file.as_ref()) {
+        Ok(_) => {
+            println!("{file}: valid document");
             ExitCode::SUCCESS
         }
         Err(e) => {

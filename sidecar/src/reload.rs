@@ -31,7 +31,7 @@ pub async fn watch(
         }
         last = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
-        match Config::parse(&path, &text).map(|c| settings.apply_overrides(c)) {
+        match Config::parse(&path, &text).and_then(|c| settings.finish(&path, c)) {
             Err(e) => {
                 metrics.config_reload_failures.inc();
                 tracing::error!(error = %e, "config change rejected; keeping the current config");
