@@ -56,7 +56,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         &name,
         conditions::is_true(&status.conditions, READY),
     );
-    let value = serde_json::to_value(&status).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let value = serde_json::to_value(&status).map_err(Error::serde("serialize MailDomain status"))?;
     patch_status(&api, &name, value).await?;
     // After the patch: a failed patch retries the whole plan, and events should not repeat.
     publish_transitions(&md, &old, &status, &ctx).await;

@@ -139,7 +139,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
         &name,
         conditions::is_true(&status.conditions, READY),
     );
-    let value = serde_json::to_value(&status).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let value = serde_json::to_value(&status).map_err(Error::serde("serialize Relay status"))?;
     patch_status(&Api::<Relay>::namespaced(ctx.client.clone(), &ns), &name, value).await?;
     Ok(action)
 }
@@ -194,10 +194,10 @@ fn with_type<K: serde::Serialize + serde::de::DeserializeOwned>(
     api_version: &str,
     kind: &str,
 ) -> Result<K> {
-    let mut v = serde_json::to_value(&obj).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let mut v = serde_json::to_value(&obj).map_err(Error::serde("serialize child"))?;
     v["apiVersion"] = api_version.into();
     v["kind"] = kind.into();
-    serde_json::from_value(v).map_err(|e| Error::InvalidSpec(e.to_string()))
+    serde_json::from_value(v).map_err(Error::serde("deserialize child"))
 }
 
 async fn gather_domains(relay: &Relay, ns: &str, ctx: &Context) -> Result<Vec<MailDomain>> {
