@@ -117,9 +117,6 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// Issuing, parsing or loading the webhook's certificate failed.
-    #[error("webhook certificate: {0}")]
-    Certificate(String),
 }
 
 /// `Result` with the crate [`Error`].
@@ -141,9 +138,7 @@ impl Error {
     /// The condition and event reason for this error.
     pub fn reason(&self) -> Reason {
         match self {
-            Self::Kube { .. } | Self::Render(_) | Self::Serde { .. } | Self::Certificate(_) => {
-                Reason::ApplyFailed
-            }
+            Self::Kube { .. } | Self::Render(_) | Self::Serde { .. } => Reason::ApplyFailed,
             Self::MissingNamespace | Self::MissingIdentity | Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::DomainNotFound { .. } => Reason::DomainNotFound,
             Self::DomainNotAllowed { .. } => Reason::DomainNotAllowed,
@@ -173,7 +168,6 @@ impl Error {
             Self::KeyGeneration(_) => "key_generation",
             Self::Render(_) => "render",
             Self::Serde { .. } => "serde",
-            Self::Certificate(_) => "certificate",
         }
     }
 
@@ -181,11 +175,7 @@ impl Error {
     pub fn is_spec_error(&self) -> bool {
         !matches!(
             self,
-            Self::Kube { .. }
-                | Self::KeyGeneration(_)
-                | Self::Render(_)
-                | Self::Serde { .. }
-                | Self::Certificate(_)
+            Self::Kube { .. } | Self::KeyGeneration(_) | Self::Render(_) | Self::Serde { .. }
         )
     }
 }
