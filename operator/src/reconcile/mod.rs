@@ -23,9 +23,10 @@ use kube::{
 
 use crate::{
     Error,
+    apply::patch_status,
     crd::{MailDomain, Relay},
     dns::DnsCheck,
-    events::Events,
+    events::{Events, Notes},
     metrics::Metrics,
     settings::Settings,
 };
@@ -204,6 +205,26 @@ fn error_policy(kind: &str, key: &str, error: &Error, ctx: &Context) -> Action {
     tracing::warn!(kind, object = key, error = %error, retry_in = ?delay, "reconcile failed");
     ctx.metrics.failure(kind, error.metric_label());
     Action::requeue(delay)
+}
+
+/// Ends a reconcile of `obj`: writes `status`, then publishes the reconcile's events. This is the
+/// one place either kind publishes, so an event never announces a status that was not written.
+async fn write_status<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    status: &impl serde::Serialize,
+    notes: Notes,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let written = match serde_json::to_value(status) {
+        Ok(value) => patch_status(api, &obj.name_any(), value).await,
+        Err(e) => Err(Error::serde("serialize status")(e)),
+    };
+    ctx.events.publish(obj, notes.outgoing(written.is_ok())).await;
+    written
 }
 
 /// Current time as a `metav1.Time`.

@@ -1,5 +1,6 @@
 //! Relay reconcile: gather the MailDomains and Secrets it references (names and keys only),
-//! render the sidecar config, apply ConfigMap + DKIM Secret owned by the Relay, patch status.
+//! render the sidecar config, apply ConfigMap + DKIM Secret owned by the Relay, patch status, then
+//! announce a changed `Ready` as an event.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -14,13 +15,13 @@ use kube::{
     runtime::{controller::Action, watcher},
 };
 
-use super::{Context, mail_domain::PRIVATE_KEY, now};
+use super::{Context, mail_domain::PRIVATE_KEY, now, write_status};
 use crate::{
     Error, Result,
-    apply::{apply, owner_ref, patch_status},
+    apply::{apply, owner_ref},
     conditions::{self, Cond, READY},
     crd::{MailDomain, Relay, RelayStatus},
-    events::Reason,
+    events::{Notes, Reason},
     render,
 };
 
@@ -90,57 +91,39 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
     };
     status.pods = count_pods(&ctx, &ns, &name).await?;
     let t = now();
-    let action = match converge(&relay, &ns, &ctx, &mut status).await {
+    let (action, ready) = match converge(&relay, &ns, &ctx, &mut status).await {
         Ok(()) => {
             let msg = format!(
                 "Relay {ns}/{name} is rendered into ConfigMap {}",
                 render::config_map_name(&name)
             );
-            conditions::set(
-                &mut status.conditions,
-                Cond::yes(READY, Reason::Reconciled, msg),
-                status.observed_generation,
-                &t,
-            );
-            Action::await_change()
+            (Action::await_change(), Cond::yes(READY, Reason::Reconciled, msg))
         }
         Err(e) if e.is_spec_error() => {
             let msg = format!("Relay {ns}/{name}: {e}");
-            conditions::set(
-                &mut status.conditions,
-                Cond::no(READY, e.reason(), msg),
-                status.observed_generation,
-                &t,
-            );
             ctx.metrics.failure("Relay", e.metric_label());
             // Keep the last good children and their names in status.
             status.config_map_name = old.config_map_name.clone();
             status.dkim_secret_name = old.dkim_secret_name.clone();
             status.effective_domains = old.effective_domains.clone();
-            Action::await_change()
+            (Action::await_change(), Cond::no(READY, e.reason(), msg))
         }
         Err(e) => return Err(e),
     };
-    let was = conditions::get(&old.conditions, READY).map(|c| (c.status.clone(), c.reason.clone()));
-    let now_c = conditions::get(&status.conditions, READY).cloned();
-    if let Some(c) = now_c
-        && was != Some((c.status.clone(), c.reason.clone()))
-    {
-        let reason = Reason::parse(&c.reason).unwrap_or(Reason::ApplyFailed);
-        if c.status == "True" {
-            ctx.events.normal(&*relay, reason, c.message).await;
-        } else {
-            ctx.events.warn(&*relay, reason, c.message).await;
-        }
-    }
+    let notes = Notes::repeating(conditions::transitions(
+        &old.conditions,
+        std::slice::from_ref(&ready),
+        &[READY],
+    ));
+    conditions::set(&mut status.conditions, ready, status.observed_generation, &t);
     ctx.metrics.set_ready(
         "Relay",
         &ns,
         &name,
         conditions::is_true(&status.conditions, READY),
     );
-    let value = serde_json::to_value(&status).map_err(Error::serde("serialize Relay status"))?;
-    patch_status(&Api::<Relay>::namespaced(ctx.client.clone(), &ns), &name, value).await?;
+    let api = Api::<Relay>::namespaced(ctx.client.clone(), &ns);
+    write_status(&ctx, &api, &*relay, &status, notes).await?;
     Ok(action)
 }
 
