@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use k8s_openapi::{
     ByteString,
     api::core::v1::{ConfigMap, Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
     Api, ResourceExt,
@@ -21,7 +22,7 @@ use crate::{
     apply::{apply, owner_ref},
     conditions::{self, Cond, READY},
     crd::{MailDomain, Relay, RelayStatus},
-    events::{Notes, Reason},
+    events::{Note, Notes, Reason},
     render,
 };
 
@@ -110,11 +111,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
         }
         Err(e) => return Err(e),
     };
-    let notes = Notes::repeating(conditions::transitions(
-        &old.conditions,
-        std::slice::from_ref(&ready),
-        &[READY],
-    ));
+    let notes = Notes::repeating(announce(&old.conditions, &ready));
     conditions::set(&mut status.conditions, ready, status.observed_generation, &t);
     ctx.metrics.set_ready(
         "Relay",
@@ -125,6 +122,11 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
     let api = Api::<Relay>::namespaced(ctx.client.clone(), &ns);
     write_status(&ctx, &api, &*relay, &status, notes).await?;
     Ok(action)
+}
+
+/// The events a Relay reconcile publishes: a change of `Ready`, the only condition it has.
+fn announce(old: &[Condition], ready: &Cond) -> Vec<Note> {
+    conditions::transitions(old, std::slice::from_ref(ready), &[READY])
 }
 
 async fn converge(relay: &Relay, ns: &str, ctx: &Context, status: &mut RelayStatus) -> Result<()> {
@@ -323,5 +325,72 @@ mod tests {
             !allows(&empty_selector, "shop", &labels),
             "an empty selector allows nothing"
         );
+    }
+
+    #[test]
+    fn only_a_changed_ready_is_announced() {
+        struct Case {
+            name: &'static str,
+            old: Option<Cond>,
+            now: Cond,
+            want: Option<(bool, Reason)>,
+        }
+        let ok = || Cond::yes(READY, Reason::Reconciled, "rendered");
+        let missing = || Cond::no(READY, Reason::SecretNotFound, "no Secret");
+        let cases = [
+            Case {
+                name: "first success",
+                old: None,
+                now: ok(),
+                want: Some((false, Reason::Reconciled)),
+            },
+            Case {
+                name: "first failure",
+                old: None,
+                now: missing(),
+                want: Some((true, Reason::SecretNotFound)),
+            },
+            Case {
+                name: "still rendered",
+                old: Some(ok()),
+                now: ok(),
+                want: None,
+            },
+            Case {
+                name: "still the same spec error",
+                old: Some(missing()),
+                now: missing(),
+                want: None,
+            },
+            Case {
+                name: "another spec error",
+                old: Some(missing()),
+                now: Cond::no(READY, Reason::SecretKeyMissing, "no key"),
+                want: Some((true, Reason::SecretKeyMissing)),
+            },
+            Case {
+                name: "fixed",
+                old: Some(missing()),
+                now: ok(),
+                want: Some((false, Reason::Reconciled)),
+            },
+            Case {
+                name: "broken",
+                old: Some(ok()),
+                now: Cond::no(READY, Reason::DomainNotReady, "domain"),
+                want: Some((true, Reason::DomainNotReady)),
+            },
+        ];
+        for case in cases {
+            let mut old = Vec::new();
+            if let Some(c) = case.old {
+                conditions::set(&mut old, c, Some(1), &now());
+            }
+            let got: Vec<(bool, Reason)> = announce(&old, &case.now)
+                .into_iter()
+                .map(|n| (n.warning, n.reason))
+                .collect();
+            assert_eq!(got, Vec::from_iter(case.want), "{}", case.name);
+        }
     }
 }
