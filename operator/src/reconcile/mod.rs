@@ -231,3 +231,22 @@ where
 pub(crate) fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Reason;
+
+    #[test]
+    fn serde_failures_are_transient_and_labelled_on_their_own() {
+        let source = serde_json::from_str::<serde_json::Value>("{").expect_err("truncated JSON");
+        let error = Error::serde("serialize status")(source);
+        assert!(!error.is_spec_error(), "a serde failure goes to error_policy");
+        assert_eq!(error.reason(), Reason::ApplyFailed);
+        assert_eq!(error.metric_label(), "serde");
+        assert!(
+            error.to_string().starts_with("serialize status failed: "),
+            "{error}"
+        );
+    }
+}
