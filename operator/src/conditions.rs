@@ -1,9 +1,10 @@
 //! Pure condition handling: build conditions and merge them into a status, keeping
-//! `lastTransitionTime` when the status did not change (as `meta.SetStatusCondition` does).
+//! `lastTransitionTime` when the status did not change (as `meta.SetStatusCondition` does), and
+//! decide which of them changed enough to announce as events.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::events::Reason;
+use crate::events::{Note, Reason};
 
 /// `Ready`: the object is fully reconciled and usable.
 pub const READY: &str = "Ready";
@@ -82,6 +83,25 @@ pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// The events announcing `set` (conditions this reconcile set, still typed) against `old` (the
+/// conditions status held before): one per condition of an `announced` type whose status or reason
+/// changed, in `announced` order. Normal when the condition is True, Warning when it is False.
+pub fn transitions(old: &[Condition], set: &[Cond], announced: &[&str]) -> Vec<Note> {
+    announced
+        .iter()
+        .filter_map(|type_| set.iter().rev().find(|c| c.type_ == *type_))
+        .filter(|now| {
+            let status = if now.status { "True" } else { "False" };
+            !get(old, now.type_).is_some_and(|b| b.status == status && b.reason == now.reason.as_str())
+        })
+        .map(|now| Note {
+            warning: !now.status,
+            reason: now.reason,
+            note: now.message.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +167,73 @@ mod tests {
         assert!(is_true(&conds, DKIM_KEY_READY));
         assert!(!is_true(&conds, READY));
         assert_eq!(get(&conds, READY).map(|c| c.reason.as_str()), Some("DnsPending"));
+    }
+
+    #[test]
+    fn transitions_announce_changed_status_or_reason_only() {
+        struct Case {
+            name: &'static str,
+            old: Vec<Cond>,
+            set: Vec<Cond>,
+            want: Vec<(bool, Reason)>,
+        }
+        let ready = || Cond::yes(READY, Reason::Reconciled, "ready");
+        let dns_ok = || Cond::yes(DNS_VERIFIED, Reason::RecordsVerified, "ok");
+        let dns_missing = || Cond::no(DNS_VERIFIED, Reason::RecordsNotVerified, "publish");
+        let cases = [
+            Case {
+                name: "first reconcile announces every announced type",
+                old: vec![],
+                set: vec![dns_missing(), ready()],
+                want: vec![(false, Reason::Reconciled), (true, Reason::RecordsNotVerified)],
+            },
+            Case {
+                name: "unchanged status and reason announce nothing",
+                old: vec![ready(), dns_ok()],
+                set: vec![dns_ok(), ready()],
+                want: vec![],
+            },
+            Case {
+                name: "a new message alone announces nothing",
+                old: vec![ready()],
+                set: vec![Cond::yes(READY, Reason::Reconciled, "other words")],
+                want: vec![],
+            },
+            Case {
+                name: "a status flip announces, Normal when True",
+                old: vec![dns_missing()],
+                set: vec![dns_ok()],
+                want: vec![(false, Reason::RecordsVerified)],
+            },
+            Case {
+                name: "a new reason with the same status announces, Warning when False",
+                old: vec![Cond::no(READY, Reason::SecretNotFound, "a")],
+                set: vec![Cond::no(READY, Reason::SecretKeyMissing, "b")],
+                want: vec![(true, Reason::SecretKeyMissing)],
+            },
+            Case {
+                name: "types that are not announced stay quiet",
+                old: vec![],
+                set: vec![Cond::no(DKIM_KEY_READY, Reason::DkimKeyLost, "lost")],
+                want: vec![],
+            },
+            Case {
+                name: "a type set twice announces its last value",
+                old: vec![],
+                set: vec![ready(), Cond::no(READY, Reason::ApplyFailed, "x")],
+                want: vec![(true, Reason::ApplyFailed)],
+            },
+        ];
+        for case in cases {
+            let mut old = Vec::new();
+            for c in case.old {
+                set(&mut old, c, Some(1), &at(1));
+            }
+            let got: Vec<(bool, Reason)> = transitions(&old, &case.set, &[READY, DNS_VERIFIED])
+                .into_iter()
+                .map(|n| (n.warning, n.reason))
+                .collect();
+            assert_eq!(got, case.want, "{}", case.name);
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Kubernetes Events for our objects (events.k8s.io), and the `Reason` enum that conditions share.
+//! Kubernetes Events for our objects (events.k8s.io), the `Reason` enum that conditions share, and
+//! [`Notes`]: the events one reconcile collects and publishes once, after its status patch.
 
 use kube::{
     Client, Resource,
@@ -77,11 +78,6 @@ impl Reason {
         Self::KeyRotationCancelled,
     ];
 
-    /// The reason spelled `s`, if any.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
     /// The CamelCase spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,6 +102,82 @@ impl Reason {
             Self::KeyRetired => "KeyRetired",
             Self::KeyRotationCancelled => "KeyRotationCancelled",
         }
+    }
+}
+
+/// One event to publish on the reconciled object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// A Warning rather than a Normal event.
+    pub warning: bool,
+    /// The reason, equal to the condition reason it announces.
+    pub reason: Reason,
+    /// One sentence that names the object.
+    pub note: String,
+}
+
+/// The events of one reconcile, in the order they happened. Most wait for the status patch: a
+/// failed patch retries the reconcile, which announces the same transitions and steps again.
+/// Actions a retry does not repeat (a key generated) are announced even when the reconcile fails.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Notes(Vec<(Note, Retry)>);
+
+/// Whether a retry of the reconcile would produce a note again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Repeats,
+    Never,
+}
+
+// === impl Note ===
+
+impl Note {
+    /// A Normal event.
+    pub fn normal(reason: Reason, note: impl Into<String>) -> Self {
+        Self {
+            warning: false,
+            reason,
+            note: note.into(),
+        }
+    }
+
+    /// A Warning event.
+    pub fn warning(reason: Reason, note: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            reason,
+            note: note.into(),
+        }
+    }
+}
+
+// === impl Notes ===
+
+impl Notes {
+    /// Notes a retry would produce again (condition transitions, rotation steps).
+    pub fn repeating(notes: impl IntoIterator<Item = Note>) -> Self {
+        let mut out = Self::default();
+        out.push(notes);
+        out
+    }
+
+    /// Adds notes a retry would produce again.
+    pub fn push(&mut self, notes: impl IntoIterator<Item = Note>) {
+        self.0.extend(notes.into_iter().map(|n| (n, Retry::Repeats)));
+    }
+
+    /// Adds the note of an action a retry will not take again.
+    pub fn once(&mut self, note: Note) {
+        self.0.push((note, Retry::Never));
+    }
+
+    /// What to publish: everything once status is written; otherwise only what no retry repeats.
+    pub fn outgoing(self, status_written: bool) -> Vec<Note> {
+        self.0
+            .into_iter()
+            .filter(|(_, retry)| status_written || *retry == Retry::Never)
+            .map(|(note, _)| note)
+            .collect()
     }
 }
 
@@ -135,32 +207,66 @@ impl Events {
         }
     }
 
-    /// A Normal event on `obj`. Failures are logged, not returned: an event is never worth a retry.
-    pub async fn normal<K: Resource<DynamicType = ()>>(&self, obj: &K, reason: Reason, note: String) {
-        self.publish(obj, EventType::Normal, reason, note).await;
+    /// Publishes `notes` on `obj`, in order. Failures are logged, not returned: an event is never
+    /// worth a retry.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, notes: Vec<Note>) {
+        let regarding = obj.object_ref(&());
+        for note in notes {
+            let event = Event {
+                type_: if note.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: note.reason.as_str().into(),
+                note: Some(note.note),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &regarding).await {
+                tracing::warn!(%error, reason = note.reason.as_str(), "publishing event failed");
+            }
+        }
     }
+}
 
-    /// A Warning event on `obj`.
-    pub async fn warn<K: Resource<DynamicType = ()>>(&self, obj: &K, reason: Reason, note: String) {
-        self.publish(obj, EventType::Warning, reason, note).await;
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn publish<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: Reason,
-        note: String,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.as_str().into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
+    #[test]
+    fn a_failed_reconcile_publishes_only_what_no_retry_repeats() {
+        let mut notes = Notes::default();
+        notes.once(Note::normal(Reason::KeyGenerated, "generated"));
+        notes.push([Note::warning(Reason::RecordsNotVerified, "publish")]);
+        notes.push([Note::normal(Reason::KeyRotationStarted, "started")]);
+        let reasons = |written| {
+            notes
+                .clone()
+                .outgoing(written)
+                .into_iter()
+                .map(|n| n.reason)
+                .collect::<Vec<_>>()
         };
-        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(%error, reason = reason.as_str(), "publishing event failed");
+        assert_eq!(
+            reasons(true),
+            [
+                Reason::KeyGenerated,
+                Reason::RecordsNotVerified,
+                Reason::KeyRotationStarted
+            ]
+        );
+        assert_eq!(reasons(false), [Reason::KeyGenerated]);
+    }
+
+    #[test]
+    fn reasons_are_distinct_camel_case() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            let s = r.as_str();
+            assert!(s.starts_with(|c: char| c.is_ascii_uppercase()), "{s}");
+            assert!(s.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
+            assert!(seen.insert(s), "{s} twice");
         }
     }
 }

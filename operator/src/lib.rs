@@ -107,9 +107,16 @@ pub enum Error {
     /// Serializing the sidecar config failed.
     #[error("rendering the sidecar config failed: {0}")]
     Render(#[source] serde_yaml::Error),
-    /// Issuing, parsing or loading the webhook's certificate failed.
-    #[error("webhook certificate: {0}")]
-    Certificate(String),
+    /// Converting one of our own objects to or from JSON failed. Never the user's doing (the
+    /// types are ours), so it is transient rather than a spec error.
+    #[error("{step} failed: {source}")]
+    Serde {
+        /// What we were converting (`serialize status`, ...).
+        step: &'static str,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// `Result` with the crate [`Error`].
@@ -123,10 +130,15 @@ impl Error {
         move |source| Self::Kube { step, source }
     }
 
+    /// Wraps a serde error with the conversion that failed.
+    pub fn serde(step: &'static str) -> impl FnOnce(serde_json::Error) -> Self {
+        move |source| Self::Serde { step, source }
+    }
+
     /// The condition and event reason for this error.
     pub fn reason(&self) -> Reason {
         match self {
-            Self::Kube { .. } | Self::Render(_) | Self::Certificate(_) => Reason::ApplyFailed,
+            Self::Kube { .. } | Self::Render(_) | Self::Serde { .. } => Reason::ApplyFailed,
             Self::MissingNamespace | Self::MissingIdentity | Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::DomainNotFound { .. } => Reason::DomainNotFound,
             Self::DomainNotAllowed { .. } => Reason::DomainNotAllowed,
@@ -155,7 +167,7 @@ impl Error {
             Self::DkimKeyChanged { .. } => "dkim_key_changed",
             Self::KeyGeneration(_) => "key_generation",
             Self::Render(_) => "render",
-            Self::Certificate(_) => "certificate",
+            Self::Serde { .. } => "serde",
         }
     }
 
@@ -163,7 +175,7 @@ impl Error {
     pub fn is_spec_error(&self) -> bool {
         !matches!(
             self,
-            Self::Kube { .. } | Self::KeyGeneration(_) | Self::Render(_) | Self::Certificate(_)
+            Self::Kube { .. } | Self::KeyGeneration(_) | Self::Render(_) | Self::Serde { .. }
         )
     }
 }

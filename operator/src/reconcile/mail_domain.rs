@@ -1,6 +1,6 @@
-//! MailDomain reconcile: ensure the signing key's Secret (create once, never replace), check the
-//! records in live DNS, run the pure rotation plan (`crate::rotation`) and carry out its steps,
-//! patch status, and publish events on transitions.
+//! MailDomain reconcile: `observe` (ensure the signing key's Secret, created once and never
+//! replaced; read the other keys; ask DNS), run the pure rotation plan (`crate::rotation`) and carry
+//! out its steps, build status from the answers (pure), patch it, then publish the events.
 
 mod keys;
 mod report;
@@ -8,18 +8,19 @@ mod status;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
 
 pub use keys::{KEY_LABEL, PRIVATE_KEY, key_secret_name};
 
-use super::{Context, now};
+use self::status::Answers;
+use super::{Context, now, write_status};
 use crate::{
     Error, Result,
-    apply::patch_status,
-    conditions::{self, Cond, DKIM_KEY_READY, DNS_VERIFIED, READY},
+    conditions::{self, Cond, DKIM_KEY_READY, READY},
     crd::{MailDomain, MailDomainStatus},
     dkim::KeyPair,
-    events::Reason,
+    events::Notes,
     records,
     rotation::{self, Observed, Policy, ROTATE_ANNOTATION, Step},
 };
@@ -38,57 +39,59 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     };
     let generation = md.metadata.generation;
     let t = now();
-    let (action, steps) = match converge(&md, &ctx, &mut status).await {
-        Ok((wake, steps)) => (Action::requeue(wake), steps),
+    let mut notes = Notes::default();
+    let (action, set, steps) = match converge(&md, &ctx, &t, &mut status, &mut notes).await {
+        Ok((wake, set, steps)) => (Action::requeue(wake), set, steps),
         Err(e) if e.is_spec_error() || matches!(e, Error::KeyGeneration(_)) => {
             let msg = format!("MailDomain {name}: {e}");
-            let no = |t| Cond::no(t, e.reason(), msg.clone());
-            conditions::set(&mut status.conditions, no(DKIM_KEY_READY), generation, &t);
-            conditions::set(&mut status.conditions, no(READY), generation, &t);
             ctx.metrics.failure("MailDomain", e.metric_label());
-            (Action::await_change(), Vec::new())
+            let set = vec![
+                Cond::no(DKIM_KEY_READY, e.reason(), msg.clone()),
+                Cond::no(READY, e.reason(), msg),
+            ];
+            (Action::await_change(), set, Vec::new())
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            // Nothing is written; the retry announces the rest, but not a key generated now.
+            ctx.events.publish(&*md, notes.outgoing(false)).await;
+            return Err(e);
+        }
     };
+    notes.push(report::notes(&md, &old.conditions, &set, &steps));
+    for cond in set {
+        conditions::set(&mut status.conditions, cond, generation, &t);
+    }
     ctx.metrics.set_ready(
         "MailDomain",
         "",
         &name,
         conditions::is_true(&status.conditions, READY),
     );
-    let value = serde_json::to_value(&status).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    patch_status(&api, &name, value).await?;
-    // After the patch: a failed patch retries the whole plan, and events should not repeat.
-    publish_transitions(&md, &old, &status, &ctx).await;
-    for step in &steps {
-        report::publish_step(&md, step, &ctx).await;
-    }
+    write_status(&ctx, &api, &*md, &status, notes).await?;
     Ok(action)
 }
 
-/// Brings keys, DNS findings and status in line; returns when to look again and the rotation
-/// steps taken.
+/// Brings keys, DNS findings and status in line; returns when to look again, the conditions to
+/// set and the rotation steps taken.
 async fn converge(
     md: &MailDomain,
     ctx: &Context,
+    t: &Time,
     status: &mut MailDomainStatus,
-) -> Result<(Duration, Vec<Step>)> {
+    notes: &mut Notes,
+) -> Result<(Duration, Vec<Cond>, Vec<Step>)> {
     let name = md.name_any();
-    let t = now();
-    let (active, created, generated) = keys::ensure_active(md, ctx).await?;
-    if generated {
-        let note = format!(
-            "generated a {} DKIM key for {}",
-            md.spec.dkim.algorithm.as_str(),
-            md.spec.domain
-        );
-        ctx.events.normal(md, Reason::KeyGenerated, note).await;
-    }
-    let state = status::state(md, &active, created);
     let policy = Policy::of(&md.spec.dkim);
-    let mut pairs = BTreeMap::from([(state.active.selector.clone(), active)]);
-    let mut dns = Lookups::default();
-    let seen = observe(md, ctx, &state, &mut pairs, &mut dns).await?;
+    let Seen {
+        state,
+        mut pairs,
+        mut answers,
+        verified,
+        pending,
+        retiring,
+        unknown,
+        found,
+    } = observe(md, ctx, notes).await?;
     let trigger = md.annotations().get(ROTATE_ANNOTATION).filter(|v| !v.is_empty());
     let mut plan = rotation::plan(
         &state,
@@ -97,17 +100,30 @@ async fn converge(
             name: &name,
             base_selector: &md.spec.dkim.selector,
             trigger: trigger.map(String::as_str),
-            verified: &seen.verified,
-            pending_secret_present: seen.pending,
-            retiring_secret_present: seen.retiring,
-            unknown: &seen.unknown,
+            verified: &verified,
+            pending_secret_present: pending,
+            retiring_secret_present: retiring,
+            unknown: &unknown,
             now: t.0,
         },
     );
-    carry_out(md, ctx, &mut plan, &mut pairs).await?;
-    let all_verified = status::records(md, &plan.state, &pairs, &mut dns, ctx, status).await;
-    status.dkim = Some(status::dkim(md, &plan.state, &policy));
-    report::set_conditions(md, &plan.state, all_verified, status, &t);
+    carry_out(md, ctx, &mut plan, &found, &mut pairs).await?;
+    let wanted: Vec<String> = status::wanted(md, &plan.state, &pairs)
+        .into_iter()
+        .map(|(record, _)| record.name)
+        .collect();
+    ask(ctx, &mut answers, &wanted).await;
+    let built = status::build(md, &plan.state, &policy, &pairs, &answers, &now());
+    for record in &built.dns_records {
+        // The `dkim` gauge follows the signing key's record only; a pending record is not yet
+        // expected to resolve (the rotation gauges cover it).
+        if record.key.as_deref().is_none_or(|role| role == "active") {
+            ctx.metrics
+                .set_dns(&md.spec.domain, &record.purpose, record.verified);
+        }
+    }
+    status.dns_records = built.dns_records;
+    status.dkim = Some(built.dkim);
     ctx.metrics.set_rotation(
         &name,
         &md.spec.domain,
@@ -115,67 +131,108 @@ async fn converge(
         plan.state.active_since.as_second(),
         plan.state.pending.as_ref().map(|k| k.created.as_second()),
     );
-    let mut wake = ctx.settings.dns_recheck;
-    if let Some(at) = plan.wake_at {
-        let left = at.duration_since(t.0).as_secs().max(0).unsigned_abs();
-        // At least a second: a timer that fires a hair early must not spin.
-        wake = wake.min(Duration::from_secs(left.max(1)));
-    }
-    Ok((wake, plan.steps))
+    let wake = wake(ctx.settings.dns_recheck, plan.wake_at, t);
+    Ok((wake, built.conditions, plan.steps))
 }
 
-/// What the rotation plan needs from the cluster and DNS besides status.
+/// When to look again: at the DNS recheck interval, or sooner when the plan has a deadline.
+fn wake(recheck: Duration, wake_at: Option<Timestamp>, t: &Time) -> Duration {
+    let Some(at) = wake_at else {
+        return recheck;
+    };
+    let left = at.duration_since(t.0).as_secs().max(0).unsigned_abs();
+    // At least a second: a timer that fires a hair early must not spin.
+    recheck.min(Duration::from_secs(left.max(1)))
+}
+
+/// What the rotation plan and status building need from the cluster and DNS.
 struct Seen {
-    pending: bool,
-    retiring: bool,
+    /// The rotation state recorded in status, with the signing key as read.
+    state: rotation::State,
+    /// Every readable key of `state`, by selector.
+    pairs: BTreeMap<String, KeyPair>,
+    /// DNS answers so far (the DKIM names of `pairs`).
+    answers: Answers,
+    /// Selectors whose DKIM record DNS serves.
     verified: Vec<String>,
+    /// Whether the pending key's Secret holds a readable key.
+    pending: bool,
+    /// Whether the retiring key's Secret holds a readable key.
+    retiring: bool,
+    /// Key Secrets of this MailDomain that status does not know.
     unknown: Vec<rotation::Key>,
+    /// Those Secrets by name, for the plan to resume one.
+    found: BTreeMap<String, Secret>,
 }
 
-/// Reads the pending and retiring keys into `pairs`, asks DNS for every key's record, and lists
-/// key Secrets that status does not know.
-async fn observe(
-    md: &MailDomain,
-    ctx: &Context,
-    state: &rotation::State,
-    pairs: &mut BTreeMap<String, KeyPair>,
-    dns: &mut Lookups,
-) -> Result<Seen> {
-    let pending = load(md, ctx, state.pending.as_ref(), pairs).await?;
-    let retiring = load(md, ctx, state.retiring.as_ref().map(|(k, _)| k), pairs).await?;
-    let mut verified = Vec::new();
-    for (selector, pair) in pairs.iter() {
-        let record = records::dkim(&md.spec.domain, selector, &pair.txt_value());
-        if dns.check(ctx, &record).await.0 {
-            verified.push(selector.clone());
-        }
+/// Every key read of this reconcile, before it plans: ensures the signing key (generating the
+/// first one, noted in `notes`), reads the pending and retiring keys, asks DNS for every key's
+/// record, and lists the key Secrets that status does not know (with their keys, so that resuming
+/// one needs no second read).
+async fn observe(md: &MailDomain, ctx: &Context, notes: &mut Notes) -> Result<Seen> {
+    let (active, created, generated) = keys::ensure_active(md, ctx).await?;
+    if generated {
+        // Noted at once: a retry finds the Secret and would never announce it.
+        notes.once(report::generated(md));
     }
+    let state = status::state(md, &active, created);
+    let mut pairs = BTreeMap::from([(state.active.selector.clone(), active)]);
+    let pending = load(md, ctx, state.pending.as_ref(), &mut pairs).await?;
+    let retiring = load(md, ctx, state.retiring.as_ref().map(|(k, _)| k), &mut pairs).await?;
+    let dkim: Vec<String> = pairs
+        .iter()
+        .map(|(selector, pair)| records::dkim(&md.spec.domain, selector, &pair.txt_value()).name)
+        .collect();
+    let mut answers = Answers::default();
+    ask(ctx, &mut answers, &dkim).await;
+    let verified = status::verified(md, &pairs, &answers);
     let mut known: Vec<&str> = vec![&state.active.secret_name];
     known.extend(state.pending.iter().map(|k| k.secret_name.as_str()));
     known.extend(state.retiring.iter().map(|(k, _)| k.secret_name.as_str()));
-    let unknown = keys::unknown(md, ctx, &known).await?;
+    let (unknown, found) = keys::unknown(md, ctx, &known)
+        .await?
+        .into_iter()
+        .map(|(key, secret)| (key.clone(), (key.secret_name, secret)))
+        .unzip();
     Ok(Seen {
+        state,
+        pairs,
+        answers,
+        verified,
         pending,
         retiring,
-        verified,
         unknown,
+        found,
     })
 }
 
-/// Creates the new key and deletes retired or cancelled ones, as `plan` says; records the new
-/// key's fingerprint in the plan's state.
+/// Asks DNS for each of `names` not yet asked in this reconcile, so a name is asked once.
+async fn ask(ctx: &Context, answers: &mut Answers, names: &[String]) {
+    for name in names {
+        if !answers.has(name) {
+            let answer = ctx.dns.txt(name).await;
+            answers.insert(name.clone(), answer);
+        }
+    }
+}
+
+/// Creates the new key and deletes retired or cancelled ones, as `plan` says; takes a resumed
+/// key from the Secrets `observe` found; records the pending key's fingerprint in the plan's state.
 async fn carry_out(
     md: &MailDomain,
     ctx: &Context,
     plan: &mut rotation::Plan,
+    found: &BTreeMap<String, Secret>,
     pairs: &mut BTreeMap<String, KeyPair>,
 ) -> Result<()> {
     if let Some(new) = &plan.create {
         let pair = keys::create_rotated(md, ctx, new).await?;
         pairs.insert(new.selector.clone(), pair);
     }
-    if let Some(Step::Resumed(found)) = plan.steps.last() {
-        load(md, ctx, Some(found), pairs).await?;
+    if let Some(Step::Resumed(key)) = plan.steps.last()
+        && let Some(pair) = found.get(&key.secret_name).and_then(|s| keys::read(md, s))
+    {
+        pairs.insert(key.selector.clone(), pair);
     }
     if let Some(p) = plan.state.pending.as_mut()
         && let Some(pair) = pairs.get(&p.selector)
@@ -204,42 +261,5 @@ async fn load(
             Ok(true)
         }
         None => Ok(false),
-    }
-}
-
-/// DNS answers of one reconcile, so a name is asked once.
-#[derive(Default)]
-pub(crate) struct Lookups(BTreeMap<String, Result<Vec<String>, String>>);
-
-impl Lookups {
-    /// Whether `record` is served, and what DNS returned (or the lookup error).
-    pub(crate) async fn check(&mut self, ctx: &Context, record: &records::Record) -> (bool, Vec<String>) {
-        if !self.0.contains_key(&record.name) {
-            let answer = ctx.dns.txt(&record.name).await;
-            self.0.insert(record.name.clone(), answer);
-        }
-        match self.0.get(&record.name) {
-            Some(Ok(observed)) => (records::matches(record, observed), observed.clone()),
-            Some(Err(e)) => (false, vec![format!("lookup failed: {e}")]),
-            None => (false, Vec::new()),
-        }
-    }
-}
-
-async fn publish_transitions(md: &MailDomain, old: &MailDomainStatus, new: &MailDomainStatus, ctx: &Context) {
-    for type_ in [READY, DNS_VERIFIED] {
-        let Some(now) = conditions::get(&new.conditions, type_) else {
-            continue;
-        };
-        let before = conditions::get(&old.conditions, type_);
-        if before.is_some_and(|b| b.status == now.status && b.reason == now.reason) {
-            continue;
-        }
-        let reason = Reason::parse(&now.reason).unwrap_or(Reason::ApplyFailed);
-        if now.status == "True" {
-            ctx.events.normal(md, reason, now.message.clone()).await;
-        } else {
-            ctx.events.warn(md, reason, now.message.clone()).await;
-        }
     }
 }

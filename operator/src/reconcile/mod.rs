@@ -23,9 +23,10 @@ use kube::{
 
 use crate::{
     Error,
+    apply::patch_status,
     crd::{MailDomain, Relay},
     dns::DnsCheck,
-    events::Events,
+    events::{Events, Notes},
     metrics::Metrics,
     settings::Settings,
 };
@@ -206,7 +207,46 @@ fn error_policy(kind: &str, key: &str, error: &Error, ctx: &Context) -> Action {
     Action::requeue(delay)
 }
 
+/// Ends a reconcile of `obj`: writes `status`, then publishes the reconcile's events. This is the
+/// one place either kind publishes, so an event never announces a status that was not written.
+async fn write_status<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    status: &impl serde::Serialize,
+    notes: Notes,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let written = match serde_json::to_value(status) {
+        Ok(value) => patch_status(api, &obj.name_any(), value).await,
+        Err(e) => Err(Error::serde("serialize status")(e)),
+    };
+    ctx.events.publish(obj, notes.outgoing(written.is_ok())).await;
+    written
+}
+
 /// Current time as a `metav1.Time`.
 pub(crate) fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Reason;
+
+    #[test]
+    fn serde_failures_are_transient_and_labelled_on_their_own() {
+        let source = serde_json::from_str::<serde_json::Value>("{").expect_err("truncated JSON");
+        let error = Error::serde("serialize status")(source);
+        assert!(!error.is_spec_error(), "a serde failure goes to error_policy");
+        assert_eq!(error.reason(), Reason::ApplyFailed);
+        assert_eq!(error.metric_label(), "serde");
+        assert!(
+            error.to_string().starts_with("serialize status failed: "),
+            "{error}"
+        );
+    }
 }

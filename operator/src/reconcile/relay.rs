@@ -1,11 +1,13 @@
 //! Relay reconcile: gather the MailDomains and Secrets it references (names and keys only),
-//! render the sidecar config, apply ConfigMap + DKIM Secret owned by the Relay, patch status.
+//! render the sidecar config, apply ConfigMap + DKIM Secret owned by the Relay, patch status, then
+//! announce a changed `Ready` as an event.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
     ByteString,
     api::core::v1::{ConfigMap, Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
     Api, ResourceExt,
@@ -14,13 +16,13 @@ use kube::{
     runtime::{controller::Action, watcher},
 };
 
-use super::{Context, mail_domain::PRIVATE_KEY, now};
+use super::{Context, mail_domain::PRIVATE_KEY, now, write_status};
 use crate::{
     Error, Result,
-    apply::{apply, owner_ref, patch_status},
+    apply::{apply, owner_ref},
     conditions::{self, Cond, READY},
     crd::{MailDomain, Relay, RelayStatus},
-    events::Reason,
+    events::{Note, Notes, Reason},
     render,
 };
 
@@ -90,58 +92,41 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
     };
     status.pods = count_pods(&ctx, &ns, &name).await?;
     let t = now();
-    let action = match converge(&relay, &ns, &ctx, &mut status).await {
+    let (action, ready) = match converge(&relay, &ns, &ctx, &mut status).await {
         Ok(()) => {
             let msg = format!(
                 "Relay {ns}/{name} is rendered into ConfigMap {}",
                 render::config_map_name(&name)
             );
-            conditions::set(
-                &mut status.conditions,
-                Cond::yes(READY, Reason::Reconciled, msg),
-                status.observed_generation,
-                &t,
-            );
-            Action::await_change()
+            (Action::await_change(), Cond::yes(READY, Reason::Reconciled, msg))
         }
         Err(e) if e.is_spec_error() => {
             let msg = format!("Relay {ns}/{name}: {e}");
-            conditions::set(
-                &mut status.conditions,
-                Cond::no(READY, e.reason(), msg),
-                status.observed_generation,
-                &t,
-            );
             ctx.metrics.failure("Relay", e.metric_label());
             // Keep the last good children and their names in status.
             status.config_map_name = old.config_map_name.clone();
             status.dkim_secret_name = old.dkim_secret_name.clone();
             status.effective_domains = old.effective_domains.clone();
-            Action::await_change()
+            (Action::await_change(), Cond::no(READY, e.reason(), msg))
         }
         Err(e) => return Err(e),
     };
-    let was = conditions::get(&old.conditions, READY).map(|c| (c.status.clone(), c.reason.clone()));
-    let now_c = conditions::get(&status.conditions, READY).cloned();
-    if let Some(c) = now_c
-        && was != Some((c.status.clone(), c.reason.clone()))
-    {
-        let reason = Reason::parse(&c.reason).unwrap_or(Reason::ApplyFailed);
-        if c.status == "True" {
-            ctx.events.normal(&*relay, reason, c.message).await;
-        } else {
-            ctx.events.warn(&*relay, reason, c.message).await;
-        }
-    }
+    let notes = Notes::repeating(announce(&old.conditions, &ready));
+    conditions::set(&mut status.conditions, ready, status.observed_generation, &t);
     ctx.metrics.set_ready(
         "Relay",
         &ns,
         &name,
         conditions::is_true(&status.conditions, READY),
     );
-    let value = serde_json::to_value(&status).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    patch_status(&Api::<Relay>::namespaced(ctx.client.clone(), &ns), &name, value).await?;
+    let api = Api::<Relay>::namespaced(ctx.client.clone(), &ns);
+    write_status(&ctx, &api, &*relay, &status, notes).await?;
     Ok(action)
+}
+
+/// The events a Relay reconcile publishes: a change of `Ready`, the only condition it has.
+fn announce(old: &[Condition], ready: &Cond) -> Vec<Note> {
+    conditions::transitions(old, std::slice::from_ref(ready), &[READY])
 }
 
 async fn converge(relay: &Relay, ns: &str, ctx: &Context, status: &mut RelayStatus) -> Result<()> {
@@ -194,10 +179,10 @@ fn with_type<K: serde::Serialize + serde::de::DeserializeOwned>(
     api_version: &str,
     kind: &str,
 ) -> Result<K> {
-    let mut v = serde_json::to_value(&obj).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let mut v = serde_json::to_value(&obj).map_err(Error::serde("serialize child"))?;
     v["apiVersion"] = api_version.into();
     v["kind"] = kind.into();
-    serde_json::from_value(v).map_err(|e| Error::InvalidSpec(e.to_string()))
+    serde_json::from_value(v).map_err(Error::serde("deserialize child"))
 }
 
 async fn gather_domains(relay: &Relay, ns: &str, ctx: &Context) -> Result<Vec<MailDomain>> {
@@ -340,5 +325,72 @@ mod tests {
             !allows(&empty_selector, "shop", &labels),
             "an empty selector allows nothing"
         );
+    }
+
+    #[test]
+    fn only_a_changed_ready_is_announced() {
+        struct Case {
+            name: &'static str,
+            old: Option<Cond>,
+            now: Cond,
+            want: Option<(bool, Reason)>,
+        }
+        let ok = || Cond::yes(READY, Reason::Reconciled, "rendered");
+        let missing = || Cond::no(READY, Reason::SecretNotFound, "no Secret");
+        let cases = [
+            Case {
+                name: "first success",
+                old: None,
+                now: ok(),
+                want: Some((false, Reason::Reconciled)),
+            },
+            Case {
+                name: "first failure",
+                old: None,
+                now: missing(),
+                want: Some((true, Reason::SecretNotFound)),
+            },
+            Case {
+                name: "still rendered",
+                old: Some(ok()),
+                now: ok(),
+                want: None,
+            },
+            Case {
+                name: "still the same spec error",
+                old: Some(missing()),
+                now: missing(),
+                want: None,
+            },
+            Case {
+                name: "another spec error",
+                old: Some(missing()),
+                now: Cond::no(READY, Reason::SecretKeyMissing, "no key"),
+                want: Some((true, Reason::SecretKeyMissing)),
+            },
+            Case {
+                name: "fixed",
+                old: Some(missing()),
+                now: ok(),
+                want: Some((false, Reason::Reconciled)),
+            },
+            Case {
+                name: "broken",
+                old: Some(ok()),
+                now: Cond::no(READY, Reason::DomainNotReady, "domain"),
+                want: Some((true, Reason::DomainNotReady)),
+            },
+        ];
+        for case in cases {
+            let mut old = Vec::new();
+            if let Some(c) = case.old {
+                conditions::set(&mut old, c, Some(1), &now());
+            }
+            let got: Vec<(bool, Reason)> = announce(&old, &case.now)
+                .into_iter()
+                .map(|n| (n.warning, n.reason))
+                .collect();
+            assert_eq!(got, Vec::from_iter(case.want), "{}", case.name);
+        }
     }
 }

@@ -11,7 +11,7 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::{extensions::GeneralName, pem::Pem};
 
-use crate::{Error, Result};
+use super::{Error, Result};
 
 /// Secret key: the CA bundle the apiserver trusts (current CA first, then the previous one
 /// while certificates it signed may still be served).

@@ -17,8 +17,8 @@ use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::{Error, Result};
 use crate::{
-    Error, Result,
     crd::Relay,
     render::{self, CA_MOUNT, CAPTURE_DIR, CREDENTIALS_MOUNT, DKIM_MOUNT, SPOOL_DIR},
     settings::WebhookSettings,
@@ -94,7 +94,7 @@ pub fn patch(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Result<Vec
     }
     let spec = pod.spec.clone().unwrap_or_default();
     let port = u16::try_from(relay.spec.listen_port).map_err(|_| {
-        Error::InvalidSpec(format!(
+        Error::NotInjectable(format!(
             "Relay {}: spec.listenPort is out of range",
             relay.name_any()
         ))
@@ -105,7 +105,7 @@ pub fn patch(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Result<Vec
         .into_iter()
         .find(|v| volumes.iter().any(|ours| ours.name == v.name))
     {
-        return Err(Error::InvalidSpec(format!(
+        return Err(Error::NotInjectable(format!(
             "pod already has a volume named {}, which mailroom's sidecar needs",
             v.name
         )));

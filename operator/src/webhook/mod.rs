@@ -38,6 +38,40 @@ use crate::{
     settings::{Settings, WEBHOOK_PATH, WebhookSettings},
 };
 
+/// What can go wrong at the webhook boundary: keeping its certificate, or injecting one pod.
+/// Kept apart from the reconcile [`crate::Error`]: none of it is a condition, an event or a
+/// reconcile metric.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Issuing, parsing or loading the serving certificate failed.
+    #[error("webhook certificate: {0}")]
+    Certificate(String),
+    /// An apiserver call failed; `step` says which one.
+    #[error("{step} failed: {source}")]
+    Kube {
+        /// What we were doing (`get webhook Secret`, `patch caBundle`, ...).
+        step: &'static str,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The pod cannot take the sidecar as asked (the message names what is in the way).
+    #[error("{0}")]
+    NotInjectable(String),
+}
+
+/// `Result` with the webhook [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// === impl Error ===
+
+impl Error {
+    /// Wraps a client error with the step that failed.
+    pub fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| Self::Kube { step, source }
+    }
+}
+
 /// Longest a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -104,7 +138,7 @@ impl Webhook {
 
     /// Keeps the certificate and serves HTTPS until the future is dropped. Handshakes fail
     /// until the first certificate is loaded.
-    pub async fn run(self) -> crate::Result<()> {
+    pub async fn run(self) -> Result<()> {
         let config = self.store.server_config()?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let relays = watcher(

@@ -18,9 +18,11 @@ use rustls::{
 };
 use serde_json::json;
 
-use super::certs::{self, Material, Plan};
-use crate::{
+use super::{
     Error, Result,
+    certs::{self, Material, Plan},
+};
+use crate::{
     apply::FIELD_MANAGER,
     metrics::Metrics,
     settings::{CertMode, Settings},

@@ -107,18 +107,24 @@ pub async fn read_opt(md: &MailDomain, ctx: &Context, name: &str) -> Result<Opti
         .get_opt(name)
         .await
         .map_err(Error::kube("get DKIM Secret"))?;
-    Ok(secret.and_then(|s| match read_key(md, &s, name) {
+    Ok(secret.and_then(|s| read(md, &s)))
+}
+
+/// The key in `secret`, or `None` (logged) when it does not hold a readable one.
+pub fn read(md: &MailDomain, secret: &Secret) -> Option<KeyPair> {
+    let name = secret.name_any();
+    match read_key(md, secret, &name) {
         Ok(k) => Some(k),
         Err(error) => {
             tracing::warn!(secret = name, %error, "unreadable DKIM key Secret");
             None
         }
-    }))
+    }
 }
 
-/// Rotated key Secrets of `md` that are none of `known` (their selector comes from the
-/// annotation; Secrets without one are not ours to resume).
-pub async fn unknown(md: &MailDomain, ctx: &Context, known: &[&str]) -> Result<Vec<rotation::Key>> {
+/// Rotated key Secrets of `md` that are none of `known`, each with the key it describes (its
+/// selector comes from the annotation; Secrets without one are not ours to resume).
+pub async fn unknown(md: &MailDomain, ctx: &Context, known: &[&str]) -> Result<Vec<(rotation::Key, Secret)>> {
     let selector = format!("{KEY_LABEL}={}", md.name_any());
     let list = api(ctx)
         .list(&ListParams::default().labels(&selector))
@@ -130,12 +136,13 @@ pub async fn unknown(md: &MailDomain, ctx: &Context, known: &[&str]) -> Result<V
         .filter(|s| !known.contains(&s.name_any().as_str()))
         .filter_map(|s| {
             let a = s.annotations();
-            Some(rotation::Key {
+            let key = rotation::Key {
                 selector: a.get(SELECTOR_ANNOTATION)?.clone(),
                 fingerprint: a.get(FINGERPRINT_ANNOTATION).cloned().unwrap_or_default(),
                 created: created(&s),
                 secret_name: s.name_any(),
-            })
+            };
+            Some((key, s))
         })
         .collect())
 }

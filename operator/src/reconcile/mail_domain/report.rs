@@ -1,77 +1,39 @@
-//! What a MailDomain reconcile tells the user about keys and rotation: the `DkimKeyReady`,
-//! `DnsVerified` and `Ready` conditions, and one event per rotation step.
+//! Pure: the events a MailDomain reconcile announces: a generated key, changes of `Ready` and
+//! `DnsVerified`, and one event per rotation step.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
-use super::super::Context;
 use crate::{
-    conditions::{self, Cond, DKIM_KEY_READY, DNS_VERIFIED, READY},
-    crd::{MailDomain, MailDomainStatus},
-    events::Reason,
+    conditions::{self, Cond, DNS_VERIFIED, READY},
+    crd::MailDomain,
+    events::{Note, Reason},
     rotation::{self, Step},
 };
 
-/// Sets the conditions for `state` and the DNS findings.
-pub fn set_conditions(
-    md: &MailDomain,
-    state: &rotation::State,
-    all_verified: bool,
-    status: &mut MailDomainStatus,
-    t: &Time,
-) {
-    let name = md.name_any();
-    let generation = md.metadata.generation;
-    let active = &state.active;
-    let key = match (&state.pending, &state.retiring) {
-        (Some(p), _) => Cond::yes(
-            DKIM_KEY_READY,
-            Reason::KeyRotationStarted,
-            format!(
-                "MailDomain {name} signs with selector {}; new key {} waits for its DNS record, publish it from status.dnsRecords",
-                active.selector, p.selector
-            ),
-        ),
-        (None, Some((old, at))) => Cond::yes(
-            DKIM_KEY_READY,
-            Reason::KeyRotated,
-            format!(
-                "MailDomain {name} signs with selector {}; keep the record of {} published until {at}",
-                active.selector, old.selector
-            ),
-        ),
-        (None, None) => Cond::yes(
-            DKIM_KEY_READY,
-            Reason::KeyReady,
-            format!(
-                "MailDomain {name} has its DKIM key in Secret {}",
-                active.secret_name
-            ),
-        ),
-    };
-    conditions::set(&mut status.conditions, key, generation, t);
-    let dns = if all_verified {
-        Cond::yes(
-            DNS_VERIFIED,
-            Reason::RecordsVerified,
-            format!("MailDomain {name}: every record is in DNS"),
-        )
-    } else {
-        let msg = format!("MailDomain {name}: publish the records in status.dnsRecords");
-        Cond::no(DNS_VERIFIED, Reason::RecordsNotVerified, msg)
-    };
-    conditions::set(&mut status.conditions, dns, generation, t);
-    let msg = format!("MailDomain {name} is ready for Relays");
-    conditions::set(
-        &mut status.conditions,
-        Cond::yes(READY, Reason::Reconciled, msg),
-        generation,
-        t,
-    );
+/// The events a reconcile announces once status is written: changes of `Ready` and `DnsVerified`
+/// against `old` (`DkimKeyReady` changes are told by the key and rotation events), then one event
+/// per rotation step.
+pub fn notes(md: &MailDomain, old: &[Condition], set: &[Cond], steps: &[Step]) -> Vec<Note> {
+    let mut out = conditions::transitions(old, set, &[READY, DNS_VERIFIED]);
+    out.extend(steps.iter().map(|step| step_note(md, step)));
+    out
 }
 
-/// Publishes the event of one rotation step.
-pub async fn publish_step(md: &MailDomain, step: &Step, ctx: &Context) {
+/// The event for a newly generated signing key.
+pub fn generated(md: &MailDomain) -> Note {
+    Note::normal(
+        Reason::KeyGenerated,
+        format!(
+            "generated a {} DKIM key for {}",
+            md.spec.dkim.algorithm.as_str(),
+            md.spec.domain
+        ),
+    )
+}
+
+/// The event of one rotation step.
+fn step_note(md: &MailDomain, step: &Step) -> Note {
     let name = md.name_any();
     let record = |selector: &str| format!("{selector}._domainkey.{}", md.spec.domain);
     let (warn, reason, note) = match step {
@@ -116,8 +78,11 @@ pub async fn publish_step(md: &MailDomain, step: &Step, ctx: &Context) {
         ),
     };
     if warn {
-        ctx.events.warn(md, reason, note).await;
+        Note::warning(reason, note)
     } else {
-        ctx.events.normal(md, reason, note).await;
+        Note::normal(reason, note)
     }
 }
+
+#[cfg(test)]
+mod tests;
