@@ -19,6 +19,8 @@ pub enum RejectReason {
     HeaderFrom,
     /// Bare CR or LF in DATA.
     BareLineEnding,
+    /// NUL octet in DATA.
+    Nul,
     /// Spool full or disk full.
     SpoolFull,
     /// Spool write failed.
@@ -37,6 +39,7 @@ impl RejectReason {
             Self::SenderDomain => "sender_domain",
             Self::HeaderFrom => "header_from",
             Self::BareLineEnding => "bare_line_ending",
+            Self::Nul => "nul",
             Self::SpoolFull => "spool_full",
             Self::SpoolError => "spool_error",
             Self::RateLimited => "rate_limited",

@@ -188,11 +188,29 @@ async fn mail_from_domain_must_be_configured() {
 }
 
 #[tokio::test]
-async fn null_sender_from_a_client_is_refused() {
+async fn null_sender_from_a_client_is_accepted_but_the_header_policy_holds() {
     let mut h = Harness::ready(config()).await;
-    h.client.command("MAIL FROM:<>", "550 5.7.1").await;
+    // RFC 1123 5.2.9: an empty reverse-path MUST be supported (apps' DSNs, RFC 3834 replies).
+    h.client.command("MAIL FROM:<>", "250 2.1.0").await;
+    h.client.command("RCPT TO:<x@dest.test>", "250").await;
+    h.client.command("DATA", "354").await;
+    h.client
+        .send("From: auto@example.com\r\n\r\nout of office\r\n.\r\n")
+        .await;
+    h.client.expect("250 2.0.0").await;
+    // The From: header is still held to the configured domains.
+    h.client.command("MAIL FROM:<>", "250 2.1.0").await;
+    h.client.command("RCPT TO:<x@dest.test>", "250").await;
+    h.client.command("DATA", "354").await;
+    h.client
+        .send("From: someone@evil.test\r\n\r\nspoof\r\n.\r\n")
+        .await;
+    h.client.expect("550 5.7.1").await;
     h.client.command("QUIT", "221").await;
     h.end().await;
+    let stored = h.sink.messages();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].envelope.sender, "");
 }
 
 #[tokio::test]

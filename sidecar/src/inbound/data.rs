@@ -1,6 +1,7 @@
 //! Streaming DATA receiver: finds the one true end of data (CRLF "." CRLF, RFC 5321 4.1.1.4),
-//! undoes dot-stuffing (RFC 5321 4.5.2) and handles bare CR/LF (RFC 5321 2.3.8) so that no
-//! "second message" can be smuggled (CVE-2023-51764 family). Pure: bytes in, bytes out.
+//! undoes dot-stuffing (RFC 5321 4.5.2) and handles bare CR/LF (RFC 5321 2.3.8) and NUL octets
+//! so that no "second message" can be smuggled (CVE-2023-51764 family; a next hop that drops
+//! NULs would read `CRLF NUL . CRLF` as the end of data). Pure: bytes in, bytes out.
 
 use crate::config::BareLineEndings;
 
@@ -33,6 +34,8 @@ pub enum Verdict {
     TooBig,
     /// A bare CR or LF with [`BareLineEndings::Reject`]: reply `550 5.5.2`.
     BareLineEnding,
+    /// A NUL octet with [`BareLineEndings::Reject`]: reply `550 5.6.0`.
+    Nul,
 }
 
 /// Incremental DATA receiver. Feed it what the socket gives, in any split; it appends message
@@ -48,6 +51,7 @@ pub struct DataReceiver {
     max_bytes: u64,
     size: u64,
     bare_seen: bool,
+    nul_seen: bool,
     too_big: bool,
 }
 
@@ -63,6 +67,7 @@ impl DataReceiver {
             max_bytes,
             size: 0,
             bare_seen: false,
+            nul_seen: false,
             too_big: false,
         }
     }
@@ -79,7 +84,7 @@ impl DataReceiver {
                     let rest = &input[i..];
                     let n = rest
                         .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
+                        .position(|&c| c == b'\r' || c == b'\n' || c == 0)
                         .unwrap_or(rest.len());
                     if n > 0 {
                         self.emit(out, &rest[..n]);
@@ -87,7 +92,9 @@ impl DataReceiver {
                         continue;
                     }
                     i += 1;
-                    if b == b'\r' {
+                    if b == 0 {
+                        self.nul();
+                    } else if b == b'\r' {
                         self.state = State::Cr;
                     } else {
                         // A bare LF never starts a line: the next "." is ordinary text, so
@@ -102,6 +109,7 @@ impl DataReceiver {
                         b'.' => self.state = State::Dot,
                         b'\r' => self.state = State::Cr,
                         b'\n' => self.bare_line_ending(out),
+                        0 => self.nul(),
                         _ => self.emit(out, &[b]),
                     }
                 }
@@ -114,6 +122,11 @@ impl DataReceiver {
                         }
                         // The earlier CR was bare; this one is pending in turn.
                         b'\r' => self.bare_line_ending(out),
+                        0 => {
+                            self.bare_line_ending(out);
+                            self.nul();
+                            self.state = State::Text;
+                        }
                         _ => {
                             self.bare_line_ending(out);
                             self.emit(out, &[b]);
@@ -154,13 +167,15 @@ impl DataReceiver {
 
     /// Whether the message will be rejected whatever follows; output is no longer produced.
     pub fn is_rejected(&self) -> bool {
-        self.too_big || (self.bare_seen && self.bare == BareLineEndings::Reject)
+        self.too_big || ((self.bare_seen || self.nul_seen) && self.bare == BareLineEndings::Reject)
     }
 
     /// The verdict so far (final once [`is_done`](Self::is_done)).
     pub fn verdict(&self) -> Verdict {
         if self.bare_seen && self.bare == BareLineEndings::Reject {
             Verdict::BareLineEnding
+        } else if self.nul_seen && self.bare == BareLineEndings::Reject {
+            Verdict::Nul
         } else if self.too_big {
             Verdict::TooBig
         } else {
@@ -173,6 +188,12 @@ impl DataReceiver {
         if self.bare == BareLineEndings::Normalize {
             self.emit(out, b"\r\n");
         }
+    }
+
+    /// A NUL octet: never forwarded. Under `normalize` it is dropped; otherwise the message is
+    /// refused.
+    fn nul(&mut self) {
+        self.nul_seen = true;
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {

@@ -22,13 +22,18 @@ use std::{
 /// Sender policy on the envelope (RFC 5321 4.1.1.2): a reverse-path in a configured domain, and
 /// ASCII unless the client declared SMTPUTF8 (RFC 6531 3.4). `Err` carries the reply, and the
 /// reject reason when the refusal is counted.
+///
+/// The null reverse-path `<>` is accepted: RFC 1123 5.2.9 says it MUST be supported, and apps
+/// use it for their own DSNs and RFC 3834 auto-replies. It opens no spoofing hole, because the
+/// header `From:` is held to the same domains ([`header_from`]), and such a message is never
+/// bounced when it fails (RFC 5321 6.1; `queue::decide` drops the report).
 pub fn envelope_sender(
     sender: &str,
     smtputf8: bool,
     config: &Config,
 ) -> Result<(), (Reply, Option<RejectReason>)> {
     if sender.is_empty() {
-        return Err((reply::NULL_SENDER, Some(RejectReason::SenderDomain)));
+        return Ok(());
     }
     if !smtputf8 && !sender.is_ascii() {
         return Err((reply::NEED_SMTPUTF8, None));

@@ -137,6 +137,7 @@ where
     ) -> Reply {
         let rejected = match verdict {
             Verdict::BareLineEnding => Some((RejectReason::BareLineEnding, reply::BARE_LINE_ENDING)),
+            Verdict::Nul => Some((RejectReason::Nul, reply::NUL_IN_DATA)),
             Verdict::TooBig => Some((
                 RejectReason::Size,
                 reply::too_big(self.config.limits.max_message_bytes),

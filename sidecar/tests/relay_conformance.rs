@@ -1,0 +1,98 @@
+//! SMTP conformance of the real sidecar against independent peers (Python's smtplib as the app,
+//! aiosmtpd as the smarthost): what RFC 5321 says a relay must accept, and the tricks it must
+//! refuse.
+
+use mailroom_test_support::{
+    peers::Upstream,
+    relay::{Sidecar, eventually, smarthost_config, smtplib_send},
+};
+
+fn sidecar(dir: &std::path::Path, up: &Upstream, tail: &str) -> Sidecar {
+    let config = smarthost_config(up.port, "none", "", "  - domain: example.com", tail);
+    Sidecar::start(dir, &config)
+}
+
+/// RFC 1123 5.2.9: "an empty reverse path MUST be supported". The message is relayed with
+/// `MAIL FROM:<>`, and a recipient that fails permanently is not bounced (RFC 5321 6.1: no
+/// bounce loops), only counted.
+#[test]
+fn null_reverse_path_is_relayed_and_never_bounced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(dir.path(), &up, "");
+    let body = b"From: Auto Reply <auto@example.com>\r\nAuto-Submitted: auto-replied\r\nSubject: away\r\n\r\nI am away.\r\n";
+    smtplib_send(
+        sidecar.smtp,
+        "",
+        &["ok@example.net", "perm-fail@example.net"],
+        body,
+    )
+    .expect("the null reverse-path is accepted");
+    let got = eventually("the message at the upstream", || {
+        let r = up.received();
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(got[0].meta["mail_from"], "<>");
+    assert_eq!(got[0].meta["rcpt_tos"], serde_json::json!(["ok@example.net"]));
+    // The refused recipient is counted as bounced, and the queue empties without a report.
+    sidecar.wait_metric(
+        r#"mailroom_sidecar_messages_bounced_total{reply_class="5xx",route="smarthost",sender_domain="none"}"#,
+        |v| v == 1.0,
+    );
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    assert_eq!(
+        sidecar.metric("mailroom_sidecar_dsn_sent_total"),
+        0.0,
+        "no bounce of a null sender"
+    );
+    assert_eq!(up.received().len(), 1, "nothing else was sent");
+}
+
+/// SMTP smuggling with NUL: a next hop that drops NUL octets would read `CRLF NUL . CRLF` as the
+/// end of data and run the rest as commands. The sidecar refuses such a message (`550 5.6.0`)
+/// and forwards nothing of it.
+#[test]
+fn nul_in_data_is_refused_and_never_forwarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(dir.path(), &up, "");
+    let smuggled = b"From: app@example.com\r\nSubject: smuggle\r\n\r\nhi\r\n\x00.\r\nMAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nFrom: ceo@example.com\r\n\r\npay now\r\n";
+    let err = smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], smuggled)
+        .expect_err("a NUL octet is refused");
+    assert!(err.contains("550") && err.contains("5.6.0"), "{err}");
+    assert_eq!(
+        sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="nul",result="rejected"}"#),
+        1.0
+    );
+    // A clean message afterwards is the positive signal: once it is at the upstream, the refused
+    // one would have been too.
+    let clean = b"From: app@example.com\r\nSubject: clean\r\n\r\nhello\r\n";
+    smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], clean).expect("accepted");
+    eventually("the clean message", || (!up.received().is_empty()).then_some(()));
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    let got = up.received();
+    assert_eq!(got.len(), 1, "only the clean message went out");
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: clean"));
+    assert!(!got[0].data.contains(&0));
+}
+
+/// Under `limits.bareLineEndings: normalize` a NUL octet is removed instead: the message goes
+/// out once, without it, and what followed the fake end stays message text.
+#[test]
+fn nul_is_removed_under_normalize() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(dir.path(), &up, "limits:\n  bareLineEndings: normalize\n");
+    let body = b"From: app@example.com\r\nSubject: nul\r\n\r\na\x00b\r\n\x00.\r\nQUIT\r\n";
+    smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], body).expect("accepted");
+    let got = eventually("the message at the upstream", || {
+        let r = up.received();
+        (!r.is_empty()).then_some(r)
+    });
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    assert_eq!(up.received().len(), 1);
+    let data = &got[0].data;
+    assert!(!data.contains(&0), "a NUL was forwarded");
+    let text = String::from_utf8_lossy(data);
+    assert!(text.contains("\r\nab\r\n.\r\nQUIT\r\n"), "{text:?}");
+}
