@@ -96,3 +96,40 @@ fn nul_is_removed_under_normalize() {
     let text = String::from_utf8_lossy(data);
     assert!(text.contains("\r\nab\r\n.\r\nQUIT\r\n"), "{text:?}");
 }
+
+/// A relay that sends only as its domains puts no other domain into any originator field:
+/// `Sender:`, `Resent-From:` and `Resent-Sender:` get the same check as `From:` (RFC 5322 3.6.2,
+/// 3.6.6), answered `550 5.7.1` naming the field.
+#[test]
+fn every_originator_field_is_held_to_the_relays_domains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(dir.path(), &up, "");
+    for field in ["Sender", "Resent-From", "Resent-Sender"] {
+        let body = format!("From: app@example.com\r\n{field}: boss@evil.test\r\nSubject: x\r\n\r\nhi\r\n");
+        let err = smtplib_send(
+            sidecar.smtp,
+            "app@example.com",
+            &["ok@example.net"],
+            body.as_bytes(),
+        )
+        .expect_err("a foreign originator is refused");
+        assert!(
+            err.contains("550") && err.contains("5.7.1") && err.contains(&format!("{field}:")),
+            "{field}: {err}"
+        );
+    }
+    let fine = b"From: app@example.com\r\nSender: ops@example.com\r\nResent-From: app@example.com\r\nSubject: ok\r\n\r\nhi\r\n";
+    smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], fine).expect("own domains are fine");
+    eventually("the accepted message", || {
+        (!up.received().is_empty()).then_some(())
+    });
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    let got = up.received();
+    assert_eq!(got.len(), 1, "only the message with our own originators went out");
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: ok"));
+    assert_eq!(
+        sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="header_from",result="rejected"}"#),
+        3.0
+    );
+}

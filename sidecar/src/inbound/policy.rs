@@ -71,7 +71,29 @@ pub fn header_from(header: &[u8], config: &Config) -> Result<(), Reply> {
         }
         seen = true;
     }
-    if seen { Ok(()) } else { Err(reply::BAD_HEADER_FROM) }
+    if !seen {
+        return Err(reply::BAD_HEADER_FROM);
+    }
+    // RFC 5322 3.6.2 and 3.6.6: Sender:, Resent-From: and Resent-Sender: name originators too. A
+    // relay that sends only as its domains puts no other domain into any originator field.
+    for (name, field) in [
+        (HeaderName::Sender, "Sender"),
+        (HeaderName::ResentFrom, "Resent-From"),
+        (HeaderName::ResentSender, "Resent-Sender"),
+    ] {
+        for value in message.header_values(name) {
+            let Some(addresses) = value.as_address() else {
+                return Err(reply::originator_denied(field, ""));
+            };
+            for addr in addresses.iter() {
+                let domain = crate::message::domain_of(addr.address().unwrap_or_default());
+                if config.domain(domain).is_none() {
+                    return Err(reply::originator_denied(field, domain));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `limits.ratePerMinute`, shared by every session of the process. Cheap to clone; clones share

@@ -194,6 +194,16 @@ pub fn sender_domain_denied(domain: &str) -> Reply {
     )
 }
 
+/// An originator field other than From: (`Sender:`, `Resent-From:`, `Resent-Sender:`) names a
+/// domain this relay does not send for (X.7.1: delivery not authorized).
+pub fn originator_denied(field: &str, domain: &str) -> Reply {
+    Reply::dynamic(
+        550,
+        "5.7.1",
+        format!("{field}: header domain {domain:?} is not allowed to send through this relay"),
+    )
+}
+
 /// Header From: domain not configured (X.7.1: delivery not authorized).
 pub fn header_from_denied(domain: &str) -> Reply {
     Reply::dynamic(

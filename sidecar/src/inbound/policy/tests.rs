@@ -80,6 +80,30 @@ fn header_from_policy_table() {
             header: "From: undisclosed:;\r\n\r\n",
             want: Err("550 5.6.0"),
         },
+        Case {
+            header: "From: a@example.com\r\nSender: b@example.org\r\n\r\n",
+            want: Ok(()),
+        },
+        Case {
+            header: "From: a@example.com\r\nSender: b@evil.com\r\n\r\n",
+            want: Err("550 5.7.1"),
+        },
+        Case {
+            header: "From: a@example.com\r\nResent-From: r@example.com\r\nResent-Sender: s@example.org\r\n\r\n",
+            want: Ok(()),
+        },
+        Case {
+            header: "From: a@example.com\r\nResent-From: r@evil.com\r\n\r\n",
+            want: Err("550 5.7.1"),
+        },
+        Case {
+            header: "Resent-Sender: s@evil.com\r\nFrom: a@example.com\r\n\r\n",
+            want: Err("550 5.7.1"),
+        },
+        Case {
+            header: "From: a@example.com\r\nResent-From: one@example.com\r\nResent-From: two@evil.com\r\n\r\n",
+            want: Err("550 5.7.1"),
+        },
     ];
     let config = config();
     for case in cases {
@@ -87,6 +111,16 @@ fn header_from_policy_table() {
             header_from(case.header.as_bytes(), &config).map_err(|r| format!("{} {}", r.code, r.status));
         assert_eq!(got, case.want.map_err(String::from), "{:?}", case.header);
     }
+}
+
+#[test]
+fn denied_originator_reply_names_the_field_and_the_domain() {
+    let err =
+        header_from(b"From: a@example.com\r\nSender: x@evil.com\r\n\r\n", &config()).expect_err("denied");
+    assert!(
+        err.text.contains("Sender:") && err.text.contains("evil.com"),
+        "{err}"
+    );
 }
 
 #[test]
