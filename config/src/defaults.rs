@@ -23,8 +23,12 @@ pub(super) fn default_max_recipients() -> usize {
 pub(super) fn default_max_connections() -> usize {
     256
 }
+/// RFC 5321 4.5.3.1.4 sets 512 octets for a command line and lets each service extension add
+/// to it: SIZE (RFC 1870 adds 26), BODY=8BITMIME and SMTPUTF8 parameters, and RFC 3461 4 adds
+/// 500 octets to RCPT for ORCPT. 1024 covers all of these with a full-length address; more only
+/// helps a client that keeps a connection busy with junk.
 pub(super) fn default_max_line_bytes() -> usize {
-    2048
+    1024
 }
 pub(super) fn default_idle_timeout() -> u64 {
     300

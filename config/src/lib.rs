@@ -159,7 +159,8 @@ pub struct Limits {
     /// Concurrent inbound connections. Default 256.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Longest command line including CRLF. Default 2048 (RFC 5321 4.5.3.1.4 requires >= 512).
+    /// Longest command line including CRLF. Default 1024: the 512 of RFC 5321 4.5.3.1.4 plus what
+    /// the SMTP extensions add to it (RFC 3461 4: 500 for ORCPT); at least 512.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
     /// Idle time allowed while waiting for a command. Default 300 (RFC 5321 4.5.3.2.7).

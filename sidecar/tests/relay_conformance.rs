@@ -133,3 +133,46 @@ fn every_originator_field_is_held_to_the_relays_domains() {
         3.0
     );
 }
+
+/// Command lines: RFC 5321 4.5.3.1.4's 512 octets plus what the extensions add (RFC 3461 4: 500
+/// for ORCPT) fit in the default 1024; a longer line gets `500 5.5.2` and the session goes on.
+#[test]
+fn command_lines_up_to_1024_octets_are_served_and_longer_ones_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(dir.path(), &up, "");
+    // smtplib's docmd sends "NOOP <arg>\r\n": 5 + len + 2 octets.
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30)
+s.ehlo("client.test")
+for n in sys.argv[3:]:
+    code, text = s.docmd("NOOP", "x" * (int(n) - 7))
+    print(n, code, text.decode())
+code, _ = s.noop()
+print("after", code)
+s.quit()
+"#;
+    let out = std::process::Command::new(mailroom_test_support::relay::python())
+        .args([
+            "-c",
+            script,
+            &sidecar.smtp.ip().to_string(),
+            &sidecar.smtp.port().to_string(),
+        ])
+        .args(["512", "1024", "1025", "2048"])
+        .output()
+        .expect("run smtplib");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("512 250"), "{text}");
+    assert!(lines[1].starts_with("1024 250"), "{text}");
+    assert!(lines[2].starts_with("1025 500 5.5.2"), "{text}");
+    assert!(lines[3].starts_with("2048 500 5.5.2"), "{text}");
+    assert_eq!(lines[4], "after 250", "the session goes on: {text}");
+}
