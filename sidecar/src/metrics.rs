@@ -21,6 +21,8 @@ pub enum RejectReason {
     BareLineEnding,
     /// NUL octet in DATA.
     Nul,
+    /// A line over 998 octets in DATA.
+    LineTooLong,
     /// Spool full or disk full.
     SpoolFull,
     /// Spool write failed.
@@ -40,6 +42,7 @@ impl RejectReason {
             Self::HeaderFrom => "header_from",
             Self::BareLineEnding => "bare_line_ending",
             Self::Nul => "nul",
+            Self::LineTooLong => "line_too_long",
             Self::SpoolFull => "spool_full",
             Self::SpoolError => "spool_error",
             Self::RateLimited => "rate_limited",

@@ -176,3 +176,47 @@ s.quit()
     assert!(lines[3].starts_with("2048 500 5.5.2"), "{text}");
     assert_eq!(lines[4], "after 250", "the session goes on: {text}");
 }
+
+/// RFC 5322 2.1.1: a line is at most 998 octets. Strict next hops refuse longer ones, so the
+/// sidecar decides at the door (`550 5.6.0`) instead of accepting and bouncing later.
+#[test]
+fn lines_over_998_octets_are_refused_at_the_door() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(dir.path(), &up, "");
+    let long = format!(
+        "From: app@example.com\r\nSubject: long\r\n\r\n{}\r\n",
+        "a".repeat(999)
+    );
+    let err = smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["ok@example.net"],
+        long.as_bytes(),
+    )
+    .expect_err("a 999-octet line is refused");
+    assert!(err.contains("550") && err.contains("5.6.0"), "{err}");
+    let fits = format!(
+        "From: app@example.com\r\nSubject: fits\r\n\r\n{}\r\n",
+        "a".repeat(998)
+    );
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["ok@example.net"],
+        fits.as_bytes(),
+    )
+    .expect("998 octets fit");
+    eventually("the fitting message", || {
+        (!up.received().is_empty()).then_some(())
+    });
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: fits"));
+    assert_eq!(
+        sidecar
+            .metric(r#"mailroom_sidecar_messages_received_total{reason="line_too_long",result="rejected"}"#),
+        1.0
+    );
+}

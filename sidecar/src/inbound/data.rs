@@ -36,7 +36,13 @@ pub enum Verdict {
     BareLineEnding,
     /// A NUL octet with [`BareLineEndings::Reject`]: reply `550 5.6.0`.
     Nul,
+    /// A line longer than [`MAX_LINE_OCTETS`]: reply `550 5.6.0`. Strict next hops refuse such
+    /// lines, so taking the message would mean bouncing it later.
+    LineTooLong,
 }
+
+/// RFC 5322 2.1.1 (and RFC 5321 4.5.3.1.6): a line is at most 998 octets without its CRLF.
+pub const MAX_LINE_OCTETS: usize = 998;
 
 /// Incremental DATA receiver. Feed it what the socket gives, in any split; it appends message
 /// bytes to the caller's buffer, so memory stays bounded by the caller's chunk size.
@@ -53,6 +59,9 @@ pub struct DataReceiver {
     bare_seen: bool,
     nul_seen: bool,
     too_big: bool,
+    /// Octets of the current line emitted so far.
+    line: usize,
+    long_line: bool,
 }
 
 // === impl DataReceiver ===
@@ -69,6 +78,8 @@ impl DataReceiver {
             bare_seen: false,
             nul_seen: false,
             too_big: false,
+            line: 0,
+            long_line: false,
         }
     }
 
@@ -167,7 +178,9 @@ impl DataReceiver {
 
     /// Whether the message will be rejected whatever follows; output is no longer produced.
     pub fn is_rejected(&self) -> bool {
-        self.too_big || ((self.bare_seen || self.nul_seen) && self.bare == BareLineEndings::Reject)
+        self.too_big
+            || self.long_line
+            || ((self.bare_seen || self.nul_seen) && self.bare == BareLineEndings::Reject)
     }
 
     /// The verdict so far (final once [`is_done`](Self::is_done)).
@@ -178,6 +191,8 @@ impl DataReceiver {
             Verdict::Nul
         } else if self.too_big {
             Verdict::TooBig
+        } else if self.long_line {
+            Verdict::LineTooLong
         } else {
             Verdict::Complete { size: self.size }
         }
@@ -197,6 +212,15 @@ impl DataReceiver {
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        // Every CRLF is emitted alone (and no other chunk holds CR or LF), so this sees lines.
+        if bytes == b"\r\n" {
+            self.line = 0;
+        } else {
+            self.line += bytes.len();
+            if self.line > MAX_LINE_OCTETS {
+                self.long_line = true;
+            }
+        }
         self.size = self.size.saturating_add(bytes.len() as u64);
         if self.size > self.max_bytes {
             self.too_big = true;

@@ -164,6 +164,14 @@ pub const BARE_LINE_ENDING: Reply = Reply::new(
 /// (RFC 3463).
 pub const NUL_IN_DATA: Reply = Reply::new(550, "5.6.0", "NUL octet in message data, message rejected");
 
+/// A line over 998 octets in DATA (RFC 5322 2.1.1): refused at the door rather than bounced later
+/// by a strict next hop. X.6.0: other or undefined media error (RFC 3463).
+pub const LINE_TOO_LONG_IN_DATA: Reply = Reply::new(
+    550,
+    "5.6.0",
+    "Message line longer than 998 octets (RFC 5322 2.1.1), message rejected",
+);
+
 // --- Permanent failures: policy and content ---
 
 /// Header section bigger than we buffer for the From: check (X.3.4: message too big for system).
@@ -258,6 +266,7 @@ mod tests {
             NEED_SMTPUTF8,
             BARE_LINE_ENDING,
             NUL_IN_DATA,
+            LINE_TOO_LONG_IN_DATA,
             HEADERS_TOO_BIG,
             BAD_HEADER_FROM,
             too_big(1),

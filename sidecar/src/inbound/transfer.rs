@@ -138,6 +138,7 @@ where
         let rejected = match verdict {
             Verdict::BareLineEnding => Some((RejectReason::BareLineEnding, reply::BARE_LINE_ENDING)),
             Verdict::Nul => Some((RejectReason::Nul, reply::NUL_IN_DATA)),
+            Verdict::LineTooLong => Some((RejectReason::LineTooLong, reply::LINE_TOO_LONG_IN_DATA)),
             Verdict::TooBig => Some((
                 RejectReason::Size,
                 reply::too_big(self.config.limits.max_message_bytes),

@@ -337,3 +337,53 @@ fn message_of_exactly_the_limit_is_accepted() {
     assert_eq!(out, b"abc\r\n");
     assert_eq!(rx.verdict(), Verdict::Complete { size: 5 });
 }
+
+#[test]
+fn lines_over_998_octets_are_refused_whatever_the_split() {
+    struct Long {
+        name: &'static str,
+        input: Vec<u8>,
+        want: Verdict,
+    }
+    let line = |n: usize| "a".repeat(n);
+    let cases = [
+        Long {
+            name: "998 octets is the limit",
+            input: format!("{}\r\n.\r\n", line(998)).into_bytes(),
+            want: Verdict::Complete { size: 1000 },
+        },
+        Long {
+            name: "999 octets is one too many",
+            input: format!("x\r\n{}\r\n.\r\n", line(999)).into_bytes(),
+            want: Verdict::LineTooLong,
+        },
+        Long {
+            name: "the stuffing dot does not count",
+            input: format!(".{}\r\n.\r\n", line(998)).into_bytes(),
+            want: Verdict::Complete { size: 1000 },
+        },
+        Long {
+            name: "a long last line before the terminator",
+            input: format!("{}\r\n.\r\n", line(5000)).into_bytes(),
+            want: Verdict::LineTooLong,
+        },
+        Long {
+            name: "too big wins over too long",
+            input: format!("{}\r\n.\r\n", line(20_000)).into_bytes(),
+            want: Verdict::TooBig,
+        },
+    ];
+    for case in &cases {
+        for cuts in [vec![], vec![1], vec![500, 999], vec![997, 998, 999, 1000]] {
+            let cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < case.input.len()).collect();
+            let (_, consumed, rx) = run(&case.input, Reject, 10_000, &cuts);
+            assert_eq!(
+                consumed,
+                Some(case.input.len()),
+                "{}: the real end is found",
+                case.name
+            );
+            assert_eq!(rx.verdict(), case.want, "{} (cuts {cuts:?})", case.name);
+        }
+    }
+}
