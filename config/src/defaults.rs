@@ -36,6 +36,15 @@ pub(super) fn default_idle_timeout() -> u64 {
 pub(super) fn default_data_timeout() -> u64 {
     180
 }
+pub(super) fn default_command_deadline() -> u64 {
+    60
+}
+pub(super) fn default_data_deadline_floor() -> u64 {
+    60
+}
+pub(super) fn default_data_min_bytes_per_second() -> u64 {
+    1024
+}
 pub(super) fn default_max_bad_commands() -> u32 {
     10
 }
@@ -99,6 +108,9 @@ impl Default for Limits {
             max_line_bytes: default_max_line_bytes(),
             idle_timeout_seconds: default_idle_timeout(),
             data_timeout_seconds: default_data_timeout(),
+            command_deadline_seconds: default_command_deadline(),
+            data_deadline_floor_seconds: default_data_deadline_floor(),
+            data_min_bytes_per_second: default_data_min_bytes_per_second(),
             max_bad_commands: default_max_bad_commands(),
             bare_line_endings: BareLineEndings::default(),
             rate_per_minute: None,

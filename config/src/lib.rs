@@ -169,6 +169,17 @@ pub struct Limits {
     /// Time allowed between two reads of DATA. Default 180 (RFC 5321 4.5.3.2.6).
     #[serde(default = "default_data_timeout")]
     pub data_timeout_seconds: u64,
+    /// A command line must be complete this long after its first byte arrived, however the
+    /// bytes trickle in; then `421 4.4.2`. Default 60.
+    #[serde(default = "default_command_deadline")]
+    pub command_deadline_seconds: u64,
+    /// DATA may always take this long; past it, it must average `dataMinBytesPerSecond` or get
+    /// `421 4.4.2`. Default 60.
+    #[serde(default = "default_data_deadline_floor")]
+    pub data_deadline_floor_seconds: u64,
+    /// The slowest average DATA rate allowed after `dataDeadlineFloorSeconds`. Default 1024.
+    #[serde(default = "default_data_min_bytes_per_second")]
+    pub data_min_bytes_per_second: u64,
     /// Bad commands tolerated before the connection is closed. Default 10.
     #[serde(default = "default_max_bad_commands")]
     pub max_bad_commands: u32,
@@ -390,6 +401,19 @@ impl Limits {
     /// DATA read timeout as a `Duration`.
     pub fn data_timeout(&self) -> Duration {
         Duration::from_secs(self.data_timeout_seconds)
+    }
+
+    /// How long one command line may take from its first byte.
+    pub fn command_deadline(&self) -> Duration {
+        Duration::from_secs(self.command_deadline_seconds)
+    }
+
+    /// How long DATA may have taken once `received` octets have arrived: the floor, plus the
+    /// time those octets need at the minimum rate.
+    pub fn data_deadline(&self, received: u64) -> Duration {
+        let rate = self.data_min_bytes_per_second.max(1);
+        Duration::from_secs(self.data_deadline_floor_seconds)
+            .saturating_add(Duration::from_secs_f64(received as f64 / rate as f64))
     }
 }
 

@@ -63,6 +63,15 @@ impl Config {
         if l.data_timeout_seconds == 0 {
             bad("limits.dataTimeoutSeconds", "must be greater than 0".into());
         }
+        for (field, value) in [
+            ("limits.commandDeadlineSeconds", l.command_deadline_seconds),
+            ("limits.dataDeadlineFloorSeconds", l.data_deadline_floor_seconds),
+            ("limits.dataMinBytesPerSecond", l.data_min_bytes_per_second),
+        ] {
+            if value == 0 {
+                bad(field, "must be greater than 0".into());
+            }
+        }
         if l.rate_per_minute == Some(0) {
             bad(
                 "limits.ratePerMinute",

@@ -220,3 +220,100 @@ fn lines_over_998_octets_are_refused_at_the_door() {
         1.0
     );
 }
+
+/// A client that trickles a byte at a time (0.3 s apart) through `tests/peers`-style raw
+/// sockets; prints what the server said and how much it managed to send.
+const TRICKLE: &str = r#"
+import socket, sys, time
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=30)
+f = s.makefile("rb")
+def reply():
+    while True:
+        line = f.readline().decode()
+        if len(line) < 4 or line[3] == " ":
+            return line.strip()
+reply()
+if mode == "command":
+    payload = b"EHLO trickle.example.com\r\n"
+else:
+    for command in [b"EHLO t.example.com", b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>", b"DATA"]:
+        s.sendall(command + b"\r\n")
+        reply()
+    payload = b"From: app@example.com\r\nSubject: slow\r\n\r\n" + b"x" * 60 + b"\r\n.\r\n"
+s.settimeout(0.3)
+sent = 0
+for byte in payload:
+    try:
+        s.sendall(bytes([byte]))
+        sent += 1
+        data = s.recv(4096)
+        print("server:", data.decode().strip() if data else "closed")
+        break
+    except socket.timeout:
+        continue
+    except OSError as e:
+        print("server: error", e)
+        break
+print("sent", sent, "of", len(payload))
+"#;
+
+/// Deadlines, not only idle timeouts: a command line must be complete within
+/// `commandDeadlineSeconds` of its first byte, and DATA must average `dataMinBytesPerSecond`
+/// past `dataDeadlineFloorSeconds`. A trickling client gets `421 4.4.2`; others are served
+/// meanwhile, and nothing of the slow message is delivered.
+#[test]
+fn trickling_clients_are_cut_and_others_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let limits =
+        "limits:\n  commandDeadlineSeconds: 2\n  dataDeadlineFloorSeconds: 2\n  dataMinBytesPerSecond: 100\n";
+    let sidecar = sidecar(dir.path(), &up, limits);
+    let trickle = |mode: &'static str| {
+        let smtp = sidecar.smtp;
+        std::thread::spawn(move || {
+            let out = std::process::Command::new(mailroom_test_support::relay::python())
+                .args([
+                    "-c",
+                    TRICKLE,
+                    &smtp.ip().to_string(),
+                    &smtp.port().to_string(),
+                    mode,
+                ])
+                .output()
+                .expect("run the trickling client");
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        })
+    };
+    let (command, data) = (trickle("command"), trickle("data"));
+    // Served while both trickle.
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["ok@example.net"],
+        b"From: app@example.com\r\nSubject: prompt\r\n\r\nhi\r\n",
+    )
+    .expect("a well-behaved client is served");
+    for (what, out) in [("command", command), ("data", data)] {
+        let out = out.join().expect("trickling client thread");
+        assert!(out.contains("server: 421 4.4.2"), "{what}: {out}");
+        let sent: Vec<usize> = out
+            .lines()
+            .find_map(|l| l.strip_prefix("sent "))
+            .map(|l| l.split(" of ").filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        assert!(
+            sent.len() == 2 && sent[0] < sent[1],
+            "{what}: cut before the end: {out}"
+        );
+    }
+    eventually("the prompt message", || (!up.received().is_empty()).then_some(()));
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    let got = up.received();
+    assert_eq!(got.len(), 1, "nothing of the slow message was delivered");
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: prompt"));
+    assert_eq!(
+        sidecar.metric(r#"mailroom_sidecar_sessions_total{end="timeout"}"#),
+        2.0
+    );
+}

@@ -110,6 +110,9 @@ pub const RATE_LIMITED: Reply = Reply::new(451, "4.7.1", "Rate limit reached, tr
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
 /// Idle or DATA timeout (RFC 3463 X.4.2: bad connection), then close (RFC 5321 4.5.3.2).
 pub const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
+/// A command line or a message that arrives too slowly (`limits.commandDeadlineSeconds`,
+/// `limits.dataDeadlineFloorSeconds` and `dataMinBytesPerSecond`): X.4.2, bad connection.
+pub const TOO_SLOW: Reply = Reply::new(421, "4.4.2", "Too slow, closing connection");
 /// Shutting down (RFC 3463 X.3.2: system not accepting network messages).
 pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down, closing connection");
 /// Connection limit reached (X.3.2 as for shutdown: the system is not accepting mail now).
@@ -249,6 +252,7 @@ mod tests {
             TOO_MANY_RECIPIENTS,
             TIMEOUT,
             SHUTTING_DOWN,
+            TOO_SLOW,
             OVERLOADED,
             TOO_MANY_ERRORS,
             UNKNOWN_COMMAND,

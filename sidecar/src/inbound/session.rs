@@ -16,7 +16,7 @@ use smtp_proto::Request;
 use std::{
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -40,6 +40,8 @@ pub struct Session<S, K: MessageSink> {
     bad_commands: u32,
     /// Inside an over-long line that was already answered; skip to its LF.
     discarding: bool,
+    /// When the command line now in `input` started to arrive (see `limits.commandDeadlineSeconds`).
+    partial_since: Option<Instant>,
 }
 
 /// What the client said in EHLO/HELO.
@@ -118,6 +120,7 @@ where
             tx: None,
             bad_commands: 0,
             discarding: false,
+            partial_since: None,
         }
     }
 
@@ -161,10 +164,28 @@ where
             if let Err(end) = self.flush().await {
                 return end;
             }
+            // RFC 5321 4.5.3.2 times each read, so a client could trickle a command line byte by
+            // byte for ever. A partial line gets a deadline counted from its first byte.
             let idle = self.config.limits.idle_timeout();
-            let end = match self.read(idle, true).await {
+            let (limit, partial) = if self.input.is_empty() && !self.discarding {
+                self.partial_since = None;
+                (idle, false)
+            } else {
+                let since = *self.partial_since.get_or_insert_with(Instant::now);
+                let left = self
+                    .config
+                    .limits
+                    .command_deadline()
+                    .saturating_sub(since.elapsed());
+                (idle.min(left), left < idle)
+            };
+            let end = match self.read(limit, true).await {
                 Read::Data => continue,
                 Read::Closed => return SessionEnd::Disconnected,
+                Read::TimedOut if partial => {
+                    self.push(&reply::TOO_SLOW);
+                    SessionEnd::Timeout
+                }
                 // RFC 5321 4.5.3.2.7: a server may close an idle connection, with 421.
                 Read::TimedOut => {
                     self.push(&reply::TIMEOUT);
@@ -196,6 +217,7 @@ where
                 return None;
             };
             let line = self.input.split_to(pos + 1);
+            self.partial_since = None;
             if self.discarding {
                 self.discarding = false;
                 continue;

@@ -71,10 +71,17 @@ where
         message.write(received.as_bytes()).await;
         let mut capture = HeaderCapture::new(MAX_HEADER_BYTES);
         let mut chunk = Vec::with_capacity(CHUNK + 2 * READ_CHUNK);
+        // RFC 5321 4.5.3.2.6 times each read; a client that trickles keeps every read short. The
+        // whole transfer gets a deadline that grows with what arrived (a minimum average rate
+        // past a floor), so honest large messages always fit and tricklers do not.
+        let started = Instant::now();
+        let mut arrived: u64 = 0;
         loop {
             let before = chunk.len();
             let done = rx.feed(&self.input, &mut chunk);
-            self.input.advance(done.unwrap_or(self.input.len()));
+            let used = done.unwrap_or(self.input.len());
+            arrived = arrived.saturating_add(used as u64);
+            self.input.advance(used);
             if rx.is_rejected() {
                 message.discard();
                 chunk.clear();
@@ -91,10 +98,19 @@ where
             if let Err(end) = self.flush().await {
                 return Flow::End(end);
             }
+            let left = self
+                .config
+                .limits
+                .data_deadline(arrived)
+                .saturating_sub(started.elapsed());
             // No shutdown watch here: a message in DATA is allowed to finish.
-            match self.read(timeout, false).await {
+            match self.read(timeout.min(left), false).await {
                 Read::Data | Read::Shutdown => {}
                 Read::Closed => return Flow::End(SessionEnd::Disconnected),
+                Read::TimedOut if left < timeout => {
+                    self.push(&reply::TOO_SLOW);
+                    return Flow::End(SessionEnd::Timeout);
+                }
                 // RFC 5321 4.5.3.2.6: data block timeout; the message is dropped with the writer.
                 Read::TimedOut => {
                     self.push(&reply::TIMEOUT);
