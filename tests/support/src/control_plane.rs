@@ -89,6 +89,7 @@ pub struct ControlPlane {
     server: String,
     ca_pem: String,
     admin: Kubeconfig,
+    node: pki::ClientCert,
     startup: Duration,
     // Stopped in reverse start order on drop: controller-manager, apiserver, etcd.
     procs: Vec<Proc>,
@@ -166,6 +167,7 @@ impl ControlPlane {
             server,
             ca_pem: pki.ca_pem,
             admin: kubeconfig::parse(&admin_doc)?,
+            node: pki.node,
             startup: Duration::ZERO,
             procs: Vec::new(),
             janitor,
@@ -239,6 +241,13 @@ impl ControlPlane {
             &user,
             Credentials::Token(&token),
         ))
+    }
+
+    /// Writes the test node's kubeconfig (its kubelet's client certificate) to `path`.
+    pub(crate) fn write_node_kubeconfig(&self, path: &Path) -> Result<()> {
+        let user = format!("system:node:{}", pki::NODE_NAME);
+        let doc = kubeconfig::document(&self.server, &self.ca_pem, &user, Credentials::Cert(&self.node));
+        kubeconfig::write(&doc, path)
     }
 
     /// A `helm` command pointed at this control plane (`KUBECONFIG`), with helm's cache, config and

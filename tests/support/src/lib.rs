@@ -17,10 +17,12 @@
 
 mod control_plane;
 mod flags;
+pub mod image;
 mod janitor;
 mod kubeconfig;
 pub mod kubelet;
 mod namespace;
+pub mod node;
 pub mod peers;
 mod pki;
 mod process;

@@ -26,7 +26,9 @@ use crate::{
 pub struct Upstream {
     /// The process (check it is still running while waiting).
     pub proc: Proc,
-    /// Its SMTP port on 127.0.0.1.
+    /// The address it listens on (127.0.0.1 unless started `_at` another).
+    pub host: String,
+    /// Its SMTP port.
     pub port: u16,
     /// Where it saves what it accepts.
     pub maildir: PathBuf,
@@ -39,17 +41,23 @@ pub struct Upstream {
 impl Upstream {
     /// Plain SMTP, no authentication.
     pub fn plain(dir: &Path) -> Result<Self> {
-        Self::start(dir, &[], None)
+        Self::start(dir, "127.0.0.1", &[], None)
     }
 
     /// STARTTLS required (a certificate for 127.0.0.1 from a throwaway CA) and AUTH as
     /// `user:password` required, like a provider's submission port.
     pub fn starttls_with_auth(dir: &Path, user: &str, password: &str) -> Result<Self> {
+        Self::starttls_with_auth_at(dir, "127.0.0.1", user, password)
+    }
+
+    /// `starttls_with_auth` listening on `host` (e.g. a test node's gateway, for pods), with a
+    /// certificate for that address.
+    pub fn starttls_with_auth_at(dir: &Path, host: &str, user: &str, password: &str) -> Result<Self> {
         let mut ca = CertificateParams::default();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
         let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &ca)?;
+        let cert = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &ca)?;
         let (crt, key_file) = (dir.join("upstream.crt"), dir.join("upstream.key"));
         std::fs::write(&crt, cert.pem())?;
         std::fs::write(&key_file, key.serialize_pem())?;
@@ -64,16 +72,17 @@ impl Upstream {
             "--key",
             path_str(&key_file)?,
         ];
-        Self::start(dir, &args, Some(ca.pem()))
+        Self::start(dir, host, &args, Some(ca.pem()))
     }
 
-    fn start(dir: &Path, args: &[&str], ca_pem: Option<String>) -> Result<Self> {
+    fn start(dir: &Path, host: &str, args: &[&str], ca_pem: Option<String>) -> Result<Self> {
         let maildir = dir.join("upstream-maildir");
         std::fs::create_dir_all(&maildir)?;
         let (proc, port) = Proc::spawn_reporting_port(
             "upstream",
             Command::new(testenv::python()?)
                 .arg(repo().join("sidecar/tests/peers/upstream.py"))
+                .args(["--address", host])
                 .args(args)
                 .arg("--maildir")
                 .arg(&maildir),
@@ -81,6 +90,7 @@ impl Upstream {
         )?;
         Ok(Self {
             proc,
+            host: host.to_string(),
             port,
             maildir,
             ca_pem,

@@ -24,7 +24,12 @@ const APISERVER_SANS: &[&str] = &[
 pub(crate) struct Pki {
     pub(crate) ca_pem: String,
     pub(crate) admin: ClientCert,
+    /// The test node's kubelet (`system:node:<NODE_NAME>` in `system:nodes`).
+    pub(crate) node: ClientCert,
 }
+
+/// The name the test node registers as; its kubelet's client certificate names it.
+pub(crate) const NODE_NAME: &str = "mailroom-node";
 
 /// A client certificate and its PKCS#8 key, both PEM.
 #[derive(Debug, Clone)]
@@ -63,6 +68,7 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
 
     // system:masters is bound to cluster-admin by the bootstrap RBAC policy.
     let admin = client_cert(&ca, "mailroom-test-admin", "system:masters")?;
+    let node = client_cert(&ca, &format!("system:node:{NODE_NAME}"), "system:nodes")?;
 
     write(dir, CA_CRT, &ca.pem())?;
     write(dir, SERVING_CRT, &serving_cert.pem())?;
@@ -72,6 +78,7 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
     Ok(Pki {
         ca_pem: ca.pem(),
         admin,
+        node,
     })
 }
 
