@@ -223,21 +223,27 @@ spec:
     let sidecar_log = node.container_log(&m.app_ns, "shop-0", "mailroom-sidecar");
     ensure!(sidecar_log.contains("listening"), "sidecar log:\n{sidecar_log}");
 
+    // The kubelet removes a pod's logs with the pod: read the stop times while it goes.
     pods.delete("shop-0", &DeleteParams::default()).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut app_term, mut sidecar_stop) = (None, None);
     while pods.get_opt("shop-0").await?.is_some() {
         ensure!(
             Instant::now() < deadline,
             "pod shop-0 still there 60 s after delete\n{}",
             node.kubelet_log_tail(40)
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        app_term = app_term.or(node.log_line_time(&m.app_ns, "shop-0", "app", "app: TERM").ok());
+        sidecar_stop = sidecar_stop.or(node
+            .log_line_time(&m.app_ns, "shop-0", "mailroom-sidecar", "stopped")
+            .ok());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let app_term = node.log_line_time(&m.app_ns, "shop-0", "app", "app: TERM")?;
-    let sidecar_stop = node.log_line_time(&m.app_ns, "shop-0", "mailroom-sidecar", "stopped")?;
+    let app_term = app_term.context("the app never logged its TERM")?;
+    let sidecar_stop = sidecar_stop.context("the sidecar never logged that it stopped")?;
     ensure!(
         app_term < sidecar_stop,
-        "the sidecar stopped ({sidecar_stop}) before the app ({app_term})"
+        "the sidecar stopped ({sidecar_stop}) before the app got TERM ({app_term})"
     );
     drop(node);
     Ok(())

@@ -46,6 +46,21 @@ const WATCHED_SYSCTLS: &[&str] = &[
     "net/bridge/bridge-nf-call-iptables",
 ];
 
+/// Paths the node's programs write outside their configured directories.
+const HOST_PATHS: &[&str] = &[
+    "/run/containerd",
+    "/run/runc",
+    "/run/netns",
+    "/var/lib/containerd",
+    "/var/lib/cni",
+    "/var/lib/kubelet",
+    "/var/log/containers",
+    "/var/log/pods",
+    "/etc/cni",
+    "/opt/cni",
+    "/usr/libexec/kubernetes",
+];
+
 // Runs first inside the namespaces (as PID 1, then replaced by the test binary).
 const ENTER: &str = r#"
 set -eu
@@ -265,24 +280,15 @@ impl HostState {
                 .unwrap_or_else(|_| "(absent)".into());
             items.insert(format!("sysctl {}", sysctl.replace('/', ".")), value);
         }
-        // containerd and the kubelet write here whatever their config says (the sandbox hides
-        // them behind tmpfs): their names must not appear on the host.
-        for dir in [
-            "/run",
-            "/var/lib",
-            "/var/log",
-            "/etc/cni",
-            "/opt/cni",
-            "/usr/libexec",
-        ] {
-            let mut names: Vec<String> = std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            items.insert(format!("ls {dir}"), names.join(" "));
+        // containerd, runc, CNI and the kubelet write these whatever their config says (the
+        // sandbox hides them behind tmpfs): none may appear on the host.
+        for path in HOST_PATHS {
+            let state = if Path::new(path).exists() {
+                "present"
+            } else {
+                "absent"
+            };
+            items.insert(format!("path {path}"), state.into());
         }
         let mut cgroups: Vec<String> = Vec::new();
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
