@@ -136,6 +136,8 @@ pub(crate) fn kubelet(layout: &Layout<'_>) -> serde_json::Value {
         // Pod updates (ConfigMap/Secret volumes, status) reach the node within a few seconds.
         "syncFrequency": "5s",
         "nodeStatusUpdateFrequency": "2s",
+        // emptyDir usage (for sizeLimit evictions) is measured this often; the default is 1 min.
+        "volumeStatsAggPeriod": "2s",
         "serializeImagePulls": false,
         "maxPods": 20,
         "shutdownGracePeriod": "0s",

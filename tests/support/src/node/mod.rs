@@ -194,6 +194,22 @@ impl Node {
         ctr
     }
 
+    /// The host PID (in the sandbox's PID namespace) of the container with CRI ID `id` (as in
+    /// a pod's `containerID`, with or without its `containerd://` prefix).
+    pub fn container_pid(&self, id: &str) -> Result<u32> {
+        let id = id.trim_start_matches("containerd://");
+        let out = self.ctr().args(["tasks", "ls"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                let mut cols = l.split_whitespace();
+                (cols.next() == Some(id))
+                    .then(|| cols.next()?.parse().ok())
+                    .flatten()
+            })
+            .with_context(|| format!("no running task {id} in:\n{text}"))
+    }
+
     /// Everything container `container` of pod `namespace/pod` wrote, over all its restarts,
     /// from the kubelet's log files (CRI format: the timestamp and stream prefix removed).
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> String {
@@ -203,21 +219,19 @@ impl Node {
             .collect()
     }
 
-    /// When container `container` of pod `namespace/pod` first wrote a line containing `text`,
-    /// as the kubelet stamped it (UTC, nanoseconds; comparable as strings).
-    pub fn log_line_time(&self, namespace: &str, pod: &str, container: &str, text: &str) -> Result<String> {
-        let lines = self.log_lines(namespace, pod, container);
-        lines
-            .iter()
+    /// The first line container `container` of pod `namespace/pod` wrote that contains
+    /// `text`, with the time the kubelet stamped on it (UTC, nanoseconds; times compare as
+    /// strings).
+    pub fn log_line(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        text: &str,
+    ) -> Option<(String, String)> {
+        self.log_lines(namespace, pod, container)
+            .into_iter()
             .find(|(_, line)| line.contains(text))
-            .map(|(time, _)| time.clone())
-            .with_context(|| {
-                let all: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
-                format!(
-                    "{container} of {namespace}/{pod} never logged {text:?}:\n{}",
-                    all.join("\n")
-                )
-            })
     }
 
     /// `(time, text)` of every line of the container's CRI log files, oldest restart first.

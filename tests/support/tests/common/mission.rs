@@ -105,7 +105,6 @@ impl Mission {
     }
 
     /// This scenario's control plane.
-    #[allow(dead_code)] // only the node scenarios use it
     pub fn control_plane(&self) -> &ControlPlane {
         &self.cp
     }
