@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the test environment into a cache outside the repo: kube-apiserver, kube-controller-manager,
-# kubelet, etcd, helm, prometheus, promtool (from their Go modules, versions in tests/env/versions.env),
+# kubelet, kube-scheduler, etcd, helm, prometheus, promtool (from their Go modules, versions in tests/env/versions.env),
 # a Python venv with the SMTP/DKIM tools, and the test node's pieces: Debian's containerd, runc,
 # CNI plugins and busybox-static (apt-get, when missing) and the sandbox ("pause") binary. Idempotent: what is already built is skipped, so a second run
 # takes seconds. The first run takes several minutes on 2 cores (see docs/testing.md).
@@ -10,8 +10,8 @@
 #   eval "$(bash tests/env/prepare.sh --print-env)"   same, then export MAILROOM_TESTENV_* here
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
-#   bin/    kube-apiserver kube-controller-manager kubelet etcd helm prometheus promtool cargo-fuzz
-#           cargo-deny pause
+#   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm prometheus
+#           promtool cargo-fuzz cargo-deny pause
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
 # <hash> is the first 12 hex digits of sha256(versions.env); tests/support computes the same path.
@@ -171,9 +171,11 @@ build_go_tools() {
         "kube-apiserver kube-controller-manager" \
         "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager" \
         -ldflags="$kflags"
-    # Its own build, so that a cache from before the node only adds the kubelet.
+    # The test node's (tests/support/src/node); their own build, so that a cache from before the
+    # node only adds them.
     go_build kubernetes "$(component_dir kubernetes KUBERNETES_VERSION KUBERNETES_STAGING_VERSION)" \
-        kubelet k8s.io/kubernetes/cmd/kubelet -ldflags="$kflags"
+        "kubelet kube-scheduler" "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler" \
+        -ldflags="$kflags"
 
     check_pinned etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
     go_build etcd "$(component_dir etcd ETCD_VERSION)" server:etcd go.etcd.io/etcd/server/v3 -ldflags="-s -w"

@@ -41,8 +41,10 @@ pub struct Options {
     /// namespace, serviceaccount and root CA publisher; there is no kubelet or scheduler, so workload
     /// controllers would only create Pods that never run.
     pub controllers: Vec<String>,
-    /// Extra kube-apiserver flags, e.g. `--feature-gates=...`.
+    /// Extra kube-apiserver flags, e.g. `--feature-gates=...` (a repeated flag overrides ours).
     pub apiserver_args: Vec<String>,
+    /// Also run kube-scheduler (for a test node: Deployments' pods get bound to it). Default: false.
+    pub scheduler: bool,
     /// How long to wait for `/readyz`. Default: 60 s (it is ready in a few seconds when idle).
     pub ready_timeout: Duration,
 }
@@ -59,6 +61,7 @@ impl Default for Options {
             controller_manager: true,
             controllers: controllers.map(String::from).to_vec(),
             apiserver_args: Vec::new(),
+            scheduler: false,
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -182,6 +185,10 @@ impl ControlPlane {
             let kcm = testenv::bin("kube-controller-manager")?;
             let args = flags::controller_manager(&cp.dir, &options.controllers);
             cp.spawn("kube-controller-manager", &kcm, &args)?;
+        }
+        if options.scheduler {
+            let scheduler = testenv::bin("kube-scheduler")?;
+            cp.spawn("kube-scheduler", &scheduler, &flags::scheduler(&cp.dir))?;
         }
         cp.startup = t0.elapsed();
         eprintln!(

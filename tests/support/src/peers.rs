@@ -145,8 +145,9 @@ impl Upstream {
 pub struct DnsServer {
     /// The process.
     pub proc: Proc,
-    /// UDP and TCP port on 127.0.0.1.
+    /// UDP and TCP port on `host`.
     pub port: u16,
+    host: String,
     zone: PathBuf,
 }
 
@@ -155,16 +156,27 @@ pub struct DnsServer {
 impl DnsServer {
     /// Starts the server with an empty zone kept in `dir`.
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_at(dir, "127.0.0.1")
+    }
+
+    /// `start`, listening on `host` (e.g. a test node's gateway, for pods).
+    pub fn start_at(dir: &Path, host: &str) -> Result<Self> {
         let zone = dir.join("zone.txt");
         std::fs::write(&zone, "")?;
         let (proc, port) = Proc::spawn_reporting_port(
             "dnsserver",
             Command::new(testenv::python()?)
                 .arg(repo().join("tests/peers/dnsserver.py"))
-                .arg(&zone),
+                .arg(&zone)
+                .args(["--address", host]),
             dir,
         )?;
-        Ok(Self { proc, port, zone })
+        Ok(Self {
+            proc,
+            port,
+            host: host.to_string(),
+            zone,
+        })
     }
 
     /// Replaces the served records (`name. 300 IN TXT "a" "b"` lines).
@@ -180,9 +192,9 @@ impl DnsServer {
         Ok(())
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `<host>:<port>`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 }
 
@@ -228,10 +240,17 @@ except smtplib.SMTPException as e:
 /// the server on 127.0.0.1:`dns_port` (`tests/peers/dkim_verify_dns.py`). Returns the signing
 /// domain and selector (`d=... s=...`).
 pub fn dkim_verify_dns(eml: &Path, dns_port: u16) -> Result<String> {
+    dkim_verify_dns_at(eml, &format!("127.0.0.1:{dns_port}"))
+}
+
+/// `dkim_verify_dns` against the DNS server at `addr` (`host:port`, e.g. [`DnsServer::addr`]).
+pub fn dkim_verify_dns_at(eml: &Path, addr: &str) -> Result<String> {
+    let (host, port) = addr.rsplit_once(':').context("DNS address without a port")?;
     let out = Command::new(testenv::python()?)
         .arg(repo().join("tests/peers/dkim_verify_dns.py"))
         .arg(eml)
-        .arg(dns_port.to_string())
+        .arg(port)
+        .arg(host)
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     ensure!(

@@ -9,9 +9,11 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-/// SANs of the apiserver certificate: loopback plus the in-cluster names a kubeconfig might use.
+/// SANs of the apiserver certificate: loopback, the `kubernetes` Service's cluster IP (pods on
+/// the test node reach it there), and the in-cluster names a kubeconfig might use.
 const APISERVER_SANS: &[&str] = &[
     "127.0.0.1",
+    "10.0.0.1",
     "localhost",
     "kubernetes",
     "kubernetes.default",

@@ -164,6 +164,32 @@ impl Node {
         Ok(node)
     }
 
+    /// Routes the `kubernetes` Service (`10.0.0.1:443`) to `cp`'s apiserver, as kube-proxy
+    /// would for that one Service: a DNAT rule in the sandbox's network namespace, so that pods
+    /// using in-cluster config (the operator's) reach it. The apiserver must listen on the
+    /// gateway too: start it with `--bind-address=0.0.0.0` (inside the sandbox, that is only
+    /// loopback and the pod bridge).
+    pub fn route_kubernetes_service(&self, cp: &ControlPlane) -> Result<()> {
+        let port = cp.server_url().rsplit(':').next().context("apiserver port")?;
+        let to = format!("{}:{port}", self.gateway);
+        let rule = [
+            "-d",
+            "10.0.0.1/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "443",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ];
+        run(
+            "iptables",
+            &[&["-t", "nat", "-A", "PREROUTING"][..], &rule[..]].concat(),
+        )
+    }
+
     /// The Node's name.
     pub fn name(&self) -> &'static str {
         NODE_NAME

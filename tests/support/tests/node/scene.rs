@@ -222,15 +222,20 @@ spec:
     }
 }
 
-/// The app pod asking for Relay `outbound`, bound to `node`, within PodSecurity `restricted`.
-fn app_pod(name: &str, node: &str, grace: u32) -> Result<Pod> {
-    let command = format!(
+/// The app container's command: [`APP_SMTP`] through `nc`, then wait for TERM.
+pub fn app_command() -> String {
+    format!(
         "echo \"app: start uid=$(id -u)\"\n\
          if nc \"$SMTP_HOST\" \"$SMTP_PORT\" -e sh -c '{}'; then echo 'app: sent'; else echo 'app: send failed'; fi\n\
          trap 'echo \"app: TERM\"; exit 0' TERM\n\
          while true; do sleep 1 & wait $!; done",
         APP_SMTP.replace('\'', "'\\''")
-    );
+    )
+}
+
+/// The app pod asking for Relay `outbound`, bound to `node`, within PodSecurity `restricted`.
+fn app_pod(name: &str, node: &str, grace: u32) -> Result<Pod> {
+    let command = app_command();
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "shop", "mailroom.dev/relay": "outbound"}},
         "spec": {
