@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Pod, Service},
 };
 use kube::{
     Api, Client,
@@ -17,6 +17,7 @@ use mailroom_test_support::{
     ControlPlane, Options, image,
     node::Node,
     peers::{self, DnsServer, Upstream},
+    prometheus::{self, Prometheus},
     release::RELEASE,
 };
 use serde_json::{Value, json};
@@ -36,6 +37,7 @@ const CONTROLLERS: &[&str] = &[
 
 /// A release installed on a node, with the peers of its mission.
 pub struct Release {
+    release_ns: String,
     node: Node,
     client: Client,
     dns: DnsServer,
@@ -66,6 +68,7 @@ impl Release {
         let gateway = node.gateway().to_string();
         let dns = DnsServer::start_at(dir.path(), &gateway)?;
         let upstream = Upstream::starttls_with_auth_at(dir.path(), &gateway, "mailer", "s3cret")?;
+        common::install_foreign_crds(&client).await?;
         let release_ns = cp.new_namespace().await?;
         let app_ns = cp.new_namespace().await?;
 
@@ -76,6 +79,7 @@ impl Release {
             format!("sidecar.image.repository={sc_repo},sidecar.image.tag={sc_tag}"),
             format!("operator.dns.nameservers={{{}}}", dns.addr()),
             "operator.dns.recheckSeconds=1".into(),
+            "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true".into(),
         ];
         let mut helm = cp.helm()?;
         helm.args(["install", RELEASE])
@@ -138,6 +142,7 @@ impl Release {
             "the Lease is held by {holder}, not one of {names:?}"
         );
         Ok(Self {
+            release_ns,
             node,
             client,
             dns,
@@ -267,6 +272,78 @@ impl Release {
         Ok(())
     }
 
+    /// A real Prometheus in the sandbox, configured from the chart's PodMonitor, ServiceMonitor
+    /// and PrometheusRule as stored, scraping the app pod's sidecar and the leader operator pod
+    /// at their pod IPs over the bridge; it sees the delivered message and the reconciles.
+    pub async fn scrape(&self) -> Result<()> {
+        let ns = &self.release_ns;
+        let pod_monitor = self.only("PodMonitor", "podmonitors", ns).await?;
+        let service_monitor = self.only("ServiceMonitor", "servicemonitors", ns).await?;
+        let rule = self.only("PrometheusRule", "prometheusrules", ns).await?;
+        let services = Api::<Service>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default().labels("app.kubernetes.io/service=metrics"))
+            .await?;
+        let service = services.items.first().context("the chart's metrics Service")?;
+        let app = Api::<Pod>::namespaced(self.client.clone(), &self.app_ns)
+            .get("shop-0")
+            .await?;
+        let leader = wait_leader(&self.client, ns).await?;
+        let operator = Api::<Pod>::namespaced(self.client.clone(), ns)
+            .get(&leader)
+            .await?;
+        let jobs = [
+            prometheus::pod_monitor_job(&pod_monitor, &app, pod_addr(&app, SIDECAR, "admin")?)?,
+            prometheus::service_monitor_job(
+                &service_monitor,
+                service,
+                &leader,
+                "operator",
+                pod_addr(&operator, "operator", "http-admin")?,
+            )?,
+        ];
+        let dir = self.dir.path().join("prometheus");
+        std::fs::create_dir_all(&dir)?;
+        let prom = Prometheus::start(&dir, &jobs, &rule["spec"])?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for query in [
+            "mailroom_sidecar_messages_delivered_total",
+            "mailroom_operator_reconcile_runs_total",
+            "up == 1",
+        ] {
+            loop {
+                let samples = prom.query(query)?;
+                if !samples.is_empty() && samples.iter().all(|s| prometheus::sample_value(s) > 0.0) {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "Prometheus has no {query}: {samples:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        ensure!(
+            prom.query("up")?.len() == 2,
+            "want the sidecar and operator targets up"
+        );
+        Ok(())
+    }
+
+    /// The one object of a monitoring kind in `ns`.
+    async fn only(&self, kind: &str, plural: &str, ns: &str) -> Result<Value> {
+        let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let list = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &resource)
+            .list(&ListParams::default())
+            .await?;
+        ensure!(
+            list.items.len() == 1,
+            "want one {kind} in {ns}, found {}",
+            list.items.len()
+        );
+        Ok(serde_json::to_value(&list.items[0])?)
+    }
+
     async fn apply(&self, yaml: &str) -> Result<()> {
         common::apply(&self.client, &common::documents(yaml)?).await
     }
@@ -297,6 +374,27 @@ impl Release {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// `<pod IP>:<port>` of the port named like `name` (or containing it) of `container`.
+fn pod_addr(pod: &Pod, container: &str, name: &str) -> Result<std::net::SocketAddr> {
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .context("pod IP")?;
+    let spec = pod.spec.as_ref().context("spec")?;
+    let port = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name == container)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref().is_some_and(|n| n.contains(name)))
+        .with_context(|| format!("{container} has no port named like {name}"))?
+        .container_port;
+    Ok(format!("{ip}:{port}").parse()?)
 }
 
 /// The holder of the one Lease in the release namespace, once there is one.
