@@ -145,7 +145,7 @@ pub fn run_isolated(program: &Path, args: &[String], envs: &[(&str, &Path)]) -> 
         .keep();
     let mut janitor = OuterJanitor::spawn(&dir)?;
     let name = cgroup_name(&dir)?;
-    super::make_cgroup(&format!("/{name}"))?;
+    super::cgroup::make(&format!("/{name}"))?;
     std::fs::create_dir_all(dir.join("tmp"))?;
     let mut cmd = Command::new("unshare");
     cmd.args([

@@ -11,8 +11,10 @@
 //! # let _ = node; Ok(()) }
 //! ```
 
+mod cgroup;
 mod config;
 pub mod isolation;
+mod logs;
 
 use std::{
     net::Ipv4Addr,
@@ -94,7 +96,7 @@ impl Node {
             procs: Vec::new(),
         };
         node.write_files(cp, &layout)?;
-        make_cgroup(&cgroup)?;
+        cgroup::make(&cgroup)?;
         // The bridge exists before the kubelet starts: its address is the node IP.
         run("ip", &["link", "add", &node.bridge, "type", "bridge"])?;
         run(
@@ -260,40 +262,8 @@ impl Node {
             .find(|(_, line)| line.contains(text))
     }
 
-    /// `(time, text)` of every line of the container's CRI log files, oldest restart first.
     fn log_lines(&self, namespace: &str, pod: &str, container: &str) -> Vec<(String, String)> {
-        let prefix = format!("{namespace}_{pod}_");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join("pod-logs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .flat_map(|e| {
-                std::fs::read_dir(e.path().join(container))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-            })
-            .map(|e| e.path())
-            .collect();
-        files.sort_by_key(|p| {
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            stem.parse::<u32>().unwrap_or(u32::MAX)
-        });
-        let mut lines = Vec::new();
-        for file in files {
-            for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
-                // <RFC 3339 time> <stdout|stderr> <F|P> <text>
-                let mut parts = line.splitn(4, ' ');
-                let time = normalize_time(parts.next().unwrap_or_default());
-                let text = parts.nth(2).unwrap_or_default().to_string();
-                lines.push((time, text));
-            }
-        }
-        lines
+        logs::lines(&self.dir.join("pod-logs"), namespace, pod, container)
     }
 
     /// The last lines of the kubelet's log, for error messages.
@@ -401,7 +371,7 @@ impl Drop for Node {
         }
         // Whatever runs in the node's cgroups is a container (or its init): kill it all.
         for _ in 0..50 {
-            let pids = cgroup_pids(&self.cgroup);
+            let pids = cgroup::pids(&self.cgroup);
             if pids.is_empty() {
                 break;
             }
@@ -427,17 +397,9 @@ impl Drop for Node {
         for mount in mounts {
             let _ = Command::new("umount").args(["-l", &mount]).status();
         }
-        remove_cgroup(&self.cgroup);
+        cgroup::remove(&self.cgroup);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
     }
-}
-
-/// An RFC 3339 UTC time with its fraction padded to nanoseconds (the kubelet trims zeros), so
-/// that times compare as strings.
-fn normalize_time(time: &str) -> String {
-    let time = time.trim_end_matches('Z');
-    let (secs, frac) = time.split_once('.').unwrap_or((time, ""));
-    format!("{secs}.{frac:0<9}Z")
 }
 
 /// PIDs whose command line contains `needle` (e.g. our containerd socket), never this process.
@@ -454,73 +416,6 @@ fn pids_naming(needle: &str) -> Vec<String> {
             (pid.chars().all(|c| c.is_ascii_digit()) && pid != me && text.contains(needle)).then_some(pid)
         })
         .collect()
-}
-
-/// Makes cgroup `path` in every cgroup v1 hierarchy (the kubelet needs its root to exist).
-pub(crate) fn make_cgroup(path: &str) -> Result<()> {
-    for hierarchy in v1_hierarchies()? {
-        let dir = hierarchy.join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            if let Ok(value) = std::fs::read_to_string(dir.parent().context("parent")?.join(file)) {
-                std::fs::write(dir.join(file), value.trim())?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every process in cgroup `path` or below (pids hierarchy).
-fn cgroup_pids(path: &str) -> Vec<String> {
-    let mut pids = Vec::new();
-    let mut stack = vec![PathBuf::from("/sys/fs/cgroup/pids").join(path.trim_start_matches('/'))];
-    while let Some(dir) = stack.pop() {
-        pids.extend(
-            std::fs::read_to_string(dir.join("cgroup.procs"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(String::from),
-        );
-        stack.extend(
-            std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir()),
-        );
-    }
-    pids
-}
-
-/// Removes cgroup `path` and everything below it, deepest first, in every v1 hierarchy.
-fn remove_cgroup(path: &str) {
-    for hierarchy in v1_hierarchies().unwrap_or_default() {
-        let mut dirs = Vec::new();
-        let mut stack = vec![hierarchy.join(path.trim_start_matches('/'))];
-        while let Some(dir) = stack.pop() {
-            if dir.is_dir() {
-                stack.extend(
-                    std::fs::read_dir(&dir)
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .map(|e| e.path()),
-                );
-                dirs.push(dir);
-            }
-        }
-        for dir in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-fn v1_hierarchies() -> Result<Vec<PathBuf>> {
-    Ok(std::fs::read_dir("/sys/fs/cgroup")?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|h| h.join("cgroup.procs").is_file() && !h.join("cgroup.controllers").exists())
-        .collect())
 }
 
 fn which(tool: &str) -> Result<PathBuf> {
@@ -548,21 +443,4 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_times_compare_after_normalizing() {
-        let a = normalize_time("2026-12-02T19:30:01.5Z");
-        let b = normalize_time("2026-12-02T19:30:01.123456789Z");
-        assert_eq!(a, "2026-12-02T19:30:01.500000000Z");
-        assert!(b < a);
-        assert_eq!(
-            normalize_time("2026-12-02T19:30:01Z"),
-            "2026-12-02T19:30:01.000000000Z"
-        );
-    }
 }
