@@ -474,7 +474,8 @@ async fn on_node_an_empty_dir_over_its_size_limit_gets_the_pod_evicted() -> Resu
     Ok(())
 }
 
-/// The chart as a user installs it, on the node: `helm install --wait` returns once both
+/// The chart as a user installs it, on the node, in namespaces that enforce PodSecurity
+/// `restricted`: `helm install --wait` returns once both
 /// operator replicas from the chart's Deployment (our operator image, scheduled by
 /// kube-scheduler) are Ready; one of them holds the leader Lease; the webhook they serve (reached
 /// through the Service's endpoints) injects the sidecar into an app pod; the operator pods check

@@ -69,8 +69,11 @@ impl Release {
         let dns = DnsServer::start_at(dir.path(), &gateway)?;
         let upstream = Upstream::starttls_with_auth_at(dir.path(), &gateway, "mailer", "s3cret")?;
         common::install_foreign_crds(&client).await?;
-        let release_ns = cp.new_namespace().await?;
-        let app_ns = cp.new_namespace().await?;
+        // Both namespaces enforce PodSecurity `restricted`: the chart's pods and the injected
+        // app pod are admitted by it, then run.
+        let restricted = [("pod-security.kubernetes.io/enforce", "restricted")];
+        let release_ns = cp.new_namespace_with_labels(&restricted).await?;
+        let app_ns = cp.new_namespace_with_labels(&restricted).await?;
 
         let (op_repo, op_tag) = image::OPERATOR.rsplit_once(':').context("tag")?;
         let (sc_repo, sc_tag) = image::SIDECAR.rsplit_once(':').context("tag")?;
