@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the test environment into a cache outside the repo: kube-apiserver, kube-controller-manager,
 # kubelet, kube-scheduler, etcd, helm, prometheus, promtool (from their Go modules, versions in tests/env/versions.env),
-# a Python venv with the SMTP/DKIM tools, and the test node's pieces: Debian's containerd, runc,
-# CNI plugins and busybox-static (apt-get, when missing) and the sandbox ("pause") binary. Idempotent: what is already built is skipped, so a second run
+# a Python venv with the SMTP/DKIM tools, and the test node's pieces: Debian's containerd, runc and
+# CNI plugins (apt-get, when missing), busybox-static (unpacked, for the app image) and the sandbox
+# ("pause") binary. Idempotent: what is already built is skipped, so a second run
 # takes seconds. The first run takes several minutes on 2 cores (see docs/testing.md).
 #
 # Usage:
@@ -11,7 +12,7 @@
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
 #   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm prometheus
-#           promtool cargo-fuzz cargo-deny pause
+#           promtool cargo-fuzz cargo-deny pause busybox
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
 # <hash> is the first 12 hex digits of sha256(versions.env); tests/support computes the same path.
@@ -264,21 +265,20 @@ build_venv() {
 
 # === test node ===
 
-# The node's runtime comes from Debian: containerd (1.6), runc, the CNI plugins (bridge, host-local,
-# loopback in /usr/lib/cni) and busybox-static (the test app image). Installed when missing; the
-# install starts no daemon (tests start their own containerd, see tests/support/src/node.rs).
+# The node's runtime comes from Debian: containerd (1.6), runc and the CNI plugins (bridge,
+# host-local, loopback in /usr/lib/cni). Installed when missing; the install starts no daemon
+# (tests start their own containerd, see tests/support/src/node/).
 node_packages() {
     local missing=() p
     command -v containerd >/dev/null && command -v ctr >/dev/null || missing+=(containerd)
     command -v runc >/dev/null || missing+=(runc)
     [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
-    file_is_static /bin/busybox || missing+=(busybox-static)
     command -v unshare >/dev/null && command -v nsenter >/dev/null || missing+=(util-linux)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v iptables-save >/dev/null || missing+=(iptables)
     command -v gcc >/dev/null || missing+=(gcc libc6-dev)
     if [ "${#missing[@]}" -eq 0 ]; then
-        log "ok      node packages (containerd, runc, CNI plugins, busybox-static)"
+        log "ok      node packages (containerd, runc, CNI plugins)"
         return
     fi
     [ "$(id -u)" -eq 0 ] ||
@@ -295,6 +295,28 @@ node_packages() {
 # file_is_static PATH: an ELF executable with no program interpreter (no dynamic loader).
 file_is_static() {
     [ -x "$1" ] && ! od -An -c -N 4096 "$1" | tr -d ' \n' | grep -q 'ld-linux'
+}
+
+# The app image's busybox: Debian's busybox-static, unpacked into the cache (never installed, so the
+# machine's own busybox, if any, stays as it is).
+build_busybox() {
+    local cdir tmp
+    cdir="$(component_dir busybox BUSYBOX_PACKAGE)"
+    if [ -x "$cdir/busybox" ]; then
+        log "ok      busybox (cached)"
+    else
+        log "fetch   busybox-static (apt-get download)"
+        tmp="$(mktemp -d)"
+        (cd "$tmp" && apt-get download -q "$BUSYBOX_PACKAGE" >&2 2>/dev/null) ||
+            (DEBIAN_FRONTEND=noninteractive apt-get update -qq && cd "$tmp" && apt-get download -q "$BUSYBOX_PACKAGE" >&2) ||
+            die "apt-get download $BUSYBOX_PACKAGE failed; the app image of the node tests needs it"
+        dpkg-deb -x "$tmp"/*.deb "$tmp/x" || die "cannot unpack $BUSYBOX_PACKAGE"
+        file_is_static "$tmp/x/bin/busybox" || die "$BUSYBOX_PACKAGE's busybox is not static"
+        mkdir -p "$cdir"
+        mv -f "$tmp/x/bin/busybox" "$cdir/busybox"
+        rm -rf "$tmp"
+    fi
+    link "$cdir/busybox" "$bin/busybox"
 }
 
 # The sandbox image's only file: a static pause binary from tests/env/node/pause.c.
@@ -320,6 +342,7 @@ build_cargo_tools
 build_venv
 t_node=$SECONDS
 node_packages
+build_busybox
 build_pause
 log "node    packages and pause ready in $((SECONDS - t_node))s"
 
