@@ -265,12 +265,13 @@ impl HostState {
     pub fn capture() -> Result<Self> {
         let mut items = BTreeMap::new();
         items.insert("ip -o link".into(), run("ip", &["-o", "link"])?);
-        items.insert("ip -o addr".into(), run("ip", &["-o", "addr"])?);
-        items.insert("ip route".into(), run("ip", &["route", "show", "table", "all"])?);
+        items.insert("ip -o addr".into(), stable(&run("ip", &["-o", "addr"])?));
         items.insert(
-            "ip -6 route".into(),
-            run("ip", &["-6", "route", "show", "table", "all"])?,
+            "ip route".into(),
+            stable(&run("ip", &["route", "show", "table", "all"])?),
         );
+        let routes6 = run("ip", &["-6", "route", "show", "table", "all"])?;
+        items.insert("ip -6 route".into(), stable(&routes6));
         for tool in ["iptables-save", "ip6tables-save"] {
             items.insert(tool.into(), rules(&run(tool, &[])?));
         }
@@ -320,6 +321,26 @@ impl HostState {
     }
 }
 
+/// `ip` output without the lifetimes that count down on their own (`valid_lft 3599sec`,
+/// `preferred_lft ...`, `expires ...` of addresses and routes learnt by DHCP or router adverts).
+fn stable(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let mut kept = Vec::new();
+            while let Some(word) = words.next() {
+                if matches!(word, "valid_lft" | "preferred_lft" | "expires") {
+                    words.next();
+                } else {
+                    kept.push(word);
+                }
+            }
+            kept.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// iptables-save output without comments and packet counters (which move with host traffic).
 fn rules(text: &str) -> String {
     text.lines()
@@ -349,6 +370,17 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_and_routes_ignore_lifetimes() {
+        let a = "2: eth0 inet 10.1.2.3/24 scope global dynamic eth0 valid_lft 3599sec preferred_lft 3599sec";
+        let b = "2: eth0 inet 10.1.2.3/24 scope global dynamic eth0 valid_lft 12sec preferred_lft 12sec";
+        assert_eq!(stable(a), stable(b));
+        assert_eq!(
+            stable("default via fe80::1 dev eth0 expires 1790sec"),
+            "default via fe80::1 dev eth0"
+        );
+    }
 
     #[test]
     fn rules_ignore_comments_and_counters() {

@@ -116,7 +116,8 @@ impl Node {
         node.spawn("containerd", &containerd, &args)?;
         node.wait("containerd to answer", Duration::from_secs(30), |n| {
             Ok(n.ctr().arg("version").output()?.status.success())
-        })?;
+        })
+        .await?;
         for archive in images {
             let out = node.ctr().args(["images", "import"]).arg(archive).output()?;
             if !out.status.success() {
@@ -304,7 +305,7 @@ impl Node {
 
     /// Polls `f` every 100 ms until it is true; fails with the log tails when a process exits or
     /// the deadline passes.
-    fn wait(&mut self, what: &str, timeout: Duration, f: impl Fn(&Self) -> Result<bool>) -> Result<()> {
+    async fn wait(&mut self, what: &str, timeout: Duration, f: impl Fn(&Self) -> Result<bool>) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_running()?;
@@ -314,7 +315,7 @@ impl Node {
             if Instant::now() > deadline {
                 bail!("timed out after {timeout:?} waiting for {what}\n{}", self.tails());
             }
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
