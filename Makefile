@@ -3,14 +3,15 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook \
+.PHONY: test test-node testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook \
 	bench-operator soak deny audit fuzz fuzz-smoke
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
 	@echo "make demo     render examples/ offline and run a capture-mode sidecar: a DKIM-signed message, no cluster"
 	@echo "make soak     the sidecar under faults for ~12 min (kill -9, outages); see docs/reliability.md"
-	@echo "make testenv  build only the test environment (kube-apiserver, etcd, helm, prometheus, venv)"
+	@echo "make testenv  build only the test environment (kube-apiserver, kubelet, etcd, helm, prometheus, venv, node packages)"
+	@echo "make test-node  only the real-node scenarios (root; MAILROOM_NODE_TESTS=<name part> picks some)"
 	@echo "make fuzz     run every fuzz target FUZZ_SECONDS (default 600) seconds; see docs/security.md"
 	@echo "make audit    check dependencies against the RustSec advisory database (needs network)"
 
@@ -59,6 +60,12 @@ fuzz-smoke: testenv
 	FUZZ_CORPUS=fresh bash fuzz/run.sh 8
 
 test: lint check-golden deny fuzz-smoke cargo-test
+
+# Our images in real pods on a kubelet + containerd, inside namespaces the test makes (docs/testing.md,
+# "The node"). Part of cargo-test too.
+test-node: testenv
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	$(CARGO) test -p mailroom-test-support --test node
 
 demo: build
 	bash examples/demo.sh

@@ -42,6 +42,8 @@ write_kubernetes() {
         echo "tool ("
         echo "	k8s.io/kubernetes/cmd/kube-apiserver"
         echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+        echo "	k8s.io/kubernetes/cmd/kube-scheduler"
+        echo "	k8s.io/kubernetes/cmd/kubelet"
         echo ")"
     } >"$dir/go.mod"
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the test environment into a cache outside the repo: kube-apiserver, kube-controller-manager,
-# etcd, helm, prometheus, promtool (from their Go modules, versions in tests/env/versions.env) and a
-# Python venv with the SMTP/DKIM tools. Idempotent: what is already built is skipped, so a second run
+# kubelet, kube-scheduler, etcd, helm, prometheus, promtool (from their Go modules, versions in tests/env/versions.env),
+# a Python venv with the SMTP/DKIM tools, and the test node's pieces: Debian's containerd, runc and
+# CNI plugins (apt-get, when missing), busybox-static (unpacked, for the app image) and the sandbox
+# ("pause") binary. Idempotent: what is already built is skipped, so a second run
 # takes seconds. The first run takes several minutes on 2 cores (see docs/testing.md).
 #
 # Usage:
@@ -9,7 +11,8 @@
 #   eval "$(bash tests/env/prepare.sh --print-env)"   same, then export MAILROOM_TESTENV_* here
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
-#   bin/    kube-apiserver kube-controller-manager etcd helm prometheus promtool cargo-fuzz cargo-deny
+#   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm prometheus
+#           promtool cargo-fuzz cargo-deny pause busybox
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
 # <hash> is the first 12 hex digits of sha256(versions.env); tests/support computes the same path.
@@ -169,6 +172,11 @@ build_go_tools() {
         "kube-apiserver kube-controller-manager" \
         "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager" \
         -ldflags="$kflags"
+    # The test node's (tests/support/src/node); their own build, so that a cache from before the
+    # node only adds them.
+    go_build kubernetes "$(component_dir kubernetes KUBERNETES_VERSION KUBERNETES_STAGING_VERSION)" \
+        "kubelet kube-scheduler" "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler" \
+        -ldflags="$kflags"
 
     check_pinned etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
     go_build etcd "$(component_dir etcd ETCD_VERSION)" server:etcd go.etcd.io/etcd/server/v3 -ldflags="-s -w"
@@ -255,10 +263,88 @@ build_venv() {
     log "built   venv in $((SECONDS - t0))s"
 }
 
+# === test node ===
+
+# The node's runtime comes from Debian: containerd (1.6), runc and the CNI plugins (bridge,
+# host-local, loopback in /usr/lib/cni). Installed when missing; the install starts no daemon
+# (tests start their own containerd, see tests/support/src/node/).
+node_packages() {
+    local missing=() p
+    command -v containerd >/dev/null && command -v ctr >/dev/null || missing+=(containerd)
+    command -v runc >/dev/null || missing+=(runc)
+    [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+    command -v unshare >/dev/null && command -v nsenter >/dev/null || missing+=(util-linux)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v iptables-save >/dev/null || missing+=(iptables)
+    command -v gcc >/dev/null || missing+=(gcc libc6-dev)
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "ok      node packages (containerd, runc, CNI plugins)"
+        return
+    fi
+    [ "$(id -u)" -eq 0 ] ||
+        die "the test node needs Debian packages ${missing[*]}; install them as root: apt-get install -y ${missing[*]}"
+    log "install ${missing[*]} (apt-get)"
+    local t0=$SECONDS
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
+        die "apt-get install ${missing[*]} failed (see above); the test node needs them"
+    for p in containerd ctr runc; do command -v "$p" >/dev/null || die "$p still missing after apt-get install"; done
+    log "installed ${missing[*]} in $((SECONDS - t0))s"
+}
+
+# file_is_static PATH: an ELF executable with no program interpreter (no dynamic loader).
+file_is_static() {
+    [ -x "$1" ] && ! od -An -c -N 4096 "$1" | tr -d ' \n' | grep -q 'ld-linux'
+}
+
+# The app image's busybox: Debian's busybox-static, unpacked into the cache (never installed, so the
+# machine's own busybox, if any, stays as it is).
+build_busybox() {
+    local cdir tmp
+    cdir="$(component_dir busybox BUSYBOX_PACKAGE)"
+    if [ -x "$cdir/busybox" ]; then
+        log "ok      busybox (cached)"
+    else
+        log "fetch   busybox-static (apt-get download)"
+        tmp="$(mktemp -d)"
+        (cd "$tmp" && apt-get download -q "$BUSYBOX_PACKAGE" >&2 2>/dev/null) ||
+            (DEBIAN_FRONTEND=noninteractive apt-get update -qq && cd "$tmp" && apt-get download -q "$BUSYBOX_PACKAGE" >&2) ||
+            die "apt-get download $BUSYBOX_PACKAGE failed; the app image of the node tests needs it"
+        dpkg-deb -x "$tmp"/*.deb "$tmp/x" || die "cannot unpack $BUSYBOX_PACKAGE"
+        file_is_static "$tmp/x/bin/busybox" || die "$BUSYBOX_PACKAGE's busybox is not static"
+        mkdir -p "$cdir"
+        mv -f "$tmp/x/bin/busybox" "$cdir/busybox"
+        rm -rf "$tmp"
+    fi
+    link "$cdir/busybox" "$bin/busybox"
+}
+
+# The sandbox image's only file: a static pause binary from tests/env/node/pause.c.
+build_pause() {
+    local cdir src="$here/node/pause.c"
+    PAUSE_SOURCE_SHA="$(sha256sum "$src" | cut -c1-16)"
+    cdir="$(component_dir pause PAUSE_SOURCE_SHA)"
+    if [ -x "$cdir/pause" ]; then
+        log "ok      pause (cached)"
+    else
+        log "build   pause (gcc -static)"
+        mkdir -p "$cdir"
+        gcc -static -O2 -Wall -Werror -o "$cdir/pause.tmp" "$src" || die "gcc -static of $src failed"
+        file_is_static "$cdir/pause.tmp" || die "$cdir/pause.tmp is not static"
+        mv -f "$cdir/pause.tmp" "$cdir/pause"
+    fi
+    link "$cdir/pause" "$bin/pause"
+}
+
 log "cache   $dir"
 build_go_tools
 build_cargo_tools
 build_venv
+t_node=$SECONDS
+node_packages
+build_busybox
+build_pause
+log "node    packages and pause ready in $((SECONDS - t_node))s"
 
 cat >"$dir/env.sh" <<EOF
 # Written by tests/env/prepare.sh; source it to point tests at this test environment.

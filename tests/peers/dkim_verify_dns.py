@@ -1,8 +1,9 @@
 """Independent DKIM verifier that looks keys up in real DNS (dkimpy + dnspython, which we did not write).
 
-Usage: dkim_verify_dns.py MESSAGE_FILE DNS_PORT
+Usage: dkim_verify_dns.py MESSAGE_FILE DNS_PORT [DNS_HOST]
 Verifies the first DKIM-Signature of MESSAGE_FILE; the key record is queried from the DNS server on
-127.0.0.1:DNS_PORT (tests/peers/dnsserver.py serving what the MailDomain says to publish).
+DNS_HOST:DNS_PORT (default host 127.0.0.1; tests/peers/dnsserver.py serving what the MailDomain
+says to publish).
 Prints "d=<domain> s=<selector>" and exits 0 when the signature verifies; prints the reason and
 exits 1 otherwise.
 """
@@ -17,10 +18,11 @@ import dns.resolver
 
 def main():
     path, port = sys.argv[1], int(sys.argv[2])
+    host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
     with open(path, "rb") as f:
         message = f.read()
     resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = ["127.0.0.1"]
+    resolver.nameservers = [host]
     resolver.port = port
 
     def dnsfunc(name, timeout=5):

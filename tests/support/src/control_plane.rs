@@ -41,8 +41,10 @@ pub struct Options {
     /// namespace, serviceaccount and root CA publisher; there is no kubelet or scheduler, so workload
     /// controllers would only create Pods that never run.
     pub controllers: Vec<String>,
-    /// Extra kube-apiserver flags, e.g. `--feature-gates=...`.
+    /// Extra kube-apiserver flags, e.g. `--feature-gates=...` (a repeated flag overrides ours).
     pub apiserver_args: Vec<String>,
+    /// Also run kube-scheduler (for a test node: Deployments' pods get bound to it). Default: false.
+    pub scheduler: bool,
     /// How long to wait for `/readyz`. Default: 60 s (it is ready in a few seconds when idle).
     pub ready_timeout: Duration,
 }
@@ -59,6 +61,7 @@ impl Default for Options {
             controller_manager: true,
             controllers: controllers.map(String::from).to_vec(),
             apiserver_args: Vec::new(),
+            scheduler: false,
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -89,6 +92,7 @@ pub struct ControlPlane {
     server: String,
     ca_pem: String,
     admin: Kubeconfig,
+    node: pki::ClientCert,
     startup: Duration,
     // Stopped in reverse start order on drop: controller-manager, apiserver, etcd.
     procs: Vec<Proc>,
@@ -166,6 +170,7 @@ impl ControlPlane {
             server,
             ca_pem: pki.ca_pem,
             admin: kubeconfig::parse(&admin_doc)?,
+            node: pki.node,
             startup: Duration::ZERO,
             procs: Vec::new(),
             janitor,
@@ -180,6 +185,10 @@ impl ControlPlane {
             let kcm = testenv::bin("kube-controller-manager")?;
             let args = flags::controller_manager(&cp.dir, &options.controllers);
             cp.spawn("kube-controller-manager", &kcm, &args)?;
+        }
+        if options.scheduler {
+            let scheduler = testenv::bin("kube-scheduler")?;
+            cp.spawn("kube-scheduler", &scheduler, &flags::scheduler(&cp.dir))?;
         }
         cp.startup = t0.elapsed();
         eprintln!(
@@ -239,6 +248,13 @@ impl ControlPlane {
             &user,
             Credentials::Token(&token),
         ))
+    }
+
+    /// Writes the test node's kubeconfig (its kubelet's client certificate) to `path`.
+    pub(crate) fn write_node_kubeconfig(&self, path: &Path) -> Result<()> {
+        let user = format!("system:node:{}", pki::NODE_NAME);
+        let doc = kubeconfig::document(&self.server, &self.ca_pem, &user, Credentials::Cert(&self.node));
+        kubeconfig::write(&doc, path)
     }
 
     /// A `helm` command pointed at this control plane (`KUBECONFIG`), with helm's cache, config and

@@ -73,6 +73,18 @@ pub(crate) fn controller_manager(dir: &Path, controllers: &[String]) -> Vec<Stri
     ]
 }
 
+pub(crate) fn scheduler(dir: &Path) -> Vec<String> {
+    let kubeconfig = dir.join("kubeconfig").display().to_string();
+    vec![
+        format!("--kubeconfig={kubeconfig}"),
+        format!("--authentication-kubeconfig={kubeconfig}"),
+        format!("--authorization-kubeconfig={kubeconfig}"),
+        "--leader-elect=false".into(),
+        // No HTTPS endpoint: nothing scrapes it, and it would need another port.
+        "--secure-port=0".into(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,10 +19,12 @@
 pub mod certs;
 mod control_plane;
 mod flags;
+pub mod image;
 mod janitor;
 mod kubeconfig;
 pub mod kubelet;
 mod namespace;
+pub mod node;
 pub mod peers;
 mod pki;
 mod process;

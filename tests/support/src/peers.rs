@@ -29,7 +29,9 @@ use crate::{
 pub struct Upstream {
     /// The process (check it is still running while waiting).
     pub proc: Proc,
-    /// Its SMTP port on 127.0.0.1.
+    /// The address it listens on (127.0.0.1 unless started `_at` another).
+    pub host: String,
+    /// Its SMTP port.
     pub port: u16,
     /// Where it saves what it accepts.
     pub maildir: PathBuf,
@@ -51,23 +53,30 @@ pub struct Received {
 impl Upstream {
     /// Plain SMTP, no authentication.
     pub fn plain(dir: &Path) -> Result<Self> {
-        Self::spawn(dir, &[], None)
+        Self::spawn(dir, "127.0.0.1", &[], None)
     }
 
     /// upstream.py with `args` (see its `--help`: `--port`, `--tls`, `--fail-data`, ...) in a
     /// folder of its own under `dir`; panics if it does not start (for `#[test]` functions).
     pub fn start(dir: &Path, args: &[&str]) -> Self {
-        Self::spawn(dir, args, None).unwrap_or_else(|e| panic!("upstream.py did not start: {e:#}"))
+        Self::spawn(dir, "127.0.0.1", args, None)
+            .unwrap_or_else(|e| panic!("upstream.py did not start: {e:#}"))
     }
 
     /// STARTTLS required (a certificate for 127.0.0.1 from a throwaway CA) and AUTH as
     /// `user:password` required, like a provider's submission port.
     pub fn starttls_with_auth(dir: &Path, user: &str, password: &str) -> Result<Self> {
+        Self::starttls_with_auth_at(dir, "127.0.0.1", user, password)
+    }
+
+    /// `starttls_with_auth` listening on `host` (e.g. a test node's gateway, for pods), with a
+    /// certificate for that address.
+    pub fn starttls_with_auth_at(dir: &Path, host: &str, user: &str, password: &str) -> Result<Self> {
         let mut ca = CertificateParams::default();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
         let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &ca)?;
+        let cert = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &ca)?;
         let (crt, key_file) = (dir.join("upstream.crt"), dir.join("upstream.key"));
         std::fs::write(&crt, cert.pem())?;
         std::fs::write(&key_file, key.serialize_pem())?;
@@ -82,10 +91,10 @@ impl Upstream {
             "--key",
             path_str(&key_file)?,
         ];
-        Self::spawn(dir, &args, Some(ca.pem()))
+        Self::spawn(dir, host, &args, Some(ca.pem()))
     }
 
-    fn spawn(dir: &Path, args: &[&str], ca_pem: Option<String>) -> Result<Self> {
+    fn spawn(dir: &Path, host: &str, args: &[&str], ca_pem: Option<String>) -> Result<Self> {
         // Several upstreams may share a test's folder (one restarted on the same port, say).
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -96,6 +105,7 @@ impl Upstream {
             "upstream",
             Command::new(testenv::python()?)
                 .arg(repo().join("tests/peers/upstream.py"))
+                .args(["--address", host])
                 .args(args)
                 .arg("--maildir")
                 .arg(&maildir),
@@ -103,6 +113,7 @@ impl Upstream {
         )?;
         Ok(Self {
             proc,
+            host: host.to_string(),
             port,
             maildir,
             ca_pem,
@@ -179,8 +190,9 @@ impl Upstream {
 pub struct DnsServer {
     /// The process.
     pub proc: Proc,
-    /// UDP and TCP port on 127.0.0.1.
+    /// UDP and TCP port on `host`.
     pub port: u16,
+    host: String,
     zone: PathBuf,
     /// For a signed zone: the DNSKEY trust anchor file the server wrote.
     pub anchor: Option<PathBuf>,
@@ -191,25 +203,34 @@ pub struct DnsServer {
 impl DnsServer {
     /// Starts the server with an empty zone kept in `dir`.
     pub fn start(dir: &Path) -> Result<Self> {
-        Self::spawn(dir, "", false)
+        Self::spawn(dir, "127.0.0.1", "", false)
+    }
+
+    /// `start`, listening on `host` (e.g. a test node's gateway, for pods).
+    pub fn start_at(dir: &Path, host: &str) -> Result<Self> {
+        Self::spawn(dir, host, "", false)
     }
 
     /// Serves `zone` (master-file text), unsigned; panics if the server does not start.
     pub fn with_zone(dir: &Path, zone: &str) -> Self {
-        Self::spawn(dir, zone, false).unwrap_or_else(|e| panic!("dnsserver.py did not start: {e:#}"))
+        Self::spawn(dir, "127.0.0.1", zone, false)
+            .unwrap_or_else(|e| panic!("dnsserver.py did not start: {e:#}"))
     }
 
     /// Serves `zone` as a DNSSEC-signed root zone; its DNSKEY is in [`DnsServer::anchor`].
     pub fn signed(dir: &Path, zone: &str) -> Self {
-        Self::spawn(dir, zone, true).unwrap_or_else(|e| panic!("dnsserver.py did not start: {e:#}"))
+        Self::spawn(dir, "127.0.0.1", zone, true)
+            .unwrap_or_else(|e| panic!("dnsserver.py did not start: {e:#}"))
     }
 
-    fn spawn(dir: &Path, zone_text: &str, signed: bool) -> Result<Self> {
+    fn spawn(dir: &Path, host: &str, zone_text: &str, signed: bool) -> Result<Self> {
         let zone = dir.join("zone.txt");
         std::fs::write(&zone, zone_text)?;
         let anchor = signed.then(|| dir.join("trust-anchor.txt"));
         let mut cmd = Command::new(testenv::python()?);
-        cmd.arg(repo().join("tests/peers/dnsserver.py")).arg(&zone);
+        cmd.arg(repo().join("tests/peers/dnsserver.py"))
+            .arg(&zone)
+            .args(["--address", host]);
         if let Some(a) = &anchor {
             cmd.arg("--dnssec").arg(a);
         }
@@ -217,6 +238,7 @@ impl DnsServer {
         Ok(Self {
             proc,
             port,
+            host: host.to_string(),
             zone,
             anchor,
         })
@@ -241,9 +263,9 @@ impl DnsServer {
         Ok(())
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `<host>:<port>`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 }
 
@@ -357,10 +379,17 @@ except smtplib.SMTPException as e:
 /// the server on 127.0.0.1:`dns_port` (`tests/peers/dkim_verify_dns.py`). Returns the signing
 /// domain and selector (`d=... s=...`).
 pub fn dkim_verify_dns(eml: &Path, dns_port: u16) -> Result<String> {
+    dkim_verify_dns_at(eml, &format!("127.0.0.1:{dns_port}"))
+}
+
+/// `dkim_verify_dns` against the DNS server at `addr` (`host:port`, e.g. [`DnsServer::addr`]).
+pub fn dkim_verify_dns_at(eml: &Path, addr: &str) -> Result<String> {
+    let (host, port) = addr.rsplit_once(':').context("DNS address without a port")?;
     let out = Command::new(testenv::python()?)
         .arg(repo().join("tests/peers/dkim_verify_dns.py"))
         .arg(eml)
-        .arg(dns_port.to_string())
+        .arg(port)
+        .arg(host)
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     ensure!(

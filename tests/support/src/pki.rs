@@ -9,9 +9,11 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-/// SANs of the apiserver certificate: loopback plus the in-cluster names a kubeconfig might use.
+/// SANs of the apiserver certificate: loopback, the `kubernetes` Service's cluster IP (pods on
+/// the test node reach it there), and the in-cluster names a kubeconfig might use.
 const APISERVER_SANS: &[&str] = &[
     "127.0.0.1",
+    "10.0.0.1",
     "localhost",
     "kubernetes",
     "kubernetes.default",
@@ -24,7 +26,12 @@ const APISERVER_SANS: &[&str] = &[
 pub(crate) struct Pki {
     pub(crate) ca_pem: String,
     pub(crate) admin: ClientCert,
+    /// The test node's kubelet (`system:node:<NODE_NAME>` in `system:nodes`).
+    pub(crate) node: ClientCert,
 }
+
+/// The name the test node registers as; its kubelet's client certificate names it.
+pub(crate) const NODE_NAME: &str = "mailroom-node";
 
 /// A client certificate and its PKCS#8 key, both PEM.
 #[derive(Debug, Clone)]
@@ -63,6 +70,7 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
 
     // system:masters is bound to cluster-admin by the bootstrap RBAC policy.
     let admin = client_cert(&ca, "mailroom-test-admin", "system:masters")?;
+    let node = client_cert(&ca, &format!("system:node:{NODE_NAME}"), "system:nodes")?;
 
     write(dir, CA_CRT, &ca.pem())?;
     write(dir, SERVING_CRT, &serving_cert.pem())?;
@@ -72,6 +80,7 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
     Ok(Pki {
         ca_pem: ca.pem(),
         admin,
+        node,
     })
 }
 

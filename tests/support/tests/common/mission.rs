@@ -71,6 +71,11 @@ impl Mission {
     /// `helm install` with monitoring on and the operator's DNS checks pointed at our DNS server,
     /// then the operator with the chart's ServiceAccount and webhook registration.
     pub async fn start() -> Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// `start`, with more `helm --set` values (e.g. the images a real node runs).
+    pub async fn start_with(set: &[&str]) -> Result<Self> {
         let bin = binaries()?;
         let dir = tempfile::tempdir()?;
         let cp = ControlPlane::start().await?;
@@ -79,11 +84,13 @@ impl Mission {
         let dns = DnsServer::start(dir.path())?;
         let release_ns = cp.new_namespace().await?;
         let nameservers = format!("operator.dns.nameservers={{{}}}", dns.addr());
-        release::install(
-            &cp,
-            &release_ns,
-            &[&nameservers, "operator.dns.recheckSeconds=1", MONITORING_ON],
-        )?;
+        let mut values = vec![
+            nameservers.as_str(),
+            "operator.dns.recheckSeconds=1",
+            MONITORING_ON,
+        ];
+        values.extend(set);
+        release::install(&cp, &release_ns, &values)?;
         let operator = release::start_operator(&cp, &bin, &release_ns, dir.path()).await?;
         let app_ns = cp.new_namespace().await?;
         Ok(Self {
@@ -95,6 +102,11 @@ impl Mission {
             dir,
             cp,
         })
+    }
+
+    /// This scenario's control plane.
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.cp
     }
 
     /// A directory for this scenario's files.
