@@ -7,7 +7,7 @@ use mailroom_sidecar::{
 };
 use mailroom_test_support::{
     certs::openssl,
-    relay::{peer, python},
+    relay::{base64, peer, python},
 };
 use std::{path::Path, process::Command};
 
@@ -23,23 +23,6 @@ fn txt_record(dir: &Path, key: &str, algorithm: DkimAlgorithm) -> String {
         DkimAlgorithm::RsaSha256 => format!("v=DKIM1; k=rsa; p={}", base64(&spki)),
         DkimAlgorithm::Ed25519Sha256 => format!("v=DKIM1; k=ed25519; p={}", base64(&spki[spki.len() - 32..])),
     }
-}
-
-fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn verify(dir: &Path, signed: &[u8], txt: &str) -> (bool, String) {

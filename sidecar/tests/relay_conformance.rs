@@ -3,9 +3,21 @@
 //! refuse.
 
 use mailroom_test_support::{
-    peers::Upstream,
+    peers::{Received, Upstream},
     relay::{Sidecar, eventually, smarthost_config, smtplib_send},
 };
+
+/// Waits until the queue is empty, checks that exactly one message reached the upstream, and
+/// returns it: what a test expects after refusing one message and accepting another.
+fn only_message(sidecar: &Sidecar, up: &Upstream) -> Received {
+    eventually("a message at the upstream", || {
+        (!up.received().is_empty()).then_some(())
+    });
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    let mut got = up.received();
+    assert_eq!(got.len(), 1, "exactly one message went out");
+    got.remove(0)
+}
 
 fn sidecar(dir: &std::path::Path, up: &Upstream, tail: &str) -> Sidecar {
     let config = smarthost_config(up.port, "none", "", "  - domain: example.com", tail);
@@ -68,12 +80,9 @@ fn nul_in_data_is_refused_and_never_forwarded() {
     // one would have been too.
     let clean = b"From: app@example.com\r\nSubject: clean\r\n\r\nhello\r\n";
     smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], clean).expect("accepted");
-    eventually("the clean message", || (!up.received().is_empty()).then_some(()));
-    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
-    let got = up.received();
-    assert_eq!(got.len(), 1, "only the clean message went out");
-    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: clean"));
-    assert!(!got[0].data.contains(&0));
+    let got = only_message(&sidecar, &up);
+    assert!(String::from_utf8_lossy(&got.data).contains("Subject: clean"));
+    assert!(!got.data.contains(&0));
 }
 
 /// Under `limits.bareLineEndings: normalize` a NUL octet is removed instead: the message goes
@@ -85,13 +94,8 @@ fn nul_is_removed_under_normalize() {
     let sidecar = sidecar(dir.path(), &up, "limits:\n  bareLineEndings: normalize\n");
     let body = b"From: app@example.com\r\nSubject: nul\r\n\r\na\x00b\r\n\x00.\r\nQUIT\r\n";
     smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], body).expect("accepted");
-    let got = eventually("the message at the upstream", || {
-        let r = up.received();
-        (!r.is_empty()).then_some(r)
-    });
-    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
-    assert_eq!(up.received().len(), 1);
-    let data = &got[0].data;
+    let got = only_message(&sidecar, &up);
+    let data = &got.data;
     assert!(!data.contains(&0), "a NUL was forwarded");
     let text = String::from_utf8_lossy(data);
     assert!(text.contains("\r\nab\r\n.\r\nQUIT\r\n"), "{text:?}");
@@ -121,13 +125,8 @@ fn every_originator_field_is_held_to_the_relays_domains() {
     }
     let fine = b"From: app@example.com\r\nSender: ops@example.com\r\nResent-From: app@example.com\r\nSubject: ok\r\n\r\nhi\r\n";
     smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], fine).expect("own domains are fine");
-    eventually("the accepted message", || {
-        (!up.received().is_empty()).then_some(())
-    });
-    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
-    let got = up.received();
-    assert_eq!(got.len(), 1, "only the message with our own originators went out");
-    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: ok"));
+    let got = only_message(&sidecar, &up);
+    assert!(String::from_utf8_lossy(&got.data).contains("Subject: ok"));
     assert_eq!(
         sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="header_from",result="rejected"}"#),
         3.0
@@ -207,13 +206,8 @@ fn lines_over_998_octets_are_refused_at_the_door() {
         fits.as_bytes(),
     )
     .expect("998 octets fit");
-    eventually("the fitting message", || {
-        (!up.received().is_empty()).then_some(())
-    });
-    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
-    let got = up.received();
-    assert_eq!(got.len(), 1);
-    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: fits"));
+    let got = only_message(&sidecar, &up);
+    assert!(String::from_utf8_lossy(&got.data).contains("Subject: fits"));
     assert_eq!(
         sidecar
             .metric(r#"mailroom_sidecar_messages_received_total{reason="line_too_long",result="rejected"}"#),
@@ -307,11 +301,8 @@ fn trickling_clients_are_cut_and_others_served() {
             "{what}: cut before the end: {out}"
         );
     }
-    eventually("the prompt message", || (!up.received().is_empty()).then_some(()));
-    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
-    let got = up.received();
-    assert_eq!(got.len(), 1, "nothing of the slow message was delivered");
-    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: prompt"));
+    let got = only_message(&sidecar, &up);
+    assert!(String::from_utf8_lossy(&got.data).contains("Subject: prompt"));
     assert_eq!(
         sidecar.metric(r#"mailroom_sidecar_sessions_total{end="timeout"}"#),
         2.0

@@ -169,13 +169,7 @@ fn deferred_message_is_retried_until_delivered() {
         dir.path(),
         &smarthost_config(port, "none", "", "  - domain: example.com", ""),
     );
-    smtplib_send(
-        sidecar.smtp,
-        "app@example.com",
-        &["user@example.net"],
-        b"From: app@example.com\r\n\r\nx\r\n",
-    )
-    .expect("accepted");
+    send_one(&sidecar);
     sidecar.wait_metric(
         r#"mailroom_sidecar_messages_deferred_total{reply_class="4xx""#,
         |v| v >= 1.0,
@@ -200,13 +194,7 @@ fn starttls_required_but_not_offered_defers_and_sends_nothing() {
         dir.path(),
         &smarthost_config(up.port, "starttls", "", "  - domain: example.com", ""),
     );
-    smtplib_send(
-        sidecar.smtp,
-        "app@example.com",
-        &["user@example.net"],
-        b"From: app@example.com\r\n\r\nx\r\n",
-    )
-    .expect("accepted");
+    send_one(&sidecar);
     sidecar.wait_metric(
         r#"mailroom_sidecar_messages_deferred_total{reply_class="tls""#,
         |v| v >= 1.0,
@@ -225,13 +213,7 @@ fn auth_failure_defers_with_metric() {
         dir.path(),
         &smarthost_config(up.port, "starttls", &extra, "  - domain: example.com", ""),
     );
-    smtplib_send(
-        sidecar.smtp,
-        "app@example.com",
-        &["user@example.net"],
-        b"From: app@example.com\r\n\r\nx\r\n",
-    )
-    .expect("accepted");
+    send_one(&sidecar);
     sidecar.wait_metric(
         r#"mailroom_sidecar_messages_deferred_total{reply_class="auth""#,
         |v| v >= 1.0,
@@ -364,4 +346,15 @@ fn delay_notice_is_sent_once_when_configured() {
         1,
         "one notice only, and the message itself is still queued"
     );
+}
+
+/// Sends one small message from app@example.com to user@example.net; it must be accepted.
+fn send_one(sidecar: &Sidecar) {
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["user@example.net"],
+        b"From: app@example.com\r\n\r\nx\r\n",
+    )
+    .expect("accepted");
 }

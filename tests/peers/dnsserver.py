@@ -22,6 +22,18 @@ from dnslib import QTYPE, RCODE, RR, DNSLabel
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 
+def changed_text(path, mtime):
+    """The zone file's text if it changed since `mtime` (else None), and its current mtime."""
+    try:
+        now = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None, mtime
+    if now == mtime:
+        return None, mtime
+    with open(path) as f:
+        return f.read(), now
+
+
 class ZoneResolver(BaseResolver):
     def __init__(self, path):
         self.path = path
@@ -31,19 +43,13 @@ class ZoneResolver(BaseResolver):
         self.load()
 
     def load(self):
-        try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except FileNotFoundError:
+        text, self.mtime = changed_text(self.path, self.mtime)
+        if text is None:
             return
-        if mtime == self.mtime:
-            return
-        with open(self.path) as f:
-            text = f.read()
         self.servfail = {
             DNSLabel(line.split()[2]) for line in text.splitlines() if line.startswith("; SERVFAIL ")
         }
         self.records = RR.fromZone(text)
-        self.mtime = mtime
 
     def resolve(self, request, handler):
         self.load()
@@ -78,14 +84,9 @@ class SignedResolver:
         self.load()
 
     def load(self):
-        try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except FileNotFoundError:
-            return
-        if mtime != self.mtime:
-            with open(self.path) as f:
-                self.zones.load(f.read())
-            self.mtime = mtime
+        text, self.mtime = changed_text(self.path, self.mtime)
+        if text is not None:
+            self.zones.load(text)
 
 
 class SignedHandler(DNSHandler):

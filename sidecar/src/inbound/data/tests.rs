@@ -25,6 +25,26 @@ fn ok(name: &'static str, input: &'static [u8], want: &'static [u8], rest: &'sta
     }
 }
 
+fn refused(name: &'static str, input: &'static [u8], want: Verdict, rest: &'static [u8]) -> Case {
+    Case {
+        name,
+        input,
+        bare: Reject,
+        want: Err(want),
+        rest: Some(rest),
+    }
+}
+
+fn normalized(name: &'static str, input: &'static [u8], want: &'static [u8]) -> Case {
+    Case {
+        name,
+        input,
+        bare: Normalize,
+        want: Ok(want),
+        rest: Some(b""),
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
         ok("empty message right after the DATA line", b".\r\n", b"", b""),
@@ -52,41 +72,34 @@ fn cases() -> Vec<Case> {
         ),
         ok("empty lines kept", b"\r\n\r\n.\r\n", b"\r\n\r\n", b""),
         ok("8-bit bytes pass", b"\xc3\xa9\r\n.\r\n", b"\xc3\xa9\r\n", b""),
-        Case {
-            name: "a NUL octet is refused",
-            input: b"a\x00b\r\n.\r\nQUIT\r\n",
-            bare: Reject,
-            want: Err(Verdict::Nul),
-            rest: Some(b"QUIT\r\n"),
-        },
-        Case {
-            name: "CRLF NUL dot CRLF is not an end",
-            input: b"a\r\n\x00.\r\nMAIL FROM:<x@evil>\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::Nul),
-            rest: Some(b""),
-        },
-        Case {
-            name: "a NUL octet is removed under normalize",
-            input: b"a\x00b\r\n\x00x\r\n.\r\n",
-            bare: Normalize,
-            want: Ok(b"ab\r\nx\r\n"),
-            rest: Some(b""),
-        },
-        Case {
-            name: "CR NUL under normalize: the CR is bare, the NUL goes",
-            input: b"a\r\x00b\r\n.\r\n",
-            bare: Normalize,
-            want: Ok(b"a\r\nb\r\n"),
-            rest: Some(b""),
-        },
-        Case {
-            name: "a bare line ending and a NUL: the bare line ending is reported",
-            input: b"a\nb\x00\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
+        refused(
+            "a NUL octet is refused",
+            b"a\x00b\r\n.\r\nQUIT\r\n",
+            Verdict::Nul,
+            b"QUIT\r\n",
+        ),
+        refused(
+            "CRLF NUL dot CRLF is not an end",
+            b"a\r\n\x00.\r\nMAIL FROM:<x@evil>\r\n.\r\n",
+            Verdict::Nul,
+            b"",
+        ),
+        normalized(
+            "a NUL octet is removed under normalize",
+            b"a\x00b\r\n\x00x\r\n.\r\n",
+            b"ab\r\nx\r\n",
+        ),
+        normalized(
+            "CR NUL under normalize: the CR is bare, the NUL goes",
+            b"a\r\x00b\r\n.\r\n",
+            b"a\r\nb\r\n",
+        ),
+        refused(
+            "a bare line ending and a NUL: the bare line ending is reported",
+            b"a\nb\x00\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
         ok("dot-space line is not an end", b". \r\n.\r\n", b" \r\n", b""),
         ok(
             "pipelined commands after the end",
@@ -102,91 +115,74 @@ fn cases() -> Vec<Case> {
             rest: None,
         },
         // --- smuggling attempts: never an end, rejected at the real end ---
-        Case {
-            name: "LF dot LF is not an end",
-            input: b"a\n.\nMAIL FROM:<x@evil>\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
-        Case {
-            name: "CRLF dot LF is not an end",
-            input: b"a\r\n.\nRCPT\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
-        Case {
-            name: "LF dot CRLF is not an end",
-            input: b"a\n.\r\nRCPT\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
-        Case {
-            name: "dot CR CR LF is not an end",
-            input: b"a\r\n.\r\r\nX\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
-        Case {
-            name: "CR dot CR is not an end",
-            input: b"a\r.\rX\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
-        Case {
-            name: "bare CR mid-line rejected",
-            input: b"a\rb\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
-        Case {
-            name: "bare LF at the very start rejected",
-            input: b"\n.\r\n.\r\n",
-            bare: Reject,
-            want: Err(Verdict::BareLineEnding),
-            rest: Some(b""),
-        },
+        refused(
+            "LF dot LF is not an end",
+            b"a\n.\nMAIL FROM:<x@evil>\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
+        refused(
+            "CRLF dot LF is not an end",
+            b"a\r\n.\nRCPT\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
+        refused(
+            "LF dot CRLF is not an end",
+            b"a\n.\r\nRCPT\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
+        refused(
+            "dot CR CR LF is not an end",
+            b"a\r\n.\r\r\nX\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
+        refused(
+            "CR dot CR is not an end",
+            b"a\r.\rX\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
+        refused(
+            "bare CR mid-line rejected",
+            b"a\rb\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
+        refused(
+            "bare LF at the very start rejected",
+            b"\n.\r\n.\r\n",
+            Verdict::BareLineEnding,
+            b"",
+        ),
         // --- normalisation: each bare CR or LF becomes CRLF, still never an end ---
-        Case {
-            name: "normalize LF dot LF stays inside the message",
-            input: b"a\n.\nb\r\n.\r\n",
-            bare: Normalize,
-            want: Ok(b"a\r\n.\r\nb\r\n"),
-            rest: Some(b""),
-        },
-        Case {
-            name: "normalize LF dot CRLF stays inside the message",
-            input: b"a\n.\r\nb\r\n.\r\n",
-            bare: Normalize,
-            want: Ok(b"a\r\n.\r\nb\r\n"),
-            rest: Some(b""),
-        },
-        Case {
-            name: "normalize bare CR and CR CR LF",
-            input: b"a\rb\r\r\n.\r\n",
-            bare: Normalize,
-            want: Ok(b"a\r\nb\r\n\r\n"),
-            rest: Some(b""),
-        },
-        Case {
-            name: "normalize dot CR CR LF deletes the period",
-            input: b"x\r\n.\r\r\n.\r\n",
-            bare: Normalize,
-            want: Ok(b"x\r\n\r\n\r\n"),
-            rest: Some(b""),
-        },
-        Case {
-            name: "normalize CRLF dot LF deletes the period",
-            input: b"x\r\n.\ny\r\n.\r\n",
-            bare: Normalize,
-            want: Ok(b"x\r\n\r\ny\r\n"),
-            rest: Some(b""),
-        },
+        normalized(
+            "normalize LF dot LF stays inside the message",
+            b"a\n.\nb\r\n.\r\n",
+            b"a\r\n.\r\nb\r\n",
+        ),
+        normalized(
+            "normalize LF dot CRLF stays inside the message",
+            b"a\n.\r\nb\r\n.\r\n",
+            b"a\r\n.\r\nb\r\n",
+        ),
+        normalized(
+            "normalize bare CR and CR CR LF",
+            b"a\rb\r\r\n.\r\n",
+            b"a\r\nb\r\n\r\n",
+        ),
+        normalized(
+            "normalize dot CR CR LF deletes the period",
+            b"x\r\n.\r\r\n.\r\n",
+            b"x\r\n\r\n\r\n",
+        ),
+        normalized(
+            "normalize CRLF dot LF deletes the period",
+            b"x\r\n.\ny\r\n.\r\n",
+            b"x\r\n\r\ny\r\n",
+        ),
     ]
 }
 
