@@ -152,22 +152,14 @@ code, _ = s.noop()
 print("after", code)
 s.quit()
 "#;
-    let out = std::process::Command::new(mailroom_test_support::relay::python())
-        .args([
-            "-c",
-            script,
-            &sidecar.smtp.ip().to_string(),
-            &sidecar.smtp.port().to_string(),
-        ])
-        .args(["512", "1024", "1025", "2048"])
-        .output()
-        .expect("run smtplib");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = mailroom_test_support::relay::run_ok(
+        std::process::Command::new(mailroom_test_support::relay::python())
+            .args(["-c", script])
+            .args([sidecar.smtp.ip().to_string(), sidecar.smtp.port().to_string()])
+            .args(["512", "1024", "1025", "2048"]),
+        "the smtplib client",
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("512 250"), "{text}");
     assert!(lines[1].starts_with("1024 250"), "{text}");

@@ -67,16 +67,12 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
         );
         let file = dir.path().join("signed.eml");
         std::fs::write(&file, &received.data).expect("write");
-        let out = Command::new(relay::python())
-            .arg(relay::peer("dkim_verify.py"))
-            .arg(&file)
-            .arg(txt)
-            .output()
-            .expect("dkim_verify.py");
-        assert!(
-            out.status.success(),
-            "dkimpy: {}",
-            String::from_utf8_lossy(&out.stderr)
+        relay::run_ok(
+            Command::new(relay::python())
+                .arg(relay::peer("dkim_verify.py"))
+                .arg(&file)
+                .arg(txt),
+            "dkimpy (dkim_verify.py)",
         );
     }
     sidecar.wait_metric(

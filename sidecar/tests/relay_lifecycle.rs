@@ -251,21 +251,18 @@ fn capture_mode_keeps_messages_sent_by_curl() {
     let body = "From: app@example.com\r\nTo: user@example.net\r\nSubject: curl\r\n\r\nsent by curl\r\n";
     let file = dir.path().join("mail.txt");
     std::fs::write(&file, body).expect("write");
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            &format!("smtp://{}", sidecar.smtp),
-            "--mail-from",
-            "app@example.com",
-        ])
-        .args(["--mail-rcpt", "user@example.net", "--upload-file"])
-        .arg(&file)
-        .output()
-        .expect("curl is required (apt-get install curl)");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
+    relay::run_ok(
+        Command::new("curl")
+            .args(["-sS", &format!("smtp://{}", sidecar.smtp)])
+            .args([
+                "--mail-from",
+                "app@example.com",
+                "--mail-rcpt",
+                "user@example.net",
+            ])
+            .arg("--upload-file")
+            .arg(&file),
+        "curl (apt-get install curl)",
     );
     let eml = eventually("captured .eml", || {
         let entries = std::fs::read_dir(dir.path().join("capture")).ok()?;

@@ -366,3 +366,17 @@ pub fn python() -> PathBuf {
 pub fn peer(name: &str) -> PathBuf {
     stack::repo().join("tests/peers").join(name)
 }
+
+/// Runs `cmd` to completion and returns its output; panics with its stderr unless it succeeded
+/// (`what` names it, and says how to install it when it is missing).
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
