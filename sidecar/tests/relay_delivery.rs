@@ -255,9 +255,8 @@ fn path(p: &std::path::Path) -> &str {
 #[test]
 fn metrics_match_a_known_workload() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
-                  spool:\n  dir: {dir}/spool\ndelivery:\n  capture:\n    dir: {dir}/capture\n";
-    let sidecar = Sidecar::start(dir.path(), config);
+    let config = relay::capture_config("");
+    let sidecar = Sidecar::start(dir.path(), &config);
     let msg = b"From: app@example.com\r\nSubject: m\r\n\r\nhello\r\n";
     smtplib_send(sidecar.smtp, "app@example.com", &["a@example.net"], msg).expect("1");
     smtplib_send(

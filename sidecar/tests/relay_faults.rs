@@ -173,10 +173,10 @@ fn hostile_clients_do_not_starve_a_well_behaved_one() {
     const IDLE: usize = 1_000;
     raise_open_files_limit(2 * IDLE + 100);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
-                  limits:\n  maxConnections: 1010\n  idleTimeoutSeconds: 20\n  maxMessageBytes: 100000\n\
-                  spool:\n  dir: {dir}/spool\ndelivery:\n  capture:\n    dir: {dir}/capture\n";
-    let sidecar = Sidecar::start(dir.path(), config);
+    let config = relay::capture_config(
+        "limits:\n  maxConnections: 1010\n  idleTimeoutSeconds: 20\n  maxMessageBytes: 100000\n",
+    );
+    let sidecar = Sidecar::start(dir.path(), &config);
     let rss_before = sidecar.rss_kib();
     let mut idle: Vec<Smtp> = (0..IDLE).map(|_| Smtp::connect(sidecar.smtp)).collect();
     for c in &mut idle {

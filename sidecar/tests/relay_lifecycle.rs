@@ -245,9 +245,8 @@ fn sigterm_drains_and_undelivered_mail_survives_restart() {
 #[test]
 fn capture_mode_keeps_messages_sent_by_curl() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
-                  spool:\n  dir: {dir}/spool\ndelivery:\n  capture:\n    dir: {dir}/capture\n";
-    let sidecar = Sidecar::start(dir.path(), config);
+    let config = relay::capture_config("");
+    let sidecar = Sidecar::start(dir.path(), &config);
     let body = "From: app@example.com\r\nTo: user@example.net\r\nSubject: curl\r\n\r\nsent by curl\r\n";
     let file = dir.path().join("mail.txt");
     std::fs::write(&file, body).expect("write");
@@ -324,9 +323,8 @@ fn check_config_lists_every_problem_and_exits_64() {
 #[test]
 fn rate_limit_defers_clients_with_451() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
-                  limits:\n  ratePerMinute: 2\nspool:\n  dir: {dir}/spool\ndelivery:\n  capture:\n    dir: {dir}/capture\n";
-    let sidecar = Sidecar::start(dir.path(), config);
+    let config = relay::capture_config("limits:\n  ratePerMinute: 2\n");
+    let sidecar = Sidecar::start(dir.path(), &config);
     let msg = b"From: app@example.com\r\n\r\nx\r\n";
     for _ in 0..2 {
         smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect("within the rate");

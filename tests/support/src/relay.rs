@@ -288,6 +288,15 @@ retry:
     )
 }
 
+/// A sidecar config for `example.com` that keeps each message in `{dir}/capture` (nothing is
+/// sent), with `limits` (YAML lines, or "") at the top level.
+pub fn capture_config(limits: &str) -> String {
+    format!(
+        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
+         {limits}spool:\n  dir: {{dir}}/spool\ndelivery:\n  capture:\n    dir: {{dir}}/capture\n"
+    )
+}
+
 /// A sidecar config for direct delivery resolving through `127.0.0.1:<dns>` and connecting to
 /// MX hosts on `smtp_port`, with `extra` lines (indented by four spaces) under `delivery.direct`.
 /// Retries every second, so that tests see the second attempt soon.
