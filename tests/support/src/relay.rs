@@ -177,6 +177,11 @@ impl Sidecar {
         }
     }
 
+    /// The process id (0 once it was killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Resident memory of the process in KiB (from /proc), 0 if it is not running.
     pub fn rss_kib(&self) -> u64 {
         let Some(c) = &self.child else { return 0 };
