@@ -277,8 +277,10 @@ node_packages() {
     command -v ip >/dev/null || missing+=(iproute2)
     command -v iptables-save >/dev/null || missing+=(iptables)
     command -v gcc >/dev/null || missing+=(gcc libc6-dev)
+    # Not for the node: the sidecar's fsync-before-250 test traces it with strace.
+    command -v strace >/dev/null || missing+=(strace)
     if [ "${#missing[@]}" -eq 0 ]; then
-        log "ok      node packages (containerd, runc, CNI plugins)"
+        log "ok      node packages (containerd, runc, CNI plugins) and strace"
         return
     fi
     [ "$(id -u)" -eq 0 ] ||
