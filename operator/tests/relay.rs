@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
-use common::{Env, ready, wait_for, wait_gone};
+use common::{Env, ready, rendered_config, wait_for, wait_gone, webhook::domain};
 use k8s_openapi::{
     ByteString,
     api::core::v1::{ConfigMap, Pod, Secret},
@@ -16,8 +16,8 @@ use kube::{
     Api,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
-use mailroom_config::{Config, Delivery};
-use mailroom_operator::crd::{MailDomain, MailDomainSpec, Relay, RelaySpec};
+use mailroom_config::Delivery;
+use mailroom_operator::crd::{MailDomain, Relay, RelaySpec};
 
 fn reason_is(want: &'static str) -> impl Fn(&Relay) -> bool {
     move |r: &Relay| {
@@ -28,20 +28,6 @@ fn reason_is(want: &'static str) -> impl Fn(&Relay) -> bool {
             .unwrap_or_default();
         ready(&conds, "Ready").1 == want
     }
-}
-
-async fn domain(env: &Env, name: &str, yaml: &str) -> Result<()> {
-    let spec: MailDomainSpec = serde_yaml::from_str(yaml)?;
-    let api: Api<MailDomain> = Api::all(env.admin.clone());
-    api.create(&PostParams::default(), &MailDomain::new(name, spec))
-        .await?;
-    wait_for(&api, name, |md| {
-        md.status
-            .as_ref()
-            .is_some_and(|s| ready(&s.conditions, "Ready").0 == "True")
-    })
-    .await?;
-    Ok(())
 }
 
 async fn relay(env: &Env, ns: &str, name: &str, yaml: &str) -> Result<Api<Relay>> {
@@ -94,13 +80,7 @@ limits: {maxRecipients: 10}";
     assert_eq!(status.config_map_name.as_deref(), Some("outbound-sidecar"));
 
     let cms: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &ns);
-    let cm = cms.get("outbound-sidecar").await?;
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get("sidecar.yaml"))
-        .context("sidecar.yaml")?;
-    let config = Config::parse(Path::new("sidecar.yaml"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (cm, text, config) = rendered_config(&cms, "outbound").await?;
     assert_eq!(config.relay, format!("{ns}/outbound"));
     assert_eq!(config.limits.max_recipients, 10);
     let Delivery::Smarthost(s) = &config.delivery else {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 use common::{DnsServer, Env, sidecar, wait_for, wait_gone};
@@ -18,7 +18,6 @@ use kube::{
     Api,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use mailroom_config::Config;
 use mailroom_operator::crd::{DnsRecordStatus, MailDomain, MailDomainSpec, Relay, RelaySpec, RotationPhase};
 use mailroom_test_support::testenv;
 
@@ -56,13 +55,7 @@ fn zone(records: &[DnsRecordStatus]) -> Vec<String> {
 
 /// The selector and key file the Relay's rendered config signs `DOMAIN` with.
 async fn rendered(cms: &Api<ConfigMap>) -> Result<(String, String)> {
-    let cm = cms.get("outbound-sidecar").await?;
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get("sidecar.yaml"))
-        .context("sidecar.yaml")?;
-    let config = Config::parse(Path::new("sidecar.yaml"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, _, config) = common::rendered_config(cms, "outbound").await?;
     let d = config
         .domains
         .iter()

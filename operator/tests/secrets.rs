@@ -61,11 +61,7 @@ async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metri
         .create(&pp, &secret("upstream-ca", &[("ca.crt", &ca)]))
         .await?;
     let listen = free_port()?;
-    let spec = format!(
-        "domains: [shop]\nlistenPort: {listen}\ndelivery:\n  smarthost: {{host: 127.0.0.1, port: {}, tls: starttls, \
-         credentialsSecretRef: {{name: creds}}, caSecretRef: {{name: upstream-ca, key: ca.crt}}}}",
-        upstream.port
-    );
+    let spec = common::starttls_relay_spec(listen, upstream.port);
     relay(&env, &ns, "outbound", &spec, "Reconciled").await?;
     let _injector = start_injector(&env, &[], |_| {}).await?;
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);

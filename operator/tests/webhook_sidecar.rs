@@ -58,11 +58,7 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
         )
         .await?;
     let listen = free_port()?;
-    let spec = format!(
-        "domains: [shop]\nlistenPort: {listen}\ndelivery:\n  smarthost: {{host: 127.0.0.1, port: {}, tls: starttls, \
-         credentialsSecretRef: {{name: creds}}, caSecretRef: {{name: upstream-ca, key: ca.crt}}}}",
-        upstream.port
-    );
+    let spec = common::starttls_relay_spec(listen, upstream.port);
     relay(&env, &ns, "outbound", &spec, "Reconciled").await?;
     let _injector = start_injector(&env, &[], |_| {}).await?;
 

@@ -4,25 +4,18 @@
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::header::ContentType};
 use mailroom_sidecar::testing::Stored;
 use mailroom_sidecar::testing::{Server, config, split_received};
+use mailroom_test_support::relay::run_ok;
 use std::{process::Output, time::Duration};
-use tokio::process::Command;
 
-/// Runs a required external tool; fails (never skips) with install advice when it is missing.
+/// Runs a required external tool off the runtime (the server under test runs on it); fails
+/// (never skips) with install advice when it is missing.
 async fn run(program: &str, args: &[&str], install: &str) -> Output {
-    let output = tokio::time::timeout(Duration::from_secs(60), Command::new(program).args(args).output())
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    let what = format!("`{program}` ({install})");
+    tokio::task::spawn_blocking(move || run_ok(&mut cmd, &what))
         .await
-        .unwrap_or_else(|_| panic!("{program} did not finish within 60 s"))
-        .unwrap_or_else(|e| {
-            panic!("`{program}` is required for this test but could not run ({e}); {install}")
-        });
-    assert!(
-        output.status.success(),
-        "{program} failed: {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+        .expect("the tool's thread")
 }
 
 const PYTHON_INSTALL: &str =

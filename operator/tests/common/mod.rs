@@ -296,3 +296,37 @@ pub fn secret(name: &str, data: &[(&str, &str)]) -> k8s_openapi::api::core::v1::
         ..Default::default()
     }
 }
+
+/// A Relay spec for domain `shop` whose sidecar listens on `listen` and relays to a smarthost on
+/// 127.0.0.1:`port` with STARTTLS, credentials from Secret `creds` and the CA in Secret
+/// `upstream-ca` (key `ca.crt`).
+pub fn starttls_relay_spec(listen: u16, port: u16) -> String {
+    format!(
+        "domains: [shop]\nlistenPort: {listen}\ndelivery:\n  smarthost: {{host: 127.0.0.1, port: {port}, tls: starttls, \
+         credentialsSecretRef: {{name: creds}}, caSecretRef: {{name: upstream-ca, key: ca.crt}}}}"
+    )
+}
+
+/// The sidecar config the operator rendered for Relay `relay`: its ConfigMap `<relay>-sidecar`,
+/// the `sidecar.yaml` text, and that text parsed and validated by the contract crate as the
+/// sidecar would.
+pub async fn rendered_config(
+    cms: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+    relay: &str,
+) -> anyhow::Result<(
+    k8s_openapi::api::core::v1::ConfigMap,
+    String,
+    mailroom_config::Config,
+)> {
+    use anyhow::Context as _;
+    let cm = cms.get(&format!("{relay}-sidecar")).await?;
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("sidecar.yaml"))
+        .context("sidecar.yaml")?
+        .clone();
+    let config = mailroom_config::Config::parse(std::path::Path::new("sidecar.yaml"), &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((cm, text, config))
+}

@@ -244,6 +244,31 @@ impl DnsServer {
         })
     }
 
+    /// Serves exactly the records a MailDomain's `status.dnsRecords` lists (TXT records, each
+    /// value's strings quoted); returns the zone lines.
+    pub fn serve_status_records(&self, domain: &Value) -> Result<Vec<String>> {
+        let zone: Vec<String> = domain["status"]["dnsRecords"]
+            .as_array()
+            .context("status.dnsRecords")?
+            .iter()
+            .map(|r| {
+                let strings: Vec<String> = r["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| format!("\"{}\"", s.as_str().unwrap_or_default()))
+                    .collect();
+                format!(
+                    "{}. 300 IN TXT {}",
+                    r["name"].as_str().unwrap_or_default(),
+                    strings.join(" ")
+                )
+            })
+            .collect();
+        self.serve(&zone)?;
+        Ok(zone)
+    }
+
     /// Replaces the whole zone (master-file text); panics if it cannot be written.
     pub fn publish(&self, zone: &str) {
         let lines: Vec<String> = zone.lines().map(str::to_string).collect();

@@ -89,6 +89,29 @@ impl Prometheus {
     }
 }
 
+/// The chart's monitoring objects as stored in `ns`: its one PodMonitor, ServiceMonitor and
+/// PrometheusRule (`monitoring.coreos.com/v1`), as JSON.
+pub async fn chart_monitors(client: &kube::Client, ns: &str) -> Result<[Value; 3]> {
+    let one = |kind: &'static str, plural: &'static str| async move {
+        let gvk = kube::api::GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind);
+        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+        let list = kube::Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+            .list(&kube::api::ListParams::default())
+            .await?;
+        ensure!(
+            list.items.len() == 1,
+            "want one {kind} in {ns}, found {}",
+            list.items.len()
+        );
+        Ok::<Value, anyhow::Error>(serde_json::to_value(&list.items[0])?)
+    };
+    Ok([
+        one("PodMonitor", "podmonitors").await?,
+        one("ServiceMonitor", "servicemonitors").await?,
+        one("PrometheusRule", "prometheusrules").await?,
+    ])
+}
+
 /// The value of one instant-vector sample.
 pub fn sample_value(v: &Value) -> f64 {
     v["value"][1]

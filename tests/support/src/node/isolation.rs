@@ -353,7 +353,8 @@ fn rules(text: &str) -> String {
         .join("\n")
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String> {
+/// Runs `program` and returns its stdout; fails with its stderr.
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()

@@ -33,6 +33,7 @@ use kube::{
 
 pub use self::isolation::{HostState, run_isolated};
 use crate::{ControlPlane, image, pki::NODE_NAME, process::Proc, testenv};
+use isolation::run;
 
 /// Set by the launcher: the directory holding the image archives built outside the sandbox.
 pub const ENV_IMAGES: &str = "MAILROOM_NODE_IMAGES";
@@ -190,7 +191,8 @@ impl Node {
         run(
             "iptables",
             &[&["-t", "nat", "-A", "PREROUTING"][..], &rule[..]].concat(),
-        )
+        )?;
+        Ok(())
     }
 
     /// The Node's name.
@@ -429,19 +431,4 @@ fn which(tool: &str) -> Result<PathBuf> {
         .with_context(|| {
             format!("{tool} not found on PATH: run `make testenv` (installs Debian's containerd)")
         })
-}
-
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }

@@ -19,6 +19,7 @@ use kube::{
 };
 use mailroom_test_support::{
     ControlPlane,
+    admission::{SIDECAR, create_injected},
     kubelet::PodContainer,
     peers::{DnsServer, Upstream},
     prometheus::{self, Prometheus},
@@ -30,9 +31,6 @@ use serde_json::{Value, json};
 /// The chart's optional monitoring, all on: PodMonitor, ServiceMonitor, PrometheusRule and the
 /// Grafana dashboard ConfigMap.
 const MONITORING_ON: &str = "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboards.enabled=true";
-/// The container the webhook injects.
-const SIDECAR: &str = "mailroom-sidecar";
-
 /// One cluster with mailroom installed: its own control plane (the chart's cluster-scoped parts
 /// and the webhook see every namespace, so scenarios do not share one), the operator, and a DNS
 /// server the operator checks records against.
@@ -141,27 +139,7 @@ impl Mission {
 
     /// Publishes exactly the records the MailDomain's status lists, as zone file lines.
     pub fn publish_dns_records(&self, domain: &Value) -> Result<Vec<String>> {
-        let records = domain["status"]["dnsRecords"]
-            .as_array()
-            .context("status.dnsRecords")?;
-        let zone: Vec<String> = records
-            .iter()
-            .map(|r| {
-                let strings: Vec<String> = r["value"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|s| format!("\"{}\"", s.as_str().unwrap_or_default()))
-                    .collect();
-                format!(
-                    "{}. 300 IN TXT {}",
-                    r["name"].as_str().unwrap_or_default(),
-                    strings.join(" ")
-                )
-            })
-            .collect();
-        self.dns.serve(&zone)?;
-        Ok(zone)
+        self.dns.serve_status_records(domain)
     }
 
     /// Secrets for a smarthost Relay: credentials `smarthost-credentials` and the CA that signed
@@ -198,33 +176,9 @@ spec:
   - {{name: app, image: registry.invalid/shop:1}}"
         ))?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.app_ns);
-        // The apiserver learns of the caBundle and the namespace label a moment after they
-        // change: dry-run until the webhook injects, then create.
-        let dry = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let injected = |p: &Pod| {
-            p.spec
-                .iter()
-                .flat_map(|s| s.init_containers.iter().flatten())
-                .any(|c| c.name == SIDECAR)
-        };
-        let mut last = String::new();
-        for _ in 0..300 {
-            match pods.create(&dry, &pod).await {
-                Ok(p) if injected(&p) => break,
-                Ok(_) => last = "admitted without a sidecar".into(),
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let stored = pods.create(&PostParams::default(), &pod).await?;
-        ensure!(
-            injected(&stored),
-            "the webhook never injected ({last})\n{}",
-            self.operator.proc.log()
-        );
+        let stored = create_injected(&pods, &pod, Duration::from_secs(60))
+            .await
+            .with_context(|| self.operator.proc.log())?;
 
         let root = self.dir().join(format!("pod-{name}"));
         let mut sidecar = PodContainer::materialize(&self.client, &stored, SIDECAR, &root).await?;
@@ -260,27 +214,7 @@ spec:
     /// ServiceMonitor (scraping the operator) and PrometheusRule, as stored in the cluster.
     pub async fn prometheus(&self, pod: &AppPod) -> Result<Prometheus> {
         let ns = &self.operator.namespace;
-        let pod_monitor = self
-            .only("monitoring.coreos.com", "v1", "PodMonitor", "podmonitors", ns)
-            .await?;
-        let service_monitor = self
-            .only(
-                "monitoring.coreos.com",
-                "v1",
-                "ServiceMonitor",
-                "servicemonitors",
-                ns,
-            )
-            .await?;
-        let rule = self
-            .only(
-                "monitoring.coreos.com",
-                "v1",
-                "PrometheusRule",
-                "prometheusrules",
-                ns,
-            )
-            .await?;
+        let [pod_monitor, service_monitor, rule] = prometheus::chart_monitors(&self.client, ns).await?;
         let services = Api::<Service>::namespaced(self.client.clone(), ns)
             .list(&ListParams::default().labels("app.kubernetes.io/service=metrics"))
             .await?;
@@ -414,21 +348,6 @@ spec:
             "MailDomain" => Api::all_with(self.client.clone(), &resource),
             _ => Api::namespaced_with(self.client.clone(), &self.app_ns, &resource),
         }
-    }
-
-    /// The one object of a kind in `ns`, as JSON.
-    async fn only(&self, group: &str, version: &str, kind: &str, plural: &str, ns: &str) -> Result<Value> {
-        let resource =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let list = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &resource)
-            .list(&ListParams::default())
-            .await?;
-        ensure!(
-            list.items.len() == 1,
-            "want one {kind} in {ns}, found {}",
-            list.items.len()
-        );
-        Ok(serde_json::to_value(&list.items[0])?)
     }
 }
 

@@ -27,13 +27,14 @@ use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
 };
+use mailroom_test_support::admission::SIDECAR;
 use mailroom_test_support::{
     ControlPlane, image,
     node::{self, Node},
     peers::{self, Upstream},
     stack, testenv,
 };
-use scene::{SIDECAR, Scene, container};
+use scene::{Scene, container};
 use serde_json::json;
 
 /// One sandbox at a time: two nodes on 2 cores only slow each other down.

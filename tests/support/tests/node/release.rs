@@ -22,7 +22,8 @@ use mailroom_test_support::{
 };
 use serde_json::{Value, json};
 
-use crate::{common, scene::SIDECAR};
+use crate::common;
+use mailroom_test_support::admission::SIDECAR;
 
 /// The controllers a Deployment needs on top of the default ones, the Endpoints the
 /// apiserver routes the webhook Service through, and the node taints.
@@ -169,25 +170,7 @@ impl Release {
         let domain = self
             .wait_ready("MailDomain", "maildomains", None, "example-com")
             .await?;
-        let zone: Vec<String> = domain["status"]["dnsRecords"]
-            .as_array()
-            .context("status.dnsRecords")?
-            .iter()
-            .map(|r| {
-                let strings: Vec<String> = r["value"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|s| format!("\"{}\"", s.as_str().unwrap_or_default()))
-                    .collect();
-                format!(
-                    "{}. 300 IN TXT {}",
-                    r["name"].as_str().unwrap_or_default(),
-                    strings.join(" ")
-                )
-            })
-            .collect();
-        self.dns.serve(&zone)?;
+        self.dns.serve_status_records(&domain)?;
         let ca = self.upstream.ca_pem.clone().context("upstream CA")?;
         let ca = ca.lines().map(|l| format!("    {l}\n")).collect::<String>();
         self.apply(&format!(
@@ -280,9 +263,7 @@ impl Release {
     /// at their pod IPs over the bridge; it sees the delivered message and the reconciles.
     pub async fn scrape(&self) -> Result<()> {
         let ns = &self.release_ns;
-        let pod_monitor = self.only("PodMonitor", "podmonitors", ns).await?;
-        let service_monitor = self.only("ServiceMonitor", "servicemonitors", ns).await?;
-        let rule = self.only("PrometheusRule", "prometheusrules", ns).await?;
+        let [pod_monitor, service_monitor, rule] = prometheus::chart_monitors(&self.client, ns).await?;
         let services = Api::<Service>::namespaced(self.client.clone(), ns)
             .list(&ListParams::default().labels("app.kubernetes.io/service=metrics"))
             .await?;
@@ -330,21 +311,6 @@ impl Release {
             "want the sidecar and operator targets up"
         );
         Ok(())
-    }
-
-    /// The one object of a monitoring kind in `ns`.
-    async fn only(&self, kind: &str, plural: &str, ns: &str) -> Result<Value> {
-        let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind);
-        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
-        let list = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &resource)
-            .list(&ListParams::default())
-            .await?;
-        ensure!(
-            list.items.len() == 1,
-            "want one {kind} in {ns}, found {}",
-            list.items.len()
-        );
-        Ok(serde_json::to_value(&list.items[0])?)
     }
 
     async fn apply(&self, yaml: &str) -> Result<()> {

@@ -9,11 +9,13 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api,
-    api::{DeleteParams, PostParams},
+use kube::{Api, api::DeleteParams};
+use mailroom_test_support::{
+    admission::{SIDECAR, create_injected},
+    image,
+    node::Node,
+    peers::Upstream,
 };
-use mailroom_test_support::{image, node::Node, peers::Upstream};
 use serde_json::{Value, json};
 
 use crate::common::mission::Mission;
@@ -46,9 +48,6 @@ say "From: app@example.com"; say "To: someone@example.net"; say "Subject: from a
 say ""; say "sent by $(id -u) from a real pod"; say "."; expect 250
 say QUIT; expect 221
 "#;
-
-/// The injected container's name.
-pub const SIDECAR: &str = "mailroom-sidecar";
 
 /// A cluster with mailroom installed, a node, and the scenario's smarthost.
 pub struct Scene {
@@ -119,7 +118,12 @@ spec:
     /// Creates the app pod `name` (through the webhook) with `grace` seconds to stop, and waits
     /// until its app container runs; the pod as JSON.
     pub async fn run_app(&self, name: &str, grace: u32) -> Result<Value> {
-        create_injected(&self.pods, &app_pod(name, self.node.name(), grace)?).await?;
+        create_injected(
+            &self.pods,
+            &app_pod(name, self.node.name(), grace)?,
+            Duration::from_secs(60),
+        )
+        .await?;
         self.wait_pod(name, Duration::from_secs(120), |p| {
             container(p, "app")["state"]["running"].is_object()
         })
@@ -252,33 +256,6 @@ fn app_pod(name: &str, node: &str, grace: u32) -> Result<Pod> {
             }],
         }
     }))?)
-}
-
-/// Creates `pod` once the webhook injects (the apiserver learns of the namespace label a moment
-/// after it changes: dry-run until it does).
-async fn create_injected(pods: &Api<Pod>, pod: &Pod) -> Result<Pod> {
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let injected = |p: &Pod| {
-        p.spec
-            .iter()
-            .flat_map(|s| s.init_containers.iter().flatten())
-            .any(|c| c.name == SIDECAR)
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match pods.create(&dry, pod).await {
-            Ok(p) if injected(&p) => break,
-            Ok(_) | Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Ok(_) => bail!("the webhook never injected the sidecar"),
-            Err(e) => bail!("dry-run create failed: {e}"),
-        }
-    }
-    Ok(pods.create(&PostParams::default(), pod).await?)
 }
 
 /// The status of container `name` (init or app) of `pod`, `Null` if none yet.
