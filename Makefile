@@ -65,7 +65,7 @@ test: lint check-golden deny fuzz-smoke cargo-test
 # "The node"). Part of cargo-test too.
 test-node: testenv
 	eval "$$(bash tests/env/prepare.sh --print-env)"; \
-	$(CARGO) test -p mailroom-test-support --test node
+	$(CARGO) test -p mailroom-e2e --test node
 
 demo: build
 	bash examples/demo.sh

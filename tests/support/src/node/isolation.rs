@@ -120,7 +120,7 @@ pub(crate) fn root() -> Result<PathBuf> {
         _ => bail!(
             "the test node runs only inside the sandbox that node::run_isolated makes (its own \
              network, mount and PID namespaces), never on the host's network: run the node tests \
-             through `cargo test -p mailroom-test-support --test node` (not with --ignored)"
+             through `cargo test -p mailroom-e2e --test node` (not with --ignored)"
         ),
     }
 }

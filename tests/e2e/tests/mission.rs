@@ -8,7 +8,7 @@
 //! Three scenarios: delivery through a STARTTLS+AUTH smarthost, a bounce (550 upstream, a DSN to
 //! the sender, the bounce panel and alert), and staging `capture` mode.
 
-mod common;
+use mailroom_e2e as common;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 //! typos, contradictory toggles failing, and the rendered manifests applied with server-side
 //! dry-run, then installed and upgraded on a real kube-apiserver.
 
-mod common;
+use mailroom_e2e as common;
 
 use std::{collections::BTreeSet, process::Command};
 

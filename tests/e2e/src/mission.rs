@@ -11,11 +11,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::{
     Api, Client,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
 };
 use mailroom_test_support::{
     ControlPlane,
@@ -49,7 +49,16 @@ pub struct Mission {
     cp: ControlPlane,
 }
 
+impl std::fmt::Debug for Mission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mission")
+            .field("app_ns", &self.app_ns)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An opted-in pod whose injected sidecar runs as a process.
+#[derive(Debug)]
 pub struct AppPod {
     /// The pod as stored (after admission).
     pub pod: Pod,

@@ -1,6 +1,7 @@
-//! Helpers shared by the chart and monitoring tests: paths, `helm template`, YAML documents,
-//! server-side dry-run apply, and stand-in CRDs for the kinds the chart targets but does not own.
-#![allow(dead_code, unused_imports)]
+//! mailroom's end-to-end scenarios live in `tests/` beside this crate (the chart, the mission,
+//! monitoring, the real node); this library is what they share: paths, `helm template`, YAML
+//! documents, server-side dry-run apply, stand-in CRDs for the kinds the chart targets but does
+//! not own, the mission's cluster ([`mission`]) and the operator as a process ([`operator`]).
 
 use std::{path::Path, process::Command, time::Duration};
 

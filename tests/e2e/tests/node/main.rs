@@ -8,8 +8,7 @@
 //! interfaces, routes, iptables rules, sysctls, cgroups and runtime paths are as before.
 //! `MAILROOM_NODE_TESTS=<name part>` runs only some scenarios.
 
-#[path = "../common/mod.rs"]
-mod common;
+use mailroom_e2e as common;
 mod release;
 mod scene;
 

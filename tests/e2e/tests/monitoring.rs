@@ -3,7 +3,7 @@
 //! Prometheus scraping a real sidecar and a real operator (installed with the chart, running with
 //! the chart's ServiceAccount and environment) returns data for every dashboard panel.
 
-mod common;
+use mailroom_e2e as common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
