@@ -1,7 +1,7 @@
 //! Admission: the apiserver rejects invalid MailDomains and Relays with a message naming the field
 //! (schema + CEL rules in crds/crds.yaml), and accepts the examples in examples/.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use anyhow::Result;
 use kube::{

@@ -4,7 +4,7 @@
 //! check: every Relay Ready for its current generation, with exactly one ConfigMap and one DKIM
 //! Secret, owned by it, holding its current spec, and no child without its Relay.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::{
     collections::BTreeMap,

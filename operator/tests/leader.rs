@@ -1,7 +1,7 @@
 //! Leader election with two real operator processes on one Lease: only the holder reconciles,
 //! killing it hands over to the other, and SIGTERM releases the Lease.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! operator restarts, a lost key is reported (never replaced), and DNS verification flips with
 //! what a real DNS server on loopback serves, checked by an independent DKIM verifier (dkimpy).
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! exactly operator/rbac/rules.yaml): the happy path renders a config the sidecar accepts, every
 //! negative path sets Ready=False with its reason, and deleting the Relay garbage-collects its children.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::collections::BTreeMap;
 

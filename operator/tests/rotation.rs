@@ -4,7 +4,7 @@
 //! after the grace period; a restarted operator resumes a rotation from status; a period starts a
 //! rotation by itself and removing it cancels a pending key that never signed.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::process::Command;
 

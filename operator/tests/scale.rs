@@ -7,7 +7,7 @@
 //! Sizes come from `MAILROOM_SCALE_{RELAYS,NAMESPACES,DOMAINS}`; `MAILROOM_SCALE_OUT` names the
 //! results file. Half the Relays also send as MailDomain `md-0`: the fan-out case.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::{
     collections::HashMap,

@@ -5,7 +5,7 @@
 //! MailDomain and Relay objects (status included), Events, the operator's logs, the sidecar's
 //! logs and its /metrics.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::{
     io::Write,

@@ -3,7 +3,7 @@
 //! `restricted` on the result, Relay problems denied (or allowed), idempotency, and certificate
 //! rotation under load.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::{
     collections::BTreeSet,

@@ -4,7 +4,7 @@
 //! to it on 127.0.0.1 reaches a TLS+AUTH upstream (aiosmtpd) DKIM-signed, and the signature
 //! verifies (dkimpy) against the TXT value the MailDomain publishes.
 
-mod common;
+use mailroom_test_support::operator as common;
 
 use std::{
     path::{Path, PathBuf},

@@ -26,6 +26,8 @@ mod kubeconfig;
 pub mod kubelet;
 mod namespace;
 pub mod node;
+#[cfg(feature = "operator")]
+pub mod operator;
 pub mod peers;
 mod pki;
 mod process;

@@ -20,7 +20,7 @@ use mailroom_operator::{
 use super::{Env, ready, wait_for};
 
 /// The registration the chart ships.
-pub const REGISTRATION: &str = include_str!("../../webhook/mutatingwebhookconfiguration.yaml");
+pub const REGISTRATION: &str = include_str!("../../../../operator/webhook/mutatingwebhookconfiguration.yaml");
 /// Labels of an opted-in namespace that enforces PodSecurity `restricted`.
 pub const OPTED_IN_RESTRICTED: &[(&str, &str)] = &[
     ("mailroom.dev/injection", "enabled"),
@@ -204,4 +204,10 @@ pub fn init_names(pod: &Pod) -> Vec<String> {
     spec.and_then(|s| s.init_containers.as_ref())
         .map(|cs| cs.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default()
+}
+
+impl std::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector").finish_non_exhaustive()
+    }
 }

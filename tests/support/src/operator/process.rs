@@ -7,8 +7,8 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+use crate::ControlPlane;
 use anyhow::Result;
-use mailroom_test_support::ControlPlane;
 
 /// One operator process; killed (SIGKILL) when dropped.
 pub struct OperatorProcess {
@@ -28,7 +28,7 @@ impl OperatorProcess {
             .create(true)
             .append(true)
             .open(cp.logs_dir().join(format!("operator-{identity}.log")))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_mailroom-operator"))
+        let child = Command::new(operator_bin())
             .env("KUBECONFIG", cp.kubeconfig_path())
             .env("OPERATOR_NAMESPACE", ns)
             .env("OPERATOR_IDENTITY", identity)
@@ -82,5 +82,28 @@ impl Drop for OperatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The `mailroom-operator` binary cargo built for the running test: the one beside the test
+/// executable's `deps/` folder (cargo builds a package's binaries before its integration tests).
+fn operator_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join("mailroom-operator"))
+        .expect("target directory");
+    assert!(
+        bin.is_file(),
+        "{} not found: run these tests with cargo test -p mailroom-operator",
+        bin.display()
+    );
+    bin
+}
+
+impl std::fmt::Debug for OperatorProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorProcess").finish_non_exhaustive()
     }
 }

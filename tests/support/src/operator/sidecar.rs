@@ -6,10 +6,10 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+use crate::testenv;
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
-use mailroom_test_support::testenv;
 
 /// A running sidecar; killed on drop.
 pub struct Sidecar {
@@ -187,7 +187,7 @@ pub fn signing_selector(eml: &Path) -> Result<String> {
 
 /// `tests/peers/dkim_verify.py` (dkimpy) verifies the captured message against `txt`.
 pub fn dkim_verifies(eml: &Path, txt: &str) -> Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/dkim_verify.py");
+    let script = crate::stack::repo().join("tests/peers/dkim_verify.py");
     let out = Command::new(testenv::python()?)
         .arg(script)
         .arg(eml)
@@ -200,4 +200,10 @@ pub fn dkim_verifies(eml: &Path, txt: &str) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar").finish_non_exhaustive()
+    }
 }

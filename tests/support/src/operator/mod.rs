@@ -1,7 +1,6 @@
 //! Shared helpers for the apiserver tests: a control plane with our CRDs, the operator running
 //! in-process as a ServiceAccount bound to exactly `operator/rbac/rules.yaml`, polling, and a
 //! real DNS server on loopback.
-#![allow(dead_code, unused_imports)]
 
 use std::{
     collections::HashMap,
@@ -9,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::ControlPlane;
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::{
     api::{
@@ -24,7 +24,6 @@ use kube::{
 use mailroom_operator::{
     crd, dns::HickoryDns, events::Events, metrics::Metrics, reconcile, settings::Settings,
 };
-use mailroom_test_support::ControlPlane;
 use serde::de::DeserializeOwned;
 
 pub mod process;
@@ -32,9 +31,9 @@ pub mod sidecar;
 pub mod webhook;
 
 /// The operator's ClusterRole rules, the file the chart ships.
-pub const RULES: &str = include_str!("../../rbac/rules.yaml");
+pub const RULES: &str = include_str!("../../../../operator/rbac/rules.yaml");
 /// The operator's Role rules in its own namespace, the file the chart ships.
-pub const NAMESPACE_RULES: &str = include_str!("../../rbac/namespace-rules.yaml");
+pub const NAMESPACE_RULES: &str = include_str!("../../../../operator/rbac/namespace-rules.yaml");
 
 /// Applies every CRD and waits until each is Established.
 pub async fn install_crds(client: &Client) -> Result<()> {
@@ -259,7 +258,7 @@ pub fn ready(
 }
 
 /// A real DNS server on loopback (`tests/peers/dnsserver.py`, dnslib).
-pub use mailroom_test_support::peers::DnsServer;
+pub use crate::peers::DnsServer;
 
 /// dkimpy (which we did not write) signs a message with a PEM key and verifies it, resolving the
 /// selector through our DNS server. Args: key file, selector, domain, DNS port.
@@ -329,4 +328,10 @@ pub async fn rendered_config(
     let config = mailroom_config::Config::parse(std::path::Path::new("sidecar.yaml"), &text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((cm, text, config))
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env").finish_non_exhaustive()
+    }
 }
