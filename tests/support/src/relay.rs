@@ -18,21 +18,10 @@ use std::{
 /// the one beside the test executable's `deps/` folder (cargo builds a package's binaries before
 /// its integration tests).
 pub fn sidecar_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("MAILROOM_SIDECAR_BIN") {
-        return PathBuf::from(bin);
+    match std::env::var_os("MAILROOM_SIDECAR_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => stack::built_bin("mailroom-sidecar", "cargo test -p mailroom-sidecar"),
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("mailroom-sidecar"))
-        .expect("target directory");
-    assert!(
-        bin.is_file(),
-        "{} not found: run the sidecar's tests with cargo test -p mailroom-sidecar, or set MAILROOM_SIDECAR_BIN",
-        bin.display()
-    );
-    bin
 }
 
 #[derive(Debug)]

@@ -42,6 +42,20 @@ pub fn build_binaries() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Binary `name` that cargo built for the running test: the one beside the test executable's
+/// `deps/` folder (cargo builds a package's binaries before its integration tests). Panics with
+/// `how` (the command that builds it) when it is not there.
+pub fn built_bin(name: &str, how: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .expect("target directory");
+    assert!(bin.is_file(), "{} not found: run {how}", bin.display());
+    bin
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -28,19 +28,22 @@ impl OperatorProcess {
             .create(true)
             .append(true)
             .open(cp.logs_dir().join(format!("operator-{identity}.log")))?;
-        let child = Command::new(operator_bin())
-            .env("KUBECONFIG", cp.kubeconfig_path())
-            .env("OPERATOR_NAMESPACE", ns)
-            .env("OPERATOR_IDENTITY", identity)
-            .env("OPERATOR_LEASE_DURATION_SECONDS", "3")
-            .env("OPERATOR_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
-            // Every replica serves the webhook, leader or not; two on one host need two ports.
-            .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
-            .env("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+        let child = Command::new(crate::stack::built_bin(
+            "mailroom-operator",
+            "cargo test -p mailroom-operator",
+        ))
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("OPERATOR_NAMESPACE", ns)
+        .env("OPERATOR_IDENTITY", identity)
+        .env("OPERATOR_LEASE_DURATION_SECONDS", "3")
+        .env("OPERATOR_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+        // Every replica serves the webhook, leader or not; two on one host need two ports.
+        .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
+        .env("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
         Ok(Self {
             child,
             identity,
@@ -83,23 +86,6 @@ impl Drop for OperatorProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The `mailroom-operator` binary cargo built for the running test: the one beside the test
-/// executable's `deps/` folder (cargo builds a package's binaries before its integration tests).
-fn operator_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .map(|d| d.join("mailroom-operator"))
-        .expect("target directory");
-    assert!(
-        bin.is_file(),
-        "{} not found: run these tests with cargo test -p mailroom-operator",
-        bin.display()
-    );
-    bin
 }
 
 impl std::fmt::Debug for OperatorProcess {
