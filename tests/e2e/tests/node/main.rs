@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
@@ -195,12 +195,21 @@ async fn on_node_a_pod_runs_as_the_image_user_and_reaches_the_gateway() -> Resul
     std::io::Read::read_to_string(&mut conn, &mut got)?;
     drop(conn);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while pods.get("probe").await?.status.and_then(|s| s.phase).as_deref() != Some("Succeeded") {
-        ensure!(
-            Instant::now() < deadline,
-            "pod probe did not succeed\n{}",
-            node.kubelet_log_tail(40)
-        );
+    loop {
+        let phase = pods.get("probe").await?.status.and_then(|s| s.phase);
+        match phase.as_deref() {
+            Some("Succeeded") => break,
+            Some("Failed") => bail!(
+                "pod probe failed; its log:\n{}\nkubelet:\n{}",
+                node.container_log(&ns, "probe", "probe"),
+                node.kubelet_log_tail(40)
+            ),
+            _ => ensure!(
+                Instant::now() < deadline,
+                "pod probe did not succeed in 60 s (phase {phase:?})\n{}",
+                node.kubelet_log_tail(40)
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
@@ -208,10 +217,11 @@ async fn on_node_a_pod_runs_as_the_image_user_and_reaches_the_gateway() -> Resul
         t0.elapsed()
     );
     assert_eq!(got, "hello\n");
-    assert_eq!(
-        node.container_log(&ns, "probe", "probe"),
-        "uid=65532\nread-only\nreached\n"
-    );
+    // The log file can trail the pod's phase by a moment.
+    let log = node
+        .wait_log((&ns, "probe", "probe"), "reached", 1, Duration::from_secs(20))
+        .await?;
+    assert_eq!(log, "uid=65532\nread-only\nreached\n");
     Ok(())
 }
 
@@ -283,11 +293,17 @@ async fn on_node_an_injected_pod_sends_mail_through_its_sidecar_and_stops_first(
         peers::dkim_verify_dns(&eml, s.m.dns.port)?,
         "d=example.com s=mailroom"
     );
-    let app_log = s.node.container_log(&s.m.app_ns, "shop-0", "app");
-    ensure!(
-        app_log.contains("app: start uid=65532") && app_log.contains("app: sent"),
-        "{app_log}"
-    );
+    // The app logs "sent" after the smarthost has the message, and the log file trails it.
+    let app_log = s
+        .node
+        .wait_log(
+            (&s.m.app_ns, "shop-0", "app"),
+            "app: sent",
+            1,
+            Duration::from_secs(20),
+        )
+        .await?;
+    ensure!(app_log.contains("app: start uid=65532"), "{app_log}");
 
     let marks = s
         .delete_watching("shop-0", &[("app", "app: TERM"), (SIDECAR, "stopped")])

@@ -166,18 +166,9 @@ spec:
         times: usize,
         timeout: Duration,
     ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let log = self.node.container_log(&self.m.app_ns, name, SIDECAR);
-            if log.lines().filter(|l| l.contains(text)).count() >= times {
-                return Ok(log);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the sidecar of {name} never logged {text:?} in {timeout:?}:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.node
+            .wait_log((&self.m.app_ns, name, SIDECAR), text, times, timeout)
+            .await
     }
 
     /// Deletes pod `name` and watches it go; the kubelet removes the logs with the pod, so the

@@ -250,6 +250,31 @@ impl Node {
             .collect()
     }
 
+    /// Waits until container `container` of pod `namespace/pod` has written `times` lines that
+    /// contain `text`, and returns its whole log. The kubelet's log files trail the container:
+    /// a line can land after the pod's phase or a peer already shows what the line reports.
+    pub async fn wait_log(
+        &self,
+        (namespace, pod, container): (&str, &str, &str),
+        text: &str,
+        times: usize,
+        timeout: Duration,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.container_log(namespace, pod, container);
+            if log.lines().filter(|l| l.contains(text)).count() >= times {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "container {container} of {namespace}/{pod} never logged {text:?} {times} time(s) in {timeout:?}; its log:\n{log}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The first line container `container` of pod `namespace/pod` wrote that contains
     /// `text`, with the time the kubelet stamped on it (UTC, nanoseconds; times compare as
     /// strings).
