@@ -29,6 +29,7 @@ pub mod node;
 #[cfg(feature = "operator")]
 pub mod operator;
 pub mod peers;
+pub mod ports;
 mod pki;
 mod process;
 pub mod prometheus;
