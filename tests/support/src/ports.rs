@@ -30,8 +30,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// A TCP port held for as long as this value lives: a socket bound to it with `SO_REUSEPORT`
 /// that never listens. On Linux such a socket receives no connections (they are refused while
 /// no peer listens, as on a free port), and every bind of the port without `SO_REUSEPORT` (or
-/// from another user) fails with `EADDRINUSE`, so no other process and no port-0 bind or
-/// outgoing connection of ours can take it. A peer of ours that binds it with `SO_REUSEPORT`
+/// from another user) fails with `EADDRINUSE`, so no other process can take it, and the kernel
+/// hands it to no port-0 bind or outgoing connection either. A peer of ours that binds it with `SO_REUSEPORT`
 /// (same user) gets it, as often as it is restarted. Closing the socket on drop frees the port.
 #[derive(Debug)]
 #[must_use = "the port is only held while the reservation lives"]
@@ -75,8 +75,8 @@ impl Reservation {
         self.addr
     }
 
-    /// The arguments that start a Python peer of `tests/peers/` on this port:
-    /// `--port <port> --reuse-port`.
+    /// The arguments that start `tests/peers/upstream.py` on this port:
+    /// `--port <port> --reuse-port` (see [`crate::peers::Upstream::start_on`]).
     pub fn peer_args(&self) -> [String; 3] {
         ["--port".into(), self.port().to_string(), "--reuse-port".into()]
     }
