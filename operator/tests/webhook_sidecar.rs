@@ -18,12 +18,7 @@ use common::{
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, api::PostParams};
-use mailroom_test_support::{
-    kubelet::PodContainer,
-    peers::Upstream,
-    stack::Proc,
-    testenv,
-};
+use mailroom_test_support::{kubelet::PodContainer, peers::Upstream, stack::Proc, testenv};
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers");
 const MESSAGE: &str = "From: app@shop.example.com\r\nTo: someone@example.net\r\nSubject: injected\r\n\

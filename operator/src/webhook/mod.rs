@@ -151,7 +151,10 @@ impl Webhook {
         tokio::spawn(relays.for_each(|_| std::future::ready(())));
         let router = router(self.state);
         tokio::spawn(self.keeper.run());
-        let addr = self.listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+        let addr = self
+            .listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
         tracing::info!(%addr, path = WEBHOOK_PATH, "webhook listening");
         loop {
             let (tcp, peer) = match self.listener.accept().await {

@@ -29,8 +29,8 @@ pub mod node;
 #[cfg(feature = "operator")]
 pub mod operator;
 pub mod peers;
-pub mod ports;
 mod pki;
+pub mod ports;
 mod process;
 pub mod prometheus;
 pub mod relay;

@@ -69,9 +69,18 @@ impl Upstream {
     /// (`--address`, `--tls`, ...); panics if it does not start on that port.
     pub fn start_on(dir: &Path, port: &Reservation, args: &[&str]) -> Self {
         let reserved = port.peer_args();
-        let all: Vec<&str> = args.iter().copied().chain(reserved.iter().map(String::as_str)).collect();
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(reserved.iter().map(String::as_str))
+            .collect();
         let up = Self::start(dir, &all);
-        assert_eq!(up.port, port.port(), "upstream.py bound another port\n{}", up.log());
+        assert_eq!(
+            up.port,
+            port.port(),
+            "upstream.py bound another port\n{}",
+            up.log()
+        );
         up
     }
 

@@ -51,8 +51,12 @@ impl Reservation {
 
     /// A port on `ip` only (e.g. a test node's gateway).
     pub fn on(ip: IpAddr) -> Result<Self> {
-        let socket = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::STREAM, Some(Protocol::TCP))
-            .context("creating a socket to reserve a port")?;
+        let socket = Socket::new(
+            Domain::for_address(SocketAddr::new(ip, 0)),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .context("creating a socket to reserve a port")?;
         // No SO_REUSEADDR: with it, a later bind to port 0 could be given this port.
         socket.set_reuse_port(true)?;
         socket
@@ -138,7 +142,10 @@ mod tests {
         connect([127, 0, 0, 2], r.port()).expect("reaches the peer on 127.0.0.2");
         connect([127, 0, 0, 3], r.port()).expect("reaches the peer on 127.0.0.3");
         let (conn, _) = mx1.accept().expect("accept");
-        assert_eq!(conn.local_addr().expect("addr"), SocketAddr::from(([127, 0, 0, 2], r.port())));
+        assert_eq!(
+            conn.local_addr().expect("addr"),
+            SocketAddr::from(([127, 0, 0, 2], r.port()))
+        );
         let err = connect([127, 0, 0, 1], r.port()).expect_err("no peer on 127.0.0.1");
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
         // A stopped peer leaves the port closed but still held, and a restarted one gets it back.
@@ -156,7 +163,10 @@ mod tests {
         for _ in 0..500 {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             let port = l.local_addr().expect("addr").port();
-            assert!(held.iter().all(|r| r.port() != port), "port {port} was handed out twice");
+            assert!(
+                held.iter().all(|r| r.port() != port),
+                "port {port} was handed out twice"
+            );
         }
     }
 
@@ -169,9 +179,15 @@ mod tests {
             || code.contains(", 0))?.local_addr()"))
             && code.contains(".local_addr()")
             && (code.contains(".port()") || code.contains("[1]"));
-        let helper = ["fn free_port", "def free_port", "fn free_ports", "fn unused_port", "def unused_port"]
-            .iter()
-            .any(|h| code.contains(h));
+        let helper = [
+            "fn free_port",
+            "def free_port",
+            "fn free_ports",
+            "fn unused_port",
+            "def unused_port",
+        ]
+        .iter()
+        .any(|h| code.contains(h));
         port_zero_bind || helper
     }
 
@@ -200,7 +216,8 @@ mod tests {
                 // Also the two-line forms: a port-0 bind, then a line that hands on its port as the
                 // value of a block or function (the socket closes right after).
                 let next = lines.get(i + 1).map_or("", |l| l.trim());
-                let port_zero = line.contains("bind(\"127.0.0.1:0\")") || line.contains("bind((\"127.0.0.1\", 0))");
+                let port_zero =
+                    line.contains("bind(\"127.0.0.1:0\")") || line.contains("bind((\"127.0.0.1\", 0))");
                 let two_lines = port_zero
                     && ((next.ends_with(".port()") && next.contains("local_addr()"))
                         || (next.starts_with("return") && next.contains("getsockname()")));
@@ -237,7 +254,9 @@ mod tests {
     fn bind_and_release_helpers_do_not_come_back() {
         let repo = crate::stack::repo().canonicalize().expect("repository root");
         let mut found = Vec::new();
-        for dir in ["config", "operator", "sidecar", "tests", "bench", "fuzz", "examples"] {
+        for dir in [
+            "config", "operator", "sidecar", "tests", "bench", "fuzz", "examples",
+        ] {
             scan(&repo, &repo.join(dir), &mut found);
         }
         assert!(

@@ -129,7 +129,9 @@ pub async fn start_operator(cp: &ControlPlane, bin: &Path, namespace: &str, dir:
     let admin = proc.wait_log("the operator's admin server", |l| {
         listening_addr(l, "admin server listening")
     })?;
-    let webhook = proc.wait_log("the operator's webhook", |l| listening_addr(l, "webhook listening"))?;
+    let webhook = proc.wait_log("the operator's webhook", |l| {
+        listening_addr(l, "webhook listening")
+    })?;
     wait_http_ok("operator /readyz", admin, "/readyz", &mut proc)?;
     if env.get("OPERATOR_WEBHOOK_CERT_MODE").is_none_or(|m| m == "self") {
         // Its first certificate round sets the registration's caBundle, with a precondition on
@@ -198,7 +200,11 @@ async fn seed_webhook_secret(client: &kube::Client, ns: &str, env: &BTreeMap<Str
 }
 
 /// Waits until every webhook of the chart's registration has a `caBundle`.
-async fn wait_for_ca_bundle(client: &kube::Client, env: &BTreeMap<String, String>, proc: &mut Proc) -> Result<()> {
+async fn wait_for_ca_bundle(
+    client: &kube::Client,
+    env: &BTreeMap<String, String>,
+    proc: &mut Proc,
+) -> Result<()> {
     let name = webhook_config(env)?;
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -206,9 +212,12 @@ async fn wait_for_ca_bundle(client: &kube::Client, env: &BTreeMap<String, String
         let config = api.get(name).await?;
         let webhooks = config.webhooks.unwrap_or_default();
         if !webhooks.is_empty()
-            && webhooks
-                .iter()
-                .all(|w| w.client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty()))
+            && webhooks.iter().all(|w| {
+                w.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .is_some_and(|b| !b.0.is_empty())
+            })
         {
             return Ok(());
         }

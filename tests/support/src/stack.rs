@@ -180,7 +180,13 @@ pub fn wait_log<T>(
         }
         Ok(found)
     })
-    .with_context(|| format!("--- {} ---\n{}", log.display(), read_from(log, from).unwrap_or_default()))
+    .with_context(|| {
+        format!(
+            "--- {} ---\n{}",
+            log.display(),
+            read_from(log, from).unwrap_or_default()
+        )
+    })
 }
 
 /// The first line of the log file `log`, from byte `from` on, that makes `pick` return `Some`
@@ -300,7 +306,8 @@ mod tests {
 
     #[test]
     fn log_fields_are_read_from_plain_logfmt_and_json_lines() {
-        let plain = "2026-01-01T00:00:00Z  INFO mailroom_sidecar: listening smtp=127.0.0.1:2525 admin=127.0.0.1:9465";
+        let plain =
+            "2026-01-01T00:00:00Z  INFO mailroom_sidecar: listening smtp=127.0.0.1:2525 admin=127.0.0.1:9465";
         let json = r#"{"timestamp":"t","level":"INFO","fields":{"message":"listening","smtp":"127.0.0.1:2525","admin":"127.0.0.1:9465"},"target":"mailroom_sidecar"}"#;
         for line in [plain, json] {
             assert_eq!(
@@ -314,7 +321,10 @@ mod tests {
         }
         let prometheus = r#"time=t level=INFO source=tls_config.go:395 msg="Listening on" component=web address=127.0.0.1:39755"#;
         assert_eq!(log_field(prometheus, "msg").as_deref(), Some("Listening on"));
-        assert_eq!(log_field(prometheus, "address").as_deref(), Some("127.0.0.1:39755"));
+        assert_eq!(
+            log_field(prometheus, "address").as_deref(),
+            Some("127.0.0.1:39755")
+        );
         // `addr=` is not the tail of `address=`.
         assert_eq!(log_field(prometheus, "addr"), None);
         assert_eq!(sidecar_listening("INFO mailroom_sidecar: stopped"), None);

@@ -43,10 +43,16 @@ use isolation::run;
 fn kubelet_ports(n: u8) -> Result<(u16, u16)> {
     let (port, healthz) = (10250 + 10 * u16::from(n), 10248 + 10 * u16::from(n));
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    if let Some(low) = range.split_whitespace().next().and_then(|l| l.parse::<u16>().ok())
+    if let Some(low) = range
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<u16>().ok())
         && port >= low
     {
-        bail!("kubelet port {port} is in the ephemeral port range ({})", range.trim());
+        bail!(
+            "kubelet port {port} is in the ephemeral port range ({})",
+            range.trim()
+        );
     }
     Ok((port, healthz))
 }

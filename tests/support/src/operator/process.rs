@@ -32,7 +32,10 @@ impl OperatorProcess {
     /// `<control plane logs>/operator-<identity>.log` (appended across restarts).
     pub fn spawn(cp: &ControlPlane, ns: &str, identity: &'static str) -> Result<Self> {
         let path = cp.logs_dir().join(format!("operator-{identity}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
         let from = log.metadata()?.len();
         let child = Command::new(crate::stack::built_bin(
             "mailroom-operator",
