@@ -46,19 +46,24 @@ def log(msg):
     print("soak: %s" % msg, file=sys.stderr, flush=True)
 
 
-def free_port():
+def reserve_port():
+    """A loopback port held for the run: a socket bound with SO_REUSEPORT that never listens, so
+    connections are refused while no upstream runs and no other process can take the port;
+    upstream.py --reuse-port binds it again after every stop."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 class Upstream:
-    """upstream.py on a fixed port; start() and stop() model the smarthost going away."""
+    """upstream.py on a port held for the run; start() and stop() model the smarthost going away."""
 
-    def __init__(self, python, work, port):
-        self.python, self.port = python, port
+    def __init__(self, python, work):
+        self.reservation = reserve_port()
+        self.python, self.port = python, self.reservation.getsockname()[1]
         self.maildir = os.path.join(work, "maildir")
         self.proc = None
         self.n = 0
@@ -67,7 +72,7 @@ class Upstream:
         # Each start writes into its own maildir, so transaction numbers never collide.
         self.n += 1
         maildir = "%s-%d" % (self.maildir, self.n)
-        args = [self.python, os.path.join(PEERS, "upstream.py"), "--port", str(self.port)]
+        args = [self.python, os.path.join(PEERS, "upstream.py"), "--port", str(self.port), "--reuse-port"]
         self.proc = subprocess.Popen(
             args + ["--tls", "none", "--maildir", maildir] + list(extra),
             stdout=subprocess.PIPE,
@@ -104,7 +109,8 @@ class Upstream:
 class Sidecar:
     def __init__(self, binary, work, upstream_port, command_timeout):
         self.binary, self.work = binary, work
-        self.smtp, self.admin = free_port(), free_port()
+        # The first start binds port 0 and logs the ports it got; restarts bind them again.
+        self.smtp, self.admin = 0, 0
         self.config = os.path.join(work, "sidecar.yaml")
         with open(self.config, "w") as f:
             f.write(
@@ -118,14 +124,27 @@ class Sidecar:
                 % (work, SPOOL_MAX_MESSAGES, upstream_port, command_timeout)
             )
         self.proc = None
-        self.log = open(os.path.join(work, "sidecar.log"), "ab")
+        self.log_path = os.path.join(work, "sidecar.log")
+        self.log = open(self.log_path, "ab")
 
     def start(self):
+        # Warnings, and the `listening smtp=… admin=…` line with the ports.
         env = dict(os.environ, SIDECAR_LISTEN_ADDR="127.0.0.1:%d" % self.smtp,
-                   SIDECAR_ADMIN_ADDR="127.0.0.1:%d" % self.admin, RUST_LOG="warn")
+                   SIDECAR_ADMIN_ADDR="127.0.0.1:%d" % self.admin, SIDECAR_LOG_FORMAT="plain",
+                   RUST_LOG="warn,mailroom_sidecar=info")
+        self.log.flush()
+        offset = os.path.getsize(self.log_path)
         self.proc = subprocess.Popen([self.binary, "--config", self.config], env=env,
                                      stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 30
+        while not self.admin and time.time() < deadline and self.proc.poll() is None:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                m = re.search(rb" listening smtp=\S+:(\d+) admin=\S+:(\d+)", f.read())
+            if m:
+                self.smtp, self.admin = int(m.group(1)), int(m.group(2))
+            else:
+                time.sleep(0.02)
         while time.time() < deadline:
             if self.metrics() is not None:
                 return
@@ -218,7 +237,7 @@ def settle(sidecar, upstream, acked_path, deadline_s):
 
 
 def crash(args, work):
-    up = Upstream(args.python, work, free_port())
+    up = Upstream(args.python, work)
     up.start()
     sc = Sidecar(args.sidecar, work, up.port, 10)
     sc.start()
@@ -242,7 +261,7 @@ def crash(args, work):
 
 def outage(args, work, name, seconds, *upstream_args):
     """Upstream healthy, then faulty (down, 421 or hanging) for `seconds`, then healthy again."""
-    up = Upstream(args.python, work, free_port())
+    up = Upstream(args.python, work)
     up.start()
     sc = Sidecar(args.sidecar, work, up.port, 10)
     sc.start()
@@ -302,7 +321,7 @@ def hostile(args, work):
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    up = Upstream(args.python, work, free_port())
+    up = Upstream(args.python, work)
     up.start()
     sc = Sidecar(args.sidecar, work, up.port, 10)
     sc.start()

@@ -2,7 +2,8 @@
 # mailroom in one command, no cluster: render the example MailDomain and Relays offline with
 # `mailroom-operator render`, run the sidecar of the staging Relay (capture delivery), send it a
 # message with curl, and show the captured, DKIM-signed message, the DNS records to publish and
-# the metrics it produced. SIDECAR_LISTEN_ADDR / SIDECAR_ADMIN_ADDR move its ports.
+# the metrics it produced. SIDECAR_LISTEN_ADDR / SIDECAR_ADMIN_ADDR move its ports (port 0: any
+# free port; the script reads the ones it got from the sidecar's log).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${MAILROOM_BIN:-$root/target/debug}"
@@ -17,10 +18,17 @@ echo "== mailroom-operator render -f examples (what the operator would do in a c
 "$bin/mailroom-operator" render -f "$root/examples" -o rendered
 config=rendered/shop-staging/sidecar.yaml
 
-echo "== starting mailroom-sidecar for Relay shop/staging (smtp $smtp, admin $admin)"
+echo "== starting mailroom-sidecar for Relay shop/staging"
 "$bin/mailroom-sidecar" --check-config "$config"
-SIDECAR_LISTEN_ADDR="$smtp" SIDECAR_ADMIN_ADDR="$admin" "$bin/mailroom-sidecar" --config "$config" 2>sidecar.log &
+SIDECAR_LISTEN_ADDR="$smtp" SIDECAR_ADMIN_ADDR="$admin" SIDECAR_LOG_FORMAT=plain \
+    "$bin/mailroom-sidecar" --config "$config" 2>sidecar.log &
 pid=$!
+# The line it logs once both ports are bound: "... listening smtp=127.0.0.1:2525 admin=127.0.0.1:9465".
+for _ in $(seq 100); do grep -q ' listening smtp=' sidecar.log && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+listening="$(grep -m1 ' listening smtp=' sidecar.log)" || { cat sidecar.log; exit 1; }
+smtp="$(sed 's/.* smtp=\([^ ]*\).*/\1/' <<<"$listening")"
+admin="$(sed 's/.* admin=\([^ ]*\).*/\1/' <<<"$listening")"
+echo "listening: smtp $smtp, admin $admin"
 for _ in $(seq 100); do curl -fs "http://$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs "http://$admin/readyz" >/dev/null || { cat sidecar.log; exit 1; }
 

@@ -12,6 +12,7 @@ The config target's seeds are the golden files in tests/fixtures/sidecar-config/
 """
 
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -143,20 +144,24 @@ def spool_seeds(sidecar, out):
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         subprocess.run(["openssl", "genpkey", "-algorithm", "ED25519", "-out", work / "key.pem"], check=True)
-        smtp, admin = free_port(), free_port()
+        # Port 0 for both: the sidecar logs the ports it got (see `listening`).
         (work / "sidecar.yaml").write_text(f"""apiVersion: mailroom.dev/v1alpha1
 kind: SidecarConfig
 hostname: relay.test
-listen: {{address: "127.0.0.1:{smtp}"}}
-admin: {{address: "127.0.0.1:{admin}"}}
+listen: {{address: "127.0.0.1:0"}}
+admin: {{address: "127.0.0.1:0"}}
 domains:
   - domain: example.com
     dkim: {{selector: s1, algorithm: ed25519-sha256, keyFile: {work / "key.pem"}}}
 spool: {{dir: {work / "spool"}}}
 delivery: {{capture: {{dir: {work / "capture"}}}}}
 """)
-        proc = subprocess.Popen([sidecar, "--config", work / "sidecar.yaml"], stderr=subprocess.DEVNULL)
+        log = work / "sidecar.log"
+        with open(log, "wb") as stderr:
+            env = dict(os.environ, SIDECAR_LOG_FORMAT="plain", RUST_LOG="info")
+            proc = subprocess.Popen([sidecar, "--config", work / "sidecar.yaml"], stderr=stderr, env=env)
         try:
+            smtp, admin = listening(log, proc)
             wait_ready(admin)
             with smtplib.SMTP("127.0.0.1", smtp) as s:
                 s.send_message(message(["a@example.net", "b@example.org"]))
@@ -178,10 +183,16 @@ delivery: {{capture: {{dir: {work / "capture"}}}}}
     )
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listening(log, proc):
+    """The SMTP and admin ports from the sidecar's `listening smtp=127.0.0.1:… admin=127.0.0.1:…`."""
+    for _ in range(200):
+        m = re.search(r" listening smtp=\S+:(\d+) admin=\S+:(\d+)", log.read_text(errors="replace"))
+        if m:
+            return int(m.group(1)), int(m.group(2))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit("sidecar did not start:\n" + log.read_text(errors="replace"))
 
 
 def wait_ready(admin):

@@ -24,7 +24,10 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use mailroom_operator::crd::{MailDomain, MailDomainSpec, Relay, RelaySpec};
-use mailroom_test_support::ControlPlane;
+use mailroom_test_support::{
+    ControlPlane,
+    stack::{find_in_log, listening_addr},
+};
 
 /// Concurrent creates from the test (the apiserver's default in-flight limit is far above it).
 const CREATE_CONCURRENCY: usize = 16;
@@ -60,33 +63,48 @@ impl Size {
 /// The real operator binary, reconciling as cluster-admin (RBAC is proven elsewhere).
 struct Operator {
     child: Child,
-    admin_port: u16,
+    log: std::path::PathBuf,
+    /// Its admin address: port 0, read from its `admin server listening` line on first use.
+    admin: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Operator {
     fn spawn(cp: &ControlPlane, ns: &str, dns: &DnsServer) -> Result<Self> {
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(cp.logs_dir().join("operator-scale.log"))?;
+        let path = cp.logs_dir().join("operator-scale.log");
+        let log = std::fs::File::create(&path)?;
         let child = Command::new(env!("CARGO_BIN_EXE_mailroom-operator"))
             .env("KUBECONFIG", cp.kubeconfig_path())
             .env("OPERATOR_NAMESPACE", ns)
             .env("OPERATOR_IDENTITY", "scale")
-            .env("OPERATOR_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("OPERATOR_ADMIN_ADDR", "127.0.0.1:0")
             .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
             // A real server with an empty zone: every check is a quick NXDOMAIN, as in a
             // cluster before the records are published.
             .env("OPERATOR_DNS_NAMESERVERS", dns.addr())
-            .env("RUST_LOG", "warn")
+            // Warnings, and the line with the admin address.
+            .env("RUST_LOG", "warn,mailroom_operator::admin=info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        Ok(Self { child, admin_port })
+        Ok(Self {
+            child,
+            log: path,
+            admin: std::sync::OnceLock::new(),
+        })
     }
 
-    /// Its /metrics text (empty until the admin server listens).
+    /// Its /metrics text (an error until the admin server listens).
     fn metrics(&self) -> Result<String> {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.admin_port))?;
+        let admin = match self.admin.get() {
+            Some(addr) => *addr,
+            None => {
+                let addr = find_in_log(&self.log, 0, |l| listening_addr(l, "admin server listening"))?
+                    .context("the operator has not logged its admin address yet")?;
+                *self.admin.get_or_init(|| addr)
+            }
+        };
+        let mut stream = std::net::TcpStream::connect(admin)?;
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
         let mut body = String::new();
         stream.read_to_string(&mut body)?;

@@ -10,7 +10,6 @@ use mailroom_test_support::operator as common;
 use std::{
     io::Write,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
@@ -31,7 +30,7 @@ use mailroom_operator::crd::{MailDomain, Relay};
 use mailroom_test_support::{
     kubelet::PodContainer,
     peers::{Upstream, smtp_send},
-    stack::{Proc, build_binaries, eventually, free_port, http_get},
+    stack::{Proc, build_binaries, http_get},
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -60,8 +59,8 @@ async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metri
     secrets
         .create(&pp, &secret("upstream-ca", &[("ca.crt", &ca)]))
         .await?;
-    let listen = free_port()?;
-    let spec = common::starttls_relay_spec(listen, upstream.port);
+    // The port inside the pod; the process below gets one of its own on this machine.
+    let spec = common::starttls_relay_spec(2525, upstream.port);
     relay(&env, &ns, "outbound", &spec, "Reconciled").await?;
     let _injector = start_injector(&env, &[], |_| {}).await?;
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
@@ -71,19 +70,13 @@ async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metri
     let root = tmp.path().join("pod");
     let mut container = PodContainer::materialize(&env.admin, &stored, "mailroom-sidecar", &root).await?;
     container.env.insert("RUST_LOG".into(), "debug".into());
-    // A real pod has its own network namespace; here the admin port must be free.
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    container
-        .env
-        .insert("SIDECAR_ADMIN_ADDR".into(), admin.to_string());
+    // A real pod has its own network namespace; here the sidecar takes free loopback ports
+    // (port 0) and reports them.
+    for var in ["SIDECAR_LISTEN_ADDR", "SIDECAR_ADMIN_ADDR"] {
+        container.env.insert(var.into(), "127.0.0.1:0".into());
+    }
     let mut process = Proc::spawn("sidecar", &mut container.command(&bin)?, tmp.path())?;
-    eventually("the sidecar to listen", Duration::from_secs(30), || {
-        process.check_running()?;
-        Ok(std::net::TcpStream::connect(("127.0.0.1", listen))
-            .ok()
-            .map(|_| ()))
-    })?;
-    let smtp = format!("127.0.0.1:{listen}").parse()?;
+    let (smtp, admin) = process.sidecar_addrs()?;
     if let Err(e) = smtp_send(smtp, "app@shop.example.com", &["someone@example.net"])? {
         anyhow::bail!("smtplib: {e}");
     }

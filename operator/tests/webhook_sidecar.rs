@@ -18,12 +18,7 @@ use common::{
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, api::PostParams};
-use mailroom_test_support::{
-    kubelet::PodContainer,
-    peers::Upstream,
-    stack::{Proc, eventually, free_port},
-    testenv,
-};
+use mailroom_test_support::{kubelet::PodContainer, peers::Upstream, stack::Proc, testenv};
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers");
 const MESSAGE: &str = "From: app@shop.example.com\r\nTo: someone@example.net\r\nSubject: injected\r\n\
@@ -57,7 +52,8 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
             ),
         )
         .await?;
-    let listen = free_port()?;
+    // The port inside the pod; the process below gets one of its own on this machine.
+    let listen = 2525;
     let spec = common::starttls_relay_spec(listen, upstream.port);
     relay(&env, &ns, "outbound", &spec, "Reconciled").await?;
     let _injector = start_injector(&env, &[], |_| {}).await?;
@@ -95,23 +91,20 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
     );
     let command = sidecar.command.clone().unwrap_or_default();
     ensure!(command == ["mailroom-sidecar"], "unexpected command {command:?}");
-    // A real pod has its own network namespace; here the admin port must be free.
-    container
-        .env
-        .insert("SIDECAR_ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port()?));
+    assert_eq!(
+        container.env.get("SIDECAR_LISTEN_ADDR").map(String::as_str),
+        Some(format!("127.0.0.1:{listen}").as_str()),
+        "the sidecar listens where the app sends"
+    );
+    // A real pod has its own network namespace; here the sidecar takes free loopback ports
+    // (port 0) and reports them.
+    for var in ["SIDECAR_LISTEN_ADDR", "SIDECAR_ADMIN_ADDR"] {
+        container.env.insert(var.into(), "127.0.0.1:0".into());
+    }
     let mut process = Proc::spawn("sidecar", &mut container.command(&bin)?, tmp.path())?;
-    eventually(
-        "the sidecar to listen",
-        std::time::Duration::from_secs(30),
-        || {
-            process.check_running()?;
-            Ok(std::net::TcpStream::connect(("127.0.0.1", listen))
-                .ok()
-                .map(|_| ()))
-        },
-    )?;
+    let (smtp, _admin) = process.sidecar_addrs()?;
 
-    send(listen)?;
+    send(smtp.port())?;
     let eml = upstream.wait_messages(1, &mut process)?.remove(0);
     let text = std::fs::read_to_string(&eml)?;
     ensure!(

@@ -10,6 +10,7 @@ use mailroom_sidecar::{
 use mailroom_test_support::{
     certs::{TestCa, test_ca},
     peers::Upstream,
+    relay,
 };
 use std::{path::Path, time::Duration};
 
@@ -353,12 +354,10 @@ async fn unparked(t: &SmarthostTransport) {
 #[tokio::test]
 async fn refused_connections_park_the_route_and_a_probe_unparks_it() {
     let h = harness();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // Nothing listens on the port until the upstream starts there; nothing else can meanwhile.
+    let port = relay::reserve_port();
     let metrics = Metrics::new();
-    let cfg = smarthost(port, TlsMode::None, &h.ca.ca);
+    let cfg = smarthost(port.port(), TlsMode::None, &h.ca.ca);
     let policy = ParkPolicy {
         threshold: 2,
         initial: Duration::from_millis(300),
@@ -390,7 +389,7 @@ async fn refused_connections_park_the_route_and_a_probe_unparks_it() {
     assert_eq!(results[0].class, ReplyClass::Connection, "the probe failed");
     assert!(t.parked(), "parked again, for longer");
 
-    let up = Upstream::start(h.dir.path(), &["--port", &port.to_string()]);
+    let up = Upstream::start_on(h.dir.path(), &port, &[]);
     unparked(&t).await;
     let results = send(&t, "app@example.com", &["ok@example.net"]).await;
     assert_eq!(

@@ -2,7 +2,7 @@
 //! is never reported valid, and an environment override cannot bypass validation (it would make
 //! the relay listen off loopback without `listen.allowNonLoopback`: an open relay).
 
-use mailroom_test_support::relay::{free_port, sidecar_bin};
+use mailroom_test_support::relay::{reserve_port, sidecar_bin};
 use std::{
     net::TcpStream,
     path::Path,
@@ -32,7 +32,8 @@ fn run(args: &[&std::ffi::OsStr], env: &[(&str, String)]) -> Output {
     let mut child = Command::new(sidecar_bin())
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("SIDECAR_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        // Every run here exits before it serves anything; port 0 if it did.
+        .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -104,7 +105,9 @@ fn an_environment_override_cannot_open_the_relay() {
     ed25519_key(&key);
     std::fs::write(&password, "secret").expect("password file");
     let config = write_config(dir.path(), &key, &password);
-    let port = free_port();
+    // Held for the test, so that nothing else listens there either.
+    let reserved = reserve_port();
+    let port = reserved.port();
     let env = [("SIDECAR_LISTEN_ADDR", format!("0.0.0.0:{port}"))];
     let start = run(&["--config".as_ref(), config.as_os_str()], &env);
     let check = run(&["--check-config".as_ref(), config.as_os_str()], &env);

@@ -6,7 +6,7 @@
 use mailroom_test_support::{
     certs::{spki_sha256, test_ca_for},
     peers::{DnsServer, PolicyServer, Upstream},
-    relay::{Sidecar, direct_config, eventually, free_port, smtplib_send},
+    relay::{Sidecar, direct_config, eventually, smtplib_send},
 };
 use std::path::Path;
 
@@ -19,10 +19,11 @@ fn config(dns: &DnsServer, smtp_port: u16, extra: &str) -> String {
     )
 }
 
-/// An aiosmtpd receiver on `address` offering STARTTLS with `cert` (a PEM chain) or none.
-fn upstream(dir: &Path, address: &str, port: u16, tls: Option<(&Path, &Path)>) -> Upstream {
-    let port = port.to_string();
-    let mut args = vec!["--address", address, "--port", &port];
+/// An aiosmtpd receiver on `address` offering STARTTLS with `cert` (a PEM chain) or none. Each
+/// test has one MX host, so the port it binds is the one the sidecar connects to (and the one
+/// the TLSA records name).
+fn upstream(dir: &Path, address: &str, tls: Option<(&Path, &Path)>) -> Upstream {
+    let mut args = vec!["--address", address];
     let (cert, key);
     if let Some((c, k)) = tls {
         cert = c.display().to_string();
@@ -61,8 +62,8 @@ fn dane_ee_mismatch_defers_until_the_tlsa_record_matches() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = test_ca_for(&dir.path().join("ca"), "DNS:mx.dane.test");
     let other = test_ca_for(&dir.path().join("other"), "DNS:mx.dane.test");
-    let port = free_port();
-    let mx = upstream(dir.path(), "127.0.0.2", port, Some((&ca.cert, &ca.key)));
+    let mx = upstream(dir.path(), "127.0.0.2", Some((&ca.cert, &ca.key)));
+    let port = mx.port;
     let zone = |hash: &str| {
         format!(
             "dane.test. 1 IN MX 10 mx.dane.test.
@@ -108,8 +109,8 @@ _{port}._tcp.mx.dane.test. 1 IN TLSA 3 1 1 {hash}
 fn dane_ta_validates_the_chain_and_the_mx_host_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = test_ca_for(&dir.path().join("ca"), "DNS:mx.ta.test");
-    let port = free_port();
-    let mx = upstream(dir.path(), "127.0.0.3", port, Some((&ca.chain(), &ca.key)));
+    let mx = upstream(dir.path(), "127.0.0.3", Some((&ca.chain(), &ca.key)));
+    let port = mx.port;
     let ta = spki_sha256(&ca.ca);
     let dns = DnsServer::signed(
         dir.path(),
@@ -147,8 +148,8 @@ fn insecure_zone_falls_back_to_opportunistic_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = test_ca_for(&dir.path().join("ca"), "DNS:mx.plain.test");
     let other = test_ca_for(&dir.path().join("other"), "DNS:mx.plain.test");
-    let port = free_port();
-    let mx = upstream(dir.path(), "127.0.0.2", port, Some((&ca.cert, &ca.key)));
+    let mx = upstream(dir.path(), "127.0.0.2", Some((&ca.cert, &ca.key)));
+    let port = mx.port;
     let dns = DnsServer::signed(
         dir.path(),
         &format!(
@@ -184,8 +185,8 @@ _{port}._tcp.mx.plain.test. 1 IN TLSA 3 1 1 {}
 #[test]
 fn bogus_signatures_defer_and_never_fall_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mx = upstream(dir.path(), "127.0.0.2", port, None);
+    let mx = upstream(dir.path(), "127.0.0.2", None);
+    let port = mx.port;
     let good = "bogus.test. 1 IN MX 10 mx.bogus.test.\nmx.bogus.test. 1 IN A 127.0.0.2\n";
     let dns = DnsServer::signed(dir.path(), &format!("; BOGUS bogus.test.\n{good}"));
     let sidecar = Sidecar::start(dir.path(), &config(&dns, port, ""));
@@ -215,8 +216,8 @@ fn dane_takes_precedence_over_mta_sts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let web = test_ca_for(&dir.path().join("web"), "DNS:mta-sts.pre.test");
     let smtp = test_ca_for(&dir.path().join("smtp"), "DNS:mx.pre.test");
-    let port = free_port();
-    let mx = upstream(dir.path(), "127.0.0.2", port, Some((&smtp.cert, &smtp.key)));
+    let mx = upstream(dir.path(), "127.0.0.2", Some((&smtp.cert, &smtp.key)));
+    let port = mx.port;
     let https = PolicyServer::start(dir.path(), "127.0.0.3", &web);
     https.publish(
         "pre.test",

@@ -154,16 +154,13 @@ fn mixed_recipients_deliver_bounce_and_expire_with_dsns() {
 #[test]
 fn deferred_message_is_retried_until_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = relay::free_port();
+    let port = relay::reserve_port();
     let first = dir.path().join("first");
     std::fs::create_dir_all(&first).expect("dir");
-    let down = Upstream::start(
-        &first,
-        &["--tls", "none", "--port", &port.to_string(), "--fail-data", "451"],
-    );
+    let down = Upstream::start_on(&first, &port, &["--tls", "none", "--fail-data", "451"]);
     let sidecar = Sidecar::start(
         dir.path(),
-        &smarthost_config(port, "none", "", "  - domain: example.com", ""),
+        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
     );
     send_one(&sidecar);
     sidecar.wait_metric(
@@ -171,7 +168,7 @@ fn deferred_message_is_retried_until_delivered() {
         |v| v >= 1.0,
     );
     drop(down);
-    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     eventually("delivery after retry", || {
         (up.received().len() == 1).then_some(())
     });

@@ -5,7 +5,7 @@
 use mailroom_test_support::{
     certs::test_ca,
     peers::{DnsServer, Upstream},
-    relay::{Sidecar, direct_config, eventually, free_port, smtplib_send},
+    relay::{Reservation, Sidecar, direct_config, eventually, reserve_port, smtplib_send},
 };
 use std::path::Path;
 
@@ -13,21 +13,25 @@ fn config(dns: u16, smtp_port: u16, tls: &str) -> String {
     direct_config(dns, smtp_port, &format!("    tls: {tls}\n"))
 }
 
+/// An aiosmtpd receiver on `address`, on the port `port` holds (the port the sidecar connects to
+/// on every MX host), or on a port of its own when it is the only receiver.
 fn upstream(
     dir: &Path,
     address: &str,
-    port: u16,
+    port: Option<&Reservation>,
     tls: Option<&mailroom_test_support::certs::TestCa>,
 ) -> Upstream {
-    let port = port.to_string();
-    let mut args = vec!["--address", address, "--port", &port];
+    let mut args = vec!["--address", address];
     let (cert, key);
     if let Some(ca) = tls {
         cert = ca.cert.display().to_string();
         key = ca.key.display().to_string();
         args.extend(["--tls", "starttls", "--cert", &cert, "--key", &key]);
     }
-    Upstream::start(dir, &args)
+    match port {
+        Some(port) => Upstream::start_on(dir, port, &args),
+        None => Upstream::start(dir, &args),
+    }
 }
 
 fn message(to: &str) -> String {
@@ -44,8 +48,9 @@ fn message(to: &str) -> String {
 fn mx_order_fallback_implicit_null_and_nxdomain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = test_ca(&dir.path().join("ca"));
-    let port = free_port();
-    let mx2 = upstream(dir.path(), "127.0.0.3", port, Some(&ca));
+    // mx1 (127.0.0.2) is down: nothing listens there on the port, and nothing else can.
+    let port = reserve_port();
+    let mx2 = upstream(dir.path(), "127.0.0.3", Some(&port), Some(&ca));
     let dns = DnsServer::with_zone(
         dir.path(),
         "a.test. 300 IN MX 10 mx1.a.test.
@@ -57,7 +62,7 @@ null.test. 300 IN MX 0 .
 example.com. 300 IN MX 10 mx2.a.test.
 ",
     );
-    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "opportunistic"));
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "opportunistic"));
     let rcpts = ["u@a.test", "v@implicit.test", "w@null.test", "x@missing.test"];
     smtplib_send(
         sidecar.smtp,
@@ -107,11 +112,10 @@ example.com. 300 IN MX 10 mx2.a.test.
 #[test]
 fn servfail_defers_then_delivers_when_dns_is_fixed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mx = upstream(dir.path(), "127.0.0.2", port, None);
+    let mx = upstream(dir.path(), "127.0.0.2", None, None);
     let good = "flaky.test. 300 IN MX 10 mx.flaky.test.\nmx.flaky.test. 300 IN A 127.0.0.2\n";
     let dns = DnsServer::with_zone(dir.path(), &format!("; SERVFAIL flaky.test.\n{good}"));
-    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "opportunistic"));
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, mx.port, "opportunistic"));
     smtplib_send(
         sidecar.smtp,
         "app@example.com",
@@ -143,9 +147,9 @@ fn servfail_defers_then_delivers_when_dns_is_fixed() {
 fn required_tls_is_refused_when_not_offered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = test_ca(&dir.path().join("ca"));
-    let port = free_port();
-    let plain = upstream(dir.path(), "127.0.0.2", port, None);
-    let tls = upstream(dir.path(), "127.0.0.3", port, Some(&ca));
+    let port = reserve_port();
+    let plain = upstream(dir.path(), "127.0.0.2", Some(&port), None);
+    let tls = upstream(dir.path(), "127.0.0.3", Some(&port), Some(&ca));
     let dns = DnsServer::with_zone(
         dir.path(),
         "both.test. 300 IN MX 10 plain.both.test.
@@ -155,7 +159,7 @@ tls.both.test. 300 IN A 127.0.0.3
 plainonly.test. 300 IN MX 10 plain.both.test.
 ",
     );
-    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "require"));
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "require"));
     smtplib_send(
         sidecar.smtp,
         "app@example.com",

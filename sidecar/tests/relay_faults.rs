@@ -4,7 +4,7 @@
 
 use mailroom_test_support::{
     peers::Upstream,
-    relay::{self, Sidecar, eventually, free_port, smarthost_config, smtplib_send},
+    relay::{self, Sidecar, eventually, reserve_port, smarthost_config, smtplib_send},
 };
 use std::{
     collections::HashMap,
@@ -22,10 +22,10 @@ use std::{
 #[test]
 fn smarthost_outage_parks_the_route_then_one_probe_lets_everything_through() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = reserve_port();
     let sidecar = Sidecar::start(
         dir.path(),
-        &smarthost_config(port, "none", "", "  - domain: example.com", ""),
+        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
     );
     let acked = send_load(&sidecar, dir.path(), 20);
     sidecar.wait_metric(r#"mailroom_sidecar_route_parked{route="smarthost"}"#, |v| {
@@ -52,7 +52,7 @@ fn smarthost_outage_parks_the_route_then_one_probe_lets_everything_through() {
     assert_eq!(sidecar.metric("mailroom_sidecar_route_probes_total"), 0.0);
     assert_eq!(sidecar.metric("mailroom_sidecar_queue_messages"), 20.0);
 
-    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     let counts = wait_delivered(&up, &acked);
     assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
     assert_eq!(
@@ -71,16 +71,16 @@ fn smarthost_outage_parks_the_route_then_one_probe_lets_everything_through() {
 #[test]
 fn smarthost_answering_421_defers_until_it_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let refusing = Upstream::start(dir.path(), &["--greeting-421"]);
-    let port = refusing.port;
+    let port = reserve_port();
+    let refusing = Upstream::start_on(dir.path(), &port, &["--greeting-421"]);
     let sidecar = Sidecar::start(
         dir.path(),
-        &smarthost_config(port, "none", "", "  - domain: example.com", ""),
+        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
     );
     let acked = send_load(&sidecar, dir.path(), 5);
     sidecar.wait_metric("mailroom_sidecar_messages_deferred_total", |v| v >= 1.0);
     drop(refusing);
-    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     let counts = wait_delivered(&up, &acked);
     assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
     assert_eq!(sidecar.metric("mailroom_sidecar_messages_bounced_total"), 0.0);
@@ -113,10 +113,10 @@ fn smarthost_hanging_after_data_times_out_and_the_retry_delivers() {
 #[test]
 fn corrupt_spool_is_quarantined_and_the_other_messages_are_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = reserve_port();
     let mut sidecar = Sidecar::start(
         dir.path(),
-        &smarthost_config(port, "none", "", "  - domain: example.com", ""),
+        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
     );
     for n in 0..3 {
         let body = format!(
@@ -150,7 +150,7 @@ fn corrupt_spool_is_quarantined_and_the_other_messages_are_delivered() {
     bytes.extend_from_slice(b"\x00\x17torn write");
     std::fs::write(&segment, &bytes).expect("write segment");
 
-    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     sidecar.restart();
     let counts = wait_delivered(&up, &["spooled-0".into(), "spooled-2".into()]);
     assert!(

@@ -132,9 +132,9 @@ fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
 #[test]
 fn full_spool_answers_452_and_keeps_what_it_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = relay::free_port();
+    let port = relay::reserve_port();
     let tail = "";
-    let config = smarthost_config(port, "none", "", "  - domain: example.com", tail)
+    let config = smarthost_config(port.port(), "none", "", "  - domain: example.com", tail)
         .replace("  dir: {dir}/spool", "  dir: {dir}/spool\n  maxMessages: 2");
     let sidecar = Sidecar::start(dir.path(), &config);
     let msg = b"From: app@example.com\r\n\r\nx\r\n";
@@ -147,7 +147,7 @@ fn full_spool_answers_452_and_keeps_what_it_accepted() {
         sidecar.metric(r#"mailroom_sidecar_messages_received_total{reason="spool_full""#),
         1.0
     );
-    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     eventually("both accepted messages delivered", || {
         (up.received().len() == 2).then_some(())
     });
@@ -169,10 +169,10 @@ fn full_disk_answers_452_and_damages_nothing() {
         "this test mounts a small tmpfs and needs root (CI and make test run as root)"
     );
     let _unmount = Unmount(spool.clone());
-    let port = relay::free_port();
+    let port = relay::reserve_port();
     let sidecar = Sidecar::start(
         dir.path(),
-        &smarthost_config(port, "none", "", "  - domain: example.com", ""),
+        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
     );
     // 400 kB in lines of 78 octets (RFC 5322 2.1.1 recommends at most 78).
     let big = format!(
@@ -194,7 +194,7 @@ fn full_disk_answers_452_and_damages_nothing() {
     };
     assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
     assert!(accepted >= 1);
-    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     let got = eventually("accepted messages delivered intact", || {
         let r = up.received();
         (r.len() == accepted).then_some(r)
@@ -217,8 +217,8 @@ impl Drop for Unmount {
 #[test]
 fn sigterm_drains_and_undelivered_mail_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = relay::free_port();
-    let config = smarthost_config(port, "none", "", "  - domain: example.com", "");
+    let port = relay::reserve_port();
+    let config = smarthost_config(port.port(), "none", "", "  - domain: example.com", "");
     let mut sidecar = Sidecar::start_with_env(dir.path(), &config, &[("SIDECAR_DRAIN_SECONDS", "1")]);
     smtplib_send(
         sidecar.smtp,
@@ -233,7 +233,7 @@ fn sigterm_drains_and_undelivered_mail_survives_restart() {
         log.contains("undelivered_messages=1") && log.contains("drain ended with undelivered mail"),
         "the drain reports what it left behind:\n{log}"
     );
-    let up = Upstream::start(dir.path(), &["--tls", "none", "--port", &port.to_string()]);
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     sidecar.restart();
     eventually("delivery after restart", || {
         (up.received().len() == 1).then_some(())

@@ -7,7 +7,7 @@
 use mailroom_test_support::{
     certs::{TestCa, test_ca_for},
     peers::{DnsServer, PolicyServer, Upstream},
-    relay::{Sidecar, direct_config, eventually, free_port, smtplib_send},
+    relay::{Sidecar, direct_config, eventually, smtplib_send},
 };
 use std::path::Path;
 
@@ -26,16 +26,13 @@ fn config(dns: u16, smtp_port: u16, https_port: u16, ca: &Path) -> String {
 /// 127.0.0.3 with the same certificate.
 fn peers(dir: &Path, san: &str) -> (TestCa, u16, Upstream, PolicyServer) {
     let ca = test_ca_for(&dir.join("ca"), san);
-    let port = free_port();
     let (cert, key) = (ca.cert.display().to_string(), ca.key.display().to_string());
-    let p = port.to_string();
+    // The only MX host: the port it binds is the one the sidecar connects to.
     let mx = Upstream::start(
         dir,
         &[
             "--address",
             "127.0.0.2",
-            "--port",
-            &p,
             "--tls",
             "starttls",
             "--cert",
@@ -45,7 +42,7 @@ fn peers(dir: &Path, san: &str) -> (TestCa, u16, Upstream, PolicyServer) {
         ],
     );
     let https = PolicyServer::start(dir, "127.0.0.3", &ca);
-    (ca, port, mx, https)
+    (ca, mx.port, mx, https)
 }
 
 fn zone(domain: &str, mx: &str) -> String {

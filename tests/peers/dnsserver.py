@@ -13,8 +13,8 @@ and `; INSECURE <name>` / `; BOGUS <name>` lines for unsigned subzones and broke
 """
 
 import argparse
+import errno
 import os
-import socket
 import sys
 import time
 
@@ -98,22 +98,21 @@ class SignedHandler(DNSHandler):
         return resolver.zones.reply(data, None if self.protocol == "tcp" else 1232)
 
 
-def free_port(address):
-    # One port for both UDP and TCP: take a UDP port and check TCP can bind it too.
+def start_servers(resolver, handler, address, port):
+    """UDP and TCP servers on one port: `port`, or for 0 the port the UDP bind got, when TCP can
+    bind it too (else both again, with another). Nothing is released and rebound in between."""
     for _ in range(50):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind((address, 0))
-        port = u.getsockname()[1]
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        udp = DNSServer(resolver, port=port, address=address, tcp=False, logger=QuietLogger(), handler=handler)
+        bound = udp.server.server_address[1]
         try:
-            t.bind((address, port))
-            return port
-        except OSError:
+            tcp = DNSServer(resolver, port=bound, address=address, tcp=True, logger=QuietLogger(), handler=handler)
+        except OSError as e:
+            udp.server.server_close()
+            if port or e.errno != errno.EADDRINUSE:
+                raise
             continue
-        finally:
-            u.close()
-            t.close()
-    raise SystemExit("no free port")
+        return [udp, tcp], bound
+    raise SystemExit("no port free for both UDP and TCP")
 
 
 def main():
@@ -123,17 +122,11 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--dnssec", metavar="ANCHOR_FILE")
     args = p.parse_args()
-    port = args.port or free_port(args.address)
     if args.dnssec:
         resolver, handler = SignedResolver(args.zone, args.dnssec), SignedHandler
     else:
         resolver, handler = ZoneResolver(args.zone), DNSHandler
-    servers = [
-        DNSServer(
-            resolver, port=port, address=args.address, tcp=tcp, logger=QuietLogger(), handler=handler
-        )
-        for tcp in (False, True)
-    ]
+    servers, port = start_servers(resolver, handler, args.address, args.port)
     for s in servers:
         s.start_thread()
     print(port, flush=True)

@@ -1,6 +1,8 @@
 """Scripted upstream SMTP server for the sidecar's delivery tests (aiosmtpd, which we did not write).
 
 Binds --address (127.0.0.1 by default; any 127.0.0.x works on Linux) and --port (0 by default) and prints the bound port on stdout, then serves until killed.
+--reuse-port binds with SO_REUSEPORT: the test holds the port with a socket that never listens
+(mailroom_test_support::ports::Reservation), so that it stays ours while no upstream runs.
 Recipient behaviour by local part: temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
 slow* -> sleeps --slow-seconds before 250. --hang-data N: the first N transactions get no reply
 after the end of data (the upstream hangs mid-DATA and saves nothing); later ones are served. Each transaction is saved in --maildir as
@@ -22,6 +24,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (a port the test holds)")
     p.add_argument("--tls", choices=["starttls", "implicit", "none"], default="none")
     p.add_argument("--cert")
     p.add_argument("--key")
@@ -143,7 +146,7 @@ async def main():
     state = State(args.maildir)
     loop = asyncio.get_running_loop()
     if args.greeting_421:
-        server = await asyncio.start_server(greeting_421, args.address, args.port)
+        server = await asyncio.start_server(greeting_421, args.address, args.port, reuse_port=args.reuse_port)
     else:
         ctx = tls_context(args) if args.tls != "none" else None
         authenticator = None
@@ -165,7 +168,11 @@ async def main():
             )
 
         server = await loop.create_server(
-            factory, args.address, args.port, ssl=ctx if args.tls == "implicit" else None
+            factory,
+            args.address,
+            args.port,
+            ssl=ctx if args.tls == "implicit" else None,
+            reuse_port=args.reuse_port,
         )
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:

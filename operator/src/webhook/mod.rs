@@ -151,7 +151,11 @@ impl Webhook {
         tokio::spawn(relays.for_each(|_| std::future::ready(())));
         let router = router(self.state);
         tokio::spawn(self.keeper.run());
-        tracing::info!(addr = ?self.listener.local_addr().ok(), path = WEBHOOK_PATH, "webhook listening");
+        let addr = self
+            .listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        tracing::info!(%addr, path = WEBHOOK_PATH, "webhook listening");
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(conn) => conn,

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::{
     Api, Client,
@@ -24,7 +24,7 @@ use mailroom_test_support::{
     peers::{DnsServer, Upstream},
     prometheus::{self, Prometheus},
     release::{self, Operator},
-    stack::{self, Proc, eventually, free_port},
+    stack::{self, Proc, eventually},
 };
 use serde_json::{Value, json};
 
@@ -66,7 +66,8 @@ pub struct AppPod {
     pub sidecar: PodContainer,
     /// The sidecar process.
     pub proc: Proc,
-    /// Where the app sends mail: `$SMTP_HOST:$SMTP_PORT` of the app container.
+    /// Where the app sends mail: `$SMTP_HOST:$SMTP_PORT` of the app container (the sidecar's
+    /// `SIDECAR_LISTEN_ADDR` in the pod), moved to the port the process got on this machine.
     pub smtp: SocketAddr,
     /// The sidecar's admin address (`/metrics`).
     pub admin: SocketAddr,
@@ -191,15 +192,6 @@ spec:
 
         let root = self.dir().join(format!("pod-{name}"));
         let mut sidecar = PodContainer::materialize(&self.client, &stored, SIDECAR, &root).await?;
-        // A pod has its own network namespace; here the admin port must be free on this machine.
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        sidecar.env.insert("SIDECAR_ADMIN_ADDR".into(), admin.to_string());
-        let mut proc = Proc::spawn(
-            &format!("sidecar-{name}"),
-            &mut sidecar.command(&self.bin)?,
-            self.dir(),
-        )?;
-        stack::wait_http_ok("sidecar /readyz", admin, "/readyz", &mut proc)?;
         let app = &stored.spec.as_ref().context("spec")?.containers[0];
         let app_env = |k: &str| {
             app.env
@@ -209,7 +201,24 @@ spec:
                 .and_then(|e| e.value.clone())
                 .with_context(|| format!("app container has no {k}"))
         };
-        let smtp = format!("{}:{}", app_env("SMTP_HOST")?, app_env("SMTP_PORT")?).parse()?;
+        let in_pod = format!("{}:{}", app_env("SMTP_HOST")?, app_env("SMTP_PORT")?);
+        ensure!(
+            sidecar.env.get("SIDECAR_LISTEN_ADDR") == Some(&in_pod),
+            "the app sends to {in_pod}, the sidecar listens on {:?}",
+            sidecar.env.get("SIDECAR_LISTEN_ADDR")
+        );
+        // A pod has its own network namespace; here the sidecar takes free loopback ports (port
+        // 0) and reports them.
+        for var in ["SIDECAR_LISTEN_ADDR", "SIDECAR_ADMIN_ADDR"] {
+            sidecar.env.insert(var.into(), "127.0.0.1:0".into());
+        }
+        let mut proc = Proc::spawn(
+            &format!("sidecar-{name}"),
+            &mut sidecar.command(&self.bin)?,
+            self.dir(),
+        )?;
+        let (smtp, admin) = proc.sidecar_addrs()?;
+        stack::wait_http_ok("sidecar /readyz", admin, "/readyz", &mut proc)?;
         Ok(AppPod {
             pod: stored,
             sidecar,

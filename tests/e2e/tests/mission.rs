@@ -218,7 +218,7 @@ spec:
   listenPort: {port}
   delivery: {{capture: {{}}}}",
         ns = m.app_ns,
-        port = mailroom_test_support::stack::free_port()?,
+        port = LISTEN_PORT,
     ))
     .await?;
     let relay = m.wait_condition("Relay", "staging", "Ready").await?;
@@ -282,13 +282,17 @@ spec:
       credentialsSecretRef: {{name: smarthost-credentials}}
       caSecretRef: {{name: smarthost-ca, key: ca.crt}}",
         ns = m.app_ns,
-        port = mailroom_test_support::stack::free_port()?,
+        port = LISTEN_PORT,
         upstream = upstream.port,
     ))
     .await?;
     m.wait_condition("Relay", "outbound", "Ready").await?;
     Ok(())
 }
+
+/// The Relays' `listenPort`: the port inside the pod (each pod has its own network namespace;
+/// `Mission::run_pod` runs the sidecar on a port of its own on this machine).
+const LISTEN_PORT: u16 = 2525;
 
 /// Python's smtplib, as the app, to `$SMTP_HOST:$SMTP_PORT`, from app@example.com.
 fn send(pod: &AppPod, to: &[&str]) -> Result<()> {

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use common::{
     chart, documents, find, repo, run,
-    stack::{self, Proc, eventually, free_port, http_get, urlencode},
+    stack::{self, Proc, eventually, http_get, urlencode},
     template,
 };
 use mailroom_test_support::{
@@ -400,18 +400,17 @@ retry:
             spool = dir.join("spool").display(),
         ),
     )?;
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mut proc = Proc::spawn(
         "sidecar",
         Command::new(bin.join("mailroom-sidecar"))
             .arg("--config")
             .arg(&config)
-            .env("SIDECAR_LISTEN_ADDR", smtp.to_string())
-            .env("SIDECAR_ADMIN_ADDR", admin.to_string())
+            .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
+            .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info"),
         dir,
     )?;
+    let (smtp, admin) = proc.sidecar_addrs()?;
     stack::wait_http_ok("sidecar /readyz", admin, "/readyz", &mut proc)?;
     Ok((proc, admin, smtp))
 }

@@ -30,6 +30,7 @@ pub mod node;
 pub mod operator;
 pub mod peers;
 mod pki;
+pub mod ports;
 mod process;
 pub mod prometheus;
 pub mod relay;

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::{
     certs::TestCa,
+    ports::Reservation,
     stack::{Proc, eventually, repo},
     testenv,
 };
@@ -61,6 +62,26 @@ impl Upstream {
     pub fn start(dir: &Path, args: &[&str]) -> Self {
         Self::spawn(dir, "127.0.0.1", args, None)
             .unwrap_or_else(|e| panic!("upstream.py did not start: {e:#}"))
+    }
+
+    /// upstream.py on `port` (held by the test, so that the upstream can be started after the
+    /// sidecar that names it, or stopped and started again, as an outage would), with `args`
+    /// (`--address`, `--tls`, ...); panics if it does not start on that port.
+    pub fn start_on(dir: &Path, port: &Reservation, args: &[&str]) -> Self {
+        let reserved = port.peer_args();
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(reserved.iter().map(String::as_str))
+            .collect();
+        let up = Self::start(dir, &all);
+        assert_eq!(
+            up.port,
+            port.port(),
+            "upstream.py bound another port\n{}",
+            up.log()
+        );
+        up
     }
 
     /// STARTTLS required (a certificate for 127.0.0.1 from a throwaway CA) and AUTH as

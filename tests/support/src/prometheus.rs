@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    stack::{Proc, free_port, http_get, urlencode, wait_http_ok},
+    stack::{Proc, http_get, log_field, urlencode, wait_http_ok},
     testenv,
 };
 
@@ -40,15 +40,19 @@ impl Prometheus {
         });
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, serde_yaml::to_string(&config)?)?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut proc = Proc::spawn(
             "prometheus",
             testenv::command("prometheus")?
                 .arg(format!("--config.file={}", config_file.display()))
                 .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-                .arg(format!("--web.listen-address={addr}")),
+                .arg("--web.listen-address=127.0.0.1:0"),
             dir,
         )?;
+        // `msg="Listening on" address=127.0.0.1:<port>`: the port it got (an earlier line names
+        // the configured address, port 0).
+        let addr: SocketAddr = proc.wait_log("prometheus to listen", |line| {
+            (log_field(line, "msg")? == "Listening on").then(|| log_field(line, "address")?.parse().ok())?
+        })?;
         wait_http_ok("prometheus /-/ready", addr, "/-/ready", &mut proc)?;
         Ok(Self { proc, addr })
     }

@@ -4,6 +4,7 @@
 //! config templates and helpers those scenarios share. Failures panic with the sidecar's log:
 //! these helpers serve `#[test]` functions directly.
 
+pub use crate::ports::Reservation;
 use crate::stack::{self, http_get};
 use std::{
     io::{BufRead, BufReader},
@@ -41,7 +42,8 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Writes `config` (with `{dir}` replaced) and starts the sidecar on free loopback ports.
+    /// Writes `config` (with `{dir}` replaced) and starts the sidecar on loopback port 0 (SMTP
+    /// and admin), reading the ports it got from its `listening` line.
     pub fn start(dir: &Path, config: &str) -> Self {
         Self::start_with_env(dir, config, &[])
     }
@@ -86,7 +88,7 @@ impl Sidecar {
         let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
+                if stack::sidecar_listening(&line).is_some() {
                     let _ = tx.send(line.clone());
                 }
                 let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,8 +101,7 @@ impl Sidecar {
             Ok(line) => line,
             Err(_) => panic!("sidecar did not start; log:\n{}", self.log()),
         };
-        self.smtp = field(&line, "smtp=").parse().expect("smtp addr in log");
-        self.admin = field(&line, "admin=").parse().expect("admin addr in log");
+        (self.smtp, self.admin) = stack::sidecar_listening(&line).expect("addresses in the listening line");
         self.wait_ready();
     }
 
@@ -200,7 +201,9 @@ impl Sidecar {
         status.code()
     }
 
-    /// Starts the process again on the same ports, config and spool.
+    /// Starts the process again on the same ports, config and spool. (The ports are not held
+    /// between the kill and the new bind: the sidecar binds without `SO_REUSEPORT`, so a
+    /// [`Reservation`] cannot keep them; the window is the new process's start-up.)
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
@@ -224,12 +227,6 @@ fn write_atomically(dir: &Path, text: &str, generation: usize) {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(format!("..{generation}"), &tmp).expect("data symlink");
     std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-}
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    let start = line.find(key).map(|i| i + key.len()).unwrap_or(line.len());
-    let rest = &line[start..];
-    rest.split_whitespace().next().unwrap_or("")
 }
 
 /// Sum of the samples whose series starts with `series` (so a prefix without the closing brace
@@ -354,10 +351,12 @@ pub fn base64(bytes: &[u8]) -> String {
     ::base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A free loopback port, bound then released: for a peer a test starts (or restarts) on a known
-/// port, or one where nothing must listen.
-pub fn free_port() -> u16 {
-    stack::free_port().expect("free port")
+/// A port held for the test ([`Reservation`]) on every local address: for a peer a test starts
+/// (or restarts) on a known port with [`Upstream::start_on`](crate::peers::Upstream::start_on),
+/// for MX hosts on 127.0.0.2 and 127.0.0.3 that share one port, or for a port where nothing may
+/// listen while it is held.
+pub fn reserve_port() -> Reservation {
+    Reservation::any().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The test venv's Python (aiosmtpd, dkimpy, ...); panics with how to get it.

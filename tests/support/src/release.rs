@@ -7,6 +7,9 @@
 //! registration calls `https://127.0.0.1:<port>/mutate` instead of the Service, and the serving
 //! Secret is seeded with a certificate that also names 127.0.0.1 (the operator's self mode keeps
 //! a valid certificate that covers its names, and patches the registration's `caBundle` itself).
+//! A pod has a network namespace of its own; here the operator binds port 0 for its admin and
+//! webhook servers and the test reads the ports from its log, so the registration is pointed at
+//! the webhook once the operator runs.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +20,7 @@ use std::{
 
 use crate::{
     ControlPlane,
-    stack::{Proc, free_port, repo, wait_http_ok},
+    stack::{Proc, listening_addr, repo, wait_http_ok},
 };
 use anyhow::{Context, Result, bail};
 use k8s_openapi::{
@@ -73,7 +76,8 @@ pub struct Operator {
     pub namespace: String,
     /// The pod name it runs as (its `OPERATOR_IDENTITY`).
     pub pod: String,
-    /// The environment it runs with, as the kubelet would resolve the Deployment's.
+    /// The environment it runs with, as the kubelet would resolve the Deployment's (with the
+    /// admin and webhook addresses on `127.0.0.1:0`; see `admin` and `webhook` for the ports).
     pub env: BTreeMap<String, String>,
 }
 
@@ -109,12 +113,9 @@ pub async fn start_operator(cp: &ControlPlane, bin: &Path, namespace: &str, dir:
         env.insert(var.name.clone(), value);
     }
     // A pod has its own network namespace; processes on one machine need their own ports.
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    env.insert("OPERATOR_ADMIN_ADDR".into(), admin.to_string());
-    env.insert("OPERATOR_WEBHOOK_ADDR".into(), webhook.to_string());
+    env.insert("OPERATOR_ADMIN_ADDR".into(), "127.0.0.1:0".into());
+    env.insert("OPERATOR_WEBHOOK_ADDR".into(), "127.0.0.1:0".into());
     seed_webhook_secret(&client, namespace, &env).await?;
-    point_webhook_at(&client, &env, webhook).await?;
 
     let kubeconfig = dir.join("operator.kubeconfig");
     cp.write_service_account_kubeconfig(namespace, &account, &kubeconfig)
@@ -125,7 +126,20 @@ pub async fn start_operator(cp: &ControlPlane, bin: &Path, namespace: &str, dir:
         .env("KUBECONFIG", &kubeconfig)
         .envs(&env);
     let mut proc = Proc::spawn("operator", &mut cmd, dir)?;
+    let admin = proc.wait_log("the operator's admin server", |l| {
+        listening_addr(l, "admin server listening")
+    })?;
+    let webhook = proc.wait_log("the operator's webhook", |l| {
+        listening_addr(l, "webhook listening")
+    })?;
     wait_http_ok("operator /readyz", admin, "/readyz", &mut proc)?;
+    if env.get("OPERATOR_WEBHOOK_CERT_MODE").is_none_or(|m| m == "self") {
+        // Its first certificate round sets the registration's caBundle, with a precondition on
+        // the object's version: our change waits for it, so that the round is not refused and
+        // repeated only `check_interval` later.
+        wait_for_ca_bundle(&client, &env, &mut proc).await?;
+    }
+    point_webhook_at(&client, &env, webhook).await?;
     Ok(Operator {
         proc,
         admin,
@@ -185,28 +199,67 @@ async fn seed_webhook_secret(client: &kube::Client, ns: &str, env: &BTreeMap<Str
     Ok(())
 }
 
+/// Waits until every webhook of the chart's registration has a `caBundle`.
+async fn wait_for_ca_bundle(
+    client: &kube::Client,
+    env: &BTreeMap<String, String>,
+    proc: &mut Proc,
+) -> Result<()> {
+    let name = webhook_config(env)?;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let config = api.get(name).await?;
+        let webhooks = config.webhooks.unwrap_or_default();
+        if !webhooks.is_empty()
+            && webhooks.iter().all(|w| {
+                w.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .is_some_and(|b| !b.0.is_empty())
+            })
+        {
+            return Ok(());
+        }
+        proc.check_running()?;
+        if std::time::Instant::now() > deadline {
+            bail!("the operator set no caBundle on {name} in 60 s\n{}", proc.log());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn webhook_config(env: &BTreeMap<String, String>) -> Result<&String> {
+    env.get("OPERATOR_WEBHOOK_CONFIG")
+        .context("the Deployment sets no OPERATOR_WEBHOOK_CONFIG")
+}
+
 /// Replaces the Service reference of every webhook in the chart's registration by a URL on
-/// `addr`, keeping its path.
+/// `addr`, keeping its path (again when the operator changed the object in between).
 async fn point_webhook_at(
     client: &kube::Client,
     env: &BTreeMap<String, String>,
     addr: SocketAddr,
 ) -> Result<()> {
-    let name = env
-        .get("OPERATOR_WEBHOOK_CONFIG")
-        .context("the Deployment sets no OPERATOR_WEBHOOK_CONFIG")?;
+    let name = webhook_config(env)?;
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let mut config = api
-        .get(name)
-        .await
-        .context("the chart's MutatingWebhookConfiguration")?;
-    for webhook in config.webhooks.iter_mut().flatten() {
-        let service = webhook.client_config.service.take();
-        let path = service.and_then(|s| s.path).unwrap_or_default();
-        webhook.client_config.url = Some(format!("https://{addr}{path}"));
+    let mut attempts = 0;
+    loop {
+        let mut config = api
+            .get(name)
+            .await
+            .context("the chart's MutatingWebhookConfiguration")?;
+        for webhook in config.webhooks.iter_mut().flatten() {
+            let service = webhook.client_config.service.take();
+            let path = service.and_then(|s| s.path).unwrap_or_default();
+            webhook.client_config.url = Some(format!("https://{addr}{path}"));
+        }
+        match api.replace(name, &PostParams::default(), &config).await {
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => attempts += 1,
+            done => {
+                done.context("pointing the webhook registration at 127.0.0.1")?;
+                return Ok(());
+            }
+        }
     }
-    api.replace(name, &PostParams::default(), &config)
-        .await
-        .context("pointing the webhook registration at 127.0.0.1")?;
-    Ok(())
 }

@@ -56,11 +56,6 @@ pub fn built_bin(name: &str, how: &str) -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A child process with its output in a log file; killed on drop.
 #[derive(Debug)]
 pub struct Proc {
@@ -111,6 +106,20 @@ impl Proc {
         Ok((proc, port))
     }
 
+    /// Waits (up to 60 s, failing early when the process exits) until a line of its log makes
+    /// `pick` return `Some`, and returns that: how a test reads the address a process bound
+    /// on port 0 from its "listening" line (see [`log_field`]).
+    pub fn wait_log<T>(&mut self, what: &str, pick: impl FnMut(&str) -> Option<T>) -> Result<T> {
+        let log = self.log.clone();
+        wait_log(what, &log, 0, || self.check_running(), pick)
+    }
+
+    /// The SMTP and admin addresses a `mailroom-sidecar` process reports in its `listening`
+    /// line (plain or JSON logs): start it on `127.0.0.1:0` and ask.
+    pub fn sidecar_addrs(&mut self) -> Result<(SocketAddr, SocketAddr)> {
+        self.wait_log("the sidecar's listening line", sidecar_listening)
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -153,6 +162,88 @@ impl Drop for Proc {
             eprintln!("{}", self.log());
         }
     }
+}
+
+/// Waits (up to 60 s) until a line of the log file `log`, from byte `from` on (a log appended
+/// to across restarts), makes `pick` return `Some`; `alive` fails when the process exited.
+pub fn wait_log<T>(
+    what: &str,
+    log: &Path,
+    from: u64,
+    mut alive: impl FnMut() -> Result<()>,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> Result<T> {
+    eventually(what, Duration::from_secs(60), || {
+        let found = find_in_log(log, from, &mut pick)?;
+        if found.is_none() {
+            alive()?;
+        }
+        Ok(found)
+    })
+    .with_context(|| {
+        format!(
+            "--- {} ---\n{}",
+            log.display(),
+            read_from(log, from).unwrap_or_default()
+        )
+    })
+}
+
+/// The first line of the log file `log`, from byte `from` on, that makes `pick` return `Some`
+/// (without waiting).
+pub fn find_in_log<T>(log: &Path, from: u64, pick: impl FnMut(&str) -> Option<T>) -> Result<Option<T>> {
+    Ok(read_from(log, from)?.lines().find_map(pick))
+}
+
+fn read_from(log: &Path, from: u64) -> Result<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(log)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The value of field `key` in a log line: `key=value` (tracing's plain format, logfmt, quotes
+/// removed) or `"key":"value"` in a JSON line (tracing's `fields`, or the top level).
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    if line.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        let value = v.get("fields").and_then(|f| f.get(key)).or_else(|| v.get(key))?;
+        return Some(value.as_str().map_or_else(|| value.to_string(), str::to_owned));
+    }
+    let prefix = format!("{key}=");
+    let mut rest = line;
+    while let Some(at) = rest.find(&prefix) {
+        let before = rest[..at].chars().next_back();
+        let value = &rest[at + prefix.len()..];
+        if before.is_none_or(char::is_whitespace) {
+            return Some(match value.strip_prefix('"') {
+                Some(quoted) => quoted.split('"').next().unwrap_or_default().to_owned(),
+                None => value.split_whitespace().next().unwrap_or_default().to_owned(),
+            });
+        }
+        rest = value;
+    }
+    None
+}
+
+/// The `addr` of a log line with `message` (the operator's `admin server listening` and `webhook
+/// listening`), plain or JSON.
+pub fn listening_addr(line: &str, message: &str) -> Option<SocketAddr> {
+    if !line.contains(message) {
+        return None;
+    }
+    log_field(line, "addr")?.parse().ok()
+}
+
+/// The `smtp=` and `admin=` addresses of a `mailroom-sidecar` `listening` line, plain or JSON.
+pub fn sidecar_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let addr = |key| log_field(line, key)?.parse().ok();
+    Some((addr("smtp")?, addr("admin")?))
 }
 
 /// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
@@ -207,4 +298,35 @@ pub fn wait_http_ok(what: &str, addr: SocketAddr, path: &str, proc: &mut Proc) -
         proc.check_running()?;
         Ok(http_get(addr, path).ok().filter(|(s, _)| *s == 200).map(|_| ()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_fields_are_read_from_plain_logfmt_and_json_lines() {
+        let plain =
+            "2026-01-01T00:00:00Z  INFO mailroom_sidecar: listening smtp=127.0.0.1:2525 admin=127.0.0.1:9465";
+        let json = r#"{"timestamp":"t","level":"INFO","fields":{"message":"listening","smtp":"127.0.0.1:2525","admin":"127.0.0.1:9465"},"target":"mailroom_sidecar"}"#;
+        for line in [plain, json] {
+            assert_eq!(
+                sidecar_listening(line),
+                Some((
+                    "127.0.0.1:2525".parse().expect("addr"),
+                    "127.0.0.1:9465".parse().expect("addr")
+                )),
+                "{line}"
+            );
+        }
+        let prometheus = r#"time=t level=INFO source=tls_config.go:395 msg="Listening on" component=web address=127.0.0.1:39755"#;
+        assert_eq!(log_field(prometheus, "msg").as_deref(), Some("Listening on"));
+        assert_eq!(
+            log_field(prometheus, "address").as_deref(),
+            Some("127.0.0.1:39755")
+        );
+        // `addr=` is not the tail of `address=`.
+        assert_eq!(log_field(prometheus, "addr"), None);
+        assert_eq!(sidecar_listening("INFO mailroom_sidecar: stopped"), None);
+    }
 }

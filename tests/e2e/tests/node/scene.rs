@@ -3,7 +3,7 @@
 //! on the node's gateway, and helpers to run and watch the app pod.
 
 use std::{
-    net::TcpListener,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -15,6 +15,7 @@ use mailroom_test_support::{
     image,
     node::Node,
     peers::Upstream,
+    ports::Reservation,
 };
 use serde_json::{Value, json};
 
@@ -55,6 +56,8 @@ pub struct Scene {
     pub node: Node,
     pub upstream: Upstream,
     pub pods: Api<Pod>,
+    /// A port on the gateway held for the scene, where nothing listens (see `closed_port`).
+    closed: Reservation,
 }
 
 // === impl Scene ===
@@ -68,6 +71,7 @@ impl Scene {
         let m = Mission::start_with(&[&images]).await?;
         let node = Node::start(m.control_plane(), &Node::images()?).await?;
         let gateway = node.gateway().to_string();
+        let closed = Reservation::on(IpAddr::V4(node.gateway()))?;
         let upstream = Upstream::starttls_with_auth_at(m.dir(), &gateway, "mailer", "s3cret")?;
         m.apply(&MAIL_DOMAIN.replace("APP_NS", &m.app_ns)).await?;
         let domain = m.wait_condition("MailDomain", "example-com", "Ready").await?;
@@ -80,12 +84,14 @@ impl Scene {
             node,
             upstream,
             pods,
+            closed,
         })
     }
 
-    /// A port on the gateway where nothing listens: a smarthost that is down.
+    /// A port on the gateway where nothing listens, for as long as the scene lives: a smarthost
+    /// that is down.
     pub fn closed_port(&self) -> Result<u16> {
-        Ok(TcpListener::bind((self.node.gateway(), 0))?.local_addr()?.port())
+        Ok(self.closed.port())
     }
 
     /// Applies Relay `outbound` (listening on port 25 in the pod) to the smarthost at

@@ -35,6 +35,28 @@ pub use self::isolation::{HostState, run_isolated};
 use crate::{ControlPlane, image, pki::NODE_NAME, process::Proc, testenv};
 use isolation::run;
 
+/// The kubelet's HTTPS and healthz ports for node `n`: fixed, a pair per node, below the
+/// ephemeral range. The node runs in a network namespace of the test's own ([`isolation`]), where
+/// nothing else binds a fixed port and every port-0 bind or outgoing connection gets its port from
+/// the ephemeral range, so nothing can take these before the kubelet binds them (the kubelet
+/// cannot bind port 0 and report the port it got).
+fn kubelet_ports(n: u8) -> Result<(u16, u16)> {
+    let (port, healthz) = (10250 + 10 * u16::from(n), 10248 + 10 * u16::from(n));
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    if let Some(low) = range
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<u16>().ok())
+        && port >= low
+    {
+        bail!(
+            "kubelet port {port} is in the ephemeral port range ({})",
+            range.trim()
+        );
+    }
+    Ok((port, healthz))
+}
+
 /// Set by the launcher: the directory holding the image archives built outside the sandbox.
 pub const ENV_IMAGES: &str = "MAILROOM_NODE_IMAGES";
 
@@ -79,7 +101,7 @@ impl Node {
         let logs = root.join("logs").join(format!("node-{n}"));
         std::fs::create_dir_all(&logs)?;
         let cgroup = format!("/{}/node-{n}", isolation::cgroup_name(&root)?);
-        let (port, healthz) = (crate::stack::free_port()?, crate::stack::free_port()?);
+        let (port, healthz) = kubelet_ports(n)?;
         let layout = config::Layout {
             dir: &dir,
             bridge: &format!("mr{n}"),

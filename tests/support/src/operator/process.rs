@@ -3,12 +3,17 @@
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::OnceLock,
 };
 
-use crate::ControlPlane;
-use anyhow::Result;
+use crate::{
+    ControlPlane,
+    stack::{find_in_log, listening_addr},
+};
+use anyhow::{Context as _, Result};
 
 /// One operator process; killed (SIGKILL) when dropped.
 pub struct OperatorProcess {
@@ -16,18 +21,22 @@ pub struct OperatorProcess {
     pub child: Child,
     /// Its `OPERATOR_IDENTITY` (Lease holder name).
     pub identity: &'static str,
-    admin_port: u16,
+    /// Its log, and where this process's part of it starts (the log is appended across restarts).
+    log: (PathBuf, u64),
+    /// Its admin address (port 0, read from its `admin server listening` line on first use).
+    admin: OnceLock<SocketAddr>,
 }
 
 impl OperatorProcess {
     /// Starts the operator watching the whole cluster, its Lease in `ns`, logging to
     /// `<control plane logs>/operator-<identity>.log` (appended across restarts).
     pub fn spawn(cp: &ControlPlane, ns: &str, identity: &'static str) -> Result<Self> {
-        let admin_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let path = cp.logs_dir().join(format!("operator-{identity}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(cp.logs_dir().join(format!("operator-{identity}.log")))?;
+            .open(&path)?;
+        let from = log.metadata()?.len();
         let child = Command::new(crate::stack::built_bin(
             "mailroom-operator",
             "cargo test -p mailroom-operator",
@@ -36,7 +45,7 @@ impl OperatorProcess {
         .env("OPERATOR_NAMESPACE", ns)
         .env("OPERATOR_IDENTITY", identity)
         .env("OPERATOR_LEASE_DURATION_SECONDS", "3")
-        .env("OPERATOR_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+        .env("OPERATOR_ADMIN_ADDR", "127.0.0.1:0")
         // Every replica serves the webhook, leader or not; two on one host need two ports.
         .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
         .env("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")
@@ -47,13 +56,25 @@ impl OperatorProcess {
         Ok(Self {
             child,
             identity,
-            admin_port,
+            log: (path, from),
+            admin: OnceLock::new(),
         })
+    }
+
+    /// The admin address it bound, from its log (an error until it logged it).
+    fn admin(&self) -> Result<SocketAddr> {
+        if let Some(addr) = self.admin.get() {
+            return Ok(*addr);
+        }
+        let (log, from) = &self.log;
+        let addr = find_in_log(log, *from, |l| listening_addr(l, "admin server listening"))?
+            .with_context(|| format!("operator {} has not logged its admin address yet", self.identity))?;
+        Ok(*self.admin.get_or_init(|| addr))
     }
 
     /// Reconciles this process has run, from its /metrics.
     pub fn reconciles(&self) -> Result<u64> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port))?;
+        let mut stream = TcpStream::connect(self.admin()?)?;
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
         let mut body = String::new();
         stream.read_to_string(&mut body)?;

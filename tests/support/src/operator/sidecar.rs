@@ -6,7 +6,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use crate::testenv;
+use crate::{stack, testenv};
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
@@ -17,10 +17,6 @@ pub struct Sidecar {
     /// SMTP port on 127.0.0.1.
     pub port: u16,
     root: PathBuf,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// `target/debug/mailroom-sidecar` next to this test binary's `deps/` directory.
@@ -80,33 +76,45 @@ pub async fn mount(client: &Client, ns: &str, relay: &str, root: &Path) -> Resul
 
 impl Sidecar {
     /// Starts the sidecar on the files [`mount`] wrote under `root`, rereading its config every
-    /// second.
+    /// second, on loopback port 0 (SMTP and admin; it reports the ports it got in its log,
+    /// `<root>/sidecar.log`).
     pub fn start(root: &Path) -> Result<Self> {
-        let port = free_port()?;
-        let child = Command::new(binary()?)
+        let log = root.join("sidecar.log");
+        let mut child = Command::new(binary()?)
             .env_clear()
             .env("SIDECAR_CONFIG_PATH", root.join("config/sidecar.yaml"))
-            .env("SIDECAR_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("SIDECAR_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()?))
+            .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
+            .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
             .env("SIDECAR_RELOAD_INTERVAL_SECONDS", "1")
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting mailroom-sidecar")?;
-        let mut sidecar = Self {
-            child,
-            port,
-            root: root.to_path_buf(),
+        let alive = |child: &mut Child| -> Result<()> {
+            match child.try_wait()? {
+                Some(status) => anyhow::bail!("mailroom-sidecar exited ({status})"),
+                None => Ok(()),
+            }
         };
-        for _ in 0..600 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(sidecar);
+        let listening = stack::wait_log(
+            "mailroom-sidecar to listen",
+            &log,
+            0,
+            || alive(&mut child),
+            stack::sidecar_listening,
+        );
+        let (smtp, _admin) = match listening {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
             }
-            if let Some(status) = sidecar.child.try_wait()? {
-                anyhow::bail!("mailroom-sidecar exited ({status})");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        anyhow::bail!("mailroom-sidecar is not listening on {port}")
+        };
+        Ok(Self {
+            child,
+            port: smtp.port(),
+            root: root.to_path_buf(),
+        })
     }
 
     /// Sends one message from `from` with smtplib and returns the captured file (with the
