@@ -39,7 +39,9 @@ impl Envelope {
     }
 }
 
-/// The domain part of an address (after the last `@`), or "" if there is none.
+/// The domain part of an address (after the last `@`), or "" if there is none. The last `@`,
+/// because a quoted local part may hold one (`"a@b"@example.net`, RFC 5321 4.1.2) and a domain
+/// or address literal never does.
 pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
@@ -91,4 +93,39 @@ pub trait MessageWriter: Send + 'static {
     /// Makes the message durable with its envelope. Returns only once it is on disk (fsync'd):
     /// the session answers `250` after this and never before.
     fn commit(self, envelope: Envelope) -> impl Future<Output = Result<MessageId, SinkError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_domain_is_after_the_last_at_sign() {
+        struct Case {
+            input: &'static str,
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                input: "a@example.net",
+                want: "example.net",
+            },
+            Case {
+                input: "\"a@b\"@example.net",
+                want: "example.net",
+            },
+            Case {
+                input: "\"@\"@[192.0.2.1]",
+                want: "[192.0.2.1]",
+            },
+            Case {
+                input: "postmaster",
+                want: "",
+            },
+            Case { input: "", want: "" },
+        ];
+        for c in cases {
+            assert_eq!(domain_of(c.input), c.want, "{:?}", c.input);
+        }
+    }
 }

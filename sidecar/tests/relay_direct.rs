@@ -5,7 +5,7 @@
 use mailroom_test_support::{
     certs::test_ca,
     peers::{DnsServer, Upstream},
-    relay::{Sidecar, direct_config, eventually, free_port, smtplib_send},
+    relay::{Sidecar, direct_config, eventually, free_port, smtp_commands, smtplib_send},
 };
 use std::path::Path;
 
@@ -185,4 +185,58 @@ plainonly.test. 300 IN MX 10 plain.both.test.
             r#"mailroom_sidecar_outbound_tls_total{outcome="not_offered",policy="require",version="none"}"#
         ) >= 3.0
     );
+}
+
+/// Direct delivery routes by the domain after the last `@`: a quoted local part holding an `@`
+/// (`"a@b"@quoted.test`, RFC 5321 4.1.2) goes to quoted.test's MX with its path unchanged, and
+/// `<postmaster>` (RFC 5321 4.5.1) to the MX of the configured postmaster's domain. An address
+/// literal is refused at RCPT: direct delivery would connect wherever it points.
+#[test]
+fn quoted_local_parts_and_postmaster_route_by_their_domain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let quoted_mx = upstream(dir.path(), "127.0.0.2", port, None);
+    let own_mx = upstream(dir.path(), "127.0.0.3", port, None);
+    let dns = DnsServer::with_zone(
+        dir.path(),
+        "quoted.test. 300 IN MX 10 mx.quoted.test.
+mx.quoted.test. 300 IN A 127.0.0.2
+example.com. 300 IN MX 10 mx.own.test.
+mx.own.test. 300 IN A 127.0.0.3
+",
+    );
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "opportunistic"));
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &[
+            "MAIL FROM:<app@example.com>",
+            r#"RCPT TO:<"a@b"@quoted.test>"#,
+            "RCPT TO:<user@[127.0.0.2]>",
+            "RCPT TO:<Postmaster>",
+        ],
+        message("x@quoted.test").as_bytes(),
+    );
+    assert!(replies[1].starts_with("250"), "{replies:?}");
+    assert!(replies[2].starts_with("550 5.7.1"), "{replies:?}");
+    assert!(replies[3].starts_with("250"), "{replies:?}");
+    assert!(replies[4].starts_with("250"), "accepted: {replies:?}");
+
+    let quoted = eventually("delivery to quoted.test", || {
+        let r = quoted_mx.received();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(
+        quoted[0].meta["rcpt_raw"],
+        serde_json::json!([r#"TO:<"a@b"@quoted.test>"#])
+    );
+    let own = eventually("delivery to the postmaster", || {
+        let r = own_mx.received();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(
+        own[0].meta["rcpt_raw"],
+        serde_json::json!(["TO:<postmaster@example.com>"])
+    );
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    assert_eq!(quoted_mx.received().len() + own_mx.received().len(), 2);
 }

@@ -1,10 +1,11 @@
 """Scripted upstream SMTP server for the sidecar's delivery tests (aiosmtpd, which we did not write).
 
 Binds --address (127.0.0.1 by default; any 127.0.0.x works on Linux) and --port (0 by default) and prints the bound port on stdout, then serves until killed.
-Recipient behaviour by local part: temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
+Recipient behaviour by local part (a quoted one without its opening quote): temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
 slow* -> sleeps --slow-seconds before 250. --hang-data N: the first N transactions get no reply
 after the end of data (the upstream hangs mid-DATA and saves nothing); later ones are served. Each transaction is saved in --maildir as
-<n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number);
+<n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number, and the
+MAIL and accepted RCPT command arguments exactly as they arrived: mail_raw, rcpt_raw);
 <maildir>/connections holds the number of TCP connections accepted so far.
 """
 
@@ -60,7 +61,7 @@ class Handler:
         self.state = state
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        local = address.split("@", 1)[0].lower()
+        local = address.split("@", 1)[0].lstrip('"').lower()
         if local.startswith("temp-fail"):
             return "450 4.2.0 <%s>: mailbox temporarily unavailable" % address
         if local.startswith("perm-fail"):
@@ -90,6 +91,8 @@ class Handler:
             "connection": getattr(server, "connection_number", 0),
             "tls": session.ssl is not None or self.args.tls == "implicit",
             "authenticated": bool(session.authenticated),
+            "mail_raw": getattr(envelope, "mail_raw", None),
+            "rcpt_raw": getattr(envelope, "rcpt_raw", []),
         }
         write_atomic(base + ".json", json.dumps(meta).encode())
         return "250 2.0.0 queued as %04d" % n
@@ -118,6 +121,19 @@ class CountingSMTP(SMTP):
         super().__init__(*a, **kw)
         self.state = state
         self.connection_number = 0
+
+    async def smtp_MAIL(self, arg):
+        # aiosmtpd normalises the address it hands to the handler (quotes dropped where not
+        # needed); the test needs the bytes the client sent.
+        await super().smtp_MAIL(arg)
+        if self.envelope.mail_from is not None and not hasattr(self.envelope, "mail_raw"):
+            self.envelope.mail_raw = arg
+
+    async def smtp_RCPT(self, arg):
+        before = len(self.envelope.rcpt_tos)
+        await super().smtp_RCPT(arg)
+        if len(self.envelope.rcpt_tos) > before:
+            self.envelope.__dict__.setdefault("rcpt_raw", []).append(arg)
 
     def connection_made(self, transport):
         if self._original_transport is None:  # not the STARTTLS re-entry

@@ -5,23 +5,21 @@
 use super::{
     Outcome, RcptResult, ReplyClass,
     classify::{self, Phase},
+    command::{InvalidPath, MailFrom, RcptTo},
     starttls::{self, Implicit, Opened},
 };
 use crate::{
     config::{self, AuthMechanism, TlsMode},
     message::Envelope,
 };
-use lettre::{
-    Address,
-    transport::smtp::{
-        authentication::{Credentials, Mechanism},
-        client::AsyncSmtpConnection,
-        commands::{Auth, Data, Mail, Rcpt, Rset},
-        extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo},
-    },
+use lettre::transport::smtp::{
+    authentication::{Credentials, Mechanism},
+    client::AsyncSmtpConnection,
+    commands::{Auth, Data, Rset},
+    extension::{ClientId, Extension, ServerInfo},
 };
 use rustls::ClientConfig;
-use std::{future::Future, net::SocketAddr, path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use tokio::time::timeout;
 
 pub use super::smarthost::{DeliveryError, SmarthostTransport};
@@ -231,7 +229,7 @@ pub(crate) async fn transaction(
     message: &[u8],
 ) -> Transaction {
     let all = |r: RcptResult| vec![r; recipients.len()];
-    let (from, params) = match mail_from(info, envelope, recipients, message) {
+    let mail = match mail_from(info, envelope, recipients, message) {
         Ok(v) => v,
         Err(r) => {
             return Transaction {
@@ -241,23 +239,20 @@ pub(crate) async fn transaction(
             };
         }
     };
-    if let Err(r) = step(limit, Phase::Transaction, conn.command(Mail::new(from, params))).await {
+    if let Err(r) = step(limit, Phase::Transaction, conn.command(mail)).await {
         return broken_unless_reply(all(r.clone()), &r);
     }
     let mut results: Vec<Option<RcptResult>> = vec![None; recipients.len()];
     let mut accepted = Vec::new();
     for (i, rcpt) in recipients.iter().enumerate() {
-        let Ok(address) = Address::from_str(rcpt) else {
-            results[i] = Some(invalid_address(rcpt));
-            continue;
+        let command = match RcptTo::new(rcpt) {
+            Ok(command) => command,
+            Err(e) => {
+                results[i] = Some(invalid_address(&e));
+                continue;
+            }
         };
-        match step(
-            limit,
-            Phase::Transaction,
-            conn.command(Rcpt::new(address, vec![])),
-        )
-        .await
-        {
+        match step(limit, Phase::Transaction, conn.command(command)).await {
             Ok(_) => accepted.push(i),
             Err(r) if is_reply(&r) => results[i] = Some(r),
             Err(r) => return broken_unless_reply(fill(results, &r), &r),
@@ -293,32 +288,28 @@ pub(crate) async fn transaction(
 
 /// MAIL FROM with SMTPUTF8 (RFC 6531 3.4) and BODY=8BITMIME (RFC 6152 3) when the message needs
 /// them; a message the smarthost cannot take unchanged is bounced rather than mangled.
-fn mail_from(
+fn mail_from<'a>(
     info: &ServerInfo,
-    envelope: &Envelope,
+    envelope: &'a Envelope,
     recipients: &[String],
     message: &[u8],
-) -> Result<(Option<Address>, Vec<MailParameter>), RcptResult> {
-    let mut params = Vec::new();
+) -> Result<MailFrom<'a>, RcptResult> {
+    let bad = |e: InvalidPath| invalid_address(&e);
+    let mut mail = MailFrom::new(&envelope.sender).map_err(bad)?;
     let utf8 = envelope.smtputf8 || !envelope.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
     if utf8 {
         if !info.supports_feature(Extension::SmtpUtfEight) {
             return Err(unsupported("SMTPUTF8 (RFC 6531)"));
         }
-        params.push(MailParameter::SmtpUtfEight);
+        mail = mail.param("SMTPUTF8").map_err(bad)?;
     }
     if !message.is_ascii() {
         if !info.supports_feature(Extension::EightBitMime) {
             return Err(unsupported("8BITMIME (RFC 6152)"));
         }
-        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        mail = mail.param("BODY=8BITMIME").map_err(bad)?;
     }
-    // RFC 5321 4.5.5: the null reverse-path `<>` for notifications.
-    let from = match envelope.sender.as_str() {
-        "" => None,
-        s => Some(Address::from_str(s).map_err(|_| invalid_address(s))?),
-    };
-    Ok((from, params))
+    Ok(mail)
 }
 
 fn unsupported(what: &str) -> RcptResult {
@@ -329,11 +320,13 @@ fn unsupported(what: &str) -> RcptResult {
     }
 }
 
-fn invalid_address(address: &str) -> RcptResult {
+/// Only for data that did not come through the inbound session (a spool written by an older
+/// version): what the session accepts always passes.
+fn invalid_address(e: &InvalidPath) -> RcptResult {
     RcptResult {
         outcome: Outcome::Bounced,
         class: ReplyClass::Protocol,
-        diagnostic: format!("address {address:?} is not valid for SMTP (RFC 5321 4.1.2)"),
+        diagnostic: e.to_string(),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod classify;
 pub mod client;
+mod command;
 pub mod direct;
 pub mod park;
 pub mod pool;

@@ -108,6 +108,17 @@ impl<R: MxResolver> DirectTransport<R> {
         message: &[u8],
     ) -> Vec<RcptResult> {
         let all = |r: RcptResult| vec![r; recipients.len()];
+        if domain.starts_with('[') {
+            // The inbound session refuses address literals in direct mode; this one was queued
+            // under another delivery mode before a reload.
+            return all(RcptResult {
+                outcome: Outcome::Bounced,
+                class: ReplyClass::Permanent,
+                diagnostic: format!(
+                    "550 5.1.2 direct delivery does not route address literals ({domain}); use a domain name"
+                ),
+            });
+        }
         let permits = self.permits(domain);
         // Never closed, so acquiring cannot fail.
         let Ok(_permit) = permits.acquire().await else {
