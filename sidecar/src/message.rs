@@ -2,6 +2,9 @@
 //! helpers, the clock, and the [`MessageSink`] port through which accepted mail is stored (the
 //! spool implements it; inbound sessions and the DSN writer call it). Imports nothing of ours.
 
+mod dsn;
+
+pub use dsn::{DsnRequest, MAX_ENVID, Notify, RcptDsn, Ret, is_orcpt, is_xtext};
 use std::{future::Future, time::SystemTime};
 
 /// Spool-unique message id; also the `.eml` name in capture mode and the Received `id`.
@@ -25,12 +28,50 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// When the final `250` was sent (seconds since the epoch).
     pub received_at: u64,
+    /// The RFC 3461 DSN parameters. Absent in records written before DSN support and when the
+    /// client gave none, so that such records read the same in older and newer versions.
+    #[serde(default, skip_serializing_if = "DsnRequest::is_empty")]
+    pub dsn: DsnRequest,
+}
+
+/// One recipient as a transport sees it: the address as accepted and its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The mailbox, exactly as the client wrote it (RFC 5321 4.1.2).
+    pub address: String,
+    /// Its `NOTIFY` and `ORCPT`.
+    pub dsn: RcptDsn,
+}
+
+impl Recipient {
+    /// A recipient without DSN parameters.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            dsn: RcptDsn::default(),
+        }
+    }
 }
 
 impl Envelope {
     /// Whether this is a bounce (null reverse-path); bounces are never bounced (RFC 3461 6.2).
     pub fn is_bounce(&self) -> bool {
         self.sender.is_empty()
+    }
+
+    /// Recipient `i` with its DSN parameters.
+    pub fn recipient(&self, i: usize) -> Option<Recipient> {
+        Some(Recipient {
+            address: self.recipients.get(i)?.clone(),
+            dsn: self.dsn.rcpt(i),
+        })
+    }
+
+    /// Every recipient with its DSN parameters, in order.
+    pub fn all_recipients(&self) -> Vec<Recipient> {
+        (0..self.recipients.len())
+            .filter_map(|i| self.recipient(i))
+            .collect()
     }
 
     /// Domain part of the sender, lowercased; empty for the null sender.

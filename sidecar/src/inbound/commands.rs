@@ -7,7 +7,11 @@ use super::{
     reply::{self, Reply},
     session::{Flow, Helo, Session, Transaction, sink_reject_reason, sink_reply},
 };
-use crate::{config::Delivery, message::MessageSink, metrics::RejectReason};
+use crate::{
+    config::Delivery,
+    message::{DsnRequest, MessageSink, RcptDsn},
+    metrics::RejectReason,
+};
 use smtp_proto::Error as ParseError;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -37,7 +41,7 @@ where
             // RFC 5321 4.1.1.1 ehlo-ok-rsp: domain first, then one keyword per line.
             format!(
                 "250-{me} Hello {host}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n\
-                 250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n",
+                 250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n",
                 self.config.limits.max_message_bytes
             )
         } else {
@@ -78,6 +82,11 @@ where
             sender: from.sender.to_owned(),
             recipients: Vec::new(),
             smtputf8: from.smtputf8,
+            dsn: DsnRequest {
+                ret: from.ret,
+                envid: from.envid.map(str::to_owned),
+                rcpts: Vec::new(),
+            },
         });
         self.reply(reply::SENDER_OK)
     }
@@ -93,6 +102,7 @@ where
             Ok(to) => to,
             Err(reply) => return self.bad(reply),
         };
+        let mut dsn = to.dsn;
         let recipient = match to.to {
             Forward::Mailbox(m) if !smtputf8 && !m.text.is_ascii() => {
                 return self.reply(reply::NEED_SMTPUTF8);
@@ -107,8 +117,12 @@ where
             Forward::Mailbox(m) => m.text.to_owned(),
             // RFC 5321 4.5.1: the postmaster of this relay, delivered to the configured address
             // (an ASCII mailbox, checked by the config) like any other recipient: the same
-            // sender policy, recipient limit and rate apply.
-            Forward::Postmaster => self.config.postmaster(),
+            // sender policy, recipient limit and rate apply. RFC 3461 4.2 lets a relay that
+            // changes the address add the ORCPT it received, so reports still say <postmaster>.
+            Forward::Postmaster => {
+                dsn.orcpt.get_or_insert_with(|| "rfc822;postmaster".into());
+                self.config.postmaster()
+            }
         };
         let max = self.config.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
@@ -117,6 +131,10 @@ where
         if tx.recipients.len() >= max {
             // RFC 5321 4.5.3.1.10: 452 and the client sends the rest in another transaction.
             return self.reply(reply::TOO_MANY_RECIPIENTS);
+        }
+        if !dsn.is_empty() {
+            tx.dsn.rcpts.resize(tx.recipients.len(), RcptDsn::default());
+            tx.dsn.rcpts.push(dsn);
         }
         tx.recipients.push(recipient);
         self.reply(reply::RECIPIENT_OK)

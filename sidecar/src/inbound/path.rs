@@ -1,9 +1,13 @@
 //! The MAIL and RCPT command lines (RFC 5321 4.1.1.2, 4.1.1.3, 4.1.2): the path, kept exactly as
 //! the client wrote it (quoted local parts and address literals included, so that it is relayed
-//! byte for byte), and the parameters EHLO offers. Pure: the session applies the policy.
+//! byte for byte), and the parameters EHLO offers: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8
+//! (RFC 6531) and the DSN parameters (RFC 3461). Pure: the session applies the policy.
 
 use super::reply::{self, Reply};
-use crate::address::{self, AddressError, Mailbox};
+use crate::{
+    address::{self, AddressError, Mailbox},
+    message::{self, MAX_ENVID, Notify, RcptDsn, Ret},
+};
 
 /// RFC 1870 4: SIZE is at most 20 digits.
 const MAX_SIZE_DIGITS: usize = 20;
@@ -17,6 +21,10 @@ pub(super) struct Mail<'a> {
     pub size: Option<u64>,
     /// RFC 6531 SMTPUTF8.
     pub smtputf8: bool,
+    /// RFC 3461 4.3 RET.
+    pub ret: Option<Ret>,
+    /// RFC 3461 4.4 ENVID, xtext as received.
+    pub envid: Option<&'a str>,
 }
 
 /// The forward-path of a RCPT command.
@@ -33,6 +41,8 @@ pub(super) enum Forward<'a> {
 pub(super) struct Rcpt<'a> {
     /// The recipient.
     pub to: Forward<'a>,
+    /// RFC 3461 4.1 NOTIFY and 4.2 ORCPT (xtext as received).
+    pub dsn: RcptDsn,
 }
 
 /// Parses a MAIL command line (its CRLF included or not).
@@ -47,6 +57,8 @@ pub(super) fn mail(line: &str) -> Result<Mail<'_>, Reply> {
         sender,
         size: None,
         smtputf8: false,
+        ret: None,
+        envid: None,
     };
     let mut seen = Seen::default();
     for (keyword, value) in parameters(params)? {
@@ -63,6 +75,19 @@ pub(super) fn mail(line: &str) -> Result<Mail<'_>, Reply> {
             ("SMTPUTF8", None) => mail.smtputf8 = true,
             ("SMTPUTF8", Some(_)) => return Err(bad_parameter("SMTPUTF8", "no value (RFC 6531 3.4)")),
             ("SIZE", None) => return Err(bad_parameter("SIZE", "a number of octets (RFC 1870)")),
+            ("RET", v) => {
+                mail.ret = Some(
+                    v.and_then(Ret::parse)
+                        .ok_or_else(|| bad_parameter("RET", "FULL or HDRS (RFC 3461 4.3)"))?,
+                )
+            }
+            ("ENVID", Some(v)) if v.len() <= MAX_ENVID && message::is_xtext(v) => mail.envid = Some(v),
+            ("ENVID", _) => {
+                return Err(bad_parameter(
+                    "ENVID",
+                    "1 to 100 characters of xtext (RFC 3461 4.4)",
+                ));
+            }
             // RFC 5321 4.1.1.11: a parameter EHLO did not offer.
             _ => return Err(reply::UNSUPPORTED_PARAMETER),
         }
@@ -81,11 +106,28 @@ pub(super) fn rcpt(line: &str) -> Result<Rcpt<'_>, Reply> {
     } else {
         Forward::Mailbox(mailbox(path).map_err(bad_recipient)?)
     };
-    // RFC 5321 4.1.1.11: no RCPT parameter is offered.
-    if !parameters(params)?.is_empty() {
-        return Err(reply::UNSUPPORTED_PARAMETER);
+    let mut dsn = RcptDsn::default();
+    let mut seen = Seen::default();
+    for (keyword, value) in parameters(params)? {
+        seen.once(keyword)?;
+        match (keyword.to_ascii_uppercase().as_str(), value) {
+            ("NOTIFY", v) => {
+                let want = "NEVER, or SUCCESS, FAILURE and DELAY separated by commas (RFC 3461 4.1)";
+                dsn.notify = Some(
+                    v.and_then(Notify::parse)
+                        .ok_or_else(|| bad_parameter("NOTIFY", want))?,
+                );
+            }
+            ("ORCPT", Some(v)) if message::is_orcpt(v) => dsn.orcpt = Some(v.to_owned()),
+            ("ORCPT", _) => {
+                let want = "addr-type;xtext of at most 500 characters (RFC 3461 4.2)";
+                return Err(bad_parameter("ORCPT", want));
+            }
+            // RFC 5321 4.1.1.11: a parameter EHLO did not offer.
+            _ => return Err(reply::UNSUPPORTED_PARAMETER),
+        }
     }
-    Ok(Rcpt { to })
+    Ok(Rcpt { to, dsn })
 }
 
 const MAIL_SYNTAX: Reply = Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]");
@@ -161,8 +203,15 @@ fn parameters(text: &str) -> Result<Vec<(&str, Option<&str>)>, Reply> {
                 && v.chars()
                     .all(|c| (c.is_ascii_graphic() && c != '=') || !c.is_ascii())
         });
-        if !keyword_ok || !value_ok {
+        if !keyword_ok {
             return Err(reply::SYNTAX_ERROR);
+        }
+        if !value_ok {
+            return Err(Reply::dynamic(
+                501,
+                "5.5.4",
+                format!("Bad {keyword} parameter: not an esmtp-value (RFC 5321 4.1.2)"),
+            ));
         }
         out.push((keyword, value));
     }

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    message::{MessageSink, SinkError},
+    message::{DsnRequest, MessageSink, SinkError},
     metrics::{Metrics, RejectReason, SessionEnd},
 };
 use bytes::{Bytes, BytesMut};
@@ -59,6 +59,8 @@ pub(super) struct Transaction {
     pub(super) sender: String,
     pub(super) recipients: Vec<String>,
     pub(super) smtputf8: bool,
+    /// RET, ENVID and each recipient's NOTIFY/ORCPT (RFC 3461).
+    pub(super) dsn: DsnRequest,
 }
 
 /// Whether the session goes on after a command.

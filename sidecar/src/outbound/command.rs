@@ -67,6 +67,12 @@ impl<'a> RcptTo<'a> {
             params: Vec::new(),
         })
     }
+
+    /// Appends an ESMTP parameter (`NOTIFY=...`, `ORCPT=...`).
+    pub(crate) fn param(mut self, param: impl Into<String>) -> Result<Self, InvalidPath> {
+        self.params.push(checked_param(param.into())?);
+        Ok(self)
+    }
 }
 
 impl Display for RcptTo<'_> {
@@ -127,6 +133,20 @@ mod tests {
                 want: "MAIL FROM:<\"john q. public\"@example.com> SMTPUTF8 BODY=8BITMIME\r\n",
             },
             Case {
+                got: MailFrom::new("app@example.com")
+                    .and_then(|m| m.param("RET=HDRS"))
+                    .and_then(|m| m.param("ENVID=QQ314159+2Bx"))
+                    .map(|m| m.to_string()),
+                want: "MAIL FROM:<app@example.com> RET=HDRS ENVID=QQ314159+2Bx\r\n",
+            },
+            Case {
+                got: RcptTo::new("\"a b\"@example.net")
+                    .and_then(|r| r.param("NOTIFY=SUCCESS,FAILURE"))
+                    .and_then(|r| r.param("ORCPT=rfc822;a+20b@example.net"))
+                    .map(|r| r.to_string()),
+                want: "RCPT TO:<\"a b\"@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+20b@example.net\r\n",
+            },
+            Case {
                 got: RcptTo::new("\"quoted local part\"@example.net").map(|r| r.to_string()),
                 want: "RCPT TO:<\"quoted local part\"@example.net>\r\n",
             },
@@ -164,5 +184,7 @@ mod tests {
         assert!(mail.clone().param("X=1\r\nRSET").is_err());
         assert!(mail.clone().param("A B").is_err());
         assert!(mail.param("").is_err());
+        let rcpt = RcptTo::new("a@example.net").expect("valid");
+        assert!(rcpt.param("ORCPT=rfc822;a\r\nRSET").is_err());
     }
 }

@@ -189,3 +189,94 @@ fn syntax_replies_say_what_was_wrong() {
     let r = mail("MAIL FROM:<a@example.com> SIZE=1 size=2\r\n").expect_err("twice");
     assert!(r.text.contains("Duplicate SIZE"), "{r}");
 }
+
+#[test]
+fn dsn_parameters_are_validated_and_kept_as_xtext() {
+    let m = mail("MAIL FROM:<a@example.com> RET=full ENVID=QQ314159+2Bx\r\n").expect("valid");
+    assert_eq!((m.ret, m.envid), (Some(Ret::Full), Some("QQ314159+2Bx")));
+    let r = rcpt("RCPT TO:<b@example.net> notify=SUCCESS,delay ORCPT=rfc822;b+2B1@example.net\r\n")
+        .expect("valid");
+    assert_eq!(
+        r.dsn.notify.map(Notify::to_param).as_deref(),
+        Some("SUCCESS,DELAY")
+    );
+    assert_eq!(r.dsn.orcpt.as_deref(), Some("rfc822;b+2B1@example.net"));
+    let pm = rcpt("RCPT TO:<postmaster> NOTIFY=NEVER\r\n").expect("valid");
+    assert_eq!(
+        (pm.to, pm.dsn.notify),
+        (Forward::Postmaster, Some(Notify::default()))
+    );
+
+    struct Case {
+        line: String,
+        /// The start of the reply.
+        want: &'static str,
+    }
+    let case = |line: &str, want| Case {
+        line: line.to_owned(),
+        want,
+    };
+    let cases = [
+        case("MAIL FROM:<a@example.com> RET=ALL", "501 5.5.4 Bad RET parameter"),
+        case("MAIL FROM:<a@example.com> RET", "501 5.5.4 Bad RET parameter"),
+        case(
+            "MAIL FROM:<a@example.com> RET=FULL RET=HDRS",
+            "501 5.5.4 Duplicate RET",
+        ),
+        case(
+            "MAIL FROM:<a@example.com> ENVID=a+2b",
+            "501 5.5.4 Bad ENVID parameter",
+        ),
+        case(
+            "MAIL FROM:<a@example.com> ENVID=a+0",
+            "501 5.5.4 Bad ENVID parameter",
+        ),
+        case("MAIL FROM:<a@example.com> ENVID", "501 5.5.4 Bad ENVID parameter"),
+        case(
+            "MAIL FROM:<a@example.com> ENVID=a=b",
+            "501 5.5.4 Bad ENVID parameter",
+        ),
+        case(
+            &format!("MAIL FROM:<a@example.com> ENVID={}", "x".repeat(101)),
+            "501 5.5.4 Bad ENVID parameter",
+        ),
+        case(
+            "RCPT TO:<b@example.net> NOTIFY=NEVER,FAILURE",
+            "501 5.5.4 Bad NOTIFY parameter",
+        ),
+        case(
+            "RCPT TO:<b@example.net> NOTIFY=",
+            "501 5.5.4 Bad NOTIFY parameter",
+        ),
+        case(
+            "RCPT TO:<b@example.net> NOTIFY=SOMETIMES",
+            "501 5.5.4 Bad NOTIFY parameter",
+        ),
+        case(
+            "RCPT TO:<b@example.net> ORCPT=b@example.net",
+            "501 5.5.4 Bad ORCPT parameter",
+        ),
+        case(
+            "RCPT TO:<b@example.net> ORCPT=rfc822;",
+            "501 5.5.4 Bad ORCPT parameter",
+        ),
+        case(
+            "RCPT TO:<b@example.net> ORCPT=rfc822;a+zz",
+            "501 5.5.4 Bad ORCPT parameter",
+        ),
+        case(
+            "RCPT TO:<b@example.net> NOTIFY=DELAY NOTIFY=FAILURE",
+            "501 5.5.4 Duplicate NOTIFY",
+        ),
+        case("RCPT TO:<b@example.net> RRVS=2030-01-01T00:00:00Z", "555 5.5.4"),
+    ];
+    for c in cases {
+        let got = if c.line.starts_with("MAIL") {
+            mail(&c.line).map(|_| ()).map_err(|r| r.to_string())
+        } else {
+            rcpt(&c.line).map(|_| ()).map_err(|r| r.to_string())
+        };
+        let err = got.expect_err(&c.line);
+        assert!(err.starts_with(c.want), "{:?}: {err}", c.line);
+    }
+}
