@@ -237,6 +237,8 @@ pub(crate) async fn transaction(
     let dsn = if asked {
         match learn_dsn(opened, client_id, limit).await {
             Ok(dsn) => dsn,
+            // A server that refuses the EHLO still takes the message, without the parameters.
+            Err(r) if is_reply(&r) => false,
             Err(r) => return broken_unless_reply(all(r.clone()), &r),
         }
     } else {
