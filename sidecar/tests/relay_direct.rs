@@ -240,3 +240,64 @@ mx.own.test. 300 IN A 127.0.0.3
     sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
     assert_eq!(quoted_mx.received().len() + own_mx.received().len(), 2);
 }
+
+/// RFC 3461 5.2 per next hop: the MX that offers DSN gets NOTIFY and ORCPT and reports itself;
+/// the one that does not gets neither, and its recipient's NOTIFY=SUCCESS earns a "relayed"
+/// notice from the sidecar, sent direct to the sender domain's MX.
+#[test]
+fn dsn_parameters_follow_each_mx_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().to_string();
+    let with_dsn = Upstream::start(dir.path(), &["--address", "127.0.0.2", "--port", &port, "--dsn"]);
+    let without = Upstream::start(dir.path(), &["--address", "127.0.0.3", "--port", &port]);
+    let dns = DnsServer::with_zone(
+        dir.path(),
+        "dsn.test. 300 IN MX 10 mx.dsn.test.
+mx.dsn.test. 300 IN A 127.0.0.2
+plain.test. 300 IN MX 10 mx.plain.test.
+example.com. 300 IN MX 10 mx.plain.test.
+mx.plain.test. 300 IN A 127.0.0.3
+",
+    );
+    let port: u16 = port.parse().expect("port");
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port, "opportunistic"));
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &[
+            "MAIL FROM:<app@example.com> ENVID=d1",
+            "RCPT TO:<a@dsn.test> NOTIFY=SUCCESS ORCPT=rfc822;a@dsn.test",
+            "RCPT TO:<b@plain.test> NOTIFY=SUCCESS",
+        ],
+        message("a@dsn.test").as_bytes(),
+    );
+    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
+    let got = eventually("delivery to dsn.test", || {
+        let r = with_dsn.received();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(got[0].meta["mail_raw"], "FROM:<app@example.com> ENVID=d1");
+    assert_eq!(
+        got[0].meta["rcpt_raw"],
+        serde_json::json!(["TO:<a@dsn.test> NOTIFY=SUCCESS ORCPT=rfc822;a@dsn.test"])
+    );
+    let got = eventually("the message and the relayed notice at plain.test", || {
+        let r = without.received();
+        (r.len() == 2).then_some(r)
+    });
+    let message = got.iter().find(|r| r.meta["mail_from"] != "<>").expect("message");
+    assert_eq!(message.meta["mail_raw"], "FROM:<app@example.com>");
+    assert_eq!(message.meta["rcpt_raw"], serde_json::json!(["TO:<b@plain.test>"]));
+    let notice = got.iter().find(|r| r.meta["mail_from"] == "<>").expect("notice");
+    assert_eq!(
+        notice.meta["rcpt_raw"],
+        serde_json::json!(["TO:<app@example.com>"])
+    );
+    let text = String::from_utf8_lossy(&notice.data);
+    assert!(text.contains("Original-Envelope-Id: d1\r\n"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; b@plain.test\r\nAction: relayed\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("a@dsn.test>:"), "only b@ is reported: {text}");
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+}
