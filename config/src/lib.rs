@@ -4,6 +4,7 @@
 //! seam). The operator renders this document and the sidecar loads it; both depend on this crate,
 //! and the operator on nothing else of the sidecar's. docs/sidecar-config.md documents every field.
 
+pub mod address;
 mod defaults;
 mod direct;
 pub mod settings;
@@ -101,6 +102,10 @@ pub struct Config {
     pub limits: Limits,
     /// Sender domains this relay may send as; MAIL FROM and From: must be one of them.
     pub domains: Vec<Domain>,
+    /// Where `RCPT TO:<postmaster>` (no domain, RFC 5321 4.5.1) is delivered: the postmaster of
+    /// this relay. Absent: `postmaster@<the first sender domain>` ([`Config::postmaster`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postmaster: Option<String>,
     /// Durable message store.
     pub spool: Spool,
     /// How mail leaves: a map with exactly one key, `smarthost`, `direct` or `capture`.
@@ -381,6 +386,17 @@ impl Config {
                 path: path.to_owned(),
                 problems,
             })
+        }
+    }
+
+    /// The address `RCPT TO:<postmaster>` is delivered to: `postmaster`, or
+    /// `postmaster@<the first sender domain>`.
+    pub fn postmaster(&self) -> String {
+        match (&self.postmaster, self.domains.first()) {
+            (Some(address), _) => address.clone(),
+            (None, Some(d)) => format!("postmaster@{}", d.domain),
+            // validate() refuses a config without domains; the host name is still an answer.
+            (None, None) => format!("postmaster@{}", self.hostname),
         }
     }
 

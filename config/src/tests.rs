@@ -177,3 +177,78 @@ fn direct_delivery_gets_defaults_and_reports_bad_fields_with_paths() {
     };
     assert_eq!(field, "delivery.direct.tls");
 }
+
+#[test]
+fn postmaster_defaults_to_the_first_domain_and_is_validated_as_a_mailbox() {
+    let c = Config::parse(Path::new("t.yaml"), MINIMAL).expect("valid");
+    assert_eq!(c.postmaster, None);
+    assert_eq!(c.postmaster(), "postmaster@example.com");
+
+    let golden = include_str!("../../tests/fixtures/sidecar-config/smarthost.yaml");
+    let c = Config::parse(Path::new("smarthost.yaml"), golden).expect("golden");
+    assert_eq!(c.postmaster(), "hostmaster@shop.example.com");
+
+    struct Case {
+        postmaster: &'static str,
+        delivery: &'static str,
+        /// The problem's message contains this; "" for a valid value.
+        want: &'static str,
+    }
+    let capture = "  capture:\n    dir: /tmp/capture\n";
+    let direct = "  direct: {}\n";
+    let cases = [
+        Case {
+            postmaster: "ops@example.org",
+            delivery: capture,
+            want: "",
+        },
+        Case {
+            postmaster: "'\"mail ops\"@example.org'",
+            delivery: direct,
+            want: "",
+        },
+        Case {
+            postmaster: "ops@[192.0.2.1]",
+            delivery: capture,
+            want: "",
+        },
+        Case {
+            postmaster: "ops@[192.0.2.1]",
+            delivery: direct,
+            want: "address literal",
+        },
+        Case {
+            postmaster: "postmaster",
+            delivery: capture,
+            want: "is not a mailbox",
+        },
+        Case {
+            postmaster: "ops@bad_domain",
+            delivery: capture,
+            want: "is not a mailbox",
+        },
+        Case {
+            postmaster: "δοκιμή@example.org",
+            delivery: capture,
+            want: "ASCII",
+        },
+    ];
+    for case in cases {
+        let text = MINIMAL.replace("  capture:\n    dir: /tmp/capture\n", case.delivery)
+            + &format!("postmaster: {}\n", case.postmaster);
+        match Config::parse(Path::new("t.yaml"), &text) {
+            Ok(_) => assert!(case.want.is_empty(), "{} accepted", case.postmaster),
+            Err(Error::Invalid { problems, .. }) => {
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert_eq!(problems[0].field, "postmaster");
+                assert!(
+                    !case.want.is_empty() && problems[0].message.contains(case.want),
+                    "{}: {}",
+                    case.postmaster,
+                    problems[0]
+                );
+            }
+            Err(other) => panic!("{}: {other}", case.postmaster),
+        }
+    }
+}

@@ -103,6 +103,20 @@ impl Config {
                 );
             }
         }
+        if let Some(address) = &self.postmaster {
+            match address::Mailbox::parse(address) {
+                // ASCII only: a client that writes to <postmaster> without SMTPUTF8 must still
+                // be able to send (RFC 6531 3.4).
+                // Direct delivery does not route address literals (docs/security.md).
+                Ok(m) if m.literal.is_some() && matches!(self.delivery, Delivery::Direct(_)) => bad(
+                    "postmaster",
+                    format!("{address:?} is an address literal, which direct delivery does not route"),
+                ),
+                Ok(m) if m.text.is_ascii() => {}
+                Ok(_) => bad("postmaster", format!("{address:?} must be an ASCII address")),
+                Err(e) => bad("postmaster", format!("{address:?} is not a mailbox: {e}")),
+            }
+        }
         if self.spool.max_bytes == 0 {
             bad("spool.maxBytes", "must be greater than 0".into());
         }

@@ -119,6 +119,18 @@ HOSTILE = {
                b"RCPT TO:<4@x.example>\r\nDATA\r\nFrom: a@example.com\r\n\r\n" + b"y" * 5000 + b"\r\n.\r\n",
     "utf8": "EHLO x\r\nMAIL FROM:<ü@example.com> SMTPUTF8\r\nRCPT TO:<é@example.net>\r\nDATA\r\n"
             "From: ü@example.com\r\nSubject: é\r\n\r\nü\r\n.\r\n".encode(),
+    # RFC 5321 4.1.2 paths: quoted local parts (space, "@", escapes), an address literal, a
+    # source route, <Postmaster>; then broken ones.
+    "paths": b'EHLO x\r\nMAIL FROM:<"app team"@example.com>\r\nRCPT TO:<"a b"@example.net>\r\n'
+             b'RCPT TO:<"a@b\\"c"@example.net>\r\nRCPT TO:<u@[192.0.2.1]>\r\nRCPT TO:<@r.example:v@example.org>\r\n'
+             b'RCPT TO:<PostMaster>\r\nRCPT TO:<"open@example.net>\r\nRCPT TO:<a@[IPv6:::1]> X=1\r\n'
+             b'DATA\r\nFrom: "app team"@example.com\r\n\r\nhi\r\n.\r\nQUIT\r\n',
+    # RFC 3461 DSN parameters: valid ones, then bad xtext, NEVER with SUCCESS, a bare ORCPT, twice.
+    "dsn": b"EHLO x\r\nMAIL FROM:<a@example.com> RET=FULL ENVID=QQ+2B1\r\n"
+           b"RCPT TO:<b@example.net> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;b+40x\r\nRCPT TO:<postmaster> NOTIFY=NEVER\r\n"
+           b"RCPT TO:<c@example.net> ORCPT=rfc822\r\nRCPT TO:<c@example.net> NOTIFY=NEVER,SUCCESS\r\n"
+           b"RCPT TO:<c@example.net> NOTIFY=DELAY NOTIFY=DELAY\r\nMAIL FROM:<a@example.com> ENVID=+0d\r\n"
+           b"DATA\r\nFrom: a@example.com\r\n\r\nhi\r\n.\r\nQUIT\r\n",
 }
 
 

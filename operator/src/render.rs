@@ -88,6 +88,8 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         admin: Default::default(),
         limits,
         domains: domains.iter().map(domain).collect(),
+        // The sidecar's default: postmaster@<the first domain>.
+        postmaster: None,
         spool: Spool {
             dir: SPOOL_DIR.into(),
             // Sidecar defaults (1 GiB, 100000 messages): the CRD does not expose them yet.

@@ -1,7 +1,8 @@
-//! RFC 3464 delivery status notifications: failure (bounce), expiry and delay notices, built as
-//! pure functions from the envelope, the per-recipient diagnostics and the original message.
+//! RFC 3464 delivery status notifications: failure (bounce), expiry, delay and success
+//! ("relayed", "delivered") notices, built as pure functions from the envelope (with its RFC 3461
+//! DSN parameters), the per-recipient diagnostics and the original message.
 
-use crate::message::{Envelope, MessageId};
+use crate::message::{Envelope, MessageId, Ret};
 use std::fmt::Write as _;
 
 /// RFC 5322 2.1.1: lines must not exceed 998 octets; long diagnostics are cut well below that.
@@ -19,6 +20,48 @@ pub enum Kind {
         /// When the sidecar gives up (seconds since the epoch).
         will_retry_until: u64,
     },
+    /// NOTIFY=SUCCESS, handed to a next hop without DSN: `Action: relayed` (RFC 3461 5.2.2).
+    Relayed,
+    /// NOTIFY=SUCCESS, final delivery: `Action: delivered` (RFC 3461 5.2.3).
+    Delivered,
+}
+
+impl Kind {
+    /// The RFC 3464 2.3.3 `Action` value.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::Failed | Self::Expired => "failed",
+            Self::Delayed { .. } => "delayed",
+            Self::Relayed => "relayed",
+            Self::Delivered => "delivered",
+        }
+    }
+
+    fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Expired)
+    }
+}
+
+/// One recipient a notice reports on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The address as accepted (`Final-Recipient`).
+    pub recipient: String,
+    /// What happened, as in [`crate::outbound::RcptResult`]'s diagnostic.
+    pub diagnostic: String,
+    /// The client's ORCPT (`addr-type;xtext`, as received): `Original-Recipient`.
+    pub orcpt: Option<String>,
+}
+
+impl Entry {
+    /// An entry without ORCPT.
+    pub fn new(recipient: impl Into<String>, diagnostic: impl Into<String>) -> Self {
+        Self {
+            recipient: recipient.into(),
+            diagnostic: diagnostic.into(),
+            orcpt: None,
+        }
+    }
 }
 
 /// The message being reported on and who reports it.
@@ -38,27 +81,41 @@ pub struct Report<'a> {
     pub now: u64,
 }
 
-/// A failure notice (bounce) for recipients that failed permanently; `failed` holds
-/// `(recipient, diagnostic)` pairs, the diagnostic as in [`crate::outbound::RcptResult`].
-pub fn failure(report: &Report<'_>, failed: &[(String, String)]) -> Vec<u8> {
+/// A failure notice (bounce) for recipients that failed permanently.
+pub fn failure(report: &Report<'_>, failed: &[Entry]) -> Vec<u8> {
     build(report, Kind::Failed, failed)
 }
 
 /// A failure notice for recipients still deferred when the message expired.
-pub fn expiry(report: &Report<'_>, failed: &[(String, String)]) -> Vec<u8> {
+pub fn expiry(report: &Report<'_>, failed: &[Entry]) -> Vec<u8> {
     build(report, Kind::Expired, failed)
 }
 
 /// A delay notice (RFC 3464 `Action: delayed`) for recipients still being retried.
-pub fn delay(report: &Report<'_>, delayed: &[(String, String)], will_retry_until: u64) -> Vec<u8> {
+pub fn delay(report: &Report<'_>, delayed: &[Entry], will_retry_until: u64) -> Vec<u8> {
     build(report, Kind::Delayed { will_retry_until }, delayed)
+}
+
+/// A success notice for recipients that asked for one (NOTIFY=SUCCESS): `relayed` to a next hop
+/// without DSN, or `delivered` (RFC 3461 5.2.2, 5.2.3).
+pub fn success(report: &Report<'_>, delivered: &[Entry], relayed: bool) -> Vec<u8> {
+    let kind = if relayed { Kind::Relayed } else { Kind::Delivered };
+    build(report, kind, delivered)
 }
 
 /// Builds the `multipart/report; report-type=delivery-status` message (RFC 6522), CRLF
 /// throughout. The notice's envelope sender must be `<>` (RFC 3464 2, RFC 5321 4.5.5).
-pub fn build(report: &Report<'_>, kind: Kind, recipients: &[(String, String)]) -> Vec<u8> {
-    let headers = header_section(report.original);
-    let boundary = boundary(report, &headers);
+///
+/// The third part returns the original's header section, or the whole message for a failure
+/// when the client asked `RET=FULL` (RFC 3461 4.3; other notices return headers only).
+pub fn build(report: &Report<'_>, kind: Kind, recipients: &[Entry]) -> Vec<u8> {
+    let full = kind.is_failure() && report.envelope.dsn.ret == Some(Ret::Full);
+    let returned = if full {
+        report.original.to_vec()
+    } else {
+        header_section(report.original)
+    };
+    let boundary = boundary(report, &returned);
     let sender_domain = report.envelope.sender_domain();
     let from_domain = if sender_domain.is_empty() {
         report.hostname
@@ -68,6 +125,8 @@ pub fn build(report: &Report<'_>, kind: Kind, recipients: &[(String, String)]) -
     let subject = match kind {
         Kind::Failed | Kind::Expired => "Undelivered Mail Returned to Sender",
         Kind::Delayed { .. } => "Delayed Mail (still being retried)",
+        Kind::Relayed => "Relayed Mail (no further delivery reports)",
+        Kind::Delivered => "Successful Mail Delivery Report",
     };
     let mut out = String::with_capacity(2048);
     let mut line = |s: &str| {
@@ -104,16 +163,33 @@ pub fn build(report: &Report<'_>, kind: Kind, recipients: &[(String, String)]) -
     line("");
     delivery_status(&mut line, report, kind, recipients);
     line(&format!("--{boundary}"));
-    line("Content-Type: text/rfc822-headers");
-    line("Content-Description: Undelivered Message Headers");
+    if full {
+        line("Content-Type: message/rfc822");
+        line("Content-Description: Undelivered Message");
+        // RFC 2046 5.2.1: message/rfc822 allows 7bit, 8bit or binary only.
+        if !returned.is_ascii() {
+            line("Content-Transfer-Encoding: 8bit");
+        }
+    } else {
+        line("Content-Type: text/rfc822-headers");
+        line(if kind.is_failure() {
+            "Content-Description: Undelivered Message Headers"
+        } else {
+            "Content-Description: Message Headers"
+        });
+    }
     line("");
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&headers);
+    bytes.extend_from_slice(&returned);
+    if !returned.is_empty() && !returned.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    // RFC 2046 5.1.1: the CRLF before a boundary belongs to the boundary.
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
 }
 
-fn human_readable(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, rcpts: &[(String, String)]) {
+fn human_readable(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, rcpts: &[Entry]) {
     line(&format!("This is the mail system at host {}.", report.hostname));
     line("");
     match kind {
@@ -133,34 +209,43 @@ fn human_readable(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, 
             ));
             line("You do not need to send it again.");
         }
+        Kind::Relayed => {
+            line("Your message was handed on to the recipients below. The next mail system does");
+            line("not send delivery reports, so you will get no further report of success.");
+        }
+        Kind::Delivered => {
+            line("Your message was delivered to the recipients below.");
+        }
     }
     line("");
-    for (rcpt, diagnostic) in rcpts {
-        line(&format!("<{rcpt}>: {}", one_line(diagnostic)));
+    for e in rcpts {
+        line(&format!("<{}>: {}", e.recipient, one_line(&e.diagnostic)));
     }
 }
 
-/// RFC 3464 2.2 (per-message fields) and 2.3 (per-recipient fields).
-fn delivery_status(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, rcpts: &[(String, String)]) {
+/// RFC 3464 2.2 (per-message fields) and 2.3 (per-recipient fields). ENVID and ORCPT appear as
+/// the client sent them, xtext-encoded: printable ASCII without spaces, so nothing a client
+/// sends can break a field (RFC 3461 4: they are never decoded).
+fn delivery_status(line: &mut impl FnMut(&str), report: &Report<'_>, kind: Kind, rcpts: &[Entry]) {
+    if let Some(envid) = &report.envelope.dsn.envid {
+        line(&format!("Original-Envelope-Id: {envid}"));
+    }
     line(&format!("Reporting-MTA: dns; {}", report.hostname));
     line(&format!("X-Mailroom-Queue-ID: {}", report.message_id));
     line(&format!(
         "Arrival-Date: {}",
         rfc5322_date(report.envelope.received_at)
     ));
-    for (rcpt, diagnostic) in rcpts {
+    for e in rcpts {
+        let (rcpt, diagnostic) = (&e.recipient, &e.diagnostic);
         line("");
+        if let Some(orcpt) = &e.orcpt {
+            line(&format!("Original-Recipient: {orcpt}"));
+        }
         // RFC 6533 3: the utf-8 address type for internationalized addresses.
         let addr_type = if rcpt.is_ascii() { "rfc822" } else { "utf-8" };
         line(&format!("Final-Recipient: {addr_type}; {rcpt}"));
-        line(&format!(
-            "Action: {}",
-            if matches!(kind, Kind::Delayed { .. }) {
-                "delayed"
-            } else {
-                "failed"
-            }
-        ));
+        line(&format!("Action: {}", kind.action()));
         line(&format!("Status: {}", status(kind, diagnostic)));
         if let Some(mta) = report.remote_mta {
             line(&format!("Remote-MTA: dns; {mta}"));
@@ -190,6 +275,7 @@ pub fn status(kind: Kind, diagnostic: &str) -> String {
         Kind::Expired => return "4.4.7".into(),
         Kind::Failed => '5',
         Kind::Delayed { .. } => '4',
+        Kind::Relayed | Kind::Delivered => '2',
     };
     let mut words = diagnostic.split_whitespace();
     let code = words.next().and_then(reply_code);
@@ -255,14 +341,14 @@ fn header_section(original: &[u8]) -> Vec<u8> {
 }
 
 /// RFC 2046 5.1.1: the boundary must not occur in the enclosed parts.
-fn boundary(report: &Report<'_>, headers: &[u8]) -> String {
+fn boundary(report: &Report<'_>, enclosed: &[u8]) -> String {
     let mut n = 0u32;
     loop {
         let mut b = format!("=_mailroom-{}-{}", report.message_id, report.now);
         if n > 0 {
             let _ = write!(b, "-{n}");
         }
-        if !headers.windows(b.len()).any(|w| w == b.as_bytes()) {
+        if !enclosed.windows(b.len()).any(|w| w == b.as_bytes()) {
             return b;
         }
         n += 1;

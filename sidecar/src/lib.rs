@@ -24,4 +24,5 @@ pub mod testing;
 
 // The contract with the operator lives in its own crate; these keep its paths short here.
 pub use mailroom_config as config;
+pub use mailroom_config::address;
 pub use mailroom_config::settings;

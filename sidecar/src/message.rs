@@ -2,6 +2,9 @@
 //! helpers, the clock, and the [`MessageSink`] port through which accepted mail is stored (the
 //! spool implements it; inbound sessions and the DSN writer call it). Imports nothing of ours.
 
+mod dsn;
+
+pub use dsn::{DsnRequest, MAX_ENVID, Notify, RcptDsn, Ret, is_orcpt, is_xtext};
 use std::{future::Future, time::SystemTime};
 
 /// Spool-unique message id; also the `.eml` name in capture mode and the Received `id`.
@@ -25,6 +28,29 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// When the final `250` was sent (seconds since the epoch).
     pub received_at: u64,
+    /// The RFC 3461 DSN parameters. Absent in records written before DSN support and when the
+    /// client gave none, so that such records read the same in older and newer versions.
+    #[serde(default, skip_serializing_if = "DsnRequest::is_empty")]
+    pub dsn: DsnRequest,
+}
+
+/// One recipient as a transport sees it: the address as accepted and its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The mailbox, exactly as the client wrote it (RFC 5321 4.1.2).
+    pub address: String,
+    /// Its `NOTIFY` and `ORCPT`.
+    pub dsn: RcptDsn,
+}
+
+impl Recipient {
+    /// A recipient without DSN parameters.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            dsn: RcptDsn::default(),
+        }
+    }
 }
 
 impl Envelope {
@@ -33,13 +59,30 @@ impl Envelope {
         self.sender.is_empty()
     }
 
+    /// Recipient `i` with its DSN parameters.
+    pub fn recipient(&self, i: usize) -> Option<Recipient> {
+        Some(Recipient {
+            address: self.recipients.get(i)?.clone(),
+            dsn: self.dsn.rcpt(i),
+        })
+    }
+
+    /// Every recipient with its DSN parameters, in order.
+    pub fn all_recipients(&self) -> Vec<Recipient> {
+        (0..self.recipients.len())
+            .filter_map(|i| self.recipient(i))
+            .collect()
+    }
+
     /// Domain part of the sender, lowercased; empty for the null sender.
     pub fn sender_domain(&self) -> String {
         domain_of(&self.sender).to_ascii_lowercase()
     }
 }
 
-/// The domain part of an address (after the last `@`), or "" if there is none.
+/// The domain part of an address (after the last `@`), or "" if there is none. The last `@`,
+/// because a quoted local part may hold one (`"a@b"@example.net`, RFC 5321 4.1.2) and a domain
+/// or address literal never does.
 pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
@@ -91,4 +134,39 @@ pub trait MessageWriter: Send + 'static {
     /// Makes the message durable with its envelope. Returns only once it is on disk (fsync'd):
     /// the session answers `250` after this and never before.
     fn commit(self, envelope: Envelope) -> impl Future<Output = Result<MessageId, SinkError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_domain_is_after_the_last_at_sign() {
+        struct Case {
+            input: &'static str,
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                input: "a@example.net",
+                want: "example.net",
+            },
+            Case {
+                input: "\"a@b\"@example.net",
+                want: "example.net",
+            },
+            Case {
+                input: "\"@\"@[192.0.2.1]",
+                want: "[192.0.2.1]",
+            },
+            Case {
+                input: "postmaster",
+                want: "",
+            },
+            Case { input: "", want: "" },
+        ];
+        for c in cases {
+            assert_eq!(domain_of(c.input), c.want, "{:?}", c.input);
+        }
+    }
 }

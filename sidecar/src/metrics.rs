@@ -99,7 +99,7 @@ pub struct Metrics {
     pub deferred: IntCounterVec,
     /// `messages_bounced_total{route, sender_domain, reply_class}` (one per recipient).
     pub bounced: IntCounterVec,
-    /// `dsn_sent_total{kind}`; kind is failure|delay.
+    /// `dsn_sent_total{kind}`; kind is failure|delay|success.
     pub dsn_sent: IntCounterVec,
     /// `dkim_signatures_total{domain, algorithm, result}`.
     pub dkim: IntCounterVec,

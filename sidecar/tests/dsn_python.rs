@@ -15,6 +15,7 @@ fn python_email_reads_the_failure_notice() {
         recipients: vec!["a@example.net".into(), "b@example.net".into()],
         smtputf8: false,
         received_at: 1_700_000_000,
+        dsn: Default::default(),
     };
     let report = dsn::Report {
         hostname: "relay.example.com",
@@ -25,11 +26,8 @@ fn python_email_reads_the_failure_notice() {
         now: 1_700_000_100,
     };
     let failed = [
-        (
-            "a@example.net".to_string(),
-            "550 5.1.1 <a@example.net>: no such user".to_string(),
-        ),
-        ("b@example.net".to_string(), "address is not valid".to_string()),
+        dsn::Entry::new("a@example.net", "550 5.1.1 <a@example.net>: no such user"),
+        dsn::Entry::new("b@example.net", "address is not valid"),
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dsn.eml");

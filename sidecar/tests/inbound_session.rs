@@ -55,7 +55,7 @@ async fn pipelined_commands_get_their_replies_in_order_in_one_batch() {
     assert_eq!(
         codes,
         [
-            "250-", "250-", "250-", "250-", "250-", "250 ", "250 ", "250 ", "501 ", "250 ", "354 "
+            "250-", "250-", "250-", "250-", "250-", "250-", "250 ", "250 ", "250 ", "501 ", "250 ", "354 "
         ]
     );
     h.client
@@ -83,6 +83,7 @@ async fn ehlo_advertises_exactly_the_extensions_we_implement() {
             "250-SIZE 26214400",
             "250-8BITMIME",
             "250-SMTPUTF8",
+            "250-DSN",
             "250 ENHANCEDSTATUSCODES"
         ]
     );
@@ -295,10 +296,10 @@ async fn commands_not_offered_and_informational_commands() {
         ("NOOP", "250 2.0.0"),
         ("RSET", "250 2.0.0"),
         ("DATA", "503 5.5.1"),
-        ("MAIL FROM:<a@example.com> RET=FULL", "555 5.5.4"),
+        ("MAIL FROM:<a@example.com> MT-PRIORITY=3", "555 5.5.4"),
         ("MAIL FROM:<a@example.com>", "250 2.1.0"),
         ("MAIL FROM:<a@example.com>", "503 5.5.1"),
-        ("RCPT TO:<x@dest.test> NOTIFY=NEVER", "555 5.5.4"),
+        ("RCPT TO:<x@dest.test> RRVS=2030-01-01T00:00:00Z", "555 5.5.4"),
         ("DATA", "554 5.5.1"),
     ] {
         h.client.command(command, want).await;
@@ -433,4 +434,58 @@ async fn client_vanishing_mid_data_stores_nothing() {
     drop(client);
     assert_eq!(session.await.expect("no panic"), SessionEnd::Disconnected);
     assert!(sink.messages().is_empty());
+}
+
+/// RFC 3461: RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT are accepted and stored with the
+/// envelope as given (ENVID and ORCPT still xtext); a malformed one gets `501 5.5.4` naming it;
+/// `<postmaster>` gets the ORCPT it was received as (RFC 3461 4.2).
+#[tokio::test]
+async fn dsn_parameters_are_stored_with_the_envelope() {
+    let mut h = Harness::ready(config()).await;
+    for (command, want) in [
+        ("MAIL FROM:<a@example.com> ENVID=a+2Bb=c", "501 5.5.4 Bad ENVID"),
+        (
+            "MAIL FROM:<a@example.com> RET=HDRS ENVID=QQ314159+2Bx",
+            "250 2.1.0",
+        ),
+        (
+            "RCPT TO:<x@dest.test> NOTIFY=success,DELAY ORCPT=rfc822;X+2Bx@dest.test",
+            "250 2.1.5",
+        ),
+        ("RCPT TO:<y@dest.test>", "250 2.1.5"),
+        ("RCPT TO:<z@dest.test> NOTIFY=NEVER", "250 2.1.5"),
+        ("RCPT TO:<w@dest.test> ORCPT=rfc822", "501 5.5.4 Bad ORCPT"),
+        ("RCPT TO:<postmaster>", "250 2.1.5"),
+    ] {
+        h.client.command(command, want).await;
+    }
+    h.client.command("DATA", "354").await;
+    h.client.send(format!("{HEADER}body\r\n.\r\n")).await;
+    h.client.expect("250 2.0.0 Ok: queued").await;
+    h.client.command("QUIT", "221").await;
+    h.end().await;
+    let stored = &h.sink.messages()[0].envelope;
+    assert_eq!(
+        stored.recipients,
+        [
+            "x@dest.test",
+            "y@dest.test",
+            "z@dest.test",
+            "postmaster@example.com"
+        ]
+    );
+    let json = serde_json::to_value(&stored.dsn).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "ret": "hdrs",
+            "envid": "QQ314159+2Bx",
+            "rcpts": [
+                {"notify": {"success": true, "delay": true}, "orcpt": "rfc822;X+2Bx@dest.test"},
+                {},
+                {"notify": {}},
+                {"orcpt": "rfc822;postmaster"},
+            ],
+        })
+    );
 }

@@ -12,6 +12,7 @@ use std::{
 const FLOORS: &[(&str, u8)] = &[
     // The contract crate's re-exports and the ground-floor vocabulary.
     ("config", 0),
+    ("address", 0),
     ("settings", 0),
     ("message", 0),
     ("shutdown", 0),

@@ -14,10 +14,11 @@ async fn capture_writes_eml_and_envelope_and_delivers_every_recipient() {
         recipients: vec!["a@example.net".into(), "b@example.net".into()],
         smtputf8: true,
         received_at: 1_700_000_000,
+        dsn: Default::default(),
     };
     let message = b"From: app@example.com\r\nSubject: x\r\n\r\n.body\r\n";
     for _ in 0..2 {
-        let results = t.deliver(&env, &env.recipients, message).await;
+        let results = t.deliver(&env, &env.all_recipients(), message).await;
         assert_eq!(results.len(), 2);
         assert!(
             results
@@ -54,8 +55,11 @@ async fn an_unwritable_directory_defers() {
         recipients: vec!["a@example.net".into()],
         smtputf8: false,
         received_at: 0,
+        dsn: Default::default(),
     };
-    let results = t.deliver(&env, &env.recipients, b"Subject: x\r\n\r\n").await;
+    let results = t
+        .deliver(&env, &env.all_recipients(), b"Subject: x\r\n\r\n")
+        .await;
     assert_eq!(results[0].outcome, Outcome::Deferred);
     assert!(
         results[0].diagnostic.contains("cannot write capture file"),

@@ -72,12 +72,13 @@ fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         recipients: rcpts.iter().map(|r| r.to_string()).collect(),
         smtputf8: false,
         received_at: 1_700_000_000,
+        dsn: Default::default(),
     }
 }
 
 async fn send(t: &SmarthostTransport, sender: &str, rcpts: &[&str]) -> Vec<RcptResult> {
     let env = envelope(sender, rcpts);
-    let results = t.deliver(&env, &env.recipients, MESSAGE).await;
+    let results = t.deliver(&env, &env.all_recipients(), MESSAGE).await;
     assert_eq!(results.len(), rcpts.len());
     results
 }

@@ -4,7 +4,7 @@
 
 use mailroom_test_support::{
     peers::{Received, Upstream},
-    relay::{Sidecar, eventually, smarthost_config, smtplib_send},
+    relay::{Sidecar, capture_config, eventually, smarthost_config, smtp_commands, smtplib_send},
 };
 
 /// Waits until the queue is empty, checks that exactly one message reached the upstream, and
@@ -299,4 +299,134 @@ fn trickling_clients_are_cut_and_others_served() {
         sidecar.metric(r#"mailroom_sidecar_sessions_total{end="timeout"}"#),
         2.0
     );
+}
+
+/// RFC 5321 4.1.2: a `Quoted-string` local part (with spaces, an `@`, escaped quotes) and an
+/// address literal are valid mailboxes. They were accepted and then bounced as "not valid for
+/// SMTP"; now each reaches the upstream byte for byte, in MAIL and RCPT, and the bounce for a
+/// refused quoted recipient goes back to the quoted sender and names that recipient exactly.
+#[test]
+fn quoted_local_parts_and_literals_reach_the_upstream_byte_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(dir.path(), &up, "");
+    let sender = r#""app team"@example.com"#;
+    let rcpts = [
+        r#""quoted local part"@example.net"#,
+        r#""a@b"@example.net"#,
+        r#""esc\\aped \"q\""@example.net"#,
+        "user@[127.0.0.1]",
+        r#""perm-fail x"@example.net"#,
+    ];
+    let mut commands = vec![format!("MAIL FROM:<{sender}>")];
+    commands.extend(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let body = b"From: \"App Team\" <\"app team\"@example.com>\r\nSubject: quoted\r\n\r\nhi\r\n";
+    let replies = smtp_commands(sidecar.smtp, &commands, body);
+    assert!(
+        replies.iter().all(|r| r.starts_with("250")),
+        "every path is accepted at the door: {replies:?}"
+    );
+
+    let got = eventually("the message and the bounce at the upstream", || {
+        let r = up.received();
+        (r.len() == 2).then_some(r)
+    });
+    let (message, bounce) = if got[0].meta["mail_from"] == "<>" {
+        (&got[1], &got[0])
+    } else {
+        (&got[0], &got[1])
+    };
+    assert_eq!(message.meta["mail_raw"], format!("FROM:<{sender}>"));
+    let want: Vec<String> = rcpts[..4].iter().map(|r| format!("TO:<{r}>")).collect();
+    assert_eq!(message.meta["rcpt_raw"], serde_json::json!(want));
+
+    assert_eq!(bounce.meta["mail_raw"], "FROM:<>");
+    assert_eq!(
+        bounce.meta["rcpt_raw"],
+        serde_json::json!([format!("TO:<{sender}>")])
+    );
+    let report = String::from_utf8_lossy(&bounce.data);
+    assert!(report.contains(&format!("To: <{sender}>")), "{report}");
+    assert!(
+        report.contains(r#"Final-Recipient: rfc822; "perm-fail x"@example.net"#),
+        "{report}"
+    );
+    assert!(report.contains("Status: 5.1.1"), "{report}");
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    assert_eq!(up.received().len(), 2, "nothing else was sent");
+}
+
+/// RFC 5321 4.5.1: `RCPT TO:<Postmaster>` without a domain must be accepted. It means the
+/// postmaster of this relay (`postmaster:` in the config) and is delivered there, under the same
+/// rules as any recipient: a foreign sender is still refused at MAIL (no open relay), and the
+/// rate limit still applies (no bypass). The null reverse-path cannot be `<postmaster>`.
+#[test]
+fn bare_postmaster_is_accepted_and_delivered_to_the_configured_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path(), &["--tls", "none"]);
+    let sidecar = sidecar(
+        dir.path(),
+        &up,
+        "postmaster: ops@example.org\nlimits:\n  ratePerMinute: 1\n",
+    );
+    let body = b"From: app@example.com\r\nSubject: to the postmaster\r\n\r\nhi\r\n";
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &[
+            "MAIL FROM:<app@example.com>",
+            "RCPT TO:<postmaster>",
+            "RCPT TO:<PostMaster>",
+        ],
+        body,
+    );
+    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
+    let got = only_message(&sidecar, &up);
+    assert_eq!(
+        got.meta["rcpt_raw"],
+        serde_json::json!(["TO:<ops@example.org>", "TO:<ops@example.org>"])
+    );
+
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &["MAIL FROM:<boss@evil.test>", "RCPT TO:<postmaster>"],
+        body,
+    );
+    assert!(replies[0].starts_with("550 5.7.1"), "no open relay: {replies:?}");
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &["MAIL FROM:<app@example.com>", "RCPT TO:<postmaster>"],
+        body,
+    );
+    assert!(
+        replies[2].starts_with("451 4.7.1"),
+        "the rate limit applies to the postmaster too: {replies:?}"
+    );
+    let replies = smtp_commands(sidecar.smtp, &["MAIL FROM:<postmaster>"], b"");
+    assert!(replies[0].starts_with("501 5.1.7"), "{replies:?}");
+    assert_eq!(up.received().len(), 1, "nothing else was sent");
+}
+
+/// The postmaster default, `postmaster@<the first sender domain>`, in capture mode: the
+/// captured envelope names the address the upstream would have been given.
+#[test]
+fn bare_postmaster_defaults_to_the_first_sender_domain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sidecar = Sidecar::start(dir.path(), &capture_config(""));
+    let body = b"From: app@example.com\r\nSubject: pm\r\n\r\nhi\r\n";
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &["MAIL FROM:<app@example.com>", "RCPT TO:<postmaster>"],
+        body,
+    );
+    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
+    let captured = eventually("a captured envelope", || {
+        let dir = std::fs::read_dir(dir.path().join("capture")).ok()?;
+        dir.filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+    });
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(captured).expect("read envelope")).expect("json");
+    assert_eq!(envelope["rcpt_to"], serde_json::json!(["postmaster@example.com"]));
 }

@@ -5,7 +5,7 @@
 use mailroom_test_support::{
     certs::test_ca,
     peers::{DnsServer, Upstream},
-    relay::{Reservation, Sidecar, direct_config, eventually, reserve_port, smtplib_send},
+    relay::{Reservation, Sidecar, direct_config, eventually, reserve_port, smtp_commands, smtplib_send},
 };
 use std::path::Path;
 
@@ -189,4 +189,118 @@ plainonly.test. 300 IN MX 10 plain.both.test.
             r#"mailroom_sidecar_outbound_tls_total{outcome="not_offered",policy="require",version="none"}"#
         ) >= 3.0
     );
+}
+
+/// Direct delivery routes by the domain after the last `@`: a quoted local part holding an `@`
+/// (`"a@b"@quoted.test`, RFC 5321 4.1.2) goes to quoted.test's MX with its path unchanged, and
+/// `<postmaster>` (RFC 5321 4.5.1) to the MX of the configured postmaster's domain. An address
+/// literal is refused at RCPT: direct delivery would connect wherever it points.
+#[test]
+fn quoted_local_parts_and_postmaster_route_by_their_domain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = reserve_port();
+    let quoted_mx = upstream(dir.path(), "127.0.0.2", Some(&port), None);
+    let own_mx = upstream(dir.path(), "127.0.0.3", Some(&port), None);
+    let dns = DnsServer::with_zone(
+        dir.path(),
+        "quoted.test. 300 IN MX 10 mx.quoted.test.
+mx.quoted.test. 300 IN A 127.0.0.2
+example.com. 300 IN MX 10 mx.own.test.
+mx.own.test. 300 IN A 127.0.0.3
+",
+    );
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "opportunistic"));
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &[
+            "MAIL FROM:<app@example.com>",
+            r#"RCPT TO:<"a@b"@quoted.test>"#,
+            "RCPT TO:<user@[127.0.0.2]>",
+            "RCPT TO:<Postmaster>",
+        ],
+        message("x@quoted.test").as_bytes(),
+    );
+    assert!(replies[1].starts_with("250"), "{replies:?}");
+    assert!(replies[2].starts_with("550 5.7.1"), "{replies:?}");
+    assert!(replies[3].starts_with("250"), "{replies:?}");
+    assert!(replies[4].starts_with("250"), "accepted: {replies:?}");
+
+    let quoted = eventually("delivery to quoted.test", || {
+        let r = quoted_mx.received();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(
+        quoted[0].meta["rcpt_raw"],
+        serde_json::json!([r#"TO:<"a@b"@quoted.test>"#])
+    );
+    let own = eventually("delivery to the postmaster", || {
+        let r = own_mx.received();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(
+        own[0].meta["rcpt_raw"],
+        serde_json::json!(["TO:<postmaster@example.com>"])
+    );
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    assert_eq!(quoted_mx.received().len() + own_mx.received().len(), 2);
+}
+
+/// RFC 3461 5.2 per next hop: the MX that offers DSN gets NOTIFY and ORCPT and reports itself;
+/// the one that does not gets neither, and its recipient's NOTIFY=SUCCESS earns a "relayed"
+/// notice from the sidecar, sent direct to the sender domain's MX.
+#[test]
+fn dsn_parameters_follow_each_mx_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = reserve_port();
+    let with_dsn = Upstream::start_on(dir.path(), &port, &["--address", "127.0.0.2", "--dsn"]);
+    let without = Upstream::start_on(dir.path(), &port, &["--address", "127.0.0.3"]);
+    let dns = DnsServer::with_zone(
+        dir.path(),
+        "dsn.test. 300 IN MX 10 mx.dsn.test.
+mx.dsn.test. 300 IN A 127.0.0.2
+plain.test. 300 IN MX 10 mx.plain.test.
+example.com. 300 IN MX 10 mx.plain.test.
+mx.plain.test. 300 IN A 127.0.0.3
+",
+    );
+    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "opportunistic"));
+    let replies = smtp_commands(
+        sidecar.smtp,
+        &[
+            "MAIL FROM:<app@example.com> ENVID=d1",
+            "RCPT TO:<a@dsn.test> NOTIFY=SUCCESS ORCPT=rfc822;a@dsn.test",
+            "RCPT TO:<b@plain.test> NOTIFY=SUCCESS",
+        ],
+        message("a@dsn.test").as_bytes(),
+    );
+    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
+    let got = eventually("delivery to dsn.test", || {
+        let r = with_dsn.received();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(got[0].meta["mail_raw"], "FROM:<app@example.com> ENVID=d1");
+    assert_eq!(
+        got[0].meta["rcpt_raw"],
+        serde_json::json!(["TO:<a@dsn.test> NOTIFY=SUCCESS ORCPT=rfc822;a@dsn.test"])
+    );
+    let got = eventually("the message and the relayed notice at plain.test", || {
+        let r = without.received();
+        (r.len() == 2).then_some(r)
+    });
+    let message = got.iter().find(|r| r.meta["mail_from"] != "<>").expect("message");
+    assert_eq!(message.meta["mail_raw"], "FROM:<app@example.com>");
+    assert_eq!(message.meta["rcpt_raw"], serde_json::json!(["TO:<b@plain.test>"]));
+    let notice = got.iter().find(|r| r.meta["mail_from"] == "<>").expect("notice");
+    assert_eq!(
+        notice.meta["rcpt_raw"],
+        serde_json::json!(["TO:<app@example.com>"])
+    );
+    let text = String::from_utf8_lossy(&notice.data);
+    assert!(text.contains("Original-Envelope-Id: d1\r\n"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; b@plain.test\r\nAction: relayed\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("a@dsn.test>:"), "only b@ is reported: {text}");
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
 }

@@ -3,10 +3,12 @@
 Binds --address (127.0.0.1 by default; any 127.0.0.x works on Linux) and --port (0 by default) and prints the bound port on stdout, then serves until killed.
 --reuse-port binds with SO_REUSEPORT: the test holds the port with a socket that never listens
 (mailroom_test_support::ports::Reservation), so that it stays ours while no upstream runs.
-Recipient behaviour by local part: temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
+Recipient behaviour by local part (a quoted one without its opening quote): temp-fail* -> 450 4.2.0, perm-fail* -> 550 5.1.1,
 slow* -> sleeps --slow-seconds before 250. --hang-data N: the first N transactions get no reply
 after the end of data (the upstream hangs mid-DATA and saves nothing); later ones are served. Each transaction is saved in --maildir as
-<n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number);
+<n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number, and the
+MAIL and accepted RCPT command arguments exactly as they arrived: mail_raw, rcpt_raw);
+--dsn advertises DSN (RFC 3461) and accepts its parameters (aiosmtpd itself refuses them);
 <maildir>/connections holds the number of TCP connections accepted so far.
 """
 
@@ -34,6 +36,7 @@ def parse_args():
     p.add_argument("--fail-data", type=int, help="reply code after DATA, e.g. 451 or 554")
     p.add_argument("--slow-seconds", type=float, default=5.0)
     p.add_argument("--hang-data", type=int, default=0, metavar="N", help="never answer the first N DATA")
+    p.add_argument("--dsn", action="store_true", help="advertise DSN and accept RET, ENVID, NOTIFY, ORCPT")
     return p.parse_args()
 
 
@@ -62,8 +65,14 @@ class Handler:
         self.args = args
         self.state = state
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.args.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        local = address.split("@", 1)[0].lower()
+        local = address.split("@", 1)[0].lstrip('"').lower()
         if local.startswith("temp-fail"):
             return "450 4.2.0 <%s>: mailbox temporarily unavailable" % address
         if local.startswith("perm-fail"):
@@ -93,6 +102,8 @@ class Handler:
             "connection": getattr(server, "connection_number", 0),
             "tls": session.ssl is not None or self.args.tls == "implicit",
             "authenticated": bool(session.authenticated),
+            "mail_raw": getattr(envelope, "mail_raw", None),
+            "rcpt_raw": getattr(envelope, "rcpt_raw", []),
         }
         write_atomic(base + ".json", json.dumps(meta).encode())
         return "250 2.0.0 queued as %04d" % n
@@ -121,6 +132,27 @@ class CountingSMTP(SMTP):
         super().__init__(*a, **kw)
         self.state = state
         self.connection_number = 0
+
+    def without_dsn(self, arg, keywords):
+        """The argument without the DSN parameters, which aiosmtpd would refuse with 555."""
+        if not self.event_handler.args.dsn or arg is None or ">" not in arg:
+            return arg
+        end = arg.rindex(">") + 1
+        kept = [p for p in arg[end:].split() if p.split("=", 1)[0].upper() not in keywords]
+        return " ".join([arg[:end]] + kept)
+
+    async def smtp_MAIL(self, arg):
+        # aiosmtpd normalises the address it hands to the handler (quotes dropped where not
+        # needed); the test needs the bytes the client sent.
+        await super().smtp_MAIL(self.without_dsn(arg, ("RET", "ENVID")))
+        if self.envelope.mail_from is not None and not hasattr(self.envelope, "mail_raw"):
+            self.envelope.mail_raw = arg
+
+    async def smtp_RCPT(self, arg):
+        before = len(self.envelope.rcpt_tos)
+        await super().smtp_RCPT(self.without_dsn(arg, ("NOTIFY", "ORCPT")))
+        if len(self.envelope.rcpt_tos) > before:
+            self.envelope.__dict__.setdefault("rcpt_raw", []).append(arg)
 
     def connection_made(self, transport):
         if self._original_transport is None:  # not the STARTTLS re-entry

@@ -11,6 +11,7 @@ fn envelope() -> Envelope {
         recipients: vec!["a@example.net".into(), "b@example.net".into()],
         smtputf8: false,
         received_at: 1_700_000_000,
+        dsn: Default::default(),
     }
 }
 
@@ -25,13 +26,10 @@ fn report(envelope: &Envelope) -> Report<'_> {
     }
 }
 
-fn failed() -> Vec<(String, String)> {
+fn failed() -> Vec<Entry> {
     vec![
-        (
-            "a@example.net".into(),
-            "550 5.1.1 <a@example.net>: no such user".into(),
-        ),
-        ("b@example.net".into(), "554 transaction failed".into()),
+        Entry::new("a@example.net", "550 5.1.1 <a@example.net>: no such user"),
+        Entry::new("b@example.net", "554 transaction failed"),
     ]
 }
 
@@ -123,7 +121,7 @@ fn expiry_and_delay_notices_carry_their_action_and_status() {
     let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
     let expired = text(expiry(
         &report(&env),
-        &[("a@example.net".into(), "connection refused".into())],
+        &[Entry::new("a@example.net", "connection refused")],
     ));
     assert!(
         expired.contains("Action: failed\r\nStatus: 4.4.7\r\n"),
@@ -135,7 +133,7 @@ fn expiry_and_delay_notices_carry_their_action_and_status() {
     );
     let delayed = text(delay(
         &report(&env),
-        &[("a@example.net".into(), "451 4.3.0 try later".into())],
+        &[Entry::new("a@example.net", "451 4.3.0 try later")],
         1_700_400_000,
     ));
     assert!(
@@ -260,4 +258,59 @@ fn boundary_avoids_text_in_the_returned_headers() {
 fn multiline_diagnostics_stay_on_one_line() {
     assert_eq!(one_line("550-5.1.1 a\r\n550 5.1.1 b"), "550-5.1.1 a 550 5.1.1 b");
     assert_eq!(one_line(&"x".repeat(2000)).len(), MAX_DIAGNOSTIC);
+}
+
+/// RFC 3461 6.3 / RFC 3464 2.2.1, 2.3.1: ENVID and ORCPT come back as the client sent them (xtext,
+/// never decoded, so `+0D+0A` stays text), RET=FULL returns the whole message in a failure
+/// notice only, and a success notice says `relayed` or `delivered` with a 2.x.x status.
+#[test]
+fn dsn_parameters_shape_the_notice() {
+    let mut env = envelope();
+    env.dsn = crate::message::DsnRequest {
+        ret: Some(Ret::Full),
+        envid: Some("QQ314159+0D+0AX-Injected:+20yes".into()),
+        rcpts: vec![],
+    };
+    let mut entry = Entry::new("\"a b\"@example.net", "550 5.1.1 no such user");
+    entry.orcpt = Some("rfc822;a+2Bb@example.net".into());
+    let bounce = String::from_utf8(failure(&report(&env), std::slice::from_ref(&entry))).expect("utf-8");
+    assert!(
+        bounce.contains("\r\nOriginal-Envelope-Id: QQ314159+0D+0AX-Injected:+20yes\r\nReporting-MTA: "),
+        "{bounce}"
+    );
+    assert!(
+        bounce.contains(
+            "\r\nOriginal-Recipient: rfc822;a+2Bb@example.net\r\nFinal-Recipient: rfc822; \"a b\"@example.net\r\n"
+        ),
+        "{bounce}"
+    );
+    assert!(!bounce.contains("\r\nX-Injected"), "{bounce}");
+    assert!(bounce.contains("Content-Type: message/rfc822\r\n"), "{bounce}");
+    assert!(
+        bounce.contains("\r\n\r\nbody\r\n\r\n--="),
+        "the body is returned: {bounce}"
+    );
+
+    let delivered = Entry::new("\"a b\"@example.net", "250 2.0.0 queued as 7");
+    for (relayed, action) in [(true, "relayed"), (false, "delivered")] {
+        let text = String::from_utf8(success(&report(&env), std::slice::from_ref(&delivered), relayed))
+            .expect("utf-8");
+        assert!(
+            text.contains(&format!("Action: {action}\r\nStatus: 2.0.0\r\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Type: text/rfc822-headers"),
+            "headers only: {text}"
+        );
+        assert!(!text.contains("\r\nbody\r\n"), "{text}");
+    }
+
+    env.dsn.ret = Some(Ret::Hdrs);
+    let headers_only = String::from_utf8(failure(&report(&env), &failed())).expect("utf-8");
+    assert!(
+        headers_only.contains("Content-Type: text/rfc822-headers"),
+        "{headers_only}"
+    );
+    assert!(!headers_only.contains("\r\nbody\r\n"), "{headers_only}");
 }

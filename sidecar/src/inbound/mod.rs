@@ -4,6 +4,7 @@
 mod commands;
 pub mod data;
 pub mod headers;
+mod path;
 pub mod policy;
 pub mod reply;
 pub mod session;

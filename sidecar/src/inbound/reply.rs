@@ -177,6 +177,14 @@ pub const LINE_TOO_LONG_IN_DATA: Reply = Reply::new(
 
 // --- Permanent failures: policy and content ---
 
+/// A recipient at an address literal (`user@[192.0.2.1]`) under direct delivery, which routes
+/// only domain names (X.7.1: delivery not authorized).
+pub const LITERAL_NOT_ROUTED: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Address literals are not routed by this relay in direct delivery; use a domain name",
+);
+
 /// Header section bigger than we buffer for the From: check (X.3.4: message too big for system).
 pub const HEADERS_TOO_BIG: Reply = Reply::new(552, "5.3.4", "Header section too large");
 /// RFC 5322 3.6: a message has exactly one From: field. A content defect, hence X.6.0 (other or
@@ -268,6 +276,7 @@ mod tests {
             NEED_MAIL,
             NO_VALID_RECIPIENTS,
             NEED_SMTPUTF8,
+            LITERAL_NOT_ROUTED,
             BARE_LINE_ENDING,
             NUL_IN_DATA,
             LINE_TOO_LONG_IN_DATA,

@@ -1,6 +1,7 @@
 //! SMTP server state machine for one connection (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
 //! SMTPUTF8, ENHANCEDSTATUSCODES), generic over the stream so tests drive it over
-//! `tokio::io::duplex`. Commands are parsed by `smtp-proto`; message data by [`super::data`].
+//! `tokio::io::duplex`. Commands are parsed by `smtp-proto`, except MAIL and RCPT
+//! ([`super::path`], which keeps the path as written); message data by [`super::data`].
 
 use super::{
     ShutdownSignal, is_shutdown,
@@ -8,7 +9,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    message::{MessageSink, SinkError},
+    message::{DsnRequest, MessageSink, SinkError},
     metrics::{Metrics, RejectReason, SessionEnd},
 };
 use bytes::{Bytes, BytesMut};
@@ -58,6 +59,8 @@ pub(super) struct Transaction {
     pub(super) sender: String,
     pub(super) recipients: Vec<String>,
     pub(super) smtputf8: bool,
+    /// RET, ENVID and each recipient's NOTIFY/ORCPT (RFC 3461).
+    pub(super) dsn: DsnRequest,
 }
 
 /// Whether the session goes on after a command.
@@ -289,6 +292,13 @@ where
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
+        // MAIL and RCPT are parsed here, not by smtp-proto, which unquotes local parts: the
+        // path must reach the next hop exactly as the client wrote it (RFC 5321 4.1.2).
+        match line.get(..5).map(|verb| verb.to_ascii_uppercase()).as_deref() {
+            Some(b"MAIL ") => return self.mail(line),
+            Some(b"RCPT ") => return self.rcpt(line),
+            _ => {}
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => return self.bad(super::commands::parse_error(&e)),
@@ -296,8 +306,8 @@ where
         match request {
             Request::Ehlo { host } => self.hello(&host, true),
             Request::Helo { host } => self.hello(&host, false),
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            // Unreachable: MAIL and RCPT lines never get here.
+            Request::Mail { .. } | Request::Rcpt { .. } => self.bad(reply::SYNTAX_ERROR),
             Request::Data => self.data().await,
             Request::Rset => {
                 self.tx = None;

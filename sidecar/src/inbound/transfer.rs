@@ -186,6 +186,7 @@ where
             recipients: tx.recipients,
             smtputf8: tx.smtputf8,
             received_at: now_secs(),
+            dsn: tx.dsn,
         };
         match writer.commit(envelope).await {
             Ok(id) => {

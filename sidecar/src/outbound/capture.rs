@@ -2,7 +2,7 @@
 //! unchanged) plus `<name>.json` (the envelope) in a directory, written atomically.
 
 use super::{Outcome, RcptResult, ReplyClass, Route, Transport};
-use crate::message::Envelope;
+use crate::message::{Envelope, RcptDsn, Recipient, Ret};
 use std::{
     fs::{self, File},
     io::{self, Write},
@@ -29,6 +29,15 @@ pub struct CapturedEnvelope {
     pub smtputf8: bool,
     /// When the sidecar accepted the message (seconds since the epoch).
     pub received_at: u64,
+    /// RFC 3461 RET, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// RFC 3461 ENVID (xtext as received), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// Each recipient's NOTIFY and ORCPT, parallel to `rcpt_to`; absent when none had any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rcpt_dsn: Vec<RcptDsn>,
 }
 
 // === impl CaptureTransport ===
@@ -63,13 +72,26 @@ impl Transport for CaptureTransport {
         Route::Capture
     }
 
-    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        recipients: &[Recipient],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
         let name = self.unique_name();
+        let rcpt_dsn = if recipients.iter().all(|r| r.dsn.is_empty()) {
+            Vec::new()
+        } else {
+            recipients.iter().map(|r| r.dsn.clone()).collect()
+        };
         let meta = CapturedEnvelope {
             mail_from: envelope.sender.clone(),
-            rcpt_to: recipients.to_vec(),
+            rcpt_to: recipients.iter().map(|r| r.address.clone()).collect(),
             smtputf8: envelope.smtputf8,
             received_at: envelope.received_at,
+            ret: envelope.dsn.ret,
+            envid: envelope.dsn.envid.clone(),
+            rcpt_dsn,
         };
         let (dir, message) = (self.dir.clone(), message.to_vec());
         let written = tokio::task::spawn_blocking(move || write_capture(&dir, &name, &meta, &message)).await;
@@ -78,6 +100,7 @@ impl Transport for CaptureTransport {
                 outcome: Outcome::Delivered,
                 class: ReplyClass::Ok,
                 diagnostic: format!("250 2.0.0 captured as {name}"),
+                next_hop_dsn: false,
             },
             Ok(Err(e)) => failed(&format!("cannot write capture file: {e}")),
             Err(_) => failed("capture writer stopped"),
@@ -91,6 +114,7 @@ fn failed(diagnostic: &str) -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Connection,
         diagnostic: diagnostic.into(),
+        next_hop_dsn: false,
     }
 }
 

@@ -59,6 +59,7 @@ pub fn result(phase: Phase, err: &SmtpError) -> RcptResult {
         outcome,
         class,
         diagnostic: diagnostic(phase, err),
+        next_hop_dsn: false,
     }
 }
 
@@ -94,6 +95,7 @@ pub fn timeout(phase: Phase) -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Timeout,
         diagnostic: format!("timed out waiting for {step} from the next hop"),
+        next_hop_dsn: false,
     }
 }
 

@@ -5,23 +5,21 @@
 use super::{
     Outcome, RcptResult, ReplyClass,
     classify::{self, Phase},
+    command::{InvalidPath, MailFrom, RcptTo},
     starttls::{self, Implicit, Opened},
 };
 use crate::{
     config::{self, AuthMechanism, TlsMode},
-    message::Envelope,
+    message::{Envelope, Recipient},
 };
-use lettre::{
-    Address,
-    transport::smtp::{
-        authentication::{Credentials, Mechanism},
-        client::AsyncSmtpConnection,
-        commands::{Auth, Data, Mail, Rcpt, Rset},
-        extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo},
-    },
+use lettre::transport::smtp::{
+    authentication::{Credentials, Mechanism},
+    client::AsyncSmtpConnection,
+    commands::{Auth, Data, Ehlo, Rset},
+    extension::{ClientId, Extension, ServerInfo},
 };
 use rustls::ClientConfig;
-use std::{future::Future, net::SocketAddr, path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use tokio::time::timeout;
 
 pub use super::smarthost::{DeliveryError, SmarthostTransport};
@@ -150,6 +148,7 @@ fn tls_unavailable(why: &str) -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Tls,
         diagnostic: why.to_owned(),
+        next_hop_dsn: false,
     }
 }
 
@@ -194,6 +193,7 @@ fn auth_failed(why: &str) -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Auth,
         diagnostic: format!("authentication with the smarthost failed: {why}"),
+        next_hop_dsn: false,
     }
 }
 
@@ -209,6 +209,7 @@ fn read_secret(path: &Path) -> Result<String, RcptResult> {
                 path.display(),
                 e.kind()
             ),
+            next_hop_dsn: false,
         }),
     }
 }
@@ -221,17 +222,30 @@ pub(crate) async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bo
 /// Sends one message to `recipients`, each RCPT on its own so that one rejection does not fail
 /// the others (RFC 5321 3.3).
 ///
-/// `info` is what the last EHLO reply said (after STARTTLS, the second one; RFC 3207 4.2).
+/// `opened.info` is what the last EHLO reply said (after STARTTLS, the second one; RFC 3207
+/// 4.2). The DSN parameters go to a next hop that offers DSN (RFC 3461 5.2.1) and to no other.
 pub(crate) async fn transaction(
-    conn: &mut AsyncSmtpConnection,
-    info: &ServerInfo,
+    opened: &mut Opened,
+    client_id: &ClientId,
     limit: Duration,
     envelope: &Envelope,
-    recipients: &[String],
+    recipients: &[Recipient],
     message: &[u8],
 ) -> Transaction {
     let all = |r: RcptResult| vec![r; recipients.len()];
-    let (from, params) = match mail_from(info, envelope, recipients, message) {
+    let asked = !envelope.dsn.is_empty() || recipients.iter().any(|r| !r.dsn.is_empty());
+    let dsn = if asked {
+        match learn_dsn(opened, client_id, limit).await {
+            Ok(dsn) => dsn,
+            // A server that refuses the EHLO still takes the message, without the parameters.
+            Err(r) if is_reply(&r) => false,
+            Err(r) => return broken_unless_reply(all(r.clone()), &r),
+        }
+    } else {
+        false
+    };
+    let conn = &mut opened.conn;
+    let mail = match mail_from(&opened.info, dsn, envelope, recipients, message) {
         Ok(v) => v,
         Err(r) => {
             return Transaction {
@@ -241,23 +255,20 @@ pub(crate) async fn transaction(
             };
         }
     };
-    if let Err(r) = step(limit, Phase::Transaction, conn.command(Mail::new(from, params))).await {
+    if let Err(r) = step(limit, Phase::Transaction, conn.command(mail)).await {
         return broken_unless_reply(all(r.clone()), &r);
     }
     let mut results: Vec<Option<RcptResult>> = vec![None; recipients.len()];
     let mut accepted = Vec::new();
     for (i, rcpt) in recipients.iter().enumerate() {
-        let Ok(address) = Address::from_str(rcpt) else {
-            results[i] = Some(invalid_address(rcpt));
-            continue;
+        let command = match rcpt_to(rcpt, dsn) {
+            Ok(command) => command,
+            Err(e) => {
+                results[i] = Some(invalid_address(&e));
+                continue;
+            }
         };
-        match step(
-            limit,
-            Phase::Transaction,
-            conn.command(Rcpt::new(address, vec![])),
-        )
-        .await
-        {
+        match step(limit, Phase::Transaction, conn.command(command)).await {
             Ok(_) => accepted.push(i),
             Err(r) if is_reply(&r) => results[i] = Some(r),
             Err(r) => return broken_unless_reply(fill(results, &r), &r),
@@ -281,6 +292,7 @@ pub(crate) async fn transaction(
                 reply.code(),
                 reply.message().collect::<Vec<_>>().join(" ")
             ),
+            next_hop_dsn: dsn,
         },
         Err(r) if is_reply(&r) => r,
         Err(r) => return broken_unless_reply(fill(results, &r), &r),
@@ -291,34 +303,72 @@ pub(crate) async fn transaction(
     finish(results, true, false)
 }
 
+/// Whether the next hop offers DSN: known from the EHLO after STARTTLS, else asked with one
+/// more EHLO (RFC 5321 4.1.4 allows it at any time; it also resets the transaction state).
+async fn learn_dsn(opened: &mut Opened, client_id: &ClientId, limit: Duration) -> Result<bool, RcptResult> {
+    if let Some(dsn) = opened.dsn {
+        return Ok(dsn);
+    }
+    let ehlo = Ehlo::new(client_id.clone());
+    let reply = step(limit, Phase::Transaction, opened.conn.command(ehlo)).await?;
+    if let Ok(info) = ServerInfo::from_response(&reply) {
+        opened.info = info;
+    }
+    let dsn = starttls::offers(&reply, "DSN");
+    opened.dsn = Some(dsn);
+    Ok(dsn)
+}
+
 /// MAIL FROM with SMTPUTF8 (RFC 6531 3.4) and BODY=8BITMIME (RFC 6152 3) when the message needs
-/// them; a message the smarthost cannot take unchanged is bounced rather than mangled.
-fn mail_from(
+/// them, and RET and ENVID as the client gave them when the next hop offers DSN (RFC 3461 4.3,
+/// 4.4); a message the next hop cannot take unchanged is bounced rather than mangled.
+fn mail_from<'a>(
     info: &ServerInfo,
-    envelope: &Envelope,
-    recipients: &[String],
+    dsn: bool,
+    envelope: &'a Envelope,
+    recipients: &[Recipient],
     message: &[u8],
-) -> Result<(Option<Address>, Vec<MailParameter>), RcptResult> {
-    let mut params = Vec::new();
-    let utf8 = envelope.smtputf8 || !envelope.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
+) -> Result<MailFrom<'a>, RcptResult> {
+    let bad = |e: InvalidPath| invalid_address(&e);
+    let mut mail = MailFrom::new(&envelope.sender).map_err(bad)?;
+    let utf8 =
+        envelope.smtputf8 || !envelope.sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
     if utf8 {
         if !info.supports_feature(Extension::SmtpUtfEight) {
             return Err(unsupported("SMTPUTF8 (RFC 6531)"));
         }
-        params.push(MailParameter::SmtpUtfEight);
+        mail = mail.param("SMTPUTF8").map_err(bad)?;
     }
     if !message.is_ascii() {
         if !info.supports_feature(Extension::EightBitMime) {
             return Err(unsupported("8BITMIME (RFC 6152)"));
         }
-        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        mail = mail.param("BODY=8BITMIME").map_err(bad)?;
     }
-    // RFC 5321 4.5.5: the null reverse-path `<>` for notifications.
-    let from = match envelope.sender.as_str() {
-        "" => None,
-        s => Some(Address::from_str(s).map_err(|_| invalid_address(s))?),
-    };
-    Ok((from, params))
+    if dsn {
+        if let Some(ret) = envelope.dsn.ret {
+            mail = mail.param(format!("RET={}", ret.as_str())).map_err(bad)?;
+        }
+        if let Some(envid) = &envelope.dsn.envid {
+            mail = mail.param(format!("ENVID={envid}")).map_err(bad)?;
+        }
+    }
+    Ok(mail)
+}
+
+/// RCPT TO with NOTIFY and ORCPT as the client gave them when the next hop offers DSN
+/// (RFC 3461 4.1, 4.2).
+fn rcpt_to(rcpt: &Recipient, dsn: bool) -> Result<RcptTo<'_>, InvalidPath> {
+    let mut command = RcptTo::new(&rcpt.address)?;
+    if dsn {
+        if let Some(notify) = rcpt.dsn.notify {
+            command = command.param(format!("NOTIFY={}", notify.to_param()))?;
+        }
+        if let Some(orcpt) = &rcpt.dsn.orcpt {
+            command = command.param(format!("ORCPT={orcpt}"))?;
+        }
+    }
+    Ok(command)
 }
 
 fn unsupported(what: &str) -> RcptResult {
@@ -326,14 +376,18 @@ fn unsupported(what: &str) -> RcptResult {
         outcome: Outcome::Bounced,
         class: ReplyClass::Protocol,
         diagnostic: format!("the next hop does not support {what}, which this message needs"),
+        next_hop_dsn: false,
     }
 }
 
-fn invalid_address(address: &str) -> RcptResult {
+/// Only for data that did not come through the inbound session (a spool written by an older
+/// version): what the session accepts always passes.
+fn invalid_address(e: &InvalidPath) -> RcptResult {
     RcptResult {
         outcome: Outcome::Bounced,
         class: ReplyClass::Protocol,
-        diagnostic: format!("address {address:?} is not valid for SMTP (RFC 5321 4.1.2)"),
+        diagnostic: e.to_string(),
+        next_hop_dsn: false,
     }
 }
 
@@ -353,6 +407,7 @@ fn finish(results: Vec<Option<RcptResult>>, reusable: bool, timed_out: bool) -> 
         outcome: Outcome::Deferred,
         class: ReplyClass::Protocol,
         diagnostic: "no result for this recipient".into(),
+        next_hop_dsn: false,
     };
     Transaction {
         results: fill(results, &unknown),

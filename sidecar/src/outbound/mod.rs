@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod classify;
 pub mod client;
+mod command;
 pub mod direct;
 pub mod park;
 pub mod pool;
@@ -16,7 +17,7 @@ pub use classify::classify;
 pub use direct::DirectTransport;
 pub use smarthost::{DeliveryError, SmarthostTransport};
 
-use crate::message::Envelope;
+use crate::message::{Envelope, Recipient};
 use std::future::Future;
 
 /// What happened to one recipient in one attempt. Retry, DSN and metrics all read this.
@@ -91,6 +92,10 @@ pub struct RcptResult {
     /// Human-readable diagnostic for logs and DSNs, e.g. `550 5.1.1 no such user` or
     /// `connection to smtp.example.net:587 refused`. Never a metric label.
     pub diagnostic: String,
+    /// The next hop advertised DSN and was given this recipient's NOTIFY and ORCPT (RFC 3461
+    /// 5.2.1): from here on it sends the reports, so a delivered recipient that asked for
+    /// SUCCESS gets no "relayed" notice from us (RFC 3461 5.2.2).
+    pub next_hop_dsn: bool,
 }
 
 /// Route label values (bounded).
@@ -119,12 +124,12 @@ impl Route {
 pub trait Transport: Send + Sync + 'static {
     /// The route label of this transport.
     fn route(&self) -> Route;
-    /// Tries `recipients` (a subset of `envelope.recipients`) once; returns one result per
-    /// recipient, in order. Never panics; every failure is a result.
+    /// Tries `recipients` (a subset of `envelope.recipients`, with their DSN parameters) once;
+    /// returns one result per recipient, in order. Never panics; every failure is a result.
     fn deliver(
         &self,
         envelope: &Envelope,
-        recipients: &[String],
+        recipients: &[Recipient],
         message: &[u8],
     ) -> impl Future<Output = Vec<RcptResult>> + Send;
     /// Whether the route is parked (down); the queue then holds mail instead of trying it.

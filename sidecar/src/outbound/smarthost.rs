@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     config::{self, TlsMode},
-    message::Envelope,
+    message::{Envelope, Recipient},
     metrics::Metrics,
     sync::lock,
 };
@@ -113,7 +113,12 @@ impl SmarthostTransport {
         }
     }
 
-    async fn attempt(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+    async fn attempt(
+        &self,
+        envelope: &Envelope,
+        recipients: &[Recipient],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
         let all = |r: RcptResult| vec![r; recipients.len()];
         let mut probe = match lock(&self.breaker).admit(Instant::now()) {
             Admission::Parked => return all(parked()),
@@ -151,8 +156,8 @@ impl SmarthostTransport {
             p.disarm();
         }
         let limit = self.settings.command_timeout;
-        let info = opened.info.clone();
-        let tx = client::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
+        let id = &self.settings.client_id;
+        let tx = client::transaction(&mut opened, id, limit, envelope, recipients, message).await;
         if tx.timed_out {
             self.connection_failed();
         }
@@ -203,7 +208,12 @@ impl Transport for SmarthostTransport {
         Route::Smarthost
     }
 
-    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        recipients: &[Recipient],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
         if recipients.is_empty() {
             return Vec::new();
         }
@@ -235,5 +245,6 @@ fn parked() -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Connection,
         diagnostic: "smarthost route parked after repeated connection failures".into(),
+        next_hop_dsn: false,
     }
 }

@@ -11,6 +11,7 @@ use lettre::transport::smtp::{
     client::{AsyncSmtpConnection, AsyncTokioStream},
     commands::{Ehlo, Starttls},
     extension::{ClientId, ServerInfo},
+    response::Response,
 };
 use rustls::{
     ClientConfig, ProtocolVersion,
@@ -100,6 +101,10 @@ pub(crate) struct Opened {
     pub conn: AsyncSmtpConnection,
     pub info: ServerInfo,
     pub handoff: Handoff,
+    /// Whether the last EHLO reply offered DSN (RFC 3461 3), once known: lettre reads the first
+    /// EHLO reply itself and keeps only the extensions it knows, so this is learned from the
+    /// EHLO after STARTTLS, or from one more EHLO when a message needs it.
+    pub dsn: Option<bool>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -144,7 +149,12 @@ pub(crate) async fn connect(
     )
     .await?;
     let info = conn.server_info().clone();
-    Ok(Opened { conn, info, handoff })
+    Ok(Opened {
+        conn,
+        info,
+        handoff,
+        dsn: None,
+    })
 }
 
 /// Tries `addrs` in order, each under `limit`; the last failure when none answers.
@@ -239,7 +249,18 @@ pub(crate) async fn upgrade(
     )
     .await?;
     opened.info = ServerInfo::from_response(&reply).map_err(|e| classify::result(Phase::Tls, &e))?;
+    opened.dsn = Some(offers(&reply, "DSN"));
     Ok((version, chain))
+}
+
+/// Whether an EHLO reply lists `keyword` (RFC 5321 4.1.1.1: one ehlo-line per extension after
+/// the first line, which names the server).
+pub(crate) fn offers(reply: &Response, keyword: &str) -> bool {
+    reply.message().skip(1).any(|line| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+    })
 }
 
 /// A connection failure result (deferred, and it counts toward parking).
@@ -248,6 +269,7 @@ pub(crate) fn connection_failed(detail: &str) -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Connection,
         diagnostic: format!("connection failed: {detail}"),
+        next_hop_dsn: false,
     }
 }
 
@@ -257,5 +279,41 @@ pub(crate) fn tls_failed(detail: &str) -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Tls,
         diagnostic: format!("TLS failed: {detail}"),
+        next_hop_dsn: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_extension_is_offered_only_as_an_ehlo_keyword() {
+        struct Case {
+            reply: &'static str,
+            want: bool,
+        }
+        let cases = [
+            Case {
+                reply: "250-mx.example.net Hello\r\n250-SIZE 10\r\n250-DSN\r\n250 HELP\r\n",
+                want: true,
+            },
+            Case {
+                reply: "250-mx.example.net\r\n250 dsn\r\n",
+                want: true,
+            },
+            Case {
+                reply: "250-DSN\r\n250 HELP\r\n",
+                want: false,
+            },
+            Case {
+                reply: "250-mx.example.net\r\n250-DSNX\r\n250 X-DSN\r\n",
+                want: false,
+            },
+        ];
+        for c in cases {
+            let reply: Response = c.reply.parse().expect("reply parses");
+            assert_eq!(offers(&reply, "DSN"), c.want, "{:?}", c.reply);
+        }
     }
 }

@@ -8,7 +8,7 @@ use super::{
     runner::{Item, Next},
 };
 use crate::{
-    message::{Envelope, MessageId, MessageWriter, SinkError, domain_of, now_secs},
+    message::{Envelope, MessageId, MessageWriter, Recipient, SinkError, domain_of, now_secs},
     metrics::Metrics,
     outbound::{Outcome, RcptResult, ReplyClass, Route, Transport},
     spool::Spool,
@@ -52,16 +52,14 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         spool.remove(id).await;
         return Next::Done;
     }
-    let rcpts: Vec<String> = tried
-        .iter()
-        .map(|&i| env.recipients[i as usize].clone())
-        .collect();
+    let rcpts: Vec<Recipient> = tried.iter().filter_map(|&i| env.recipient(i as usize)).collect();
     let started = std::time::Instant::now();
     let mut results = d.transport.deliver(&env, &rcpts, &bytes).await;
     results.resize_with(rcpts.len(), || RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Protocol,
         diagnostic: "transport returned no result for this recipient".into(),
+        next_hop_dsn: false,
     });
     let route = d.transport.route();
     metrics
@@ -105,7 +103,17 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
                 tracing::warn!(message = %id, error = %e, "cannot queue bounce; will retry");
                 return Next::Retry(item, DSN_RETRY, false);
             }
+            (DsnKind::Relayed | DsnKind::Delivered, Ok(())) => {
+                metrics.dsn_sent.with_label_values(&["success"]).inc();
+            }
+            (DsnKind::Relayed | DsnKind::Delivered, Err(e)) => {
+                // Never worth a second delivery of the message itself.
+                tracing::warn!(message = %id, error = %e, "cannot queue success notice");
+            }
         }
+    }
+    if !decision.unreported.is_empty() {
+        tracing::info!(message = %id, recipients = decision.unreported.len(), "failure not reported: the recipients asked for no failure notice (NOTIFY)");
     }
     match decision.after {
         After::Done => {
@@ -188,10 +196,14 @@ async fn queue_dsn<T: Transport>(
     dsn: &Dsn,
     original: &[u8],
 ) -> Result<(), SinkError> {
-    let list: Vec<(String, String)> = dsn
+    let list: Vec<crate::dsn::Entry> = dsn
         .recipients
         .iter()
-        .map(|f| (f.recipient.clone(), f.diagnostic.clone()))
+        .map(|f| crate::dsn::Entry {
+            recipient: f.recipient.clone(),
+            diagnostic: f.diagnostic.clone(),
+            orcpt: env.dsn.rcpt(f.index as usize).orcpt,
+        })
         .collect();
     let report = crate::dsn::Report {
         hostname: &d.hostname,
@@ -205,6 +217,8 @@ async fn queue_dsn<T: Transport>(
         DsnKind::Failure => crate::dsn::failure(&report, &list),
         DsnKind::Expiry => crate::dsn::expiry(&report, &list),
         DsnKind::Delay => crate::dsn::delay(&report, &list, env.received_at + d.retry.max_age_seconds),
+        DsnKind::Relayed => crate::dsn::success(&report, &list, true),
+        DsnKind::Delivered => crate::dsn::success(&report, &list, false),
     };
     let mut w = spool.begin_internal()?;
     w.write(&body).await?;
@@ -213,6 +227,7 @@ async fn queue_dsn<T: Transport>(
         recipients: vec![env.sender.clone()],
         smtputf8: env.smtputf8,
         received_at: now_secs(),
+        dsn: Default::default(),
     };
     w.commit(dsn_env).await?;
     Ok(())

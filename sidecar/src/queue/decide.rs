@@ -1,11 +1,12 @@
 //! The delivery decision, pure: from one attempt's per-recipient outcomes, the message's age and
-//! the retry and bounce policy, what to record, which DSNs to send, and when to try again.
+//! the retry and bounce policy and each recipient's RFC 3461 NOTIFY, what to record, which DSNs
+//! to send, and when to try again.
 //! [`super::attempt`] gathers the inputs and carries the decision out; nothing here does I/O.
 
 use super::retry;
 use crate::{
     config::Retry,
-    message::Envelope,
+    message::{Envelope, Notify},
     outbound::{Outcome, RcptResult, ReplyClass, Route},
 };
 use std::time::Duration;
@@ -35,7 +36,7 @@ pub struct Inputs<'a> {
     pub jitter: f64,
 }
 
-/// One recipient that did not get its message (yet).
+/// One recipient that did not get its message (yet), or, in a success notice, one that did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failed {
     /// Index into `envelope.recipients`.
@@ -55,6 +56,11 @@ pub enum DsnKind {
     Expiry,
     /// Still deferred at `delayNoticeAfterSeconds`: `Action: delayed`.
     Delay,
+    /// NOTIFY=SUCCESS, handed to a next hop that does not offer DSN: `Action: relayed` (RFC 3461
+    /// 5.2.2).
+    Relayed,
+    /// NOTIFY=SUCCESS, and this was the final delivery (capture): `Action: delivered`.
+    Delivered,
 }
 
 /// A DSN to queue to the envelope sender.
@@ -97,6 +103,8 @@ pub struct Decision {
     pub dsns: Vec<Dsn>,
     /// Failed recipients of a bounce: never reported (RFC 3461 6.2, RFC 5321 6.1), only logged.
     pub dropped: Vec<Failed>,
+    /// Failed recipients whose NOTIFY leaves out FAILURE (RFC 3461 4.1): not reported.
+    pub unreported: Vec<Failed>,
     /// Recipients to record as finished when the message stays queued.
     pub finished: Vec<u32>,
     /// What comes next.
@@ -112,16 +120,19 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         deferred: Vec::new(),
         dsns: Vec::new(),
         dropped: Vec::new(),
+        unreported: Vec::new(),
         finished: Vec::new(),
         after: After::Done,
     };
+    let mut succeeded = Vec::new();
     for (n, &index) in i.tried.iter().enumerate() {
         // A transport that returned too few results has not finished the rest: retry them.
-        let (outcome, diagnostic) = match i.results.get(n) {
-            Some(r) => (r.outcome, r.diagnostic.clone()),
+        let (outcome, diagnostic, next_hop_dsn) = match i.results.get(n) {
+            Some(r) => (r.outcome, r.diagnostic.clone(), r.next_hop_dsn),
             None => (
                 Outcome::Deferred,
                 "transport returned no result for this recipient".to_string(),
+                false,
             ),
         };
         let recipient = i
@@ -136,7 +147,13 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
             diagnostic,
         };
         match outcome {
-            Outcome::Delivered => d.delivered.push(index),
+            Outcome::Delivered => {
+                d.delivered.push(index);
+                // RFC 3461 5.2.1: a next hop that offers DSN was given NOTIFY and reports itself.
+                if !next_hop_dsn && wants(i, index).success {
+                    succeeded.push(failed);
+                }
+            }
             Outcome::Bounced => d.bounced.push(failed),
             Outcome::Deferred => d.deferred.push(failed),
         }
@@ -154,17 +171,31 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
             .collect();
     }
     for (list, kind) in [(&d.bounced, DsnKind::Failure), (&d.expired, DsnKind::Expiry)] {
-        if list.is_empty() {
-            continue;
-        }
         if i.envelope.is_bounce() {
             d.dropped.extend(list.iter().cloned());
-        } else {
+            continue;
+        }
+        let (report, quiet): (Vec<Failed>, Vec<Failed>) =
+            list.iter().cloned().partition(|f| wants(i, f.index).failure);
+        d.unreported.extend(quiet);
+        if !report.is_empty() {
             d.dsns.push(Dsn {
                 kind,
-                recipients: list.clone(),
+                recipients: report,
             });
         }
+    }
+    if !succeeded.is_empty() && !i.envelope.is_bounce() {
+        // RFC 3461 5.2.2 ("relayed"); capture is the final delivery (5.2.3, "delivered").
+        let kind = if i.route == Route::Capture {
+            DsnKind::Delivered
+        } else {
+            DsnKind::Relayed
+        };
+        d.dsns.push(Dsn {
+            kind,
+            recipients: succeeded,
+        });
     }
     if d.deferred.is_empty() {
         return d;
@@ -176,14 +207,21 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         .chain(d.bounced.iter().chain(&d.expired).map(|f| f.index))
         .collect();
     let age = i.now.saturating_sub(i.envelope.received_at);
+    let delayed: Vec<Failed> = d
+        .deferred
+        .iter()
+        .filter(|f| wants(i, f.index).delay)
+        .cloned()
+        .collect();
     if let Some(after) = i.delay_notice_after
         && !i.delay_notice_sent
         && !i.envelope.is_bounce()
         && age >= after
+        && !delayed.is_empty()
     {
         d.dsns.push(Dsn {
             kind: DsnKind::Delay,
-            recipients: d.deferred.clone(),
+            recipients: delayed,
         });
     }
     // With direct delivery one unreachable domain says nothing about the others, so it must not
@@ -202,6 +240,11 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         connection_failure,
     };
     d
+}
+
+/// What recipient `index` asked to be told (RFC 3461 4.1; the default without NOTIFY).
+fn wants(i: &Inputs<'_>, index: u32) -> Notify {
+    i.envelope.dsn.rcpt(index as usize).wants()
 }
 
 /// The attempt's overall outcome, for the duration histogram: delivered if any recipient was.

@@ -5,7 +5,7 @@
 use crate::{
     config::{self, Config},
     dkim,
-    message::Envelope,
+    message::{Envelope, Recipient},
     metrics::Metrics,
     outbound::{
         RcptResult, Route, Transport,
@@ -56,7 +56,12 @@ impl Transport for AnyTransport {
         }
     }
 
-    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        recipients: &[Recipient],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
         match self {
             Self::Smarthost(t) => t.deliver(envelope, recipients, message).await,
             Self::Direct(t) => t.deliver(envelope, recipients, message).await,

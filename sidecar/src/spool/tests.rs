@@ -15,6 +15,7 @@ fn envelope(rcpts: &[&str]) -> Envelope {
         recipients: rcpts.iter().map(|r| r.to_string()).collect(),
         smtputf8: false,
         received_at: 1,
+        dsn: Default::default(),
     }
 }
 
@@ -160,5 +161,71 @@ async fn compaction_moves_live_messages_so_old_segments_can_go() {
     assert_eq!(
         spool.read(keep).await.expect("read"),
         b"DKIM-Signature: k\r\nkeep me\r\n"
+    );
+}
+
+/// A segment written by the sidecar before DSN support (its Commit record has no `dsn` field),
+/// kept byte for byte in `fixtures/v0-segment.seg`: it still replays, with the message, its
+/// envelope and its finished recipient, and no DSN parameters.
+#[tokio::test]
+async fn segments_written_before_dsn_support_still_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        segment_path(dir.path(), 1),
+        include_bytes!("fixtures/v0-segment.seg"),
+    )
+    .expect("copy fixture");
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let meta = &found[0].meta;
+    assert_eq!(
+        meta.envelope,
+        Envelope {
+            sender: "app@example.com".into(),
+            recipients: vec!["a@example.net".into(), "b@example.net".into()],
+            smtputf8: false,
+            received_at: 1_700_000_000,
+            dsn: Default::default(),
+        }
+    );
+    assert_eq!(meta.done, [0]);
+    assert_eq!(
+        spool.read(found[0].id).await.expect("read"),
+        b"From: <app@example.com>\r\nSubject: v0\r\n\r\nbody\r\n"
+    );
+}
+
+/// DSN parameters survive a restart; an envelope without them is written exactly as before, so
+/// a spool can still go back to a version without DSN support.
+#[tokio::test]
+async fn dsn_parameters_survive_reopen_and_are_absent_when_not_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
+    let mut env = envelope(&["a@example.net", "b@example.net"]);
+    env.dsn = crate::message::DsnRequest {
+        ret: Some(crate::message::Ret::Hdrs),
+        envid: Some("QQ+2B1".into()),
+        rcpts: vec![crate::message::RcptDsn {
+            notify: crate::message::Notify::parse("SUCCESS,DELAY"),
+            orcpt: Some("rfc822;a@example.net".into()),
+        }],
+    };
+    let mut w = spool.begin().await.expect("begin");
+    w.write(b"x\r\n").await.expect("write");
+    w.commit(env.clone()).await.expect("commit");
+    spool.close().await;
+    let (_, found, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("reopen");
+    assert_eq!(found[0].meta.envelope, env);
+    assert_eq!(found[0].meta.envelope.dsn.rcpt(1), Default::default());
+
+    let plain = serde_json::to_value(envelope(&["a@example.net"])).expect("json");
+    assert_eq!(
+        plain,
+        serde_json::json!({
+            "sender": "app@example.com",
+            "recipients": ["a@example.net"],
+            "smtputf8": false,
+            "received_at": 1,
+        })
     );
 }

@@ -172,7 +172,7 @@ pub fn reply_line_is_well_formed(line: &str) -> bool {
 }
 
 fn is_ehlo_keyword(rest: &str) -> bool {
-    ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"].contains(&rest)
+    ["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES"].contains(&rest)
         || rest
             .strip_prefix("SIZE ")
             .is_some_and(|n| n.bytes().all(|c| c.is_ascii_digit()))

@@ -2,7 +2,7 @@
 //! test can drive the queue runner without a network.
 
 use crate::{
-    message::Envelope,
+    message::{Envelope, Recipient},
     outbound::{Outcome, RcptResult, ReplyClass, Route, Transport},
     sync::lock,
 };
@@ -75,6 +75,7 @@ pub fn by_local_part(rcpt: &str) -> RcptResult {
         outcome,
         class,
         diagnostic: diagnostic.into(),
+        next_hop_dsn: false,
     }
 }
 
@@ -141,7 +142,12 @@ impl Transport for FakeTransport {
         self.inner.route
     }
 
-    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        recipients: &[Recipient],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
         let now = self.inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let latency = *lock(&self.inner.latency);
@@ -150,11 +156,11 @@ impl Transport for FakeTransport {
         }
         let results = {
             let rule = lock(&self.inner.rule);
-            recipients.iter().map(|r| rule(r)).collect()
+            recipients.iter().map(|r| rule(&r.address)).collect()
         };
         lock(&self.inner.calls).push(Call {
             sender: envelope.sender.clone(),
-            recipients: recipients.to_vec(),
+            recipients: recipients.iter().map(|r| r.address.clone()).collect(),
             message: message.to_vec(),
         });
         self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -173,5 +179,6 @@ pub fn by_local_part_ok(_rcpt: &str) -> RcptResult {
         outcome: Outcome::Delivered,
         class: ReplyClass::Ok,
         diagnostic: "250 2.0.0 queued".into(),
+        next_hop_dsn: false,
     }
 }

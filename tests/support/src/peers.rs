@@ -421,6 +421,54 @@ except smtplib.SMTPException as e:
     })
 }
 
+/// Runs an SMTP dialogue with Python's smtplib, command lines exactly as given: EHLO, then each
+/// of `commands` (`MAIL FROM:<...> ...`, `RCPT TO:<...> ...`) through `docmd`, then DATA with
+/// `message` if any recipient was accepted. Returns every reply as `"<code> <text>"`, in order
+/// (the DATA reply last). For paths and parameters smtplib's `sendmail` would rewrite.
+pub fn smtp_commands(smtp: SocketAddr, commands: &[&str], message: &[u8]) -> Result<Vec<String>> {
+    let script = r#"
+import json, smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+data = sys.stdin.buffer.read()
+replies = []
+with smtplib.SMTP(host, port, timeout=30) as s:
+    s.command_encoding = "utf-8"
+    s.ehlo("client.test")
+    accepted = False
+    for line in sys.argv[3:]:
+        code, text = s.docmd(line)
+        replies.append("%d %s" % (code, text.decode()))
+        accepted = accepted or (line.upper().startswith("RCPT") and code == 250)
+    if accepted:
+        try:
+            code, text = s.data(data)
+        except smtplib.SMTPDataError as e:
+            code, text = e.smtp_code, e.smtp_error
+        replies.append("%d %s" % (code, text.decode()))
+print(json.dumps(replies))
+"#;
+    let mut child = Command::new(testenv::python()?)
+        .arg("-c")
+        .arg(script)
+        .arg(smtp.ip().to_string())
+        .arg(smtp.port().to_string())
+        .args(commands)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the smtplib client")?;
+    child.stdin.take().context("stdin")?.write_all(message)?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "smtplib client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("smtplib client output")
+}
+
 /// Verifies the first DKIM-Signature of `eml` with dkimpy, which looks the key up in DNS through
 /// the server on 127.0.0.1:`dns_port` (`tests/peers/dkim_verify_dns.py`). Returns the signing
 /// domain and selector (`d=... s=...`).

@@ -245,6 +245,12 @@ pub fn smtplib_send(smtp: SocketAddr, from: &str, to: &[&str], message: &[u8]) -
     crate::peers::smtp_send_message(smtp, from, to, message).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// [`crate::peers::smtp_commands`] for `#[test]` functions: the replies, or a panic if the
+/// client cannot run.
+pub fn smtp_commands(smtp: SocketAddr, commands: &[&str], message: &[u8]) -> Vec<String> {
+    crate::peers::smtp_commands(smtp, commands, message).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// Polls until `f` returns Some or 75 s pass (a parked route waits 30 s before its probe);
 /// panics with `what` after that.
 pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -137,6 +137,7 @@ async fn put(sink: &impl MessageSink) -> Result<(), SinkError> {
         recipients: vec!["x@example.net".into()],
         smtputf8: false,
         received_at: 1,
+        dsn: Default::default(),
     })
     .await
     .map(|_| ())

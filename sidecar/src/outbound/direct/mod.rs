@@ -17,7 +17,12 @@ use super::{
     starttls::{self, Opened},
     tls::TlsConfigs,
 };
-use crate::{config, message::Envelope, metrics::Metrics, sync::lock};
+use crate::{
+    config,
+    message::{Envelope, Recipient},
+    metrics::Metrics,
+    sync::lock,
+};
 use lettre::transport::smtp::extension::ClientId;
 use mx::MxResolver;
 use route::Hop;
@@ -104,10 +109,22 @@ impl<R: MxResolver> DirectTransport<R> {
         &self,
         envelope: &Envelope,
         domain: &str,
-        recipients: &[String],
+        recipients: &[Recipient],
         message: &[u8],
     ) -> Vec<RcptResult> {
         let all = |r: RcptResult| vec![r; recipients.len()];
+        if domain.starts_with('[') {
+            // The inbound session refuses address literals in direct mode; this one was queued
+            // under another delivery mode before a reload.
+            return all(RcptResult {
+                outcome: Outcome::Bounced,
+                class: ReplyClass::Permanent,
+                diagnostic: format!(
+                    "550 5.1.2 direct delivery does not route address literals ({domain}); use a domain name"
+                ),
+                next_hop_dsn: false,
+            });
+        }
         let permits = self.permits(domain);
         // Never closed, so acquiring cannot fail.
         let Ok(_permit) = permits.acquire().await else {
@@ -150,8 +167,8 @@ impl<R: MxResolver> DirectTransport<R> {
                 }
             };
             let limit = self.settings.command_timeout;
-            let info = opened.info.clone();
-            let tx = client::transaction(&mut opened.conn, &info, limit, envelope, recipients, message).await;
+            let id = &self.settings.client_id;
+            let tx = client::transaction(&mut opened, id, limit, envelope, recipients, message).await;
             self.idle.give_back((hop, security), opened, tx.reusable);
             return tx.results;
         }
@@ -214,10 +231,16 @@ impl<R: MxResolver> Transport for DirectTransport<R> {
         Route::Direct
     }
 
-    async fn deliver(&self, envelope: &Envelope, recipients: &[String], message: &[u8]) -> Vec<RcptResult> {
-        let groups = route::group_by_domain(recipients);
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        recipients: &[Recipient],
+        message: &[u8],
+    ) -> Vec<RcptResult> {
+        let addresses: Vec<&str> = recipients.iter().map(|r| r.address.as_str()).collect();
+        let groups = route::group_by_domain(&addresses);
         let attempts = groups.iter().map(|g| {
-            let rcpts: Vec<String> = g.indices.iter().map(|&i| recipients[i].clone()).collect();
+            let rcpts: Vec<Recipient> = g.indices.iter().map(|&i| recipients[i].clone()).collect();
             async move { self.deliver_domain(envelope, &g.domain, &rcpts, message).await }
         });
         let per_domain = futures_util::future::join_all(attempts).await;
@@ -233,6 +256,7 @@ impl<R: MxResolver> Transport for DirectTransport<R> {
                     outcome: Outcome::Deferred,
                     class: ReplyClass::Protocol,
                     diagnostic: "no result for this recipient".into(),
+                    next_hop_dsn: false,
                 })
             })
             .collect()

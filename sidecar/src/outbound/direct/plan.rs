@@ -44,6 +44,7 @@ fn result(outcome: Outcome, diagnostic: String) -> RcptResult {
             _ => ReplyClass::Dns,
         },
         diagnostic,
+        next_hop_dsn: false,
     }
 }
 

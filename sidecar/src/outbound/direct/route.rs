@@ -14,7 +14,7 @@ pub struct DomainGroup {
 }
 
 /// Groups `recipients` by domain, in order of first appearance.
-pub fn group_by_domain(recipients: &[String]) -> Vec<DomainGroup> {
+pub fn group_by_domain(recipients: &[&str]) -> Vec<DomainGroup> {
     let mut groups: Vec<DomainGroup> = Vec::new();
     for (i, rcpt) in recipients.iter().enumerate() {
         let domain = crate::message::domain_of(rcpt)
@@ -123,17 +123,19 @@ mod tests {
 
     #[test]
     fn recipients_group_by_lowercased_domain_in_first_seen_order() {
-        let rcpts: Vec<String> = ["a@B.example", "c@a.example", "d@b.EXAMPLE."]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let rcpts = [
+            "a@B.example",
+            "c@a.example",
+            "\"e@c.example\"@b.example.",
+            "d@b.EXAMPLE.",
+        ];
         let groups = group_by_domain(&rcpts);
         assert_eq!(
             groups,
             [
                 DomainGroup {
                     domain: "b.example".into(),
-                    indices: vec![0, 2]
+                    indices: vec![0, 2, 3]
                 },
                 DomainGroup {
                     domain: "a.example".into(),

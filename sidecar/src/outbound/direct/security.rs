@@ -73,6 +73,7 @@ pub(crate) fn failure(diagnostic: String) -> RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Tls,
         diagnostic,
+        next_hop_dsn: false,
     }
 }
 

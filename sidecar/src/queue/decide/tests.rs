@@ -18,6 +18,7 @@ fn envelope(sender: &str, age: u64) -> Envelope {
         recipients: vec!["a@x.test".into(), "b@y.test".into(), "c@z.test".into()],
         smtputf8: false,
         received_at: NOW - age,
+        dsn: Default::default(),
     }
 }
 
@@ -26,6 +27,7 @@ fn result(outcome: Outcome, class: ReplyClass, diagnostic: &str) -> RcptResult {
         outcome,
         class,
         diagnostic: diagnostic.into(),
+        next_hop_dsn: false,
     }
 }
 
@@ -332,4 +334,132 @@ fn overall_outcome_prefers_delivered_then_deferred() {
     assert_eq!(overall(&[bounce(), ok()]), Outcome::Delivered);
     assert_eq!(overall(&[bounce(), defer()]), Outcome::Deferred);
     assert_eq!(overall(&[bounce()]), Outcome::Bounced);
+}
+
+/// RFC 3461 4.1: NOTIFY per recipient decides which reports go out; a recipient without it gets
+/// failure and delay reports (the default). SUCCESS gets a "relayed" notice unless the next hop
+/// took the parameters (5.2.1), and "delivered" in capture mode (final delivery).
+#[test]
+fn notify_decides_which_reports_go_out() {
+    struct Case {
+        name: &'static str,
+        /// NOTIFY of a@, b@, c@ (`None`: not given).
+        notify: [Option<&'static str>; 3],
+        results: Vec<RcptResult>,
+        route: Route,
+        age: u64,
+        dsns: Vec<(DsnKind, Vec<u32>)>,
+        unreported: Vec<u32>,
+    }
+    let passed = || RcptResult {
+        next_hop_dsn: true,
+        ..ok()
+    };
+    let cases = [
+        Case {
+            name: "NEVER and DELAY-only recipients get no failure report",
+            notify: [Some("NEVER"), Some("DELAY"), None],
+            results: vec![bounce(), bounce(), bounce()],
+            route: Route::Smarthost,
+            age: 10,
+            dsns: vec![(DsnKind::Failure, vec![2])],
+            unreported: vec![0, 1],
+        },
+        Case {
+            name: "expiry is a failure too",
+            notify: [Some("FAILURE"), Some("SUCCESS"), None],
+            results: vec![defer(), defer(), ok()],
+            route: Route::Smarthost,
+            age: 6 * 86400,
+            dsns: vec![(DsnKind::Expiry, vec![0])],
+            unreported: vec![1],
+        },
+        Case {
+            name: "SUCCESS to a next hop without DSN: relayed",
+            notify: [Some("SUCCESS"), Some("SUCCESS,FAILURE"), Some("FAILURE")],
+            results: vec![ok(), passed(), ok()],
+            route: Route::Direct,
+            age: 10,
+            dsns: vec![(DsnKind::Relayed, vec![0])],
+            unreported: vec![],
+        },
+        Case {
+            name: "SUCCESS in capture mode: delivered",
+            notify: [Some("SUCCESS"), None, Some("NEVER")],
+            results: vec![ok(), ok(), ok()],
+            route: Route::Capture,
+            age: 10,
+            dsns: vec![(DsnKind::Delivered, vec![0])],
+            unreported: vec![],
+        },
+        Case {
+            name: "delay notice only for recipients that want DELAY",
+            notify: [Some("FAILURE"), Some("DELAY"), None],
+            results: vec![defer(), defer(), defer()],
+            route: Route::Smarthost,
+            age: 2 * HOUR,
+            dsns: vec![(DsnKind::Delay, vec![1, 2])],
+            unreported: vec![],
+        },
+        Case {
+            name: "no delay notice when nobody wants one",
+            notify: [Some("NEVER"), Some("FAILURE"), Some("SUCCESS")],
+            results: vec![defer(), defer(), defer()],
+            route: Route::Smarthost,
+            age: 2 * HOUR,
+            dsns: vec![],
+            unreported: vec![],
+        },
+    ];
+    for c in cases {
+        let mut env = envelope("app@example.com", c.age);
+        env.dsn.rcpts = c
+            .notify
+            .iter()
+            .map(|n| crate::message::RcptDsn {
+                notify: n.map(|n| Notify::parse(n).expect("valid NOTIFY")),
+                orcpt: None,
+            })
+            .collect();
+        let cfg = retry();
+        let d = decide(&Inputs {
+            envelope: &env,
+            tried: &[0, 1, 2],
+            results: &c.results,
+            attempts: 3,
+            now: NOW,
+            retry: &cfg,
+            delay_notice_after: Some(HOUR),
+            delay_notice_sent: false,
+            route: c.route,
+            jitter: 0.5,
+        });
+        let dsns: Vec<(DsnKind, Vec<u32>)> =
+            d.dsns.iter().map(|x| (x.kind, indices(&x.recipients))).collect();
+        assert_eq!(dsns, c.dsns, "{}: dsns", c.name);
+        assert_eq!(indices(&d.unreported), c.unreported, "{}: unreported", c.name);
+    }
+}
+
+#[test]
+fn a_bounce_gets_no_success_notice_either() {
+    let mut env = envelope("", 10);
+    env.dsn.rcpts = vec![crate::message::RcptDsn {
+        notify: Notify::parse("SUCCESS"),
+        orcpt: None,
+    }];
+    let cfg = retry();
+    let d = decide(&Inputs {
+        envelope: &env,
+        tried: &[0],
+        results: &[ok()],
+        attempts: 1,
+        now: NOW,
+        retry: &cfg,
+        delay_notice_after: None,
+        delay_notice_sent: false,
+        route: Route::Smarthost,
+        jitter: 0.5,
+    });
+    assert!(d.dsns.is_empty(), "{:?}", d.dsns);
 }

@@ -69,6 +69,7 @@ async fn put(spool: &Spool, subject: &str, rcpts: &[&str]) {
         recipients: rcpts.iter().map(|r| r.to_string()).collect(),
         smtputf8: false,
         received_at: crate::message::now_secs(),
+        dsn: Default::default(),
     })
     .await
     .expect("commit");
