@@ -54,6 +54,10 @@ pub(super) fn default_spool_max_bytes() -> u64 {
 pub(super) fn default_spool_max_messages() -> u64 {
     100_000
 }
+/// About 6,000 delivery records with an RSA-2048 DKIM signature each, or 200,000 without.
+pub(super) fn default_spool_reserve_bytes() -> u64 {
+    4 * 1024 * 1024
+}
 pub(super) fn default_smarthost_port() -> u16 {
     587
 }

@@ -242,6 +242,11 @@ pub struct Spool {
     /// Queued messages before new mail gets `452 4.3.1`. Default 100000.
     #[serde(default = "default_spool_max_messages")]
     pub max_messages: u64,
+    /// Disk space held back for delivery records (a message's DKIM signature, its recipients'
+    /// and its own completion) for when the disk fills: while it is in use new mail gets
+    /// `452 4.3.1`, so mail already accepted is never sent twice after a crash. Default 4 MiB.
+    #[serde(default = "default_spool_reserve_bytes")]
+    pub reserve_bytes: u64,
 }
 
 /// How mail leaves: exactly one mode.

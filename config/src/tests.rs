@@ -20,6 +20,24 @@ fn minimal_config_gets_safe_defaults() {
     assert_eq!(c.retry.initial_seconds, 60);
     assert_eq!(c.retry.max_age_seconds, 432_000);
     assert_eq!(c.limits.bare_line_endings, BareLineEndings::Reject);
+    assert_eq!(c.spool.reserve_bytes, 4 << 20);
+}
+
+#[test]
+fn a_spool_reserve_too_small_to_matter_is_an_error_naming_the_field() {
+    let at = |bytes: u64| {
+        let text = MINIMAL.replace(
+            "  dir: /tmp/spool",
+            &format!("  dir: /tmp/spool\n  reserveBytes: {bytes}"),
+        );
+        Config::parse(Path::new("t.yaml"), &text)
+    };
+    let Err(Error::Invalid { problems, .. }) = at(65_535) else {
+        panic!("a reserve under 64 KiB was accepted")
+    };
+    assert_eq!(problems[0].field, "spool.reserveBytes");
+    assert!(problems[0].message.contains("65536"), "{}", problems[0].message);
+    assert_eq!(at(65_536).expect("64 KiB is enough").spool.reserve_bytes, 65_536);
 }
 
 #[test]

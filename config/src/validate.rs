@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Smallest `spool.reserveBytes`: room for about 3,000 completion records.
+pub const MIN_RESERVE_BYTES: u64 = 64 << 10;
+
 // === impl Config ===
 
 impl Config {
@@ -122,6 +125,12 @@ impl Config {
         }
         if self.spool.max_messages == 0 {
             bad("spool.maxMessages", "must be greater than 0".into());
+        }
+        if self.spool.reserve_bytes < MIN_RESERVE_BYTES {
+            bad(
+                "spool.reserveBytes",
+                format!("must be at least {MIN_RESERVE_BYTES} (64 KiB)"),
+            );
         }
         if let Delivery::Smarthost(s) = &self.delivery {
             if s.host.parse::<std::net::IpAddr>().is_err() && !is_hostname(&s.host) {

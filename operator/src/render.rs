@@ -95,6 +95,7 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
             // Sidecar defaults (1 GiB, 100000 messages): the CRD does not expose them yet.
             max_bytes: 1024 * 1024 * 1024,
             max_messages: 100_000,
+            reserve_bytes: 4 * 1024 * 1024,
         },
         delivery: delivery(relay, &namespace, &name)?,
         retry,

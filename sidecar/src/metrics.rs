@@ -125,6 +125,9 @@ pub struct Metrics {
     pub spool_quarantined: IntCounter,
     /// `spool_commit_batch_size`: messages made durable by one fsync.
     pub spool_batch: Histogram,
+    /// `spool_disk_full`: 0 normally; 1 while the disk reserve holds delivery records (new mail
+    /// gets `452`); 2 once the reserve is spent too (deliveries paused).
+    pub spool_disk_full: IntGauge,
     /// `route_parked{route}`: 1 while a route is parked after connection failures.
     pub route_parked: IntGaugeVec,
     /// `route_failures_total{route}`: connection-level failures (refused, TLS, timeout) that count
@@ -257,6 +260,10 @@ impl Metrics {
             "drain_undelivered_messages",
             "Messages still in the spool when the drain after SIGTERM ended; 0 until then.",
         );
+        let spool_disk_full = gauge(
+            "spool_disk_full",
+            "0 normally; 1 while the spool's disk is full and its reserve holds delivery records (new mail gets 452); 2 once the reserve is spent too (deliveries paused).",
+        );
         let counter = |name: &str, help: &str| {
             let m = IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
             reg(Box::new(m.clone()));
@@ -331,6 +338,7 @@ impl Metrics {
             config_reload_failures,
             spool_quarantined,
             spool_batch,
+            spool_disk_full,
             route_parked,
             route_failures,
             route_probes,

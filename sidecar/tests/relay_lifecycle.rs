@@ -153,22 +153,14 @@ fn full_spool_answers_452_and_keeps_what_it_accepted() {
     });
 }
 
-/// Proves the disk-full path on a real full filesystem (a 2 MiB tmpfs): `452 4.3.1`, and the
-/// messages accepted before are intact and delivered.
+/// Proves the disk-full path on a real full filesystem (a 6 MiB tmpfs, 4 MiB of it the spool's
+/// reserve for delivery records, which new mail never gets): `452 4.3.1`, and the messages
+/// accepted before are intact and delivered.
 #[test]
 fn full_disk_answers_452_and_damages_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
-    std::fs::create_dir_all(&spool).expect("spool dir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&spool)
-        .status();
-    assert!(
-        mounted.is_ok_and(|s| s.success()),
-        "this test mounts a small tmpfs and needs root (CI and make test run as root)"
-    );
-    let _unmount = Unmount(spool.clone());
+    let _unmount = mount_tmpfs(&spool, "6m");
     let port = relay::reserve_port();
     let sidecar = Sidecar::start(
         dir.path(),
@@ -190,7 +182,10 @@ fn full_disk_answers_452_and_damages_nothing() {
             Ok(_) => accepted += 1,
             Err(e) => break e,
         }
-        assert!(accepted < 10, "a 2 MiB disk cannot hold 10 messages of 400 kB");
+        assert!(
+            accepted < 6,
+            "2 MiB beside the reserve cannot hold 6 messages of 400 kB: new mail took the reserve"
+        );
     };
     assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
     assert!(accepted >= 1);
@@ -202,6 +197,121 @@ fn full_disk_answers_452_and_damages_nothing() {
     for r in got {
         assert!(r.data.ends_with(big.as_bytes()));
     }
+}
+
+/// Proves that a full disk costs new mail a `452` and never sends old mail twice. 400 messages
+/// are queued with the smarthost down, then a file of the test's own fills the rest of the disk
+/// (as another writer on a shared volume would). The delivery records of all 400 then go into the
+/// spool's reserve, new mail gets `452 4.3.1`, and after `kill -9` and a restart nothing is sent
+/// again. (Before the reserve, those records failed with ENOSPC and the restart re-sent every
+/// message delivered since the disk filled.) Once space returns, new mail is accepted again.
+#[test]
+fn full_disk_then_kill9_sends_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let _unmount = mount_tmpfs(&spool, "8m");
+    let port = relay::reserve_port();
+    let mut sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
+    );
+    let acked = dir.path().join("acked");
+    let sent = Command::new("python3")
+        .arg(relay::peer("load_client.py"))
+        .args([&sidecar.smtp.ip().to_string(), &sidecar.smtp.port().to_string()])
+        .args(["app@example.com", "user@example.net"])
+        .arg(&acked)
+        .args(["400", "full"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("python3 is required (apt-get install python3)");
+    assert!(sent.success(), "the load client gave up");
+    let filler = spool.join("filler");
+    fill_disk(&filler);
+    // Larger than a page: the active segment's last page may still have room for a small one.
+    let big = format!(
+        "From: app@example.com\r\nSubject: refused\r\n\r\n{}",
+        format!("{}\r\n", "y".repeat(76)).repeat(200)
+    );
+    let refused = |sidecar: &Sidecar| {
+        let err = smtplib_send(
+            sidecar.smtp,
+            "app@example.com",
+            &["u@example.net"],
+            big.as_bytes(),
+        )
+        .expect_err("the disk is full");
+        assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
+    };
+    refused(&sidecar);
+
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
+    eventually("all 400 delivered", || (up.received().len() >= 400).then_some(()));
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    assert_eq!(
+        sidecar.metric("mailroom_sidecar_spool_disk_full"),
+        1.0,
+        "the delivery records went into the reserve"
+    );
+    refused(&sidecar);
+
+    sidecar.restart();
+    std::fs::remove_file(&filler).expect("remove filler");
+    sidecar.wait_metric("mailroom_sidecar_spool_disk_full", |v| v == 0.0);
+    smtplib_send(
+        sidecar.smtp,
+        "app@example.com",
+        &["u@example.net"],
+        b"From: app@example.com\r\nSubject: after\r\n\r\nx\r\n",
+    )
+    .expect("space is back: new mail is accepted");
+    eventually("the new message delivered", || {
+        up.received()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.data).contains("Subject: after"))
+            .then_some(())
+    });
+    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in up.received() {
+        let text = String::from_utf8_lossy(&r.data).to_string();
+        if let Some(subject) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) {
+            *counts.entry(subject.to_string()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} messages were sent more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(counts.len(), 401, "the 400 and the one after");
+}
+
+/// Writes zeros to `path` until the filesystem is full.
+fn fill_disk(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).expect("create filler");
+    for block in [64 << 10, 4 << 10, 512, 1] {
+        let zeros = vec![0u8; block];
+        while f.write_all(&zeros).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+/// Mounts a tmpfs of `size` on `path` (created) until the guard drops.
+fn mount_tmpfs(path: &std::path::Path, size: &str) -> Unmount {
+    std::fs::create_dir_all(path).expect("spool dir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(path)
+        .status();
+    assert!(
+        mounted.is_ok_and(|s| s.success()),
+        "this test mounts a small tmpfs and needs root (CI and make test run as root)"
+    );
+    Unmount(path.to_owned())
 }
 
 struct Unmount(std::path::PathBuf);

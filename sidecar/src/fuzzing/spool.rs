@@ -48,6 +48,7 @@ pub fn spool_replay(dir: &Path, input: &[u8]) -> usize {
         dir: dir.to_owned(),
         max_bytes: 1 << 30,
         max_messages: 1 << 20,
+        reserve_bytes: 64 << 10,
     };
     let first = open_and_read(&cfg, &expect);
     let second = open_and_read(&cfg, &HashMap::new());

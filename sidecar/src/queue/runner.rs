@@ -153,7 +153,7 @@ impl<T: Transport> Runner<T> {
 
     fn dispatch(&mut self) {
         let delivery = self.delivery.borrow().clone();
-        if delivery.transport.parked() {
+        if delivery.transport.parked() || !self.spool.recording() {
             return;
         }
         let limit = if self.suspect { 1 } else { delivery.concurrency };

@@ -10,6 +10,7 @@
 mod meta;
 pub mod record;
 mod replay;
+mod reserve;
 mod writer;
 
 pub use meta::Meta;
@@ -31,7 +32,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 use tokio::sync::{mpsc, oneshot};
@@ -104,6 +105,8 @@ struct Inner {
     next_id: AtomicU64,
     active: Arc<AtomicU64>,
     arrivals: mpsc::UnboundedSender<Queued>,
+    /// False while delivery records cannot be written (disk full, reserve spent).
+    recording: Arc<AtomicBool>,
     /// The writer thread, taken by [`Spool::close`].
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -152,12 +155,20 @@ impl Spool {
         }
         let active_seq = seqs.last().map_or(1, |s| s + 1);
         let active = Arc::new(AtomicU64::new(active_seq));
+        let recording = Arc::new(AtomicBool::new(true));
+        let reserve = reserve::Reserve::new(
+            dir.clone(),
+            cfg.reserve_bytes,
+            recording.clone(),
+            metrics.spool_disk_full.clone(),
+        );
         let w = writer::Writer::create(
             dir.clone(),
             active_seq,
             SEGMENT_BYTES,
             active.clone(),
             metrics.spool_batch.clone(),
+            reserve,
         )
         .map_err(err)?;
         let (tx, rx) = mpsc::channel(1024);
@@ -176,6 +187,7 @@ impl Spool {
                 next_id: AtomicU64::new(now_id),
                 active,
                 arrivals,
+                recording,
                 writer: Mutex::new(Some(writer)),
             }),
         };
@@ -215,6 +227,19 @@ impl Spool {
         }
         let id = MessageId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         Ok(Incoming::new(self.clone(), id))
+    }
+
+    /// Whether delivery records can be written. While they cannot (the disk is full and its
+    /// reserve spent), the queue starts no delivery: a `Done` that is not on disk means the
+    /// message goes out again after a restart.
+    pub fn recording(&self) -> bool {
+        self.inner.recording.load(Ordering::SeqCst)
+    }
+
+    /// Sets [`Spool::recording`] as the writer would (the runner's tests).
+    #[cfg(test)]
+    pub(crate) fn set_recording(&self, ok: bool) {
+        self.inner.recording.store(ok, Ordering::SeqCst);
     }
 
     /// Number and total bytes of messages held (including those being received).

@@ -6,6 +6,7 @@ fn cfg(dir: &Path) -> config::Spool {
         dir: dir.to_owned(),
         max_bytes: 1 << 30,
         max_messages: 1000,
+        reserve_bytes: 64 << 10,
     }
 }
 

@@ -6,7 +6,7 @@
 //! process crash, and the sooner a Done record is written after the upstream's `250`, the fewer
 //! duplicates a crash causes (RFC 5321 6.1).
 
-use super::segment_path;
+use super::{reserve::Reserve, segment_path};
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
@@ -78,6 +78,8 @@ pub(super) struct Writer {
     batch_size: prometheus::Histogram,
     /// Segment whose fsync failed (fsyncgate: its page cache can no longer be trusted).
     poisoned: Arc<AtomicU64>,
+    /// Space held back for delivery records when the disk fills.
+    reserve: Reserve,
 }
 
 /// Durable requests of one written batch, waiting for the fsync that makes them stable.
@@ -96,6 +98,7 @@ impl Writer {
         seg_limit: u64,
         active: Arc<AtomicU64>,
         batch_size: prometheus::Histogram,
+        reserve: Reserve,
     ) -> io::Result<Self> {
         let file = Arc::new(open_new(&dir, seq)?);
         active.store(seq, Ordering::SeqCst);
@@ -109,6 +112,7 @@ impl Writer {
             unsynced: false,
             batch_size,
             poisoned: Arc::new(AtomicU64::new(NO_SEGMENT)),
+            reserve,
         })
     }
 
@@ -168,6 +172,7 @@ impl Writer {
                     r = synced_rx.recv(), if syncing => r.map_or(Event::SyncerGone, |()| Event::Synced),
                     op = rx.recv(), if open => op.map_or(Event::Closed, Event::Op),
                     () = tokio::time::sleep(LAZY_SYNC), if self.unsynced && !syncing => Event::Quiet,
+                    () = tokio::time::sleep(super::reserve::RETRY), if !self.reserve.held() => Event::DiskFull,
                     else => Event::Closed,
                 }
             });
@@ -181,6 +186,7 @@ impl Writer {
                     self.write_lazy(&mut lazy);
                 }
                 Event::Synced => syncing = false,
+                Event::DiskFull => self.reserve.retry(),
                 Event::Quiet => {
                     if let Err(e) = self.sync() {
                         tracing::error!(error = %e, "spool fsync failed");
@@ -205,14 +211,28 @@ impl Writer {
         }
     }
 
-    /// Appends non-durable records and answers them at once.
+    /// Appends non-durable records and answers them at once. When they do not fit, the
+    /// reserve makes room for them: they are what keeps delivered mail from going out again.
     fn write_lazy(&mut self, batch: &mut Vec<Op>) {
-        let Some((seg, locs)) = self.append(batch) else {
+        if batch.is_empty() {
             return;
-        };
-        for (op, locs) in batch.drain(..).zip(locs) {
-            if let Some(reply) = op.reply {
-                let _ = reply.send(Ok((seg, locs)));
+        }
+        let mut written = self.append(batch);
+        if written == Err(WriteError::DiskFull) && self.reserve.release() {
+            written = self.append(batch);
+        }
+        match written {
+            Ok((seg, locs)) => {
+                self.reserve.recorded(true);
+                for (op, locs) in batch.drain(..).zip(locs) {
+                    if let Some(reply) = op.reply {
+                        let _ = reply.send(Ok((seg, locs)));
+                    }
+                }
+            }
+            Err(e) => {
+                self.reserve.recorded(e != WriteError::DiskFull);
+                reply_all(batch, Err(e));
             }
         }
     }
@@ -222,7 +242,18 @@ impl Writer {
         if held.is_empty() {
             return None;
         }
-        let (seg, locs) = self.append(held)?;
+        // New mail must not take the space that delivery records will need.
+        if !self.reserve.admits_new_mail() {
+            reply_all(held, Err(WriteError::DiskFull));
+            return None;
+        }
+        let (seg, locs) = match self.append(held) {
+            Ok(written) => written,
+            Err(e) => {
+                reply_all(held, Err(e));
+                return None;
+            }
+        };
         let replies = held
             .drain(..)
             .zip(locs)
@@ -241,11 +272,8 @@ impl Writer {
 
     /// Writes `batch` in one `write` at the end of the active segment (rotating first when it is
     /// full or its fsync failed) and returns where each requested payload landed. On failure
-    /// every request in `batch` is answered with the error and `None` is returned.
-    fn append(&mut self, batch: &mut Vec<Op>) -> Option<(u64, Vec<Vec<Loc>>)> {
-        if batch.is_empty() {
-            return None;
-        }
+    /// nothing of `batch` is left in the segment and nobody is answered yet.
+    fn append(&mut self, batch: &[Op]) -> Result<(u64, Vec<Vec<Loc>>), WriteError> {
         let active = self.active.load(Ordering::SeqCst);
         // After a failed fsync nothing new is appended to that segment (its pages may be lost).
         let rotation = if self.poisoned.load(Ordering::SeqCst) == active {
@@ -257,8 +285,7 @@ impl Writer {
         };
         if let Err(e) = rotation {
             tracing::error!(error = %e, "spool segment rotation failed");
-            reply_all(batch, Err(classify(&e)));
-            return None;
+            return Err(classify(&e));
         }
         let seg = self.active.load(Ordering::SeqCst);
         let start = self.offset;
@@ -282,12 +309,11 @@ impl Writer {
             tracing::error!(error = %e, "spool write failed");
             // Cut the torn tail so later records never follow garbage.
             let _ = self.file.set_len(start);
-            reply_all(batch, Err(classify(&e)));
-            return None;
+            return Err(classify(&e));
         }
         self.offset += all.len() as u64;
         self.unsynced = true;
-        Some((seg, results))
+        Ok((seg, results))
     }
 }
 
@@ -321,6 +347,8 @@ enum Event {
     SyncerGone,
     /// No request for `LAZY_SYNC` with non-durable records unsynced.
     Quiet,
+    /// No request for a while with the reserve given up: time to try writing it again.
+    DiskFull,
     /// Every sender is gone.
     Closed,
 }

@@ -150,6 +150,7 @@ async fn rate_limit_refuses_clients_but_not_the_sidecars_own_bounces() {
         dir: dir.path().to_owned(),
         max_bytes: 1 << 30,
         max_messages: 1000,
+        reserve_bytes: 64 << 10,
     };
     let (spool, _, _) = Spool::open(&cfg, Metrics::new()).expect("open");
     let rate = RateLimit::default();

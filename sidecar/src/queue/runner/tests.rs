@@ -132,6 +132,27 @@ async fn a_parked_route_holds_mail_until_it_comes_back() {
     h.runner.abort();
 }
 
+/// A delivery whose `Done` record cannot be written would go out again after a restart: while
+/// the spool cannot record (disk full, reserve spent), the runner starts none.
+#[tokio::test]
+async fn no_delivery_starts_while_the_spool_cannot_record_it() {
+    let fake = FakeTransport::new(Route::Smarthost);
+    let h = start(4, 60, &fake);
+    h.spool.set_recording(false);
+    put(&h.spool, "held-1", &["a@example.net"]).await;
+    put(&h.spool, "held-2", &["b@example.net"]).await;
+    let ready = h.metrics.queue_messages.with_label_values(&["ready"]);
+    wait_until("the runner to hold two ready messages", || ready.get() == 2).await;
+    assert!(
+        h.fake.calls().is_empty(),
+        "a delivery started that could not be recorded"
+    );
+    h.spool.set_recording(true);
+    wait_for_calls(&h.fake, 2, "once records can be written").await;
+    wait_until("an empty spool", || h.spool.usage().0 == 0).await;
+    h.runner.abort();
+}
+
 #[tokio::test]
 async fn fresh_mail_is_not_starved_by_retries() {
     let fake = FakeTransport::new(Route::Smarthost);
