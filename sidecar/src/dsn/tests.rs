@@ -6,13 +6,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 const ORIGINAL: &[u8] = b"From: App <app@example.com>\r\nTo: a@example.net\r\nSubject: hello\r\n\r\nbody\r\n";
 
 fn envelope() -> Envelope {
-    Envelope {
-        sender: "app@example.com".into(),
-        recipients: vec!["a@example.net".into(), "b@example.net".into()],
-        smtputf8: false,
-        received_at: 1_700_000_000,
-        dsn: Default::default(),
-    }
+    crate::testing::envelope(&["a@example.net", "b@example.net"], 1_700_000_000)
 }
 
 fn report(envelope: &Envelope) -> Report<'_> {

@@ -72,21 +72,16 @@ impl Transport for CaptureTransport {
         Route::Capture
     }
 
-    async fn deliver(
-        &self,
-        envelope: &Envelope,
-        recipients: &[Recipient],
-        message: &[u8],
-    ) -> Vec<RcptResult> {
+    async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
         let name = self.unique_name();
-        let rcpt_dsn = if recipients.iter().all(|r| r.dsn.is_empty()) {
+        let rcpt_dsn = if rcpts.iter().all(|r| r.dsn.is_empty()) {
             Vec::new()
         } else {
-            recipients.iter().map(|r| r.dsn.clone()).collect()
+            rcpts.iter().map(|r| r.dsn.clone()).collect()
         };
         let meta = CapturedEnvelope {
             mail_from: envelope.sender.clone(),
-            rcpt_to: recipients.iter().map(|r| r.address.clone()).collect(),
+            rcpt_to: rcpts.iter().map(|r| r.address.clone()).collect(),
             smtputf8: envelope.smtputf8,
             received_at: envelope.received_at,
             ret: envelope.dsn.ret,
@@ -105,7 +100,7 @@ impl Transport for CaptureTransport {
             Ok(Err(e)) => failed(&format!("cannot write capture file: {e}")),
             Err(_) => failed("capture writer stopped"),
         };
-        vec![result; recipients.len()]
+        vec![result; rcpts.len()]
     }
 }
 

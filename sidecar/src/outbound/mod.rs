@@ -124,12 +124,12 @@ impl Route {
 pub trait Transport: Send + Sync + 'static {
     /// The route label of this transport.
     fn route(&self) -> Route;
-    /// Tries `recipients` (a subset of `envelope.recipients`, with their DSN parameters) once;
+    /// Tries `rcpts` (a subset of `envelope.recipients`, with their DSN parameters) once;
     /// returns one result per recipient, in order. Never panics; every failure is a result.
     fn deliver(
         &self,
         envelope: &Envelope,
-        recipients: &[Recipient],
+        rcpts: &[Recipient],
         message: &[u8],
     ) -> impl Future<Output = Vec<RcptResult>> + Send;
     /// Whether the route is parked (down); the queue then holds mail instead of trying it.

@@ -208,16 +208,11 @@ impl Transport for SmarthostTransport {
         Route::Smarthost
     }
 
-    async fn deliver(
-        &self,
-        envelope: &Envelope,
-        recipients: &[Recipient],
-        message: &[u8],
-    ) -> Vec<RcptResult> {
-        if recipients.is_empty() {
+    async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
+        if rcpts.is_empty() {
             return Vec::new();
         }
-        self.attempt(envelope, recipients, message).await
+        self.attempt(envelope, rcpts, message).await
     }
 
     fn parked(&self) -> bool {

@@ -56,16 +56,11 @@ impl Transport for AnyTransport {
         }
     }
 
-    async fn deliver(
-        &self,
-        envelope: &Envelope,
-        recipients: &[Recipient],
-        message: &[u8],
-    ) -> Vec<RcptResult> {
+    async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
         match self {
-            Self::Smarthost(t) => t.deliver(envelope, recipients, message).await,
-            Self::Direct(t) => t.deliver(envelope, recipients, message).await,
-            Self::Capture(t) => t.deliver(envelope, recipients, message).await,
+            Self::Smarthost(t) => t.deliver(envelope, rcpts, message).await,
+            Self::Direct(t) => t.deliver(envelope, rcpts, message).await,
+            Self::Capture(t) => t.deliver(envelope, rcpts, message).await,
         }
     }
 

@@ -11,13 +11,7 @@ fn cfg(dir: &Path) -> config::Spool {
 }
 
 fn envelope(rcpts: &[&str]) -> Envelope {
-    Envelope {
-        sender: "app@example.com".into(),
-        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
-        smtputf8: false,
-        received_at: 1,
-        dsn: Default::default(),
-    }
+    crate::testing::envelope(rcpts, 1)
 }
 
 async fn put(spool: &Spool, body: &[u8], rcpts: &[&str]) -> MessageId {
@@ -181,13 +175,7 @@ async fn segments_written_before_dsn_support_still_replay() {
     let meta = &found[0].meta;
     assert_eq!(
         meta.envelope,
-        Envelope {
-            sender: "app@example.com".into(),
-            recipients: vec!["a@example.net".into(), "b@example.net".into()],
-            smtputf8: false,
-            received_at: 1_700_000_000,
-            dsn: Default::default(),
-        }
+        crate::testing::envelope(&["a@example.net", "b@example.net"], 1_700_000_000)
     );
     assert_eq!(meta.done, [0]);
     assert_eq!(

@@ -142,12 +142,7 @@ impl Transport for FakeTransport {
         self.inner.route
     }
 
-    async fn deliver(
-        &self,
-        envelope: &Envelope,
-        recipients: &[Recipient],
-        message: &[u8],
-    ) -> Vec<RcptResult> {
+    async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
         let now = self.inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let latency = *lock(&self.inner.latency);
@@ -156,11 +151,11 @@ impl Transport for FakeTransport {
         }
         let results = {
             let rule = lock(&self.inner.rule);
-            recipients.iter().map(|r| rule(&r.address)).collect()
+            rcpts.iter().map(|r| rule(&r.address)).collect()
         };
         lock(&self.inner.calls).push(Call {
             sender: envelope.sender.clone(),
-            recipients: recipients.iter().map(|r| r.address.clone()).collect(),
+            recipients: rcpts.iter().map(|r| r.address.clone()).collect(),
             message: message.to_vec(),
         });
         self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -258,16 +258,7 @@ spec:
 
     /// The dashboard JSON from the chart's Grafana ConfigMap, as stored in the cluster.
     pub async fn dashboard(&self) -> Result<Value> {
-        let cms = Api::<ConfigMap>::namespaced(self.client.clone(), &self.operator.namespace)
-            .list(&ListParams::default().labels("grafana_dashboard=1"))
-            .await?;
-        let data = cms
-            .items
-            .first()
-            .and_then(|c| c.data.clone())
-            .context("the dashboard ConfigMap")?;
-        let json = data.values().next().context("dashboard JSON")?;
-        Ok(serde_json::from_str(json)?)
+        prometheus::chart_dashboard(&self.client, &self.operator.namespace).await
     }
 
     /// What `kubectl get <plural>` prints: the apiserver's Table for our kind (its printer

@@ -327,15 +327,8 @@ fn panel_value(
         ("$sender_domain", "example.com"),
         ("$__rate_interval", "1m"),
     ];
-    let queries = prometheus::dashboard_queries(dashboard, &vars)?;
-    let (_, q) = queries
-        .iter()
-        .find(|(title, _)| title == panel)
-        .with_context(|| format!("the dashboard has no panel target {panel}"))?;
-    eventually(&format!("{panel}: {q}"), Duration::from_secs(60), || {
-        pod.proc.check_running()?;
-        let values: Vec<f64> = prom.query(q)?.iter().map(prometheus::sample_value).collect();
-        Ok(values.into_iter().find(|v| *v > 0.0))
+    prometheus::panel_value(prom, dashboard, &vars, panel, Duration::from_secs(60), || {
+        pod.proc.check_running()
     })
 }
 

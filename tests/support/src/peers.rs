@@ -393,27 +393,8 @@ try:
 except smtplib.SMTPException as e:
     print(json.dumps({"ok": False, "error": repr(e)}))
 "#;
-    let mut child = Command::new(testenv::python()?)
-        .arg("-c")
-        .arg(script)
-        .arg(smtp.ip().to_string())
-        .arg(smtp.port().to_string())
-        .arg(from)
-        .args(to)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the smtplib client")?;
-    child.stdin.take().context("stdin")?.write_all(message)?;
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        bail!(
-            "smtplib client failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let args = std::iter::once(from).chain(to.iter().copied());
+    let text = String::from_utf8_lossy(&run_smtplib(script, smtp, args, message)?).to_string();
     Ok(if text.contains("\"ok\": true") {
         Ok(text)
     } else {
@@ -447,12 +428,24 @@ with smtplib.SMTP(host, port, timeout=30) as s:
         replies.append("%d %s" % (code, text.decode()))
 print(json.dumps(replies))
 "#;
+    let out = run_smtplib(script, smtp, commands.iter().copied(), message)?;
+    serde_json::from_slice(&out).context("smtplib client output")
+}
+
+/// Runs the smtplib `script` with the host and port of `smtp` and then `args` as its arguments
+/// and `message` on its stdin; its stdout, or an error with both outputs if it failed.
+fn run_smtplib<'a>(
+    script: &str,
+    smtp: SocketAddr,
+    args: impl Iterator<Item = &'a str>,
+    message: &[u8],
+) -> Result<Vec<u8>> {
     let mut child = Command::new(testenv::python()?)
         .arg("-c")
         .arg(script)
         .arg(smtp.ip().to_string())
         .arg(smtp.port().to_string())
-        .args(commands)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -466,7 +459,7 @@ print(json.dumps(replies))
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).context("smtplib client output")
+    Ok(out.stdout)
 }
 
 /// Verifies the first DKIM-Signature of `eml` with dkimpy, which looks the key up in DNS through

@@ -259,6 +259,43 @@ pub fn service_monitor_job(
     }))
 }
 
+/// The chart's Grafana dashboard as its ConfigMap (label `grafana_dashboard=1`) in `ns` stores it.
+pub async fn chart_dashboard(client: &kube::Client, ns: &str) -> Result<Value> {
+    let cms = kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels("grafana_dashboard=1"))
+        .await?;
+    let data = cms
+        .items
+        .first()
+        .and_then(|c| c.data.clone())
+        .context("the dashboard ConfigMap")?;
+    let json = data.values().next().context("dashboard JSON")?;
+    Ok(serde_json::from_str(json)?)
+}
+
+/// The value dashboard panel target `panel` (`<title> [<refId>]`) shows with `vars` substituted,
+/// once it is above zero, or an error after `timeout`. `alive` runs before each query (to fail
+/// fast when a peer the numbers depend on has died).
+pub fn panel_value(
+    prom: &Prometheus,
+    dashboard: &Value,
+    vars: &[(&str, &str)],
+    panel: &str,
+    timeout: std::time::Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    let queries = dashboard_queries(dashboard, vars)?;
+    let (_, q) = queries
+        .iter()
+        .find(|(title, _)| title == panel)
+        .with_context(|| format!("the dashboard has no panel target {panel}"))?;
+    crate::stack::eventually(&format!("{panel}: {q}"), timeout, || {
+        alive()?;
+        let values: Vec<f64> = prom.query(q)?.iter().map(sample_value).collect();
+        Ok(values.into_iter().find(|v| *v > 0.0))
+    })
+}
+
 /// Every panel target of a Grafana dashboard as (`<panel title> [<refId>]`, expression with the
 /// `vars` substituted).
 pub fn dashboard_queries(dashboard: &Value, vars: &[(&str, &str)]) -> Result<Vec<(String, String)>> {

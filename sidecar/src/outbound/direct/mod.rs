@@ -231,20 +231,15 @@ impl<R: MxResolver> Transport for DirectTransport<R> {
         Route::Direct
     }
 
-    async fn deliver(
-        &self,
-        envelope: &Envelope,
-        recipients: &[Recipient],
-        message: &[u8],
-    ) -> Vec<RcptResult> {
-        let addresses: Vec<&str> = recipients.iter().map(|r| r.address.as_str()).collect();
+    async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
+        let addresses: Vec<&str> = rcpts.iter().map(|r| r.address.as_str()).collect();
         let groups = route::group_by_domain(&addresses);
         let attempts = groups.iter().map(|g| {
-            let rcpts: Vec<Recipient> = g.indices.iter().map(|&i| recipients[i].clone()).collect();
-            async move { self.deliver_domain(envelope, &g.domain, &rcpts, message).await }
+            let group: Vec<Recipient> = g.indices.iter().map(|&i| rcpts[i].clone()).collect();
+            async move { self.deliver_domain(envelope, &g.domain, &group, message).await }
         });
         let per_domain = futures_util::future::join_all(attempts).await;
-        let mut out: Vec<Option<RcptResult>> = vec![None; recipients.len()];
+        let mut out: Vec<Option<RcptResult>> = vec![None; rcpts.len()];
         for (g, results) in groups.iter().zip(per_domain) {
             for (&i, r) in g.indices.iter().zip(results) {
                 out[i] = Some(r);

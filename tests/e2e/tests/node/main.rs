@@ -496,15 +496,17 @@ async fn on_node_an_empty_dir_over_its_size_limit_gets_the_pod_evicted() -> Resu
 /// kube-scheduler) are Ready; one of them holds the leader Lease; the webhook they serve (reached
 /// through the Service's endpoints) injects the sidecar into an app pod; the operator pods check
 /// the MailDomain's records against a DNS server on the gateway; the app's message arrives
-/// DKIM-signed at the STARTTLS+AUTH smarthost; and a real Prometheus configured from the chart's
-/// monitors scrapes the sidecar and the leader operator at their pod IPs.
+/// DKIM-signed at the STARTTLS+AUTH smarthost; a real Prometheus configured from the chart's
+/// monitors scrapes the sidecar and the leader operator at their pod IPs; and the chart's
+/// dashboard panels show the delivery while its alert rules evaluate and stay quiet.
 #[tokio::test]
 #[ignore = "runs inside the node sandbox: cargo test --test node"]
 async fn on_node_helm_install_waits_for_operator_pods_that_elect_a_leader_inject_and_deliver() -> Result<()> {
     let mut r = release::Release::install().await?;
     let t0 = Instant::now();
     r.deliver_one().await?;
-    r.scrape().await?;
+    let prom = r.scrape().await?;
+    r.dashboard(&prom).await?;
     eprintln!(
         "node: MailDomain to a DKIM-verified message at the smarthost in {:.1?}",
         t0.elapsed()

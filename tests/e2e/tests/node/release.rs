@@ -83,7 +83,8 @@ impl Release {
             format!("sidecar.image.repository={sc_repo},sidecar.image.tag={sc_tag}"),
             format!("operator.dns.nameservers={{{}}}", dns.addr()),
             "operator.dns.recheckSeconds=1".into(),
-            "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true".into(),
+            "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboards.enabled=true"
+                .into(),
         ];
         let mut helm = cp.helm()?;
         helm.args(["install", RELEASE])
@@ -261,7 +262,7 @@ impl Release {
     /// A real Prometheus in the sandbox, configured from the chart's PodMonitor, ServiceMonitor
     /// and PrometheusRule as stored, scraping the app pod's sidecar and the leader operator pod
     /// at their pod IPs over the bridge; it sees the delivered message and the reconciles.
-    pub async fn scrape(&self) -> Result<()> {
+    pub async fn scrape(&self) -> Result<Prometheus> {
         let ns = &self.release_ns;
         let [pod_monitor, service_monitor, rule] = prometheus::chart_monitors(&self.client, ns).await?;
         let services = Api::<Service>::namespaced(self.client.clone(), ns)
@@ -310,6 +311,88 @@ impl Release {
             prom.query("up")?.len() == 2,
             "want the sidecar and operator targets up"
         );
+        Ok(prom)
+    }
+
+    /// The chart's dashboard, as its ConfigMap stores it, over the real pods' series. A second
+    /// message, sent in the app pod's network namespace to the sidecar on `127.0.0.1:25` once
+    /// Prometheus has the first, moves the counters (`rate()` needs two samples that differ).
+    /// Then the delivery, latency, DKIM and reply-class panels and the DNS panel (from the leader
+    /// operator) show it, the queue and key-age panels have data, and every alert rule of the
+    /// chart evaluates without error and none fires.
+    pub async fn dashboard(&mut self, prom: &Prometheus) -> Result<()> {
+        let app = Api::<Pod>::namespaced(self.client.clone(), &self.app_ns)
+            .get("shop-0")
+            .await?;
+        let app = serde_json::to_value(&app)?;
+        let sidecar = crate::scene::container(&app, SIDECAR);
+        let id = sidecar["containerID"].as_str().context("sidecar containerID")?;
+        let pid = self.node.container_pid(id)?;
+        let script = "import smtplib; smtplib.SMTP('127.0.0.1', 25, timeout=30).sendmail(\
+            'app@example.com', ['someone@example.net'], \
+            b'From: app@example.com\\r\\nTo: someone@example.net\\r\\nSubject: second\\r\\n\\r\\nsecond\\r\\n')";
+        let sent = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "--"])
+            .arg(mailroom_test_support::testenv::python()?)
+            .args(["-c", script])
+            .output()?;
+        ensure!(
+            sent.status.success(),
+            "smtplib in the pod's network namespace: {}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.upstream.messages()?.len() < 2 {
+            self.upstream.proc.check_running()?;
+            ensure!(
+                Instant::now() < deadline,
+                "the second message never reached the smarthost"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        let dashboard = prometheus::chart_dashboard(&self.client, &self.release_ns).await?;
+        let vars = [
+            ("$namespace", self.app_ns.as_str()),
+            ("$relay", "outbound"),
+            ("$sender_domain", "example.com"),
+            ("$__rate_interval", "1m"),
+        ];
+        for panel in [
+            "Messages per second [A]",
+            "Messages per second [B]",
+            "Delivery latency [A]",
+            "DKIM signing [A]",
+            "Reply classes from upstream [A]",
+            "DNS verification per MailDomain [A]",
+        ] {
+            prometheus::panel_value(prom, &dashboard, &vars, panel, Duration::from_secs(60), || {
+                self.upstream.proc.check_running()
+            })?;
+        }
+        let queries = prometheus::dashboard_queries(&dashboard, &vars)?;
+        for panel in ["Queue size [A]", "DKIM signing key age [A]"] {
+            let (_, q) = queries
+                .iter()
+                .find(|(title, _)| title == panel)
+                .with_context(|| format!("the dashboard has no panel target {panel}"))?;
+            ensure!(!prom.query(q)?.is_empty(), "{panel} has no data: {q}");
+        }
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let rules = loop {
+            let rules = prom.alert_rules()?;
+            if !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok") {
+                break rules;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the chart's alert rules do not all evaluate: {rules:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let firing: Vec<_> = rules.iter().filter(|r| r["state"] == "firing").collect();
+        ensure!(firing.is_empty(), "alerts fire on a healthy install: {firing:#?}");
         Ok(())
     }
 
