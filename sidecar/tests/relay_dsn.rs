@@ -281,9 +281,9 @@ fn capture_reports_delivered_and_keeps_the_parameters() {
     let (message, notice): (Vec<&PathBuf>, Vec<&PathBuf>) =
         envelopes.iter().partition(|p| read(p)["mail_from"] != "");
     let meta = read(message[0]);
-    assert_eq!(meta["envid"], "e1");
+    assert_eq!(meta["dsn"]["envid"], "e1");
     assert_eq!(
-        meta["rcpt_dsn"],
+        meta["dsn"]["rcpts"],
         json!([{"notify": {"success": true}, "orcpt": "rfc822;u@example.net"}])
     );
     let summary = dsn_summary(&notice[0].with_extension("eml")).expect("dsn_check.py");

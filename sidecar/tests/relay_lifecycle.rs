@@ -158,14 +158,9 @@ fn full_spool_answers_452_and_keeps_what_it_accepted() {
 /// accepted before are intact and delivered.
 #[test]
 fn full_disk_answers_452_and_damages_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spool = dir.path().join("spool");
-    let _unmount = mount_tmpfs(&spool, "6m");
-    let port = relay::reserve_port();
-    let sidecar = Sidecar::start(
-        dir.path(),
-        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
-    );
+    let OnTmpfs {
+        sidecar, port, dir, ..
+    } = &on_tmpfs("6m");
     // 400 kB in lines of 78 octets (RFC 5322 2.1.1 recommends at most 78).
     let big = format!(
         "From: app@example.com\r\n\r\n{}",
@@ -207,18 +202,14 @@ fn full_disk_answers_452_and_damages_nothing() {
 /// message delivered since the disk filled.) Once space returns, new mail is accepted again.
 #[test]
 fn full_disk_then_kill9_sends_nothing_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spool = dir.path().join("spool");
-    let _unmount = mount_tmpfs(&spool, "8m");
-    let port = relay::reserve_port();
-    let mut sidecar = Sidecar::start(
-        dir.path(),
-        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
-    );
-    let acked = dir.path().join("acked");
+    let mut t = on_tmpfs("8m");
+    let acked = t.dir.path().join("acked");
     let sent = Command::new("python3")
         .arg(relay::peer("load_client.py"))
-        .args([&sidecar.smtp.ip().to_string(), &sidecar.smtp.port().to_string()])
+        .args([
+            &t.sidecar.smtp.ip().to_string(),
+            &t.sidecar.smtp.port().to_string(),
+        ])
         .args(["app@example.com", "user@example.net"])
         .arg(&acked)
         .args(["400", "full"])
@@ -226,7 +217,7 @@ fn full_disk_then_kill9_sends_nothing_twice() {
         .status()
         .expect("python3 is required (apt-get install python3)");
     assert!(sent.success(), "the load client gave up");
-    let filler = spool.join("filler");
+    let filler = t.spool.join("filler");
     fill_disk(&filler);
     // Larger than a page: the active segment's last page may still have room for a small one.
     let big = format!(
@@ -243,23 +234,25 @@ fn full_disk_then_kill9_sends_nothing_twice() {
         .expect_err("the disk is full");
         assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
     };
-    refused(&sidecar);
+    refused(&t.sidecar);
 
-    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
+    let up = Upstream::start_on(t.dir.path(), &t.port, &["--tls", "none"]);
     eventually("all 400 delivered", || (up.received().len() >= 400).then_some(()));
-    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    t.sidecar
+        .wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
     assert_eq!(
-        sidecar.metric("mailroom_sidecar_spool_disk_full"),
+        t.sidecar.metric("mailroom_sidecar_spool_disk_full"),
         1.0,
         "the delivery records went into the reserve"
     );
-    refused(&sidecar);
+    refused(&t.sidecar);
 
-    sidecar.restart();
+    t.sidecar.restart();
     std::fs::remove_file(&filler).expect("remove filler");
-    sidecar.wait_metric("mailroom_sidecar_spool_disk_full", |v| v == 0.0);
+    t.sidecar
+        .wait_metric("mailroom_sidecar_spool_disk_full", |v| v == 0.0);
     smtplib_send(
-        sidecar.smtp,
+        t.sidecar.smtp,
         "app@example.com",
         &["u@example.net"],
         b"From: app@example.com\r\nSubject: after\r\n\r\nx\r\n",
@@ -271,7 +264,8 @@ fn full_disk_then_kill9_sends_nothing_twice() {
             .any(|r| String::from_utf8_lossy(&r.data).contains("Subject: after"))
             .then_some(())
     });
-    sidecar.wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
+    t.sidecar
+        .wait_metric("mailroom_sidecar_queue_messages", |v| v == 0.0);
     let mut counts: HashMap<String, usize> = HashMap::new();
     for r in up.received() {
         let text = String::from_utf8_lossy(&r.data).to_string();
@@ -300,18 +294,42 @@ fn fill_disk(path: &std::path::Path) {
     let _ = f.sync_all();
 }
 
-/// Mounts a tmpfs of `size` on `path` (created) until the guard drops.
-fn mount_tmpfs(path: &std::path::Path, size: &str) -> Unmount {
-    std::fs::create_dir_all(path).expect("spool dir");
+/// A sidecar for example.com relaying to a smarthost on `port` (not started), its spool on a
+/// tmpfs of its own. Fields drop in order: the sidecar stops before the tmpfs is unmounted.
+struct OnTmpfs {
+    sidecar: Sidecar,
+    port: relay::Reservation,
+    spool: std::path::PathBuf,
+    _unmount: Unmount,
+    dir: tempfile::TempDir,
+}
+
+/// [`OnTmpfs`] with a tmpfs of `size` (`mount -o size=`).
+fn on_tmpfs(size: &str) -> OnTmpfs {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("spool dir");
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(path)
+        .arg(&spool)
         .status();
     assert!(
         mounted.is_ok_and(|s| s.success()),
         "this test mounts a small tmpfs and needs root (CI and make test run as root)"
     );
-    Unmount(path.to_owned())
+    let _unmount = Unmount(spool.clone());
+    let port = relay::reserve_port();
+    let sidecar = Sidecar::start(
+        dir.path(),
+        &smarthost_config(port.port(), "none", "", "  - domain: example.com", ""),
+    );
+    OnTmpfs {
+        sidecar,
+        port,
+        spool,
+        _unmount,
+        dir,
+    }
 }
 
 struct Unmount(std::path::PathBuf);

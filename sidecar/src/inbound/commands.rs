@@ -58,11 +58,7 @@ where
         if self.tx.is_some() {
             return self.bad(reply::NESTED_MAIL);
         }
-        // RFC 6531 3.3: addresses are UTF-8; anything else is not an address.
-        let Ok(line) = std::str::from_utf8(line) else {
-            return self.bad(reply::BAD_SENDER_SYNTAX);
-        };
-        let from = match path::mail(line) {
+        let from = match utf8(line, reply::BAD_SENDER_SYNTAX).and_then(path::mail) {
             Ok(from) => from,
             Err(reply) => return self.bad(reply),
         };
@@ -95,10 +91,7 @@ where
         let Some(smtputf8) = self.tx.as_ref().map(|tx| tx.smtputf8) else {
             return self.bad(reply::NEED_MAIL);
         };
-        let Ok(line) = std::str::from_utf8(line) else {
-            return self.bad(reply::BAD_RECIPIENT_SYNTAX);
-        };
-        let to = match path::rcpt(line) {
+        let to = match utf8(line, reply::BAD_RECIPIENT_SYNTAX).and_then(path::rcpt) {
             Ok(to) => to,
             Err(reply) => return self.bad(reply),
         };
@@ -166,6 +159,12 @@ where
         self.output.extend_from_slice(reply::START_DATA);
         self.receive(tx, writer).await
     }
+}
+
+/// The command line as text, or `bad`: RFC 6531 3.3 addresses are UTF-8, and anything else is
+/// not an address.
+fn utf8(line: &[u8], bad: Reply) -> Result<&str, Reply> {
+    std::str::from_utf8(line).map_err(|_| bad)
 }
 
 pub(super) fn parse_error(e: &ParseError) -> Reply {

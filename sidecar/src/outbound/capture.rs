@@ -2,7 +2,7 @@
 //! unchanged) plus `<name>.json` (the envelope) in a directory, written atomically.
 
 use super::{Outcome, RcptResult, ReplyClass, Route, Transport};
-use crate::message::{Envelope, RcptDsn, Recipient, Ret};
+use crate::message::{DsnRequest, Envelope, Recipient};
 use std::{
     fs::{self, File},
     io::{self, Write},
@@ -29,15 +29,10 @@ pub struct CapturedEnvelope {
     pub smtputf8: bool,
     /// When the sidecar accepted the message (seconds since the epoch).
     pub received_at: u64,
-    /// RFC 3461 RET, when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ret: Option<Ret>,
-    /// RFC 3461 ENVID (xtext as received), when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub envid: Option<String>,
-    /// Each recipient's NOTIFY and ORCPT, parallel to `rcpt_to`; absent when none had any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rcpt_dsn: Vec<RcptDsn>,
+    /// RFC 3461 parameters as the spool keeps them (`ret`, `envid` as received, and `rcpts`:
+    /// each recipient's NOTIFY and ORCPT, parallel to `rcpt_to`); absent when none were given.
+    #[serde(default, skip_serializing_if = "DsnRequest::is_empty")]
+    pub dsn: DsnRequest,
 }
 
 // === impl CaptureTransport ===
@@ -74,19 +69,21 @@ impl Transport for CaptureTransport {
 
     async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
         let name = self.unique_name();
-        let rcpt_dsn = if rcpts.iter().all(|r| r.dsn.is_empty()) {
-            Vec::new()
-        } else {
-            rcpts.iter().map(|r| r.dsn.clone()).collect()
+        let dsn = DsnRequest {
+            ret: envelope.dsn.ret,
+            envid: envelope.dsn.envid.clone(),
+            rcpts: if rcpts.iter().all(|r| r.dsn.is_empty()) {
+                Vec::new()
+            } else {
+                rcpts.iter().map(|r| r.dsn.clone()).collect()
+            },
         };
         let meta = CapturedEnvelope {
             mail_from: envelope.sender.clone(),
             rcpt_to: rcpts.iter().map(|r| r.address.clone()).collect(),
             smtputf8: envelope.smtputf8,
             received_at: envelope.received_at,
-            ret: envelope.dsn.ret,
-            envid: envelope.dsn.envid.clone(),
-            rcpt_dsn,
+            dsn,
         };
         let (dir, message) = (self.dir.clone(), message.to_vec());
         let written = tokio::task::spawn_blocking(move || write_capture(&dir, &name, &meta, &message)).await;
