@@ -184,7 +184,7 @@ fn full_disk_answers_452_and_damages_nothing() {
     };
     assert!(err.contains("452") && err.contains("4.3.1"), "{err}");
     assert!(accepted >= 1);
-    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
+    let up = Upstream::start_on(dir.path(), port, &["--tls", "none"]);
     let got = eventually("accepted messages delivered intact", || {
         let r = up.received();
         (r.len() == accepted).then_some(r)
