@@ -108,6 +108,17 @@ struct Want {
     wake_at: Option<i64>,
 }
 
+/// Nothing to do now: `phase` and the `active` key stay, until `wake_at`.
+fn waits(phase: RotationPhase, active: &'static str, wake_at: Option<i64>) -> Want {
+    Want {
+        phase,
+        active,
+        steps: vec![],
+        delete: vec![],
+        wake_at,
+    }
+}
+
 fn summary(p: &Plan) -> Want {
     let names = |s: &Step| match s {
         Step::Started(_) => "started",
@@ -144,13 +155,7 @@ fn phases_follow_the_clock_and_dns() {
             state: stable(0),
             policy: every(90, 7),
             seen: seen(90 * d - 1),
-            want: Want {
-                phase: Stable,
-                active: "mailroom",
-                steps: vec![],
-                delete: vec![],
-                wake_at: Some(90 * d),
-            },
+            want: waits(Stable, "mailroom", Some(90 * d)),
         },
         Case {
             name: "at the exact end of the period a rotation starts",
@@ -170,26 +175,14 @@ fn phases_follow_the_clock_and_dns() {
             state: pending(0, 90 * d),
             policy: every(90, 7),
             seen: seen(200 * d),
-            want: Want {
-                phase: Pending,
-                active: "mailroom",
-                steps: vec![],
-                delete: vec![],
-                wake_at: None,
-            },
+            want: waits(Pending, "mailroom", None),
         },
         Case {
             name: "only the new selector's record counts, not the old one",
             state: pending(0, 90 * d),
             policy: every(90, 7),
             seen: seen(91 * d).verified("mailroom"),
-            want: Want {
-                phase: Pending,
-                active: "mailroom",
-                steps: vec![],
-                delete: vec![],
-                wake_at: None,
-            },
+            want: waits(Pending, "mailroom", None),
         },
         Case {
             name: "the new record resolves: switch, the old key retires after the grace",
@@ -209,13 +202,7 @@ fn phases_follow_the_clock_and_dns() {
             state: retiring(10 * d),
             policy: every(90, 7),
             seen: seen(10 * d - 1),
-            want: Want {
-                phase: Retiring,
-                active: "new",
-                steps: vec![],
-                delete: vec![],
-                wake_at: Some(10 * d),
-            },
+            want: waits(Retiring, "new", Some(10 * d)),
         },
         Case {
             name: "at retire-at the old key's Secret goes",
@@ -235,26 +222,14 @@ fn phases_follow_the_clock_and_dns() {
             state: retiring(10 * d),
             policy: every(90, 1),
             seen: seen(5 * d),
-            want: Want {
-                phase: Retiring,
-                active: "new",
-                steps: vec![],
-                delete: vec![],
-                wake_at: Some(10 * d),
-            },
+            want: waits(Retiring, "new", Some(10 * d)),
         },
         Case {
             name: "a due rotation waits for the previous key to retire",
             state: retiring(10 * d),
             policy: every(1, 7),
             seen: seen(5 * d),
-            want: Want {
-                phase: Retiring,
-                active: "new",
-                steps: vec![],
-                delete: vec![],
-                wake_at: Some(10 * d),
-            },
+            want: waits(Retiring, "new", Some(10 * d)),
         },
         Case {
             name: "retire and start in one pass when both are due",
@@ -274,13 +249,7 @@ fn phases_follow_the_clock_and_dns() {
             state: pending(0, 90 * d),
             policy: every(1, 7),
             seen: seen(95 * d),
-            want: Want {
-                phase: Pending,
-                active: "mailroom",
-                steps: vec![],
-                delete: vec![],
-                wake_at: None,
-            },
+            want: waits(Pending, "mailroom", None),
         },
         Case {
             name: "removing the rotation cancels a pending key that never signed",
@@ -345,13 +314,7 @@ fn phases_follow_the_clock_and_dns() {
             state: stable(0),
             policy: MANUAL,
             seen: seen(10_000 * d),
-            want: Want {
-                phase: Stable,
-                active: "mailroom",
-                steps: vec![],
-                delete: vec![],
-                wake_at: None,
-            },
+            want: waits(Stable, "mailroom", None),
         },
     ];
     for case in cases {

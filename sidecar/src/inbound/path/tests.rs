@@ -7,178 +7,98 @@ fn code(r: &Reply) -> String {
 
 #[test]
 fn mail_lines_keep_the_path_as_written_and_map_errors_to_replies() {
-    struct Case {
-        line: &'static str,
-        /// `Ok((sender, size, smtputf8))` or the reply's code and status.
-        want: Result<(&'static str, Option<u64>, bool), &'static str>,
-    }
-    let cases = [
-        Case {
-            line: "MAIL FROM:<a@example.com>\r\n",
-            want: Ok(("a@example.com", None, false)),
-        },
-        Case {
-            line: "mail from:<>\r\n",
-            want: Ok(("", None, false)),
-        },
-        Case {
-            line: "MAIL FROM: <a@example.com>\r\n",
-            want: Ok(("a@example.com", None, false)),
-        },
-        Case {
-            line: "MAIL FROM:<\"john q. public\"@example.com> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n",
-            want: Ok(("\"john q. public\"@example.com", Some(10), true)),
-        },
-        Case {
-            line: "MAIL FROM:<\"a>b\"@example.com>\r\n",
-            want: Ok(("\"a>b\"@example.com", None, false)),
-        },
-        Case {
-            line: "MAIL FROM:<@relay.example,@other.example:a@example.com>\r\n",
-            want: Ok(("a@example.com", None, false)),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com>  body=7bit\n",
-            want: Ok(("a@example.com", None, false)),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> SIZE=99999999999999999999\r\n",
-            want: Ok(("a@example.com", Some(u64::MAX), false)),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n",
-            want: Err("555 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> AUTH=<>\r\n",
-            want: Err("555 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> BODY=9BIT\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> SIZE=ten\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> SIZE=1 SIZE=2\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> SMTPUTF8=yes\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com> =x\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<a@example.com>SIZE=1\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:<not an address>\r\n",
-            want: Err("501 5.1.7"),
-        },
-        Case {
-            line: "MAIL FROM:<postmaster>\r\n",
-            want: Err("501 5.1.7"),
-        },
-        Case {
-            line: "MAIL FROM:<\"unterminated@example.com>\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL FROM:a@example.com\r\n",
-            want: Err("501 5.5.4"),
-        },
-        Case {
-            line: "MAIL TO:<a@example.com>\r\n",
-            want: Err("501 5.5.4"),
-        },
+    // (line, Ok((sender, size, smtputf8)) or the reply's code and status)
+    let cases: &[(&str, Result<(&str, Option<u64>, bool), &str>)] = &[
+        (
+            "MAIL FROM:<a@example.com>\r\n",
+            Ok(("a@example.com", None, false)),
+        ),
+        ("mail from:<>\r\n", Ok(("", None, false))),
+        (
+            "MAIL FROM: <a@example.com>\r\n",
+            Ok(("a@example.com", None, false)),
+        ),
+        (
+            "MAIL FROM:<\"john q. public\"@example.com> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n",
+            Ok(("\"john q. public\"@example.com", Some(10), true)),
+        ),
+        (
+            "MAIL FROM:<\"a>b\"@example.com>\r\n",
+            Ok(("\"a>b\"@example.com", None, false)),
+        ),
+        (
+            "MAIL FROM:<@relay.example,@other.example:a@example.com>\r\n",
+            Ok(("a@example.com", None, false)),
+        ),
+        (
+            "MAIL FROM:<a@example.com>  body=7bit\n",
+            Ok(("a@example.com", None, false)),
+        ),
+        (
+            "MAIL FROM:<a@example.com> SIZE=99999999999999999999\r\n",
+            Ok(("a@example.com", Some(u64::MAX), false)),
+        ),
+        ("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n", Err("555 5.5.4")),
+        ("MAIL FROM:<a@example.com> AUTH=<>\r\n", Err("555 5.5.4")),
+        ("MAIL FROM:<a@example.com> BODY=9BIT\r\n", Err("501 5.5.4")),
+        ("MAIL FROM:<a@example.com> SIZE=ten\r\n", Err("501 5.5.4")),
+        ("MAIL FROM:<a@example.com> SIZE=1 SIZE=2\r\n", Err("501 5.5.4")),
+        ("MAIL FROM:<a@example.com> SMTPUTF8=yes\r\n", Err("501 5.5.4")),
+        ("MAIL FROM:<a@example.com> =x\r\n", Err("501 5.5.4")),
+        ("MAIL FROM:<a@example.com>SIZE=1\r\n", Err("501 5.5.4")),
+        ("MAIL FROM:<not an address>\r\n", Err("501 5.1.7")),
+        ("MAIL FROM:<postmaster>\r\n", Err("501 5.1.7")),
+        ("MAIL FROM:<\"unterminated@example.com>\r\n", Err("501 5.5.4")),
+        ("MAIL FROM:a@example.com\r\n", Err("501 5.5.4")),
+        ("MAIL TO:<a@example.com>\r\n", Err("501 5.5.4")),
     ];
-    for case in cases {
-        let got = mail(case.line)
+    for &(line, want) in cases {
+        let got = mail(line)
             .map(|m| (m.sender, m.size, m.smtputf8))
             .map_err(|r| code(&r));
-        assert_eq!(got, case.want.map_err(String::from), "{:?}", case.line);
+        assert_eq!(got, want.map_err(String::from), "{line:?}");
     }
 }
 
 #[test]
 fn rcpt_lines_keep_the_path_and_know_the_bare_postmaster() {
-    struct Case {
-        line: &'static str,
-        /// `Ok(Some(mailbox))`, `Ok(None)` for `<Postmaster>`, or the reply.
-        want: Result<Option<&'static str>, &'static str>,
-    }
-    let cases = [
-        Case {
-            line: "RCPT TO:<b@example.net>\r\n",
-            want: Ok(Some("b@example.net")),
-        },
-        Case {
-            line: "RCPT TO:<\"quoted local part\"@example.net>\r\n",
-            want: Ok(Some("\"quoted local part\"@example.net")),
-        },
-        Case {
-            line: "RCPT TO:<\"a@b\"@example.net>\r\n",
-            want: Ok(Some("\"a@b\"@example.net")),
-        },
-        Case {
-            line: "RCPT TO:<\"back\\\\slash \\\"q\\\"\"@example.net>\r\n",
-            want: Ok(Some("\"back\\\\slash \\\"q\\\"\"@example.net")),
-        },
-        Case {
-            line: "RCPT TO:<user@[192.0.2.1]>\r\n",
-            want: Ok(Some("user@[192.0.2.1]")),
-        },
-        Case {
-            line: "RCPT TO:<postmaster>\r\n",
-            want: Ok(None),
-        },
-        Case {
-            line: "rcpt to:<PostMaster>\r\n",
-            want: Ok(None),
-        },
-        Case {
-            line: "RCPT TO:<Postmaster@example.com>\r\n",
-            want: Ok(Some("Postmaster@example.com")),
-        },
-        Case {
-            line: "RCPT TO:<>\r\n",
-            want: Err("501 5.1.3"),
-        },
-        Case {
-            line: "RCPT TO:<@>\r\n",
-            want: Err("501 5.1.3"),
-        },
-        Case {
-            line: "RCPT TO:<a@b@example.net>\r\n",
-            want: Err("501 5.1.3"),
-        },
-        Case {
-            line: "RCPT TO:<\"cr\r\"@example.net>\r\n",
-            want: Err("501 5.1.3"),
-        },
-        Case {
-            line: "RCPT TO:<b@example.net> FOO=1\r\n",
-            want: Err("555 5.5.4"),
-        },
-        Case {
-            line: "RCPT TO b@example.net\r\n",
-            want: Err("501 5.5.4"),
-        },
+    // (line, Ok(Some(mailbox)), Ok(None) for `<Postmaster>`, or the reply)
+    let cases: &[(&str, Result<Option<&str>, &str>)] = &[
+        ("RCPT TO:<b@example.net>\r\n", Ok(Some("b@example.net"))),
+        (
+            "RCPT TO:<\"quoted local part\"@example.net>\r\n",
+            Ok(Some("\"quoted local part\"@example.net")),
+        ),
+        (
+            "RCPT TO:<\"a@b\"@example.net>\r\n",
+            Ok(Some("\"a@b\"@example.net")),
+        ),
+        (
+            "RCPT TO:<\"back\\\\slash \\\"q\\\"\"@example.net>\r\n",
+            Ok(Some("\"back\\\\slash \\\"q\\\"\"@example.net")),
+        ),
+        ("RCPT TO:<user@[192.0.2.1]>\r\n", Ok(Some("user@[192.0.2.1]"))),
+        ("RCPT TO:<postmaster>\r\n", Ok(None)),
+        ("rcpt to:<PostMaster>\r\n", Ok(None)),
+        (
+            "RCPT TO:<Postmaster@example.com>\r\n",
+            Ok(Some("Postmaster@example.com")),
+        ),
+        ("RCPT TO:<>\r\n", Err("501 5.1.3")),
+        ("RCPT TO:<@>\r\n", Err("501 5.1.3")),
+        ("RCPT TO:<a@b@example.net>\r\n", Err("501 5.1.3")),
+        ("RCPT TO:<\"cr\r\"@example.net>\r\n", Err("501 5.1.3")),
+        ("RCPT TO:<b@example.net> FOO=1\r\n", Err("555 5.5.4")),
+        ("RCPT TO b@example.net\r\n", Err("501 5.5.4")),
     ];
-    for case in cases {
-        let got = rcpt(case.line)
+    for &(line, want) in cases {
+        let got = rcpt(line)
             .map(|r| match r.to {
                 Forward::Mailbox(m) => Some(m.text),
                 Forward::Postmaster => None,
             })
             .map_err(|r| code(&r));
-        assert_eq!(got, case.want.map_err(String::from), "{:?}", case.line);
+        assert_eq!(got, want.map_err(String::from), "{line:?}");
     }
 }
 
