@@ -7,8 +7,9 @@ fn code(r: &Reply) -> String {
 
 #[test]
 fn mail_lines_keep_the_path_as_written_and_map_errors_to_replies() {
-    // (line, Ok((sender, size, smtputf8)) or the reply's code and status)
-    let cases: &[(&str, Result<(&str, Option<u64>, bool), &str>)] = &[
+    /// The sender, SIZE and SMTPUTF8, or the reply's code and status.
+    type Want = Result<(&'static str, Option<u64>, bool), &'static str>;
+    let cases: &[(&str, Want)] = &[
         (
             "MAIL FROM:<a@example.com>\r\n",
             Ok(("a@example.com", None, false)),
