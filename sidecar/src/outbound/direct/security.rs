@@ -175,7 +175,8 @@ impl Policy {
         metrics: &Metrics,
     ) -> Result<Security, RcptResult> {
         let host = hop.host.clone();
-        match self.dane_for_host(resolver, hop, base, metrics).await? {
+        let count = |result: &str| metrics.dane.with_label_values(&[result]).inc();
+        match self.dane_for_host(resolver, hop, base, &count).await? {
             Security::StsMismatch => Err(failure(format!(
                 "451 4.7.5 MX host {host} matches no mx pattern of the recipient domain's MTA-STS \
                  policy and has no DANE TLSA records (RFC 8461 4.1)"
@@ -184,17 +185,17 @@ impl Policy {
         }
     }
 
+    /// The host's DANE demand on top of `base`; `count` records the TLSA outcome.
     async fn dane_for_host<R: MxResolver>(
         &self,
         resolver: &R,
         hop: &Hop,
         base: Security,
-        metrics: &Metrics,
+        count: &(dyn Fn(&str) + Sync),
     ) -> Result<Security, RcptResult> {
         if self.dane == DaneMode::Off {
             return Ok(base);
         }
-        let count = |result: &str| metrics.dane.with_label_values(&[result]).inc();
         // RFC 7672 2.2.1, 2.2.2: without a secure MX and address answer there is no secure
         // binding from the domain to this host, so its TLSA records prove nothing.
         if !hop.dnssec {
