@@ -4,7 +4,9 @@
 
 use mailroom_test_support::{
     peers::{Received, Upstream},
-    relay::{Sidecar, capture_config, eventually, smarthost_config, smtp_commands, smtplib_send},
+    relay::{
+        Sidecar, capture_config, eventually, sidecar_and_upstream, smtp_accepted, smtp_commands, smtplib_send,
+    },
 };
 
 /// Waits until the queue is empty, checks that exactly one message reached the upstream, and
@@ -19,19 +21,12 @@ fn only_message(sidecar: &Sidecar, up: &Upstream) -> Received {
     got.remove(0)
 }
 
-fn sidecar(dir: &std::path::Path, up: &Upstream, tail: &str) -> Sidecar {
-    let config = smarthost_config(up.port, "none", "", "  - domain: example.com", tail);
-    Sidecar::start(dir, &config)
-}
-
 /// RFC 1123 5.2.9: "an empty reverse path MUST be supported". The message is relayed with
 /// `MAIL FROM:<>`, and a recipient that fails permanently is not bounced (RFC 5321 6.1: no
 /// bounce loops), only counted.
 #[test]
 fn null_reverse_path_is_relayed_and_never_bounced() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(dir.path(), &up, "");
+    let (_dir, up, sidecar) = sidecar_and_upstream("");
     let body = b"From: Auto Reply <auto@example.com>\r\nAuto-Submitted: auto-replied\r\nSubject: away\r\n\r\nI am away.\r\n";
     smtplib_send(
         sidecar.smtp,
@@ -65,9 +60,7 @@ fn null_reverse_path_is_relayed_and_never_bounced() {
 /// and forwards nothing of it.
 #[test]
 fn nul_in_data_is_refused_and_never_forwarded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(dir.path(), &up, "");
+    let (_dir, up, sidecar) = sidecar_and_upstream("");
     let smuggled = b"From: app@example.com\r\nSubject: smuggle\r\n\r\nhi\r\n\x00.\r\nMAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nFrom: ceo@example.com\r\n\r\npay now\r\n";
     let err = smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], smuggled)
         .expect_err("a NUL octet is refused");
@@ -89,9 +82,7 @@ fn nul_in_data_is_refused_and_never_forwarded() {
 /// out once, without it, and what followed the fake end stays message text.
 #[test]
 fn nul_is_removed_under_normalize() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(dir.path(), &up, "limits:\n  bareLineEndings: normalize\n");
+    let (_dir, up, sidecar) = sidecar_and_upstream("limits:\n  bareLineEndings: normalize\n");
     let body = b"From: app@example.com\r\nSubject: nul\r\n\r\na\x00b\r\n\x00.\r\nQUIT\r\n";
     smtplib_send(sidecar.smtp, "app@example.com", &["ok@example.net"], body).expect("accepted");
     let got = only_message(&sidecar, &up);
@@ -106,9 +97,7 @@ fn nul_is_removed_under_normalize() {
 /// 3.6.6), answered `550 5.7.1` naming the field.
 #[test]
 fn every_originator_field_is_held_to_the_relays_domains() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(dir.path(), &up, "");
+    let (_dir, up, sidecar) = sidecar_and_upstream("");
     for field in ["Sender", "Resent-From", "Resent-Sender"] {
         let body = format!("From: app@example.com\r\n{field}: boss@evil.test\r\nSubject: x\r\n\r\nhi\r\n");
         let err = smtplib_send(
@@ -137,9 +126,7 @@ fn every_originator_field_is_held_to_the_relays_domains() {
 /// for ORCPT) fit in the default 1024; a longer line gets `500 5.5.2` and the session goes on.
 #[test]
 fn command_lines_up_to_1024_octets_are_served_and_longer_ones_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(dir.path(), &up, "");
+    let (_dir, _up, sidecar) = sidecar_and_upstream("");
     // smtplib's docmd sends "NOOP <arg>\r\n": 5 + len + 2 octets.
     let script = r#"
 import smtplib, sys
@@ -172,9 +159,7 @@ s.quit()
 /// sidecar decides at the door (`550 5.6.0`) instead of accepting and bouncing later.
 #[test]
 fn lines_over_998_octets_are_refused_at_the_door() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(dir.path(), &up, "");
+    let (_dir, up, sidecar) = sidecar_and_upstream("");
     let long = format!(
         "From: app@example.com\r\nSubject: long\r\n\r\n{}\r\n",
         "a".repeat(999)
@@ -250,11 +235,9 @@ print("sent", sent, "of", len(payload))
 /// meanwhile, and nothing of the slow message is delivered.
 #[test]
 fn trickling_clients_are_cut_and_others_served() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
     let limits =
         "limits:\n  commandDeadlineSeconds: 2\n  dataDeadlineFloorSeconds: 2\n  dataMinBytesPerSecond: 100\n";
-    let sidecar = sidecar(dir.path(), &up, limits);
+    let (_dir, up, sidecar) = sidecar_and_upstream(limits);
     let trickle = |mode: &'static str| {
         let smtp = sidecar.smtp;
         std::thread::spawn(move || {
@@ -307,9 +290,7 @@ fn trickling_clients_are_cut_and_others_served() {
 /// refused quoted recipient goes back to the quoted sender and names that recipient exactly.
 #[test]
 fn quoted_local_parts_and_literals_reach_the_upstream_byte_exact() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(dir.path(), &up, "");
+    let (_dir, up, sidecar) = sidecar_and_upstream("");
     let sender = r#""app team"@example.com"#;
     let rcpts = [
         r#""quoted local part"@example.net"#,
@@ -363,15 +344,10 @@ fn quoted_local_parts_and_literals_reach_the_upstream_byte_exact() {
 /// rate limit still applies (no bypass). The null reverse-path cannot be `<postmaster>`.
 #[test]
 fn bare_postmaster_is_accepted_and_delivered_to_the_configured_address() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start(dir.path(), &["--tls", "none"]);
-    let sidecar = sidecar(
-        dir.path(),
-        &up,
-        "postmaster: ops@example.org\nlimits:\n  ratePerMinute: 1\n",
-    );
+    let (_dir, up, sidecar) =
+        sidecar_and_upstream("postmaster: ops@example.org\nlimits:\n  ratePerMinute: 1\n");
     let body = b"From: app@example.com\r\nSubject: to the postmaster\r\n\r\nhi\r\n";
-    let replies = smtp_commands(
+    smtp_accepted(
         sidecar.smtp,
         &[
             "MAIL FROM:<app@example.com>",
@@ -380,7 +356,6 @@ fn bare_postmaster_is_accepted_and_delivered_to_the_configured_address() {
         ],
         body,
     );
-    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
     let got = only_message(&sidecar, &up);
     assert_eq!(
         got.meta["rcpt_raw"],
@@ -414,12 +389,11 @@ fn bare_postmaster_defaults_to_the_first_sender_domain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sidecar = Sidecar::start(dir.path(), &capture_config(""));
     let body = b"From: app@example.com\r\nSubject: pm\r\n\r\nhi\r\n";
-    let replies = smtp_commands(
+    smtp_accepted(
         sidecar.smtp,
         &["MAIL FROM:<app@example.com>", "RCPT TO:<postmaster>"],
         body,
     );
-    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
     let captured = eventually("a captured envelope", || {
         let dir = std::fs::read_dir(dir.path().join("capture")).ok()?;
         dir.filter_map(Result::ok)

@@ -5,7 +5,7 @@
 use super::{
     Outcome, RcptResult, ReplyClass,
     classify::{self, Phase},
-    command::{InvalidPath, MailFrom, RcptTo},
+    command::{InvalidPath, PathCommand},
     starttls::{self, Implicit, Opened},
 };
 use crate::{
@@ -328,9 +328,9 @@ fn mail_from<'a>(
     envelope: &'a Envelope,
     recipients: &[Recipient],
     message: &[u8],
-) -> Result<MailFrom<'a>, RcptResult> {
+) -> Result<PathCommand<'a>, RcptResult> {
     let bad = |e: InvalidPath| invalid_address(&e);
-    let mut mail = MailFrom::new(&envelope.sender).map_err(bad)?;
+    let mut mail = PathCommand::mail_from(&envelope.sender).map_err(bad)?;
     let utf8 =
         envelope.smtputf8 || !envelope.sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
     if utf8 {
@@ -358,8 +358,8 @@ fn mail_from<'a>(
 
 /// RCPT TO with NOTIFY and ORCPT as the client gave them when the next hop offers DSN
 /// (RFC 3461 4.1, 4.2).
-fn rcpt_to(rcpt: &Recipient, dsn: bool) -> Result<RcptTo<'_>, InvalidPath> {
-    let mut command = RcptTo::new(&rcpt.address)?;
+fn rcpt_to(rcpt: &Recipient, dsn: bool) -> Result<PathCommand<'_>, InvalidPath> {
+    let mut command = PathCommand::rcpt_to(&rcpt.address)?;
     if dsn {
         if let Some(notify) = rcpt.dsn.notify {
             command = command.param(format!("NOTIFY={}", notify.to_param()))?;

@@ -251,6 +251,13 @@ pub fn smtp_commands(smtp: SocketAddr, commands: &[&str], message: &[u8]) -> Vec
     crate::peers::smtp_commands(smtp, commands, message).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// [`smtp_commands`] where every command and the message must be accepted (`250`); panics with
+/// the replies otherwise.
+pub fn smtp_accepted(smtp: SocketAddr, commands: &[&str], message: &[u8]) {
+    let replies = smtp_commands(smtp, commands, message);
+    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
+}
+
 /// Polls until `f` returns Some or 75 s pass (a parked route waits 30 s before its probe);
 /// panics with `what` after that.
 pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -283,6 +290,17 @@ retry:
   maxAgeSeconds: 600
 {tail}"
     )
+}
+
+/// A plain-text upstream (upstream.py) and a sidecar for `example.com` relaying to it, with
+/// `tail` appended to the config, in a new temporary directory. Bind the three in this order
+/// (`let (dir, up, sidecar) = ...`), so that the sidecar stops first and the directory goes last.
+pub fn sidecar_and_upstream(tail: &str) -> (tempfile::TempDir, crate::peers::Upstream, Sidecar) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = crate::peers::Upstream::start(dir.path(), &["--tls", "none"]);
+    let config = smarthost_config(up.port, "none", "", "  - domain: example.com", tail);
+    let sidecar = Sidecar::start(dir.path(), &config);
+    (dir, up, sidecar)
 }
 
 /// A sidecar config for `example.com` that keeps each message in `{dir}/capture` (nothing is
