@@ -114,18 +114,10 @@ mod tests {
     #[test]
     fn unchanged_status_keeps_last_transition_time() {
         let mut conds = Vec::new();
-        set(
-            &mut conds,
-            Cond::no(READY, Reason::SecretNotFound, "a"),
-            Some(1),
-            &at(10),
-        );
-        set(
-            &mut conds,
-            Cond::no(READY, Reason::SecretKeyMissing, "b"),
-            Some(2),
-            &at(20),
-        );
+        let c = Cond::no(READY, Reason::SecretNotFound, "a");
+        set(&mut conds, c, Some(1), &at(10));
+        let c = Cond::no(READY, Reason::SecretKeyMissing, "b");
+        set(&mut conds, c, Some(2), &at(20));
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0].last_transition_time, at(10));
         assert_eq!(conds[0].reason, "SecretKeyMissing");
@@ -136,18 +128,10 @@ mod tests {
     #[test]
     fn changed_status_moves_last_transition_time() {
         let mut conds = Vec::new();
-        set(
-            &mut conds,
-            Cond::no(READY, Reason::SecretNotFound, "a"),
-            Some(1),
-            &at(10),
-        );
-        set(
-            &mut conds,
-            Cond::yes(READY, Reason::Reconciled, "ok"),
-            Some(1),
-            &at(30),
-        );
+        let c = Cond::no(READY, Reason::SecretNotFound, "a");
+        set(&mut conds, c, Some(1), &at(10));
+        let c = Cond::yes(READY, Reason::Reconciled, "ok");
+        set(&mut conds, c, Some(1), &at(30));
         assert_eq!(conds[0].status, "True");
         assert_eq!(conds[0].last_transition_time, at(30));
         assert!(is_true(&conds, READY));
@@ -156,12 +140,8 @@ mod tests {
     #[test]
     fn other_types_are_left_alone() {
         let mut conds = Vec::new();
-        set(
-            &mut conds,
-            Cond::yes(DKIM_KEY_READY, Reason::KeyReady, "k"),
-            None,
-            &at(1),
-        );
+        let c = Cond::yes(DKIM_KEY_READY, Reason::KeyReady, "k");
+        set(&mut conds, c, None, &at(1));
         set(&mut conds, Cond::no(READY, Reason::DnsPending, "r"), None, &at(2));
         assert_eq!(conds.len(), 2);
         assert!(is_true(&conds, DKIM_KEY_READY));

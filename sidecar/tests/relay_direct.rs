@@ -13,6 +13,14 @@ fn config(dns: u16, smtp_port: u16, tls: &str) -> String {
     direct_config(dns, smtp_port, &format!("    tls: {tls}\n"))
 }
 
+/// A DNS server with `zone` and a sidecar delivering direct through it, to MX hosts on
+/// `smtp_port`, with TLS `tls`.
+fn direct_sidecar(dir: &Path, zone: &str, smtp_port: u16, tls: &str) -> (DnsServer, Sidecar) {
+    let dns = DnsServer::with_zone(dir, zone);
+    let sidecar = Sidecar::start(dir, &config(dns.port, smtp_port, tls));
+    (dns, sidecar)
+}
+
 /// An aiosmtpd receiver on `address`, on the port `port` holds (the port the sidecar connects to
 /// on every MX host), or on a port of its own when it is the only receiver.
 fn upstream(
@@ -51,7 +59,7 @@ fn mx_order_fallback_implicit_null_and_nxdomain() {
     // mx1 (127.0.0.2) is down: nothing listens there on the port, and nothing else can.
     let port = reserve_port();
     let mx2 = upstream(dir.path(), "127.0.0.3", Some(&port), Some(&ca));
-    let dns = DnsServer::with_zone(
+    let (_dns, sidecar) = direct_sidecar(
         dir.path(),
         "a.test. 300 IN MX 10 mx1.a.test.
 a.test. 300 IN MX 20 mx2.a.test.
@@ -61,8 +69,9 @@ implicit.test. 300 IN A 127.0.0.3
 null.test. 300 IN MX 0 .
 example.com. 300 IN MX 10 mx2.a.test.
 ",
+        port.port(),
+        "opportunistic",
     );
-    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "opportunistic"));
     let rcpts = ["u@a.test", "v@implicit.test", "w@null.test", "x@missing.test"];
     smtplib_send(
         sidecar.smtp,
@@ -150,7 +159,7 @@ fn required_tls_is_refused_when_not_offered() {
     let port = reserve_port();
     let plain = upstream(dir.path(), "127.0.0.2", Some(&port), None);
     let tls = upstream(dir.path(), "127.0.0.3", Some(&port), Some(&ca));
-    let dns = DnsServer::with_zone(
+    let (_dns, sidecar) = direct_sidecar(
         dir.path(),
         "both.test. 300 IN MX 10 plain.both.test.
 both.test. 300 IN MX 20 tls.both.test.
@@ -158,8 +167,9 @@ plain.both.test. 300 IN A 127.0.0.2
 tls.both.test. 300 IN A 127.0.0.3
 plainonly.test. 300 IN MX 10 plain.both.test.
 ",
+        port.port(),
+        "require",
     );
-    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "require"));
     smtplib_send(
         sidecar.smtp,
         "app@example.com",
@@ -201,15 +211,16 @@ fn quoted_local_parts_and_postmaster_route_by_their_domain() {
     let port = reserve_port();
     let quoted_mx = upstream(dir.path(), "127.0.0.2", Some(&port), None);
     let own_mx = upstream(dir.path(), "127.0.0.3", Some(&port), None);
-    let dns = DnsServer::with_zone(
+    let (_dns, sidecar) = direct_sidecar(
         dir.path(),
         "quoted.test. 300 IN MX 10 mx.quoted.test.
 mx.quoted.test. 300 IN A 127.0.0.2
 example.com. 300 IN MX 10 mx.own.test.
 mx.own.test. 300 IN A 127.0.0.3
 ",
+        port.port(),
+        "opportunistic",
     );
-    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "opportunistic"));
     let replies = smtp_commands(
         sidecar.smtp,
         &[
@@ -254,7 +265,7 @@ fn dsn_parameters_follow_each_mx_host() {
     let port = reserve_port();
     let with_dsn = Upstream::start_on(dir.path(), &port, &["--address", "127.0.0.2", "--dsn"]);
     let without = Upstream::start_on(dir.path(), &port, &["--address", "127.0.0.3"]);
-    let dns = DnsServer::with_zone(
+    let (_dns, sidecar) = direct_sidecar(
         dir.path(),
         "dsn.test. 300 IN MX 10 mx.dsn.test.
 mx.dsn.test. 300 IN A 127.0.0.2
@@ -262,8 +273,9 @@ plain.test. 300 IN MX 10 mx.plain.test.
 example.com. 300 IN MX 10 mx.plain.test.
 mx.plain.test. 300 IN A 127.0.0.3
 ",
+        port.port(),
+        "opportunistic",
     );
-    let sidecar = Sidecar::start(dir.path(), &config(dns.port, port.port(), "opportunistic"));
     let replies = smtp_commands(
         sidecar.smtp,
         &[

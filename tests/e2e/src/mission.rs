@@ -76,6 +76,17 @@ pub struct AppPod {
 // === impl Mission ===
 
 impl Mission {
+    /// MailDomain `example-com` for `example.com`, granted to the app namespace, with an Ed25519
+    /// key (fast to generate in a debug build) and `spec` lines `extra` (indented two spaces).
+    pub fn mail_domain(&self, extra: &str) -> String {
+        format!(
+            "apiVersion: mailroom.dev/v1alpha1\nkind: MailDomain\nmetadata: {{name: example-com}}\n\
+             spec:\n  domain: example.com\n  dkim: {{algorithm: ed25519}}\n{extra}\
+             \x20 allowedNamespaces: {{names: [{}]}}",
+            self.app_ns
+        )
+    }
+
     /// `helm install` with monitoring on and the operator's DNS checks pointed at our DNS server,
     /// then the operator with the chart's ServiceAccount and webhook registration.
     pub async fn start() -> Result<Self> {

@@ -21,15 +21,6 @@ use serde_json::{Value, json};
 
 use crate::common::mission::Mission;
 
-/// The MailDomain of the scenarios (Ed25519: fast to generate in a debug build).
-const MAIL_DOMAIN: &str = "apiVersion: mailroom.dev/v1alpha1
-kind: MailDomain
-metadata: {name: example-com}
-spec:
-  domain: example.com
-  dkim: {algorithm: ed25519}
-  allowedNamespaces: {names: [APP_NS]}";
-
 /// The app: sends one message through `$SMTP_HOST:$SMTP_PORT` at start with busybox `nc`
 /// (no retry: the sidecar must already listen), logs it, then waits; on TERM it logs and exits.
 const APP_SMTP: &str = r#"
@@ -73,7 +64,7 @@ impl Scene {
         let gateway = node.gateway().to_string();
         let closed = Reservation::on(IpAddr::V4(node.gateway()))?;
         let upstream = Upstream::starttls_with_auth_at(m.dir(), &gateway, "mailer", "s3cret")?;
-        m.apply(&MAIL_DOMAIN.replace("APP_NS", &m.app_ns)).await?;
+        m.apply(&m.mail_domain("")).await?;
         let domain = m.wait_condition("MailDomain", "example-com", "Ready").await?;
         m.publish_dns_records(&domain)?;
         m.smarthost_secrets(&upstream, "mailer", "s3cret").await?;
