@@ -44,8 +44,11 @@ async fn operator_killed_at_random_points_converges_without_duplicate_or_orphane
         c.create(&name, i + 1).await?;
         want.insert(name, i + 1);
         if i % 5 == 4 {
-            // Edit an earlier Relay: its generation moves on while the operator may be down.
-            let edited = format!("r{}", rng.below(i));
+            // Edit an earlier Relay that still exists (r7 and r15 are deleted on the way): its
+            // generation moves on while the operator may be down.
+            let newest = format!("r{i}");
+            let live: Vec<String> = want.keys().filter(|n| **n != newest).cloned().collect();
+            let edited = live[rng.below(live.len() as u32) as usize].clone();
             c.edit(&edited, 100 + i).await?;
             want.insert(edited, 100 + i);
         }
