@@ -10,6 +10,7 @@ pub mod dsn;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbound;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod outbound;

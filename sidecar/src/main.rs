@@ -9,6 +9,10 @@ use mailroom_sidecar::{
 };
 use std::process::ExitCode;
 
+/// jemalloc, tuned at build time (.cargo/config.toml) to give memory back after a burst.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// BSD `EX_USAGE`: bad settings or config (as linkerd does).
 const EX_USAGE: u8 = 64;
 /// BSD `EX_UNAVAILABLE`: could not start (spool, bind).

@@ -17,6 +17,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("message", 0),
     ("shutdown", 0),
     ("sync", 0),
+    ("memory", 0),
     // Services over the vocabulary.
     ("metrics", 1),
     ("dkim", 1),

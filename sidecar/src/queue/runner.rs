@@ -177,6 +177,7 @@ impl<T: Transport> Runner<T> {
             Next::Done | Next::Dropped => {
                 self.suspect = false;
                 self.items.remove(&id);
+                crate::memory::shrink_sparse(&mut self.items);
             }
             Next::Retry(item, delay, connection_failure) => {
                 self.suspect = connection_failure;

@@ -331,6 +331,7 @@ impl Spool {
                     }
                 }
             }
+            crate::memory::shrink_sparse(&mut st.entries);
         }
         self.reclaim();
     }
