@@ -5,7 +5,10 @@
 use mailroom_test_support::{
     certs::test_ca,
     peers::{DnsServer, Upstream},
-    relay::{Reservation, Sidecar, direct_config, eventually, reserve_port, smtp_commands, smtplib_send},
+    relay::{
+        Reservation, Sidecar, direct_config, eventually, reserve_port, smtp_accepted, smtp_commands,
+        smtplib_send,
+    },
 };
 use std::path::Path;
 
@@ -276,7 +279,7 @@ mx.plain.test. 300 IN A 127.0.0.3
         port.port(),
         "opportunistic",
     );
-    let replies = smtp_commands(
+    smtp_accepted(
         sidecar.smtp,
         &[
             "MAIL FROM:<app@example.com> ENVID=d1",
@@ -285,7 +288,6 @@ mx.plain.test. 300 IN A 127.0.0.3
         ],
         message("a@dsn.test").as_bytes(),
     );
-    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
     let got = eventually("delivery to dsn.test", || {
         let r = with_dsn.received();
         (r.len() == 1).then_some(r)

@@ -213,14 +213,10 @@ fn notify_and_ret_shape_the_reports_the_sidecar_writes() {
         relayed["parts"],
         json!(["text/plain", "message/delivery-status", "text/rfc822-headers"])
     );
-    assert_eq!(
-        sidecar.metric(r#"mailroom_sidecar_dsn_sent_total{kind="success"}"#),
-        1.0
-    );
-    assert_eq!(
-        sidecar.metric(r#"mailroom_sidecar_dsn_sent_total{kind="failure"}"#),
-        1.0
-    );
+    for kind in ["success", "failure"] {
+        let sent = sidecar.metric(&format!(r#"mailroom_sidecar_dsn_sent_total{{kind="{kind}""#));
+        assert_eq!(sent, 1.0, "{kind} notices");
+    }
 }
 
 /// A delay notice lists only the recipients whose NOTIFY includes DELAY (or that gave none).

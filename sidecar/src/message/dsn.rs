@@ -106,12 +106,13 @@ impl Notify {
 
 /// One recipient's DSN parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RcptDsn {
     /// `NOTIFY`; `None` when not given ([`Notify::DEFAULT`] applies).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
     /// `ORCPT` as received: `addr-type ";" xtext` (RFC 3461 4.2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub orcpt: Option<String>,
 }
 
@@ -130,16 +131,17 @@ impl RcptDsn {
 /// The DSN parameters of one message: stored with the envelope in the spool. Empty (and then
 /// not written at all, so older versions read the record unchanged) when the client gave none.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DsnRequest {
     /// `RET`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ret: Option<Ret>,
     /// `ENVID` as received (xtext).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
     /// Per recipient, parallel to `Envelope::recipients`; empty when no recipient had any. A
     /// recipient past its end has none.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rcpts: Vec<RcptDsn>,
 }
 

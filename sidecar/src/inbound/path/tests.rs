@@ -5,6 +5,18 @@ fn code(r: &Reply) -> String {
     format!("{} {}", r.code, r.status)
 }
 
+/// Each line of `cases` parsed as `parse` reads it, against what is wanted: the value, or the
+/// reply's code and status.
+fn check<'a, T: PartialEq + std::fmt::Debug + Copy>(
+    cases: &[(&'a str, Result<T, &str>)],
+    parse: impl Fn(&'a str) -> Result<T, Reply>,
+) {
+    for &(line, want) in cases {
+        let got = parse(line).map_err(|r| code(&r));
+        assert_eq!(got, want.map_err(String::from), "{line:?}");
+    }
+}
+
 #[test]
 fn mail_lines_keep_the_path_as_written_and_map_errors_to_replies() {
     /// The sender, SIZE and SMTPUTF8, or the reply's code and status.
@@ -53,12 +65,7 @@ fn mail_lines_keep_the_path_as_written_and_map_errors_to_replies() {
         ("MAIL FROM:a@example.com\r\n", Err("501 5.5.4")),
         ("MAIL TO:<a@example.com>\r\n", Err("501 5.5.4")),
     ];
-    for &(line, want) in cases {
-        let got = mail(line)
-            .map(|m| (m.sender, m.size, m.smtputf8))
-            .map_err(|r| code(&r));
-        assert_eq!(got, want.map_err(String::from), "{line:?}");
-    }
+    check(cases, |line| mail(line).map(|m| (m.sender, m.size, m.smtputf8)));
 }
 
 #[test]
@@ -92,15 +99,12 @@ fn rcpt_lines_keep_the_path_and_know_the_bare_postmaster() {
         ("RCPT TO:<b@example.net> FOO=1\r\n", Err("555 5.5.4")),
         ("RCPT TO b@example.net\r\n", Err("501 5.5.4")),
     ];
-    for &(line, want) in cases {
-        let got = rcpt(line)
-            .map(|r| match r.to {
-                Forward::Mailbox(m) => Some(m.text),
-                Forward::Postmaster => None,
-            })
-            .map_err(|r| code(&r));
-        assert_eq!(got, want.map_err(String::from), "{line:?}");
-    }
+    check(cases, |line| {
+        rcpt(line).map(|r| match r.to {
+            Forward::Mailbox(m) => Some(m.text),
+            Forward::Postmaster => None,
+        })
+    });
 }
 
 #[test]
