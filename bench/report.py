@@ -101,7 +101,7 @@ def main():
         "",
         "Reproduce with `make bench` (installs Postfix from Debian's packages, builds the sidecar in",
         "release mode, runs `bench/run.py`, then this report). Every scenario sends the same load with",
-        "Postfix's own `smtp-source` (`-d`: sessions stay open) to three systems in turn, all relaying to",
+        "Postfix's own `smtp-source` (`-d`: sessions stay open, except in the one-connection-per-message scenarios) to three systems in turn, all relaying to",
         "one `smtp-sink`:",
         "",
         "- **ceiling**: `smtp-source` straight into `smtp-sink`: what this machine can do with no relay.",
