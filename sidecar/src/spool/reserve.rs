@@ -6,7 +6,7 @@
 //! real: a sparse file would hold no blocks) and gives it up the moment a delivery record does not
 //! fit. From then on new mail gets `452 4.3.1` (the writer refuses durable requests) until the
 //! reserve can be written again, which is tried at most once a second. Should even the reserve
-//! run out, [`Reserve::recording`] turns false and the queue runner starts no delivery it could
+//! run out, `Spool::recording()` turns false and the queue runner starts no delivery it could
 //! not record: a full disk delays mail, it never duplicates it.
 
 use std::{
@@ -67,15 +67,13 @@ impl Reserve {
 
     /// Whether new mail may be written: the reserve is in place, or could be written again now.
     pub fn admits_new_mail(&mut self) -> bool {
-        if !self.held && self.last_try.is_none_or(|t| t.elapsed() >= RETRY) {
-            self.restore();
-        }
+        self.retry();
         self.held
     }
 
-    /// Tries to write the reserve again (the timer's path while the disk is full).
+    /// Writes the reserve again if it is given up, at most once per [`RETRY`].
     pub fn retry(&mut self) {
-        if !self.held {
+        if !self.held && self.last_try.is_none_or(|t| t.elapsed() >= RETRY) {
             self.restore();
         }
     }
