@@ -336,11 +336,113 @@ async fn connections_are_reused_between_messages() {
         .await;
         assert_eq!(results[0].outcome, Outcome::Delivered);
     }
-    assert_eq!(up.received().len(), 3);
-    assert_eq!(up.connections(), 1, "one connection, RSET between transactions");
+    let got = up.received();
+    assert_eq!(got.len(), 3);
+    assert_eq!(up.connections(), 1, "one connection for all three");
+    for r in &got {
+        // RFC 5321 4.1.1.4: the end of data ends the transaction; nothing to reset.
+        assert_eq!(r.meta["rsets"], 0, "no RSET after a completed transaction");
+        assert_eq!(r.meta["pipelined"], false, "PIPELINING was not offered");
+    }
     assert_eq!(t.idle_connections(), 1);
     t.close().await;
     assert_eq!(t.idle_connections(), 0);
+}
+
+#[tokio::test]
+async fn with_pipelining_the_envelope_goes_in_one_group() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "starttls", "--pipelining"]);
+    let t = transport(&smarthost(up.port, TlsMode::Starttls, &h.ca.ca));
+    let rcpts = [
+        "ok@example.net",
+        "temp-fail@example.net",
+        "perm-fail@example.net",
+        "ok2@example.net",
+    ];
+    for _ in 0..2 {
+        let results = send(&t, "app@example.com", &rcpts).await;
+        assert_eq!(
+            classes(&results),
+            [
+                (Outcome::Delivered, ReplyClass::Ok),
+                (Outcome::Deferred, ReplyClass::Transient),
+                (Outcome::Bounced, ReplyClass::Permanent),
+                (Outcome::Delivered, ReplyClass::Ok),
+            ]
+        );
+        assert_eq!(
+            results[2].diagnostic,
+            "550 5.1.1 <perm-fail@example.net>: no such user"
+        );
+    }
+    let got = up.received();
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        assert_eq!(r.meta["pipelined"], true, "DATA arrived before MAIL was answered");
+        assert_eq!(r.meta["rsets"], 0);
+        assert_eq!(r.meta["tls"], true);
+        assert_eq!(
+            r.meta["rcpt_tos"],
+            serde_json::json!(["ok@example.net", "ok2@example.net"])
+        );
+        // Dot-stuffed on the way, unstuffed by the upstream: the same bytes.
+        assert_eq!(r.data, MESSAGE);
+    }
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn with_pipelining_a_transaction_without_recipients_is_reset_and_the_connection_kept() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "none", "--pipelining"]);
+    let t = transport(&smarthost(up.port, TlsMode::None, &h.ca.ca));
+    let results = send(
+        &t,
+        "app@example.com",
+        &["perm-fail@example.net", "temp-fail@example.net"],
+    )
+    .await;
+    assert_eq!(
+        classes(&results),
+        [
+            (Outcome::Bounced, ReplyClass::Permanent),
+            (Outcome::Deferred, ReplyClass::Transient)
+        ]
+    );
+    assert!(up.received().is_empty());
+    assert_eq!(t.idle_connections(), 1, "in a known state after RSET");
+    let results = send(&t, "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(classes(&results), [(Outcome::Delivered, ReplyClass::Ok)]);
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].meta["rsets"], 1, "the open transaction was reset");
+    assert_eq!(got[0].meta["rcpt_tos"], serde_json::json!(["ok@example.net"]));
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_dropped_is_replaced_in_the_same_attempt() {
+    for pipelining in [false, true] {
+        let h = harness();
+        let mut args = vec!["--tls", "none", "--drop-second-mail"];
+        if pipelining {
+            args.push("--pipelining");
+        }
+        let up = upstream(&h, &args);
+        let t = transport(&smarthost(up.port, TlsMode::None, &h.ca.ca));
+        for n in 1..=3 {
+            let results = send(&t, "app@example.com", &["ok@example.net"]).await;
+            assert_eq!(
+                classes(&results),
+                [(Outcome::Delivered, ReplyClass::Ok)],
+                "message {n} (pipelining {pipelining}): {results:?}"
+            );
+        }
+        assert_eq!(up.received().len(), 3);
+        // Each reuse met the closed connection once and went on a new one.
+        assert_eq!(up.connections(), 3, "pipelining {pipelining}");
+    }
 }
 
 /// Waits for the parking period to end (the probe may go), with a deadline.

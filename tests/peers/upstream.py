@@ -9,6 +9,11 @@ after the end of data (the upstream hangs mid-DATA and saves nothing); later one
 <n>.eml (the bytes after dot-unstuffing) plus <n>.json (envelope, connection number, and the
 MAIL and accepted RCPT command arguments exactly as they arrived: mail_raw, rcpt_raw);
 --dsn advertises DSN (RFC 3461) and accepts its parameters (aiosmtpd itself refuses them);
+--pipelining advertises PIPELINING (RFC 2920; aiosmtpd reads commands in order either way).
+The JSON also says whether the transaction's DATA command had already arrived when its MAIL
+was answered (pipelined) and how many RSETs the connection had seen (rsets).
+--drop-second-mail closes a connection without a reply when a second MAIL arrives on it (a
+server that gave up on an idle connection just as the client reused it).
 <maildir>/connections holds the number of TCP connections accepted so far.
 """
 
@@ -37,6 +42,8 @@ def parse_args():
     p.add_argument("--slow-seconds", type=float, default=5.0)
     p.add_argument("--hang-data", type=int, default=0, metavar="N", help="never answer the first N DATA")
     p.add_argument("--dsn", action="store_true", help="advertise DSN and accept RET, ENVID, NOTIFY, ORCPT")
+    p.add_argument("--pipelining", action="store_true", help="advertise PIPELINING (RFC 2920)")
+    p.add_argument("--drop-second-mail", action="store_true", help="close, unanswered, at a connection's second MAIL")
     return p.parse_args()
 
 
@@ -69,6 +76,8 @@ class Handler:
         session.host_name = hostname
         if self.args.dsn:
             responses.insert(len(responses) - 1, "250-DSN")
+        if self.args.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -104,6 +113,8 @@ class Handler:
             "authenticated": bool(session.authenticated),
             "mail_raw": getattr(envelope, "mail_raw", None),
             "rcpt_raw": getattr(envelope, "rcpt_raw", []),
+            "pipelined": getattr(envelope, "pipelined", False),
+            "rsets": getattr(server, "rsets", 0),
         }
         write_atomic(base + ".json", json.dumps(meta).encode())
         return "250 2.0.0 queued as %04d" % n
@@ -132,6 +143,8 @@ class CountingSMTP(SMTP):
         super().__init__(*a, **kw)
         self.state = state
         self.connection_number = 0
+        self.rsets = 0
+        self.mails = 0
 
     def without_dsn(self, arg, keywords):
         """The argument without the DSN parameters, which aiosmtpd would refuse with 555."""
@@ -142,11 +155,22 @@ class CountingSMTP(SMTP):
         return " ".join([arg[:end]] + kept)
 
     async def smtp_MAIL(self, arg):
+        self.mails += 1
+        if self.event_handler.args.drop_second_mail and self.mails == 2:
+            self.transport.close()
+            return
+        # Read before answering: with pipelining the rest of the group is already buffered.
+        pipelined = b"\r\nDATA\r\n" in b"\r\n" + bytes(self._reader._buffer)
         # aiosmtpd normalises the address it hands to the handler (quotes dropped where not
         # needed); the test needs the bytes the client sent.
         await super().smtp_MAIL(self.without_dsn(arg, ("RET", "ENVID")))
         if self.envelope.mail_from is not None and not hasattr(self.envelope, "mail_raw"):
             self.envelope.mail_raw = arg
+            self.envelope.pipelined = pipelined
+
+    async def smtp_RSET(self, arg):
+        self.rsets += 1
+        await super().smtp_RSET(arg)
 
     async def smtp_RCPT(self, arg):
         before = len(self.envelope.rcpt_tos)

@@ -7,6 +7,7 @@ use super::{
     classify::{self, Phase},
     command::{InvalidPath, PathCommand},
     starttls::{self, Implicit, Opened},
+    stuffing,
 };
 use crate::{
     config::{self, AuthMechanism, TlsMode},
@@ -15,12 +16,13 @@ use crate::{
 use lettre::transport::smtp::{
     authentication::{Credentials, Mechanism},
     client::AsyncSmtpConnection,
-    commands::{Auth, Data, Ehlo, Rset},
+    commands::{Auth, Rset},
     extension::{ClientId, Extension, ServerInfo},
+    response::Response,
 };
 use rustls::ClientConfig;
 use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
-use tokio::time::timeout;
+use tokio::{io::AsyncWriteExt, time::timeout};
 
 pub use super::smarthost::{DeliveryError, SmarthostTransport};
 
@@ -60,10 +62,13 @@ pub(crate) struct OpenFailure {
 #[derive(Debug)]
 pub(crate) struct Transaction {
     pub results: Vec<RcptResult>,
-    /// Still in a known state; may be pooled (after RSET).
+    /// Still in a known state (no transaction open); may be pooled.
     pub reusable: bool,
     /// A reply did not come in time: counts toward parking.
     pub timed_out: bool,
+    /// A pooled connection the server had closed: nothing was sent, so the message may be sent
+    /// again at once on a new connection.
+    pub stale: bool,
 }
 
 pub(crate) async fn step<T>(
@@ -214,7 +219,8 @@ fn read_secret(path: &Path) -> Result<String, RcptResult> {
     }
 }
 
-/// RFC 5321 4.1.1.5: RSET before reusing a pooled connection; also tells a dead one.
+/// RFC 5321 4.1.1.5: RSET ends a transaction that was started (MAIL accepted) but not
+/// completed; it also tells whether the connection still answers.
 pub(crate) async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bool {
     !conn.has_broken() && matches!(timeout(limit, conn.command(Rset)).await, Ok(Ok(_)))
 }
@@ -222,68 +228,110 @@ pub(crate) async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bo
 /// Sends one message to `recipients`, each RCPT on its own so that one rejection does not fail
 /// the others (RFC 5321 3.3).
 ///
+/// When the next hop offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA leave in one write
+/// and the message with its terminator in another: two round trips per message instead of
+/// 3 + recipients. No RSET follows a completed transaction: the reply to the end of data ends it
+/// (RFC 5321 4.1.1.4); one that was started and not completed is reset here.
+///
 /// `opened.info` is what the last EHLO reply said (after STARTTLS, the second one; RFC 3207
 /// 4.2). The DSN parameters go to a next hop that offers DSN (RFC 3461 5.2.1) and to no other.
 pub(crate) async fn transaction(
     opened: &mut Opened,
-    client_id: &ClientId,
     limit: Duration,
     envelope: &Envelope,
     recipients: &[Recipient],
     message: &[u8],
 ) -> Transaction {
     let all = |r: RcptResult| vec![r; recipients.len()];
-    let asked = !envelope.dsn.is_empty() || recipients.iter().any(|r| !r.dsn.is_empty());
-    let dsn = if asked {
-        match learn_dsn(opened, client_id, limit).await {
-            Ok(dsn) => dsn,
-            // A server that refuses the EHLO still takes the message, without the parameters.
-            Err(r) if is_reply(&r) => false,
-            Err(r) => return broken_unless_reply(all(r.clone()), &r),
-        }
-    } else {
-        false
-    };
-    let conn = &mut opened.conn;
+    let dsn = opened.offers.dsn;
     let mail = match mail_from(&opened.info, dsn, envelope, recipients, message) {
-        Ok(v) => v,
-        Err(r) => {
-            return Transaction {
-                results: all(r),
-                reusable: true,
-                timed_out: false,
+        Ok(v) => v.to_string(),
+        Err(r) => return finish(all(r), true),
+    };
+    let mut results: Vec<Option<RcptResult>> = vec![None; recipients.len()];
+    // The commands, with the recipient each RCPT is for.
+    let mut rcpts = Vec::with_capacity(recipients.len());
+    for (i, rcpt) in recipients.iter().enumerate() {
+        match rcpt_to(rcpt, dsn) {
+            Ok(command) => rcpts.push((i, command.to_string())),
+            Err(e) => results[i] = Some(invalid_address(&e)),
+        }
+    }
+    if rcpts.is_empty() {
+        return finish(fill(results, &unknown()), true);
+    }
+    let mut wire = Wire {
+        opened,
+        limit,
+        replies: 0,
+    };
+    let pipelining = wire.opened.offers.pipelining;
+    if pipelining {
+        // RFC 2920 3.1: DATA ends the group; every command gets its reply, in order.
+        let mut group = mail.clone();
+        for (_, command) in &rcpts {
+            group.push_str(command);
+        }
+        group.push_str("DATA\r\n");
+        if let Err(r) = wire.write(group.as_bytes()).await {
+            return wire.broken(fill(results, &r), &r);
+        }
+    }
+    if let Err(r) = wire.command(pipelining, &mail).await {
+        if !is_reply(&r) {
+            return wire.broken(fill(results, &r), &r);
+        }
+        // The RCPTs and DATA of the group are refused too (503); their replies are read so that
+        // the connection stays in step.
+        let tail = if pipelining { rcpts.len() + 1 } else { 0 };
+        return match wire.skip(tail).await {
+            Ok(()) => finish(fill(results, &r), true),
+            Err(e) => wire.broken(fill(results, &r), &e),
+        };
+    }
+    let mut accepted = Vec::new();
+    for (i, command) in &rcpts {
+        match wire.command(pipelining, command).await {
+            Ok(()) => accepted.push(*i),
+            Err(r) if is_reply(&r) => results[*i] = Some(r),
+            Err(r) => return wire.broken(fill(results, &r), &r),
+        }
+    }
+    if accepted.is_empty() && !pipelining {
+        return wire.abort(results).await;
+    }
+    let data = wire.command(pipelining, "DATA\r\n").await;
+    let result = match (data, accepted.is_empty()) {
+        (Ok(()), false) => match wire.write(&stuffing::encode(message)).await {
+            Ok(()) => wire.reply().await,
+            Err(r) => Err(r),
+        },
+        // RFC 2920 3.1: the server took DATA although no RCPT was accepted; an empty message
+        // ends it, and the server refuses it for want of recipients.
+        (Ok(()), true) => {
+            let ended = match wire.write(b".\r\n").await {
+                Ok(()) => wire.reply_any().await,
+                Err(r) => Err(r),
+            };
+            return match ended {
+                Ok(()) => finish(fill(results, &unknown()), true),
+                Err(r) => wire.broken(fill(results, &r), &r),
             };
         }
-    };
-    if let Err(r) = step(limit, Phase::Transaction, conn.command(mail)).await {
-        return broken_unless_reply(all(r.clone()), &r);
-    }
-    let mut results: Vec<Option<RcptResult>> = vec![None; recipients.len()];
-    let mut accepted = Vec::new();
-    for (i, rcpt) in recipients.iter().enumerate() {
-        let command = match rcpt_to(rcpt, dsn) {
-            Ok(command) => command,
-            Err(e) => {
-                results[i] = Some(invalid_address(&e));
-                continue;
+        (Err(r), _) if is_reply(&r) => {
+            if accepted.is_empty() {
+                // Refused for want of recipients: the transaction is still open.
+                return wire.abort(results).await;
             }
-        };
-        match step(limit, Phase::Transaction, conn.command(command)).await {
-            Ok(_) => accepted.push(i),
-            Err(r) if is_reply(&r) => results[i] = Some(r),
-            Err(r) => return broken_unless_reply(fill(results, &r), &r),
+            for &i in &accepted {
+                results[i] = Some(r.clone());
+            }
+            return wire.abort(results).await;
         }
-    }
-    if accepted.is_empty() {
-        return finish(results, true, false);
-    }
-    // RFC 5321 4.1.1.4: the reply to DATA end applies to every accepted recipient.
-    let sent = match step(limit, Phase::Transaction, conn.command(Data)).await {
-        // lettre appends CRLF.CRLF; drop the message's own final CRLF so the bytes arrive unchanged.
-        Ok(_) => step(limit, Phase::Transaction, conn.message(strip_final_crlf(message))).await,
-        Err(r) => Err(r),
+        (Err(r), _) => return wire.broken(fill(results, &r), &r),
     };
-    let result = match sent {
+    let result = match result {
+        // RFC 5321 4.1.1.4: the reply to the end of data applies to every accepted recipient.
         Ok(reply) => RcptResult {
             outcome: Outcome::Delivered,
             class: ReplyClass::Ok,
@@ -295,28 +343,88 @@ pub(crate) async fn transaction(
             next_hop_dsn: dsn,
         },
         Err(r) if is_reply(&r) => r,
-        Err(r) => return broken_unless_reply(fill(results, &r), &r),
+        Err(r) => return wire.broken(fill(results, &r), &r),
     };
     for i in accepted {
         results[i] = Some(result.clone());
     }
-    finish(results, true, false)
+    finish(fill(results, &unknown()), true)
 }
 
-/// Whether the next hop offers DSN: known from the EHLO after STARTTLS, else asked with one
-/// more EHLO (RFC 5321 4.1.4 allows it at any time; it also resets the transaction state).
-async fn learn_dsn(opened: &mut Opened, client_id: &ClientId, limit: Duration) -> Result<bool, RcptResult> {
-    if let Some(dsn) = opened.dsn {
-        return Ok(dsn);
+/// One transaction's traffic on a connection: writes go straight to the socket, replies are
+/// read (and parsed) by lettre, each under the command timeout.
+struct Wire<'a> {
+    opened: &'a mut Opened,
+    limit: Duration,
+    /// Replies read so far: none means the server never saw a transaction from us.
+    replies: usize,
+}
+
+impl Wire<'_> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), RcptResult> {
+        let mut sock = self.opened.handoff.clone();
+        match timeout(self.limit, async {
+            sock.write_all(bytes).await?;
+            sock.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(starttls::connection_failed(&e.to_string())),
+            Err(_elapsed) => Err(classify::timeout(Phase::Transaction)),
+        }
     }
-    let ehlo = Ehlo::new(client_id.clone());
-    let reply = step(limit, Phase::Transaction, opened.conn.command(ehlo)).await?;
-    if let Ok(info) = ServerInfo::from_response(&reply) {
-        opened.info = info;
+
+    /// The next reply, positive or not.
+    async fn reply(&mut self) -> Result<Response, RcptResult> {
+        let reply = step(self.limit, Phase::Transaction, self.opened.conn.read_response()).await;
+        if reply.is_ok() || reply.as_ref().is_err_and(is_reply) {
+            self.replies += 1;
+        }
+        reply
     }
-    let dsn = starttls::offers(&reply, "DSN");
-    opened.dsn = Some(dsn);
-    Ok(dsn)
+
+    /// The next reply, whatever it says; only a broken connection is an error.
+    async fn reply_any(&mut self) -> Result<(), RcptResult> {
+        match self.reply().await {
+            Err(r) if !is_reply(&r) => Err(r),
+            _ => Ok(()),
+        }
+    }
+
+    /// `command`'s reply; without pipelining it is sent first.
+    async fn command(&mut self, pipelined: bool, command: &str) -> Result<(), RcptResult> {
+        if !pipelined {
+            self.write(command.as_bytes()).await?;
+        }
+        self.reply().await.map(drop)
+    }
+
+    /// Reads and drops `n` replies.
+    async fn skip(&mut self, n: usize) -> Result<(), RcptResult> {
+        for _ in 0..n {
+            self.reply_any().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a started transaction with RSET; the connection is reused only if that works.
+    async fn abort(self, results: Vec<Option<RcptResult>>) -> Transaction {
+        let reusable = reset(&mut self.opened.conn, self.limit).await;
+        finish(fill(results, &unknown()), reusable)
+    }
+
+    /// The connection broke (or timed out) with `r`: not reusable. When it was taken from the
+    /// pool and the server answered nothing, the server closed it while it was idle, and the
+    /// message may go out at once on a new one.
+    fn broken(&self, results: Vec<RcptResult>, r: &RcptResult) -> Transaction {
+        Transaction {
+            results,
+            reusable: false,
+            timed_out: r.class == ReplyClass::Timeout,
+            stale: self.opened.reused && self.replies == 0,
+        }
+    }
 }
 
 /// MAIL FROM with SMTPUTF8 (RFC 6531 3.4) and BODY=8BITMIME (RFC 6152 3) when the message needs
@@ -402,59 +510,20 @@ fn fill(results: Vec<Option<RcptResult>>, r: &RcptResult) -> Vec<RcptResult> {
         .collect()
 }
 
-fn finish(results: Vec<Option<RcptResult>>, reusable: bool, timed_out: bool) -> Transaction {
-    let unknown = RcptResult {
+fn unknown() -> RcptResult {
+    RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Protocol,
         diagnostic: "no result for this recipient".into(),
         next_hop_dsn: false,
-    };
-    Transaction {
-        results: fill(results, &unknown),
-        reusable,
-        timed_out,
     }
 }
 
-fn broken_unless_reply(results: Vec<RcptResult>, r: &RcptResult) -> Transaction {
-    let reply = is_reply(r);
+fn finish(results: Vec<RcptResult>, reusable: bool) -> Transaction {
     Transaction {
         results,
-        reusable: reply,
-        timed_out: r.class == ReplyClass::Timeout,
-    }
-}
-
-fn strip_final_crlf(message: &[u8]) -> &[u8] {
-    message.strip_suffix(b"\r\n").unwrap_or(message)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_one_final_crlf_is_dropped() {
-        struct Case {
-            input: &'static [u8],
-            want: &'static [u8],
-        }
-        let cases = [
-            Case {
-                input: b"a\r\n",
-                want: b"a",
-            },
-            Case {
-                input: b"a\r\n\r\n",
-                want: b"a\r\n",
-            },
-            Case {
-                input: b"a",
-                want: b"a",
-            },
-        ];
-        for c in cases {
-            assert_eq!(strip_final_crlf(c.input), c.want);
-        }
+        reusable,
+        timed_out: false,
+        stale: false,
     }
 }

@@ -10,6 +10,7 @@ pub mod park;
 pub mod pool;
 pub mod smarthost;
 pub mod starttls;
+mod stuffing;
 pub mod tls;
 
 pub use capture::CaptureTransport;

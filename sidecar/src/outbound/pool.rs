@@ -1,8 +1,11 @@
 //! Idle connections kept for reuse, for both transports: the smarthost keys them by `()`, direct
 //! delivery by destination address and security demand. A connection is reused only while it is
-//! fresh and still answers `RSET` (RFC 5321 4.1.1.5); anything else is dropped.
+//! fresh and the server has neither closed it nor said anything since (a `421` before closing,
+//! RFC 5321 3.8); anything else is dropped. No `RSET` is sent to find out: a completed
+//! transaction leaves nothing to reset (RFC 5321 4.1.1.4), and a server that closes the
+//! connection just as it is reused is met by the transports' one retry on a new connection.
 
-use super::{client, starttls::Opened};
+use super::starttls::Opened;
 use crate::sync::lock;
 use std::{
     collections::HashMap,
@@ -66,13 +69,14 @@ impl<K: Eq + Hash> Pool<K> {
         }
     }
 
-    /// The most recently used idle connection to `key` that is fresh and still answers `RSET`
-    /// within `limit`; stale ones met on the way are dropped.
-    pub async fn take(&self, key: &K, limit: Duration) -> Option<Opened> {
+    /// The most recently used idle connection to `key` that is fresh and quiet; stale ones met
+    /// on the way are dropped.
+    pub fn take(&self, key: &K) -> Option<Opened> {
         loop {
             let idle = lock(&self.idle).get_mut(key).and_then(Vec::pop)?;
             let mut opened = idle.opened;
-            if idle.since.elapsed() < IDLE_TIMEOUT && client::reset(&mut opened.conn, limit).await {
+            if idle.since.elapsed() < IDLE_TIMEOUT && opened.handoff.quiet() {
+                opened.reused = true;
                 return Some(opened);
             }
         }

@@ -156,8 +156,20 @@ impl SmarthostTransport {
             p.disarm();
         }
         let limit = self.settings.command_timeout;
-        let id = &self.settings.client_id;
-        let tx = client::transaction(&mut opened, id, limit, envelope, recipients, message).await;
+        let mut tx = client::transaction(&mut opened, limit, envelope, recipients, message).await;
+        if tx.stale {
+            // The server closed the idle connection: once more on a new one.
+            opened = match client::open(&self.settings).await {
+                Ok(opened) => opened,
+                Err(failure) => {
+                    if failure.parks {
+                        self.connection_failed();
+                    }
+                    return all(failure.result);
+                }
+            };
+            tx = client::transaction(&mut opened, limit, envelope, recipients, message).await;
+        }
         if tx.timed_out {
             self.connection_failed();
         }
@@ -165,9 +177,9 @@ impl SmarthostTransport {
         tx.results
     }
 
-    /// An idle connection that still answers RSET, or a new one.
+    /// A usable idle connection, or a new one.
     async fn checkout(&self) -> Result<Opened, client::OpenFailure> {
-        match self.idle.take(&(), self.settings.command_timeout).await {
+        match self.idle.take(&()) {
             Some(opened) => Ok(opened),
             None => client::open(&self.settings).await,
         }

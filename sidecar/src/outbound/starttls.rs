@@ -37,10 +37,23 @@ enum Slot {
     Moving,
 }
 
-/// The socket under a lettre connection, swappable from plain to TLS in place.
+/// The stream, and a copy of what is read while `tap` is set.
+struct Shared {
+    slot: Slot,
+    /// lettre reads the greeting and the EHLO reply itself and keeps only the extensions it
+    /// knows; the tap keeps the bytes, so that DSN and PIPELINING are learned from the same reply.
+    tap: Option<Vec<u8>>,
+}
+
+/// Most bytes the tap keeps: a greeting and an EHLO reply fit many times over.
+const TAP_LIMIT: usize = 16 << 10;
+
+/// The socket under a lettre connection, swappable from plain to TLS in place. The transaction
+/// writes through it directly (pipelined command groups and the message in one write each) and
+/// reads the replies through lettre.
 #[derive(Clone)]
 pub(crate) struct Handoff {
-    slot: Arc<Mutex<Slot>>,
+    shared: Arc<Mutex<Shared>>,
     peer: SocketAddr,
 }
 
@@ -58,7 +71,7 @@ fn moving() -> io::Error {
 
 macro_rules! with_stream {
     ($self:ident, $s:ident => $e:expr) => {
-        match &mut *lock(&$self.slot) {
+        match &mut lock(&$self.shared).slot {
             Slot::Plain($s) => {
                 let $s = Pin::new($s);
                 $e
@@ -74,7 +87,54 @@ macro_rules! with_stream {
 
 impl AsyncRead for Handoff {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        with_stream!(self, s => s.poll_read(cx, buf))
+        let mut shared = lock(&self.shared);
+        let before = buf.filled().len();
+        let polled = match &mut shared.slot {
+            Slot::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Slot::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Slot::Moving => Poll::Ready(Err(moving())),
+        };
+        if let (Poll::Ready(Ok(())), Some(tap)) = (&polled, &mut shared.tap) {
+            let read = &buf.filled()[before..];
+            let room = TAP_LIMIT.saturating_sub(tap.len());
+            tap.extend_from_slice(&read[..read.len().min(room)]);
+        }
+        polled
+    }
+}
+
+impl Handoff {
+    fn new(slot: Slot, peer: SocketAddr) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared { slot, tap: None })),
+            peer,
+        }
+    }
+
+    /// Starts keeping a copy of what is read.
+    fn start_tap(&self) {
+        lock(&self.shared).tap = Some(Vec::new());
+    }
+
+    /// Stops the tap and gives back what it kept.
+    fn take_tap(&self) -> Vec<u8> {
+        lock(&self.shared).tap.take().unwrap_or_default()
+    }
+
+    /// Whether the connection still looks usable without a round trip: nothing unsolicited has
+    /// arrived (a `421` before closing, RFC 5321 3.8) and the server has not closed it. Looks at
+    /// the TCP socket only, so it costs no syscall while the socket has nothing to read.
+    pub(crate) fn quiet(&self) -> bool {
+        let mut shared = lock(&self.shared);
+        let tcp = match &mut shared.slot {
+            Slot::Plain(s) => s,
+            Slot::Tls(s) => &mut s.get_mut().0,
+            Slot::Moving => return false,
+        };
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
     }
 }
 
@@ -101,10 +161,46 @@ pub(crate) struct Opened {
     pub conn: AsyncSmtpConnection,
     pub info: ServerInfo,
     pub handoff: Handoff,
-    /// Whether the last EHLO reply offered DSN (RFC 3461 3), once known: lettre reads the first
-    /// EHLO reply itself and keeps only the extensions it knows, so this is learned from the
-    /// EHLO after STARTTLS, or from one more EHLO when a message needs it.
-    pub dsn: Option<bool>,
+    /// What the last EHLO reply offered beyond what lettre knows.
+    pub offers: Offers,
+    /// Taken from the pool: a connection the server may have closed while it was idle.
+    pub reused: bool,
+}
+
+/// Extensions of the last EHLO reply that lettre's `ServerInfo` does not keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Offers {
+    /// RFC 3461 3.
+    pub dsn: bool,
+    /// RFC 2920 3.
+    pub pipelining: bool,
+}
+
+impl Offers {
+    /// From an EHLO reply.
+    pub(crate) fn of(reply: &Response) -> Self {
+        Self {
+            dsn: offers(reply, "DSN"),
+            pipelining: offers(reply, "PIPELINING"),
+        }
+    }
+
+    /// From the bytes read while connecting: the greeting, then the reply to EHLO (or to HELO,
+    /// which offers nothing).
+    fn from_transcript(bytes: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(bytes);
+        let Some(at) = text
+            .match_indices("\r\n")
+            .map(|(i, _)| i + 2)
+            .find(|&i| text[i..].starts_with("250"))
+        else {
+            return Self::default();
+        };
+        text[at..]
+            .parse::<Response>()
+            .map(|r| Self::of(&r))
+            .unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for Opened {
@@ -137,23 +233,23 @@ pub(crate) async fn connect(
             handshake(tcp, i.config, i.server_name, command_timeout).await?,
         )),
     };
-    let handoff = Handoff {
-        slot: Arc::new(Mutex::new(slot)),
-        peer,
-    };
+    let handoff = Handoff::new(slot, peer);
     let stream: Box<dyn AsyncTokioStream> = Box::new(handoff.clone());
+    handoff.start_tap();
     let conn = step(
         command_timeout,
         Phase::Connect,
         AsyncSmtpConnection::connect_with_transport(stream, client_id),
     )
     .await?;
+    let offers = Offers::from_transcript(&handoff.take_tap());
     let info = conn.server_info().clone();
     Ok(Opened {
         conn,
         info,
         handoff,
-        dsn: None,
+        offers,
+        reused: false,
     })
 }
 
@@ -225,7 +321,7 @@ pub(crate) async fn upgrade(
     limit: Duration,
 ) -> Result<(TlsVersion, Vec<CertificateDer<'static>>), RcptResult> {
     step(limit, Phase::Tls, opened.conn.command(Starttls)).await?;
-    let plain = match std::mem::replace(&mut *lock(&opened.handoff.slot), Slot::Moving) {
+    let plain = match std::mem::replace(&mut lock(&opened.handoff.shared).slot, Slot::Moving) {
         Slot::Plain(s) => s,
         _ => return Err(tls_failed("STARTTLS on a stream that is not plain text")),
     };
@@ -241,7 +337,7 @@ pub(crate) async fn upgrade(
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    *lock(&opened.handoff.slot) = Slot::Tls(Box::new(tls));
+    lock(&opened.handoff.shared).slot = Slot::Tls(Box::new(tls));
     let reply = step(
         limit,
         Phase::Tls,
@@ -249,7 +345,7 @@ pub(crate) async fn upgrade(
     )
     .await?;
     opened.info = ServerInfo::from_response(&reply).map_err(|e| classify::result(Phase::Tls, &e))?;
-    opened.dsn = Some(offers(&reply, "DSN"));
+    opened.offers = Offers::of(&reply);
     Ok((version, chain))
 }
 

@@ -167,18 +167,25 @@ impl<R: MxResolver> DirectTransport<R> {
                 }
             };
             let limit = self.settings.command_timeout;
-            let id = &self.settings.client_id;
-            let tx = client::transaction(&mut opened, id, limit, envelope, recipients, message).await;
+            let mut tx = client::transaction(&mut opened, limit, envelope, recipients, message).await;
+            if tx.stale {
+                // The server closed the idle connection: once more on a new one.
+                opened = match self.open(&hop, &security).await {
+                    Ok(o) => o,
+                    Err(r) => return all(r),
+                };
+                tx = client::transaction(&mut opened, limit, envelope, recipients, message).await;
+            }
             self.idle.give_back((hop, security), opened, tx.reusable);
             return tx.results;
         }
         all(last.unwrap_or_else(|| security::failure(format!("no usable mail exchanger for {domain}"))))
     }
 
-    /// An idle connection to `hop` that still answers RSET, or a new one.
+    /// A usable idle connection to `hop`, or a new one.
     async fn checkout(&self, hop: &Hop, security: &Security) -> Result<Opened, RcptResult> {
         let key = (hop.clone(), security.clone());
-        match self.idle.take(&key, self.settings.command_timeout).await {
+        match self.idle.take(&key) {
             Some(opened) => Ok(opened),
             None => self.open(hop, security).await,
         }
