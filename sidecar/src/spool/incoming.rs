@@ -63,7 +63,7 @@ impl Incoming {
             durable: commit.is_some(),
             reply: Some(reply),
         };
-        self.spool.inner.tx.send(op).await.map_err(|_| SinkError::Io)?;
+        self.spool.inner.log.submit(op);
         self.pending.push(rx);
         Ok(())
     }

@@ -42,6 +42,11 @@ use writer::Op;
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Message bytes buffered by a session before they are handed to the writer.
 const CHUNK_BYTES: usize = 256 << 10;
+/// Messages up to this size that arrived within `INLINE_READ_AGE_SECS` are read on the calling
+/// task: they are still in the page cache, so the read is a copy, cheaper than handing it to a
+/// blocking thread and back (two thread wake-ups per message). Older ones may need the disk.
+const INLINE_READ_BYTES: u64 = 64 << 10;
+const INLINE_READ_AGE_SECS: u64 = 30;
 
 /// Path of segment `seq`.
 pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -100,14 +105,14 @@ struct State {
 struct Inner {
     dir: PathBuf,
     limits: Mutex<(u64, u64)>,
-    tx: mpsc::Sender<Op>,
+    log: writer::Log,
     state: Mutex<State>,
     next_id: AtomicU64,
     active: Arc<AtomicU64>,
     arrivals: mpsc::UnboundedSender<Queued>,
     /// False while delivery records cannot be written (disk full, reserve spent).
     recording: Arc<AtomicBool>,
-    /// The writer thread, taken by [`Spool::close`].
+    /// The log's sync thread, taken by [`Spool::close`].
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -162,7 +167,7 @@ impl Spool {
             recording.clone(),
             metrics.spool_disk_full.clone(),
         );
-        let w = writer::Writer::create(
+        let (log, writer) = writer::Log::start(
             dir.clone(),
             active_seq,
             SEGMENT_BYTES,
@@ -171,18 +176,13 @@ impl Spool {
             reserve,
         )
         .map_err(err)?;
-        let (tx, rx) = mpsc::channel(1024);
-        let writer = std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || w.run(rx))
-            .map_err(err)?;
         let (arrivals, arrivals_rx) = mpsc::unbounded_channel();
         let now_id = (crate::message::now_millis() << 20).max(replayed.max_id + 1);
         let spool = Spool {
             inner: Arc::new(Inner {
                 dir,
                 limits: Mutex::new((cfg.max_bytes, cfg.max_messages)),
-                tx,
+                log,
                 state: Mutex::new(state),
                 next_id: AtomicU64::new(now_id),
                 active,
@@ -259,7 +259,10 @@ impl Spool {
             }
             (entry, files)
         };
-        tokio::task::spawn_blocking(move || {
+        let recent = crate::message::now_secs().saturating_sub(entry.meta.envelope.received_at)
+            <= INLINE_READ_AGE_SECS;
+        let inline = recent && entry.meta.len <= INLINE_READ_BYTES;
+        let read = move || {
             let sig = entry.meta.signature.as_deref().unwrap_or("").as_bytes();
             // Sized from the chunks found on disk, not from the Commit's length: a corrupt length
             // must fail the check below, not ask the allocator for terabytes (found by fuzzing).
@@ -286,9 +289,13 @@ impl Spool {
                 ));
             }
             Ok(out)
-        })
-        .await
-        .map_err(io::Error::other)?
+        };
+        if inline {
+            return read();
+        }
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// Records the DKIM-Signature header to prepend from now on.
@@ -319,7 +326,17 @@ impl Spool {
     pub async fn remove(&self, id: MessageId) {
         let mut buf = Vec::new();
         record::encode(&mut buf, Kind::Done, id, b"");
-        let _ = self.send(buf, vec![], false).await;
+        // Not waited for: the writer writes it as soon as it takes it (before anything queued
+        // after it), and nothing here depends on where it lands; waiting would cost a thread
+        // wake-up per message. The message's own segments may go before it is written: once
+        // they are gone there is nothing left to deliver again.
+        let op = Op {
+            buf,
+            payloads: vec![],
+            durable: false,
+            reply: None,
+        };
+        self.inner.log.submit(op);
         {
             let mut st = lock(&self.inner.state);
             if let Some(e) = st.entries.remove(&id) {
@@ -362,7 +379,7 @@ impl Spool {
             durable,
             reply: Some(reply),
         };
-        self.inner.tx.send(op).await.map_err(|_| WriteError::Io)?;
+        self.inner.log.submit(op);
         rx.await.map_err(|_| WriteError::Io)?
     }
 

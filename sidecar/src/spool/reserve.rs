@@ -65,12 +65,6 @@ impl Reserve {
         self.held
     }
 
-    /// Whether new mail may be written: the reserve is in place, or could be written again now.
-    pub fn admits_new_mail(&mut self) -> bool {
-        self.retry();
-        self.held
-    }
-
     /// Writes the reserve again if it is given up, at most once per [`RETRY`].
     pub fn retry(&mut self) {
         if !self.held && self.last_try.is_none_or(|t| t.elapsed() >= RETRY) {

@@ -1,24 +1,30 @@
-//! The segment writer: one thread owns the active segment file and commits in groups.
-//! Durable requests (new messages) that arrive while an fsync runs are held and written together
-//! just before the next fsync, so every one of them shares it and none sits written but
-//! unacknowledged for longer than one fsync. Non-durable records (Done, RcptDone, Signature) are
-//! written at once, even while an fsync runs on the sync thread: a written record survives a
-//! process crash, and the sooner a Done record is written after the upstream's `250`, the fewer
-//! duplicates a crash causes (RFC 5321 6.1).
+//! The segment log: callers append their records themselves, and one sync thread commits in
+//! groups.
+//!
+//! Appending is a `write` into the page cache under a short lock, done on the caller's task:
+//! handing every record to a writer thread and back cost two thread wake-ups per record, which
+//! on a small machine was most of a message's cost. A durable request (a new message) leaves its
+//! reply with the sync thread, which makes everything written so far stable with one fsync and
+//! answers every request of the group; requests written while that fsync runs share the next
+//! one, so none sits written but unacknowledged for longer than one fsync. Non-durable records
+//! (Done, RcptDone, Signature) are answered at once: a written record survives a process crash,
+//! and the sooner a Done record is written after the upstream's `250`, the fewer duplicates a
+//! crash causes (RFC 5321 6.1). The sync thread makes them stable within [`LAZY_SYNC`].
 
 use super::{reserve::Reserve, segment_path};
+use crate::sync::lock;
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
-        mpsc as std_mpsc,
     },
-    time::Duration,
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Where a payload landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +46,7 @@ pub enum WriteError {
     Io,
 }
 
-/// What the writer answers: the segment written to and where each requested payload landed.
+/// What the log answers: the segment written to and where each requested payload landed.
 pub type Written = Result<(u64, Vec<Loc>), WriteError>;
 
 /// One request: encoded records, the payloads whose locations the caller wants, and whether the
@@ -57,73 +63,189 @@ pub struct Op {
     pub reply: Option<oneshot::Sender<Written>>,
 }
 
-/// Most bytes gathered into one write.
-const MAX_BATCH_BYTES: usize = 8 << 20;
-/// Non-durable records (Done, RcptDone) are flushed after this much quiet time at the latest.
-/// They are in the page cache as soon as they are written, so a process crash (SIGKILL, OOM)
-/// never loses them; only a kernel crash or power loss within this window can, and then the
+/// Non-durable records (Done, RcptDone) are made stable this long after the first of them at
+/// the latest. They are in the page cache as soon as they are written, so a process crash (SIGKILL,
+/// OOM) never loses them; only a kernel crash or power loss within this window can, and then the
 /// message is delivered again (a duplicate, never a loss).
-const LAZY_SYNC: Duration = Duration::from_millis(50);
+pub(super) const LAZY_SYNC: Duration = Duration::from_millis(50);
 /// No segment has this sequence number; marks "no fsync has failed".
 const NO_SEGMENT: u64 = 0;
+/// Writes larger than this leave the async worker to other tasks while they run
+/// (`block_in_place`): a large write may wait for the page cache's writeback.
+const LARGE_WRITE: usize = 64 << 10;
 
-pub(super) struct Writer {
+/// Handle to the log; dropping it ends the sync thread after a last fsync.
+#[derive(Debug)]
+pub(super) struct Log {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// The sync thread waits here for work.
+    work: Condvar,
+    dir: PathBuf,
+    batch_size: prometheus::Histogram,
+}
+
+#[derive(Debug)]
+struct State {
     dir: PathBuf,
     seg_limit: u64,
     active: Arc<AtomicU64>,
     file: Arc<File>,
     offset: u64,
+    /// Segments written since the last fsync began (the active one, and a sealed one whose
+    /// records are not yet stable).
+    dirty: Vec<(u64, Arc<File>)>,
+    /// A new segment exists that the directory's fsync has not covered.
     dir_dirty: bool,
-    unsynced: bool,
-    batch_size: prometheus::Histogram,
+    /// When the oldest non-durable record not yet covered by an fsync was written.
+    lazy_since: Option<Instant>,
+    /// Durable requests written and waiting for the next fsync.
+    waiting: Vec<(oneshot::Sender<Written>, Written)>,
     /// Segment whose fsync failed (fsyncgate: its page cache can no longer be trusted).
-    poisoned: Arc<AtomicU64>,
+    poisoned: u64,
     /// Space held back for delivery records when the disk fills.
     reserve: Reserve,
+    /// The sync thread is asleep on `work`.
+    idle: bool,
+    /// Every handle is gone: sync what is left and stop.
+    closed: bool,
 }
 
-/// Durable requests of one written batch, waiting for the fsync that makes them stable.
-struct Pending {
-    seg: u64,
-    file: Arc<File>,
-    sync_dir: bool,
-    replies: Vec<(oneshot::Sender<Written>, Written)>,
-}
-
-impl Writer {
-    /// Creates a new segment `seq` and makes it the active one.
-    pub fn create(
+impl Log {
+    /// Creates segment `seq`, makes it the active one, and starts the sync thread.
+    pub fn start(
         dir: PathBuf,
         seq: u64,
         seg_limit: u64,
         active: Arc<AtomicU64>,
         batch_size: prometheus::Histogram,
         reserve: Reserve,
-    ) -> io::Result<Self> {
+    ) -> io::Result<(Self, JoinHandle<()>)> {
         let file = Arc::new(open_new(&dir, seq)?);
         active.store(seq, Ordering::SeqCst);
-        Ok(Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                dir: dir.clone(),
+                seg_limit,
+                active,
+                file,
+                offset: 0,
+                dirty: Vec::new(),
+                dir_dirty: true,
+                lazy_since: None,
+                waiting: Vec::new(),
+                poisoned: NO_SEGMENT,
+                reserve,
+                idle: false,
+                closed: false,
+            }),
+            work: Condvar::new(),
             dir,
-            seg_limit,
-            active,
-            file,
-            offset: 0,
-            dir_dirty: true,
-            unsynced: false,
             batch_size,
-            poisoned: Arc::new(AtomicU64::new(NO_SEGMENT)),
-            reserve,
-        })
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("spool-sync".into())
+                .spawn(move || shared.sync_loop())?
+        };
+        Ok((Self { shared }, thread))
     }
 
-    /// Starts segment `active + 1`; with `seal`, the current one is made durable first.
-    fn rotate(&mut self, seal: bool) -> io::Result<()> {
+    /// Writes `op` and answers it: a non-durable request at once, a durable one once the next
+    /// fsync has made it stable.
+    pub fn submit(&self, op: Op) {
+        if op.buf.len() > LARGE_WRITE
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            tokio::task::block_in_place(|| self.write(op));
+        } else {
+            self.write(op);
+        }
+    }
+
+    fn write(&self, op: Op) {
+        let Op {
+            buf,
+            payloads,
+            durable,
+            reply,
+        } = op;
+        let mut st = lock(&self.shared.state);
+        if st.closed {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(WriteError::Io));
+            }
+            return;
+        }
+        if durable {
+            // New mail must not take the space that delivery records will need.
+            let written = if st.reserve.held() {
+                st.append(&buf, &payloads)
+            } else {
+                Err(WriteError::DiskFull)
+            };
+            match (written, reply) {
+                (Ok(w), Some(reply)) => {
+                    st.waiting.push((reply, Ok(w)));
+                    self.wake(&mut st);
+                }
+                (Ok(_), None) => {}
+                (Err(e), reply) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            return;
+        }
+        // When a delivery record does not fit, the reserve makes room for it: it is what keeps
+        // delivered mail from going out again.
+        let mut written = st.append(&buf, &payloads);
+        if written == Err(WriteError::DiskFull) && st.reserve.release() {
+            written = st.append(&buf, &payloads);
+            // The sync thread writes the reserve back once there is room again.
+            self.wake(&mut st);
+        }
+        st.reserve.recorded(written != Err(WriteError::DiskFull));
+        if written.is_ok() && st.lazy_since.is_none() {
+            st.lazy_since = Some(Instant::now());
+            self.wake(&mut st);
+        }
+        drop(st);
+        if let Some(reply) = reply {
+            let _ = reply.send(written);
+        }
+    }
+
+    fn wake(&self, st: &mut MutexGuard<'_, State>) {
+        if st.idle {
+            st.idle = false;
+            self.shared.work.notify_one();
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let mut st = lock(&self.shared.state);
+        st.closed = true;
+        st.idle = false;
+        self.shared.work.notify_one();
+    }
+}
+
+impl State {
+    /// Starts segment `active + 1`. The sealed one stays in `dirty` until an fsync covers it,
+    /// and nothing in the new one is acknowledged before that fsync.
+    fn rotate(&mut self) -> io::Result<()> {
         let next = self.active.load(Ordering::SeqCst) + 1;
         let file = open_new(&self.dir, next)?;
-        // The sealed segment must be durable before anything in the new one is acknowledged.
-        if seal {
-            self.file.sync_data()?;
-        }
         self.file = Arc::new(file);
         self.offset = 0;
         self.dir_dirty = true;
@@ -131,261 +253,141 @@ impl Writer {
         Ok(())
     }
 
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
-        if self.dir_dirty {
-            File::open(&self.dir)?.sync_all()?;
-            self.dir_dirty = false;
-        }
-        self.unsynced = false;
-        Ok(())
-    }
-
-    /// Runs until every sender is gone, then flushes.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Op>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => return tracing::error!(error = %e, "spool writer cannot start"),
-        };
-        let (sync_tx, sync_rx) = std_mpsc::channel();
-        let (synced_tx, mut synced_rx) = mpsc::unbounded_channel();
-        let syncer = {
-            let (dir, poisoned, batch_size) =
-                (self.dir.clone(), self.poisoned.clone(), self.batch_size.clone());
-            std::thread::Builder::new()
-                .name("spool-sync".into())
-                .spawn(move || sync_loop(&sync_rx, &synced_tx, &dir, &poisoned, &batch_size))
-        };
-        let syncer = match syncer {
-            Ok(handle) => handle,
-            Err(e) => return tracing::error!(error = %e, "spool sync thread cannot start"),
-        };
-        let (mut held, mut lazy) = (Vec::new(), Vec::new());
-        let (mut open, mut syncing) = (true, false);
-        while open || syncing || !held.is_empty() {
-            let event = rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    r = synced_rx.recv(), if syncing => r.map_or(Event::SyncerGone, |()| Event::Synced),
-                    op = rx.recv(), if open => op.map_or(Event::Closed, Event::Op),
-                    () = tokio::time::sleep(LAZY_SYNC), if self.unsynced && !syncing => Event::Quiet,
-                    () = tokio::time::sleep(super::reserve::RETRY), if !self.reserve.held() => Event::DiskFull,
-                    else => Event::Closed,
-                }
-            });
-            match event {
-                Event::Op(first) => {
-                    gather(first, &mut rx, &mut held, &mut lazy);
-                    // Non-durable records may overtake durable ones held for the next group. They
-                    // never concern the same message, except a Done racing a compaction's
-                    // relocation; replay then finds the relocated copy live and delivers it
-                    // again: a duplicate, as that race could already cause in a narrower window.
-                    self.write_lazy(&mut lazy);
-                }
-                Event::Synced => syncing = false,
-                Event::DiskFull => self.reserve.retry(),
-                Event::Quiet => {
-                    if let Err(e) = self.sync() {
-                        tracing::error!(error = %e, "spool fsync failed");
-                    }
-                }
-                // Only a panic ends the sync thread early; its group's callers see an error, and
-                // so will every later group (the send below fails).
-                Event::SyncerGone => {
-                    tracing::error!("spool sync thread is gone");
-                    syncing = false;
-                }
-                Event::Closed => open = false,
-            }
-            if !syncing && let Some(pending) = self.write_group(&mut held) {
-                syncing = sync_tx.send(pending).is_ok();
-            }
-        }
-        drop(sync_tx);
-        let _ = syncer.join();
-        if let Err(e) = self.sync() {
-            tracing::error!(error = %e, "spool fsync at shutdown failed");
-        }
-    }
-
-    /// Appends non-durable records and answers them at once. When they do not fit, the
-    /// reserve makes room for them: they are what keeps delivered mail from going out again.
-    fn write_lazy(&mut self, batch: &mut Vec<Op>) {
-        if batch.is_empty() {
-            return;
-        }
-        let mut written = self.append(batch);
-        if written == Err(WriteError::DiskFull) && self.reserve.release() {
-            written = self.append(batch);
-        }
-        match written {
-            Ok((seg, locs)) => {
-                self.reserve.recorded(true);
-                for (op, locs) in batch.drain(..).zip(locs) {
-                    if let Some(reply) = op.reply {
-                        let _ = reply.send(Ok((seg, locs)));
-                    }
-                }
-            }
-            Err(e) => {
-                self.reserve.recorded(e != WriteError::DiskFull);
-                reply_all(batch, Err(e));
-            }
-        }
-    }
-
-    /// Appends the held durable requests as one group for the sync thread to make stable.
-    fn write_group(&mut self, held: &mut Vec<Op>) -> Option<Pending> {
-        if held.is_empty() {
-            return None;
-        }
-        // New mail must not take the space that delivery records will need.
-        if !self.reserve.admits_new_mail() {
-            reply_all(held, Err(WriteError::DiskFull));
-            return None;
-        }
-        let (seg, locs) = match self.append(held) {
-            Ok(written) => written,
-            Err(e) => {
-                reply_all(held, Err(e));
-                return None;
-            }
-        };
-        let replies = held
-            .drain(..)
-            .zip(locs)
-            .filter_map(|(op, locs)| Some((op.reply?, Ok((seg, locs)))))
-            .collect();
-        // The group's fsync covers everything written before it, lazy records included.
-        self.unsynced = false;
-        let sync_dir = std::mem::take(&mut self.dir_dirty);
-        Some(Pending {
-            seg,
-            file: self.file.clone(),
-            sync_dir,
-            replies,
-        })
-    }
-
-    /// Writes `batch` in one `write` at the end of the active segment (rotating first when it is
+    /// Writes `buf` in one `write` at the end of the active segment (rotating first when it is
     /// full or its fsync failed) and returns where each requested payload landed. On failure
-    /// nothing of `batch` is left in the segment and nobody is answered yet.
-    fn append(&mut self, batch: &[Op]) -> Result<(u64, Vec<Vec<Loc>>), WriteError> {
+    /// nothing of `buf` is left in the segment.
+    fn append(&mut self, buf: &[u8], payloads: &[(usize, u32)]) -> Written {
         let active = self.active.load(Ordering::SeqCst);
         // After a failed fsync nothing new is appended to that segment (its pages may be lost).
-        let rotation = if self.poisoned.load(Ordering::SeqCst) == active {
-            self.rotate(false)
-        } else if self.offset >= self.seg_limit {
-            self.rotate(true)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = rotation {
+        if (self.poisoned == active || self.offset >= self.seg_limit)
+            && let Err(e) = self.rotate()
+        {
             tracing::error!(error = %e, "spool segment rotation failed");
             return Err(classify(&e));
         }
         let seg = self.active.load(Ordering::SeqCst);
         let start = self.offset;
-        let mut all = Vec::with_capacity(batch.iter().map(|op| op.buf.len()).sum());
-        let mut results = Vec::with_capacity(batch.len());
-        for op in batch.iter() {
-            let base = start + all.len() as u64;
-            let locs = op
-                .payloads
-                .iter()
-                .map(|&(at, len)| Loc {
-                    seg,
-                    offset: base + at as u64,
-                    len,
-                })
-                .collect();
-            results.push(locs);
-            all.extend_from_slice(&op.buf);
-        }
-        if let Err(e) = (&*self.file).write_all(&all) {
+        if let Err(e) = (&*self.file).write_all(buf) {
             tracing::error!(error = %e, "spool write failed");
             // Cut the torn tail so later records never follow garbage.
             let _ = self.file.set_len(start);
             return Err(classify(&e));
         }
-        self.offset += all.len() as u64;
-        self.unsynced = true;
-        Ok((seg, results))
-    }
-}
-
-/// Sorts `first` and whatever else is queued (up to `MAX_BATCH_BYTES`) into durable requests,
-/// held for the next group, and non-durable ones, written at once.
-fn gather(first: Op, rx: &mut mpsc::Receiver<Op>, held: &mut Vec<Op>, lazy: &mut Vec<Op>) {
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(op) = next {
-        bytes += op.buf.len();
-        if op.durable {
-            held.push(op);
-        } else {
-            lazy.push(op);
+        self.offset += buf.len() as u64;
+        if !self.dirty.iter().any(|(s, _)| *s == seg) {
+            self.dirty.push((seg, self.file.clone()));
         }
-        next = if bytes < MAX_BATCH_BYTES {
-            rx.try_recv().ok()
-        } else {
-            None
-        };
-    }
-}
-
-/// What woke the writer.
-enum Event {
-    /// A request arrived.
-    Op(Op),
-    /// The sync thread made the last group stable and answered it.
-    Synced,
-    /// The sync thread ended (it only does so by panicking).
-    SyncerGone,
-    /// No request for `LAZY_SYNC` with non-durable records unsynced.
-    Quiet,
-    /// No request for a while with the reserve given up: time to try writing it again.
-    DiskFull,
-    /// Every sender is gone.
-    Closed,
-}
-
-/// The sync thread: one fsync per group of durable requests, then their replies, then a note to
-/// the writer that the next group may go.
-fn sync_loop(
-    rx: &std_mpsc::Receiver<Pending>,
-    synced: &mpsc::UnboundedSender<()>,
-    dir: &Path,
-    poisoned: &AtomicU64,
-    batch_size: &prometheus::Histogram,
-) {
-    while let Ok(p) = rx.recv() {
-        let result = if poisoned.load(Ordering::SeqCst) == p.seg {
-            Err(io::Error::other("segment fsync failed earlier"))
-        } else {
-            p.file.sync_data().and_then(|()| {
-                if p.sync_dir {
-                    File::open(dir)?.sync_all()
-                } else {
-                    Ok(())
-                }
+        let locs = payloads
+            .iter()
+            .map(|&(at, len)| Loc {
+                seg,
+                offset: start + at as u64,
+                len,
             })
-        };
-        if let Err(e) = &result {
-            tracing::error!(segment = p.seg, error = %e, "spool fsync failed");
-            poisoned.store(p.seg, Ordering::SeqCst);
+            .collect();
+        Ok((seg, locs))
+    }
+
+    /// Whether the sync thread has something to do now, and else how long it may sleep.
+    fn due(&mut self, now: Instant) -> Result<(), Option<Duration>> {
+        if !self.waiting.is_empty() || self.closed {
+            return Ok(());
         }
-        batch_size.observe(p.replies.len() as f64);
-        for (reply, written) in p.replies {
-            let _ = reply.send(match &result {
-                Err(e) => Err(classify(e)),
-                Ok(()) => written,
-            });
+        let lazy = self
+            .lazy_since
+            .map(|t| (t + LAZY_SYNC).saturating_duration_since(now));
+        if lazy == Some(Duration::ZERO) {
+            return Ok(());
         }
-        let _ = synced.send(());
+        if !self.reserve.held() {
+            self.reserve.retry();
+        }
+        let reserve = (!self.reserve.held()).then_some(super::reserve::RETRY);
+        Err(match (lazy, reserve) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+}
+
+impl Shared {
+    /// The sync thread: one fsync per group of durable requests (and within [`LAZY_SYNC`] of a
+    /// non-durable one), then the group's replies.
+    fn sync_loop(&self) {
+        loop {
+            let mut st = lock(&self.state);
+            loop {
+                match st.due(Instant::now()) {
+                    Ok(()) => break,
+                    Err(sleep) => {
+                        st.idle = true;
+                        st = match sleep {
+                            Some(d) => match self.work.wait_timeout(st, d) {
+                                Ok((g, _)) => g,
+                                Err(poisoned) => poisoned.into_inner().0,
+                            },
+                            None => self
+                                .work
+                                .wait(st)
+                                .unwrap_or_else(std::sync::PoisonError::into_inner),
+                        };
+                        st.idle = false;
+                    }
+                }
+            }
+            let waiting = std::mem::take(&mut st.waiting);
+            let dirty = std::mem::take(&mut st.dirty);
+            let sync_dir = std::mem::take(&mut st.dir_dirty);
+            st.lazy_since = None;
+            let (poisoned, closed) = (st.poisoned, st.closed);
+            drop(st);
+            let result = self.sync(&dirty, sync_dir, poisoned);
+            if let Err((seg, e)) = &result {
+                tracing::error!(segment = seg, error = %e, "spool fsync failed");
+                let mut st = lock(&self.state);
+                st.poisoned = *seg;
+                if sync_dir {
+                    st.dir_dirty = true;
+                }
+            }
+            if !waiting.is_empty() {
+                self.batch_size.observe(waiting.len() as f64);
+            }
+            for (reply, written) in waiting {
+                let _ = reply.send(match &result {
+                    Err((_, e)) => Err(classify(e)),
+                    Ok(()) => written,
+                });
+            }
+            if closed {
+                let st = lock(&self.state);
+                if st.waiting.is_empty() && st.dirty.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Makes `dirty` stable (and the directory, with `sync_dir`); the failing segment if not.
+    fn sync(
+        &self,
+        dirty: &[(u64, Arc<File>)],
+        sync_dir: bool,
+        poisoned: u64,
+    ) -> Result<(), (u64, io::Error)> {
+        for (seg, file) in dirty {
+            if *seg == poisoned {
+                return Err((*seg, io::Error::other("segment fsync failed earlier")));
+            }
+            file.sync_data().map_err(|e| (*seg, e))?;
+        }
+        if sync_dir {
+            let seg = dirty.last().map_or(NO_SEGMENT, |(s, _)| *s);
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| (seg, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -394,14 +396,6 @@ fn open_new(dir: &Path, seq: u64) -> io::Result<File> {
         .create_new(true)
         .append(true)
         .open(segment_path(dir, seq))
-}
-
-fn reply_all(batch: &mut Vec<Op>, result: Written) {
-    for op in batch.drain(..) {
-        if let Some(reply) = op.reply {
-            let _ = reply.send(result.clone());
-        }
-    }
 }
 
 fn classify(e: &io::Error) -> WriteError {
