@@ -219,10 +219,11 @@ fn full_disk_then_kill9_sends_nothing_twice() {
     assert!(sent.success(), "the load client gave up");
     let filler = t.spool.join("filler");
     fill_disk(&filler);
-    // Larger than a page: the active segment's last page may still have room for a small one.
+    // Larger than the segment's allocation step (256 KiB): the active segment may still have
+    // that much allocated ahead of its last record, and a smaller message would fit there.
     let big = format!(
         "From: app@example.com\r\nSubject: refused\r\n\r\n{}",
-        format!("{}\r\n", "y".repeat(76)).repeat(200)
+        format!("{}\r\n", "y".repeat(76)).repeat(4_000)
     );
     let refused = |sidecar: &Sidecar| {
         let err = smtplib_send(

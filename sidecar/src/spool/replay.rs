@@ -41,6 +41,8 @@ pub fn replay(dir: &Path, seqs: &[u64]) -> io::Result<Replayed> {
                     apply(&mut out, &mut pending, seq, &r);
                     at = next;
                 }
+                // The segment's allocated, never written tail.
+                Decoded::Invalid if buf[at..].iter().all(|&b| b == 0) => break,
                 Decoded::Invalid => match record::resync(&buf, at) {
                     // A torn tail is the normal result of a crash mid-write: nothing after it
                     // was acknowledged, so it is simply ignored.

@@ -218,3 +218,46 @@ async fn dsn_parameters_survive_reopen_and_are_absent_when_not_given() {
         })
     );
 }
+
+#[tokio::test]
+async fn segments_are_allocated_ahead_and_replay_stops_only_at_an_all_zero_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _, _) = Spool::open(&cfg(dir.path()), Metrics::new()).expect("open");
+    let a = put(&spool, b"first\r\n", &["x@example.net"]).await;
+    let b = put(&spool, b"second\r\n", &["x@example.net"]).await;
+    spool.close().await;
+    let seg = segment_path(dir.path(), segments(dir.path())[0]);
+    let bytes = std::fs::read(&seg).expect("read segment");
+    assert_eq!(
+        bytes.len() as u64,
+        writer::ALLOCATE_STEP,
+        "allocated ahead of the records, so that an fdatasync need not write the inode"
+    );
+
+    // The zero tail is the end: nothing quarantined.
+    let metrics = Metrics::new();
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), metrics.clone()).expect("reopen");
+    assert_eq!(found.iter().map(|q| q.id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(metrics.spool_quarantined.get(), 0);
+    spool.close().await;
+
+    // Zeros with records after them are damage, not the end: b is still found.
+    let magic = record::MAGIC.to_le_bytes();
+    let starts: Vec<usize> = (0..bytes.len() - 4)
+        .filter(|&i| bytes[i..i + 4] == magic)
+        .collect();
+    let b_at = starts
+        .iter()
+        .copied()
+        .find(|&i| bytes[i + 5..i + 13] == b.0.to_le_bytes())
+        .expect("b's first record");
+    let mut damaged = bytes[..b_at].to_vec();
+    damaged.extend_from_slice(&[0; 64]);
+    damaged.extend_from_slice(&bytes[b_at..]);
+    std::fs::write(&seg, damaged).expect("write segment");
+    let metrics = Metrics::new();
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), metrics.clone()).expect("reopen damaged");
+    assert_eq!(found.iter().map(|q| q.id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(metrics.spool_quarantined.get(), 1, "the zeros were set aside");
+    drop(spool);
+}
