@@ -1,12 +1,12 @@
 //! DKIM signing (RFC 6376; Ed25519 per RFC 8463) of the raw received bytes with mail-auth, one
 //! key per configured sender domain. Errors name the domain and file, never key material.
 
+mod key;
+
 use crate::config::{self, DkimAlgorithm};
+use key::{Key, RsaKey};
 use mail_auth::{
-    common::{
-        crypto::{DkimKey, Ed25519Key, RsaKey, Sha256},
-        headers::HeaderWriter,
-    },
+    common::{crypto::Ed25519Key, headers::HeaderWriter},
     dkim::{Canonicalization, DkimSigner, Done},
 };
 use rustls_pemfile::Item;
@@ -64,7 +64,7 @@ pub enum Error {
 }
 
 struct DomainKey {
-    signer: DkimSigner<DkimKey, Done>,
+    signer: DkimSigner<Key, Done>,
     algorithm: DkimAlgorithm,
     selector: String,
 }
@@ -139,7 +139,7 @@ pub fn label(algorithm: DkimAlgorithm) -> &'static str {
     }
 }
 
-fn load_key(domain: &str, dkim: &config::Dkim) -> Result<DkimKey, Error> {
+fn load_key(domain: &str, dkim: &config::Dkim) -> Result<Key, Error> {
     let path = &dkim.key_file;
     let pem = std::fs::read(path).map_err(|source| Error::ReadKey {
         domain: domain.to_owned(),
@@ -162,16 +162,16 @@ fn load_key(domain: &str, dkim: &config::Dkim) -> Result<DkimKey, Error> {
     };
     // Library messages are kept out of the error: they might echo key bytes.
     match (dkim.algorithm, item) {
-        (DkimAlgorithm::RsaSha256, Item::Pkcs1Key(k)) => RsaKey::<Sha256>::from_key_der(k.into())
-            .map(DkimKey::Rsa)
-            .map_err(|_| bad("not a valid RSA private key")),
-        (DkimAlgorithm::RsaSha256, Item::Pkcs8Key(k)) => RsaKey::<Sha256>::from_key_der(k.into())
-            .map(DkimKey::Rsa)
-            .map_err(|_| bad("not a valid RSA private key (PKCS#8)")),
+        (DkimAlgorithm::RsaSha256, Item::Pkcs1Key(k)) => RsaKey::from_pkcs1_der(k.secret_pkcs1_der())
+            .map(Key::Rsa)
+            .ok_or_else(|| bad("not a valid RSA private key")),
+        (DkimAlgorithm::RsaSha256, Item::Pkcs8Key(k)) => RsaKey::from_pkcs8_der(k.secret_pkcs8_der())
+            .map(Key::Rsa)
+            .ok_or_else(|| bad("not a valid RSA private key (PKCS#8)")),
         // OpenSSL writes PKCS#8 v1 (no public key), which ring accepts only "maybe unchecked".
         (DkimAlgorithm::Ed25519Sha256, Item::Pkcs8Key(k)) => {
             Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der())
-                .map(DkimKey::Ed25519)
+                .map(Key::Ed25519)
                 .map_err(|_| bad("not a valid Ed25519 private key (PKCS#8)"))
         }
         (DkimAlgorithm::Ed25519Sha256, _) => Err(bad("Ed25519 keys must be PKCS#8 PEM (BEGIN PRIVATE KEY)")),
