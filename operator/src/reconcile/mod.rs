@@ -33,8 +33,10 @@ use crate::{
 
 /// Reconciles in flight at once. Unbounded, a cold start with 1,000 Relays opened a connection
 /// (and TLS buffers) per reconcile and generated every DKIM key at once; a few at a time
-/// finishes sooner and keeps memory flat. MailDomains are few but may generate RSA keys (CPU).
-const DOMAIN_CONCURRENCY: u16 = 4;
+/// finishes sooner and keeps memory flat. MailDomains may generate an RSA key each (about 60 ms
+/// of CPU on a blocking thread), and their Relays wait for them to be Ready: as many at once as
+/// Relays, so that a cold start is not held back by a few domains at a time.
+const DOMAIN_CONCURRENCY: u16 = 16;
 const RELAY_CONCURRENCY: u16 = 16;
 
 /// What every reconcile needs.

@@ -5,8 +5,9 @@
 //! handing every record to a writer thread and back cost two thread wake-ups per record, which
 //! on a small machine was most of a message's cost. A durable request (a new message) leaves its
 //! reply with the sync thread, which makes everything written so far stable with one fsync and
-//! answers every request of the group; requests written while that fsync runs share the next
-//! one, so none sits written but unacknowledged for longer than one fsync. Non-durable records
+//! answers every request of the group. Durable requests that arrive while an fsync runs are held
+//! and written by the sync thread just before the next one, so that every one of them shares it
+//! and none sits written but unacknowledged for longer than one fsync. Non-durable records
 //! (Done, RcptDone, Signature) are answered at once: a written record survives a process crash,
 //! and the sooner a Done record is written after the upstream's `250`, the fewer duplicates a
 //! crash causes (RFC 5321 6.1). The sync thread makes them stable within [`LAZY_SYNC`].
@@ -114,6 +115,10 @@ struct State {
     lazy_since: Option<Instant>,
     /// Durable requests written and waiting for the next fsync.
     waiting: Vec<(oneshot::Sender<Written>, Written)>,
+    /// Durable requests that arrived during an fsync, written just before the next one.
+    held: Vec<Op>,
+    /// An fsync is running.
+    syncing: bool,
     /// Segment whose fsync failed (fsyncgate: its page cache can no longer be trusted).
     poisoned: u64,
     /// Space held back for delivery records when the disk fills.
@@ -148,6 +153,8 @@ impl Log {
                 dir_dirty: true,
                 lazy_since: None,
                 waiting: Vec::new(),
+                held: Vec::new(),
+                syncing: false,
                 poisoned: NO_SEGMENT,
                 reserve,
                 idle: false,
@@ -194,23 +201,21 @@ impl Log {
             return;
         }
         if durable {
-            // New mail must not take the space that delivery records will need.
-            let written = if st.reserve.held() {
-                st.append(&buf, &payloads)
-            } else {
-                Err(WriteError::DiskFull)
+            let op = Op {
+                buf,
+                payloads,
+                durable,
+                reply,
             };
-            match (written, reply) {
-                (Ok(w), Some(reply)) => {
-                    st.waiting.push((reply, Ok(w)));
-                    self.wake(&mut st);
-                }
-                (Ok(_), None) => {}
-                (Err(e), reply) => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+            if st.syncing {
+                // Written by the sync thread just before the next fsync: a Commit record in the
+                // page cache is a message a crash replays, and its client, which had no `250`,
+                // sends it again. Written now, it would wait there for two fsyncs, not one
+                // (docs/reliability.md measured the duplicates that cost).
+                st.held.push(op);
+            } else {
+                st.write_durable(op);
+                self.wake(&mut st);
             }
             return;
         }
@@ -251,6 +256,25 @@ impl Drop for Log {
 }
 
 impl State {
+    /// Writes a durable request; its reply waits for the next fsync.
+    fn write_durable(&mut self, op: Op) {
+        // New mail must not take the space that delivery records will need.
+        let written = if self.reserve.held() {
+            self.append(&op.buf, &op.payloads)
+        } else {
+            Err(WriteError::DiskFull)
+        };
+        match (written, op.reply) {
+            (Ok(w), Some(reply)) => self.waiting.push((reply, Ok(w))),
+            (Ok(_), None) => {}
+            (Err(e), reply) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
     /// Starts segment `active + 1`. The sealed one stays in `dirty` until an fsync covers it,
     /// and nothing in the new one is acknowledged before that fsync.
     fn rotate(&mut self) -> io::Result<()> {
@@ -317,7 +341,7 @@ impl State {
 
     /// Whether the sync thread has something to do now, and else how long it may sleep.
     fn due(&mut self, now: Instant) -> Result<(), Option<Duration>> {
-        if !self.waiting.is_empty() || self.closed {
+        if !self.waiting.is_empty() || !self.held.is_empty() || self.closed {
             return Ok(());
         }
         let lazy = self
@@ -362,19 +386,26 @@ impl Shared {
                     }
                 }
             }
+            for op in std::mem::take(&mut st.held) {
+                st.write_durable(op);
+            }
             let waiting = std::mem::take(&mut st.waiting);
             let dirty = std::mem::take(&mut st.dirty);
+            st.syncing = true;
             let sync_dir = std::mem::take(&mut st.dir_dirty);
             st.lazy_since = None;
             let (poisoned, closed) = (st.poisoned, st.closed);
             drop(st);
             let result = self.sync(&dirty, sync_dir, poisoned);
-            if let Err((seg, e)) = &result {
-                tracing::error!(segment = seg, error = %e, "spool fsync failed");
+            {
                 let mut st = lock(&self.state);
-                st.poisoned = *seg;
-                if sync_dir {
-                    st.dir_dirty = true;
+                st.syncing = false;
+                if let Err((seg, e)) = &result {
+                    tracing::error!(segment = seg, error = %e, "spool fsync failed");
+                    st.poisoned = *seg;
+                    if sync_dir {
+                        st.dir_dirty = true;
+                    }
                 }
             }
             if !waiting.is_empty() {
@@ -388,7 +419,7 @@ impl Shared {
             }
             if closed {
                 let st = lock(&self.state);
-                if st.waiting.is_empty() && st.dirty.is_empty() {
+                if st.waiting.is_empty() && st.held.is_empty() && st.dirty.is_empty() {
                     return;
                 }
             }
