@@ -36,7 +36,7 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus" "fuzz/artifacts/$t"
     log="$tmp/$t.log"
     extra=()
-    # Spool::open starts a writer thread that ends on its own once the spool is dropped; when
+    # Spool::open starts a sync thread that ends on its own once the spool is dropped; when
     # LeakSanitizer scans while it is still exiting, its thread-local destructor list looks leaked
     # (168 bytes from __cxa_thread_atexit_impl; does not reproduce when the input is rerun).
     [ "$t" = spool_replay ] && extra=(-detect_leaks=0)
