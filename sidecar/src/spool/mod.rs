@@ -40,7 +40,7 @@ use writer::Op;
 
 /// Segments roll over at this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
-/// Message bytes buffered by a session before they are handed to the writer.
+/// Message bytes buffered by a session before they are written to the log.
 const CHUNK_BYTES: usize = 256 << 10;
 /// Messages up to this size that arrived within `INLINE_READ_AGE_SECS` are read on the calling
 /// task: they are still in the page cache, so the read is a copy, cheaper than handing it to a
@@ -123,7 +123,7 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool in `cfg.dir`, replays it, and starts the writer.
+    /// Opens (creating if needed) the spool in `cfg.dir`, replays it, and starts the log.
     /// Returns the spool, the messages found, and the receiver of newly committed messages.
     pub fn open(
         cfg: &config::Spool,
@@ -205,7 +205,7 @@ impl Spool {
         if let Some(writer) = writer
             && tokio::task::spawn_blocking(move || writer.join()).await.is_err()
         {
-            tracing::error!("spool writer thread could not be joined");
+            tracing::error!("spool sync thread could not be joined");
         }
     }
 
