@@ -18,44 +18,98 @@ use mailroom_operator::{
 
 const USAGE: &str = "usage:
   mailroom-operator                          run the operator (settings from OPERATOR_* env)
-  mailroom-operator render -f DIR [-o OUT]   render MailDomain/Relay YAML in DIR offline into OUT (default ./rendered)";
+  mailroom-operator render -f DIR [-o OUT]   render MailDomain/Relay YAML in DIR offline into OUT (default ./rendered)
+  mailroom-operator --version";
+
+/// BSD `EX_USAGE`: a bad command line, settings or input files (as the sidecar exits).
+const EX_USAGE: u8 = 64;
+
+/// Why the process ends early, and the exit code that says so.
+struct Exit {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Exit {
+    fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: EX_USAGE,
+            error: error.into(),
+        }
+    }
+
+    fn fatal(error: anyhow::Error) -> Self {
+        Self { code: 1, error }
+    }
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let json_logs = Env.get(settings::ENV_LOG_FORMAT).as_deref() == Some("json");
     telemetry::init(json_logs);
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         None => run().await,
         Some("render") => render(&args[1..]),
+        Some("--version") => {
+            println!("mailroom-operator {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
         }
-        Some(other) => bail!("unknown argument {other:?}\n{USAGE}"),
+        Some(other) => Err(Exit::usage(anyhow::anyhow!(
+            "unknown argument {other:?}\n{USAGE}"
+        ))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // Through the log formatter, so that with JSON logs the last line is JSON too.
+        Err(Exit { code, error }) => {
+            tracing::error!(error = format!("{error:#}"), "mailroom-operator stopped");
+            std::process::ExitCode::from(code)
+        }
     }
 }
 
-fn render(args: &[String]) -> anyhow::Result<()> {
+/// Offline rendering; what it reads is the user's input, so every failure is a usage error.
+fn render(args: &[String]) -> Result<(), Exit> {
     let (mut dir, mut out) = (None, PathBuf::from("rendered"));
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "-f" => dir = it.next().map(PathBuf::from),
-            "-o" => out = it.next().map(PathBuf::from).context("-o needs a directory")?,
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            "-o" => {
+                out = it
+                    .next()
+                    .map(PathBuf::from)
+                    .context("-o needs a directory")
+                    .map_err(Exit::usage)?;
+            }
+            other => {
+                return Err(Exit::usage(anyhow::anyhow!(
+                    "unknown argument {other:?}\n{USAGE}"
+                )));
+            }
         }
     }
-    let dir = dir.context(format!("-f DIR is required\n{USAGE}"))?;
-    let summary = offline::render_dir(&dir, &out)?;
+    let dir = dir
+        .context(format!("-f DIR is required\n{USAGE}"))
+        .map_err(Exit::usage)?;
+    let summary = offline::render_dir(&dir, &out).map_err(Exit::usage)?;
     for path in summary.configs.iter().chain(&summary.keys).chain(&summary.dns) {
         println!("wrote {}", path.display());
     }
     Ok(())
 }
 
-async fn run() -> anyhow::Result<()> {
-    let settings = Settings::parse(&Env)?;
+async fn run() -> Result<(), Exit> {
+    let settings = Settings::parse(&Env).map_err(Exit::usage)?;
+    serve(settings).await.map_err(Exit::fatal)
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the apiserver")?;

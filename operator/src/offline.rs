@@ -150,11 +150,11 @@ fn load(dir: &Path) -> Result<(BTreeMap<String, MailDomain>, Vec<Relay>), Offlin
             let value = serde_yaml::Value::deserialize(doc).map_err(|e| parse(e.to_string()))?;
             match value.get("kind").and_then(|k| k.as_str()) {
                 Some("MailDomain") => {
-                    let md: MailDomain = serde_yaml::from_value(value).map_err(|e| parse(e.to_string()))?;
+                    let md: MailDomain = strict(value).map_err(parse)?;
                     domains.insert(md.name_any(), md);
                 }
                 Some("Relay") => {
-                    let mut relay: Relay = serde_yaml::from_value(value).map_err(|e| parse(e.to_string()))?;
+                    let mut relay: Relay = strict(value).map_err(parse)?;
                     relay.metadata.namespace.get_or_insert_with(|| "default".into());
                     relays.push(relay);
                 }
@@ -163,4 +163,22 @@ fn load(dir: &Path) -> Result<(BTreeMap<String, MailDomain>, Vec<Relay>), Offlin
         }
     }
     Ok((domains, relays))
+}
+
+/// `value` as a `T`, refusing fields `T` does not have: the apiserver would prune them (a typo
+/// such as `listenPrt` silently does nothing), and offline there is no schema to warn first.
+fn strict<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+    let mut unknown = Vec::new();
+    let t: T = serde_ignored::deserialize(value, |path| {
+        let path = path.to_string();
+        // kube's derived types check these two on their own rather than keep them.
+        if path != "apiVersion" && path != "kind" {
+            unknown.push(path);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    match unknown.as_slice() {
+        [] => Ok(t),
+        fields => Err(format!("unknown field(s): {}", fields.join(", "))),
+    }
 }

@@ -44,3 +44,55 @@ fn render_examples_offline_and_reuse_keys() -> Result<()> {
     assert!(Path::new(&config_path).is_file());
     Ok(())
 }
+
+#[test]
+fn version_and_usage_errors_exit_as_documented() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_mailroom-operator");
+    let version = Command::new(bin).arg("--version").output()?;
+    ensure!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("mailroom-operator {}", env!("CARGO_PKG_VERSION"))
+    );
+    let bad_yaml = tempfile::tempdir()?;
+    std::fs::write(
+        bad_yaml.path().join("broken.yaml"),
+        "kind: Relay\nspec: [unclosed\n",
+    )?;
+    let cases: [&[&str]; 3] = [
+        &["render"],
+        &["render", "-f"],
+        &["render", "-f", bad_yaml.path().to_str().unwrap_or_default()],
+    ];
+    for args in cases {
+        let out = Command::new(bin).args(args).output()?;
+        // BSD EX_USAGE, as the sidecar: the input is wrong, not the program.
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn render_refuses_a_field_the_crd_does_not_have() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("typo.yaml"),
+        "apiVersion: mailroom.dev/v1alpha1\nkind: Relay\nmetadata: {name: typo, namespace: shop}\n\
+         spec:\n  domains: [example.com]\n  delivery: {capture: {}}\n  listenPrt: 25\n",
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_mailroom-operator"))
+        .args(["render", "-f"])
+        .arg(dir.path())
+        .arg("-o")
+        .arg(dir.path().join("out"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("spec.listenPrt"), "the field is named: {stderr}");
+    Ok(())
+}

@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     let mut settings = match Settings::parse(&Env) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("mailroom-sidecar: {e}");
+            // Through the log formatter the settings asked for, as every later fatal error.
+            let json = std::env::var(mailroom_sidecar::settings::ENV_LOG_FORMAT).as_deref() == Ok("json");
+            init_tracing(if json { LogFormat::Json } else { LogFormat::Plain });
+            tracing::error!(error = %e, "invalid settings");
             return ExitCode::from(EX_USAGE);
         }
     };

@@ -247,7 +247,7 @@ impl Handler {
             tracing::info!(
                 namespace = req.namespace.as_deref().unwrap_or_default(),
                 result = outcome.label(),
-                message = %response.result.message,
+                reason = %response.result.message,
                 "pod admission"
             );
         }

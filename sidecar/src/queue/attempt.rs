@@ -27,13 +27,13 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Next::Dropped,
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             // The checksum failed: delivering damaged bytes would be worse than not delivering.
-            tracing::error!(message = %id, error = %e, "spooled message is corrupt; setting it aside");
+            tracing::error!(message_id = %id, error = %e, "spooled message is corrupt; setting it aside");
             metrics.spool_quarantined.inc();
             spool.remove(id).await;
             return Next::Dropped;
         }
         Err(e) => {
-            tracing::error!(message = %id, error = %e, "cannot read spooled message; will retry");
+            tracing::error!(message_id = %id, error = %e, "cannot read spooled message; will retry");
             return Next::Retry(item, DSN_RETRY, false);
         }
     };
@@ -83,7 +83,7 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
     count(&decision, &results, route, d.sender_label(&env), id, metrics);
     if !decision.dropped.is_empty() {
         // RFC 3461 6.2 / RFC 5321 6.1: a bounce is never bounced; it is dropped and logged.
-        tracing::warn!(message = %id, recipients = decision.dropped.len(), "bounce could not be delivered; dropping it");
+        tracing::warn!(message_id = %id, recipients = decision.dropped.len(), "bounce could not be delivered; dropping it");
     }
     for dsn in &decision.dsns {
         match (dsn.kind, queue_dsn(spool, d, id, &env, dsn, &bytes).await) {
@@ -92,7 +92,7 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
                 item.delay_notice_sent = true;
             }
             (DsnKind::Delay, Err(e)) => {
-                tracing::warn!(message = %id, error = %e, "cannot queue delay notice");
+                tracing::warn!(message_id = %id, error = %e, "cannot queue delay notice");
             }
             (DsnKind::Failure | DsnKind::Expiry, Ok(())) => {
                 metrics.dsn_sent.with_label_values(&["failure"]).inc();
@@ -100,7 +100,7 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
             (DsnKind::Failure | DsnKind::Expiry, Err(e)) => {
                 // Nothing is recorded yet, so the whole attempt is retried and no failure goes
                 // unreported.
-                tracing::warn!(message = %id, error = %e, "cannot queue bounce; will retry");
+                tracing::warn!(message_id = %id, error = %e, "cannot queue bounce; will retry");
                 return Next::Retry(item, DSN_RETRY, false);
             }
             (DsnKind::Relayed | DsnKind::Delivered, Ok(())) => {
@@ -108,12 +108,12 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
             }
             (DsnKind::Relayed | DsnKind::Delivered, Err(e)) => {
                 // Never worth a second delivery of the message itself.
-                tracing::warn!(message = %id, error = %e, "cannot queue success notice");
+                tracing::warn!(message_id = %id, error = %e, "cannot queue success notice");
             }
         }
     }
     if !decision.unreported.is_empty() {
-        tracing::info!(message = %id, recipients = decision.unreported.len(), "failure not reported: the recipients asked for no failure notice (NOTIFY)");
+        tracing::info!(message_id = %id, recipients = decision.unreported.len(), "failure not reported: the recipients asked for no failure notice (NOTIFY)");
     }
     match decision.after {
         After::Done => {
@@ -149,11 +149,11 @@ fn count(
             Outcome::Delivered => metrics.delivered.with_label_values(&labels).inc(),
             Outcome::Bounced => {
                 metrics.bounced.with_label_values(&labels).inc();
-                tracing::info!(message = %id, route, diagnostic = %r.diagnostic, "recipient bounced");
+                tracing::info!(message_id = %id, route, diagnostic = %r.diagnostic, "recipient bounced");
             }
             Outcome::Deferred => {
                 metrics.deferred.with_label_values(&labels).inc();
-                tracing::info!(message = %id, route, diagnostic = %r.diagnostic, "recipient deferred");
+                tracing::info!(message_id = %id, route, diagnostic = %r.diagnostic, "recipient deferred");
             }
         }
     }

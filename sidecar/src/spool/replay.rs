@@ -138,7 +138,7 @@ fn verify(dir: &Path, out: &mut Replayed, seq: u64, buf: &[u8]) {
         }
     }
     for id in bad {
-        tracing::warn!(message = %id, "spooled message failed its checksum; quarantined");
+        tracing::warn!(message_id = %id, "spooled message failed its checksum; quarantined");
         if let Some(e) = out.entries.remove(&id) {
             let body: Vec<u8> = e
                 .chunks

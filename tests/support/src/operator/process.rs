@@ -31,6 +31,16 @@ impl OperatorProcess {
     /// Starts the operator watching the whole cluster, its Lease in `ns`, logging to
     /// `<control plane logs>/operator-<identity>.log` (appended across restarts).
     pub fn spawn(cp: &ControlPlane, ns: &str, identity: &'static str) -> Result<Self> {
+        Self::spawn_with_env(cp, ns, identity, &[])
+    }
+
+    /// [`OperatorProcess::spawn`] with more environment variables (e.g. `OPERATOR_LOG_FORMAT`).
+    pub fn spawn_with_env(
+        cp: &ControlPlane,
+        ns: &str,
+        identity: &'static str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let path = cp.logs_dir().join(format!("operator-{identity}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -50,6 +60,7 @@ impl OperatorProcess {
         .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
         .env("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
@@ -83,6 +94,19 @@ impl OperatorProcess {
             .filter(|l| l.starts_with("mailroom_operator_reconcile_runs_total"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum())
+    }
+
+    /// What this process has logged so far.
+    pub fn log_text(&self) -> Result<String> {
+        let (path, from) = &self.log;
+        let all = std::fs::read(path)?;
+        let from = usize::try_from(*from).unwrap_or(usize::MAX).min(all.len());
+        Ok(String::from_utf8_lossy(&all[from..]).into_owned())
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait(&mut self) -> Result<Option<i32>> {
+        Ok(self.child.wait()?.code())
     }
 
     /// Sends `signal` (e.g. `-TERM`) with kill(1).
