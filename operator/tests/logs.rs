@@ -15,17 +15,8 @@ use mailroom_test_support::{ControlPlane, relay, stack};
 use serde_json::Value;
 use std::{path::Path, process::Command};
 
-/// json_lines.py's summary of `log`: `lines`, `events` (`level`, `message`, `keys`), `bad`.
 fn strict(dir: &Path, log: &str) -> Result<Value> {
-    let file = dir.join("log.jsonl");
-    std::fs::write(&file, log)?;
-    let out = relay::run_ok(
-        Command::new(relay::python())
-            .arg(relay::peer("json_lines.py"))
-            .arg(&file),
-        "json_lines.py",
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    Ok(relay::json_lines(dir, log))
 }
 
 #[tokio::test]

@@ -7,22 +7,13 @@
 
 use mailroom_test_support::{
     peers::Upstream,
-    relay::{self, Sidecar, eventually, run_ok, smarthost_config, smtplib_send},
+    relay::{self, Sidecar, eventually, smarthost_config, smtplib_send},
 };
 use serde_json::Value;
 use std::{path::Path, process::Command};
 
-/// json_lines.py's summary of `log`: `lines`, `events` (`level`, `message`, `keys`), `bad`.
 fn strict(dir: &Path, log: &str) -> Value {
-    let file = dir.join("log.jsonl");
-    std::fs::write(&file, log).expect("write log");
-    let out = run_ok(
-        Command::new(relay::python())
-            .arg(relay::peer("json_lines.py"))
-            .arg(&file),
-        "json_lines.py",
-    );
-    serde_json::from_slice(&out.stdout).expect("summary is JSON")
+    relay::json_lines(dir, log)
 }
 
 /// The events whose text starts with `message`.

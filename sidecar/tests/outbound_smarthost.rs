@@ -87,6 +87,34 @@ fn classes(results: &[RcptResult]) -> Vec<(Outcome, ReplyClass)> {
     results.iter().map(|r| (r.outcome, r.class)).collect()
 }
 
+/// One message to a recipient of each kind upstream.py knows, and the outcome each must get.
+async fn send_mixed(t: &SmarthostTransport) {
+    let rcpts = [
+        "ok@example.net",
+        "temp-fail@example.net",
+        "perm-fail@example.net",
+        "ok2@example.net",
+    ];
+    let results = send(t, "app@example.com", &rcpts).await;
+    assert_eq!(
+        classes(&results),
+        [
+            (Outcome::Delivered, ReplyClass::Ok),
+            (Outcome::Deferred, ReplyClass::Transient),
+            (Outcome::Bounced, ReplyClass::Permanent),
+            (Outcome::Delivered, ReplyClass::Ok),
+        ]
+    );
+    assert_eq!(
+        results[1].diagnostic,
+        "450 4.2.0 <temp-fail@example.net>: mailbox temporarily unavailable"
+    );
+    assert_eq!(
+        results[2].diagnostic,
+        "550 5.1.1 <perm-fail@example.net>: no such user"
+    );
+}
+
 #[tokio::test]
 async fn starttls_and_auth_deliver_the_bytes_unchanged() {
     let h = harness();
@@ -141,30 +169,7 @@ async fn each_recipient_gets_its_own_outcome() {
     let h = harness();
     let up = upstream(&h, &["--tls", "none"]);
     let cfg = smarthost(up.port, TlsMode::None, &h.ca.ca);
-    let rcpts = [
-        "ok@example.net",
-        "temp-fail@example.net",
-        "perm-fail@example.net",
-        "ok2@example.net",
-    ];
-    let results = send(&transport(&cfg), "app@example.com", &rcpts).await;
-    assert_eq!(
-        classes(&results),
-        [
-            (Outcome::Delivered, ReplyClass::Ok),
-            (Outcome::Deferred, ReplyClass::Transient),
-            (Outcome::Bounced, ReplyClass::Permanent),
-            (Outcome::Delivered, ReplyClass::Ok),
-        ]
-    );
-    assert_eq!(
-        results[1].diagnostic,
-        "450 4.2.0 <temp-fail@example.net>: mailbox temporarily unavailable"
-    );
-    assert_eq!(
-        results[2].diagnostic,
-        "550 5.1.1 <perm-fail@example.net>: no such user"
-    );
+    send_mixed(&transport(&cfg)).await;
     let got = up.received();
     assert_eq!(got.len(), 1);
     assert_eq!(
@@ -354,27 +359,8 @@ async fn with_pipelining_the_envelope_goes_in_one_group() {
     let h = harness();
     let up = upstream(&h, &["--tls", "starttls", "--pipelining"]);
     let t = transport(&smarthost(up.port, TlsMode::Starttls, &h.ca.ca));
-    let rcpts = [
-        "ok@example.net",
-        "temp-fail@example.net",
-        "perm-fail@example.net",
-        "ok2@example.net",
-    ];
     for _ in 0..2 {
-        let results = send(&t, "app@example.com", &rcpts).await;
-        assert_eq!(
-            classes(&results),
-            [
-                (Outcome::Delivered, ReplyClass::Ok),
-                (Outcome::Deferred, ReplyClass::Transient),
-                (Outcome::Bounced, ReplyClass::Permanent),
-                (Outcome::Delivered, ReplyClass::Ok),
-            ]
-        );
-        assert_eq!(
-            results[2].diagnostic,
-            "550 5.1.1 <perm-fail@example.net>: no such user"
-        );
+        send_mixed(&t).await;
     }
     let got = up.received();
     assert_eq!(got.len(), 2);

@@ -388,6 +388,19 @@ pub fn python() -> PathBuf {
     crate::testenv::python().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// tests/peers/json_lines.py's strict reading of a JSON-lines `log` (written into `dir`):
+/// `lines`, `events` (`level`, `message`, `keys` of `fields`) and `bad` (lines that are not one
+/// JSON object, or that repeat a key).
+pub fn json_lines(dir: &Path, log: &str) -> serde_json::Value {
+    let file = dir.join("log.jsonl");
+    std::fs::write(&file, log).expect("write log");
+    let out = run_ok(
+        Command::new(python()).arg(peer("json_lines.py")).arg(&file),
+        "json_lines.py",
+    );
+    serde_json::from_slice(&out.stdout).expect("json_lines.py prints JSON")
+}
+
 /// A script in the repository's `tests/peers/`.
 pub fn peer(name: &str) -> PathBuf {
     stack::repo().join("tests/peers").join(name)
