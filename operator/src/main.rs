@@ -80,6 +80,10 @@ fn render(args: &[String]) -> Result<(), Exit> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "-f" => dir = it.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
             "-o" => {
                 out = it
                     .next()

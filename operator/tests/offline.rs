@@ -54,7 +54,11 @@ fn version_and_usage_errors_exit_as_documented() -> Result<()> {
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("mailroom-operator {}", env!("CARGO_PKG_VERSION"))
     );
+    let help = Command::new(bin).args(["render", "--help"]).output()?;
+    ensure!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("render -f DIR"));
     let bad_yaml = tempfile::tempdir()?;
+
     std::fs::write(
         bad_yaml.path().join("broken.yaml"),
         "kind: Relay\nspec: [unclosed\n",
