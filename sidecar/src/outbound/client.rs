@@ -221,7 +221,7 @@ fn read_secret(path: &Path) -> Result<String, RcptResult> {
 
 /// RFC 5321 4.1.1.5: RSET ends a transaction that was started (MAIL accepted) but not
 /// completed; it also tells whether the connection still answers.
-pub(crate) async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bool {
+async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bool {
     !conn.has_broken() && matches!(timeout(limit, conn.command(Rset)).await, Ok(Ok(_)))
 }
 
@@ -318,11 +318,9 @@ pub(crate) async fn transaction(
                 Err(r) => wire.broken(fill(results, &r), &r),
             };
         }
+        // DATA refused (with no recipient accepted, for want of one): the transaction is
+        // still open.
         (Err(r), _) if is_reply(&r) => {
-            if accepted.is_empty() {
-                // Refused for want of recipients: the transaction is still open.
-                return wire.abort(results).await;
-            }
             for &i in &accepted {
                 results[i] = Some(r.clone());
             }

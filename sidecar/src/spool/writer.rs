@@ -92,7 +92,6 @@ struct Shared {
     state: Mutex<State>,
     /// The sync thread waits here for work.
     work: Condvar,
-    dir: PathBuf,
     batch_size: prometheus::Histogram,
 }
 
@@ -143,7 +142,7 @@ impl Log {
         active.store(seq, Ordering::SeqCst);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                dir: dir.clone(),
+                dir,
                 seg_limit,
                 active,
                 file,
@@ -161,7 +160,6 @@ impl Log {
                 closed: false,
             }),
             work: Condvar::new(),
-            dir,
             batch_size,
         });
         let thread = {
@@ -187,26 +185,14 @@ impl Log {
     }
 
     fn write(&self, op: Op) {
-        let Op {
-            buf,
-            payloads,
-            durable,
-            reply,
-        } = op;
         let mut st = lock(&self.shared.state);
         if st.closed {
-            if let Some(reply) = reply {
+            if let Some(reply) = op.reply {
                 let _ = reply.send(Err(WriteError::Io));
             }
             return;
         }
-        if durable {
-            let op = Op {
-                buf,
-                payloads,
-                durable,
-                reply,
-            };
+        if op.durable {
             if st.syncing {
                 // Written by the sync thread just before the next fsync: a Commit record in the
                 // page cache is a message a crash replays, and its client, which had no `250`,
@@ -221,9 +207,9 @@ impl Log {
         }
         // When a delivery record does not fit, the reserve makes room for it: it is what keeps
         // delivered mail from going out again.
-        let mut written = st.append(&buf, &payloads);
+        let mut written = st.append(&op.buf, &op.payloads);
         if written == Err(WriteError::DiskFull) && st.reserve.release() {
-            written = st.append(&buf, &payloads);
+            written = st.append(&op.buf, &op.payloads);
             // The sync thread writes the reserve back once there is room again.
             self.wake(&mut st);
         }
@@ -233,7 +219,7 @@ impl Log {
             self.wake(&mut st);
         }
         drop(st);
-        if let Some(reply) = reply {
+        if let Some(reply) = op.reply {
             let _ = reply.send(written);
         }
     }
@@ -264,13 +250,11 @@ impl State {
         } else {
             Err(WriteError::DiskFull)
         };
-        match (written, op.reply) {
-            (Ok(w), Some(reply)) => self.waiting.push((reply, Ok(w))),
-            (Ok(_), None) => {}
-            (Err(e), reply) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(e));
-                }
+        let Some(reply) = op.reply else { return };
+        match written {
+            Ok(w) => self.waiting.push((reply, Ok(w))),
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -392,18 +376,19 @@ impl Shared {
             let waiting = std::mem::take(&mut st.waiting);
             let dirty = std::mem::take(&mut st.dirty);
             st.syncing = true;
-            let sync_dir = std::mem::take(&mut st.dir_dirty);
+            // Cloned only when a new segment's name must be made durable.
+            let dir = std::mem::take(&mut st.dir_dirty).then(|| st.dir.clone());
             st.lazy_since = None;
             let (poisoned, closed) = (st.poisoned, st.closed);
             drop(st);
-            let result = self.sync(&dirty, sync_dir, poisoned);
+            let result = sync(&dirty, dir.as_deref(), poisoned);
             {
                 let mut st = lock(&self.state);
                 st.syncing = false;
                 if let Err((seg, e)) = &result {
                     tracing::error!(segment = seg, error = %e, "spool fsync failed");
                     st.poisoned = *seg;
-                    if sync_dir {
+                    if dir.is_some() {
                         st.dir_dirty = true;
                     }
                 }
@@ -425,28 +410,21 @@ impl Shared {
             }
         }
     }
+}
 
-    /// Makes `dirty` stable (and the directory, with `sync_dir`); the failing segment if not.
-    fn sync(
-        &self,
-        dirty: &[(u64, Arc<File>)],
-        sync_dir: bool,
-        poisoned: u64,
-    ) -> Result<(), (u64, io::Error)> {
-        for (seg, file) in dirty {
-            if *seg == poisoned {
-                return Err((*seg, io::Error::other("segment fsync failed earlier")));
-            }
-            file.sync_data().map_err(|e| (*seg, e))?;
+/// Makes `dirty` stable (and `dir`, whose entries name new segments); the failing segment if not.
+fn sync(dirty: &[(u64, Arc<File>)], dir: Option<&Path>, poisoned: u64) -> Result<(), (u64, io::Error)> {
+    for (seg, file) in dirty {
+        if *seg == poisoned {
+            return Err((*seg, io::Error::other("segment fsync failed earlier")));
         }
-        if sync_dir {
-            let seg = dirty.last().map_or(NO_SEGMENT, |(s, _)| *s);
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| (seg, e))?;
-        }
-        Ok(())
+        file.sync_data().map_err(|e| (*seg, e))?;
     }
+    if let Some(dir) = dir {
+        let seg = dirty.last().map_or(NO_SEGMENT, |(s, _)| *s);
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| (seg, e))?;
+    }
+    Ok(())
 }
 
 fn open_new(dir: &Path, seq: u64) -> io::Result<File> {
