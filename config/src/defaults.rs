@@ -91,6 +91,8 @@ impl Default for Listen {
         Self {
             address: default_listen_addr(),
             allow_non_loopback: false,
+            tls: None,
+            auth: None,
         }
     }
 }

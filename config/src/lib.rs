@@ -7,6 +7,7 @@
 pub mod address;
 mod defaults;
 mod direct;
+mod hub;
 pub mod settings;
 mod validate;
 
@@ -14,6 +15,7 @@ use defaults::*;
 pub use validate::is_hostname;
 
 pub use direct::{DaneMode, Direct, DirectTls, MtaStsMode};
+pub use hub::{DEFAULT_DRAIN_RESERVE_SECONDS, DEFAULT_HANDOFF_PORT, Handoff, ListenAuth, ListenTls};
 use serde::{Deserialize, Serialize};
 use std::{
     net::SocketAddr,
@@ -117,6 +119,10 @@ pub struct Config {
     /// Bounce (DSN) settings.
     #[serde(default)]
     pub bounces: Bounces,
+    /// The Relay's hub, to which this sidecar hands what it has not delivered when it drains
+    /// (docs/hub.md); absent: undelivered mail stays in the spool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
 }
 
 /// SMTP listener settings.
@@ -129,6 +135,13 @@ pub struct Listen {
     /// Must be `true` to listen on a non-loopback address (the sidecar is not an open relay).
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// Implicit TLS on this listener (a hub). Absent: plain text (loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenTls>,
+    /// A credential every client must present before MAIL (a hub); it also enables the
+    /// XHANDOFF extension. Requires `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ListenAuth>,
 }
 
 /// Admin server settings.

@@ -44,6 +44,38 @@ impl Config {
                 ),
             );
         }
+        if self.listen.auth.is_some() && self.listen.tls.is_none() {
+            bad(
+                "listen.auth",
+                "needs listen.tls: a credential is never accepted in clear text (RFC 4954 4)".into(),
+            );
+        }
+        if let Some(h) = &self.handoff {
+            if self.listen.auth.is_some() {
+                bad(
+                    "handoff",
+                    "a hub (listen.auth set) keeps its mail on its own volume and hands off to no one".into(),
+                );
+            }
+            if !is_hostname(&h.host) && h.host.parse::<std::net::IpAddr>().is_err() {
+                bad(
+                    "handoff.host",
+                    format!("{:?} is not a host name or IP address", h.host),
+                );
+            }
+            if h.port == 0 {
+                bad("handoff.port", "must be greater than 0".into());
+            }
+            if h.max_connections == 0 {
+                bad("handoff.maxConnections", "must be greater than 0".into());
+            }
+            if h.after_parked_seconds == Some(0) {
+                bad(
+                    "handoff.afterParkedSeconds",
+                    "must be greater than 0 (leave it out to hand off only when draining)".into(),
+                );
+            }
+        }
         let l = &self.limits;
         if l.max_message_bytes == 0 {
             bad("limits.maxMessageBytes", "must be greater than 0".into());

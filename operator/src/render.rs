@@ -84,6 +84,8 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         listen: Listen {
             address: ([127, 0, 0, 1], port).into(),
             allow_non_loopback: false,
+            tls: None,
+            auth: None,
         },
         admin: Default::default(),
         limits,

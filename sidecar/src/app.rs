@@ -8,11 +8,20 @@ use crate::{
         policy::{RateLimit, RateLimited},
     },
     metrics::Metrics,
-    queue::{delivery::Delivery, runner::Runner},
+    queue::{
+        delivery::Delivery,
+        handoff::Kept,
+        runner::{DrainStats, Phase, Runner},
+    },
     settings::Settings,
     spool::{self, Spool},
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 /// How long the drain waits for the spool's final fsync.
@@ -27,6 +36,9 @@ pub enum Error {
     /// The delivery side (transport, DKIM keys) could not be built.
     #[error(transparent)]
     Delivery(#[from] crate::queue::delivery::Error),
+    /// The listener's certificate (`listen.tls`) cannot be used.
+    #[error(transparent)]
+    ListenTls(#[from] inbound::tls::TlsError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -72,6 +84,9 @@ impl App {
                 .await
                 .map_err(|source| Error::Bind { addr, source })
         };
+        if let Some(files) = &config.listen.tls {
+            inbound::tls::load(files)?;
+        }
         let rate = inbound::policy::RateLimit::default();
         rate.set(config.limits.rate_per_minute);
         let listener = bind(config.listen.address).await?;
@@ -111,7 +126,7 @@ impl App {
         let ready = Readiness::new();
         let (config_tx, config_rx) = watch::channel(self.config.clone());
         let (delivery_tx, delivery_rx) = watch::channel(self.delivery.clone());
-        let (drain_tx, drain_rx) = watch::channel(false);
+        let (drain_tx, drain_rx) = watch::channel(Phase::Run);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let admin_stop = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -131,6 +146,7 @@ impl App {
             inbound_stopped,
         ));
         let runner = Runner::new(self.spool.clone(), delivery_rx, self.metrics.clone(), self.found);
+        let stats = runner.stats();
         let runner = tokio::spawn(runner.run(self.arrivals, drain_rx));
         let reload = tokio::spawn(crate::reload::watch(
             self.settings.clone(),
@@ -154,6 +170,8 @@ impl App {
             drain_tx,
             stop_tx,
             drain: self.settings.drain,
+            handoff_reserve: self.config.handoff.as_ref().map(|h| h.drain_reserve()),
+            stats,
         }
     }
 }
@@ -169,18 +187,28 @@ pub struct Running {
     runner: JoinHandle<()>,
     reload: JoinHandle<()>,
     admin: JoinHandle<std::io::Result<()>>,
-    drain_tx: watch::Sender<bool>,
+    drain_tx: watch::Sender<Phase>,
     stop_tx: watch::Sender<bool>,
     drain: Duration,
+    /// With a hub: the end of the drain kept for the hand-off.
+    handoff_reserve: Option<Duration>,
+    stats: Arc<Mutex<DrainStats>>,
 }
 
-/// What a drain left behind (it stays in the spool for the next start).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a drain did, and what it left behind (in the spool, for the next start).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainReport {
-    /// Messages not delivered (or not yet bounced) when the drain ended.
+    /// Messages delivered (every recipient finished) during the drain.
+    pub delivered: u64,
+    /// Messages handed to the Relay's hub.
+    pub handed_off: u64,
+    /// Messages not delivered (or not yet bounced) nor handed off when the drain ended.
     pub undelivered_messages: u64,
     /// Their bytes.
     pub undelivered_bytes: u64,
+    /// With a hub: why each left message stayed (`hub_unreachable`, `hub_refused`,
+    /// `unreadable`, `no_time`), and how many.
+    pub left: BTreeMap<&'static str, u64>,
 }
 
 impl Running {
@@ -197,28 +225,48 @@ impl Running {
             tracing::warn!("sessions still open at the drain deadline; closing them");
             inbound.abort();
         }
-        let _ = self.drain_tx.send(true);
+        let _ = self.drain_tx.send(Phase::Drain);
         let mut runner = self.runner;
+        // With a hub, delivery stops `drainReserveSeconds` before the deadline and what is left
+        // goes to the hub (docs/hub.md); the runner may begin that earlier, once nothing is ready.
+        if let Some(reserve) = self.handoff_reserve {
+            let handoff_at = deadline.checked_sub(reserve).unwrap_or(deadline);
+            if tokio::time::timeout_at(handoff_at, &mut runner).await.is_err() {
+                tracing::info!("drain: handing what is left to the hub");
+                let _ = self.drain_tx.send(Phase::HandOff);
+            }
+        }
         if tokio::time::timeout_at(deadline, &mut runner).await.is_err() {
             tracing::warn!("drain deadline reached; undelivered mail stays in the spool");
             runner.abort();
         }
-        let (messages, bytes) = self.spool.usage();
-        let report = DrainReport {
-            undelivered_messages: messages,
-            undelivered_bytes: bytes,
-        };
+        let report = report(&self.spool, &self.stats, self.handoff_reserve.is_some());
+        let messages = report.undelivered_messages;
         self.metrics
             .drain_undelivered
             .set(i64::try_from(messages).unwrap_or(i64::MAX));
+        let left = report
+            .left
+            .iter()
+            .map(|(reason, n)| format!("{reason}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
         if messages > 0 {
             tracing::warn!(
+                delivered = report.delivered,
+                handed_off = report.handed_off,
                 undelivered_messages = messages,
-                undelivered_bytes = bytes,
+                undelivered_bytes = report.undelivered_bytes,
+                left = %left,
                 "drain ended with undelivered mail; it stays in the spool for the next start"
             );
         } else {
-            tracing::info!(undelivered_messages = 0, "drain complete; the spool is empty");
+            tracing::info!(
+                delivered = report.delivered,
+                handed_off = report.handed_off,
+                undelivered_messages = 0,
+                "drain complete; the spool is empty"
+            );
         }
         // Done records are written lazily; the final fsync keeps delivered mail from being sent
         // again after the next start. Bounded, in case a task still holds a spool handle.
@@ -231,5 +279,25 @@ impl Running {
         let _ = self.stop_tx.send(true);
         let _ = self.admin.await;
         report
+    }
+}
+
+/// The drain's report from the spool and the runner's figures.
+fn report(spool: &Spool, stats: &Mutex<DrainStats>, hub: bool) -> DrainReport {
+    let (messages, bytes) = spool.usage();
+    let stats = crate::sync::lock(stats);
+    let mut left = BTreeMap::new();
+    if hub {
+        for q in spool.live() {
+            let kept = stats.kept.get(&q.id).copied().unwrap_or(Kept::NoTime);
+            *left.entry(kept.as_str()).or_default() += 1;
+        }
+    }
+    DrainReport {
+        delivered: stats.delivered,
+        handed_off: stats.handed_off,
+        undelivered_messages: messages,
+        undelivered_bytes: bytes,
+        left,
     }
 }

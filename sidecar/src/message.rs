@@ -3,6 +3,7 @@
 //! spool implements it; inbound sessions and the DSN writer call it). Imports nothing of ours.
 
 mod dsn;
+pub mod handoff;
 
 pub use dsn::{DsnRequest, MAX_ENVID, Notify, RcptDsn, Ret, is_orcpt, is_xtext};
 use std::{future::Future, time::SystemTime};
@@ -32,6 +33,12 @@ pub struct Envelope {
     /// client gave none, so that such records read the same in older and newer versions.
     #[serde(default, skip_serializing_if = "DsnRequest::is_empty")]
     pub dsn: DsnRequest,
+    /// The hand-off key, when a sidecar handed this message to us, its hub (the XHANDOFF
+    /// extension, docs/hub.md): the hub takes each key once, and never signs such a message
+    /// again. `received_at` is then the sidecar's, so that the age still counts from the app's
+    /// `250`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// One recipient as a transport sees it: the address as accepted and its DSN parameters.
@@ -115,6 +122,10 @@ pub enum SinkError {
     /// Over `limits.ratePerMinute`: `451 4.7.1`, the client should try again later.
     #[error("rate limit reached")]
     RateLimited,
+    /// The same hand-off key is being committed on another connection: `451 4.3.0`, and the
+    /// retry finds the message held (docs/hub.md).
+    #[error("hand-off in progress on another connection")]
+    HandoffInProgress,
 }
 
 /// Where accepted messages go: the spool in production, a `Vec` in unit tests.

@@ -31,6 +31,8 @@ pub enum RejectReason {
     RateLimited,
     /// Malformed message (e.g. no header section).
     Malformed,
+    /// A hand-off whose key another connection is committing (a hub).
+    HandoffInProgress,
 }
 
 impl RejectReason {
@@ -47,6 +49,7 @@ impl RejectReason {
             Self::SpoolError => "spool_error",
             Self::RateLimited => "rate_limited",
             Self::Malformed => "malformed",
+            Self::HandoffInProgress => "handoff_in_progress",
         }
     }
 }
@@ -144,6 +147,13 @@ pub struct Metrics {
     pub mta_sts: IntCounterVec,
     /// `dane_lookups_total{result}`: DANE decisions per MX host tried (`dane: on`).
     pub dane: IntCounterVec,
+    /// `auth_failures_total`: AUTH attempts with a wrong credential (a hub's listener).
+    pub auth_failures: IntCounter,
+    /// `handoff_messages_total{result}`: messages a sidecar offered its hub; result is
+    /// accepted|refused|failed.
+    pub handoff: IntCounterVec,
+    /// `handoff_received_total{result}`: hand-offs a hub took; result is queued|duplicate.
+    pub handoff_received: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -260,6 +270,16 @@ impl Metrics {
             "drain_undelivered_messages",
             "Messages still in the spool when the drain after SIGTERM ended; 0 until then.",
         );
+        let handoff = counter_vec(
+            "handoff_messages_total",
+            "Messages this sidecar offered its Relay's hub, by result: accepted (the hub's 250; gone from this spool), refused (the hub answered otherwise), failed (no answer: connection, TLS or timeout).",
+            &["result"],
+        );
+        let handoff_received = counter_vec(
+            "handoff_received_total",
+            "Hand-offs this hub took, by result: queued, or duplicate (a key it already holds or delivered; answered 250 without a second copy).",
+            &["result"],
+        );
         let spool_disk_full = gauge(
             "spool_disk_full",
             "0 normally; 1 while the spool's disk is full and its reserve holds delivery records (new mail gets 452); 2 once the reserve is spent too (deliveries paused).",
@@ -270,6 +290,10 @@ impl Metrics {
             m
         };
         let config_reloads = counter("config_reloads_total", "Config file changes applied.");
+        let auth_failures = counter(
+            "auth_failures_total",
+            "AUTH attempts refused for a wrong credential on a hub's listener.",
+        );
         let config_reload_failures = counter(
             "config_reload_failures_total",
             "Config file changes rejected as invalid.",
@@ -346,6 +370,9 @@ impl Metrics {
             outbound_tls,
             mta_sts,
             dane,
+            auth_failures,
+            handoff,
+            handoff_received,
         }
     }
 

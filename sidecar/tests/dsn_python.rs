@@ -16,6 +16,7 @@ fn python_email_reads_the_failure_notice() {
         smtputf8: false,
         received_at: 1_700_000_000,
         dsn: Default::default(),
+        origin: None,
     };
     let report = dsn::Report {
         hostname: "relay.example.com",

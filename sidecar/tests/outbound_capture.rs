@@ -15,6 +15,7 @@ async fn capture_writes_eml_and_envelope_and_delivers_every_recipient() {
         smtputf8: true,
         received_at: 1_700_000_000,
         dsn: Default::default(),
+        origin: None,
     };
     let message = b"From: app@example.com\r\nSubject: x\r\n\r\n.body\r\n";
     for _ in 0..2 {
@@ -56,6 +57,7 @@ async fn an_unwritable_directory_defers() {
         smtputf8: false,
         received_at: 0,
         dsn: Default::default(),
+        origin: None,
     };
     let results = t
         .deliver(&env, &env.all_recipients(), b"Subject: x\r\n\r\n")

@@ -73,6 +73,7 @@ fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         smtputf8: false,
         received_at: 1_700_000_000,
         dsn: Default::default(),
+        origin: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! sender policy ([`super::policy`]) and the limits that apply to them. Replies are queued on the session.
 
 use super::{
+    auth::AUTH_REQUIRED,
     path::{self, Forward},
     policy,
     reply::{self, Reply},
@@ -38,10 +39,17 @@ where
         });
         let me = &self.config.hostname;
         let text = if extended {
+            // A hub's listener (TLS from the first byte) asks for the Relay's credential and
+            // takes hand-offs from whoever presented it (docs/hub.md).
+            let hub = if self.config.listen.auth.is_some() {
+                "250-AUTH PLAIN\r\n250-XHANDOFF\r\n"
+            } else {
+                ""
+            };
             // RFC 5321 4.1.1.1 ehlo-ok-rsp: domain first, then one keyword per line.
             format!(
                 "250-{me} Hello {host}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n\
-                 250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n",
+                 250-SMTPUTF8\r\n250-DSN\r\n{hub}250 ENHANCEDSTATUSCODES\r\n",
                 self.config.limits.max_message_bytes
             )
         } else {
@@ -58,10 +66,18 @@ where
         if self.tx.is_some() {
             return self.bad(reply::NESTED_MAIL);
         }
+        // RFC 4954 6: a listener that requires AUTH refuses MAIL until the client passed it.
+        if self.config.listen.auth.is_some() && !self.authenticated {
+            return self.bad(AUTH_REQUIRED);
+        }
         let from = match utf8(line, reply::BAD_SENDER_SYNTAX).and_then(path::mail) {
             Ok(from) => from,
             Err(reply) => return self.bad(reply),
         };
+        // Only an authenticated client of a hub may hand a message off (docs/hub.md).
+        if from.handoff.is_some() && !self.authenticated {
+            return self.bad(reply::UNSUPPORTED_PARAMETER);
+        }
         let max = self.config.limits.max_message_bytes;
         // RFC 1870 6.1: a declared SIZE over the limit is refused at MAIL.
         if from.size.is_some_and(|size| size > max) {
@@ -83,6 +99,7 @@ where
                 envid: from.envid.map(str::to_owned),
                 rcpts: Vec::new(),
             },
+            handoff: from.handoff,
         });
         self.reply(reply::SENDER_OK)
     }

@@ -1,6 +1,7 @@
 //! Inbound SMTP: the accept loop (one task per connection, connection limit), the session and its
 //! phases, and the sender policy. Accepted mail goes to a [`MessageSink`].
 
+mod auth;
 mod commands;
 pub mod data;
 pub mod headers;
@@ -8,6 +9,7 @@ mod path;
 pub mod policy;
 pub mod reply;
 pub mod session;
+pub mod tls;
 mod transfer;
 
 pub use session::Session;
@@ -37,6 +39,8 @@ pub(crate) async fn shutdown_requested(signal: &mut ShutdownSignal) {
 
 /// Time allowed to hand the `421` to a client refused at the connection limit.
 const OVERLOAD_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a TLS handshake on a hub's listener.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts SMTP connections on `listener`, one task per connection, until `shutdown` fires; then
 /// stops accepting, lets every open session end (each answers `421 4.3.2` at its next command
@@ -71,6 +75,7 @@ pub async fn serve<K: MessageSink>(
 ) {
     let mut sessions = JoinSet::new();
     let mut refused = JoinSet::new();
+    let acceptors = tls::Acceptors::default();
     loop {
         while sessions.try_join_next().is_some() {}
         while refused.try_join_next().is_some() {}
@@ -110,9 +115,51 @@ pub async fn serve<K: MessageSink>(
             });
             continue;
         }
-        let session = Session::new(stream, snapshot, sink.clone(), metrics.clone(), shutdown.clone())
-            .with_peer(peer.ip());
-        sessions.spawn(session.run());
+        let Some(files) = snapshot.listen.tls.clone() else {
+            let session = Session::new(stream, snapshot, sink.clone(), metrics.clone(), shutdown.clone())
+                .with_peer(peer.ip());
+            sessions.spawn(session.run());
+            continue;
+        };
+        let acceptor = match acceptors.get(&files) {
+            Ok(acceptor) => acceptor,
+            Err(error) => {
+                // Nothing is accepted without the certificate: the client sees a closed
+                // connection and tries again later.
+                tracing::error!(%error, "cannot load the listener's certificate; connection closed");
+                metrics
+                    .sessions
+                    .with_label_values(&[SessionEnd::ProtocolError.as_str()])
+                    .inc();
+                continue;
+            }
+        };
+        let (sink, metrics, shutdown) = (sink.clone(), metrics.clone(), shutdown.clone());
+        sessions.spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    Session::new(tls, snapshot, sink, metrics, shutdown)
+                        .with_peer(peer.ip())
+                        .run()
+                        .await
+                }
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %error, "TLS handshake failed");
+                    metrics
+                        .sessions
+                        .with_label_values(&[SessionEnd::ProtocolError.as_str()])
+                        .inc();
+                    SessionEnd::ProtocolError
+                }
+                Err(_) => {
+                    metrics
+                        .sessions
+                        .with_label_values(&[SessionEnd::Timeout.as_str()])
+                        .inc();
+                    SessionEnd::Timeout
+                }
+            }
+        });
     }
     drop(listener);
     while let Some(joined) = sessions.join_next().await {

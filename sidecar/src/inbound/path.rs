@@ -6,7 +6,7 @@
 use super::reply::{self, Reply};
 use crate::{
     address::{self, AddressError, Mailbox},
-    message::{self, MAX_ENVID, Notify, RcptDsn, Ret},
+    message::{self, MAX_ENVID, Notify, RcptDsn, Ret, handoff::Handoff},
 };
 
 /// RFC 1870 4: SIZE is at most 20 digits.
@@ -25,6 +25,9 @@ pub(super) struct Mail<'a> {
     pub ret: Option<Ret>,
     /// RFC 3461 4.4 ENVID, xtext as received.
     pub envid: Option<&'a str>,
+    /// Our XHANDOFF parameter (a sidecar handing a message to its hub); the session takes it
+    /// only from an authenticated client.
+    pub handoff: Option<Handoff>,
 }
 
 /// The forward-path of a RCPT command.
@@ -59,6 +62,7 @@ pub(super) fn mail(line: &str) -> Result<Mail<'_>, Reply> {
         smtputf8: false,
         ret: None,
         envid: None,
+        handoff: None,
     };
     let mut seen = Seen::default();
     for (keyword, value) in parameters(params)? {
@@ -87,6 +91,12 @@ pub(super) fn mail(line: &str) -> Result<Mail<'_>, Reply> {
                     "ENVID",
                     "1 to 100 characters of xtext (RFC 3461 4.4)",
                 ));
+            }
+            ("XHANDOFF", Some(v)) => {
+                mail.handoff = Some(
+                    Handoff::parse(v)
+                        .ok_or_else(|| bad_parameter("XHANDOFF", "<key>,<arrived> (docs/hub.md)"))?,
+                );
             }
             // RFC 5321 4.1.1.11: a parameter EHLO did not offer.
             _ => return Err(reply::UNSUPPORTED_PARAMETER),

@@ -104,6 +104,12 @@ pub fn queued(id: impl std::fmt::Display) -> Reply {
 pub const SPOOL_FULL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage, try again later");
 /// Spool write failed (RFC 3463 X.3.0: other or undefined mail system status).
 pub const SPOOL_ERROR: Reply = Reply::new(451, "4.3.0", "Local error in processing, try again later");
+/// The same hand-off is being committed on another connection (docs/hub.md).
+pub const HANDOFF_IN_PROGRESS: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "This message is being handed off on another connection, try again later",
+);
 /// Over `limits.ratePerMinute` (RFC 3463 X.7.1: delivery not authorized, here for now).
 pub const RATE_LIMITED: Reply = Reply::new(451, "4.7.1", "Rate limit reached, try again later");
 /// RFC 5321 4.5.3.1.10: too many recipients is 452, and X.5.3 says so (RFC 3463).

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    message::{DsnRequest, MessageSink, SinkError},
+    message::{DsnRequest, MessageSink, SinkError, handoff::Handoff},
     metrics::{Metrics, RejectReason, SessionEnd},
 };
 use bytes::{Bytes, BytesMut};
@@ -39,6 +39,10 @@ pub struct Session<S, K: MessageSink> {
     pub(super) helo: Option<Helo>,
     pub(super) tx: Option<Transaction>,
     bad_commands: u32,
+    /// The client passed AUTH (only on a listener with `listen.auth`).
+    pub(super) authenticated: bool,
+    /// We sent `334` and the next line is the AUTH response, not a command.
+    pub(super) auth_pending: bool,
     /// Inside an over-long line that was already answered; skip to its LF.
     discarding: bool,
     /// When the command line now in `input` started to arrive (see `limits.commandDeadlineSeconds`).
@@ -61,6 +65,8 @@ pub(super) struct Transaction {
     pub(super) smtputf8: bool,
     /// RET, ENVID and each recipient's NOTIFY/ORCPT (RFC 3461).
     pub(super) dsn: DsnRequest,
+    /// XHANDOFF: a sidecar handing this message to us, its hub.
+    pub(super) handoff: Option<Handoff>,
 }
 
 /// Whether the session goes on after a command.
@@ -122,6 +128,8 @@ where
             helo: None,
             tx: None,
             bad_commands: 0,
+            authenticated: false,
+            auth_pending: false,
             discarding: false,
             partial_since: None,
         }
@@ -292,6 +300,9 @@ where
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
+        if self.auth_pending {
+            return self.auth_response(line);
+        }
         // MAIL and RCPT are parsed here, not by smtp-proto, which unquotes local parts: the
         // path must reach the next hop exactly as the client wrote it (RFC 5321 4.1.2).
         match line.get(..5).map(|verb| verb.to_ascii_uppercase()).as_deref() {
@@ -316,11 +327,15 @@ where
             Request::Noop { .. } => self.reply(reply::OK),
             Request::Vrfy { .. } => self.reply(reply::CANNOT_VRFY),
             Request::Help { .. } => self.reply(reply::HELP),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
             Request::Quit => {
                 self.push(&reply::CLOSING);
                 Flow::End(SessionEnd::Quit)
             }
-            // Not offered in EHLO: STARTTLS (loopback), AUTH, BDAT (no CHUNKING), EXPN, ETRN, ...
+            // Not offered in EHLO: STARTTLS (loopback, or TLS from the first byte), BDAT (no CHUNKING), EXPN, ETRN, ...
             _ => self.bad(reply::NOT_IMPLEMENTED),
         }
     }
@@ -333,6 +348,7 @@ impl<S, K: MessageSink> std::fmt::Debug for Session<S, K> {
             .field("helo", &self.helo)
             .field("tx", &self.tx)
             .field("bad_commands", &self.bad_commands)
+            .field("authenticated", &self.authenticated)
             .finish_non_exhaustive()
     }
 }
@@ -344,6 +360,7 @@ pub(super) fn sink_reply(e: SinkError) -> Reply {
         SinkError::Full => reply::SPOOL_FULL,
         SinkError::Io => reply::SPOOL_ERROR,
         SinkError::RateLimited => reply::RATE_LIMITED,
+        SinkError::HandoffInProgress => reply::HANDOFF_IN_PROGRESS,
     }
 }
 
@@ -352,5 +369,6 @@ pub(super) fn sink_reject_reason(e: SinkError) -> RejectReason {
         SinkError::Full => RejectReason::SpoolFull,
         SinkError::Io => RejectReason::SpoolError,
         SinkError::RateLimited => RejectReason::RateLimited,
+        SinkError::HandoffInProgress => RejectReason::HandoffInProgress,
     }
 }

@@ -181,12 +181,18 @@ where
             self.metrics.rejected(RejectReason::SpoolError);
             return reply::SPOOL_ERROR;
         };
+        // A hand-off keeps the time of the app's 250, never later than now.
+        let received_at = match &tx.handoff {
+            Some(h) => h.arrived.min(now_secs()),
+            None => now_secs(),
+        };
         let envelope = Envelope {
             sender: tx.sender,
             recipients: tx.recipients,
             smtputf8: tx.smtputf8,
-            received_at: now_secs(),
+            received_at,
             dsn: tx.dsn,
+            origin: tx.handoff.map(|h| h.key),
         };
         match writer.commit(envelope).await {
             Ok(id) => {

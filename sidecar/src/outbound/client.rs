@@ -6,12 +6,12 @@ use super::{
     Outcome, RcptResult, ReplyClass,
     classify::{self, Phase},
     command::{InvalidPath, PathCommand},
-    starttls::{self, Implicit, Opened},
+    starttls::{self, Implicit, Offers, Opened},
     stuffing,
 };
 use crate::{
     config::{self, AuthMechanism, TlsMode},
-    message::{Envelope, Recipient},
+    message::{Envelope, Recipient, handoff::Handoff},
 };
 use lettre::transport::smtp::{
     authentication::{Credentials, Mechanism},
@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub auth: Option<config::Auth>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// The next hop is our hub: it must offer XHANDOFF, and each message goes with its key.
+    pub handoff: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -133,6 +135,18 @@ pub(crate) async fn open(s: &Settings) -> Result<Opened, OpenFailure> {
                 parks: result.class == ReplyClass::Timeout,
                 result,
             })?;
+    }
+    if s.handoff && !opened.offers.handoff {
+        let _ = timeout(limit, opened.conn.quit()).await;
+        return Err(OpenFailure {
+            parks: false,
+            result: RcptResult {
+                outcome: Outcome::Deferred,
+                class: ReplyClass::Protocol,
+                diagnostic: format!("{} does not offer XHANDOFF: it is not a mailroom hub", s.host),
+                next_hop_dsn: false,
+            },
+        });
     }
     Ok(opened)
 }
@@ -244,7 +258,7 @@ pub(crate) async fn transaction(
 ) -> Transaction {
     let all = |r: RcptResult| vec![r; recipients.len()];
     let dsn = opened.offers.dsn;
-    let mail = match mail_from(&opened.info, dsn, envelope, recipients, message) {
+    let mail = match mail_from(&opened.info, opened.offers, envelope, recipients, message) {
         Ok(v) => v.to_string(),
         Err(r) => return finish(all(r), true),
     };
@@ -430,7 +444,7 @@ impl Wire<'_> {
 /// 4.4); a message the next hop cannot take unchanged is bounced rather than mangled.
 fn mail_from<'a>(
     info: &ServerInfo,
-    dsn: bool,
+    offers: Offers,
     envelope: &'a Envelope,
     recipients: &[Recipient],
     message: &[u8],
@@ -451,13 +465,21 @@ fn mail_from<'a>(
         }
         mail = mail.param("BODY=8BITMIME").map_err(bad)?;
     }
-    if dsn {
+    if offers.dsn {
         if let Some(ret) = envelope.dsn.ret {
             mail = mail.param(format!("RET={}", ret.as_str())).map_err(bad)?;
         }
         if let Some(envid) = &envelope.dsn.envid {
             mail = mail.param(format!("ENVID={envid}")).map_err(bad)?;
         }
+    }
+    // Only our hub offers XHANDOFF; any other next hop gets the message as ordinary mail.
+    if let (true, Some(key)) = (offers.handoff, &envelope.origin) {
+        let handoff = Handoff {
+            key: key.clone(),
+            arrived: envelope.received_at,
+        };
+        mail = mail.param(handoff.to_string()).map_err(bad)?;
     }
     Ok(mail)
 }

@@ -108,6 +108,8 @@ pub enum Route {
     Capture,
     /// To the recipient domains' MX hosts.
     Direct,
+    /// Handed to the Relay's hub (docs/hub.md).
+    Hub,
 }
 
 impl Route {
@@ -117,6 +119,7 @@ impl Route {
             Self::Smarthost => "smarthost",
             Self::Capture => "capture",
             Self::Direct => "direct",
+            Self::Hub => "hub",
         }
     }
 }

@@ -21,6 +21,12 @@ use std::{
 };
 use tokio::sync::Semaphore;
 
+/// The hub is in the same cluster: a connection that takes longer than this will not finish
+/// within a drain either.
+const HUB_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each reply of the hub, its fsync included.
+const HUB_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Errors building a [`SmarthostTransport`] from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -39,6 +45,8 @@ pub enum DeliveryError {
 /// Delivers through one smarthost (config `delivery.smarthost`).
 pub struct SmarthostTransport {
     settings: client::Settings,
+    /// `smarthost`, or `hub` for the hand-off to the Relay's hub.
+    route: Route,
     idle: Pool<()>,
     permits: Arc<Semaphore>,
     max_connections: usize,
@@ -79,26 +87,74 @@ impl SmarthostTransport {
             auth: cfg.auth.clone(),
             connect_timeout: Duration::from_secs(cfg.connect_timeout_seconds),
             command_timeout: Duration::from_secs(cfg.command_timeout_seconds),
+            handoff: false,
         };
-        let max_connections = cfg.max_connections.max(1);
-        metrics
-            .route_parked
-            .with_label_values(&[Route::Smarthost.as_str()])
-            .set(0);
-        Ok(Self {
+        Ok(Self::with_settings(
             settings,
+            Route::Smarthost,
+            cfg.max_connections,
+            metrics,
+        ))
+    }
+
+    /// The hand-off to the Relay's hub (config `handoff`): TLS from the first byte verified
+    /// against the operator's CA only, AUTH PLAIN, and the XHANDOFF extension (docs/hub.md).
+    pub fn hub(cfg: &config::Handoff, hostname: &str, metrics: Metrics) -> Result<Self, DeliveryError> {
+        let tls_config = TlsConfigs::pinned(Some(&cfg.ca_file)).map_err(|source| DeliveryError::Tls {
+            host: cfg.host.clone(),
+            source,
+        })?;
+        let settings = client::Settings {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            tls: TlsMode::Implicit,
+            tls_config: Some(tls_config),
+            client_id: ClientId::Domain(hostname.to_owned()),
+            auth: Some(config::Auth {
+                mechanism: config::AuthMechanism::Plain,
+                username_file: cfg.username_file.clone(),
+                password_file: cfg.password_file.clone(),
+            }),
+            connect_timeout: HUB_CONNECT_TIMEOUT,
+            command_timeout: HUB_COMMAND_TIMEOUT,
+            handoff: true,
+        };
+        Ok(Self::with_settings(
+            settings,
+            Route::Hub,
+            cfg.max_connections,
+            metrics,
+        ))
+    }
+
+    fn with_settings(
+        settings: client::Settings,
+        route: Route,
+        max_connections: usize,
+        metrics: Metrics,
+    ) -> Self {
+        let max_connections = max_connections.max(1);
+        metrics.route_parked.with_label_values(&[route.as_str()]).set(0);
+        Self {
+            settings,
+            route,
             idle: Pool::new(),
             permits: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             breaker: Mutex::new(Breaker::new(ParkPolicy::default())),
             metrics,
-        })
+        }
     }
 
     /// Replaces the default [`ParkPolicy`] (3 failures; 30 s doubling to 5 min).
     pub fn with_park_policy(self, policy: ParkPolicy) -> Self {
         *lock(&self.breaker) = Breaker::new(policy);
         self
+    }
+
+    /// Connections it may open at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     /// Idle connections in the pool now.
@@ -125,7 +181,7 @@ impl SmarthostTransport {
             Admission::Probe => {
                 self.metrics
                     .route_probes
-                    .with_label_values(&[Route::Smarthost.as_str()])
+                    .with_label_values(&[self.route.as_str()])
                     .inc();
                 Some(ProbeGuard(self))
             }
@@ -187,7 +243,7 @@ impl SmarthostTransport {
 
     fn connection_ok(&self) {
         if lock(&self.breaker).success() {
-            tracing::info!(route = Route::Smarthost.as_str(), "route unparked");
+            tracing::info!(route = self.route.as_str(), "route unparked");
             self.set_parked(false);
         }
     }
@@ -195,12 +251,12 @@ impl SmarthostTransport {
     fn connection_failed(&self) {
         self.metrics
             .route_failures
-            .with_label_values(&[Route::Smarthost.as_str()])
+            .with_label_values(&[self.route.as_str()])
             .inc();
         let parked = lock(&self.breaker).failure(Instant::now());
         if parked {
             tracing::warn!(
-                route = Route::Smarthost.as_str(),
+                route = self.route.as_str(),
                 "route parked after connection failures"
             );
         }
@@ -210,14 +266,14 @@ impl SmarthostTransport {
     fn set_parked(&self, parked: bool) {
         self.metrics
             .route_parked
-            .with_label_values(&[Route::Smarthost.as_str()])
+            .with_label_values(&[self.route.as_str()])
             .set(i64::from(parked));
     }
 }
 
 impl Transport for SmarthostTransport {
     fn route(&self) -> Route {
-        Route::Smarthost
+        self.route
     }
 
     async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {

@@ -174,6 +174,8 @@ pub(crate) struct Offers {
     pub dsn: bool,
     /// RFC 2920 3.
     pub pipelining: bool,
+    /// Our XHANDOFF: the next hop is this Relay's hub (docs/hub.md).
+    pub handoff: bool,
 }
 
 impl Offers {
@@ -182,6 +184,7 @@ impl Offers {
         Self {
             dsn: offers(reply, "DSN"),
             pipelining: offers(reply, "PIPELINING"),
+            handoff: offers(reply, crate::message::handoff::KEYWORD),
         }
     }
 

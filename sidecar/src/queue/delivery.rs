@@ -73,6 +73,15 @@ impl Transport for AnyTransport {
     }
 }
 
+/// The hand-off side of one config generation.
+#[derive(Debug)]
+pub struct Hub {
+    /// The connection to the hub.
+    pub transport: SmarthostTransport,
+    /// Hand off mail whose route has been parked this long (`handoff.afterParkedSeconds`).
+    pub after_parked: Option<Duration>,
+}
+
 /// Everything delivery needs from one config generation.
 #[derive(Debug)]
 pub struct Delivery<T = AnyTransport> {
@@ -88,6 +97,8 @@ pub struct Delivery<T = AnyTransport> {
     pub hostname: String,
     /// Concurrent delivery attempts.
     pub concurrency: usize,
+    /// The Relay's hub, when the config has `handoff` (docs/hub.md).
+    pub hub: Option<Hub>,
     domains: Vec<String>,
     remote_mta: Option<String>,
 }
@@ -118,7 +129,16 @@ impl Delivery {
             }
             config::Delivery::Capture(c) => (AnyTransport::Capture(CaptureTransport::new(&c.dir)), 4),
         };
-        Delivery::with_transport(cfg, transport, concurrency)
+        let mut delivery = Delivery::with_transport(cfg, transport, concurrency)?;
+        delivery.hub = match &cfg.handoff {
+            Some(h) => Some(Hub {
+                transport: SmarthostTransport::hub(h, &cfg.hostname, metrics.clone())
+                    .map_err(|e| Error::Transport(format!("handoff: {e}")))?,
+                after_parked: h.after_parked_seconds.map(Duration::from_secs),
+            }),
+            None => None,
+        };
+        Ok(delivery)
     }
 }
 
@@ -127,6 +147,7 @@ impl<T: Transport> Delivery<T> {
     /// [`Delivery::build`]'s choice), running at most `concurrency` attempts at once.
     pub fn with_transport(cfg: &Config, transport: T, concurrency: usize) -> Result<Self, Error> {
         Ok(Self {
+            hub: None,
             transport,
             signer: dkim::Signer::new(&cfg.domains)?,
             retry: cfg.retry.clone(),

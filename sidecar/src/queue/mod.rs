@@ -5,5 +5,6 @@
 pub mod attempt;
 pub mod decide;
 pub mod delivery;
+pub mod handoff;
 pub mod retry;
 pub mod runner;

@@ -4,6 +4,7 @@
 use super::{
     attempt,
     delivery::{AnyTransport, Delivery},
+    handoff::{self, Kept},
 };
 use crate::{
     message::{MessageId, now_secs},
@@ -13,7 +14,7 @@ use crate::{
 };
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 use tokio::{
@@ -47,7 +48,40 @@ pub enum Next {
     Requeue(Item),
     /// The message cannot be read (corrupt); it was set aside.
     Dropped,
+    /// Handed to the hub: every remaining recipient is the hub's now.
+    HandedOff,
+    /// A hand-off was tried and the message stays here, for this reason.
+    Kept(Item, Kept),
 }
+
+/// Where the sidecar is in its life; the app moves it forward on SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Deliver, retry, and (with `handoff.afterParkedSeconds`) hand off mail whose route has
+    /// been parked that long.
+    Run,
+    /// SIGTERM: deliver what is ready; with a hub, hand off the rest as soon as nothing is
+    /// ready (mail waiting for a retry, or a parked route); without one, keep trying until the
+    /// queue is empty.
+    Drain,
+    /// The drain deadline is near: hand every message to the hub once, start no delivery.
+    HandOff,
+}
+
+/// What the drain did, kept up to date as it goes (the app reads it even if the runner is
+/// stopped at the deadline).
+#[derive(Debug, Default)]
+pub struct DrainStats {
+    /// Messages delivered (every recipient finished) after the drain began.
+    pub delivered: u64,
+    /// Messages handed to the hub.
+    pub handed_off: u64,
+    /// Messages whose hand-off was tried and failed, and why.
+    pub kept: HashMap<MessageId, Kept>,
+}
+
+/// How long a message waits after a failed hand-off before another, outside a drain.
+const HANDOFF_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs the queue until `draining` is set and nothing is left, or until the task is aborted.
 #[derive(Debug)]
@@ -62,6 +96,16 @@ pub struct Runner<T: Transport = AnyTransport> {
     busy: BTreeSet<MessageId>,
     /// Set after an attempt failed at connection level: probe with one message at a time.
     suspect: bool,
+    phase: Phase,
+    /// Since when the route has been parked, as this runner saw it.
+    parked_since: Option<Instant>,
+    /// Hand-offs running now (the rest of `in_flight` are deliveries).
+    handing_off: usize,
+    /// The drain has begun handing off; it goes on doing so.
+    drain_handoff: bool,
+    /// Outside a drain: when a message whose hand-off failed may be offered again.
+    handoff_backoff: HashMap<MessageId, Instant>,
+    stats: Arc<Mutex<DrainStats>>,
 }
 
 impl<T: Transport> Runner<T> {
@@ -82,11 +126,22 @@ impl<T: Transport> Runner<T> {
             in_flight: JoinSet::new(),
             busy: BTreeSet::new(),
             suspect: false,
+            phase: Phase::Run,
+            parked_since: None,
+            handing_off: 0,
+            drain_handoff: false,
+            handoff_backoff: HashMap::new(),
+            stats: Arc::default(),
         };
         for q in found {
             r.add(q);
         }
         r
+    }
+
+    /// The drain's figures, shared (see [`DrainStats`]).
+    pub fn stats(&self) -> Arc<Mutex<DrainStats>> {
+        self.stats.clone()
     }
 
     fn add(&mut self, q: Queued) {
@@ -102,11 +157,12 @@ impl<T: Transport> Runner<T> {
         );
     }
 
-    /// Runs until drained (after `drain` turns true and the queue is empty).
+    /// Runs until drained: after `phase` leaves [`Phase::Run`], once the queue is empty, or
+    /// once every message left has had its one hand-off.
     pub async fn run(
         mut self,
         mut arrivals: mpsc::UnboundedReceiver<Queued>,
-        mut drain: watch::Receiver<bool>,
+        mut phase: watch::Receiver<Phase>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut compact = tokio::time::interval(Duration::from_secs(60));
@@ -117,8 +173,9 @@ impl<T: Transport> Runner<T> {
             while let Ok(q) = arrivals.try_recv() {
                 self.add(q);
             }
+            self.phase = *phase.borrow();
             self.dispatch();
-            if *drain.borrow() && self.items.is_empty() && self.in_flight.is_empty() {
+            if self.phase != Phase::Run && self.in_flight.is_empty() && self.drained() {
                 self.update_gauges();
                 break;
             }
@@ -135,7 +192,7 @@ impl<T: Transport> Runner<T> {
                     self.update_gauges();
                 }
                 _ = compact.tick() => { self.spool.compact().await; }
-                Ok(()) = drain.changed() => {}
+                Ok(()) = phase.changed() => {}
             }
         }
     }
@@ -151,9 +208,49 @@ impl<T: Transport> Runner<T> {
         }
     }
 
+    /// Whether nothing is left to do in a drain: the queue is empty, or every message left
+    /// has had its hand-off.
+    fn drained(&self) -> bool {
+        let stats = crate::sync::lock(&self.stats);
+        self.items.keys().all(|id| stats.kept.contains_key(id))
+    }
+
+    /// Whether messages go to the hub now instead of their route (docs/hub.md).
+    fn handing_off(&mut self, delivery: &Delivery<T>) -> bool {
+        let Some(hub) = &delivery.hub else {
+            return false;
+        };
+        let parked = delivery.transport.parked();
+        self.parked_since = match (parked, self.parked_since) {
+            (false, _) => None,
+            (true, since) => Some(since.unwrap_or_else(Instant::now)),
+        };
+        match self.phase {
+            Phase::HandOff => true,
+            // Deliver what is ready first; what waits for a retry or a parked route goes over.
+            Phase::Drain => {
+                if !self.drain_handoff {
+                    self.drain_handoff = (self.ready.is_empty() || parked) && self.in_flight.is_empty();
+                }
+                self.drain_handoff
+            }
+            Phase::Run => hub
+                .after_parked
+                .zip(self.parked_since)
+                .is_some_and(|(after, since)| since.elapsed() >= after),
+        }
+    }
+
     fn dispatch(&mut self) {
         let delivery = self.delivery.borrow().clone();
-        if delivery.transport.parked() || !self.spool.recording() {
+        if !self.spool.recording() {
+            return;
+        }
+        if self.handing_off(&delivery) {
+            self.hand_off(&delivery);
+            return;
+        }
+        if delivery.transport.parked() || self.phase == Phase::HandOff {
             return;
         }
         let limit = if self.suspect { 1 } else { delivery.concurrency };
@@ -171,13 +268,75 @@ impl<T: Transport> Runner<T> {
         }
     }
 
+    /// Starts a hand-off of every message not busy and not already tried in this drain, up
+    /// to the hub's connections.
+    fn hand_off(&mut self, delivery: &Arc<Delivery<T>>) {
+        let limit = delivery.hub.as_ref().map_or(1, |h| h.transport.max_connections());
+        let waiting: Vec<MessageId> = self.waiting.iter().map(|(_, id)| *id).collect();
+        self.waiting.clear();
+        self.ready.extend(waiting);
+        let now = Instant::now();
+        let mut skipped = VecDeque::new();
+        while self.handing_off < limit {
+            let Some(id) = self.ready.pop_front() else { break };
+            let tried = match self.phase {
+                Phase::Run => self.handoff_backoff.get(&id).is_some_and(|&t| t > now),
+                Phase::Drain | Phase::HandOff => crate::sync::lock(&self.stats).kept.contains_key(&id),
+            };
+            if tried {
+                skipped.push_back(id);
+                continue;
+            }
+            let Some(item) = self.items.get(&id).cloned() else {
+                continue;
+            };
+            if !self.busy.insert(id) {
+                continue;
+            }
+            self.handing_off += 1;
+            let (spool, metrics, delivery) = (self.spool.clone(), self.metrics.clone(), delivery.clone());
+            self.in_flight.spawn(async move {
+                let next = match handoff::run(item, &spool, &delivery, &metrics).await {
+                    Ok(Next::Done) => Next::HandedOff,
+                    Ok(next) => next,
+                    Err((item, kept)) => Next::Kept(item, kept),
+                };
+                (id, next)
+            });
+        }
+        skipped.extend(self.ready.drain(..));
+        self.ready = skipped;
+    }
+
     fn finish(&mut self, id: MessageId, next: Next) {
         self.busy.remove(&id);
+        if matches!(next, Next::HandedOff | Next::Kept(..)) {
+            self.handing_off = self.handing_off.saturating_sub(1);
+        }
         match next {
-            Next::Done | Next::Dropped => {
+            Next::Done | Next::Dropped | Next::HandedOff => {
+                {
+                    let mut stats = crate::sync::lock(&self.stats);
+                    match (&next, self.phase) {
+                        (Next::HandedOff, _) => stats.handed_off += 1,
+                        (Next::Done, Phase::Drain | Phase::HandOff) => stats.delivered += 1,
+                        _ => {}
+                    }
+                    stats.kept.remove(&id);
+                }
+                self.handoff_backoff.remove(&id);
                 self.suspect = false;
                 self.items.remove(&id);
                 crate::memory::shrink_sparse(&mut self.items);
+            }
+            Next::Kept(item, kept) => {
+                self.items.insert(id, item);
+                if self.phase == Phase::Run {
+                    self.handoff_backoff.insert(id, Instant::now() + HANDOFF_RETRY);
+                } else {
+                    crate::sync::lock(&self.stats).kept.insert(id, kept);
+                }
+                self.ready.push_back(id);
             }
             Next::Retry(item, delay, connection_failure) => {
                 self.suspect = connection_failure;

@@ -1,7 +1,7 @@
 //! A message being received: body bytes go to the writer in chunks as they arrive (bounded
 //! memory), and `commit` returns only once body and envelope are fsync'd.
 
-use super::{CHUNK_BYTES, Entry, Meta, Queued, Spool, record, record::Kind, writer::Op};
+use super::{CHUNK_BYTES, Entry, Meta, Queued, Spool, origins::Claim, record, record::Kind, writer::Op};
 use crate::{
     message::{Envelope, MessageId},
     message::{MessageWriter, SinkError},
@@ -93,12 +93,49 @@ impl MessageWriter for Incoming {
     }
 
     async fn commit(mut self, envelope: Envelope) -> Result<MessageId, SinkError> {
+        let origin = envelope.origin.clone();
+        if let Some(key) = &origin {
+            let claim = lock(&self.spool.inner.state).origins.claim(key);
+            let received = &self.spool.inner.handoff_received;
+            match claim {
+                Claim::New => {}
+                Claim::Duplicate(id) => {
+                    received.with_label_values(&["duplicate"]).inc();
+                    tracing::info!(message_id = %id, handoff_key = %key, "hand-off of a message already held; no second copy");
+                    return Ok(id);
+                }
+                Claim::Busy => return Err(SinkError::HandoffInProgress),
+            }
+        }
+        let result = self.store(envelope).await;
+        if let Some(key) = &origin {
+            let mut st = lock(&self.spool.inner.state);
+            match result {
+                Ok(id) => {
+                    st.origins.queued(key, id);
+                    self.spool
+                        .inner
+                        .handoff_received
+                        .with_label_values(&["queued"])
+                        .inc();
+                }
+                Err(_) => st.origins.release(key),
+            }
+        }
+        result
+    }
+}
+
+impl Incoming {
+    async fn store(&mut self, envelope: Envelope) -> Result<MessageId, SinkError> {
+        // A hand-off arrives signed by its sidecar; an empty signature means "never sign".
+        let signature = envelope.origin.as_ref().map(|_| String::new());
         let meta = Meta {
             envelope,
             len: self.len,
             crc: self.crc.clone().finalize(),
             done: vec![],
-            signature: None,
+            signature,
         };
         self.flush(Some(&meta)).await?;
         let mut chunks = Vec::new();

@@ -8,6 +8,7 @@
 //! an old segment are relocated (rewritten at the head) so one long retry cannot pin the disk.
 
 mod meta;
+mod origins;
 pub mod record;
 mod replay;
 mod reserve;
@@ -99,6 +100,8 @@ struct State {
     files: HashMap<u64, Arc<std::fs::File>>,
     /// Messages being received, by the active segment when they began.
     inflight: BTreeMap<u64, usize>,
+    /// Hand-off keys held or recently delivered (a hub).
+    origins: origins::Origins,
 }
 
 #[derive(Debug)]
@@ -114,6 +117,11 @@ struct Inner {
     recording: Arc<AtomicBool>,
     /// The log's sync thread, taken by [`Spool::close`].
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This spool's own random id, kept in its directory: with a message id it names the
+    /// message in a hand-off (docs/hub.md).
+    instance: u64,
+    /// `handoff_received_total{result}`.
+    handoff_received: prometheus::IntCounterVec,
 }
 
 /// Handle to the spool; cheap to clone.
@@ -147,6 +155,9 @@ impl Spool {
             for s in &e.segs {
                 *state.seg_live.entry(*s).or_default() += 1;
             }
+            if let Some(key) = &e.meta.envelope.origin {
+                state.origins.queued(key, id);
+            }
             queued.push(Queued {
                 id,
                 meta: e.meta.clone(),
@@ -176,6 +187,7 @@ impl Spool {
             reserve,
         )
         .map_err(err)?;
+        let instance = instance_id(&dir).map_err(err)?;
         let (arrivals, arrivals_rx) = mpsc::unbounded_channel();
         let now_id = (crate::message::now_millis() << 20).max(replayed.max_id + 1);
         let spool = Spool {
@@ -189,6 +201,8 @@ impl Spool {
                 arrivals,
                 recording,
                 writer: Mutex::new(Some(writer)),
+                instance,
+                handoff_received: metrics.handoff_received.clone(),
             }),
         };
         spool.reclaim();
@@ -240,6 +254,27 @@ impl Spool {
     #[cfg(test)]
     pub(crate) fn set_recording(&self, ok: bool) {
         self.inner.recording.store(ok, Ordering::SeqCst);
+    }
+
+    /// The hand-off key of message `id`: this spool's instance and the message id, unique
+    /// among every pod's spool (docs/hub.md).
+    pub fn handoff_key(&self, id: MessageId) -> String {
+        format!("{:016x}.{id}", self.inner.instance)
+    }
+
+    /// Every message held now, oldest first (the drain's hand-off).
+    pub fn live(&self) -> Vec<Queued> {
+        let st = lock(&self.inner.state);
+        let mut live: Vec<Queued> = st
+            .entries
+            .iter()
+            .map(|(id, e)| Queued {
+                id: *id,
+                meta: e.meta.clone(),
+            })
+            .collect();
+        live.sort_by_key(|q| q.id);
+        live
     }
 
     /// Number and total bytes of messages held (including those being received).
@@ -340,6 +375,9 @@ impl Spool {
         {
             let mut st = lock(&self.inner.state);
             if let Some(e) = st.entries.remove(&id) {
+                if let Some(key) = &e.meta.envelope.origin {
+                    st.origins.finished(key, std::time::Instant::now());
+                }
                 st.count -= 1;
                 st.bytes -= e.meta.len;
                 for s in &e.segs {
@@ -488,6 +526,32 @@ fn open_segment(st: &mut State, dir: &Path, seq: u64) -> io::Result<Arc<std::fs:
     let f = Arc::new(std::fs::File::open(segment_path(dir, seq))?);
     st.files.insert(seq, f.clone());
     Ok(f)
+}
+
+/// The spool's instance id from `<dir>/instance`, made (random, written and fsync'd) on the
+/// first start.
+fn instance_id(dir: &Path) -> io::Result<u64> {
+    let path = dir.join("instance");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            if let Ok(id) = u64::from_str_radix(text.trim(), 16) {
+                return Ok(id);
+            }
+            tracing::warn!(path = %path.display(), "spool instance file is damaged; writing a new one");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id: u64 = rand::random();
+    let tmp = dir.join("instance.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        io::Write::write_all(&mut f, format!("{id:016x}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
 fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {

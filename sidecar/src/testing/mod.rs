@@ -19,5 +19,6 @@ pub fn envelope(rcpts: &[&str], received_at: u64) -> crate::message::Envelope {
         smtputf8: false,
         received_at,
         dsn: Default::default(),
+        origin: None,
     }
 }

@@ -138,6 +138,7 @@ async fn put(sink: &impl MessageSink) -> Result<(), SinkError> {
         smtputf8: false,
         received_at: 1,
         dsn: Default::default(),
+        origin: None,
     })
     .await
     .map(|_| ())

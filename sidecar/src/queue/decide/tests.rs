@@ -19,6 +19,7 @@ fn envelope(sender: &str, age: u64) -> Envelope {
         smtputf8: false,
         received_at: NOW - age,
         dsn: Default::default(),
+        origin: None,
     }
 }
 

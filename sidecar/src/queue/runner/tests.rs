@@ -18,7 +18,7 @@ struct Harness {
     spool: Spool,
     fake: FakeTransport,
     metrics: Metrics,
-    drain: watch::Sender<bool>,
+    drain: watch::Sender<Phase>,
     runner: JoinHandle<()>,
 }
 
@@ -42,7 +42,7 @@ fn start(concurrency: usize, retry_seconds: u64, fake: &FakeTransport) -> Harnes
     assert!(found.is_empty());
     let delivery = Delivery::with_transport(&cfg, fake.clone(), concurrency).expect("delivery");
     let (_delivery_tx, delivery_rx) = watch::channel(Arc::new(delivery));
-    let (drain, drain_rx) = watch::channel(false);
+    let (drain, drain_rx) = watch::channel(Phase::Run);
     let runner = Runner::new(spool.clone(), delivery_rx, metrics.clone(), Vec::new());
     let runner = tokio::spawn(async move {
         // Keeps the sender alive (a dropped sender is not a reload).
@@ -70,6 +70,7 @@ async fn put(spool: &Spool, subject: &str, rcpts: &[&str]) {
         smtputf8: false,
         received_at: crate::message::now_secs(),
         dsn: Default::default(),
+        origin: None,
     })
     .await
     .expect("commit");
@@ -226,7 +227,7 @@ async fn drain_delivers_what_it_can_and_returns() {
     for n in 0..3 {
         put(&h.spool, &format!("m{n}"), &["a@example.net", "b@example.net"]).await;
     }
-    h.drain.send_replace(true);
+    h.drain.send_replace(Phase::Drain);
     tokio::time::timeout(DEADLINE, h.runner)
         .await
         .expect("the runner returns once the queue is empty")
@@ -240,7 +241,7 @@ async fn drain_keeps_going_while_mail_is_deferred() {
     let fake = FakeTransport::new(Route::Smarthost);
     let h = start(1, 1, &fake);
     put(&h.spool, "stuck", &["defer@example.net"]).await;
-    h.drain.send_replace(true);
+    h.drain.send_replace(Phase::Drain);
     // Two attempts: the runner went round its loop with mail left and did not stop.
     wait_for_calls(&h.fake, 2, "a retry during the drain").await;
     assert!(
