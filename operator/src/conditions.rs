@@ -12,6 +12,8 @@ pub const READY: &str = "Ready";
 pub const DKIM_KEY_READY: &str = "DkimKeyReady";
 /// `DnsVerified`: every recommended record is served by live DNS.
 pub const DNS_VERIFIED: &str = "DnsVerified";
+/// Relay condition: its hub (`spec.hub`) has a Ready pod to take hand-offs.
+pub const HUB_READY: &str = "HubReady";
 
 /// A condition to set: type, status, reason and a one-sentence message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -51,11 +51,15 @@ pub enum Reason {
     KeyRetired,
     /// A pending DKIM key was dropped before it ever signed.
     KeyRotationCancelled,
+    /// At least one hub pod is Ready to take hand-offs.
+    HubReady,
+    /// No hub pod is Ready: sidecars that stop now keep their mail (or lose it with the pod).
+    HubNotReady,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Self::Reconciled,
         Self::InvalidSpec,
         Self::SecretNotFound,
@@ -76,6 +80,8 @@ impl Reason {
         Self::KeyRotated,
         Self::KeyRetired,
         Self::KeyRotationCancelled,
+        Self::HubReady,
+        Self::HubNotReady,
     ];
 
     /// The CamelCase spelling.
@@ -101,6 +107,8 @@ impl Reason {
             Self::KeyRotated => "KeyRotated",
             Self::KeyRetired => "KeyRetired",
             Self::KeyRotationCancelled => "KeyRotationCancelled",
+            Self::HubReady => "HubReady",
+            Self::HubNotReady => "HubNotReady",
         }
     }
 }

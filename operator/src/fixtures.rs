@@ -51,6 +51,7 @@ impl Relay {
             retry: None,
             limits: None,
             listen_port: 25,
+            hub: None,
         };
         Relay {
             metadata: ObjectMeta {

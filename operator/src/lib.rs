@@ -104,6 +104,9 @@ pub enum Error {
     /// Generating or parsing a key failed.
     #[error("DKIM key generation failed: {0}")]
     KeyGeneration(String),
+    /// Issuing the hub's serving certificate failed.
+    #[error("hub certificate: {0}")]
+    HubCertificate(String),
     /// Serializing the sidecar config failed.
     #[error("rendering the sidecar config failed: {0}")]
     Render(#[source] serde_yaml::Error),
@@ -138,7 +141,9 @@ impl Error {
     /// The condition and event reason for this error.
     pub fn reason(&self) -> Reason {
         match self {
-            Self::Kube { .. } | Self::Render(_) | Self::Serde { .. } => Reason::ApplyFailed,
+            Self::Kube { .. } | Self::Render(_) | Self::Serde { .. } | Self::HubCertificate(_) => {
+                Reason::ApplyFailed
+            }
             Self::MissingNamespace | Self::MissingIdentity | Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::DomainNotFound { .. } => Reason::DomainNotFound,
             Self::DomainNotAllowed { .. } => Reason::DomainNotAllowed,
@@ -166,6 +171,7 @@ impl Error {
             Self::DkimKeyLost { .. } => "dkim_key_lost",
             Self::DkimKeyChanged { .. } => "dkim_key_changed",
             Self::KeyGeneration(_) => "key_generation",
+            Self::HubCertificate(_) => "hub_certificate",
             Self::Render(_) => "render",
             Self::Serde { .. } => "serde",
         }
@@ -175,7 +181,11 @@ impl Error {
     pub fn is_spec_error(&self) -> bool {
         !matches!(
             self,
-            Self::Kube { .. } | Self::KeyGeneration(_) | Self::Render(_) | Self::Serde { .. }
+            Self::Kube { .. }
+                | Self::KeyGeneration(_)
+                | Self::HubCertificate(_)
+                | Self::Render(_)
+                | Self::Serde { .. }
         )
     }
 }

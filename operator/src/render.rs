@@ -102,6 +102,7 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         delivery: delivery(relay, &namespace, &name)?,
         retry,
         bounces: Default::default(),
+        handoff: spec.hub.as_ref().map(|h| hub::handoff(&name, &namespace, h)),
     };
     let problems = config.validate();
     if !problems.is_empty() {
@@ -204,5 +205,6 @@ fn render_direct(spec: &crate::crd::DirectSpec) -> sc::Direct {
     }
 }
 
+pub mod hub;
 #[cfg(test)]
 mod tests;

@@ -229,14 +229,17 @@ impl Running {
         let mut runner = self.runner;
         // With a hub, delivery stops `drainReserveSeconds` before the deadline and what is left
         // goes to the hub (docs/hub.md); the runner may begin that earlier, once nothing is ready.
+        let mut finished = false;
         if let Some(reserve) = self.handoff_reserve {
             let handoff_at = deadline.checked_sub(reserve).unwrap_or(deadline);
-            if tokio::time::timeout_at(handoff_at, &mut runner).await.is_err() {
+            finished = tokio::time::timeout_at(handoff_at, &mut runner).await.is_ok();
+            if !finished {
                 tracing::info!("drain: handing what is left to the hub");
                 let _ = self.drain_tx.send(Phase::HandOff);
             }
         }
-        if tokio::time::timeout_at(deadline, &mut runner).await.is_err() {
+        // A JoinHandle must not be polled again once it has completed.
+        if !finished && tokio::time::timeout_at(deadline, &mut runner).await.is_err() {
             tracing::warn!("drain deadline reached; undelivered mail stays in the spool");
             runner.abort();
         }

@@ -25,6 +25,7 @@ const HOST_RULE: &str = r"self.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
+    printcolumn = r#"{"name":"Hub","type":"string","jsonPath":".status.conditions[?(@.type==\"HubReady\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
@@ -51,6 +52,43 @@ pub struct RelaySpec {
     #[serde(default = "default_listen_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub listen_port: u32,
+    /// A durable hub for this Relay: a StatefulSet with a volume per pod, to which each sidecar
+    /// hands the mail it has not delivered when its pod stops, so that accepted mail survives
+    /// the pod (docs/hub.md). Absent: undelivered mail is lost with the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubSpec>,
+}
+
+/// The Relay's hub (docs/hub.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubSpec {
+    /// Hub pods, 1 to 9. Default 2, so that one can be rolled or lost while the other takes
+    /// hand-offs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: Option<u32>,
+    /// Size of each hub pod's volume (a PersistentVolumeClaim). Default `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub storage: Option<String>,
+    /// StorageClass of the volumes. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Resources of each hub pod's container. Default: requests of 50m CPU and 64Mi memory, a
+    /// limit of 256Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Seconds at the end of a sidecar's drain kept for the hand-off, 1 to 300. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub drain_reserve_seconds: Option<u64>,
+    /// Also hand off mail whose route has been parked (down) this many seconds, to keep pod
+    /// spools small during a long outage; 60 to 604800. Default: only when a pod stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub after_parked_seconds: Option<u64>,
 }
 
 /// Delivery mode; exactly one field is set.
@@ -233,6 +271,21 @@ pub struct RelayStatus {
     /// `mailroom.dev/relay=<name>` and `mailroom.dev/injected=true`).
     #[serde(default)]
     pub pods: u32,
+    /// The hub, when `spec.hub` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubStatus>,
+}
+
+/// What the operator observed about a Relay's hub.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubStatus {
+    /// The hub's Service (`<relay>-hub`), which the sidecars hand off to.
+    pub service: String,
+    /// Hub pods asked for.
+    pub replicas: u32,
+    /// Hub pods Ready (from the StatefulSet's status).
+    pub ready_replicas: u32,
 }
 
 fn default_listen_port() -> u32 {

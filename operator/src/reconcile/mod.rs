@@ -2,6 +2,7 @@
 //! `error_policy` (spec errors wait for a change, transient errors back off).
 
 pub mod backoff;
+pub mod hub;
 pub mod mail_domain;
 pub mod relay;
 
@@ -11,7 +12,10 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{ConfigMap, Pod, Secret},
+};
 use kube::{
     Api, Client, ResourceExt,
     core::PartialObjectMeta,
@@ -100,6 +104,8 @@ pub async fn run(ctx: Arc<Context>) {
     let relays = relays
         .owns(Api::<ConfigMap>::all(client.clone()), relay::children())
         .owns(Api::<Secret>::all(client.clone()), relay::children())
+        // The hub's readiness (`HubReady`) follows its StatefulSet's status.
+        .owns(Api::<StatefulSet>::all(client.clone()), relay::children())
         // Only changes a Relay renders from wake its Relays: with hundreds of Relays on one
         // MailDomain, each DNS recheck of it would otherwise reconcile all of them.
         .watches_stream(

@@ -20,7 +20,7 @@ use super::{Context, mail_domain::PRIVATE_KEY, now, write_status};
 use crate::{
     Error, Result,
     apply::{apply, owner_ref},
-    conditions::{self, Cond, READY},
+    conditions::{self, Cond, HUB_READY, READY},
     crd::{MailDomain, Relay, RelayStatus},
     events::{Note, Notes, Reason},
     render,
@@ -92,7 +92,8 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
     };
     status.pods = count_pods(&ctx, &ns, &name).await?;
     let t = now();
-    let (action, ready) = match converge(&relay, &ns, &ctx, &mut status).await {
+    let had_hub = old.hub.is_some();
+    let (action, ready) = match converge(&relay, &ns, &ctx, &mut status, had_hub).await {
         Ok(()) => {
             let msg = format!(
                 "Relay {ns}/{name} is rendered into ConfigMap {}",
@@ -107,12 +108,21 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
             status.config_map_name = old.config_map_name.clone();
             status.dkim_secret_name = old.dkim_secret_name.clone();
             status.effective_domains = old.effective_domains.clone();
+            status.hub = old.hub.clone();
             (Action::await_change(), Cond::no(READY, e.reason(), msg))
         }
         Err(e) => return Err(e),
     };
-    let notes = Notes::repeating(announce(&old.conditions, &ready));
+    let hub_ready = status
+        .hub
+        .as_ref()
+        .map(|h| super::hub::readiness(&ns, &name, h.replicas, h.ready_replicas));
+    let notes = Notes::repeating(announce(&old.conditions, &ready, hub_ready.as_ref()));
     conditions::set(&mut status.conditions, ready, status.observed_generation, &t);
+    match hub_ready {
+        Some(c) => conditions::set(&mut status.conditions, c, status.observed_generation, &t),
+        None => status.conditions.retain(|c| c.type_ != HUB_READY),
+    }
     ctx.metrics.set_ready(
         "Relay",
         &ns,
@@ -124,12 +134,21 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
     Ok(action)
 }
 
-/// The events a Relay reconcile publishes: a change of `Ready`, the only condition it has.
-fn announce(old: &[Condition], ready: &Cond) -> Vec<Note> {
-    conditions::transitions(old, std::slice::from_ref(ready), &[READY])
+/// The events a Relay reconcile publishes: a change of `Ready`, or of `HubReady` when it has a
+/// hub.
+fn announce(old: &[Condition], ready: &Cond, hub: Option<&Cond>) -> Vec<Note> {
+    let mut set = vec![ready.clone()];
+    set.extend(hub.cloned());
+    conditions::transitions(old, &set, &[READY, HUB_READY])
 }
 
-async fn converge(relay: &Relay, ns: &str, ctx: &Context, status: &mut RelayStatus) -> Result<()> {
+async fn converge(
+    relay: &Relay,
+    ns: &str,
+    ctx: &Context,
+    status: &mut RelayStatus,
+    had_hub: bool,
+) -> Result<()> {
     let domains = gather_domains(relay, ns, ctx).await?;
     check_secrets(relay, ns, ctx).await?;
     let keys = gather_keys(&domains, ctx).await?;
@@ -167,6 +186,8 @@ async fn converge(relay: &Relay, ns: &str, ctx: &Context, status: &mut RelayStat
         "apply ConfigMap",
     )
     .await?;
+    let hub = super::hub::converge(relay, ns, ctx, &config, &meta, had_hub).await?;
+    status.hub = hub.map(|(h, _)| h);
     status.effective_domains = domains.iter().map(|d| d.spec.domain.clone()).collect();
     status.config_map_name = Some(render::config_map_name(&name));
     status.dkim_secret_name = Some(render::dkim_secret_name(&name));
@@ -174,7 +195,7 @@ async fn converge(relay: &Relay, ns: &str, ctx: &Context, status: &mut RelayStat
 }
 
 /// SSA needs apiVersion/kind in the body; k8s-openapi types serialize them, so round-trip.
-fn with_type<K: serde::Serialize + serde::de::DeserializeOwned>(
+pub(super) fn with_type<K: serde::Serialize + serde::de::DeserializeOwned>(
     obj: K,
     api_version: &str,
     kind: &str,
@@ -386,7 +407,7 @@ mod tests {
             if let Some(c) = case.old {
                 conditions::set(&mut old, c, Some(1), &now());
             }
-            let got: Vec<(bool, Reason)> = announce(&old, &case.now)
+            let got: Vec<(bool, Reason)> = announce(&old, &case.now, None)
                 .into_iter()
                 .map(|n| (n.warning, n.reason))
                 .collect();

@@ -125,7 +125,7 @@ pub fn patch(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Result<Vec
         ops.extend(smtp_env(&i.to_string(), c, port));
     }
     ops.extend(sysctl(pod, port));
-    ops.extend(markers(pod, settings));
+    ops.extend(markers(pod, relay, settings));
     Ok(ops)
 }
 
@@ -168,6 +168,14 @@ fn volumes(relay: &Relay) -> (Vec<Volume>, Vec<VolumeMount>) {
         if let Some(c) = &s.ca_secret_ref {
             push(secret("mailroom-smarthost-ca", &c.name), CA_MOUNT, true);
         }
+    }
+    if relay.spec.hub.is_some() {
+        // The hand-off credential and the hub's CA (docs/hub.md).
+        push(
+            secret("mailroom-hub", &render::hub::auth_secret_name(&name)),
+            render::hub::HUB_AUTH_MOUNT,
+            true,
+        );
     }
     push(empty_dir("mailroom-spool"), SPOOL_DIR, false);
     if relay.spec.delivery.capture.is_some() {
@@ -333,27 +341,27 @@ fn sysctl(pod: &Pod, port: u16) -> Vec<PatchOperation> {
     }
 }
 
-/// `mailroom.dev/injected: "true"` label and the image annotation.
-fn markers(pod: &Pod, settings: &WebhookSettings) -> Vec<PatchOperation> {
+/// `mailroom.dev/injected: "true"` label, the image annotation, and with a hub the
+/// `mailroom.dev/hub-client: <relay>` label its NetworkPolicy admits.
+fn markers(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Vec<PatchOperation> {
+    let mut labels = vec![(INJECTED_LABEL, "true".to_string())];
+    if relay.spec.hub.is_some() {
+        labels.push((render::hub::HUB_CLIENT_LABEL, relay.name_any()));
+    }
+    let annotations = vec![(INJECTED_ANNOTATION, settings.sidecar_image.clone())];
     let mut ops = Vec::new();
-    for (field, key, value, present) in [
-        (
-            "labels",
-            INJECTED_LABEL,
-            "true".to_string(),
-            pod.metadata.labels.is_some(),
-        ),
-        (
-            "annotations",
-            INJECTED_ANNOTATION,
-            settings.sidecar_image.clone(),
-            pod.metadata.annotations.is_some(),
-        ),
+    for (field, pairs, present) in [
+        ("labels", labels, pod.metadata.labels.is_some()),
+        ("annotations", annotations, pod.metadata.annotations.is_some()),
     ] {
         if present {
-            ops.push(add(&["metadata", field, key], value));
+            ops.extend(
+                pairs
+                    .into_iter()
+                    .map(|(key, value)| add(&["metadata", field, key], value)),
+            );
         } else {
-            ops.push(add(&["metadata", field], BTreeMap::from([(key, value)])));
+            ops.push(add(&["metadata", field], BTreeMap::from_iter(pairs)));
         }
     }
     ops

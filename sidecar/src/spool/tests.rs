@@ -261,3 +261,58 @@ async fn segments_are_allocated_ahead_and_replay_stops_only_at_an_all_zero_tail(
     assert_eq!(metrics.spool_quarantined.get(), 1, "the zeros were set aside");
     drop(spool);
 }
+
+/// A hub (docs/hub.md): a hand-off key is stored once, across a reopen and after delivery, and a
+/// handed-off message is never signed again.
+#[tokio::test]
+async fn a_handoff_key_is_held_once_through_reopen_and_after_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handoff = |key: &str| {
+        let mut e = envelope(&["x@example.net"]);
+        e.origin = Some(key.to_owned());
+        e
+    };
+    let put_keyed = |spool: Spool, key: &'static str| async move {
+        let mut w = spool.begin().await.expect("begin");
+        w.write(b"DKIM-Signature: theirs\r\n\r\nbody\r\n")
+            .await
+            .expect("write");
+        w.commit(handoff(key)).await
+    };
+    let metrics = Metrics::new();
+    let (spool, _, _) = Spool::open(&cfg(dir.path()), metrics.clone()).expect("open");
+    let a = put_keyed(spool.clone(), "k.1").await.expect("first hand-off");
+    let again = put_keyed(spool.clone(), "k.1").await.expect("retried hand-off");
+    assert_eq!(again, a, "the retry is answered with the message already held");
+    assert_eq!(spool.usage().0, 1, "one copy");
+    assert_eq!(
+        spool.live()[0].meta.signature.as_deref(),
+        Some(""),
+        "never signed here"
+    );
+    drop(spool);
+
+    let (spool, found, _) = Spool::open(&cfg(dir.path()), metrics.clone()).expect("reopen");
+    assert_eq!(found.len(), 1);
+    assert_eq!(put_keyed(spool.clone(), "k.1").await.expect("after reopen"), a);
+    spool.remove(a).await;
+    assert_eq!(
+        put_keyed(spool.clone(), "k.1").await.expect("after delivery"),
+        a,
+        "a delivered key is remembered"
+    );
+    assert_eq!(spool.usage().0, 0, "and not queued again");
+    let b = put_keyed(spool.clone(), "k.2").await.expect("another key");
+    assert_ne!(a, b);
+    let received = |r: &str| metrics.handoff_received.with_label_values(&[r]).get();
+    assert_eq!((received("queued"), received("duplicate")), (2, 3));
+    assert_ne!(spool.handoff_key(a), spool.handoff_key(b));
+    let instance = spool.handoff_key(a);
+    drop(spool);
+    let (spool, _, _) = Spool::open(&cfg(dir.path()), metrics).expect("reopen");
+    assert_eq!(
+        spool.handoff_key(a),
+        instance,
+        "the instance id is kept in the directory"
+    );
+}

@@ -155,6 +155,8 @@ pub fn reply_line_is_well_formed(line: &str) -> bool {
     let rest = &line[4..];
     let exempt = line.starts_with("220 relay.test ")
         || line.starts_with("354 ")
+        // RFC 4954 4: a challenge (base64, empty for PLAIN), like 354 an intermediate reply.
+        || line.starts_with("334 ")
         || (line.starts_with("250") && (rest.starts_with("relay.test Hello ") || is_ehlo_keyword(rest)));
     if exempt {
         return true;
@@ -172,7 +174,16 @@ pub fn reply_line_is_well_formed(line: &str) -> bool {
 }
 
 fn is_ehlo_keyword(rest: &str) -> bool {
-    ["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES"].contains(&rest)
+    [
+        "PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "DSN",
+        "ENHANCEDSTATUSCODES",
+        "AUTH PLAIN",
+        "XHANDOFF",
+    ]
+    .contains(&rest)
         || rest
             .strip_prefix("SIZE ")
             .is_some_and(|n| n.bytes().all(|c| c.is_ascii_digit()))

@@ -1,0 +1,458 @@
+//! Pure rendering of a Relay's hub (docs/hub.md): the hub's own sidecar config, the `handoff`
+//! section its sidecars get, and the objects that run it (StatefulSet with a volume per pod,
+//! headless Service, PodDisruptionBudget, NetworkPolicy). Names and mount paths live here, so
+//! the webhook mounts the files where the configs expect them.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
+        core::v1::{
+            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+            Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+            ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+        },
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use mailroom_config::{Config, Handoff, ListenAuth, ListenTls};
+
+use super::{CONFIG_KEY, SPOOL_DIR};
+use crate::{
+    Error, Result,
+    crd::{HubSpec, Relay},
+    reconcile::relay::INJECTED_LABEL,
+};
+
+/// The hub's SMTP port (TLS from the first byte, like submissions on 465).
+pub const HUB_PORT: u16 = mailroom_config::DEFAULT_HANDOFF_PORT;
+/// The hub's admin port (`/metrics`, `/readyz`, `/livez`).
+pub const HUB_ADMIN_PORT: u16 = 9465;
+/// Label on hub pods and objects: the Relay's name.
+pub const HUB_LABEL: &str = "mailroom.dev/hub";
+/// Label the webhook puts on pods injected for a Relay with a hub: the Relay's name. The hub's
+/// NetworkPolicy admits these pods (the `mailroom.dev/relay` label may be empty, when an
+/// annotation names the Relay).
+pub const HUB_CLIENT_LABEL: &str = "mailroom.dev/hub-client";
+/// Longest Relay name with a hub: a StatefulSet's pods carry `controller-revision-hash:
+/// <name>-<10 characters>`, a label value of at most 63.
+pub const MAX_RELAY_NAME: usize = 48;
+/// Where an app pod's sidecar mounts `<relay>-hub-auth` (`ca.crt`, `username`, `password`), and
+/// the hub pods too (they check the same credential).
+pub const HUB_AUTH_MOUNT: &str = "/etc/mailroom/hub";
+/// Where hub pods mount `<relay>-hub-tls` (`tls.crt`, `tls.key`).
+pub const HUB_TLS_MOUNT: &str = "/etc/mailroom/hub-tls";
+/// Where hub pods mount their ConfigMap.
+pub const HUB_CONFIG_MOUNT: &str = "/etc/mailroom/config";
+/// Keys of `<relay>-hub-auth`.
+pub const USERNAME_KEY: &str = "username";
+/// See [`USERNAME_KEY`].
+pub const PASSWORD_KEY: &str = "password";
+/// See [`USERNAME_KEY`]: the CA that signed the hub's certificate.
+pub const CA_KEY: &str = "ca.crt";
+/// The sidecar's user and group (the distroless `nonroot` user).
+const UID: i64 = 65532;
+/// Default `spec.hub.replicas`.
+pub const DEFAULT_REPLICAS: u32 = 2;
+/// Default `spec.hub.storage`.
+pub const DEFAULT_STORAGE: &str = "1Gi";
+/// Share of the volume the spool may fill before new hand-offs get `452 4.3.1`; the rest is
+/// segment overhead and the disk reserve.
+const SPOOL_SHARE: f64 = 0.8;
+
+/// Name of the hub's StatefulSet, Service, PodDisruptionBudget, NetworkPolicy and ConfigMap.
+pub fn name(relay: &str) -> String {
+    format!("{relay}-hub")
+}
+
+/// Name of the Secret with the hub's serving certificate and its CA (`tls.crt`, `tls.key`,
+/// `ca.crt`, `ca.key`).
+pub fn tls_secret_name(relay: &str) -> String {
+    format!("{relay}-hub-tls")
+}
+
+/// Name of the Secret with the Relay's hand-off credential and the hub's CA certificate.
+pub fn auth_secret_name(relay: &str) -> String {
+    format!("{relay}-hub-auth")
+}
+
+/// The host name sidecars connect to: the headless Service, which resolves to the Ready hub pods.
+pub fn host(relay: &str, namespace: &str) -> String {
+    format!("{}.{namespace}.svc", name(relay))
+}
+
+/// The DNS names the hub's certificate carries.
+pub fn cert_names(relay: &str, namespace: &str) -> Vec<String> {
+    let svc = name(relay);
+    vec![
+        svc.clone(),
+        format!("{svc}.{namespace}"),
+        format!("{svc}.{namespace}.svc"),
+        format!("{svc}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// The `handoff` section of the Relay's sidecars.
+pub fn handoff(relay: &str, namespace: &str, spec: &HubSpec) -> Handoff {
+    let file = |key: &str| PathBuf::from(HUB_AUTH_MOUNT).join(key);
+    Handoff {
+        host: host(relay, namespace),
+        port: HUB_PORT,
+        ca_file: file(CA_KEY),
+        username_file: file(USERNAME_KEY),
+        password_file: file(PASSWORD_KEY),
+        drain_reserve_seconds: spec
+            .drain_reserve_seconds
+            .unwrap_or(mailroom_config::DEFAULT_DRAIN_RESERVE_SECONDS),
+        after_parked_seconds: spec.after_parked_seconds,
+        max_connections: 4,
+    }
+}
+
+/// The hub's own config from its sidecars' `sidecar`: the same route, retries, limits and
+/// sender domains, listening on the pod network with TLS and the Relay's credential, its spool on
+/// its volume, and no DKIM keys (every message it takes was signed by its sidecar, and it never
+/// signs again).
+pub fn config(sidecar: &Config, relay: &str, namespace: &str, spec: &HubSpec) -> Result<Config> {
+    if relay.len() > MAX_RELAY_NAME {
+        return Err(Error::InvalidSpec(format!(
+            "Relay {namespace}/{relay}: spec.hub needs a Relay name of at most {MAX_RELAY_NAME} characters (the hub's StatefulSet is named after it)"
+        )));
+    }
+    let mut hub = sidecar.clone();
+    hub.hostname = host(relay, namespace);
+    hub.listen.address = ([0, 0, 0, 0], HUB_PORT).into();
+    hub.listen.allow_non_loopback = true;
+    hub.listen.tls = Some(ListenTls {
+        cert_file: PathBuf::from(HUB_TLS_MOUNT).join("tls.crt"),
+        key_file: PathBuf::from(HUB_TLS_MOUNT).join("tls.key"),
+    });
+    hub.listen.auth = Some(ListenAuth {
+        username_file: PathBuf::from(HUB_AUTH_MOUNT).join(USERNAME_KEY),
+        password_file: PathBuf::from(HUB_AUTH_MOUNT).join(PASSWORD_KEY),
+    });
+    hub.admin.address = ([0, 0, 0, 0], HUB_ADMIN_PORT).into();
+    hub.handoff = None;
+    for d in &mut hub.domains {
+        d.dkim = None;
+    }
+    // Sidecars hand off whatever they hold: the hub takes as many at once as they may send.
+    hub.limits.rate_per_minute = None;
+    let bytes = storage_bytes(spec.storage.as_deref().unwrap_or(DEFAULT_STORAGE)).ok_or_else(|| {
+        Error::InvalidSpec(format!(
+            "Relay {namespace}/{relay}: spec.hub.storage {:?} is not a quantity like 1Gi",
+            spec.storage
+        ))
+    })?;
+    hub.spool.max_bytes = (bytes as f64 * SPOOL_SHARE) as u64;
+    hub.spool.dir = SPOOL_DIR.into();
+    let problems = hub.validate();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(Error::InvalidSpec(format!(
+            "Relay {namespace}/{relay} renders an invalid hub config: {}",
+            list.join("; ")
+        )));
+    }
+    Ok(hub)
+}
+
+/// Bytes of a Kubernetes quantity of the form the CRD allows (`512Mi`, `1Gi`, `1.5G`, `1000`).
+pub fn storage_bytes(q: &str) -> Option<u64> {
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let unit: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = n * unit;
+    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as u64)
+}
+
+/// Labels of the hub's pods (and selector of its Service, PDB and NetworkPolicy).
+pub fn pod_labels(relay: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (HUB_LABEL.to_string(), relay.to_string()),
+        ("app.kubernetes.io/name".to_string(), "mailroom-hub".to_string()),
+        ("app.kubernetes.io/component".to_string(), "hub".to_string()),
+    ])
+}
+
+/// Everything that runs the hub, each with `meta` (name, namespace, labels, owner) applied.
+#[derive(Debug, Clone)]
+pub struct Objects {
+    /// The pods and their volumes.
+    pub stateful_set: StatefulSet,
+    /// Headless: resolves to the Ready hub pods.
+    pub service: Service,
+    /// At most one hub pod down by choice at a time.
+    pub disruption_budget: PodDisruptionBudget,
+    /// Only this Relay's injected pods reach the SMTP port.
+    pub network_policy: NetworkPolicy,
+}
+
+/// The hub's objects for `relay`, running `image`; `meta` gives each its metadata.
+pub fn objects(relay: &Relay, image: &str, meta: impl Fn(String) -> ObjectMeta) -> Objects {
+    use kube::ResourceExt;
+    let relay_name = relay.name_any();
+    let spec = relay.spec.hub.clone().unwrap_or_default();
+    let hub = name(&relay_name);
+    let selector = LabelSelector {
+        match_labels: Some(pod_labels(&relay_name)),
+        ..Default::default()
+    };
+    let with_labels = |m: ObjectMeta| {
+        let mut labels = m.labels.clone().unwrap_or_default();
+        labels.extend(pod_labels(&relay_name));
+        ObjectMeta {
+            labels: Some(labels),
+            ..m
+        }
+    };
+    let stateful_set = StatefulSet {
+        metadata: with_labels(meta(hub.clone())),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(i32::try_from(spec.replicas.unwrap_or(DEFAULT_REPLICAS)).unwrap_or(1)),
+            service_name: Some(hub.clone()),
+            // Hub pods do not depend on each other: start and stop them together.
+            pod_management_policy: Some("Parallel".into()),
+            selector: selector.clone(),
+            template: pod_template(&relay_name, image, &spec),
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("spool".into()),
+                    ..Default::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: spec.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            Quantity(spec.storage.clone().unwrap_or_else(|| DEFAULT_STORAGE.into())),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            // A volume may hold mail not yet delivered: it outlives the Relay and a scale-down,
+            // and a later pod with the same ordinal replays it.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Retain".into()),
+                when_scaled: Some("Retain".into()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: with_labels(meta(hub.clone())),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(pod_labels(&relay_name)),
+            ports: Some(vec![ServicePort {
+                name: Some("smtp".into()),
+                port: HUB_PORT.into(),
+                target_port: Some(IntOrString::String("smtp".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let disruption_budget = PodDisruptionBudget {
+        metadata: with_labels(meta(hub.clone())),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sidecars = LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            (HUB_CLIENT_LABEL.to_string(), relay_name.clone()),
+            (INJECTED_LABEL.to_string(), "true".to_string()),
+        ])),
+        ..Default::default()
+    };
+    let port = |p: u16| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p.into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let network_policy = NetworkPolicy {
+        metadata: with_labels(meta(hub)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                // SMTP: only this Relay's injected pods, in this namespace. The credential is
+                // checked as well; this keeps everyone else from even reaching the greeting.
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(sidecars),
+                        ..Default::default()
+                    }]),
+                    ports: Some(vec![port(HUB_PORT)]),
+                },
+                // Metrics and probes: from anywhere (Prometheus runs in another namespace).
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![port(HUB_ADMIN_PORT)]),
+                },
+            ]),
+            ..Default::default()
+        }),
+    };
+    Objects {
+        stateful_set,
+        service,
+        disruption_budget,
+        network_policy,
+    }
+}
+
+fn pod_template(relay: &str, image: &str, spec: &HubSpec) -> PodTemplateSpec {
+    use mailroom_config::settings as s;
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    let secret = |volume: &str, secret: String| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let env = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let port = |name: &str, p: u16| ContainerPort {
+        name: Some(name.into()),
+        container_port: p.into(),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let resources = spec.resources.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("50m".into())),
+            ("memory".to_string(), Quantity("64Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("256Mi".into()))])),
+        ..Default::default()
+    });
+    let container = Container {
+        name: "mailroom-hub".into(),
+        image: Some(image.into()),
+        command: Some(vec!["mailroom-sidecar".into()]),
+        env: Some(vec![
+            env(s::ENV_CONFIG_PATH, format!("{HUB_CONFIG_MOUNT}/{CONFIG_KEY}")),
+            env(s::ENV_LOG_FORMAT, "json".into()),
+        ]),
+        ports: Some(vec![port("smtp", HUB_PORT), port("admin", HUB_ADMIN_PORT)]),
+        resources: Some(resources),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/livez", 10, 3)),
+        startup_probe: Some(probe("/readyz", 1, 300)),
+        // PodSecurity `restricted`.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(UID),
+            run_as_group: Some(UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("config", HUB_CONFIG_MOUNT, true),
+            mount("tls", HUB_TLS_MOUNT, true),
+            mount("auth", HUB_AUTH_MOUNT, true),
+            mount("spool", SPOOL_DIR, false),
+        ]),
+        ..Default::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels(relay)),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            // The hub talks to no apiserver.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            // Time for the drain: the hub finishes what it is delivering, and keeps the rest on
+            // its volume for the next pod.
+            termination_grace_period_seconds: Some(Duration::from_secs(30).as_secs() as i64),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                fs_group: Some(UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            volumes: Some(vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: name(relay),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                secret("tls", tls_secret_name(relay)),
+                secret("auth", auth_secret_name(relay)),
+            ]),
+            ..Default::default()
+        }),
+    }
+}

@@ -1,0 +1,376 @@
+//! The hub (docs/hub.md), with real processes: a sidecar hands its queue to its Relay's hub when
+//! it drains, the hub keeps it through its own crash, and refuses everyone without the Relay's
+//! credential. Independent peers: upstream.py (aiosmtpd), smtplib and ssl (bulk_send.py,
+//! hub_probe.py), dkimpy and the email package (bulk_check.py).
+
+use mailroom_test_support::{
+    certs::{self, TestCa},
+    peers::Upstream,
+    ports::Reservation,
+    relay::{self, Sidecar, dkim_key, reserve_port, run_ok},
+    stack,
+};
+use serde_json::Value;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+/// The hub's credential and another Relay's, as files (what the operator's Secrets hold).
+struct Credentials {
+    user: PathBuf,
+    password: PathBuf,
+}
+
+fn credentials(dir: &Path, name: &str, user: &str, password: &str) -> Credentials {
+    std::fs::create_dir_all(dir).expect("credentials dir");
+    let (u, p) = (
+        dir.join(format!("{name}-user")),
+        dir.join(format!("{name}-password")),
+    );
+    std::fs::write(&u, format!("{user}\n")).expect("user file");
+    std::fs::write(&p, password).expect("password file");
+    Credentials { user: u, password: p }
+}
+
+fn domains(key: &Path) -> String {
+    format!(
+        "  - domain: example.com\n    dkim:\n      selector: s1\n      algorithm: rsa-sha256\n      keyFile: {}",
+        key.display()
+    )
+}
+
+/// A hub: TLS from the first byte with `ca`'s server certificate, AUTH with `creds`, relaying
+/// to `127.0.0.1:<smarthost>` with the same domain and key as its sidecars.
+fn hub_config(smarthost: u16, ca: &TestCa, creds: &Credentials, key: &Path) -> String {
+    format!(
+        "apiVersion: mailroom.dev/v1alpha1
+kind: SidecarConfig
+relay: shop/outbound
+hostname: hub.test
+listen:
+  address: 127.0.0.1:2465
+  tls:
+    certFile: {cert}
+    keyFile: {key_file}
+  auth:
+    usernameFile: {user}
+    passwordFile: {password}
+domains:
+{domains}
+spool:
+  dir: {{dir}}/spool
+delivery:
+  smarthost:
+    host: 127.0.0.1
+    port: {smarthost}
+    tls: none
+    connectTimeoutSeconds: 2
+    commandTimeoutSeconds: 10
+retry:
+  initialSeconds: 1
+  multiplier: 1.5
+  maxSeconds: 2
+  maxAgeSeconds: 600
+",
+        cert = ca.cert.display(),
+        key_file = ca.key.display(),
+        user = creds.user.display(),
+        password = creds.password.display(),
+        domains = domains(key),
+    )
+}
+
+/// An app pod's sidecar relaying to `127.0.0.1:<smarthost>`, handing off to the hub on
+/// `localhost:<hub>` (the name in the hub's certificate).
+fn app_config(smarthost: u16, hub: u16, ca: &TestCa, creds: &Credentials, key: &Path, extra: &str) -> String {
+    format!(
+        "apiVersion: mailroom.dev/v1alpha1
+kind: SidecarConfig
+relay: shop/outbound
+hostname: app.test
+domains:
+{domains}
+spool:
+  dir: {{dir}}/spool
+delivery:
+  smarthost:
+    host: 127.0.0.1
+    port: {smarthost}
+    tls: none
+    connectTimeoutSeconds: 2
+    commandTimeoutSeconds: 10
+retry:
+  initialSeconds: 1
+  multiplier: 1.5
+  maxSeconds: 2
+  maxAgeSeconds: 600
+handoff:
+  host: localhost
+  port: {hub}
+  caFile: {ca}
+  usernameFile: {user}
+  passwordFile: {password}
+{extra}",
+        domains = domains(key),
+        ca = ca.ca.display(),
+        user = creds.user.display(),
+        password = creds.password.display(),
+    )
+}
+
+fn bulk_send(smtp: std::net::SocketAddr, count: usize) {
+    let out = run_ok(
+        Command::new(relay::python())
+            .arg(relay::peer("bulk_send.py"))
+            .args([smtp.ip().to_string(), smtp.port().to_string(), count.to_string()])
+            .args(["app@example.com", "rcpt@example.net"]),
+        "bulk_send.py",
+    );
+    let acked: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    assert_eq!(acked, count, "every message was acknowledged by the sidecar");
+}
+
+fn bulk_check(maildir: &Path, count: usize, txt: &str) -> Value {
+    let out = run_ok(
+        Command::new(relay::python())
+            .arg(relay::peer("bulk_check.py"))
+            .arg(maildir)
+            .arg(count.to_string())
+            .arg(txt),
+        "bulk_check.py (needs dkimpy: make test sets up the venv)",
+    );
+    serde_json::from_slice(&out.stdout).expect("bulk_check.py JSON")
+}
+
+fn probe(hub: &Sidecar, ca: &TestCa, mode: &str, login: Option<(&str, &str)>) -> Value {
+    let mut cmd = Command::new(relay::python());
+    cmd.arg(relay::peer("hub_probe.py"))
+        .args(["localhost", &hub.smtp.port().to_string()])
+        .arg(&ca.ca)
+        .arg(mode);
+    if let Some((user, password)) = login {
+        cmd.args([user, password]);
+    }
+    let out = run_ok(&mut cmd, "hub_probe.py");
+    serde_json::from_slice(&out.stdout).expect("hub_probe.py JSON")
+}
+
+/// Polls `f` every 50 ms until it holds, for up to `limit`; panics naming `what`.
+fn within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    stack::eventually(what, limit, || Ok(f())).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The drain report line of a sidecar's log.
+fn drain_line(log: &str) -> String {
+    log.lines()
+        .rfind(|l| l.contains("drain complete") || l.contains("drain ended"))
+        .unwrap_or_else(|| panic!("no drain report in the log:\n{log}"))
+        .to_owned()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    creds: Credentials,
+    key: PathBuf,
+    txt: String,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = certs::test_ca(&dir.path().join("ca"));
+    let creds = credentials(
+        &dir.path().join("secret"),
+        "hub",
+        "shop-outbound",
+        "correct horse battery",
+    );
+    let (key, txt) = dkim_key(dir.path(), "dkim", "rsa");
+    std::fs::create_dir_all(dir.path().join("hub")).expect("hub dir");
+    std::fs::create_dir_all(dir.path().join("app")).expect("app dir");
+    Setup {
+        dir,
+        ca,
+        creds,
+        key,
+        txt,
+    }
+}
+
+/// Proof 1 of docs/hub.md: the smarthost is down, 1,000 messages wait in an app pod's sidecar,
+/// and the pod goes away (SIGTERM). The sidecar hands all of them to the hub and leaves nothing;
+/// the hub holds them, and once the smarthost is back it delivers every one, byte for byte, with
+/// the sidecar's DKIM signature and no second one.
+#[test]
+fn a_drained_pod_hands_its_queue_to_the_hub_and_the_hub_delivers_it() {
+    const COUNT: usize = 1000;
+    let s = setup();
+    let smarthost: Reservation = reserve_port();
+    let port = smarthost.port();
+    let hub = Sidecar::start(
+        &s.dir.path().join("hub"),
+        &hub_config(port, &s.ca, &s.creds, &s.key),
+    );
+    let mut app = Sidecar::start_with_env(
+        &s.dir.path().join("app"),
+        &app_config(port, hub.smtp.port(), &s.ca, &s.creds, &s.key, ""),
+        &[("SIDECAR_DRAIN_SECONDS", "40")],
+    );
+    bulk_send(app.smtp, COUNT);
+    assert_eq!(
+        app.terminate(),
+        Some(0),
+        "the sidecar exits cleanly after its drain"
+    );
+    let report = drain_line(&app.log());
+    assert!(
+        report.contains("drain complete") && report.contains(&format!("handed_off={COUNT}")),
+        "the drain handed every message to the hub and left nothing: {report}"
+    );
+    let held = hub.metric("mailroom_sidecar_handoff_received_total{result=\"queued\"}");
+    assert_eq!(held as usize, COUNT, "the hub queued each message once");
+    assert_eq!(
+        hub.metric("mailroom_sidecar_messages_delivered_total"),
+        0.0,
+        "nothing was delivered while the smarthost was down"
+    );
+    let up = Upstream::start_on(&s.dir.path().join("up"), &smarthost, &["--tls", "none"]);
+    // The hub's route was parked while the smarthost was down: its probe comes within a
+    // parking period (30 s, then 60 s).
+    within(Duration::from_secs(150), "every message at the upstream", || {
+        let n = up.messages().expect("maildir").len();
+        (n >= COUNT).then_some(n)
+    });
+    let check = bulk_check(&up.maildir, COUNT, &s.txt);
+    assert_eq!(check["missing"], 0, "{check}");
+    assert_eq!(check["bad_body"], 0, "bytes intact: {check}");
+    assert_eq!(check["dkim_fail"], 0, "the sidecar's signature verifies: {check}");
+    assert_eq!(
+        check["max_signatures"], 1,
+        "the hub never signs a second time: {check}"
+    );
+    let duplicates = check["duplicates"].as_u64().expect("duplicates");
+    assert!(
+        duplicates * 1000 <= COUNT as u64,
+        "duplicates at most 0.1 %: {check}"
+    );
+}
+
+/// Proof 2 of docs/hub.md: the hub is killed (SIGKILL) while a sidecar hands off to it and it
+/// delivers. Its spool replays in the next hub process; the sidecar keeps what the hub did not
+/// take, and hands it off again at its next stop; the hub takes each message once. Nothing is
+/// lost.
+#[test]
+fn a_hub_killed_during_hand_offs_and_deliveries_loses_nothing() {
+    const COUNT: usize = 600;
+    let s = setup();
+    let up = Upstream::start(&s.dir.path().join("up"), &["--tls", "none"]);
+    // The app's own route is down, so that everything goes through the hub.
+    let down = reserve_port();
+    let mut hub = Sidecar::start(
+        &s.dir.path().join("hub"),
+        &hub_config(up.port, &s.ca, &s.creds, &s.key),
+    );
+    let mut app = Sidecar::start_with_env(
+        &s.dir.path().join("app"),
+        // One connection, so that the hand-off takes long enough to be cut in the middle.
+        &app_config(
+            down.port(),
+            hub.smtp.port(),
+            &s.ca,
+            &s.creds,
+            &s.key,
+            "  maxConnections: 1\n",
+        ),
+        &[("SIDECAR_DRAIN_SECONDS", "20")],
+    );
+    bulk_send(app.smtp, COUNT);
+    let admin = hub.admin;
+    let terminating = std::thread::spawn(move || {
+        let code = app.terminate();
+        (app, code)
+    });
+    within(Duration::from_secs(30), "the hub taking hand-offs", || {
+        let text = stack::http_get(admin, "/metrics").ok()?.1;
+        (relay::metric_value(
+            &text,
+            "mailroom_sidecar_handoff_received_total{result=\"queued\"}",
+        ) >= 20.0)
+            .then_some(())
+    });
+    hub.kill9();
+    let (mut app, code) = terminating.join().expect("terminate thread");
+    assert_eq!(code, Some(0));
+    let report = drain_line(&app.log());
+    assert!(
+        report.contains("drain ended") && report.contains("hub_unreachable="),
+        "the hub died during the hand-off: the sidecar kept the rest, and says why: {report}"
+    );
+    hub.restart();
+    // The next start of the app pod (in Kubernetes: its next pod reads no emptyDir, but a
+    // restarted container does) hands off the rest; the hub replayed its own spool.
+    app.restart();
+    assert_eq!(app.terminate(), Some(0));
+    let report = drain_line(&app.log());
+    assert!(report.contains("drain complete"), "{report}");
+    within(Duration::from_secs(60), "every message at the upstream", || {
+        let n = up.messages().expect("maildir").len();
+        (n >= COUNT).then_some(n)
+    });
+    let check = bulk_check(&up.maildir, COUNT, &s.txt);
+    assert_eq!(check["missing"], 0, "nothing lost: {check}");
+    assert_eq!(check["bad_body"], 0, "{check}");
+    assert_eq!(check["dkim_fail"], 0, "{check}");
+    eprintln!("hub killed during hand-off: {check}");
+}
+
+/// Proof 4 of docs/hub.md: a client without TLS, without AUTH, with another Relay's credential,
+/// or trying XHANDOFF unauthenticated is refused, and nothing it sends is queued.
+#[test]
+fn a_hub_refuses_everyone_without_the_relays_credential() {
+    let s = setup();
+    let up = Upstream::start(&s.dir.path().join("up"), &["--tls", "none"]);
+    let hub = Sidecar::start(
+        &s.dir.path().join("hub"),
+        &hub_config(up.port, &s.ca, &s.creds, &s.key),
+    );
+    let plain = probe(&hub, &s.ca, "plain", None);
+    let raw = plain["replies"][0]["raw"].as_str().unwrap_or("");
+    assert!(!raw.contains("250"), "no SMTP in clear text: {plain}");
+    for mode in ["noauth", "handoff"] {
+        let r = probe(&hub, &s.ca, mode, None);
+        assert_eq!(r["replies"][1][0], 530, "{mode}: MAIL needs AUTH: {r}");
+        assert_ne!(r["replies"][3][0], 250, "{mode}: no message accepted: {r}");
+    }
+    let other = probe(
+        &hub,
+        &s.ca,
+        "login",
+        Some(("relay-shop-other", "another relay's password")),
+    );
+    assert_eq!(other["replies"][1][0], 535, "another Relay's credential: {other}");
+    assert_eq!(other["replies"][2][0], 530, "{other}");
+    let wrong = probe(&hub, &s.ca, "login", Some(("shop-outbound", "guess")));
+    assert_eq!(wrong["replies"][1][0], 535, "{wrong}");
+    assert_eq!(hub.metric("mailroom_sidecar_auth_failures_total"), 2.0);
+    assert_eq!(
+        hub.metric("mailroom_sidecar_messages_received_total{reason=\"none\",result=\"accepted\"}"),
+        0.0,
+        "nothing was queued"
+    );
+    assert_eq!(hub.metric("mailroom_sidecar_queue_messages"), 0.0);
+    // The Relay's own credential gets in (the refusals above are not a broken hub).
+    let ok = probe(
+        &hub,
+        &s.ca,
+        "login",
+        Some(("shop-outbound", "correct horse battery")),
+    );
+    assert_eq!(ok["replies"][1][0], 235, "{ok}");
+    assert_eq!(ok["replies"][4][0], 250, "{ok}");
+}
