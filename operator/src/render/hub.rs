@@ -456,3 +456,108 @@ fn pod_template(relay: &str, image: &str, spec: &HubSpec) -> PodTemplateSpec {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MailDomain;
+
+    fn relay_with_hub(name: &str, hub: HubSpec) -> Relay {
+        let mut relay = Relay::test("shop", name, &["shop"]);
+        relay.spec.hub = Some(hub);
+        relay
+    }
+
+    #[test]
+    fn the_hub_config_listens_with_tls_and_the_credential_and_never_signs_or_hands_off() {
+        let relay = relay_with_hub("outbound", HubSpec::default());
+        let domains = [MailDomain::test("shop", "shop.example.com")];
+        let sidecar = crate::render::sidecar_config(&relay, &domains).expect("render");
+        let h = sidecar.handoff.clone().expect("the sidecars hand off");
+        assert_eq!((h.host.as_str(), h.port), ("outbound-hub.shop.svc", HUB_PORT));
+        let hub = config(&sidecar, "outbound", "shop", &HubSpec::default()).expect("hub config");
+        assert_eq!(hub.listen.address.to_string(), "0.0.0.0:2465");
+        assert!(hub.listen.tls.is_some() && hub.listen.auth.is_some());
+        assert_eq!(hub.admin.address.to_string(), "0.0.0.0:9465");
+        assert!(hub.handoff.is_none());
+        assert!(hub.domains.iter().all(|d| d.dkim.is_none()));
+        assert_eq!(hub.delivery, sidecar.delivery, "the Relay's own route");
+        assert_eq!(hub.retry, sidecar.retry, "and its retries and expiry");
+        assert_eq!(hub.spool.max_bytes, (1024.0 * 1024.0 * 1024.0 * 0.8) as u64);
+        // What the sidecar binary loads: the YAML round-trips through the config crate.
+        let yaml = serde_yaml::to_string(&hub).expect("yaml");
+        let back = Config::parse(std::path::Path::new("hub.yaml"), &yaml).expect("the sidecar loads it");
+        assert_eq!(back, hub);
+    }
+
+    #[test]
+    fn storage_quantities_and_name_limits() {
+        for (q, want) in [
+            ("1Gi", Some(1 << 30)),
+            ("512Mi", Some(512 << 20)),
+            ("1.5G", Some(1_500_000_000)),
+            ("1000", Some(1000)),
+            ("0", None),
+            ("1Xi", None),
+            ("Gi", None),
+        ] {
+            assert_eq!(storage_bytes(q), want, "{q}");
+        }
+        let long = "r".repeat(MAX_RELAY_NAME + 1);
+        let relay = relay_with_hub(&long, HubSpec::default());
+        let sidecar = crate::render::sidecar_config(&relay, &[MailDomain::test("shop", "shop.example.com")])
+            .expect("render");
+        let err = config(&sidecar, &long, "shop", &HubSpec::default()).expect_err("too long");
+        assert!(err.to_string().contains("at most 48"), "{err}");
+    }
+
+    #[test]
+    fn the_workload_is_restricted_keeps_its_volumes_and_admits_only_the_relays_pods() {
+        let relay = relay_with_hub(
+            "outbound",
+            HubSpec {
+                replicas: Some(3),
+                storage: Some("5Gi".into()),
+                ..Default::default()
+            },
+        );
+        let o = objects(&relay, "mailroom-sidecar:test", |n| ObjectMeta {
+            name: Some(n),
+            ..Default::default()
+        });
+        let spec = o.stateful_set.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        let retention = spec.persistent_volume_claim_retention_policy.expect("retention");
+        assert_eq!(
+            (
+                retention.when_deleted.as_deref(),
+                retention.when_scaled.as_deref()
+            ),
+            (Some("Retain"), Some("Retain"))
+        );
+        let pod = spec.template.spec.expect("pod");
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let svc = o.service.spec.expect("service");
+        assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+        let rules = o.network_policy.spec.and_then(|s| s.ingress).expect("ingress");
+        let smtp = &rules[0];
+        let labels = smtp
+            .from
+            .as_ref()
+            .and_then(|f| f[0].pod_selector.as_ref())
+            .and_then(|s| s.match_labels.clone());
+        assert_eq!(
+            labels.and_then(|l| l.get(HUB_CLIENT_LABEL).cloned()).as_deref(),
+            Some("outbound")
+        );
+        assert!(
+            rules[1].from.is_none(),
+            "metrics and probes from anywhere, on the admin port only"
+        );
+    }
+}

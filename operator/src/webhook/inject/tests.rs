@@ -353,3 +353,53 @@ fn the_label_names_the_relay_and_the_annotation_fills_in_an_empty_label() {
         ..Default::default()
     }));
 }
+
+/// With a hub (docs/hub.md), the sidecar mounts the hand-off credential where its `handoff`
+/// section names it, and the pod carries the label the hub's NetworkPolicy admits.
+#[test]
+fn a_relay_with_a_hub_mounts_its_credential_and_labels_the_pod_for_its_network_policy() {
+    let mut relay = smarthost_relay();
+    relay.spec.hub = Some(crate::crd::HubSpec::default());
+    let domains = [MailDomain::test("shop", "shop.example.com")];
+    let config = render::sidecar_config(&relay, &domains).expect("render");
+    let handoff = config.handoff.expect("handoff");
+    let out = inject(&pod(APP), &relay);
+    let mounts: Vec<String> = sidecar(&out)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect();
+    for file in [&handoff.ca_file, &handoff.username_file, &handoff.password_file] {
+        assert!(
+            mounts.iter().any(|m| file.starts_with(Path::new(m))),
+            "{} is under no mount of {mounts:?}",
+            file.display()
+        );
+    }
+    let volume = out
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| v.iter().find(|v| v.name == "mailroom-hub"))
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.clone());
+    assert_eq!(volume.as_deref(), Some("outbound-hub-auth"));
+    assert_eq!(
+        out.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(render::hub::HUB_CLIENT_LABEL))
+            .map(String::as_str),
+        Some("outbound")
+    );
+    // Without a hub: no credential, no label.
+    let plain = inject(&pod(APP), &smarthost_relay());
+    assert!(
+        plain
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| !l.contains_key(render::hub::HUB_CLIENT_LABEL))
+    );
+}
