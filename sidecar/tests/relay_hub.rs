@@ -374,3 +374,39 @@ fn a_hub_refuses_everyone_without_the_relays_credential() {
     assert_eq!(ok["replies"][1][0], 235, "{ok}");
     assert_eq!(ok["replies"][4][0], 250, "{ok}");
 }
+
+/// `handoff.afterParkedSeconds`: while the route stays parked, a running sidecar hands its mail
+/// to the hub instead of holding it (small pod spools during a long outage).
+#[test]
+fn a_long_parked_route_sends_the_queue_to_the_hub_while_the_pod_runs() {
+    const COUNT: usize = 50;
+    let s = setup();
+    let up = Upstream::start(&s.dir.path().join("up"), &["--tls", "none"]);
+    let down = reserve_port();
+    let hub = Sidecar::start(
+        &s.dir.path().join("hub"),
+        &hub_config(up.port, &s.ca, &s.creds, &s.key),
+    );
+    let app = Sidecar::start(
+        &s.dir.path().join("app"),
+        &app_config(down.port(), hub.smtp.port(), &s.ca, &s.creds, &s.key, "  afterParkedSeconds: 1\n"),
+    );
+    bulk_send(app.smtp, COUNT);
+    within(Duration::from_secs(60), "the queue handed to the hub", || {
+        let handed = app.metric("mailroom_sidecar_handoff_messages_total{result=\"accepted\"}");
+        (handed as usize == COUNT).then_some(())
+    });
+    assert_eq!(app.metric("mailroom_sidecar_route_parked{route=\"smarthost\"}"), 1.0);
+    within(Duration::from_secs(60), "every message at the upstream", || {
+        let n = up.messages().expect("maildir").len();
+        (n >= COUNT).then_some(n)
+    });
+    let check = bulk_check(&up.maildir, COUNT, &s.txt);
+    assert_eq!(check["missing"], 0, "{check}");
+    assert_eq!(check["duplicates"], 0, "{check}");
+    assert_eq!(check["dkim_fail"], 0, "{check}");
+    within(Duration::from_secs(10), "the pod's queue gauge at 0", || {
+        (app.metric("mailroom_sidecar_queue_messages") == 0.0).then_some(())
+    });
+    assert_eq!(app.metric("mailroom_sidecar_handoff_messages_total{result=\"failed\"}"), 0.0);
+}
