@@ -16,6 +16,7 @@ pub struct Metrics {
     failures: IntCounterVec,
     duration: HistogramVec,
     ready: IntGaugeVec,
+    hub_ready: IntGaugeVec,
     dns: IntGaugeVec,
     leader: IntGaugeVec,
     admissions: IntCounterVec,
@@ -84,6 +85,14 @@ impl Metrics {
             &["kind", "namespace", "name"],
         )
         .expect("valid metric");
+        let hub_ready = IntGaugeVec::new(
+            Opts::new(
+                "mailroom_operator_hub_ready_replicas",
+                "Ready pods of a Relay's hub (spec.hub), from its StatefulSet; absent without a hub.",
+            ),
+            &["namespace", "name"],
+        )
+        .expect("valid metric");
         let dns = IntGaugeVec::new(
             Opts::new(
                 "mailroom_operator_dns_record_verified",
@@ -133,6 +142,7 @@ impl Metrics {
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(ready.clone()),
+            Box::new(hub_ready.clone()),
             Box::new(dns.clone()),
             Box::new(leader.clone()),
             Box::new(admissions.clone()),
@@ -147,6 +157,7 @@ impl Metrics {
             failures,
             duration,
             ready,
+            hub_ready,
             dns,
             leader,
             admissions,
@@ -175,6 +186,16 @@ impl Metrics {
         self.ready
             .with_label_values(&[kind, namespace, name])
             .set(i64::from(ready));
+    }
+
+    /// Records the Ready pods of a Relay's hub, or forgets the series when it has none.
+    pub fn set_hub_ready(&self, namespace: &str, name: &str, ready: Option<u32>) {
+        match ready {
+            Some(n) => self.hub_ready.with_label_values(&[namespace, name]).set(i64::from(n)),
+            None => {
+                let _ = self.hub_ready.remove_label_values(&[namespace, name]);
+            }
+        }
     }
 
     /// Records a DNS finding.

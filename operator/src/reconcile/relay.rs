@@ -113,6 +113,8 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
         }
         Err(e) => return Err(e),
     };
+    ctx.metrics
+        .set_hub_ready(&ns, &name, status.hub.as_ref().map(|h| h.ready_replicas));
     let hub_ready = status
         .hub
         .as_ref()

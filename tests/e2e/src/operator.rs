@@ -1,6 +1,6 @@
 //! The monitoring test's operator: the chart's release (`mailroom_test_support::release`) with a
-//! MailDomain whose records are not published and a Relay whose credentials Secret is missing, and
-//! one pod admission sent straight to the webhook.
+//! MailDomain whose records are not published, a Relay whose credentials Secret is missing, a
+//! Relay with a hub, and one pod admission sent straight to the webhook.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -73,6 +73,17 @@ async fn create_objects(client: &kube::Client, app_namespace: &str) -> Result<()
         .create(&PostParams::default(), &relay)
         .await
         .context("creating the Relay")?;
+    // A Relay with a hub (docs/hub.md): nothing runs its StatefulSet here, so none of its pods
+    // is ever Ready.
+    let hubbed: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "mailroom.dev/v1alpha1", "kind": "Relay",
+        "metadata": {"name": "hubbed", "namespace": app_namespace},
+        "spec": {"domains": ["example-com"], "delivery": {"capture": {}}, "hub": {"replicas": 1}},
+    }))?;
+    relays
+        .create(&PostParams::default(), &hubbed)
+        .await
+        .context("creating the Relay with a hub")?;
     Ok(())
 }
 

@@ -189,9 +189,14 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
     let (operator, app_namespace) = common::operator::start(&bin, dir.path()).await?;
     let mut upstream = stack::Upstream::plain(dir.path())?;
     let mut sidecar = start_sidecar(&bin, dir.path(), upstream.port)?;
+    let mut hub = start_hub(&bin, dir.path(), upstream.port)?;
 
     // promtool check metrics: no findings on either exposition.
-    for (what, addr) in [("sidecar", sidecar.1), ("operator", operator.admin)] {
+    for (what, addr) in [
+        ("sidecar", sidecar.1),
+        ("operator", operator.admin),
+        ("hub", hub.hub_admin),
+    ] {
         let (_, text) = http_get(addr, "/metrics")?;
         let mut child = testenv::command("promtool")?
             .args(["check", "metrics"])
@@ -212,10 +217,10 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         );
     }
 
-    let prom = start_prometheus(dir.path(), sidecar.1, operator.admin, &operator.namespace)?;
+    let prom = start_prometheus(dir.path(), sidecar.1, operator.admin, &operator.namespace, &hub)?;
     let query = |q: &str| -> Result<Vec<Value>> { prom.query(q) };
-    eventually("both targets up", Duration::from_secs(60), || {
-        Ok((query("sum(up)")?.first().map(sample_value) == Some(2.0)).then_some(()))
+    eventually("every target up", Duration::from_secs(60), || {
+        Ok((query("sum(up)")?.first().map(sample_value) == Some(4.0)).then_some(()))
     })?;
 
     // The workload runs twice: the first round creates the series (a counter child appears with
@@ -233,6 +238,9 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         }
         let refused = stack::smtp_send(smtp, "app@elsewhere.org", &["ok@example.net"])?;
         ensure!(refused.is_err(), "a foreign sender must be rejected: {refused:?}");
+        // The second pod's route is down: its mail goes to the hub once the route is parked.
+        stack::smtp_send(hub.parked_smtp, "app@example.com", &["ok@example.net"])?
+            .map_err(anyhow::Error::msg)?;
         common::operator::admit_one_pod(&operator, &app_namespace)
     };
     let moved = [
@@ -244,10 +252,13 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         "mailroom_sidecar_dsn_sent_total",
         "mailroom_sidecar_dkim_signatures_total",
         "mailroom_operator_webhook_admissions_total",
+        r#"mailroom_sidecar_handoff_messages_total{result="accepted"}"#,
+        r#"mailroom_sidecar_handoff_received_total{result="queued",role="hub"}"#,
     ];
     let present = [
         "mailroom_operator_reconcile_failures_total",
         "mailroom_operator_dns_record_verified",
+        "mailroom_operator_hub_ready_replicas",
     ];
     for round in ["series appear", "counters move"] {
         workload()?;
@@ -263,6 +274,8 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
             };
             eventually(&format!("{round}: {q}"), Duration::from_secs(60), || {
                 sidecar.0.check_running()?;
+                hub.hub.check_running()?;
+                hub.parked.check_running()?;
                 upstream.proc.check_running()?;
                 Ok(query(&q)?.first().map(|_| ()))
             })?;
@@ -415,17 +428,120 @@ retry:
     Ok((proc, admin, smtp))
 }
 
-/// Prometheus scraping both every second, with the target labels the chart's PodMonitor and
-/// ServiceMonitor add, and the chart's alert rules loaded.
+/// A Relay's hub (docs/hub.md) relaying to the upstream, and a second app pod's sidecar whose own
+/// route is down and which hands its mail to the hub once that route is parked.
+struct Hub {
+    hub: Proc,
+    hub_admin: SocketAddr,
+    parked: Proc,
+    parked_admin: SocketAddr,
+    parked_smtp: SocketAddr,
+    _down: mailroom_test_support::ports::Reservation,
+}
+
+fn start_hub(bin: &std::path::Path, dir: &std::path::Path, upstream: u16) -> Result<Hub> {
+    let dir = dir.join("hub");
+    std::fs::create_dir_all(&dir)?;
+    let ca = mailroom_test_support::certs::test_ca(&dir.join("ca"));
+    let (user, password) = (dir.join("user"), dir.join("password"));
+    std::fs::write(&user, "relay-shop-outbound")?;
+    std::fs::write(&password, "hub password")?;
+    let head = |spool: &str, port: u16| {
+        format!(
+            "apiVersion: mailroom.dev/v1alpha1
+kind: SidecarConfig
+relay: shop/outbound
+domains:
+  - domain: example.com
+spool:
+  dir: {}
+delivery:
+  smarthost: {{host: 127.0.0.1, port: {port}, tls: none, connectTimeoutSeconds: 2}}
+retry: {{initialSeconds: 1, multiplier: 1.5, maxSeconds: 2, maxAgeSeconds: 600}}
+",
+            dir.join(spool).display()
+        )
+    };
+    let hub_config = dir.join("hub.yaml");
+    std::fs::write(
+        &hub_config,
+        format!(
+            "{}listen:
+  address: 127.0.0.1:2465
+  tls: {{certFile: {}, keyFile: {}}}
+  auth: {{usernameFile: {}, passwordFile: {}}}
+",
+            head("hub-spool", upstream),
+            ca.cert.display(),
+            ca.key.display(),
+            user.display(),
+            password.display()
+        ),
+    )?;
+    let spawn = |name: &str, config: &std::path::Path| -> Result<(Proc, SocketAddr, SocketAddr)> {
+        let mut proc = Proc::spawn(
+            name,
+            Command::new(bin.join("mailroom-sidecar"))
+                .arg("--config")
+                .arg(config)
+                .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
+                .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
+                .env("RUST_LOG", "info"),
+            &dir,
+        )?;
+        let (smtp, admin) = proc.sidecar_addrs()?;
+        stack::wait_http_ok(&format!("{name} /readyz"), admin, "/readyz", &mut proc)?;
+        Ok((proc, smtp, admin))
+    };
+    let (hub, hub_smtp, hub_admin) = spawn("hub", &hub_config)?;
+    let down = mailroom_test_support::ports::Reservation::any()?;
+    let parked_config = dir.join("parked.yaml");
+    std::fs::write(
+        &parked_config,
+        format!(
+            "{}handoff:
+  host: localhost
+  port: {}
+  caFile: {}
+  usernameFile: {}
+  passwordFile: {}
+  afterParkedSeconds: 1
+",
+            head("parked-spool", down.port()),
+            hub_smtp.port(),
+            ca.ca.display(),
+            user.display(),
+            password.display()
+        ),
+    )?;
+    let (parked, parked_smtp, parked_admin) = spawn("parked sidecar", &parked_config)?;
+    Ok(Hub {
+        hub,
+        hub_admin,
+        parked,
+        parked_admin,
+        parked_smtp,
+        _down: down,
+    })
+}
+
+/// Prometheus scraping every target every second, with the target labels the chart's
+/// PodMonitors and ServiceMonitor add, and the chart's alert rules loaded.
 fn start_prometheus(
     dir: &std::path::Path,
     sidecar: SocketAddr,
     operator: SocketAddr,
     ns: &str,
+    hub: &Hub,
 ) -> Result<Prometheus> {
     let jobs = [
-        json!({"job_name": "mailroom-sidecars", "static_configs": [{"targets": [sidecar.to_string()],
-               "labels": {"namespace": "shop", "pod": "app-0", "relay": "outbound"}}]}),
+        json!({"job_name": "mailroom-sidecars", "static_configs": [
+               {"targets": [sidecar.to_string()],
+                "labels": {"namespace": "shop", "pod": "app-0", "relay": "outbound"}},
+               {"targets": [hub.parked_admin.to_string()],
+                "labels": {"namespace": "shop", "pod": "app-1", "relay": "outbound"}}]}),
+        json!({"job_name": "mailroom-hubs", "static_configs": [{"targets": [hub.hub_admin.to_string()],
+               "labels": {"namespace": "shop", "pod": "outbound-hub-0", "relay": "outbound", "role": "hub"}}]}),
         json!({"job_name": "mailroom-operator", "static_configs": [{"targets": [operator.to_string()],
                "labels": {"namespace": ns, "pod": "mailroom-0"}}]}),
     ];
