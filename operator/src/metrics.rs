@@ -191,7 +191,10 @@ impl Metrics {
     /// Records the Ready pods of a Relay's hub, or forgets the series when it has none.
     pub fn set_hub_ready(&self, namespace: &str, name: &str, ready: Option<u32>) {
         match ready {
-            Some(n) => self.hub_ready.with_label_values(&[namespace, name]).set(i64::from(n)),
+            Some(n) => self
+                .hub_ready
+                .with_label_values(&[namespace, name])
+                .set(i64::from(n)),
             None => {
                 let _ = self.hub_ready.remove_label_values(&[namespace, name]);
             }

@@ -389,14 +389,24 @@ fn a_long_parked_route_sends_the_queue_to_the_hub_while_the_pod_runs() {
     );
     let app = Sidecar::start(
         &s.dir.path().join("app"),
-        &app_config(down.port(), hub.smtp.port(), &s.ca, &s.creds, &s.key, "  afterParkedSeconds: 1\n"),
+        &app_config(
+            down.port(),
+            hub.smtp.port(),
+            &s.ca,
+            &s.creds,
+            &s.key,
+            "  afterParkedSeconds: 1\n",
+        ),
     );
     bulk_send(app.smtp, COUNT);
     within(Duration::from_secs(60), "the queue handed to the hub", || {
         let handed = app.metric("mailroom_sidecar_handoff_messages_total{result=\"accepted\"}");
         (handed as usize == COUNT).then_some(())
     });
-    assert_eq!(app.metric("mailroom_sidecar_route_parked{route=\"smarthost\"}"), 1.0);
+    assert_eq!(
+        app.metric("mailroom_sidecar_route_parked{route=\"smarthost\"}"),
+        1.0
+    );
     within(Duration::from_secs(60), "every message at the upstream", || {
         let n = up.messages().expect("maildir").len();
         (n >= COUNT).then_some(n)
@@ -408,5 +418,8 @@ fn a_long_parked_route_sends_the_queue_to_the_hub_while_the_pod_runs() {
     within(Duration::from_secs(10), "the pod's queue gauge at 0", || {
         (app.metric("mailroom_sidecar_queue_messages") == 0.0).then_some(())
     });
-    assert_eq!(app.metric("mailroom_sidecar_handoff_messages_total{result=\"failed\"}"), 0.0);
+    assert_eq!(
+        app.metric("mailroom_sidecar_handoff_messages_total{result=\"failed\"}"),
+        0.0
+    );
 }

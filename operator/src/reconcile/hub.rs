@@ -72,7 +72,8 @@ pub async fn converge(
         "apply hub ConfigMap",
     )
     .await?;
-    let objects = hub::objects(relay, &ctx.settings.webhook.sidecar_image, meta);
+    let w = &ctx.settings.webhook;
+    let objects = hub::objects(relay, &w.sidecar_image, &w.sidecar_log_format, meta);
     let client = ctx.client.clone();
     apply(
         &Api::namespaced(client.clone(), ns),

@@ -27,7 +27,7 @@ use k8s_openapi::{
 };
 use mailroom_config::{Config, Handoff, ListenAuth, ListenTls};
 
-use super::{CONFIG_KEY, SPOOL_DIR};
+use super::{CA_MOUNT, CAPTURE_DIR, CONFIG_KEY, CREDENTIALS_MOUNT, SPOOL_DIR};
 use crate::{
     Error, Result,
     crd::{HubSpec, Relay},
@@ -211,7 +211,7 @@ pub struct Objects {
 }
 
 /// The hub's objects for `relay`, running `image`; `meta` gives each its metadata.
-pub fn objects(relay: &Relay, image: &str, meta: impl Fn(String) -> ObjectMeta) -> Objects {
+pub fn objects(relay: &Relay, image: &str, log_format: &str, meta: impl Fn(String) -> ObjectMeta) -> Objects {
     use kube::ResourceExt;
     let relay_name = relay.name_any();
     let spec = relay.spec.hub.clone().unwrap_or_default();
@@ -236,7 +236,7 @@ pub fn objects(relay: &Relay, image: &str, meta: impl Fn(String) -> ObjectMeta) 
             // Hub pods do not depend on each other: start and stop them together.
             pod_management_policy: Some("Parallel".into()),
             selector: selector.clone(),
-            template: pod_template(&relay_name, image, &spec),
+            template: pod_template(relay, image, log_format, &spec),
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some("spool".into()),
@@ -335,8 +335,11 @@ pub fn objects(relay: &Relay, image: &str, meta: impl Fn(String) -> ObjectMeta) 
     }
 }
 
-fn pod_template(relay: &str, image: &str, spec: &HubSpec) -> PodTemplateSpec {
+fn pod_template(relay_obj: &Relay, image: &str, log_format: &str, spec: &HubSpec) -> PodTemplateSpec {
+    use kube::ResourceExt;
     use mailroom_config::settings as s;
+    let relay_name = relay_obj.name_any();
+    let relay = relay_name.as_str();
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -372,6 +375,29 @@ fn pod_template(relay: &str, image: &str, spec: &HubSpec) -> PodTemplateSpec {
         protocol: Some("TCP".into()),
         ..Default::default()
     };
+    // The Relay's route needs what its sidecars mount: the smarthost's credentials and CA, or a
+    // writable directory for capture.
+    let mut route_volumes: Vec<(Volume, &str, bool)> = Vec::new();
+    let delivery = &relay_obj.spec.delivery;
+    if let Some(sh) = &delivery.smarthost {
+        if let Some(c) = &sh.credentials_secret_ref {
+            route_volumes.push((secret("credentials", c.name.clone()), CREDENTIALS_MOUNT, true));
+        }
+        if let Some(c) = &sh.ca_secret_ref {
+            route_volumes.push((secret("smarthost-ca", c.name.clone()), CA_MOUNT, true));
+        }
+    }
+    if delivery.capture.is_some() {
+        route_volumes.push((
+            Volume {
+                name: "capture".into(),
+                empty_dir: Some(Default::default()),
+                ..Default::default()
+            },
+            CAPTURE_DIR,
+            false,
+        ));
+    }
     let resources = spec.resources.clone().unwrap_or_else(|| ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity("50m".into())),
@@ -386,7 +412,7 @@ fn pod_template(relay: &str, image: &str, spec: &HubSpec) -> PodTemplateSpec {
         command: Some(vec!["mailroom-sidecar".into()]),
         env: Some(vec![
             env(s::ENV_CONFIG_PATH, format!("{HUB_CONFIG_MOUNT}/{CONFIG_KEY}")),
-            env(s::ENV_LOG_FORMAT, "json".into()),
+            env(s::ENV_LOG_FORMAT, log_format.into()),
         ]),
         ports: Some(vec![port("smtp", HUB_PORT), port("admin", HUB_ADMIN_PORT)]),
         resources: Some(resources),
@@ -410,12 +436,21 @@ fn pod_template(relay: &str, image: &str, spec: &HubSpec) -> PodTemplateSpec {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            mount("config", HUB_CONFIG_MOUNT, true),
-            mount("tls", HUB_TLS_MOUNT, true),
-            mount("auth", HUB_AUTH_MOUNT, true),
-            mount("spool", SPOOL_DIR, false),
-        ]),
+        volume_mounts: Some(
+            [
+                vec![
+                    mount("config", HUB_CONFIG_MOUNT, true),
+                    mount("tls", HUB_TLS_MOUNT, true),
+                    mount("auth", HUB_AUTH_MOUNT, true),
+                    mount("spool", SPOOL_DIR, false),
+                ],
+                route_volumes
+                    .iter()
+                    .map(|(v, path, ro)| mount(&v.name, path, *ro))
+                    .collect(),
+            ]
+            .concat(),
+        ),
         ..Default::default()
     };
     PodTemplateSpec {
@@ -440,18 +475,24 @@ fn pod_template(relay: &str, image: &str, spec: &HubSpec) -> PodTemplateSpec {
                 }),
                 ..Default::default()
             }),
-            volumes: Some(vec![
-                Volume {
-                    name: "config".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: name(relay),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                secret("tls", tls_secret_name(relay)),
-                secret("auth", auth_secret_name(relay)),
-            ]),
+            volumes: Some(
+                [
+                    vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name(relay),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        secret("tls", tls_secret_name(relay)),
+                        secret("auth", auth_secret_name(relay)),
+                    ],
+                    route_volumes.into_iter().map(|(v, _, _)| v).collect(),
+                ]
+                .concat(),
+            ),
             ..Default::default()
         }),
     }
@@ -490,6 +531,74 @@ mod tests {
         assert_eq!(back, hub);
     }
 
+    /// What the hub's config names is where its pod mounts it (a missing mount is a crash loop:
+    /// the real node found one).
+    #[test]
+    fn every_file_the_hub_config_names_is_under_a_hub_mount() {
+        use crate::crd::{CredentialsSecretRef, SecretKeyRef, SmarthostSpec, SmarthostTls};
+        let mut relay = relay_with_hub("outbound", HubSpec::default());
+        relay.spec.delivery.capture = None;
+        relay.spec.delivery.smarthost = Some(SmarthostSpec {
+            host: "smtp.example.net".into(),
+            port: 587,
+            tls: SmarthostTls::Starttls,
+            credentials_secret_ref: Some(CredentialsSecretRef {
+                name: "creds".into(),
+                username_key: "user".into(),
+                password_key: "pass".into(),
+            }),
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "ca".into(),
+                key: "ca.pem".into(),
+            }),
+        });
+        let sidecar = crate::render::sidecar_config(&relay, &[MailDomain::test("shop", "shop.example.com")])
+            .expect("render");
+        let hub = config(&sidecar, "outbound", "shop", &HubSpec::default()).expect("hub config");
+        let o = objects(&relay, "img", "text", |n| ObjectMeta {
+            name: Some(n),
+            ..Default::default()
+        });
+        let pod = o.stateful_set.spec.expect("spec").template.spec.expect("pod");
+        let mounts: Vec<String> = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.clone())
+            .collect();
+        let mailroom_config::Delivery::Smarthost(sh) = &hub.delivery else {
+            panic!("smarthost")
+        };
+        let auth = sh.auth.clone().expect("auth");
+        let tls = hub.listen.tls.clone().expect("tls");
+        let listen_auth = hub.listen.auth.clone().expect("auth");
+        for path in [
+            hub.spool.dir.clone(),
+            auth.username_file,
+            auth.password_file,
+            sh.ca_file.clone().expect("ca"),
+            tls.cert_file,
+            tls.key_file,
+            listen_auth.username_file,
+            listen_auth.password_file,
+            std::path::PathBuf::from(HUB_CONFIG_MOUNT).join(CONFIG_KEY),
+        ] {
+            assert!(
+                mounts.iter().any(|m| path.starts_with(m)),
+                "{} is under no mount of {mounts:?}",
+                path.display()
+            );
+        }
+        let volumes: Vec<String> = pod.volumes.iter().flatten().map(|v| v.name.clone()).collect();
+        for m in pod.containers[0].volume_mounts.iter().flatten() {
+            assert!(
+                volumes.contains(&m.name) || m.name == "spool",
+                "mount {} has no volume",
+                m.name
+            );
+        }
+    }
+
     #[test]
     fn storage_quantities_and_name_limits() {
         for (q, want) in [
@@ -521,7 +630,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let o = objects(&relay, "mailroom-sidecar:test", |n| ObjectMeta {
+        let o = objects(&relay, "mailroom-sidecar:test", "json", |n| ObjectMeta {
             name: Some(n),
             ..Default::default()
         });

@@ -95,9 +95,14 @@ impl Mission {
 
     /// `start`, with more `helm --set` values (e.g. the images a real node runs).
     pub async fn start_with(set: &[&str]) -> Result<Self> {
+        Self::start_on(mailroom_test_support::Options::default(), set).await
+    }
+
+    /// `start_with` on a control plane started with `options` (more controllers, a scheduler).
+    pub async fn start_on(options: mailroom_test_support::Options, set: &[&str]) -> Result<Self> {
         let bin = binaries()?;
         let dir = tempfile::tempdir()?;
-        let cp = ControlPlane::start().await?;
+        let cp = ControlPlane::start_with(options).await?;
         let client = cp.client().await?;
         super::install_foreign_crds(&client).await?;
         let dns = DnsServer::start(dir.path())?;

@@ -232,6 +232,27 @@ impl DnsServer {
         Self::spawn(dir, host, "", false)
     }
 
+    /// `start_at` on a fixed `port` (53 for pods, whose resolv.conf names only an address).
+    pub fn start_on(dir: &Path, host: &str, port: u16) -> Result<Self> {
+        let zone = dir.join("zone.txt");
+        std::fs::write(&zone, "")?;
+        let mut cmd = Command::new(testenv::python()?);
+        cmd.arg(repo().join("tests/peers/dnsserver.py")).arg(&zone).args([
+            "--address",
+            host,
+            "--port",
+            &port.to_string(),
+        ]);
+        let (proc, port) = Proc::spawn_reporting_port("dnsserver", &mut cmd, dir)?;
+        Ok(Self {
+            proc,
+            port,
+            host: host.to_string(),
+            zone,
+            anchor: None,
+        })
+    }
+
     /// Serves `zone` (master-file text), unsigned; panics if the server does not start.
     pub fn with_zone(dir: &Path, zone: &str) -> Self {
         Self::spawn(dir, "127.0.0.1", zone, false)

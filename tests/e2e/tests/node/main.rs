@@ -9,6 +9,7 @@
 //! `MAILROOM_NODE_TESTS=<name part>` runs only some scenarios.
 
 use mailroom_e2e as common;
+mod hub;
 mod release;
 mod scene;
 

@@ -57,9 +57,15 @@ impl Scene {
     /// Everything up to a Ready, published MailDomain and the smarthost's Secrets; the Relay is
     /// the scenario's (see [`Scene::relay`]).
     pub async fn start() -> Result<Self> {
+        Self::start_on(mailroom_test_support::Options::default()).await
+    }
+
+    /// `start` on a control plane started with `options` (a scheduler and workload controllers,
+    /// for the hub's StatefulSet).
+    pub async fn start_on(options: mailroom_test_support::Options) -> Result<Self> {
         let (repository, tag) = image::SIDECAR.rsplit_once(':').context("image tag")?;
         let images = format!("sidecar.image.repository={repository},sidecar.image.tag={tag}");
-        let m = Mission::start_with(&[&images]).await?;
+        let m = Mission::start_on(options, &[&images]).await?;
         let node = Node::start(m.control_plane(), &Node::images()?).await?;
         let gateway = node.gateway().to_string();
         let closed = Reservation::on(IpAddr::V4(node.gateway()))?;
@@ -88,6 +94,11 @@ impl Scene {
     /// Applies Relay `outbound` (listening on port 25 in the pod) to the smarthost at
     /// `gateway:port`, retrying every second, and waits until it is Ready.
     pub async fn relay(&self, port: u16) -> Result<()> {
+        self.relay_with(port, "").await
+    }
+
+    /// `relay` with more `spec` lines `extra` (indented two spaces).
+    pub async fn relay_with(&self, port: u16, extra: &str) -> Result<()> {
         self.m
             .apply(&format!(
                 "apiVersion: mailroom.dev/v1alpha1
@@ -103,7 +114,8 @@ spec:
       port: {port}
       tls: starttls
       credentialsSecretRef: {{name: smarthost-credentials}}
-      caSecretRef: {{name: smarthost-ca, key: ca.crt}}",
+      caSecretRef: {{name: smarthost-ca, key: ca.crt}}
+{extra}",
                 ns = self.m.app_ns,
                 gateway = self.node.gateway(),
             ))
@@ -115,9 +127,14 @@ spec:
     /// Creates the app pod `name` (through the webhook) with `grace` seconds to stop, and waits
     /// until its app container runs; the pod as JSON.
     pub async fn run_app(&self, name: &str, grace: u32) -> Result<Value> {
+        self.run_app_with(name, grace, &app_command()).await
+    }
+
+    /// `run_app` with the app container running `command` (`sh -c`).
+    pub async fn run_app_with(&self, name: &str, grace: u32, command: &str) -> Result<Value> {
         create_injected(
             &self.pods,
-            &app_pod(name, self.node.name(), grace)?,
+            &app_pod(name, self.node.name(), grace, command)?,
             Duration::from_secs(60),
         )
         .await?;
@@ -216,18 +233,41 @@ spec:
 
 /// The app container's command: [`APP_SMTP`] through `nc`, then wait for TERM.
 pub fn app_command() -> String {
+    app_command_for(APP_SMTP)
+}
+
+/// The app: `count` messages (Subject `hub-<n>`) over one SMTP session, each acknowledged before
+/// the next (busybox `nc` and `sh`), then wait for TERM.
+pub fn bulk_app_command(count: usize) -> String {
+    let head = APP_SMTP.split("say \"MAIL FROM").next().unwrap_or_default();
+    let script = format!(
+        "{head}i=0
+while [ $i -lt {count} ]; do
+say \"MAIL FROM:<app@example.com>\"; expect 250
+say \"RCPT TO:<someone@example.net>\"; expect 250
+say DATA; expect 354
+say \"From: app@example.com\"; say \"To: someone@example.net\"; say \"Subject: hub-$i\"
+say \"\"; say \"message $i from a pod that goes away\"; say \".\"; expect 250
+i=$((i+1))
+done
+say QUIT; expect 221
+"
+    );
+    app_command_for(&script)
+}
+
+fn app_command_for(script: &str) -> String {
     format!(
         "echo \"app: start uid=$(id -u)\"\n\
          if nc \"$SMTP_HOST\" \"$SMTP_PORT\" -e sh -c '{}'; then echo 'app: sent'; else echo 'app: send failed'; fi\n\
          trap 'echo \"app: TERM\"; exit 0' TERM\n\
          while true; do sleep 1 & wait $!; done",
-        APP_SMTP.replace('\'', "'\\''")
+        script.replace('\'', "'\\''")
     )
 }
 
 /// The app pod asking for Relay `outbound`, bound to `node`, within PodSecurity `restricted`.
-fn app_pod(name: &str, node: &str, grace: u32) -> Result<Pod> {
-    let command = app_command();
+fn app_pod(name: &str, node: &str, grace: u32, command: &str) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "shop", "mailroom.dev/relay": "outbound"}},
         "spec": {
