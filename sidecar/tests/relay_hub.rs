@@ -423,3 +423,72 @@ fn a_long_parked_route_sends_the_queue_to_the_hub_while_the_pod_runs() {
         0.0
     );
 }
+
+/// Only the recipients not yet delivered go over, with their DSN parameters and the message's
+/// arrival time, and the hub does not sign again (the hub here captures what it would send).
+#[test]
+fn a_hand_off_carries_only_the_remaining_recipients_with_their_dsn_parameters() {
+    let s = setup();
+    let up = Upstream::start(&s.dir.path().join("up"), &["--tls", "none"]);
+    let capture = s.dir.path().join("hub/capture");
+    let hub_config = hub_config(1, &s.ca, &s.creds, &s.key).replace(
+        "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: 1\n    tls: none\n    connectTimeoutSeconds: 2\n    commandTimeoutSeconds: 10\n",
+        &format!("delivery:\n  capture:\n    dir: {}\n", capture.display()),
+    );
+    assert!(hub_config.contains("capture:"), "{hub_config}");
+    let hub = Sidecar::start(&s.dir.path().join("hub"), &hub_config);
+    let mut app = Sidecar::start(
+        &s.dir.path().join("app"),
+        &app_config(up.port, hub.smtp.port(), &s.ca, &s.creds, &s.key, ""),
+    );
+    let before = mailroom_sidecar::message::now_secs();
+    relay::smtp_accepted(
+        app.smtp,
+        &[
+            "MAIL FROM:<app@example.com> RET=HDRS ENVID=env-42",
+            "RCPT TO:<ok@example.net> NOTIFY=NEVER",
+            "RCPT TO:<temp-fail@example.net> NOTIFY=FAILURE,DELAY ORCPT=rfc822;temp-fail@example.net",
+        ],
+        b"From: app@example.com\r\nTo: ok@example.net\r\nSubject: split\r\n\r\nbody\r\n",
+    );
+    within(
+        Duration::from_secs(30),
+        "ok@ delivered, temp-fail@ deferred",
+        || {
+            let delivered = app.metric("mailroom_sidecar_messages_delivered_total");
+            let deferred = app.metric("mailroom_sidecar_messages_deferred_total");
+            (delivered >= 1.0 && deferred >= 1.0).then_some(())
+        },
+    );
+    assert_eq!(app.terminate(), Some(0));
+    let report = drain_line(&app.log());
+    assert!(report.contains("handed_off=1"), "{report}");
+    let envelope = within(Duration::from_secs(30), "the hub's capture", || {
+        let json = std::fs::read_dir(&capture)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.path().extension().is_some_and(|x| x == "json"))?;
+        serde_json::from_slice::<Value>(&std::fs::read(json.path()).ok()?).ok()
+    });
+    assert_eq!(
+        envelope["rcpt_to"],
+        serde_json::json!(["temp-fail@example.net"]),
+        "{envelope}"
+    );
+    let text = envelope.to_string();
+    for want in ["env-42", "rfc822;temp-fail@example.net"] {
+        assert!(text.contains(want), "DSN parameter {want} travelled: {envelope}");
+    }
+    let received_at = envelope["received_at"].as_u64().expect("received_at");
+    assert!(
+        received_at >= before && received_at <= mailroom_sidecar::message::now_secs(),
+        "{envelope}"
+    );
+    let eml = std::fs::read_dir(&capture)
+        .expect("capture")
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .expect("eml");
+    let message = std::fs::read_to_string(eml.path()).expect("eml text");
+    assert_eq!(message.matches("DKIM-Signature:").count(), 1, "{message}");
+}

@@ -195,7 +195,8 @@ async fn wait_hub(s: &Scene, old: Option<String>) -> Result<String> {
         .with_context(|| {
             format!(
                 "the hub's log:\n{}",
-                s.node.container_log(&s.m.app_ns, "outbound-hub-0", "mailroom-hub")
+                s.node
+                    .container_log(&s.m.app_ns, "outbound-hub-0", "mailroom-hub")
             )
         })?;
     pod["status"]["podIP"]
