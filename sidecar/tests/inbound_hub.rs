@@ -100,6 +100,8 @@ async fn an_authenticated_sidecar_hands_off_with_its_key_and_arrival_time() {
     h.client.command("AUTH PLAIN", "334").await;
     h.client.command(&b64(b"\0hub\0s3cret"), "235 2.7.0").await;
     h.client.command("AUTH PLAIN", "503 5.5.1").await;
+    // A hub relays hand-offs only, even for its own sidecars.
+    h.client.command("MAIL FROM:<app@example.com>", "550 5.7.1").await;
     h.client
         .command(
             "MAIL FROM:<app@example.com> RET=HDRS XHANDOFF=00ff.0000000000000007,1700000000",

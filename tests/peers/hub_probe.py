@@ -6,7 +6,8 @@ MODE is one of:
   plain      connect without TLS and send EHLO (the hub speaks TLS from the first byte)
   noauth     TLS, EHLO, then MAIL and RCPT and DATA without AUTH
   handoff    TLS, EHLO, then MAIL with an XHANDOFF parameter without AUTH
-  login      TLS, AUTH PLAIN as USER/PASSWORD, then a whole message
+  login      TLS, AUTH PLAIN as USER/PASSWORD, then a whole message handed off (XHANDOFF)
+  relay      TLS, AUTH PLAIN as USER/PASSWORD, then a whole message without XHANDOFF
 Prints one JSON object: the replies (code and text) in order, or the error that ended the try.
 """
 
@@ -33,14 +34,14 @@ def main():
         context = ssl.create_default_context(cafile=ca)
         conn = smtplib.SMTP_SSL(host, port, context=context, timeout=10)
         replies.append(list(conn.ehlo("intruder")))
-        if mode == "login":
+        if mode in ("login", "relay"):
             user, password = sys.argv[5], sys.argv[6]
             try:
                 conn.login(user, password)
                 replies.append([235, "logged in"])
             except smtplib.SMTPAuthenticationError as e:
                 replies.append([e.smtp_code, e.smtp_error.decode()])
-        options = ["XHANDOFF=probe.1,1700000000"] if mode == "handoff" else []
+        options = ["XHANDOFF=probe.1,1700000000"] if mode in ("handoff", "login") else []
         code, text = conn.mail("app@example.com", options)
         replies.append([code, text.decode()])
         code, text = conn.rcpt("rcpt@example.net")

@@ -16,6 +16,12 @@ const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
 pub(super) const AUTH_FAILED: Reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
 /// RFC 4954 6: 530 5.7.0 before MAIL when AUTH is required.
 pub(super) const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
+/// A hub takes hand-offs (MAIL with XHANDOFF) and nothing else.
+pub(super) const HANDOFF_ONLY: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "This hub takes hand-offs only (MAIL with XHANDOFF, docs/hub.md)",
+);
 /// RFC 4954 6: 454 4.7.0, the credential could not be checked now.
 const AUTH_TEMPORARY: Reply = Reply::new(454, "4.7.0", "Temporary authentication failure");
 /// RFC 4954 4: 504 5.5.4 for a mechanism we do not offer.

@@ -2,7 +2,7 @@
 //! sender policy ([`super::policy`]) and the limits that apply to them. Replies are queued on the session.
 
 use super::{
-    auth::AUTH_REQUIRED,
+    auth::{AUTH_REQUIRED, HANDOFF_ONLY},
     path::{self, Forward},
     policy,
     reply::{self, Reply},
@@ -74,9 +74,13 @@ where
             Ok(from) => from,
             Err(reply) => return self.bad(reply),
         };
-        // Only an authenticated client of a hub may hand a message off (docs/hub.md).
+        // Only an authenticated client of a hub may hand a message off, and a hub takes
+        // nothing else: it relays for its sidecars' hand-offs only (docs/hub.md).
         if from.handoff.is_some() && !self.authenticated {
             return self.bad(reply::UNSUPPORTED_PARAMETER);
+        }
+        if self.authenticated && from.handoff.is_none() {
+            return self.bad(HANDOFF_ONLY);
         }
         let max = self.config.limits.max_message_bytes;
         // RFC 1870 6.1: a declared SIZE over the limit is refused at MAIL.

@@ -39,8 +39,6 @@ pub(crate) async fn shutdown_requested(signal: &mut ShutdownSignal) {
 
 /// Time allowed to hand the `421` to a client refused at the connection limit.
 const OVERLOAD_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed for a TLS handshake on a hub's listener.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts SMTP connections on `listener`, one task per connection, until `shutdown` fires; then
 /// stops accepting, lets every open session end (each answers `421 4.3.2` at its next command
@@ -134,32 +132,16 @@ pub async fn serve<K: MessageSink>(
                 continue;
             }
         };
-        let (sink, metrics, shutdown) = (sink.clone(), metrics.clone(), shutdown.clone());
-        sessions.spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    Session::new(tls, snapshot, sink, metrics, shutdown)
-                        .with_peer(peer.ip())
-                        .run()
-                        .await
-                }
-                Ok(Err(error)) => {
-                    tracing::info!(%peer, %error, "TLS handshake failed");
-                    metrics
-                        .sessions
-                        .with_label_values(&[SessionEnd::ProtocolError.as_str()])
-                        .inc();
-                    SessionEnd::ProtocolError
-                }
-                Err(_) => {
-                    metrics
-                        .sessions
-                        .with_label_values(&[SessionEnd::Timeout.as_str()])
-                        .inc();
-                    SessionEnd::Timeout
-                }
-            }
-        });
+        let session = tls::session(
+            acceptor,
+            stream,
+            peer,
+            snapshot,
+            sink.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        sessions.spawn(session);
     }
     drop(listener);
     while let Some(joined) = sessions.join_next().await {

@@ -2,13 +2,55 @@
 //! issues. The files are checked at each connection and read again when they change, so a
 //! renewed certificate applies without a restart.
 
-use crate::{config::ListenTls, sync::lock};
+use super::{Session, ShutdownSignal};
+use crate::{
+    config::{Config, ListenTls},
+    message::MessageSink,
+    metrics::{Metrics, SessionEnd},
+    sync::lock,
+};
 use rustls::{
     ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
-use std::{sync::Arc, sync::Mutex, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+
+/// Time allowed for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection of a TLS listener: the handshake, then the session over it. A failed or slow
+/// handshake ends the connection and is counted like a session that ended so.
+pub(super) async fn session<K: MessageSink>(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<Config>,
+    sink: Arc<K>,
+    metrics: Metrics,
+    shutdown: ShutdownSignal,
+) -> SessionEnd {
+    let end = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            return Session::new(tls, config, sink, metrics, shutdown)
+                .with_peer(peer.ip())
+                .run()
+                .await;
+        }
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "TLS handshake failed");
+            SessionEnd::ProtocolError
+        }
+        Err(_) => SessionEnd::Timeout,
+    };
+    metrics.sessions.with_label_values(&[end.as_str()]).inc();
+    end
+}
 
 /// The listener's certificate could not be used.
 #[derive(Debug, thiserror::Error)]

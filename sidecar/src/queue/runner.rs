@@ -99,8 +99,8 @@ pub struct Runner<T: Transport = AnyTransport> {
     phase: Phase,
     /// Since when the route has been parked, as this runner saw it.
     parked_since: Option<Instant>,
-    /// Hand-offs running now (the rest of `in_flight` are deliveries).
-    handing_off: usize,
+    /// Messages being handed off now (the rest of `in_flight` are deliveries).
+    handing_off: BTreeSet<MessageId>,
     /// The drain has begun handing off; it goes on doing so.
     drain_handoff: bool,
     /// Outside a drain: when a message whose hand-off failed may be offered again.
@@ -128,7 +128,7 @@ impl<T: Transport> Runner<T> {
             suspect: false,
             phase: Phase::Run,
             parked_since: None,
-            handing_off: 0,
+            handing_off: BTreeSet::new(),
             drain_handoff: false,
             handoff_backoff: HashMap::new(),
             stats: Arc::default(),
@@ -277,7 +277,7 @@ impl<T: Transport> Runner<T> {
         self.ready.extend(waiting);
         let now = Instant::now();
         let mut skipped = VecDeque::new();
-        while self.handing_off < limit {
+        while self.handing_off.len() < limit {
             let Some(id) = self.ready.pop_front() else { break };
             let tried = match self.phase {
                 Phase::Run => self.handoff_backoff.get(&id).is_some_and(|&t| t > now),
@@ -293,7 +293,7 @@ impl<T: Transport> Runner<T> {
             if !self.busy.insert(id) {
                 continue;
             }
-            self.handing_off += 1;
+            self.handing_off.insert(id);
             let (spool, metrics, delivery) = (self.spool.clone(), self.metrics.clone(), delivery.clone());
             self.in_flight.spawn(async move {
                 let next = match handoff::run(item, &spool, &delivery, &metrics).await {
@@ -310,9 +310,7 @@ impl<T: Transport> Runner<T> {
 
     fn finish(&mut self, id: MessageId, next: Next) {
         self.busy.remove(&id);
-        if matches!(next, Next::HandedOff | Next::Kept(..)) {
-            self.handing_off = self.handing_off.saturating_sub(1);
-        }
+        self.handing_off.remove(&id);
         match next {
             Next::Done | Next::Dropped | Next::HandedOff => {
                 {

@@ -87,7 +87,7 @@ async fn mail_from_an_opted_in_pod_reaches_the_smarthost_signed_and_shows_on_the
     eprintln!("kubectl get relays: {columns:?} {rows:?}");
     assert_eq!(
         columns,
-        ["Name", "Mode", "Domains", "Ready", "Reason", "Pods", "Age"]
+        ["Name", "Mode", "Domains", "Ready", "Reason", "Pods", "Hub", "Age"]
     );
     assert_eq!(
         rows[0][..5],

@@ -93,26 +93,37 @@ impl Prometheus {
     }
 }
 
-/// The chart's monitoring objects as stored in `ns`: its one PodMonitor, ServiceMonitor and
-/// PrometheusRule (`monitoring.coreos.com/v1`), as JSON.
+/// The chart's monitoring objects as stored in `ns`: the PodMonitor of the injected sidecars (the
+/// chart's other one scrapes hubs), its ServiceMonitor and PrometheusRule
+/// (`monitoring.coreos.com/v1`), as JSON.
 pub async fn chart_monitors(client: &kube::Client, ns: &str) -> Result<[Value; 3]> {
-    let one = |kind: &'static str, plural: &'static str| async move {
+    let one = |kind: &'static str, plural: &'static str, pick: fn(&Value) -> bool| async move {
         let gvk = kube::api::GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind);
         let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
         let list = kube::Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &resource)
             .list(&kube::api::ListParams::default())
             .await?;
+        let mut found = Vec::new();
+        for item in &list.items {
+            let v = serde_json::to_value(item)?;
+            if pick(&v) {
+                found.push(v);
+            }
+        }
         ensure!(
-            list.items.len() == 1,
-            "want one {kind} in {ns}, found {}",
+            found.len() == 1,
+            "want one such {kind} in {ns}, found {} of {}",
+            found.len(),
             list.items.len()
         );
-        Ok::<Value, anyhow::Error>(serde_json::to_value(&list.items[0])?)
+        Ok::<Value, anyhow::Error>(found.remove(0))
     };
+    let sidecars = |v: &Value| v["spec"]["selector"]["matchLabels"]["mailroom.dev/injected"] == "true";
+    let any = |_: &Value| true;
     Ok([
-        one("PodMonitor", "podmonitors").await?,
-        one("ServiceMonitor", "servicemonitors").await?,
-        one("PrometheusRule", "prometheusrules").await?,
+        one("PodMonitor", "podmonitors", sidecars).await?,
+        one("ServiceMonitor", "servicemonitors", any).await?,
+        one("PrometheusRule", "prometheusrules", any).await?,
     ])
 }
 
