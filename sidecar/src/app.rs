@@ -126,6 +126,7 @@ impl App {
         let ready = Readiness::new();
         let (config_tx, config_rx) = watch::channel(self.config.clone());
         let (delivery_tx, delivery_rx) = watch::channel(self.delivery.clone());
+        let generation = delivery_rx.clone();
         let (drain_tx, drain_rx) = watch::channel(Phase::Run);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let admin_stop = async move {
@@ -170,7 +171,7 @@ impl App {
             drain_tx,
             stop_tx,
             drain: self.settings.drain,
-            handoff_reserve: self.config.handoff.as_ref().map(|h| h.drain_reserve()),
+            delivery: generation,
             stats,
         }
     }
@@ -190,8 +191,8 @@ pub struct Running {
     drain_tx: watch::Sender<Phase>,
     stop_tx: watch::Sender<bool>,
     drain: Duration,
-    /// With a hub: the end of the drain kept for the hand-off.
-    handoff_reserve: Option<Duration>,
+    /// The delivery side in effect (whether there is a hub, and its drain reserve).
+    delivery: watch::Receiver<Arc<Delivery>>,
     stats: Arc<Mutex<DrainStats>>,
 }
 
@@ -230,7 +231,8 @@ impl Running {
         // With a hub, delivery stops `drainReserveSeconds` before the deadline and what is left
         // goes to the hub (docs/hub.md); the runner may begin that earlier, once nothing is ready.
         let mut finished = false;
-        if let Some(reserve) = self.handoff_reserve {
+        let reserve = self.delivery.borrow().hub.as_ref().map(|h| h.drain_reserve);
+        if let Some(reserve) = reserve {
             let handoff_at = deadline.checked_sub(reserve).unwrap_or(deadline);
             finished = tokio::time::timeout_at(handoff_at, &mut runner).await.is_ok();
             if !finished {
@@ -243,7 +245,7 @@ impl Running {
             tracing::warn!("drain deadline reached; undelivered mail stays in the spool");
             runner.abort();
         }
-        let report = report(&self.spool, &self.stats, self.handoff_reserve.is_some());
+        let report = report(&self.spool, &self.stats, reserve.is_some());
         let messages = report.undelivered_messages;
         self.metrics
             .drain_undelivered

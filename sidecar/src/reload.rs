@@ -57,7 +57,8 @@ fn apply(
         || new.domains != old.domains
         || new.retry != old.retry
         || new.bounces != old.bounces
-        || new.hostname != old.hostname;
+        || new.hostname != old.hostname
+        || new.handoff != old.handoff;
     if delivery_changed {
         match Delivery::build(&new, metrics) {
             Ok(d) => {

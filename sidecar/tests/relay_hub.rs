@@ -492,3 +492,30 @@ fn a_hand_off_carries_only_the_remaining_recipients_with_their_dsn_parameters() 
     let message = std::fs::read_to_string(eml.path()).expect("eml text");
     assert_eq!(message.matches("DKIM-Signature:").count(), 1, "{message}");
 }
+
+/// A Relay that gets a hub later: pods injected before have no credential mounted, and their
+/// reloads must still apply (without a hand-off); once the files are there, a reload turns the
+/// hand-off on and the next drain uses it.
+#[test]
+fn a_hub_added_by_reload_is_used_and_missing_credential_files_do_not_block_reloads() {
+    let s = setup();
+    let down = reserve_port();
+    let hub = Sidecar::start(
+        &s.dir.path().join("hub"),
+        &hub_config(down.port(), &s.ca, &s.creds, &s.key),
+    );
+    let without = app_config(down.port(), hub.smtp.port(), &s.ca, &s.creds, &s.key, "");
+    let plain = without.split("handoff:").next().expect("config head").to_string();
+    let mut app = Sidecar::start(&s.dir.path().join("app"), &plain);
+    let missing = without.replace(&s.ca.ca.display().to_string(), "/nonexistent/hub/ca.crt");
+    app.swap_config(&missing);
+    app.wait_metric("mailroom_sidecar_config_reloads_total", |v| v >= 1.0);
+    assert_eq!(app.metric("mailroom_sidecar_config_reload_failures_total"), 0.0);
+    assert!(app.log().contains("will not hand off"), "{}", app.log());
+    app.swap_config(&without);
+    app.wait_metric("mailroom_sidecar_config_reloads_total", |v| v >= 2.0);
+    bulk_send(app.smtp, 20);
+    assert_eq!(app.terminate(), Some(0));
+    let report = drain_line(&app.log());
+    assert!(report.contains("handed_off=20"), "{report}");
+}

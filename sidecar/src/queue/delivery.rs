@@ -80,6 +80,8 @@ pub struct Hub {
     pub transport: SmarthostTransport,
     /// Hand off mail whose route has been parked this long (`handoff.afterParkedSeconds`).
     pub after_parked: Option<Duration>,
+    /// The end of the drain kept for the hand-off (`handoff.drainReserveSeconds`).
+    pub drain_reserve: Duration,
 }
 
 /// Everything delivery needs from one config generation.
@@ -130,14 +132,21 @@ impl Delivery {
             config::Delivery::Capture(c) => (AnyTransport::Capture(CaptureTransport::new(&c.dir)), 4),
         };
         let mut delivery = Delivery::with_transport(cfg, transport, concurrency)?;
-        delivery.hub = match &cfg.handoff {
-            Some(h) => Some(Hub {
-                transport: SmarthostTransport::hub(h, &cfg.hostname, metrics.clone())
-                    .map_err(|e| Error::Transport(format!("handoff: {e}")))?,
-                after_parked: h.after_parked_seconds.map(Duration::from_secs),
-            }),
-            None => None,
-        };
+        delivery.hub = cfg.handoff.as_ref().and_then(|h| {
+            match SmarthostTransport::hub(h, &cfg.hostname, metrics.clone()) {
+                Ok(transport) => Some(Hub {
+                    transport,
+                    after_parked: h.after_parked_seconds.map(Duration::from_secs),
+                    drain_reserve: h.drain_reserve(),
+                }),
+                // A pod injected before its Relay got a hub has no credential mounted: it
+                // keeps working as before (and can take every other change) without one.
+                Err(e) => {
+                    tracing::warn!(error = %e, "handoff: cannot set up the hub connection; this sidecar will not hand off (a pod injected before spec.hub was set needs a restart)");
+                    None
+                }
+            }
+        });
         Ok(delivery)
     }
 }
