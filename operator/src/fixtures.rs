@@ -65,4 +65,26 @@ impl Relay {
             status: None,
         }
     }
+
+    /// `shop/outbound` through a STARTTLS smarthost with credentials (keys `user`, `pass` of
+    /// Secret `creds`) and a CA (key `ca.pem` of Secret `ca`).
+    pub fn smarthost_test() -> Self {
+        let mut relay = Self::test("shop", "outbound", &["shop"]);
+        relay.spec.delivery.capture = None;
+        relay.spec.delivery.smarthost = Some(crate::crd::SmarthostSpec {
+            host: "smtp.example.net".into(),
+            port: 587,
+            tls: crate::crd::SmarthostTls::Starttls,
+            credentials_secret_ref: Some(crate::crd::CredentialsSecretRef {
+                name: "creds".into(),
+                username_key: "user".into(),
+                password_key: "pass".into(),
+            }),
+            ca_secret_ref: Some(crate::crd::SecretKeyRef {
+                name: "ca".into(),
+                key: "ca.pem".into(),
+            }),
+        });
+        relay
+    }
 }

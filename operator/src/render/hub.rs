@@ -535,23 +535,8 @@ mod tests {
     /// the real node found one).
     #[test]
     fn every_file_the_hub_config_names_is_under_a_hub_mount() {
-        use crate::crd::{CredentialsSecretRef, SecretKeyRef, SmarthostSpec, SmarthostTls};
-        let mut relay = relay_with_hub("outbound", HubSpec::default());
-        relay.spec.delivery.capture = None;
-        relay.spec.delivery.smarthost = Some(SmarthostSpec {
-            host: "smtp.example.net".into(),
-            port: 587,
-            tls: SmarthostTls::Starttls,
-            credentials_secret_ref: Some(CredentialsSecretRef {
-                name: "creds".into(),
-                username_key: "user".into(),
-                password_key: "pass".into(),
-            }),
-            ca_secret_ref: Some(SecretKeyRef {
-                name: "ca".into(),
-                key: "ca.pem".into(),
-            }),
-        });
+        let mut relay = Relay::smarthost_test();
+        relay.spec.hub = Some(HubSpec::default());
         let sidecar = crate::render::sidecar_config(&relay, &[MailDomain::test("shop", "shop.example.com")])
             .expect("render");
         let hub = config(&sidecar, "outbound", "shop", &HubSpec::default()).expect("hub config");

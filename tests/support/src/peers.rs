@@ -234,23 +234,7 @@ impl DnsServer {
 
     /// `start_at` on a fixed `port` (53 for pods, whose resolv.conf names only an address).
     pub fn start_on(dir: &Path, host: &str, port: u16) -> Result<Self> {
-        let zone = dir.join("zone.txt");
-        std::fs::write(&zone, "")?;
-        let mut cmd = Command::new(testenv::python()?);
-        cmd.arg(repo().join("tests/peers/dnsserver.py")).arg(&zone).args([
-            "--address",
-            host,
-            "--port",
-            &port.to_string(),
-        ]);
-        let (proc, port) = Proc::spawn_reporting_port("dnsserver", &mut cmd, dir)?;
-        Ok(Self {
-            proc,
-            port,
-            host: host.to_string(),
-            zone,
-            anchor: None,
-        })
+        Self::spawn_on(dir, host, port, "", false)
     }
 
     /// Serves `zone` (master-file text), unsigned; panics if the server does not start.
@@ -266,13 +250,21 @@ impl DnsServer {
     }
 
     fn spawn(dir: &Path, host: &str, zone_text: &str, signed: bool) -> Result<Self> {
+        Self::spawn_on(dir, host, 0, zone_text, signed)
+    }
+
+    /// dnsserver.py on `host:port` (0: any free port).
+    fn spawn_on(dir: &Path, host: &str, port: u16, zone_text: &str, signed: bool) -> Result<Self> {
         let zone = dir.join("zone.txt");
         std::fs::write(&zone, zone_text)?;
         let anchor = signed.then(|| dir.join("trust-anchor.txt"));
         let mut cmd = Command::new(testenv::python()?);
-        cmd.arg(repo().join("tests/peers/dnsserver.py"))
-            .arg(&zone)
-            .args(["--address", host]);
+        cmd.arg(repo().join("tests/peers/dnsserver.py")).arg(&zone).args([
+            "--address",
+            host,
+            "--port",
+            &port.to_string(),
+        ]);
         if let Some(a) = &anchor {
             cmd.arg("--dnssec").arg(a);
         }

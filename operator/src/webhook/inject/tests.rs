@@ -4,10 +4,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 use mailroom_config::Delivery as ScDelivery;
 
 use super::*;
-use crate::{
-    crd::{CredentialsSecretRef, MailDomain, SecretKeyRef, SmarthostSpec, SmarthostTls},
-    settings::Settings,
-};
+use crate::{crd::MailDomain, settings::Settings};
 
 fn settings() -> WebhookSettings {
     Settings::parse(&std::collections::HashMap::new())
@@ -24,26 +21,6 @@ metadata: {name: app, labels: {mailroom.dev/relay: outbound}}
 spec:
   containers: [{name: app, image: app}]
 ";
-
-fn smarthost_relay() -> Relay {
-    let mut relay = Relay::test("shop", "outbound", &["shop"]);
-    relay.spec.delivery.capture = None;
-    relay.spec.delivery.smarthost = Some(SmarthostSpec {
-        host: "smtp.example.net".into(),
-        port: 587,
-        tls: SmarthostTls::Starttls,
-        credentials_secret_ref: Some(CredentialsSecretRef {
-            name: "creds".into(),
-            username_key: "user".into(),
-            password_key: "pass".into(),
-        }),
-        ca_secret_ref: Some(SecretKeyRef {
-            name: "ca".into(),
-            key: "ca.pem".into(),
-        }),
-    });
-    relay
-}
 
 /// Applies the patch the way the apiserver does and reads the result back as a Pod.
 fn inject(pod: &Pod, relay: &Relay) -> Pod {
@@ -68,7 +45,7 @@ fn env(c: &Container, name: &str) -> Option<String> {
 
 #[test]
 fn plain_pod_gets_a_native_sidecar_volumes_env_sysctl_and_markers() {
-    let out = inject(&pod(APP), &smarthost_relay());
+    let out = inject(&pod(APP), &Relay::smarthost_test());
     let sc = sidecar(&out);
     assert_eq!(sc.name, SIDECAR_NAME);
     assert_eq!(sc.restart_policy.as_deref(), Some("Always"));
@@ -124,7 +101,7 @@ fn plain_pod_gets_a_native_sidecar_volumes_env_sysctl_and_markers() {
 
 #[test]
 fn reinjecting_an_injected_pod_changes_nothing() {
-    let relay = smarthost_relay();
+    let relay = Relay::smarthost_test();
     let once = inject(&pod(APP), &relay);
     assert!(patch(&once, &relay, &settings()).expect("patch").is_empty());
     assert_eq!(inject(&once, &relay), once);
@@ -225,7 +202,7 @@ spec:
 
 #[test]
 fn every_path_in_the_rendered_config_is_under_a_sidecar_mount() {
-    let relay = smarthost_relay();
+    let relay = Relay::smarthost_test();
     let domains = [MailDomain::test("shop", "shop.example.com")];
     let config = render::sidecar_config(&relay, &domains).expect("render");
     let out = inject(&pod(APP), &relay);
@@ -358,7 +335,7 @@ fn the_label_names_the_relay_and_the_annotation_fills_in_an_empty_label() {
 /// section names it, and the pod carries the label the hub's NetworkPolicy admits.
 #[test]
 fn a_relay_with_a_hub_mounts_its_credential_and_labels_the_pod_for_its_network_policy() {
-    let mut relay = smarthost_relay();
+    let mut relay = Relay::smarthost_test();
     relay.spec.hub = Some(crate::crd::HubSpec::default());
     let domains = [MailDomain::test("shop", "shop.example.com")];
     let config = render::sidecar_config(&relay, &domains).expect("render");
@@ -394,7 +371,7 @@ fn a_relay_with_a_hub_mounts_its_credential_and_labels_the_pod_for_its_network_p
         Some("outbound")
     );
     // Without a hub: no credential, no label.
-    let plain = inject(&pod(APP), &smarthost_relay());
+    let plain = inject(&pod(APP), &Relay::smarthost_test());
     assert!(
         plain
             .metadata
