@@ -56,6 +56,54 @@ pub struct Handoff {
     /// Concurrent connections to the hub. Default 4.
     #[serde(default = "default_handoff_connections")]
     pub max_connections: usize,
+    /// `durability: replicated`: store a shadow copy of each message on a hub before answering
+    /// `250` (docs/hub.md). Absent: no shadows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadows: Option<ShadowCopies>,
+}
+
+/// Where a sidecar keeps shadow copies: its Relay's hub pods, each by its own name (a shadow
+/// lives on one pod's volume, so the release must reach that pod). The owner's identity comes
+/// from the `SIDECAR_POD_NAME` and `SIDECAR_POD_UID` environment variables (the webhook sets
+/// them from the downward API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowCopies {
+    /// The hub pods' host names (`<hub>-0.<hub>.<namespace>.svc`, …); each must be on the hub's
+    /// certificate. The port, CA and credential are the hand-off's.
+    pub hosts: Vec<String>,
+    /// Connections to each hub pod for shadow copies: the number of messages whose copy can be
+    /// in flight at once. Default 8.
+    #[serde(default = "default_shadow_connections")]
+    pub max_connections: usize,
+}
+
+/// On a hub: hold shadow copies for the pods of a namespace and deliver those of a pod that is
+/// gone. Needs read access to those pods (the hub's ServiceAccount).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowOwners {
+    /// The namespace of the owner pods (the Relay's).
+    pub namespace: String,
+    /// A label selector that matches every owner pod (e.g. `mailroom.dev/hub-client=outbound`).
+    pub pod_selector: String,
+    /// How often owners are checked against the apiserver. Default 5.
+    #[serde(default = "default_owner_check")]
+    pub check_seconds: u64,
+}
+
+impl ShadowOwners {
+    /// `checkSeconds` as a `Duration`.
+    pub fn check(&self) -> Duration {
+        Duration::from_secs(self.check_seconds)
+    }
+}
+
+fn default_shadow_connections() -> usize {
+    8
+}
+fn default_owner_check() -> u64 {
+    5
 }
 
 impl Handoff {

@@ -15,7 +15,10 @@ use defaults::*;
 pub use validate::is_hostname;
 
 pub use direct::{DaneMode, Direct, DirectTls, MtaStsMode};
-pub use hub::{DEFAULT_DRAIN_RESERVE_SECONDS, DEFAULT_HANDOFF_PORT, Handoff, ListenAuth, ListenTls};
+pub use hub::{
+    DEFAULT_DRAIN_RESERVE_SECONDS, DEFAULT_HANDOFF_PORT, Handoff, ListenAuth, ListenTls, ShadowCopies,
+    ShadowOwners,
+};
 use serde::{Deserialize, Serialize};
 use std::{
     net::SocketAddr,
@@ -123,6 +126,10 @@ pub struct Config {
     /// (docs/hub.md); absent: undelivered mail stays in the spool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    /// On a hub: hold shadow copies for its sidecars and deliver those whose pod is gone
+    /// (docs/hub.md); absent: shadow copies are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadows: Option<ShadowOwners>,
 }
 
 /// SMTP listener settings.

@@ -16,6 +16,10 @@ pub const ENV_DRAIN_SECONDS: &str = "SIDECAR_DRAIN_SECONDS";
 pub const ENV_RELOAD_INTERVAL_SECONDS: &str = "SIDECAR_RELOAD_INTERVAL_SECONDS";
 /// `json` for JSON logs; anything else is plain text.
 pub const ENV_LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
+/// The pod's name (the webhook sets it from the downward API): the owner of its shadow copies.
+pub const ENV_POD_NAME: &str = "SIDECAR_POD_NAME";
+/// The pod's UID (downward API), see [`ENV_POD_NAME`].
+pub const ENV_POD_UID: &str = "SIDECAR_POD_UID";
 
 /// Default config path (where the operator's ConfigMap is mounted).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailroom/sidecar.yaml";

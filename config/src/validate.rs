@@ -69,11 +69,47 @@ impl Config {
             if h.max_connections == 0 {
                 bad("handoff.maxConnections", "must be greater than 0".into());
             }
+            if let Some(sh) = &h.shadows {
+                if sh.hosts.is_empty() {
+                    bad("handoff.shadows.hosts", "must name at least one hub pod".into());
+                }
+                for (i, host) in sh.hosts.iter().enumerate() {
+                    if !is_hostname(host) && host.parse::<std::net::IpAddr>().is_err() {
+                        bad(
+                            &format!("handoff.shadows.hosts[{i}]"),
+                            format!("{host:?} is not a host name or IP address"),
+                        );
+                    }
+                }
+                if sh.max_connections == 0 {
+                    bad("handoff.shadows.maxConnections", "must be greater than 0".into());
+                }
+            }
             if h.after_parked_seconds == Some(0) {
                 bad(
                     "handoff.afterParkedSeconds",
                     "must be greater than 0 (leave it out to hand off only when draining)".into(),
                 );
+            }
+        }
+        if let Some(o) = &self.shadows {
+            if self.listen.auth.is_none() {
+                bad(
+                    "shadows",
+                    "only a hub (listen.auth set) holds shadow copies".into(),
+                );
+            }
+            if o.namespace.is_empty() {
+                bad("shadows.namespace", "must not be empty".into());
+            }
+            if o.pod_selector.is_empty() {
+                bad(
+                    "shadows.podSelector",
+                    "must not be empty: an empty selector would judge every pod".into(),
+                );
+            }
+            if o.check_seconds == 0 {
+                bad("shadows.checkSeconds", "must be greater than 0".into());
             }
         }
         let l = &self.limits;

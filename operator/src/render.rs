@@ -103,6 +103,7 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         retry,
         bounces: Default::default(),
         handoff: spec.hub.as_ref().map(|h| hub::handoff(&name, &namespace, h)),
+        shadows: None,
     };
     let problems = config.validate();
     if !problems.is_empty() {

@@ -55,7 +55,7 @@ async fn spec_hub_renders_a_restricted_hub_that_reports_its_readiness_and_goes_a
         "domains: [shop]
 delivery:
   smarthost: {host: smtp.provider.net, port: 587}
-hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8}",
+hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8, durability: replicated}",
     )?;
     let relays: Api<Relay> = Api::namespaced(env.admin.clone(), &ns);
     relays
@@ -86,6 +86,15 @@ hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8}
     assert_eq!(handoff.host, format!("outbound-hub.{ns}.svc"));
     assert_eq!((handoff.port, handoff.drain_reserve_seconds), (2465, 8));
     assert!(handoff.password_file.starts_with("/etc/mailroom/hub"));
+    // Replicated: each hub pod by its own name (a copy lives on one pod's volume).
+    let shadows = handoff.shadows.context("handoff.shadows")?;
+    assert_eq!(
+        shadows.hosts,
+        vec![
+            format!("outbound-hub-0.outbound-hub.{ns}.svc"),
+            format!("outbound-hub-1.outbound-hub.{ns}.svc")
+        ]
+    );
 
     // The hub's own config: the pod network, TLS and the credential, no keys, no hand-off.
     let hub_cm = cms.get("outbound-hub").await?;
@@ -102,6 +111,11 @@ hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8}
         "the hub never signs"
     );
     assert_eq!(hub.spool.max_bytes, (2.0 * 1024.0 * 1024.0 * 1024.0 * 0.8) as u64);
+    let owners = hub.shadows.context("the hub checks the owners of its copies")?;
+    assert_eq!(
+        (owners.namespace.as_str(), owners.pod_selector.as_str()),
+        (ns.as_str(), "mailroom.dev/hub-client=outbound")
+    );
 
     // Certificate for the Service's names, signed by the CA the sidecars trust; a credential of
     // 256 bits.
@@ -112,18 +126,23 @@ hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8}
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("ca.pem"), text(&tls, "ca.crt"))?;
     std::fs::write(dir.path().join("tls.pem"), text(&tls, "tls.crt"))?;
-    let verify = std::process::Command::new("openssl")
-        .args(["verify", "-CAfile", "ca.pem", "-verify_hostname"])
-        .arg(format!("outbound-hub.{ns}.svc"))
-        .arg("tls.pem")
-        .current_dir(dir.path())
-        .output()
-        .context("the openssl CLI is required (apt-get install openssl)")?;
-    assert!(
-        verify.status.success(),
-        "openssl verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    for name in [
+        format!("outbound-hub.{ns}.svc"),
+        format!("outbound-hub-1.outbound-hub.{ns}.svc"),
+    ] {
+        let verify = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile", "ca.pem", "-verify_hostname"])
+            .arg(&name)
+            .arg("tls.pem")
+            .current_dir(dir.path())
+            .output()
+            .context("the openssl CLI is required (apt-get install openssl)")?;
+        assert!(
+            verify.status.success(),
+            "openssl verify {name}: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
     let password = text(&auth, "password");
     assert_eq!(password.len(), 64);
 
@@ -161,6 +180,29 @@ hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8}
     let policy = Api::<NetworkPolicy>::namespaced(env.admin.clone(), &ns)
         .get("outbound-hub")
         .await?;
+    // The hub's account may list the pods of its namespace (the owners of its copies), and
+    // nothing else: the apiserver's own authorizer says so.
+    let hub_client = env.cp.client_for_service_account(&ns, "outbound-hub").await?;
+    Api::<Pod>::namespaced(hub_client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .context("the hub lists the pods of its namespace")?;
+    let denied = Api::<Secret>::namespaced(hub_client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .expect_err("the hub reads no Secret through the apiserver");
+    assert!(
+        matches!(denied, kube::Error::Api(ref e) if e.code == 403),
+        "{denied}"
+    );
+    let elsewhere = Api::<Pod>::namespaced(hub_client, "default")
+        .list(&Default::default())
+        .await
+        .expect_err("nor pods of another namespace");
+    assert!(
+        matches!(elsewhere, kube::Error::Api(ref e) if e.code == 403),
+        "{elsewhere}"
+    );
     let rules = policy.spec.and_then(|s| s.ingress).context("ingress")?;
     let smtp_from = serde_json::to_value(&rules[0].from)?;
     assert_eq!(
@@ -189,6 +231,12 @@ hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8}
                 },
                 ..Default::default()
             },
+        )
+        .await?;
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(env.admin.clone(), &strict)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "outbound-hub"}}))?,
         )
         .await?;
     let mut pod_spec = set_spec.template.spec.context("template spec")?;
@@ -255,6 +303,11 @@ hub: {replicas: 2, storage: 2Gi, storageClassName: fast, drainReserveSeconds: 8}
     wait_gone(&sts, "outbound-hub").await?;
     wait_gone(
         &Api::<Service>::namespaced(env.admin.clone(), &ns),
+        "outbound-hub",
+    )
+    .await?;
+    wait_gone(
+        &Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(env.admin.clone(), &ns),
         "outbound-hub",
     )
     .await?;

@@ -14,6 +14,7 @@ use crate::{
         runner::{DrainStats, Phase, Runner},
     },
     settings::Settings,
+    shadow::{Ledger, ShadowSink},
     spool::{self, Spool},
 };
 use std::{
@@ -26,6 +27,9 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 /// How long the drain waits for the spool's final fsync.
 const SPOOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the end of the drain may spend sending shadow releases (a copy not released is
+/// delivered by the hub once this pod is gone).
+const SHADOW_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +131,24 @@ impl App {
         let (config_tx, config_rx) = watch::channel(self.config.clone());
         let (delivery_tx, delivery_rx) = watch::channel(self.delivery.clone());
         let generation = delivery_rx.clone();
+        // Every message leaving the spool releases its shadow copy, if it has one.
+        let (removed_tx, removed_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.spool.on_removed(removed_tx);
+        let ledger = Ledger::new(self.metrics.clone(), removed_rx);
+        if self.delivery.shadows.is_some() {
+            ledger.replayed(self.found.iter().map(|q| q.id));
+        }
+        let ledger_task = tokio::spawn(ledger.clone().run(self.spool.clone(), delivery_rx.clone()));
         let (drain_tx, drain_rx) = watch::channel(Phase::Run);
         let (stop_tx, mut stop_rx) = watch::channel(false);
+        let owners = self.config.shadows.clone().map(|cfg| {
+            tokio::spawn(crate::shadow::owners::watch(
+                self.spool.clone(),
+                cfg,
+                self.metrics.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let admin_stop = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
@@ -142,7 +162,15 @@ impl App {
         let inbound = tokio::spawn(inbound::serve(
             self.listener,
             config_rx,
-            Arc::new(RateLimited::new(self.spool.clone(), self.rate.clone())),
+            Arc::new(RateLimited::new(
+                ShadowSink::new(
+                    self.spool.clone(),
+                    delivery_rx.clone(),
+                    ledger.clone(),
+                    self.metrics.clone(),
+                ),
+                self.rate.clone(),
+            )),
             self.metrics.clone(),
             inbound_stopped,
         ));
@@ -173,6 +201,9 @@ impl App {
             drain: self.settings.drain,
             delivery: generation,
             stats,
+            ledger,
+            ledger_task,
+            owners,
         }
     }
 }
@@ -194,6 +225,11 @@ pub struct Running {
     /// The delivery side in effect (whether there is a hub, and its drain reserve).
     delivery: watch::Receiver<Arc<Delivery>>,
     stats: Arc<Mutex<DrainStats>>,
+    /// Shadow copies' releases (`durability: replicated`).
+    ledger: Arc<Ledger>,
+    ledger_task: JoinHandle<()>,
+    /// A hub's owner checks (config `shadows`).
+    owners: Option<JoinHandle<()>>,
 }
 
 /// What a drain did, and what it left behind (in the spool, for the next start).
@@ -216,7 +252,7 @@ impl Running {
     /// SIGTERM behaviour: stop accepting, let open sessions finish, keep delivering until the
     /// queue is empty or the drain deadline passes; what is left stays in the spool, and is
     /// reported (log line + `mailroom_sidecar_drain_undelivered_messages`).
-    pub async fn drain(self) -> DrainReport {
+    pub async fn drain(mut self) -> DrainReport {
         self.ready.set(false);
         self.reload.abort();
         let deadline = tokio::time::Instant::now() + self.drain;
@@ -271,6 +307,29 @@ impl Running {
                 handed_off = report.handed_off,
                 undelivered_messages = 0,
                 "drain complete; the spool is empty"
+            );
+        }
+        // A hub's owner checks hold a spool handle; they end before the spool closes.
+        if let Some(owners) = self.owners.take() {
+            owners.abort();
+            let _ = owners.await;
+        }
+        // What this pod delivered must not be delivered again by the hub once the pod is gone.
+        self.ledger_task.abort();
+        let _ = (&mut self.ledger_task).await;
+        let shadows = self.delivery.borrow().shadows.clone();
+        let unsent = self
+            .ledger
+            .settle(
+                &self.spool,
+                shadows.as_deref(),
+                tokio::time::Instant::now() + SHADOW_SETTLE_TIMEOUT,
+            )
+            .await;
+        if unsent > 0 {
+            tracing::warn!(
+                releases = unsent,
+                "drain: shadow releases not delivered to the hub; those messages may be delivered twice"
             );
         }
         // Done records are written lazily; the final fsync keeps delivered mail from being sent

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod queue;
 pub mod reload;
+pub mod shadow;
 pub mod shutdown;
 pub mod spool;
 pub mod sync;

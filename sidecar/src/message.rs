@@ -39,6 +39,10 @@ pub struct Envelope {
     /// `250`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The pod this is a shadow copy for, on a hub (`durability: replicated`, docs/hub.md): held,
+    /// not delivered, until that pod is gone without having released it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<handoff::Owner>,
 }
 
 /// One recipient as a transport sees it: the address as accepted and its DSN parameters.
@@ -126,6 +130,10 @@ pub enum SinkError {
     /// retry finds the message held (docs/hub.md).
     #[error("hand-off in progress on another connection")]
     HandoffInProgress,
+    /// `durability: replicated` and no hub took the shadow copy: `451 4.4.1`; the message is
+    /// not kept.
+    #[error("no hub took the shadow copy")]
+    ShadowFailed,
 }
 
 /// Where accepted messages go: the spool in production, a `Vec` in unit tests.
@@ -134,6 +142,12 @@ pub trait MessageSink: Send + Sync + 'static {
     type Writer: MessageWriter;
     /// Starts a new message; fails fast with [`SinkError::Full`] when no more mail fits.
     fn begin(&self) -> impl Future<Output = Result<Self::Writer, SinkError>> + Send;
+    /// Drops the shadow copies held under `keys` (a hub, `XRELEASE`); returns how many there
+    /// were. A sink that holds none has nothing to drop.
+    fn release_shadows(&self, keys: Vec<String>) -> impl Future<Output = usize> + Send {
+        let _ = keys;
+        async { 0 }
+    }
 }
 
 /// One message being received. Dropping it without `commit` discards the message.

@@ -33,6 +33,8 @@ pub enum RejectReason {
     Malformed,
     /// A hand-off whose key another connection is committing (a hub).
     HandoffInProgress,
+    /// No hub took the shadow copy (`durability: replicated`).
+    ShadowFailed,
 }
 
 impl RejectReason {
@@ -50,6 +52,7 @@ impl RejectReason {
             Self::RateLimited => "rate_limited",
             Self::Malformed => "malformed",
             Self::HandoffInProgress => "handoff_in_progress",
+            Self::ShadowFailed => "shadow_failed",
         }
     }
 }
@@ -154,6 +157,18 @@ pub struct Metrics {
     pub handoff: IntCounterVec,
     /// `handoff_received_total{result}`: hand-offs a hub took; result is queued|duplicate.
     pub handoff_received: IntCounterVec,
+    /// `shadow_copies_total{result}`: shadow copies a sidecar stored on its hub before `250`;
+    /// result is stored|failed (the app got `451` instead).
+    pub shadow_copies: IntCounterVec,
+    /// `shadow_releases_pending`: releases a sidecar has not yet delivered to its hub.
+    pub shadow_releases_pending: IntGauge,
+    /// `shadows_held`: shadow copies a hub holds for live pods.
+    pub shadows_held: IntGauge,
+    /// `shadows_total{event}`: what became of shadow copies on a hub; event is
+    /// stored|released|replaced|promoted.
+    pub shadows: IntCounterVec,
+    /// `shadow_owner_checks_total{result}`: a hub's checks of its owner pods; result is ok|error.
+    pub shadow_owner_checks: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -280,6 +295,29 @@ impl Metrics {
             "Hand-offs this hub took, by result: queued, or duplicate (a key it already holds or delivered; answered 250 without a second copy).",
             &["result"],
         );
+        let shadow_copies = counter_vec(
+            "shadow_copies_total",
+            "Shadow copies this sidecar stored on its Relay's hub before answering 250 (durability: replicated), by result: stored, or failed (the app got 451 and the message was not kept).",
+            &["result"],
+        );
+        let shadows = counter_vec(
+            "shadows_total",
+            "Shadow copies on this hub, by event: stored, released (their pod was done with them), replaced (by a hand-off of the same message), promoted (their pod is gone: queued for delivery).",
+            &["event"],
+        );
+        let shadow_releases_pending = gauge(
+            "shadow_releases_pending",
+            "Shadow copies this sidecar is done with whose release has not yet reached the hub.",
+        );
+        let shadows_held = gauge(
+            "shadows_held",
+            "Shadow copies this hub holds, undelivered, for pods that are alive.",
+        );
+        let shadow_owner_checks = counter_vec(
+            "shadow_owner_checks_total",
+            "This hub's checks of the pods it holds shadow copies for, by result: ok, or error (the apiserver could not be asked; copies wait).",
+            &["result"],
+        );
         let spool_disk_full = gauge(
             "spool_disk_full",
             "0 normally; 1 while the spool's disk is full and its reserve holds delivery records (new mail gets 452); 2 once the reserve is spent too (deliveries paused).",
@@ -373,6 +411,11 @@ impl Metrics {
             auth_failures,
             handoff,
             handoff_received,
+            shadow_copies,
+            shadow_releases_pending,
+            shadows_held,
+            shadows,
+            shadow_owner_checks,
         }
     }
 

@@ -17,6 +17,7 @@ fn python_email_reads_the_failure_notice() {
         received_at: 1_700_000_000,
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     };
     let report = dsn::Report {
         hostname: "relay.example.com",

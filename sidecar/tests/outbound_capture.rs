@@ -16,6 +16,7 @@ async fn capture_writes_eml_and_envelope_and_delivers_every_recipient() {
         received_at: 1_700_000_000,
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     };
     let message = b"From: app@example.com\r\nSubject: x\r\n\r\n.body\r\n";
     for _ in 0..2 {
@@ -58,6 +59,7 @@ async fn an_unwritable_directory_defers() {
         received_at: 0,
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     };
     let results = t
         .deliver(&env, &env.all_recipients(), b"Subject: x\r\n\r\n")

@@ -74,6 +74,7 @@ fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         received_at: 1_700_000_000,
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     }
 }
 

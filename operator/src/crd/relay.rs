@@ -89,6 +89,23 @@ pub struct HubSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 60, max = 604800))]
     pub after_parked_seconds: Option<u64>,
+    /// What an app's `250` means. `handoff` (default): the message is on the pod's disk, and
+    /// goes to the hub when the pod drains. `replicated`: it is also on a hub's disk (a shadow
+    /// copy), so a node lost without a drain loses nothing; costs one round trip to the hub per
+    /// message (docs/hub.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+}
+
+/// `spec.hub.durability`.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Durability {
+    /// Durable on the pod's disk; handed to the hub when the pod drains.
+    #[default]
+    Handoff,
+    /// Durable on the pod's disk and on a hub's before `250`.
+    Replicated,
 }
 
 /// Delivery mode; exactly one field is set.

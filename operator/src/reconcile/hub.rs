@@ -10,9 +10,10 @@ use k8s_openapi::{
     ByteString,
     api::{
         apps::v1::StatefulSet,
-        core::v1::{ConfigMap, Secret, Service},
+        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -75,6 +76,28 @@ pub async fn converge(
     let w = &ctx.settings.webhook;
     let objects = hub::objects(relay, &w.sidecar_image, &w.sidecar_log_format, meta);
     let client = ctx.client.clone();
+    apply(
+        &Api::namespaced(client.clone(), ns),
+        &with_type(objects.service_account, "v1", "ServiceAccount")?,
+        "apply hub ServiceAccount",
+    )
+    .await?;
+    apply(
+        &Api::namespaced(client.clone(), ns),
+        &with_type(objects.role, "rbac.authorization.k8s.io/v1", "Role")?,
+        "apply hub Role",
+    )
+    .await?;
+    apply(
+        &Api::namespaced(client.clone(), ns),
+        &with_type(
+            objects.role_binding,
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+        )?,
+        "apply hub RoleBinding",
+    )
+    .await?;
     apply(
         &Api::namespaced(client.clone(), ns),
         &with_type(objects.service, "v1", "Service")?,
@@ -210,43 +233,34 @@ fn random_password() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Deletes the hub's workload objects (not its volumes, Secrets or ConfigMap).
+/// Deletes the hub's workload objects and its account (not its volumes, Secrets or ConfigMap).
 async fn remove(ctx: &Context, ns: &str, name: &str) -> Result<()> {
     let hub = hub::name(name);
-    let dp = DeleteParams::default();
-    let gone = |r: Result<(), kube::Error>, step| match r {
-        Ok(()) => Ok(()),
+    let c = &ctx.client;
+    delete::<StatefulSet>(c, ns, &hub, "delete hub StatefulSet").await?;
+    delete::<Service>(c, ns, &hub, "delete hub Service").await?;
+    delete::<PodDisruptionBudget>(c, ns, &hub, "delete hub PodDisruptionBudget").await?;
+    delete::<NetworkPolicy>(c, ns, &hub, "delete hub NetworkPolicy").await?;
+    delete::<RoleBinding>(c, ns, &hub, "delete hub RoleBinding").await?;
+    delete::<Role>(c, ns, &hub, "delete hub Role").await?;
+    delete::<ServiceAccount>(c, ns, &hub, "delete hub ServiceAccount").await
+}
+
+/// Deletes `ns/name` of kind `K`; one already gone is fine.
+async fn delete<K>(client: &kube::Client, ns: &str, name: &str, step: &'static str) -> Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match Api::<K>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(Error::kube(step)(e)),
-    };
-    let c = ctx.client.clone();
-    gone(
-        Api::<StatefulSet>::namespaced(c.clone(), ns)
-            .delete(&hub, &dp)
-            .await
-            .map(|_| ()),
-        "delete hub StatefulSet",
-    )?;
-    gone(
-        Api::<Service>::namespaced(c.clone(), ns)
-            .delete(&hub, &dp)
-            .await
-            .map(|_| ()),
-        "delete hub Service",
-    )?;
-    gone(
-        Api::<PodDisruptionBudget>::namespaced(c.clone(), ns)
-            .delete(&hub, &dp)
-            .await
-            .map(|_| ()),
-        "delete hub PodDisruptionBudget",
-    )?;
-    gone(
-        Api::<NetworkPolicy>::namespaced(c, ns)
-            .delete(&hub, &dp)
-            .await
-            .map(|_| ()),
-        "delete hub NetworkPolicy",
-    )?;
-    Ok(())
+    }
 }

@@ -12,12 +12,13 @@ use k8s_openapi::{
             Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
             PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
             Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-            ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+            ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
         },
         networking::v1::{
             NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -25,12 +26,12 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use mailroom_config::{Config, Handoff, ListenAuth, ListenTls};
+use mailroom_config::{Config, Handoff, ListenAuth, ListenTls, ShadowCopies, ShadowOwners};
 
 use super::{CA_MOUNT, CAPTURE_DIR, CONFIG_KEY, CREDENTIALS_MOUNT, SPOOL_DIR};
 use crate::{
     Error, Result,
-    crd::{HubSpec, Relay},
+    crd::{Durability, HubSpec, Relay},
     reconcile::relay::INJECTED_LABEL,
 };
 
@@ -91,15 +92,30 @@ pub fn host(relay: &str, namespace: &str) -> String {
     format!("{}.{namespace}.svc", name(relay))
 }
 
-/// The DNS names the hub's certificate carries.
+/// Most hub pods (`spec.hub.replicas`).
+pub const MAX_REPLICAS: u32 = 9;
+/// How often a hub checks that the pods it holds shadow copies for still exist.
+const OWNER_CHECK_SECONDS: u64 = 5;
+
+/// The host name of hub pod `ordinal` (the headless Service gives each pod its own name): a
+/// shadow copy lives on one pod's volume, and its release must reach that pod.
+pub fn pod_host(relay: &str, namespace: &str, ordinal: u32) -> String {
+    let svc = name(relay);
+    format!("{svc}-{ordinal}.{svc}.{namespace}.svc")
+}
+
+/// The DNS names the hub's certificate carries: the Service's, and each pod's name under it
+/// for every replica count the CRD allows (so that scaling needs no new certificate).
 pub fn cert_names(relay: &str, namespace: &str) -> Vec<String> {
     let svc = name(relay);
-    vec![
+    let mut names = vec![
         svc.clone(),
         format!("{svc}.{namespace}"),
         format!("{svc}.{namespace}.svc"),
         format!("{svc}.{namespace}.svc.cluster.local"),
-    ]
+    ];
+    names.extend((0..MAX_REPLICAS).map(|i| pod_host(relay, namespace, i)));
+    names
 }
 
 /// The `handoff` section of the Relay's sidecars.
@@ -116,7 +132,18 @@ pub fn handoff(relay: &str, namespace: &str, spec: &HubSpec) -> Handoff {
             .unwrap_or(mailroom_config::DEFAULT_DRAIN_RESERVE_SECONDS),
         after_parked_seconds: spec.after_parked_seconds,
         max_connections: 4,
+        shadows: (spec.durability == Some(Durability::Replicated)).then(|| ShadowCopies {
+            hosts: (0..spec.replicas.unwrap_or(DEFAULT_REPLICAS))
+                .map(|i| pod_host(relay, namespace, i))
+                .collect(),
+            max_connections: 8,
+        }),
     }
+}
+
+/// The label selector of a Relay's hub clients (the pods whose shadow copies its hub holds).
+pub fn client_selector(relay: &str) -> String {
+    format!("{HUB_CLIENT_LABEL}={relay}")
 }
 
 /// The hub's own config from its sidecars' `sidecar`: the same route, retries, limits and
@@ -143,6 +170,13 @@ pub fn config(sidecar: &Config, relay: &str, namespace: &str, spec: &HubSpec) ->
     });
     hub.admin.address = ([0, 0, 0, 0], HUB_ADMIN_PORT).into();
     hub.handoff = None;
+    // Every hub checks the owners of the shadow copies it holds, whatever `durability` says
+    // now: copies made before a switch back to `handoff` are still delivered if their pod is lost.
+    hub.shadows = Some(ShadowOwners {
+        namespace: namespace.to_owned(),
+        pod_selector: client_selector(relay),
+        check_seconds: OWNER_CHECK_SECONDS,
+    });
     for d in &mut hub.domains {
         d.dkim = None;
     }
@@ -208,6 +242,12 @@ pub struct Objects {
     pub disruption_budget: PodDisruptionBudget,
     /// Only this Relay's injected pods reach the SMTP port.
     pub network_policy: NetworkPolicy,
+    /// The hub pods' account.
+    pub service_account: ServiceAccount,
+    /// `list` on pods in the namespace, and nothing else.
+    pub role: Role,
+    /// Grants `role` to `service_account`.
+    pub role_binding: RoleBinding,
 }
 
 /// The hub's objects for `relay`, running `image`; `meta` gives each its metadata.
@@ -304,7 +344,7 @@ pub fn objects(relay: &Relay, image: &str, log_format: &str, meta: impl Fn(Strin
         ..Default::default()
     };
     let network_policy = NetworkPolicy {
-        metadata: with_labels(meta(hub)),
+        metadata: with_labels(meta(hub.clone())),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(selector),
             policy_types: Some(vec!["Ingress".into()]),
@@ -327,11 +367,41 @@ pub fn objects(relay: &Relay, image: &str, log_format: &str, meta: impl Fn(Strin
             ..Default::default()
         }),
     };
+    let service_account = ServiceAccount {
+        metadata: with_labels(meta(hub.clone())),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: with_labels(meta(hub.clone())),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["pods".into()]),
+            verbs: vec!["list".into()],
+            ..Default::default()
+        }]),
+    };
+    let role_binding = RoleBinding {
+        metadata: with_labels(meta(hub.clone())),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: hub.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: hub.clone(),
+            namespace: relay.namespace(),
+            ..Default::default()
+        }]),
+    };
     Objects {
         stateful_set,
         service,
         disruption_budget,
         network_policy,
+        service_account,
+        role,
+        role_binding,
     }
 }
 
@@ -460,8 +530,10 @@ fn pod_template(relay_obj: &Relay, image: &str, log_format: &str, spec: &HubSpec
         }),
         spec: Some(PodSpec {
             containers: vec![container],
-            // The hub talks to no apiserver.
-            automount_service_account_token: Some(false),
+            // Its own account, which may list the pods of this namespace and nothing else: the
+            // owners of the shadow copies it holds (docs/hub.md, "Owner liveness").
+            service_account_name: Some(name(relay)),
+            automount_service_account_token: Some(true),
             enable_service_links: Some(false),
             // Time for the drain: the hub finishes what it is delivering, and keeps the rest on
             // its volume for the next pod.
@@ -584,6 +656,55 @@ mod tests {
         }
     }
 
+    /// `durability: replicated` gives the sidecars the hub pods by name (each on the hub's
+    /// certificate); every hub checks the owners of the copies it holds, whatever the mode.
+    #[test]
+    fn replicated_durability_names_each_hub_pod_and_every_hub_checks_owners() {
+        let domains = [MailDomain::test("shop", "shop.example.com")];
+        let spec = HubSpec {
+            replicas: Some(3),
+            durability: Some(Durability::Replicated),
+            ..Default::default()
+        };
+        let relay = relay_with_hub("outbound", spec.clone());
+        let sidecar = crate::render::sidecar_config(&relay, &domains).expect("render");
+        let shadows = sidecar
+            .handoff
+            .as_ref()
+            .and_then(|h| h.shadows.clone())
+            .expect("shadows");
+        assert_eq!(
+            shadows.hosts,
+            vec![
+                "outbound-hub-0.outbound-hub.shop.svc",
+                "outbound-hub-1.outbound-hub.shop.svc",
+                "outbound-hub-2.outbound-hub.shop.svc"
+            ]
+        );
+        let names = cert_names("outbound", "shop");
+        for host in &shadows.hosts {
+            assert!(names.contains(host), "{host} is on the certificate");
+        }
+        assert!(names.contains(&pod_host("outbound", "shop", MAX_REPLICAS - 1)));
+        let hub = config(&sidecar, "outbound", "shop", &spec).expect("hub config");
+        let owners = hub.shadows.expect("owner checks");
+        assert_eq!(
+            (owners.namespace.as_str(), owners.pod_selector.as_str()),
+            ("shop", "mailroom.dev/hub-client=outbound")
+        );
+        let plain = relay_with_hub("outbound", HubSpec::default());
+        let sidecar = crate::render::sidecar_config(&plain, &domains).expect("render");
+        assert!(
+            sidecar.handoff.clone().expect("handoff").shadows.is_none(),
+            "handoff mode: no copies"
+        );
+        let hub = config(&sidecar, "outbound", "shop", &HubSpec::default()).expect("hub config");
+        assert!(
+            hub.shadows.is_some(),
+            "copies made before a switch are still looked after"
+        );
+    }
+
     #[test]
     fn storage_quantities_and_name_limits() {
         for (q, want) in [
@@ -635,7 +756,22 @@ mod tests {
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(pod.automount_service_account_token, Some(false));
+        // Its own account, which may only list pods (the owners of its shadow copies).
+        assert_eq!(pod.service_account_name.as_deref(), Some("outbound-hub"));
+        let rules = o.role.rules.expect("rules");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].resources.as_deref(), Some(&["pods".to_string()][..]));
+        assert_eq!(rules[0].verbs, vec!["list".to_string()]);
+        assert_eq!(o.role_binding.role_ref.name, "outbound-hub");
+        let subject = &o.role_binding.subjects.expect("subjects")[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", "outbound-hub", Some("shop"))
+        );
         let svc = o.service.spec.expect("service");
         assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
         let rules = o.network_policy.spec.and_then(|s| s.ingress).expect("ingress");

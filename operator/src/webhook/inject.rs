@@ -8,8 +8,8 @@ use json_patch::{AddOperation, PatchOperation, ReplaceOperation, jsonptr::Pointe
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-        HTTPGetAction, Pod, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Sysctl, Volume,
-        VolumeMount,
+        EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, SeccompProfile, SecretVolumeSource,
+        SecurityContext, Sysctl, Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -243,7 +243,17 @@ fn container(
         name: SIDECAR_NAME.into(),
         image: Some(settings.sidecar_image.clone()),
         command: Some(vec!["mailroom-sidecar".into()]),
-        env: Some(env.into_iter().map(|(k, v)| env_var(k, v)).collect()),
+        env: Some(
+            env.into_iter()
+                .map(|(k, v)| env_var(k, v))
+                // The pod's identity: it owns the shadow copies its sidecar stores on the hub
+                // (`durability: replicated`, docs/hub.md).
+                .chain([
+                    field_env(s::ENV_POD_NAME, "metadata.name"),
+                    field_env(s::ENV_POD_UID, "metadata.uid"),
+                ])
+                .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some(ADMIN_PORT_NAME.into()),
             container_port: ADMIN_PORT.into(),
@@ -277,6 +287,21 @@ fn security_context() -> SecurityContext {
         }),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An environment variable from the downward API.
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()

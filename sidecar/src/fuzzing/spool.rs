@@ -125,6 +125,7 @@ fn structured(input: &[u8]) -> (Vec<Vec<u8>>, HashMap<MessageId, Vec<u8>>) {
                         received_at: 1,
                         dsn: Default::default(),
                         origin: None,
+                        shadow: None,
                     },
                     // Bit 0: one byte too long; bit 2: absurdly long (the allocator must not see it).
                     len: m.body.len() as u64 + u64::from(flags & 1) + u64::from(flags & 4) * (1 << 40),

@@ -41,10 +41,10 @@ where
         let text = if extended {
             // A hub's listener (TLS from the first byte) asks for the Relay's credential and
             // takes hand-offs from whoever presented it (docs/hub.md).
-            let hub = if self.config.listen.auth.is_some() {
-                "250-AUTH PLAIN\r\n250-XHANDOFF\r\n"
-            } else {
-                ""
+            let hub = match (&self.config.listen.auth, &self.config.shadows) {
+                (Some(_), Some(_)) => "250-AUTH PLAIN\r\n250-XHANDOFF\r\n250-XSHADOW\r\n",
+                (Some(_), None) => "250-AUTH PLAIN\r\n250-XHANDOFF\r\n",
+                (None, _) => "",
             };
             // RFC 5321 4.1.1.1 ehlo-ok-rsp: domain first, then one keyword per line.
             format!(
@@ -82,6 +82,10 @@ where
         if self.authenticated && from.handoff.is_none() {
             return self.bad(HANDOFF_ONLY);
         }
+        // A shadow copy is a kind of hand-off, offered only by a hub that holds shadows.
+        if from.shadow.is_some() && (from.handoff.is_none() || self.config.shadows.is_none()) {
+            return self.bad(reply::UNSUPPORTED_PARAMETER);
+        }
         let max = self.config.limits.max_message_bytes;
         // RFC 1870 6.1: a declared SIZE over the limit is refused at MAIL.
         if from.size.is_some_and(|size| size > max) {
@@ -104,6 +108,7 @@ where
                 rcpts: Vec::new(),
             },
             handoff: from.handoff,
+            shadow: from.shadow,
         });
         self.reply(reply::SENDER_OK)
     }

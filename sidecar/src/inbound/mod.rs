@@ -7,6 +7,7 @@ pub mod data;
 pub mod headers;
 mod path;
 pub mod policy;
+mod release;
 pub mod reply;
 pub mod session;
 pub mod tls;

@@ -6,7 +6,10 @@
 use super::reply::{self, Reply};
 use crate::{
     address::{self, AddressError, Mailbox},
-    message::{self, MAX_ENVID, Notify, RcptDsn, Ret, handoff::Handoff},
+    message::{
+        self, MAX_ENVID, Notify, RcptDsn, Ret,
+        handoff::{Handoff, Owner},
+    },
 };
 
 /// RFC 1870 4: SIZE is at most 20 digits.
@@ -28,6 +31,8 @@ pub(super) struct Mail<'a> {
     /// Our XHANDOFF parameter (a sidecar handing a message to its hub); the session takes it
     /// only from an authenticated client.
     pub handoff: Option<Handoff>,
+    /// Our XSHADOW parameter: the hand-off is a shadow copy held for its owner pod.
+    pub shadow: Option<Owner>,
 }
 
 /// The forward-path of a RCPT command.
@@ -63,6 +68,7 @@ pub(super) fn mail(line: &str) -> Result<Mail<'_>, Reply> {
         ret: None,
         envid: None,
         handoff: None,
+        shadow: None,
     };
     let mut seen = Seen::default();
     for (keyword, value) in parameters(params)? {
@@ -96,6 +102,12 @@ pub(super) fn mail(line: &str) -> Result<Mail<'_>, Reply> {
                 mail.handoff = Some(
                     Handoff::parse(v)
                         .ok_or_else(|| bad_parameter("XHANDOFF", "<key>,<arrived> (docs/hub.md)"))?,
+                );
+            }
+            ("XSHADOW", Some(v)) => {
+                mail.shadow = Some(
+                    Owner::parse(v)
+                        .ok_or_else(|| bad_parameter("XSHADOW", "<pod uid>,<pod name> (docs/hub.md)"))?,
                 );
             }
             // RFC 5321 4.1.1.11: a parameter EHLO did not offer.

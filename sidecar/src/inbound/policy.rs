@@ -141,6 +141,10 @@ impl<K: MessageSink> MessageSink for RateLimited<K> {
         }
         self.inner.begin().await
     }
+
+    async fn release_shadows(&self, keys: Vec<String>) -> usize {
+        self.inner.release_shadows(keys).await
+    }
 }
 
 #[cfg(test)]

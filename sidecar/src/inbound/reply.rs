@@ -110,6 +110,13 @@ pub const HANDOFF_IN_PROGRESS: Reply = Reply::new(
     "4.3.0",
     "This message is being handed off on another connection, try again later",
 );
+/// `durability: replicated`: no hub took the shadow copy, so the message is not acknowledged
+/// (RFC 3463 X.4.1: no answer from host).
+pub const SHADOW_FAILED: Reply = Reply::new(
+    451,
+    "4.4.1",
+    "Cannot store the replica copy on the Relay's hub, try again later",
+);
 /// Over `limits.ratePerMinute` (RFC 3463 X.7.1: delivery not authorized, here for now).
 pub const RATE_LIMITED: Reply = Reply::new(451, "4.7.1", "Rate limit reached, try again later");
 /// RFC 5321 4.5.3.1.10: too many recipients is 452, and X.5.3 says so (RFC 3463).

@@ -9,7 +9,10 @@ use super::{
 };
 use crate::{
     config::Config,
-    message::{DsnRequest, MessageSink, SinkError, handoff::Handoff},
+    message::{
+        DsnRequest, MessageSink, SinkError,
+        handoff::{Handoff, Owner},
+    },
     metrics::{Metrics, RejectReason, SessionEnd},
 };
 use bytes::{Bytes, BytesMut};
@@ -67,6 +70,8 @@ pub(super) struct Transaction {
     pub(super) dsn: DsnRequest,
     /// XHANDOFF: a sidecar handing this message to us, its hub.
     pub(super) handoff: Option<Handoff>,
+    /// XSHADOW: the hand-off is a shadow copy held for this pod.
+    pub(super) shadow: Option<Owner>,
 }
 
 /// Whether the session goes on after a command.
@@ -310,6 +315,12 @@ where
             Some(b"RCPT ") => return self.rcpt(line),
             _ => {}
         }
+        if line
+            .get(..9)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"XRELEASE "))
+        {
+            return self.release(&line[9..]).await;
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => return self.bad(super::commands::parse_error(&e)),
@@ -361,6 +372,7 @@ pub(super) fn sink_reply(e: SinkError) -> Reply {
         SinkError::Io => reply::SPOOL_ERROR,
         SinkError::RateLimited => reply::RATE_LIMITED,
         SinkError::HandoffInProgress => reply::HANDOFF_IN_PROGRESS,
+        SinkError::ShadowFailed => reply::SHADOW_FAILED,
     }
 }
 
@@ -370,5 +382,6 @@ pub(super) fn sink_reject_reason(e: SinkError) -> RejectReason {
         SinkError::Io => RejectReason::SpoolError,
         SinkError::RateLimited => RejectReason::RateLimited,
         SinkError::HandoffInProgress => RejectReason::HandoffInProgress,
+        SinkError::ShadowFailed => RejectReason::ShadowFailed,
     }
 }

@@ -193,6 +193,7 @@ where
             received_at,
             dsn: tx.dsn,
             origin: tx.handoff.map(|h| h.key),
+            shadow: tx.shadow,
         };
         match writer.commit(envelope).await {
             Ok(id) => {

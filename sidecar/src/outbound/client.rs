@@ -363,6 +363,22 @@ pub(crate) async fn transaction(
     finish(fill(results, &unknown()), true)
 }
 
+/// Sends one command line (CRLF included) of our own extensions and reads its reply; `Err`
+/// for anything but a `2xx`, or a broken connection.
+pub(crate) async fn command(
+    opened: &mut Opened,
+    limit: Duration,
+    line: &str,
+) -> Result<Response, RcptResult> {
+    let mut wire = Wire {
+        opened,
+        limit,
+        replies: 0,
+    };
+    wire.write(line.as_bytes()).await?;
+    wire.reply().await
+}
+
 /// One transaction's traffic on a connection: writes go straight to the socket, replies are
 /// read (and parsed) by lettre, each under the command timeout.
 struct Wire<'a> {
@@ -480,6 +496,9 @@ fn mail_from<'a>(
             arrived: envelope.received_at,
         };
         mail = mail.param(handoff.to_string()).map_err(bad)?;
+        if let (true, Some(owner)) = (offers.shadow, &envelope.shadow) {
+            mail = mail.param(owner.to_string()).map_err(bad)?;
+        }
     }
     Ok(mail)
 }

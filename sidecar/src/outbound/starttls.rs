@@ -176,6 +176,8 @@ pub(crate) struct Offers {
     pub pipelining: bool,
     /// Our XHANDOFF: the next hop is this Relay's hub (docs/hub.md).
     pub handoff: bool,
+    /// Our XSHADOW: that hub holds shadow copies.
+    pub shadow: bool,
 }
 
 impl Offers {
@@ -185,6 +187,7 @@ impl Offers {
             dsn: offers(reply, "DSN"),
             pipelining: offers(reply, "PIPELINING"),
             handoff: offers(reply, crate::message::handoff::KEYWORD),
+            shadow: offers(reply, crate::message::handoff::SHADOW_KEYWORD),
         }
     }
 

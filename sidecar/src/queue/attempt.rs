@@ -166,7 +166,7 @@ fn count(
 }
 
 /// Signs with the key of the header From: domain (what DMARC aligns with), if it has one.
-pub(super) fn sign<T: Transport>(d: &Delivery<T>, message: &[u8], metrics: &Metrics) -> Option<String> {
+pub(crate) fn sign<T: Transport>(d: &Delivery<T>, message: &[u8], metrics: &Metrics) -> Option<String> {
     let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
     let from = parsed.from()?.first()?.address()?;
     let domain = domain_of(from).to_ascii_lowercase();
@@ -229,6 +229,7 @@ async fn queue_dsn<T: Transport>(
         received_at: now_secs(),
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     };
     w.commit(dsn_env).await?;
     Ok(())

@@ -101,6 +101,8 @@ pub struct Delivery<T = AnyTransport> {
     pub concurrency: usize,
     /// The Relay's hub, when the config has `handoff` (docs/hub.md).
     pub hub: Option<Hub>,
+    /// Connections for shadow copies, when the config has `handoff.shadows`.
+    pub shadows: Option<std::sync::Arc<crate::shadow::ShadowClient>>,
     domains: Vec<String>,
     remote_mta: Option<String>,
 }
@@ -147,6 +149,11 @@ impl Delivery {
                 }
             }
         });
+        delivery.shadows = cfg
+            .handoff
+            .as_ref()
+            .and_then(|h| h.shadows.as_ref().map(|s| (h, s)))
+            .and_then(|(h, s)| crate::shadow::client_for(h, s, &cfg.hostname));
         Ok(delivery)
     }
 }
@@ -157,6 +164,7 @@ impl<T: Transport> Delivery<T> {
     pub fn with_transport(cfg: &Config, transport: T, concurrency: usize) -> Result<Self, Error> {
         Ok(Self {
             hub: None,
+            shadows: None,
             transport,
             signer: dkim::Signer::new(&cfg.domains)?,
             retry: cfg.retry.clone(),

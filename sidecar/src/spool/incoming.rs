@@ -3,7 +3,7 @@
 
 use super::{CHUNK_BYTES, Entry, Meta, Queued, Spool, origins::Claim, record, record::Kind, writer::Op};
 use crate::{
-    message::{Envelope, MessageId},
+    message::{Envelope, MessageId, handoff::Owner},
     message::{MessageWriter, SinkError},
     sync::lock,
 };
@@ -93,6 +93,9 @@ impl MessageWriter for Incoming {
     }
 
     async fn commit(mut self, envelope: Envelope) -> Result<MessageId, SinkError> {
+        if let (Some(key), Some(owner)) = (envelope.origin.clone(), envelope.shadow.clone()) {
+            return self.commit_shadow(envelope, &key, &owner).await;
+        }
         let origin = envelope.origin.clone();
         if let Some(key) = &origin {
             let claim = lock(&self.spool.inner.state).origins.claim(key);
@@ -107,19 +110,31 @@ impl MessageWriter for Incoming {
                 Claim::Busy => return Err(SinkError::HandoffInProgress),
             }
         }
-        let result = self.store(envelope).await;
+        let result = self.store(envelope, true, None).await;
         if let Some(key) = &origin {
-            let mut st = lock(&self.spool.inner.state);
-            match result {
-                Ok(id) => {
-                    st.origins.queued(key, id);
-                    self.spool
-                        .inner
-                        .handoff_received
-                        .with_label_values(&["queued"])
-                        .inc();
+            let replaced = {
+                let mut st = lock(&self.spool.inner.state);
+                match result {
+                    Ok(id) => {
+                        st.origins.queued(key, id);
+                        self.spool
+                            .inner
+                            .handoff_received
+                            .with_label_values(&["queued"])
+                            .inc();
+                        // The hand-off of a message held as a shadow replaces the shadow (it
+                        // carries the recipients still to do).
+                        st.shadows.take(key)
+                    }
+                    Err(_) => {
+                        st.origins.release(key);
+                        None
+                    }
                 }
-                Err(_) => st.origins.release(key),
+            };
+            if let Some(shadow) = replaced {
+                self.spool.remove(shadow).await;
+                self.spool.count_shadows("replaced", 1);
             }
         }
         result
@@ -127,9 +142,76 @@ impl MessageWriter for Incoming {
 }
 
 impl Incoming {
-    async fn store(&mut self, envelope: Envelope) -> Result<MessageId, SinkError> {
+    /// A shadow copy (XSHADOW): durable like any message, then held for its owner instead of
+    /// queued. A copy of a key already held, or already queued here, is not kept twice.
+    async fn commit_shadow(
+        mut self,
+        envelope: Envelope,
+        key: &str,
+        owner: &Owner,
+    ) -> Result<MessageId, SinkError> {
+        {
+            let st = lock(&self.spool.inner.state);
+            if let Some(id) = st.shadows.get(key) {
+                return Ok(id);
+            }
+        }
+        let id = self.store(envelope, false, None).await?;
+        let duplicate = {
+            let mut st = lock(&self.spool.inner.state);
+            match st.shadows.get(key) {
+                // Another connection stored the same copy meanwhile: keep the first.
+                Some(first) => Some(first),
+                None => {
+                    st.shadows.hold(key, id, owner, std::time::Instant::now());
+                    None
+                }
+            }
+        };
+        match duplicate {
+            Some(first) => {
+                self.spool.remove(id).await;
+                Ok(first)
+            }
+            None => {
+                self.spool.count_shadows("stored", 1);
+                Ok(id)
+            }
+        }
+    }
+}
+
+impl Incoming {
+    /// Makes the message durable but keeps it from the runner until [`Held::announce`]: the
+    /// sidecar's half of a replicated accept, whose shadow copy goes to the hub meanwhile. With
+    /// `signature`, the message was signed at acceptance (the shadow carries the same one).
+    pub async fn commit_held(
+        mut self,
+        envelope: Envelope,
+        signature: Option<String>,
+    ) -> Result<Held, SinkError> {
+        let id = self.store(envelope, false, signature).await?;
+        let meta = lock(&self.spool.inner.state)
+            .entries
+            .get(&id)
+            .map(|e| e.meta.clone())
+            .ok_or(SinkError::Io)?;
+        Ok(Held {
+            spool: self.spool.clone(),
+            id,
+            meta,
+        })
+    }
+
+    /// Makes the message durable; `queue` hands it to the runner (not a shadow).
+    async fn store(
+        &mut self,
+        envelope: Envelope,
+        queue: bool,
+        signed: Option<String>,
+    ) -> Result<MessageId, SinkError> {
         // A hand-off arrives signed by its sidecar; an empty signature means "never sign".
-        let signature = envelope.origin.as_ref().map(|_| String::new());
+        let signature = signed.or_else(|| envelope.origin.as_ref().map(|_| String::new()));
         let meta = Meta {
             envelope,
             len: self.len,
@@ -165,8 +247,39 @@ impl Incoming {
         }
         self.finished = true;
         self.release_floor();
-        let _ = self.spool.inner.arrivals.send(Queued { id: self.id, meta });
+        if queue {
+            let _ = self.spool.inner.arrivals.send(Queued { id: self.id, meta });
+        }
         Ok(self.id)
+    }
+}
+
+/// A message durable in the spool that the runner has not seen yet.
+#[derive(Debug)]
+#[must_use = "announce or cancel the message"]
+pub struct Held {
+    spool: Spool,
+    id: MessageId,
+    meta: Meta,
+}
+
+impl Held {
+    /// Its id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// Hands the message to the runner.
+    pub fn announce(self) {
+        let _ = self.spool.inner.arrivals.send(Queued {
+            id: self.id,
+            meta: self.meta,
+        });
+    }
+
+    /// Drops the message: the app was not told `250`, and will send it again.
+    pub async fn cancel(self) {
+        self.spool.remove(self.id).await;
     }
 }
 

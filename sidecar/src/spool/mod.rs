@@ -12,6 +12,7 @@ mod origins;
 pub mod record;
 mod replay;
 mod reserve;
+mod shadows;
 mod writer;
 
 pub use meta::Meta;
@@ -102,6 +103,8 @@ struct State {
     inflight: BTreeMap<u64, usize>,
     /// Hand-off keys held or recently delivered (a hub).
     origins: origins::Origins,
+    /// Shadow copies held for owner pods (a hub).
+    shadows: shadows::Shadows,
 }
 
 #[derive(Debug)]
@@ -122,6 +125,10 @@ struct Inner {
     instance: u64,
     /// `handoff_received_total{result}`.
     handoff_received: prometheus::IntCounterVec,
+    shadows_held: prometheus::IntGauge,
+    shadow_events: prometheus::IntCounterVec,
+    /// Told the id of each message removed (a sidecar's shadow releases).
+    on_removed: Mutex<Option<mpsc::UnboundedSender<MessageId>>>,
 }
 
 /// Handle to the spool; cheap to clone.
@@ -155,13 +162,22 @@ impl Spool {
             for s in &e.segs {
                 *state.seg_live.entry(*s).or_default() += 1;
             }
-            if let Some(key) = &e.meta.envelope.origin {
-                state.origins.queued(key, id);
+            let env = &e.meta.envelope;
+            match (&env.origin, &env.shadow) {
+                // A shadow waits for its owner again: the runner does not see it.
+                (Some(key), Some(owner)) => {
+                    state.shadows.hold(key, id, owner, std::time::Instant::now());
+                }
+                (origin, _) => {
+                    if let Some(key) = origin {
+                        state.origins.queued(key, id);
+                    }
+                    queued.push(Queued {
+                        id,
+                        meta: e.meta.clone(),
+                    });
+                }
             }
-            queued.push(Queued {
-                id,
-                meta: e.meta.clone(),
-            });
             state.entries.insert(id, e);
         }
         queued.sort_by_key(|q| q.id);
@@ -188,6 +204,7 @@ impl Spool {
         )
         .map_err(err)?;
         let instance = instance_id(&dir).map_err(err)?;
+        metrics.shadows_held.set(state.shadows.len() as i64);
         let (arrivals, arrivals_rx) = mpsc::unbounded_channel();
         let now_id = (crate::message::now_millis() << 20).max(replayed.max_id + 1);
         let spool = Spool {
@@ -203,6 +220,9 @@ impl Spool {
                 writer: Mutex::new(Some(writer)),
                 instance,
                 handoff_received: metrics.handoff_received.clone(),
+                shadows_held: metrics.shadows_held.clone(),
+                shadow_events: metrics.shadows.clone(),
+                on_removed: Mutex::new(None),
             }),
         };
         spool.reclaim();
@@ -268,6 +288,7 @@ impl Spool {
         let mut live: Vec<Queued> = st
             .entries
             .iter()
+            .filter(|(id, e)| !is_held_shadow(&st, **id, e))
             .map(|(id, e)| Queued {
                 id: *id,
                 meta: e.meta.clone(),
@@ -375,7 +396,11 @@ impl Spool {
         {
             let mut st = lock(&self.inner.state);
             if let Some(e) = st.entries.remove(&id) {
-                if let Some(key) = &e.meta.envelope.origin {
+                // A shadow's key is not a hand-off's: only a message queued under its key
+                // (a hand-off, or a promoted shadow) is remembered as delivered.
+                if let Some(key) = &e.meta.envelope.origin
+                    && st.origins.is_queued_as(key, id)
+                {
                     st.origins.finished(key, std::time::Instant::now());
                 }
                 st.count -= 1;
@@ -388,7 +413,74 @@ impl Spool {
             }
             crate::memory::shrink_sparse(&mut st.entries);
         }
+        self.report_removed(id);
         self.reclaim();
+    }
+
+    /// Tells the [`Spool::on_removed`] listener that `id` is gone (or never came).
+    pub fn report_removed(&self, id: MessageId) {
+        if let Some(tx) = lock(&self.inner.on_removed).as_ref() {
+            let _ = tx.send(id);
+        }
+    }
+
+    /// Sends the id of every message removed from now on (delivered, bounced, expired, handed
+    /// off or cancelled) to `tx`.
+    pub fn on_removed(&self, tx: mpsc::UnboundedSender<MessageId>) {
+        *lock(&self.inner.on_removed) = Some(tx);
+    }
+
+    /// Drops the shadow copies held under `keys` (their owner is done with them); returns how
+    /// many there were.
+    pub async fn release_shadows(&self, keys: &[String]) -> usize {
+        let ids: Vec<MessageId> = {
+            let mut st = lock(&self.inner.state);
+            keys.iter().filter_map(|k| st.shadows.take(k)).collect()
+        };
+        for &id in &ids {
+            self.remove(id).await;
+        }
+        self.count_shadows("released", ids.len());
+        ids.len()
+    }
+
+    /// Every owner pod with shadows held here, and since when it has had them.
+    pub fn shadow_owners(&self) -> Vec<(crate::message::handoff::Owner, std::time::Instant)> {
+        lock(&self.inner.state).shadows.owners()
+    }
+
+    /// Owner `uid` is gone: its shadows become ordinary messages of this hub, queued for
+    /// delivery under their keys (a late hand-off of one is then a duplicate). Returns how many.
+    pub fn promote(&self, uid: &str) -> usize {
+        let queued: Vec<Queued> = {
+            let mut st = lock(&self.inner.state);
+            let taken = st.shadows.take_owner(uid);
+            let mut queued = Vec::with_capacity(taken.len());
+            for (key, id) in taken {
+                if let Some(e) = st.entries.get(&id) {
+                    let meta = e.meta.clone();
+                    st.origins.queued(&key, id);
+                    queued.push(Queued { id, meta });
+                }
+            }
+            queued
+        };
+        for q in &queued {
+            let _ = self.inner.arrivals.send(q.clone());
+        }
+        self.count_shadows("promoted", queued.len());
+        queued.len()
+    }
+
+    fn count_shadows(&self, event: &str, n: usize) {
+        if n > 0 {
+            self.inner
+                .shadow_events
+                .with_label_values(&[event])
+                .inc_by(n as u64);
+        }
+        let held = lock(&self.inner.state).shadows.len();
+        self.inner.shadows_held.set(held as i64);
     }
 
     /// Appends a state record for a live message and pins the segment it lands in.
@@ -519,6 +611,16 @@ fn encode_message(id: MessageId, body: &[u8], meta: &Meta) -> (Vec<u8>, Vec<(usi
     (buf, payloads)
 }
 
+/// Whether `e` is a shadow copy still held for its owner (not the runner's).
+fn is_held_shadow(st: &State, id: MessageId, e: &Entry) -> bool {
+    e.meta.envelope.shadow.is_some()
+        && e.meta
+            .envelope
+            .origin
+            .as_deref()
+            .is_some_and(|k| st.shadows.get(k) == Some(id))
+}
+
 fn open_segment(st: &mut State, dir: &Path, seq: u64) -> io::Result<Arc<std::fs::File>> {
     if let Some(f) = st.files.get(&seq) {
         return Ok(f.clone());
@@ -567,7 +669,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 }
 
 mod incoming;
-pub use incoming::Incoming;
+pub use incoming::{Held, Incoming};
 #[cfg(test)]
 mod tests;
 
@@ -576,5 +678,9 @@ impl MessageSink for Spool {
 
     async fn begin(&self) -> Result<Incoming, SinkError> {
         self.begin_internal()
+    }
+
+    async fn release_shadows(&self, keys: Vec<String>) -> usize {
+        Spool::release_shadows(self, &keys).await
     }
 }

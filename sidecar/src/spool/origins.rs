@@ -60,6 +60,11 @@ impl Origins {
         self.held.insert(key.to_owned(), Held::Queued(id));
     }
 
+    /// Whether `key` is held as message `id`.
+    pub fn is_queued_as(&self, key: &str, id: MessageId) -> bool {
+        self.held.get(key) == Some(&Held::Queued(id))
+    }
+
     /// The claimed message could not be committed: the key is free again.
     pub fn release(&mut self, key: &str) {
         if self.held.get(key) == Some(&Held::Pending) {

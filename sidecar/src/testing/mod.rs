@@ -20,5 +20,6 @@ pub fn envelope(rcpts: &[&str], received_at: u64) -> crate::message::Envelope {
         received_at,
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     }
 }

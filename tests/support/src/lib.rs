@@ -20,6 +20,7 @@ pub mod admission;
 pub mod certs;
 mod control_plane;
 mod flags;
+pub mod hub;
 pub mod image;
 mod janitor;
 mod kubeconfig;

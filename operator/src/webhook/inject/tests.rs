@@ -54,6 +54,21 @@ fn plain_pod_gets_a_native_sidecar_volumes_env_sysctl_and_markers() {
     assert_eq!(env(&sc, "SIDECAR_ADMIN_ADDR").as_deref(), Some("0.0.0.0:9465"));
     assert_eq!(env(&sc, "SIDECAR_DRAIN_SECONDS").as_deref(), Some("25"));
     assert_eq!(env(&sc, "SIDECAR_LOG_FORMAT").as_deref(), Some("plain"));
+    // The pod's identity from the downward API: the owner of its shadow copies.
+    for (name, path) in [
+        ("SIDECAR_POD_NAME", "metadata.name"),
+        ("SIDECAR_POD_UID", "metadata.uid"),
+    ] {
+        let field = sc
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.clone());
+        assert_eq!(field.as_deref(), Some(path), "{name}");
+    }
     assert_eq!(
         capped_drain(25, Some(10)),
         10,

@@ -139,6 +139,7 @@ async fn put(sink: &impl MessageSink) -> Result<(), SinkError> {
         received_at: 1,
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     })
     .await
     .map(|_| ())

@@ -20,6 +20,7 @@ fn envelope(sender: &str, age: u64) -> Envelope {
         received_at: NOW - age,
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     }
 }
 

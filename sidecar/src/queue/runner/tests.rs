@@ -71,6 +71,7 @@ async fn put(spool: &Spool, subject: &str, rcpts: &[&str]) {
         received_at: crate::message::now_secs(),
         dsn: Default::default(),
         origin: None,
+        shadow: None,
     })
     .await
     .expect("commit");
