@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEMS = ["ceiling", "postfix", "mailroom"]
+HUB_SYSTEMS = ["mailroom", "mailroom-hub", "mailroom-replicated"]
 COLORS = {"ceiling": "#999999", "postfix": "#d95f02", "mailroom": "#1b9e77"}
 
 
@@ -29,7 +30,7 @@ def summarize(results):
             scenarios.append(r["scenario"])
     table = {}
     for sc in scenarios:
-        for system in SYSTEMS:
+        for system in SYSTEMS + HUB_SYSTEMS[1:]:
             rows = [r for r in results if r["scenario"] == sc and r["system"] == system]
             if rows:
                 table[sc, system] = {k: median(rows, k) for k in rows[0] if isinstance(rows[0][k], (int, float))}
@@ -87,7 +88,9 @@ def plot_memory(scenarios, table, path):
 
 def main():
     data = json.load(open(sys.argv[1]))
-    scenarios, table = summarize(data["results"])
+    every, table = summarize(data["results"])
+    # The hub's scenarios compare mailroom with itself; they have their own section.
+    scenarios = [sc for sc in every if "Relay with a hub" not in sc]
     img = os.path.join(ROOT, "docs", "img")
     os.makedirs(img, exist_ok=True)
     plot(scenarios, table, "accepted_per_s", "Accepted (until the last 250)", os.path.join(img, "bench-accepted.png"))
@@ -175,6 +178,31 @@ def main():
                         system, fmt(r["accepted_per_s"]), fmt(r["e2e_per_s"]), fmt(r.get("fresh_e2e_p50_ms"), "{:.1f}"),
                         fmt(r.get("fresh_e2e_p99_ms"), "{:.1f}"), fmt(r.get("fresh_during_retries")),
                         fmt(r.get("cpu_seconds"), "{:.1f}"), fmt(mib(r.get("pss_peak_kib")), "{:.1f}")))
+        out.append("")
+    hub = [sc for sc in every if "Relay with a hub" in sc]
+    if hub:
+        out += ["## A Relay with a hub: the cost on the accept path", "",
+                "The same load into one sidecar, three ways (docs/hub.md): **mailroom** without a hub;",
+                "**mailroom-hub** with a hub configured (`durability: handoff`: the hub works only when a pod",
+                "drains, so the accept path is unchanged); **mailroom-replicated** (`durability: replicated`:",
+                "each message is also copied to the hub, over TLS with AUTH, and fsync'd there before `250`).",
+                "The hub is a second `mailroom-sidecar` process on the same machine and the same disk; CPU",
+                "and memory count both processes. *Added p50/p99* is against mailroom without a hub in the",
+                "same scenario.", "",
+                "| scenario | system | accepted/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU s | PSS peak MiB |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for sc in hub:
+            base = table.get((sc, "mailroom"), {})
+            for system in HUB_SYSTEMS:
+                r = table.get((sc, system))
+                if not r:
+                    continue
+                added = lambda k: None if system == "mailroom" or base.get(k) is None else r[k] - base[k]
+                out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    sc, system, fmt(r["accepted_per_s"]), fmt(r["latency_p50_ms"], "{:.2f}"),
+                    fmt(r["latency_p99_ms"], "{:.2f}"), fmt(added("latency_p50_ms"), "{:+.2f}"),
+                    fmt(added("latency_p99_ms"), "{:+.2f}"), fmt(r.get("cpu_seconds"), "{:.1f}"),
+                    fmt(mib(r.get("pss_peak_kib")), "{:.1f}")))
         out.append("")
     webhook = os.path.join(ROOT, "bench", "results", "webhook.txt")
     if os.path.exists(webhook):

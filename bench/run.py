@@ -6,6 +6,9 @@ load from Postfix's own `smtp-source`, relaying to the same `smtp-sink`:
   ceiling   smtp-source -> smtp-sink (no relay: the machine's limit)
   postfix   smtp-source -> Postfix null client (fsync on, as shipped) -> smtp-sink
   mailroom  smtp-source -> mailroom-sidecar (spool on the same filesystem) -> smtp-sink
+  mailroom-hub         the same, with a hub configured (durability: handoff; the hub is idle)
+  mailroom-replicated  the same, each message also copied to the hub before 250
+                       (durability: replicated; docs/hub.md)
 Measured: accepted msg/s (until smtp-source has its last 250), end-to-end msg/s (until the sink
 has every message), accept latency p50/p99 from a probe client sending alongside the load, CPU
 seconds of the relay's processes, and PSS of all its processes idle and at peak.
@@ -29,6 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDECAR = os.path.join(ROOT, "target", "release", "mailroom-sidecar")
 SINK_PORT, POSTFIX_PORT, MAILROOM_PORT, ADMIN_PORT = 30025, 30026, 30027, 30028
+HUB_PORT, HUB_ADMIN_PORT = 30029, 30030
 WORK = os.environ.get("BENCH_WORK", "/var/tmp/mailroom-bench")
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -79,11 +83,12 @@ def descendants(root):
 class Relay:
     """A relay under test: its root pid, how to stop it, and its measurements."""
 
-    def __init__(self, name, port, root_pid, stop):
+    def __init__(self, name, port, root_pid, stop, extra_pids=()):
         self.name, self.port, self.root_pid, self.stop = name, port, root_pid, stop
+        self.extra_pids = list(extra_pids)
 
     def pids(self):
-        return descendants(self.root_pid) if self.root_pid else []
+        return (descendants(self.root_pid) if self.root_pid else []) + self.extra_pids
 
     def pss(self):
         return sum(pss_kib(p) for p in self.pids())
@@ -200,10 +205,47 @@ def start_postfix(flaky=False):
     return Relay("postfix", POSTFIX_PORT, pid, lambda: subprocess.run(["postfix", "-c", conf, "stop"], capture_output=True))
 
 
-def start_mailroom(dkim, flaky=False):
+def hub_material(base):
+    """A CA, the hub's certificate for localhost, and the Relay's credential, as files."""
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=base)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=bench-ca")
+    ssl("req", *ec, "-keyout", "hub.key", "-out", "hub.csr", "-subj", "/CN=localhost")
+    open(os.path.join(base, "ext"), "w").write("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    ssl("x509", "-req", "-in", "hub.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "hub.crt", "-days", "2", "-extfile", "ext")
+    open(os.path.join(base, "user"), "w").write("bench")
+    open(os.path.join(base, "password"), "w").write("bench-password")
+
+
+def start_hub(base):
+    """The Relay's hub: TLS and AUTH on HUB_PORT, holding shadow copies (owner checks fail
+    without an apiserver here, which only means no copy is ever promoted)."""
+    hub_material(base)
+    config = os.path.join(base, "hub.yaml")
+    open(config, "w").write(
+        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nhostname: hub.bench.local\n"
+        "listen:\n  address: 127.0.0.1:%d\n  tls:\n    certFile: %s/hub.crt\n    keyFile: %s/hub.key\n"
+        "  auth:\n    usernameFile: %s/user\n    passwordFile: %s/password\n"
+        "admin:\n  address: 127.0.0.1:%d\nlimits:\n  maxConnections: 1024\n"
+        "domains:\n  - domain: example.com\nspool:\n  dir: %s/hub-spool\n"
+        "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: %d\n    tls: none\n"
+        "shadows:\n  namespace: bench\n  podSelector: app=bench\n  checkSeconds: 3600\n"
+        % (HUB_PORT, base, base, base, base, HUB_ADMIN_PORT, base, SINK_PORT)
+    )
+    proc = subprocess.Popen([SIDECAR, "--config", config], stderr=open(os.path.join(base, "hub.log"), "w"),
+                            env=dict(os.environ, RUST_LOG="warn", KUBECONFIG="/nonexistent"))
+    wait_port(HUB_PORT)
+    return proc
+
+
+def start_mailroom(dkim, flaky=False, hub=None):
     base = os.path.join(WORK, "mailroom")
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
+    hub_proc = start_hub(base) if hub else None
     domain = "  - domain: example.com\n"
     if dkim:
         key = os.path.join(base, "dkim.pem")
@@ -220,16 +262,25 @@ def start_mailroom(dkim, flaky=False):
         "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: %d\n    tls: none\n    maxConnections: 20\n"
         % (MAILROOM_PORT, ADMIN_PORT, domain, base, SINK_PORT)
         + ("retry:\n  initialSeconds: %d\n  maxSeconds: %d\n" % (RETRY_FIRST_S, RETRY_MAX_S) if flaky else "")
+        + ("handoff:\n  host: localhost\n  port: %d\n  caFile: %s/ca.crt\n  usernameFile: %s/user\n"
+           "  passwordFile: %s/password\n" % (HUB_PORT, base, base, base) if hub else "")
+        + ("  shadows:\n    hosts: [localhost]\n" if hub == "replicated" else "")
     )
-    proc = subprocess.Popen([SIDECAR, "--config", config], stderr=open(os.path.join(base, "log"), "w"),
-                            env=dict(os.environ, RUST_LOG="warn"))
+    env = dict(os.environ, RUST_LOG="warn", SIDECAR_POD_NAME="bench-0",
+               SIDECAR_POD_UID="00000000-0000-4000-8000-000000000000")
+    proc = subprocess.Popen([SIDECAR, "--config", config], stderr=open(os.path.join(base, "log"), "w"), env=env)
     wait_port(MAILROOM_PORT)
 
     def stop():
         proc.send_signal(signal.SIGTERM)
         proc.wait()
+        if hub_proc:
+            hub_proc.send_signal(signal.SIGTERM)
+            hub_proc.wait()
 
-    return Relay("mailroom", MAILROOM_PORT, proc.pid, stop)
+    name = "mailroom" + ("-" + hub if hub else "")
+    # With a hub, the relay is both processes: the hub's CPU and memory count too.
+    return Relay(name, MAILROOM_PORT, proc.pid, stop, [hub_proc.pid] if hub_proc else [])
 
 
 class Probe(threading.Thread):
@@ -289,6 +340,8 @@ def run_one(system, sc):
             relay = start_postfix(flaky)
         elif system == "mailroom":
             relay = start_mailroom(sc.get("dkim"), flaky)
+        elif system in ("mailroom-hub", "mailroom-replicated"):
+            relay = start_mailroom(sc.get("dkim"), flaky, hub=system.split("-", 1)[1])
         port = relay.port if relay else SINK_PORT
         time.sleep(1)
         idle = relay.pss() if relay else None
@@ -377,6 +430,14 @@ SCENARIOS = [
     {"name": "100 KiB, 10 sessions", "size": 100 * 1024, "sessions": 10, "scale": 0.1},
     {"name": "2 KiB, 50 sessions, DKIM RSA-2048", "size": 2048, "sessions": 50, "dkim": "rsa", "systems": ["mailroom"]},
     {"name": "2 KiB, 50 sessions, DKIM Ed25519", "size": 2048, "sessions": 50, "dkim": "ed25519", "systems": ["mailroom"]},
+    # The accept path's cost of a hub (docs/hub.md): none with durability: handoff (the hub only
+    # works when a pod drains), one round trip and the hub's fsync per message when replicated.
+    {"name": "2 KiB, 1 session, Relay with a hub", "size": 2048, "sessions": 1, "scale": 0.1,
+     "systems": ["mailroom", "mailroom-hub", "mailroom-replicated"]},
+    {"name": "2 KiB, 10 sessions, Relay with a hub", "size": 2048, "sessions": 10, "scale": 0.5,
+     "systems": ["mailroom", "mailroom-hub", "mailroom-replicated"]},
+    {"name": "2 KiB, 50 sessions, Relay with a hub", "size": 2048, "sessions": 50, "scale": 0.5,
+     "systems": ["mailroom", "mailroom-hub", "mailroom-replicated"]},
     # Upstream defers 10 % of recipients and takes 20 ms per message; retries must not stall
     # new mail. No ceiling: smtp-source would count the deferrals as failures.
     {"name": "2 KiB, 20 sessions, upstream defers 10 % and is slow", "size": 2048, "sessions": 20,
