@@ -274,10 +274,14 @@ fn a_hand_off_carries_only_the_remaining_recipients_with_their_dsn_parameters() 
     assert_eq!(app.terminate(), Some(0));
     let report = drain_line(&app.log());
     assert!(report.contains("handed_off=1"), "{report}");
+    // The capture writes a message's .json and .eml one after the other: wait for both.
     let envelope = within(Duration::from_secs(30), "the hub's capture", || {
-        let json = std::fs::read_dir(&capture)
-            .ok()?
-            .filter_map(Result::ok)
+        let files: Vec<_> = std::fs::read_dir(&capture).ok()?.filter_map(Result::ok).collect();
+        files
+            .iter()
+            .find(|e| e.path().extension().is_some_and(|x| x == "eml"))?;
+        let json = files
+            .iter()
             .find(|e| e.path().extension().is_some_and(|x| x == "json"))?;
         serde_json::from_slice::<Value>(&std::fs::read(json.path()).ok()?).ok()
     });
@@ -329,4 +333,49 @@ fn a_hub_added_by_reload_is_used_and_missing_credential_files_do_not_block_reloa
     assert_eq!(app.terminate(), Some(0));
     let report = drain_line(&app.log());
     assert!(report.contains("handed_off=20"), "{report}");
+}
+
+/// A hand-off that cannot reach the hub at the start of a drain (a DNS or connection hiccup) is
+/// tried again within the drain: the hub that comes up a moment later gets every message.
+#[test]
+fn a_drain_tries_again_when_the_hub_was_not_reachable_at_first() {
+    const COUNT: usize = 20;
+    let s = setup();
+    let down = reserve_port();
+    let hub_port = reserve_port();
+    let mut app = Sidecar::start_with_env(
+        &s.dir.path().join("app"),
+        &app_config(down.port(), hub_port.port(), &s.ca, &s.creds, &s.key, ""),
+        &[("SIDECAR_DRAIN_SECONDS", "30")],
+    );
+    bulk_send(app.smtp, COUNT);
+    let log = app.log_handle();
+    let terminating = std::thread::spawn(move || {
+        let code = app.terminate();
+        (app, code)
+    });
+    within(Duration::from_secs(20), "a first hand-off failing", || {
+        log.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains("hand-off to the hub failed")
+            .then_some(())
+    });
+    let listen = format!("127.0.0.1:{}", hub_port.port());
+    drop(hub_port);
+    let hub = Sidecar::start_with_env(
+        &s.dir.path().join("hub"),
+        &hub_config(down.port(), &s.ca, &s.creds, &s.key),
+        &[("SIDECAR_LISTEN_ADDR", &listen)],
+    );
+    let (app, code) = terminating.join().expect("terminate thread");
+    assert_eq!(code, Some(0));
+    let report = drain_line(&app.log());
+    assert!(
+        report.contains("drain complete") && report.contains(&format!("handed_off={COUNT}")),
+        "the retry within the drain reached the hub: {report}"
+    );
+    assert_eq!(
+        hub.metric("mailroom_sidecar_handoff_received_total{result=\"queued\"}") as usize,
+        COUNT
+    );
 }

@@ -119,12 +119,14 @@ impl SmarthostTransport {
             command_timeout: HUB_COMMAND_TIMEOUT,
             handoff: true,
         };
-        Ok(Self::with_settings(
-            settings,
-            Route::Hub,
-            cfg.max_connections,
-            metrics,
-        ))
+        // The hub is in the cluster and a drain lasts seconds: a hiccup (DNS, a hub pod
+        // restarting) parks the route for a second, not for the smarthost's 30.
+        let policy = ParkPolicy {
+            threshold: 3,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        };
+        Ok(Self::with_settings(settings, Route::Hub, cfg.max_connections, metrics).with_park_policy(policy))
     }
 
     fn with_settings(

@@ -82,6 +82,10 @@ pub struct DrainStats {
 
 /// How long a message waits after a failed hand-off before another, outside a drain.
 const HANDOFF_RETRY: Duration = Duration::from_secs(60);
+/// In a drain, a hand-off that could not reach the hub (a DNS or connection hiccup) is tried
+/// this many times in all, this far apart, before the message is left in the pod.
+const DRAIN_HANDOFF_TRIES: u32 = 10;
+const DRAIN_HANDOFF_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs the queue until `draining` is set and nothing is left, or until the task is aborted.
 #[derive(Debug)]
@@ -105,6 +109,8 @@ pub struct Runner<T: Transport = AnyTransport> {
     drain_handoff: bool,
     /// Outside a drain: when a message whose hand-off failed may be offered again.
     handoff_backoff: HashMap<MessageId, Instant>,
+    /// In a drain: hand-offs that did not reach the hub, how often, and when to try again.
+    drain_retries: HashMap<MessageId, (u32, Instant)>,
     stats: Arc<Mutex<DrainStats>>,
 }
 
@@ -131,6 +137,7 @@ impl<T: Transport> Runner<T> {
             handing_off: BTreeSet::new(),
             drain_handoff: false,
             handoff_backoff: HashMap::new(),
+            drain_retries: HashMap::new(),
             stats: Arc::default(),
         };
         for q in found {
@@ -212,7 +219,16 @@ impl<T: Transport> Runner<T> {
     /// has had its hand-off.
     fn drained(&self) -> bool {
         let stats = crate::sync::lock(&self.stats);
-        self.items.keys().all(|id| stats.kept.contains_key(id))
+        self.items
+            .keys()
+            .all(|id| stats.kept.contains_key(id) && !self.retry_left(*id))
+    }
+
+    /// Whether a hand-off that did not reach the hub in this drain is to be tried again.
+    fn retry_left(&self, id: MessageId) -> bool {
+        self.drain_retries
+            .get(&id)
+            .is_some_and(|(tries, _)| *tries < DRAIN_HANDOFF_TRIES)
     }
 
     /// Whether messages go to the hub now instead of their route (docs/hub.md).
@@ -281,7 +297,11 @@ impl<T: Transport> Runner<T> {
             let Some(id) = self.ready.pop_front() else { break };
             let tried = match self.phase {
                 Phase::Run => self.handoff_backoff.get(&id).is_some_and(|&t| t > now),
-                Phase::Drain | Phase::HandOff => crate::sync::lock(&self.stats).kept.contains_key(&id),
+                Phase::Drain | Phase::HandOff => {
+                    let due =
+                        self.retry_left(id) && self.drain_retries.get(&id).is_some_and(|(_, at)| *at <= now);
+                    !due && crate::sync::lock(&self.stats).kept.contains_key(&id)
+                }
             };
             if tried {
                 skipped.push_back(id);
@@ -323,6 +343,7 @@ impl<T: Transport> Runner<T> {
                     stats.kept.remove(&id);
                 }
                 self.handoff_backoff.remove(&id);
+                self.drain_retries.remove(&id);
                 self.suspect = false;
                 self.items.remove(&id);
                 crate::memory::shrink_sparse(&mut self.items);
@@ -332,6 +353,11 @@ impl<T: Transport> Runner<T> {
                 if self.phase == Phase::Run {
                     self.handoff_backoff.insert(id, Instant::now() + HANDOFF_RETRY);
                 } else {
+                    if kept == Kept::HubUnreachable {
+                        let retry = self.drain_retries.entry(id).or_insert((0, Instant::now()));
+                        retry.0 += 1;
+                        retry.1 = Instant::now() + DRAIN_HANDOFF_RETRY;
+                    }
                     crate::sync::lock(&self.stats).kept.insert(id, kept);
                 }
                 self.ready.push_back(id);

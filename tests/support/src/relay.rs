@@ -122,6 +122,11 @@ impl Sidecar {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The log as it grows, for a thread that watches it while another owns the sidecar.
+    pub fn log_handle(&self) -> Arc<Mutex<String>> {
+        self.log.clone()
+    }
+
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -138,7 +138,11 @@ async fn on_node_a_lost_pod_with_replicated_durability_loses_nothing() -> Result
         let out = std::process::Command::new("kill")
             .args([sig, &pid.to_string()])
             .output()?;
-        ensure!(out.status.success(), "kill {sig}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "kill {sig}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     };
     signal("-STOP")?;
@@ -243,7 +247,9 @@ volumeBindingMode: Immediate",
 
 /// Points the hub Service's name and its pod's own name at `ip`.
 fn publish_hub(dns: &peers::DnsServer, service: &str, ip: &str) {
-    dns.publish(&format!("{service}. 5 IN A {ip}\noutbound-hub-0.{service}. 5 IN A {ip}"));
+    dns.publish(&format!(
+        "{service}. 5 IN A {ip}\noutbound-hub-0.{service}. 5 IN A {ip}"
+    ));
 }
 
 /// Points the Relay at the working smarthost.
