@@ -4,7 +4,7 @@
 //! hub_probe.py), dkimpy and the email package (bulk_check.py).
 
 use mailroom_test_support::{
-    hub::{app_config, bulk_check, bulk_send, drain_line, hub_config, probe, setup, within},
+    hub::{all_arrived_intact, app_config, bulk_send, drain_line, hub_config, probe, setup, within},
     peers::Upstream,
     ports::Reservation,
     relay::{self, Sidecar, reserve_port},
@@ -53,18 +53,7 @@ fn a_drained_pod_hands_its_queue_to_the_hub_and_the_hub_delivers_it() {
     let up = Upstream::start_on(&s.dir.path().join("up"), &smarthost, &["--tls", "none"]);
     // The hub's route was parked while the smarthost was down: its probe comes within a
     // parking period (30 s, then 60 s).
-    within(Duration::from_secs(150), "every message at the upstream", || {
-        let n = up.messages().expect("maildir").len();
-        (n >= COUNT).then_some(n)
-    });
-    let check = bulk_check(&up.maildir, COUNT, &s.txt);
-    assert_eq!(check["missing"], 0, "{check}");
-    assert_eq!(check["bad_body"], 0, "bytes intact: {check}");
-    assert_eq!(check["dkim_fail"], 0, "the sidecar's signature verifies: {check}");
-    assert_eq!(
-        check["max_signatures"], 1,
-        "the hub never signs a second time: {check}"
-    );
+    let check = all_arrived_intact(&up, COUNT, &s.txt, Duration::from_secs(150));
     let duplicates = check["duplicates"].as_u64().expect("duplicates");
     assert!(
         duplicates * 1000 <= COUNT as u64,
@@ -129,14 +118,7 @@ fn a_hub_killed_during_hand_offs_and_deliveries_loses_nothing() {
     assert_eq!(app.terminate(), Some(0));
     let report = drain_line(&app.log());
     assert!(report.contains("drain complete"), "{report}");
-    within(Duration::from_secs(60), "every message at the upstream", || {
-        let n = up.messages().expect("maildir").len();
-        (n >= COUNT).then_some(n)
-    });
-    let check = bulk_check(&up.maildir, COUNT, &s.txt);
-    assert_eq!(check["missing"], 0, "nothing lost: {check}");
-    assert_eq!(check["bad_body"], 0, "{check}");
-    assert_eq!(check["dkim_fail"], 0, "{check}");
+    let check = all_arrived_intact(&up, COUNT, &s.txt, Duration::from_secs(60));
     eprintln!("hub killed during hand-off: {check}");
 }
 
@@ -218,14 +200,8 @@ fn a_long_parked_route_sends_the_queue_to_the_hub_while_the_pod_runs() {
         app.metric("mailroom_sidecar_route_parked{route=\"smarthost\"}"),
         1.0
     );
-    within(Duration::from_secs(60), "every message at the upstream", || {
-        let n = up.messages().expect("maildir").len();
-        (n >= COUNT).then_some(n)
-    });
-    let check = bulk_check(&up.maildir, COUNT, &s.txt);
-    assert_eq!(check["missing"], 0, "{check}");
+    let check = all_arrived_intact(&up, COUNT, &s.txt, Duration::from_secs(60));
     assert_eq!(check["duplicates"], 0, "{check}");
-    assert_eq!(check["dkim_fail"], 0, "{check}");
     within(Duration::from_secs(10), "the pod's queue gauge at 0", || {
         (app.metric("mailroom_sidecar_queue_messages") == 0.0).then_some(())
     });

@@ -222,3 +222,22 @@ pub fn setup() -> Setup {
         txt,
     }
 }
+
+/// Waits (up to `limit`) until `up` holds `count` messages, then checks them with bulk_check.py:
+/// none missing, bytes intact, each with exactly the sidecar's one DKIM signature, verified.
+/// Returns the check (for its `duplicates`).
+pub fn all_arrived_intact(up: &crate::peers::Upstream, count: usize, txt: &str, limit: Duration) -> Value {
+    within(limit, "every message at the upstream", || {
+        let n = up.messages().expect("maildir").len();
+        (n >= count).then_some(n)
+    });
+    let check = bulk_check(&up.maildir, count, txt);
+    assert_eq!(check["missing"], 0, "nothing lost: {check}");
+    assert_eq!(check["bad_body"], 0, "bytes intact: {check}");
+    assert_eq!(check["dkim_fail"], 0, "the sidecar's signature verifies: {check}");
+    assert_eq!(
+        check["max_signatures"], 1,
+        "signed once, never by the hub: {check}"
+    );
+    check
+}
