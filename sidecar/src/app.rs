@@ -136,7 +136,7 @@ impl App {
         self.spool.on_removed(removed_tx);
         let ledger = Ledger::new(self.metrics.clone(), removed_rx);
         if self.delivery.shadows.is_some() {
-            ledger.replayed(self.found.iter().map(|q| q.id));
+            ledger.anywhere(self.found.iter().map(|q| q.id));
         }
         let ledger_task = tokio::spawn(ledger.clone().run(self.spool.clone(), delivery_rx.clone()));
         let (drain_tx, drain_rx) = watch::channel(Phase::Run);

@@ -33,6 +33,9 @@ const FLOORS: &[(&str, u8)] = &[
     // Wiring.
     ("reload", 5),
     ("app", 5),
+    // Shadow copies: the replicated accept and the hub's owner checks, over the spool, the queue's
+    // delivery generation and the outbound connections.
+    ("shadow", 5),
     // Test doubles and fuzzing entry points (behind the `testing` feature): may use anything.
     ("fuzzing", 9),
     ("testing", 9),

@@ -93,6 +93,17 @@ def schema_from_values(text):
 
 def generated():
     schema = schema_from_values((CHART / "values.yaml").read_text())
+    # What a parent chart passes to a dependency: Helm's `global` values, and the `enabled` flag a
+    # `condition: mailroom.enabled` reads. Neither is in values.yaml, and the strict schema would
+    # otherwise refuse them.
+    schema["properties"]["global"] = {
+        "type": "object",
+        "description": "Values a parent chart shares with all its subcharts (Helm sets it); not read by this chart.",
+    }
+    schema["properties"]["enabled"] = {
+        "type": "boolean",
+        "description": "Read by a parent chart's `condition: mailroom.enabled`; not by this chart.",
+    }
     schema = {"$schema": "http://json-schema.org/draft-07/schema#", "title": "mailroom chart values", **schema}
     out = {"values.schema.json": json.dumps(schema, indent=2) + "\n"}
     for dst, src in COPIES.items():

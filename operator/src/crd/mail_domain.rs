@@ -24,6 +24,8 @@ pub const DOMAIN_REGEX: &str =
     kind = "MailDomain",
     plural = "maildomains",
     shortname = "md",
+    category = "mailroom",
+    doc = "A domain mail is sent as (cluster-scoped): its DKIM key, kept in a Secret and rotated; the SPF, DKIM and DMARC records to publish, checked against live DNS; and the namespaces whose Relays may use it. See docs/crds.md.",
     status = "MailDomainStatus",
     printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,

@@ -70,3 +70,33 @@ fn crds_yaml_has_no_yaml11_boolean_lookalikes() {
         .collect();
     assert!(bad.is_empty(), "YAML 1.1 booleans in crds/crds.yaml: {bad:?}");
 }
+
+/// `kubectl explain relay` and `maildomain` start with our own words, not kube-derive's
+/// placeholder; `kubectl get mailroom` lists both kinds; both have a short name.
+#[test]
+fn both_kinds_have_a_description_a_category_and_a_short_name() {
+    for crd in all() {
+        let v = serde_json::to_value(&crd).expect("json");
+        let kind = v["spec"]["names"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let description = v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.len() > 80 && !description.contains("Auto-generated"),
+            "{kind}: {description:?}"
+        );
+        assert_eq!(
+            v["spec"]["names"]["categories"],
+            serde_json::json!(["mailroom"]),
+            "{kind}"
+        );
+        assert_eq!(
+            v["spec"]["names"]["shortNames"].as_array().map(Vec::len),
+            Some(1),
+            "{kind}"
+        );
+    }
+}

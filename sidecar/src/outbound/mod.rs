@@ -8,6 +8,7 @@ mod command;
 pub mod direct;
 pub mod park;
 pub mod pool;
+pub mod shadow;
 pub mod smarthost;
 pub mod starttls;
 mod stuffing;

@@ -102,7 +102,7 @@ pub struct Delivery<T = AnyTransport> {
     /// The Relay's hub, when the config has `handoff` (docs/hub.md).
     pub hub: Option<Hub>,
     /// Connections for shadow copies, when the config has `handoff.shadows`.
-    pub shadows: Option<std::sync::Arc<crate::shadow::ShadowClient>>,
+    pub shadows: Option<std::sync::Arc<crate::outbound::shadow::ShadowClient>>,
     domains: Vec<String>,
     remote_mta: Option<String>,
 }
@@ -153,7 +153,7 @@ impl Delivery {
             .handoff
             .as_ref()
             .and_then(|h| h.shadows.as_ref().map(|s| (h, s)))
-            .and_then(|(h, s)| crate::shadow::client_for(h, s, &cfg.hostname));
+            .and_then(|(h, s)| crate::outbound::shadow::client_for(h, s, &cfg.hostname));
         Ok(delivery)
     }
 }

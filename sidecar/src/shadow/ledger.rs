@@ -61,8 +61,9 @@ impl Ledger {
         lock(&self.state).copies.insert(id, Held::On(host));
     }
 
-    /// These messages were in the spool at start: they may have copies on any hub.
-    pub fn replayed(&self, ids: impl IntoIterator<Item = MessageId>) {
+    /// These messages may have copies on any hub (they were in the spool at start, or a copy's
+    /// `250` was lost): their release goes to every hub pod.
+    pub fn anywhere(&self, ids: impl IntoIterator<Item = MessageId>) {
         let mut st = lock(&self.state);
         for id in ids {
             st.copies.insert(id, Held::Unknown);

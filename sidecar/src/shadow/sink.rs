@@ -118,6 +118,10 @@ impl MessageWriter for ShadowWriter {
             (Ok(held), Err(e)) => {
                 c.metrics.shadow_copies.with_label_values(&["failed"]).inc();
                 tracing::warn!(message_id = %id, error = %e, "no hub took the shadow copy; the message is refused with 451");
+                // A hub may hold the copy although its `250` never arrived (a timeout): the
+                // cancel releases it on every hub, or the hub would deliver it once this pod
+                // is gone, after the app's retry was delivered too.
+                c.ledger.anywhere([id]);
                 held.cancel().await;
                 Err(SinkError::ShadowFailed)
             }

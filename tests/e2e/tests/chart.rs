@@ -71,6 +71,59 @@ fn lint_is_clean_with_defaults_and_with_every_toggle_on() -> Result<()> {
     Ok(())
 }
 
+/// The chart as a dependency of an umbrella chart (`condition: mailroom.enabled`), as platform
+/// teams consume it: Helm passes `global` and `enabled` down, and the strict schema takes both.
+/// Enabled, it renders the operator under the umbrella's release; disabled, nothing of it.
+#[test]
+fn the_chart_works_as_a_dependency_of_an_umbrella_chart() -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let umbrella = home.path().join("platform");
+    std::fs::create_dir_all(umbrella.join("charts"))?;
+    std::fs::write(
+        umbrella.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: mailroom\n    version: \">=0.0.0-0\"\n    repository: file://{}\n    condition: mailroom.enabled\n",
+            chart().display()
+        ),
+    )?;
+    std::fs::write(
+        umbrella.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example\nmailroom:\n  enabled: true\n",
+    )?;
+    run(common::helm(home.path())?
+        .args(["dependency", "update"])
+        .arg(&umbrella))?;
+    let lint = run(common::helm(home.path())?
+        .args(["lint", "--strict", "--with-subcharts"])
+        .arg(&umbrella))?;
+    ensure!(lint.contains("0 chart(s) failed"), "{lint}");
+    let render = |enabled: &str| -> Result<Vec<Value>> {
+        documents(&run(common::helm(home.path())?
+            .args(["template", "platform"])
+            .arg(&umbrella)
+            .args([
+                "--namespace",
+                "platform",
+                "--set",
+                &format!("mailroom.enabled={enabled}"),
+            ]))?)
+    };
+    let on = render("true")?;
+    let deployment = find(&on, "Deployment", None)?;
+    ensure!(
+        deployment["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("platform")),
+        "named after the umbrella's release: {deployment}"
+    );
+    let off = render("false")?;
+    ensure!(
+        off.iter().all(|d| d["kind"] != "Deployment"),
+        "mailroom.enabled=false renders none of it: {off:?}"
+    );
+    Ok(())
+}
+
 /// The default render is the operator alone; every toggle adds exactly its objects.
 #[test]
 fn template_renders_defaults_and_every_toggle() -> Result<()> {

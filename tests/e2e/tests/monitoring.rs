@@ -254,11 +254,14 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         "mailroom_operator_webhook_admissions_total",
         r#"mailroom_sidecar_handoff_messages_total{result="accepted"}"#,
         r#"mailroom_sidecar_handoff_received_total{result="queued",role="hub"}"#,
+        r#"mailroom_sidecar_shadow_copies_total{result="stored"}"#,
+        r#"mailroom_sidecar_shadows_total{event="replaced",role="hub"}"#,
     ];
     let present = [
         "mailroom_operator_reconcile_failures_total",
         "mailroom_operator_dns_record_verified",
         "mailroom_operator_hub_ready_replicas",
+        r#"mailroom_sidecar_shadows_held{role="hub"}"#,
     ];
     for round in ["series appear", "counters move"] {
         workload()?;
@@ -429,7 +432,9 @@ retry:
 }
 
 /// A Relay's hub (docs/hub.md) relaying to the upstream, and a second app pod's sidecar whose own
-/// route is down and which hands its mail to the hub once that route is parked.
+/// route is down and which hands its mail to the hub once that route is parked. That sidecar is
+/// replicated (`durability: replicated`): each message's copy goes to the hub first, and the
+/// hand-off replaces it.
 struct Hub {
     hub: Proc,
     hub_admin: SocketAddr,
@@ -470,6 +475,7 @@ retry: {{initialSeconds: 1, multiplier: 1.5, maxSeconds: 2, maxAgeSeconds: 600}}
   address: 127.0.0.1:2465
   tls: {{certFile: {}, keyFile: {}}}
   auth: {{usernameFile: {}, passwordFile: {}}}
+shadows: {{namespace: shop, podSelector: mailroom.dev/hub-client=outbound, checkSeconds: 3600}}
 ",
             head("hub-spool", upstream),
             ca.cert.display(),
@@ -486,7 +492,11 @@ retry: {{initialSeconds: 1, multiplier: 1.5, maxSeconds: 2, maxAgeSeconds: 600}}
                 .arg(config)
                 .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
                 .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
-                .env("RUST_LOG", "info"),
+                .env("RUST_LOG", "info")
+                // The parked sidecar's pod (its copies' owner); the hub asks no apiserver here.
+                .env("SIDECAR_POD_NAME", "app-1")
+                .env("SIDECAR_POD_UID", "6f1c2a9e-0000-4000-8000-000000000001")
+                .env("KUBECONFIG", "/nonexistent"),
             &dir,
         )?;
         let (smtp, admin) = proc.sidecar_addrs()?;
@@ -506,6 +516,8 @@ retry: {{initialSeconds: 1, multiplier: 1.5, maxSeconds: 2, maxAgeSeconds: 600}}
   usernameFile: {}
   passwordFile: {}
   afterParkedSeconds: 1
+  shadows:
+    hosts: [localhost]
 ",
             head("parked-spool", down.port()),
             hub_smtp.port(),

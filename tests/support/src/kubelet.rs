@@ -93,10 +93,22 @@ impl PodContainer {
         }
         let mut env = BTreeMap::new();
         for var in container.env.iter().flatten() {
-            let Some(value) = &var.value else {
-                bail!("env {}: valueFrom is not resolved by this test", var.name);
+            // The downward API's pod identity, as the kubelet resolves it.
+            let field = var
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str());
+            let value = match (&var.value, field) {
+                (Some(value), _) => rewrite(value),
+                (None, Some("metadata.name")) => pod.name_any(),
+                // A dry-run pod may have no UID: any fixed one names it for the sidecar.
+                (None, Some("metadata.uid")) => pod
+                    .uid()
+                    .unwrap_or_else(|| "00000000-0000-4000-8000-000000000000".into()),
+                (None, _) => bail!("env {}: this valueFrom is not resolved by this test", var.name),
             };
-            env.insert(var.name.clone(), rewrite(value));
+            env.insert(var.name.clone(), value);
         }
         Ok(Self {
             spec: container,

@@ -4,13 +4,16 @@
 //! so the pods of a Relay spread over the hubs) and to the next one if that fails. Releases go
 //! to the hub that holds the copy.
 
+use super::{Outcome, client, pool::Pool, smarthost::DeliveryError, starttls::Opened, tls::TlsConfigs};
 use crate::{
-    config::{self, TlsMode},
+    config::{
+        self, TlsMode,
+        settings::{ENV_POD_NAME, ENV_POD_UID},
+    },
     message::{
         Envelope, Recipient,
         handoff::{self, Owner},
     },
-    outbound::{Outcome, client, pool::Pool, smarthost::DeliveryError, starttls::Opened, tls::TlsConfigs},
 };
 use lettre::transport::smtp::extension::ClientId;
 use std::{sync::Arc, time::Duration};
@@ -198,5 +201,36 @@ impl Hub {
         }
         self.idle.give_back((), opened, true);
         Ok(released)
+    }
+}
+
+/// This pod, from `SIDECAR_POD_NAME` and `SIDECAR_POD_UID` (the webhook sets them from the
+/// downward API); `None` when either is missing or not a valid value.
+pub fn this_pod() -> Option<Owner> {
+    let name = std::env::var(ENV_POD_NAME).ok()?;
+    let uid = std::env::var(ENV_POD_UID).ok()?;
+    Owner::parse(&format!("{uid},{name}"))
+}
+
+/// The shadow client of one config generation. Without the pod's identity or the hub's CA, the
+/// sidecar cannot make copies; it says so loudly and accepts mail as before (a pod injected
+/// before its Relay asked for replication needs a restart).
+pub fn client_for(
+    handoff: &config::Handoff,
+    shadows: &config::ShadowCopies,
+    hostname: &str,
+) -> Option<Arc<ShadowClient>> {
+    let Some(owner) = this_pod() else {
+        tracing::error!(
+            "handoff.shadows: {ENV_POD_NAME} and {ENV_POD_UID} are not set; this sidecar makes no shadow copies (a pod injected before the Relay asked for durability: replicated needs a restart)"
+        );
+        return None;
+    };
+    match ShadowClient::new(handoff, shadows, owner, hostname) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::error!(error = %e, "handoff.shadows: cannot set up the hub connections; this sidecar makes no shadow copies");
+            None
+        }
     }
 }
