@@ -141,7 +141,21 @@ impl Release {
             );
             assert_eq!(spec.containers[0].image.as_deref(), Some(image::OPERATOR));
         }
-        let holder = wait_leader(&client, &release_ns).await?;
+        let holder = wait_leader(&client, &release_ns).await.with_context(|| {
+            // What the operator pods said, while their logs still exist.
+            let logs: Vec<String> = names
+                .iter()
+                .map(|pod| {
+                    let log = node.container_log(&release_ns, pod, "operator");
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    format!(
+                        "--- {pod} ---\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            logs.join("\n")
+        })?;
         ensure!(
             names.contains(&holder),
             "the Lease is held by {holder}, not one of {names:?}"

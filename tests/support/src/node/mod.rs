@@ -191,10 +191,10 @@ impl Node {
     }
 
     /// Routes the `kubernetes` Service (`10.0.0.1:443`) to `cp`'s apiserver, as kube-proxy
-    /// would for that one Service: a DNAT rule in the sandbox's network namespace, so that pods
-    /// using in-cluster config (the operator's) reach it. The apiserver must listen on the
-    /// gateway too: start it with `--bind-address=0.0.0.0` (inside the sandbox, that is only
-    /// loopback and the pod bridge).
+    /// would for that one Service: a DNAT rule in the sandbox's network namespace (ahead of any
+    /// earlier one), so that pods using in-cluster config (the operator's, a hub's) reach it.
+    /// The apiserver must listen on the gateway too: start it with `--bind-address=0.0.0.0`
+    /// (inside the sandbox, that is only loopback and the pod bridge).
     pub fn route_kubernetes_service(&self, cp: &ControlPlane) -> Result<()> {
         let port = cp.server_url().rsplit(':').next().context("apiserver port")?;
         let to = format!("{}:{port}", self.gateway);
@@ -210,9 +210,11 @@ impl Node {
             "--to-destination",
             &to,
         ];
+        // Inserted first: the scenarios of one sandbox share its network namespace, and a rule
+        // an earlier scenario left behind points at that scenario's apiserver, long gone.
         run(
             "iptables",
-            &[&["-t", "nat", "-A", "PREROUTING"][..], &rule[..]].concat(),
+            &[&["-t", "nat", "-I", "PREROUTING", "1"][..], &rule[..]].concat(),
         )?;
         Ok(())
     }
