@@ -180,3 +180,32 @@ impl Ledger {
         self.pending()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A release goes to the hub pod that holds the copy; one whose place is not known goes to
+    /// every hub pod; a message that never had a copy releases nothing.
+    #[test]
+    fn releases_go_where_the_copy_is_or_everywhere_when_unknown() {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let ledger = Ledger::new(Metrics::new(), rx);
+        let hosts = ["hub-0".to_string(), "hub-1".to_string()];
+        ledger.stored(MessageId(1), "hub-1".into());
+        ledger.anywhere([MessageId(2)]);
+        ledger.removed(MessageId(1), "k1".into(), &hosts);
+        ledger.removed(MessageId(2), "k2".into(), &hosts);
+        ledger.removed(MessageId(3), "k3".into(), &hosts);
+        ledger.removed(MessageId(1), "k1".into(), &hosts);
+        let pending = lock(&ledger.state).pending.clone();
+        assert_eq!(
+            pending,
+            BTreeMap::from([
+                ("hub-0".to_string(), vec!["k2".to_string()]),
+                ("hub-1".to_string(), vec!["k1".to_string(), "k2".to_string()]),
+            ])
+        );
+        assert_eq!(ledger.pending(), 3);
+    }
+}
