@@ -129,6 +129,15 @@ fn start_hub(s: &Setup, cluster: &Cluster, smarthost: u16) -> Sidecar {
     )
 }
 
+/// The hub and the sidecar of app pod `app-1` (created in the apiserver now), both relaying to
+/// `127.0.0.1:<smarthost>`; the sidecar replicates to the hub.
+fn hub_and_app(s: &Setup, cluster: &Cluster, smarthost: u16) -> (Sidecar, Sidecar) {
+    let hub = start_hub(s, cluster, smarthost);
+    let uid = cluster.app_pod("app-1");
+    let app = start_app(s, smarthost, hub.smtp.port(), "app-1", &uid);
+    (hub, app)
+}
+
 fn start_app(s: &Setup, smarthost: u16, hub: u16, pod: &str, uid: &str) -> Sidecar {
     Sidecar::start_with_env(
         &s.dir.path().join("app"),
@@ -159,9 +168,7 @@ fn a_pod_that_vanishes_without_a_drain_loses_nothing_its_copies_are_delivered_by
     let s = setup();
     let cluster = Cluster::start(&s);
     let smarthost = reserve_port();
-    let hub = start_hub(&s, &cluster, smarthost.port());
-    let uid = cluster.app_pod("app-1");
-    let mut app = start_app(&s, smarthost.port(), hub.smtp.port(), "app-1", &uid);
+    let (hub, mut app) = hub_and_app(&s, &cluster, smarthost.port());
     bulk_send_on(app.smtp, COUNT, 4);
     assert_eq!(
         app.metric("mailroom_sidecar_shadow_copies_total{result=\"stored\"}") as usize,
@@ -201,9 +208,7 @@ fn with_its_pod_alive_no_copy_is_ever_delivered_over_ten_thousand_messages() {
     let s = setup();
     let cluster = Cluster::start(&s);
     let up = Upstream::start(&s.dir.path().join("up"), &["--tls", "none"]);
-    let hub = start_hub(&s, &cluster, up.port);
-    let uid = cluster.app_pod("app-1");
-    let mut app = start_app(&s, up.port, hub.smtp.port(), "app-1", &uid);
+    let (hub, mut app) = hub_and_app(&s, &cluster, up.port);
     bulk_send_on(app.smtp, COUNT, 8);
     let check = all_arrived_intact(&up, COUNT, &s.txt, Duration::from_secs(300));
     assert_eq!(check["duplicates"], 0, "zero duplicates from shadows: {check}");
@@ -231,9 +236,7 @@ fn without_a_copy_on_the_hub_the_app_gets_451_and_nothing_is_kept() {
     let s = setup();
     let cluster = Cluster::start(&s);
     let up = Upstream::start(&s.dir.path().join("up"), &["--tls", "none"]);
-    let mut hub = start_hub(&s, &cluster, up.port);
-    let uid = cluster.app_pod("app-1");
-    let app = start_app(&s, up.port, hub.smtp.port(), "app-1", &uid);
+    let (mut hub, app) = hub_and_app(&s, &cluster, up.port);
     hub.kill9();
     let commands = ["MAIL FROM:<app@example.com>", "RCPT TO:<rcpt@example.net>"];
     let message = b"From: app@example.com\r\nTo: rcpt@example.net\r\nSubject: replicated\r\n\r\nbody\r\n";
@@ -275,9 +278,7 @@ fn a_drains_hand_off_replaces_the_copies_and_nothing_arrives_twice() {
     let s = setup();
     let cluster = Cluster::start(&s);
     let smarthost = reserve_port();
-    let hub = start_hub(&s, &cluster, smarthost.port());
-    let uid = cluster.app_pod("app-1");
-    let mut app = start_app(&s, smarthost.port(), hub.smtp.port(), "app-1", &uid);
+    let (hub, mut app) = hub_and_app(&s, &cluster, smarthost.port());
     bulk_send(app.smtp, COUNT);
     assert_eq!(hub.metric("mailroom_sidecar_shadows_held") as usize, COUNT);
     assert_eq!(app.terminate(), Some(0));

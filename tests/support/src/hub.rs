@@ -57,7 +57,20 @@ listen:
   auth:
     usernameFile: {user}
     passwordFile: {password}
-domains:
+{common}",
+        cert = ca.cert.display(),
+        key_file = ca.key.display(),
+        user = creds.user.display(),
+        password = creds.password.display(),
+        common = common(smarthost, key),
+    )
+}
+
+/// What a hub and its sidecars share: the sender domain and key, the spool under `{dir}`, the
+/// route to `127.0.0.1:<smarthost>` and fast retries.
+fn common(smarthost: u16, key: &Path) -> String {
+    format!(
+        "domains:
 {domains}
 spool:
   dir: {{dir}}/spool
@@ -74,10 +87,6 @@ retry:
   maxSeconds: 2
   maxAgeSeconds: 600
 ",
-        cert = ca.cert.display(),
-        key_file = ca.key.display(),
-        user = creds.user.display(),
-        password = creds.password.display(),
         domains = domains(key),
     )
 }
@@ -97,30 +106,14 @@ pub fn app_config(
 kind: SidecarConfig
 relay: shop/outbound
 hostname: app.test
-domains:
-{domains}
-spool:
-  dir: {{dir}}/spool
-delivery:
-  smarthost:
-    host: 127.0.0.1
-    port: {smarthost}
-    tls: none
-    connectTimeoutSeconds: 2
-    commandTimeoutSeconds: 10
-retry:
-  initialSeconds: 1
-  multiplier: 1.5
-  maxSeconds: 2
-  maxAgeSeconds: 600
-handoff:
+{common}handoff:
   host: localhost
   port: {hub}
   caFile: {ca}
   usernameFile: {user}
   passwordFile: {password}
 {extra}",
-        domains = domains(key),
+        common = common(smarthost, key),
         ca = ca.ca.display(),
         user = creds.user.display(),
         password = creds.password.display(),

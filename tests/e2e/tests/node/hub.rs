@@ -34,16 +34,7 @@ const CONTROLLERS: &[&str] = &[
 async fn on_node_a_deleted_pod_hands_its_queue_to_the_hub_which_survives_a_lost_pod() -> Result<()> {
     let (mut s, dns, service) = hub_scene("", false).await?;
     // The app queues COUNT messages (each acknowledged) and the pod is deleted.
-    s.run_app_with("shop-0", 60, &bulk_app_command(COUNT)).await?;
-    s.node
-        .wait_log(
-            (&s.m.app_ns, "shop-0", "app"),
-            "app: sent",
-            1,
-            Duration::from_secs(180),
-        )
-        .await
-        .with_context(|| s.node.container_log(&s.m.app_ns, "shop-0", "app"))?;
+    send_bulk(&s, COUNT).await?;
     let t0 = Instant::now();
     let marks = s
         .delete_watching("shop-0", &[(SIDECAR, "drain complete"), (SIDECAR, "drain ended")])
@@ -111,24 +102,7 @@ async fn on_node_a_deleted_pod_hands_its_queue_to_the_hub_which_survives_a_lost_
 async fn on_node_a_lost_pod_with_replicated_durability_loses_nothing() -> Result<()> {
     const REPLICATED: usize = 300;
     let (mut s, _dns, _service) = hub_scene(", durability: replicated", true).await?;
-    let pod = s
-        .run_app_with("shop-0", 60, &bulk_app_command(REPLICATED))
-        .await?;
-    s.node
-        .wait_log(
-            (&s.m.app_ns, "shop-0", "app"),
-            "app: sent",
-            1,
-            Duration::from_secs(180),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "{}\n--- sidecar ---\n{}",
-                s.node.container_log(&s.m.app_ns, "shop-0", "app"),
-                s.node.container_log(&s.m.app_ns, "shop-0", SIDECAR)
-            )
-        })?;
+    let pod = send_bulk(&s, REPLICATED).await?;
     let id = container(&pod, SIDECAR)["containerID"]
         .as_str()
         .context("containerID")?
@@ -243,6 +217,28 @@ volumeBindingMode: Immediate",
     publish_hub(&dns, &service, &hub_ip);
     s.m.wait_condition("Relay", "outbound", "HubReady").await?;
     Ok((s, dns, service))
+}
+
+/// Runs app pod `shop-0` sending `count` messages to its sidecar and waits until every one was
+/// acknowledged; the pod as JSON.
+async fn send_bulk(s: &Scene, count: usize) -> Result<serde_json::Value> {
+    let pod = s.run_app_with("shop-0", 60, &bulk_app_command(count)).await?;
+    s.node
+        .wait_log(
+            (&s.m.app_ns, "shop-0", "app"),
+            "app: sent",
+            1,
+            Duration::from_secs(180),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{}\n--- sidecar ---\n{}",
+                s.node.container_log(&s.m.app_ns, "shop-0", "app"),
+                s.node.container_log(&s.m.app_ns, "shop-0", SIDECAR)
+            )
+        })?;
+    Ok(pod)
 }
 
 /// Points the hub Service's name and its pod's own name at `ip`.
