@@ -19,7 +19,9 @@ pub async fn watch(
     metrics: Metrics,
 ) {
     let path = settings.config_path.clone();
-    let mut last = tokio::fs::read(&path).await.ok();
+    // Not the file as read now: it may already differ from what the sidecar started with (a
+    // change right after start). The first read is parsed and compared with the config in effect.
+    let mut last: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(settings.reload_interval);
     loop {
         tick.tick().await;
@@ -36,6 +38,7 @@ pub async fn watch(
                 metrics.config_reload_failures.inc();
                 tracing::error!(error = %e, "config change rejected; keeping the current config");
             }
+            Ok(new) if *config_tx.borrow().as_ref() == new => {}
             Ok(new) => apply(new, &config_tx, &delivery_tx, &spool, &rate, &metrics),
         }
     }
