@@ -151,7 +151,7 @@ pub trait MessageSink: Send + Sync + 'static {
 }
 
 /// One message being received. Dropping it without `commit` discards the message.
-pub trait MessageWriter: Send + 'static {
+pub trait MessageWriter: Send + Sync + 'static {
     /// The id the message will have once committed (used in the Received header).
     fn id(&self) -> MessageId;
     /// Appends message bytes (already dot-unstuffed, CRLF line endings).

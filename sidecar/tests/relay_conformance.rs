@@ -3,7 +3,7 @@
 //! refuse.
 
 use mailroom_test_support::{
-    peers::{Received, Upstream},
+    peers::{Received, Upstream, smtp_bdat},
     relay::{
         Sidecar, capture_config, eventually, sidecar_and_upstream, smtp_accepted, smtp_commands, smtplib_send,
     },
@@ -403,4 +403,26 @@ fn bare_postmaster_defaults_to_the_first_sender_domain() {
     let envelope: serde_json::Value =
         serde_json::from_slice(&std::fs::read(captured).expect("read envelope")).expect("json");
     assert_eq!(envelope["rcpt_to"], serde_json::json!(["postmaster@example.com"]));
+}
+
+/// RFC 3030: a message sent in BDAT chunks (smtplib's connection and reply parsing, our BDAT
+/// lines) is relayed as it was sent, not dot-unstuffed: a line of one "." and one starting
+/// ".." reach the upstream unchanged, through its DATA with dot-stuffing on the wire.
+#[test]
+fn a_message_in_bdat_chunks_is_relayed_as_sent() {
+    let (_dir, up, sidecar) = sidecar_and_upstream("");
+    let first: &[u8] = b"From: <app@example.com>\r\nTo: <a@example.net>\r\nSubject: chunks\r\n\r\n";
+    let second: &[u8] = b".\r\n..two\r\nend\r\n";
+    let replies = smtp_bdat(sidecar.smtp, "app@example.com", "a@example.net", &[first, second])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert!(
+        replies[2].starts_with(&format!("250 2.0.0 {} octets received", first.len())),
+        "{replies:?}"
+    );
+    assert!(replies[3].starts_with("250 2.0.0 Ok: queued as "), "{replies:?}");
+    let got = only_message(&sidecar, &up);
+    let body = String::from_utf8_lossy(&got.data);
+    let sent = String::from_utf8_lossy(&[first, second].concat()).to_string();
+    assert!(body.ends_with(&sent), "{body:?}");
 }

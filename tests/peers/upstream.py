@@ -10,6 +10,8 @@ after the end of data (the upstream hangs mid-DATA and saves nothing); later one
 MAIL and accepted RCPT command arguments exactly as they arrived: mail_raw, rcpt_raw);
 --dsn advertises DSN (RFC 3461) and accepts its parameters (aiosmtpd itself refuses them);
 --pipelining advertises PIPELINING (RFC 2920; aiosmtpd reads commands in order either way).
+--offer-chunking advertises CHUNKING (RFC 3030) without implementing it: a BDAT gets aiosmtpd's
+500, as from a server whose CHUNKING a client must not trust.
 The JSON also says whether the transaction's DATA command had already arrived when its MAIL
 was answered (pipelined) and how many RSETs the connection had seen (rsets).
 --drop-second-mail closes a connection without a reply when a second MAIL arrives on it (a
@@ -43,6 +45,7 @@ def parse_args():
     p.add_argument("--hang-data", type=int, default=0, metavar="N", help="never answer the first N DATA")
     p.add_argument("--dsn", action="store_true", help="advertise DSN and accept RET, ENVID, NOTIFY, ORCPT")
     p.add_argument("--pipelining", action="store_true", help="advertise PIPELINING (RFC 2920)")
+    p.add_argument("--offer-chunking", action="store_true", help="advertise CHUNKING, which aiosmtpd does not implement")
     p.add_argument("--drop-second-mail", action="store_true", help="close, unanswered, at a connection's second MAIL")
     return p.parse_args()
 
@@ -78,6 +81,8 @@ class Handler:
             responses.insert(len(responses) - 1, "250-DSN")
         if self.args.pipelining:
             responses.insert(len(responses) - 1, "250-PIPELINING")
+        if self.args.offer_chunking:
+            responses.insert(len(responses) - 1, "250-CHUNKING")
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):

@@ -33,6 +33,7 @@ where
         }
         // RFC 5321 4.1.4: EHLO/HELO clears any transaction in progress.
         self.tx = None;
+        self.chunks = None;
         self.helo = Some(Helo {
             name: host.to_owned(),
             extended,
@@ -49,7 +50,7 @@ where
             // RFC 5321 4.1.1.1 ehlo-ok-rsp: domain first, then one keyword per line.
             format!(
                 "250-{me} Hello {host}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n\
-                 250-SMTPUTF8\r\n250-DSN\r\n{hub}250 ENHANCEDSTATUSCODES\r\n",
+                 250-SMTPUTF8\r\n250-DSN\r\n250-CHUNKING\r\n{hub}250 ENHANCEDSTATUSCODES\r\n",
                 self.config.limits.max_message_bytes
             )
         } else {
@@ -63,7 +64,7 @@ where
         if self.helo.is_none() {
             return self.bad(reply::NEED_HELO);
         }
-        if self.tx.is_some() {
+        if self.tx.is_some() || self.chunks.is_some() {
             return self.bad(reply::NESTED_MAIL);
         }
         // RFC 4954 6: a listener that requires AUTH refuses MAIL until the client passed it.
@@ -114,6 +115,9 @@ where
     }
 
     pub(super) fn rcpt(&mut self, line: &[u8]) -> Flow {
+        if self.chunks.is_some() {
+            return self.bad(reply::AFTER_BDAT);
+        }
         let Some(smtputf8) = self.tx.as_ref().map(|tx| tx.smtputf8) else {
             return self.bad(reply::NEED_MAIL);
         };
@@ -160,6 +164,10 @@ where
     }
 
     pub(super) async fn data(&mut self) -> Flow {
+        // RFC 3030 2: DATA and BDAT may not be mixed in one transaction.
+        if self.chunks.is_some() {
+            return self.bad(reply::AFTER_BDAT);
+        }
         let Some(tx) = &self.tx else {
             let reply = if self.helo.is_none() {
                 reply::NEED_HELO

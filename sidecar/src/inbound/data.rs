@@ -1,7 +1,8 @@
 //! Streaming DATA receiver: finds the one true end of data (CRLF "." CRLF, RFC 5321 4.1.1.4),
 //! undoes dot-stuffing (RFC 5321 4.5.2) and handles bare CR/LF (RFC 5321 2.3.8) and NUL octets
 //! so that no "second message" can be smuggled (CVE-2023-51764 family; a next hop that drops
-//! NULs would read `CRLF NUL . CRLF` as the end of data). Pure: bytes in, bytes out.
+//! NULs would read `CRLF NUL . CRLF` as the end of data). Pure: bytes in, bytes out. The same
+//! receiver checks BDAT chunks (RFC 3030), which have no terminator and no dot-stuffing.
 
 use crate::config::BareLineEndings;
 
@@ -62,6 +63,8 @@ pub struct DataReceiver {
     /// Octets of the current line emitted so far.
     line: usize,
     long_line: bool,
+    /// DATA (terminator, dot-stuffing) rather than BDAT chunks.
+    dots: bool,
 }
 
 // === impl DataReceiver ===
@@ -80,7 +83,30 @@ impl DataReceiver {
             too_big: false,
             line: 0,
             long_line: false,
+            dots: true,
         }
+    }
+
+    /// A receiver for the chunks of one BDAT transfer (RFC 3030 2): no terminator and no
+    /// dot-stuffing (a leading "." is text), the same line checks; call
+    /// [`finish`](Self::finish) after the last chunk.
+    pub fn chunked(max_bytes: u64, bare: BareLineEndings) -> Self {
+        Self {
+            dots: false,
+            ..Self::new(max_bytes, bare)
+        }
+    }
+
+    /// Ends a chunked message: a CR held back at its very end was bare, and a last line
+    /// without its CRLF gets one (RFC 5322 2.1: every line ends in CRLF, and the next hop's
+    /// DATA needs one before its terminator).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.state {
+            State::Cr => self.bare_line_ending(out),
+            State::Text => self.emit(out, b"\r\n"),
+            _ => {}
+        }
+        self.state = State::LineStart;
     }
 
     /// Consumes `input`, appending message bytes to `out`. Returns `Some(n)` once the terminator
@@ -117,7 +143,7 @@ impl DataReceiver {
                     i += 1;
                     self.state = State::Text;
                     match b {
-                        b'.' => self.state = State::Dot,
+                        b'.' if self.dots => self.state = State::Dot,
                         b'\r' => self.state = State::Cr,
                         b'\n' => self.bare_line_ending(out),
                         0 => self.nul(),

@@ -2,6 +2,7 @@
 //! phases, and the sender policy. Accepted mail goes to a [`MessageSink`].
 
 mod auth;
+mod chunking;
 mod commands;
 pub mod data;
 pub mod headers;

@@ -98,6 +98,11 @@ pub fn queued(id: impl std::fmt::Display) -> Reply {
     Reply::dynamic(250, "2.0.0", format!("Ok: queued as {id}"))
 }
 
+/// `250 2.0.0 <n> octets received`: a BDAT chunk other than the last (RFC 3030 2).
+pub fn chunk_received(size: usize) -> Reply {
+    Reply::dynamic(250, "2.0.0", format!("{size} octets received"))
+}
+
 // --- Transient failures ---
 
 /// Spool full (RFC 3463 X.3.1: mail system full).
@@ -148,7 +153,7 @@ pub const BAD_HELO: Reply = Reply::new(501, "5.5.4", "Invalid EHLO/HELO domain")
 pub const BAD_SENDER_SYNTAX: Reply = Reply::new(501, "5.1.7", "Bad sender address syntax");
 /// Bad forward-path (X.1.3: bad destination mailbox address syntax).
 pub const BAD_RECIPIENT_SYNTAX: Reply = Reply::new(501, "5.1.3", "Bad recipient address syntax");
-/// Commands we do not offer: STARTTLS, AUTH, BDAT, EXPN, ETRN, ... (X.5.1: invalid command).
+/// Commands we do not offer: STARTTLS, EXPN, ETRN, ... (X.5.1: invalid command).
 pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1", "Command not implemented");
 /// MAIL/RCPT parameter not advertised (RFC 5321 4.1.1.11: 555).
 pub const UNSUPPORTED_PARAMETER: Reply = Reply::new(
@@ -164,6 +169,8 @@ pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Nested MAIL command");
 pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Need MAIL command first");
 /// RFC 2920 3.1 / RFC 5321 3.3: DATA when every RCPT was rejected.
 pub const NO_VALID_RECIPIENTS: Reply = Reply::new(554, "5.5.1", "No valid recipients");
+/// RCPT or DATA in a transaction whose message is already arriving in BDAT chunks (RFC 3030 2).
+pub const AFTER_BDAT: Reply = Reply::new(503, "5.5.1", "Bad sequence of commands: send BDAT or RSET");
 /// RFC 6531 3.7.4.1: non-ASCII address without SMTPUTF8 (X.6.7, RFC 6531 4).
 pub const NEED_SMTPUTF8: Reply = Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
 /// Bare CR or LF in DATA (RFC 5321 2.3.8 forbids them). It is a violation of the SMTP data

@@ -1,5 +1,5 @@
 //! SMTP server state machine for one connection (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
-//! SMTPUTF8, ENHANCEDSTATUSCODES), generic over the stream so tests drive it over
+//! SMTPUTF8, DSN, CHUNKING, ENHANCEDSTATUSCODES), generic over the stream so tests drive it over
 //! `tokio::io::duplex`. Commands are parsed by `smtp-proto`, except MAIL and RCPT
 //! ([`super::path`], which keeps the path as written); message data by [`super::data`].
 
@@ -41,6 +41,8 @@ pub struct Session<S, K: MessageSink> {
     pub(super) output: Vec<u8>,
     pub(super) helo: Option<Helo>,
     pub(super) tx: Option<Transaction>,
+    /// A message arriving in BDAT chunks (RFC 3030); its transaction moved in with it.
+    pub(super) chunks: Option<super::chunking::Chunks<K::Writer>>,
     bad_commands: u32,
     /// The client passed AUTH (only on a listener with `listen.auth`).
     pub(super) authenticated: bool,
@@ -132,6 +134,7 @@ where
             output: Vec::new(),
             helo: None,
             tx: None,
+            chunks: None,
             bad_commands: 0,
             authenticated: false,
             auth_pending: false,
@@ -331,8 +334,10 @@ where
             // Unreachable: MAIL and RCPT lines never get here.
             Request::Mail { .. } | Request::Rcpt { .. } => self.bad(reply::SYNTAX_ERROR),
             Request::Data => self.data().await,
+            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last).await,
             Request::Rset => {
                 self.tx = None;
+                self.chunks = None;
                 self.reply(reply::OK)
             }
             Request::Noop { .. } => self.reply(reply::OK),
@@ -346,7 +351,7 @@ where
                 self.push(&reply::CLOSING);
                 Flow::End(SessionEnd::Quit)
             }
-            // Not offered in EHLO: STARTTLS (loopback, or TLS from the first byte), BDAT (no CHUNKING), EXPN, ETRN, ...
+            // Not offered in EHLO: STARTTLS (loopback, or TLS from the first byte), EXPN, ETRN, ...
             _ => self.bad(reply::NOT_IMPLEMENTED),
         }
     }

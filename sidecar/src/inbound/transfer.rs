@@ -17,10 +17,10 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Message bytes gathered before one `MessageWriter::write`.
-const CHUNK: usize = 64 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
 
 /// The message being received: its writer until something goes wrong.
-struct Incoming<W> {
+pub(super) struct Incoming<W> {
     writer: Option<W>,
     error: Option<SinkError>,
     written: u64,
@@ -29,7 +29,15 @@ struct Incoming<W> {
 // === impl Incoming ===
 
 impl<W: MessageWriter> Incoming<W> {
-    async fn write(&mut self, bytes: &[u8]) {
+    pub(super) fn new(writer: W) -> Self {
+        Self {
+            writer: Some(writer),
+            error: None,
+            written: 0,
+        }
+    }
+
+    pub(super) async fn write(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -45,7 +53,7 @@ impl<W: MessageWriter> Incoming<W> {
     }
 
     /// Drops the writer, which discards the message in the sink.
-    fn discard(&mut self) {
+    pub(super) fn discard(&mut self) {
         self.writer = None;
     }
 }
@@ -63,11 +71,7 @@ where
         let mut rx = DataReceiver::new(limits.max_message_bytes, limits.bare_line_endings);
         let timeout = limits.data_timeout();
         let received = self.received_field(&tx, writer.id());
-        let mut message = Incoming {
-            writer: Some(writer),
-            error: None,
-            written: 0,
-        };
+        let mut message = Incoming::new(writer);
         message.write(received.as_bytes()).await;
         let mut capture = HeaderCapture::new(MAX_HEADER_BYTES);
         let mut chunk = Vec::with_capacity(CHUNK + 2 * READ_CHUNK);
@@ -126,7 +130,7 @@ where
         Flow::Continue
     }
 
-    fn received_field(&self, tx: &Transaction, id: crate::message::MessageId) -> String {
+    pub(super) fn received_field(&self, tx: &Transaction, id: crate::message::MessageId) -> String {
         let (helo, extended) = match &self.helo {
             Some(h) => (h.name.as_str(), h.extended),
             None => ("unknown", false),
@@ -143,7 +147,7 @@ where
     }
 
     /// The reply after the end of data; `250` only once the sink has committed the message.
-    async fn decide<W: MessageWriter>(
+    pub(super) async fn decide<W: MessageWriter>(
         &self,
         tx: Transaction,
         verdict: Verdict,

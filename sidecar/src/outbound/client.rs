@@ -174,6 +174,10 @@ fn tls_unavailable(why: &str) -> RcptResult {
 /// Challenges answered before giving up, as lettre does (RFC 4954 4 sets no limit).
 const MAX_AUTH_CHALLENGES: usize = 10;
 
+/// Messages up to this size go in the same write as their MAIL and RCPT commands when the next
+/// hop offers CHUNKING and PIPELINING; larger ones wait for the RCPT replies.
+const EAGER_CHUNK: usize = 64 * 1024;
+
 /// RFC 4954: AUTH with credentials read now, so that a rotated Secret applies at once. The
 /// values are never logged nor put in a diagnostic.
 ///
@@ -244,8 +248,10 @@ async fn reset(conn: &mut AsyncSmtpConnection, limit: Duration) -> bool {
 ///
 /// When the next hop offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA leave in one write
 /// and the message with its terminator in another: two round trips per message instead of
-/// 3 + recipients. No RSET follows a completed transaction: the reply to the end of data ends it
-/// (RFC 5321 4.1.1.4); one that was started and not completed is reset here.
+/// 3 + recipients. To our hub, which offers CHUNKING (RFC 3030), the message goes as one
+/// `BDAT <size> LAST` in the same write as MAIL and RCPT, not dot-stuffed: one round trip. No
+/// RSET follows a completed transaction: the reply to the end of data ends it (RFC 5321
+/// 4.1.1.4); one that was started and not completed is reset here.
 ///
 /// `opened.info` is what the last EHLO reply said (after STARTTLS, the second one; RFC 3207
 /// 4.2). The DSN parameters go to a next hop that offers DSN (RFC 3461 5.2.1) and to no other.
@@ -280,14 +286,33 @@ pub(crate) async fn transaction(
         replies: 0,
     };
     let pipelining = wire.opened.offers.pipelining;
+    // RFC 3030 2: the whole message as one last chunk, right behind its command. Only to our
+    // hub: a server must read a chunk it refuses (RFC 3030 2), but not every one does (go-smtp
+    // answers 502 when no RCPT was accepted and reads the chunk as commands), and a pipelined
+    // chunk would then turn message text into commands on our connection. To other servers,
+    // DATA with PIPELINING costs the same two round trips as BDAT sent after the RCPT replies.
+    let offers = wire.opened.offers;
+    let chunk = (offers.chunking && offers.handoff).then(|| {
+        let mut chunk = format!("BDAT {} LAST\r\n", message.len()).into_bytes();
+        chunk.extend_from_slice(message);
+        chunk
+    });
+    // RFC 2920 3.1: DATA ends a group. BDAT may be pipelined too (RFC 3030 4.2), chunk and
+    // all, but a large one waits for the RCPT replies so as not to be sent for nothing.
+    let group_end: Option<&[u8]> = match &chunk {
+        None => Some(b"DATA\r\n"),
+        Some(c) if c.len() <= EAGER_CHUNK => Some(c),
+        Some(_) => None,
+    };
+    let ended_group = pipelining && group_end.is_some();
     if pipelining {
-        // RFC 2920 3.1: DATA ends the group; every command gets its reply, in order.
-        let mut group = mail.clone();
+        // Every command gets its reply, in order.
+        let mut group = mail.clone().into_bytes();
         for (_, command) in &rcpts {
-            group.push_str(command);
+            group.extend_from_slice(command.as_bytes());
         }
-        group.push_str("DATA\r\n");
-        if let Err(r) = wire.write(group.as_bytes()).await {
+        group.extend_from_slice(group_end.unwrap_or_default());
+        if let Err(r) = wire.write(&group).await {
             return wire.broken(fill(results, &r), &r);
         }
     }
@@ -295,9 +320,13 @@ pub(crate) async fn transaction(
         if !is_reply(&r) {
             return wire.broken(fill(results, &r), &r);
         }
-        // The RCPTs and DATA of the group are refused too (503); their replies are read so that
-        // the connection stays in step.
-        let tail = if pipelining { rcpts.len() + 1 } else { 0 };
+        // The RCPTs and DATA (or BDAT) of the group are refused too (503); their replies are
+        // read so that the connection stays in step.
+        let tail = if pipelining {
+            rcpts.len() + usize::from(ended_group)
+        } else {
+            0
+        };
         return match wire.skip(tail).await {
             Ok(()) => finish(fill(results, &r), true),
             Err(e) => wire.broken(fill(results, &r), &e),
@@ -311,8 +340,25 @@ pub(crate) async fn transaction(
             Err(r) => return wire.broken(fill(results, &r), &r),
         }
     }
-    if accepted.is_empty() && !pipelining {
+    if accepted.is_empty() && !ended_group {
         return wire.abort(results).await;
+    }
+    if let Some(chunk) = &chunk {
+        if !ended_group && let Err(r) = wire.write(chunk).await {
+            return wire.broken(fill(results, &r), &r);
+        }
+        let ended = wire.reply().await;
+        if accepted.is_empty() {
+            // The server read the chunk and refused it for want of recipients.
+            return match ended {
+                Err(r) if !is_reply(&r) => wire.broken(fill(results, &r), &r),
+                _ => finish(fill(results, &unknown()), true),
+            };
+        }
+        return match ended {
+            Err(r) if !is_reply(&r) => wire.broken(fill(results, &r), &r),
+            ended => finish(end_of_data(results, &accepted, ended, dsn), true),
+        };
     }
     let data = wire.command(pipelining, "DATA\r\n").await;
     let result = match (data, accepted.is_empty()) {
@@ -342,8 +388,21 @@ pub(crate) async fn transaction(
         }
         (Err(r), _) => return wire.broken(fill(results, &r), &r),
     };
-    let result = match result {
-        // RFC 5321 4.1.1.4: the reply to the end of data applies to every accepted recipient.
+    match result {
+        Err(r) if !is_reply(&r) => wire.broken(fill(results, &r), &r),
+        result => finish(end_of_data(results, &accepted, result, dsn), true),
+    }
+}
+
+/// RFC 5321 4.1.1.4: the reply to the end of data (or to `BDAT … LAST`, RFC 3030 2) applies
+/// to every accepted recipient.
+fn end_of_data(
+    mut results: Vec<Option<RcptResult>>,
+    accepted: &[usize],
+    reply: Result<Response, RcptResult>,
+    dsn: bool,
+) -> Vec<RcptResult> {
+    let result = match reply {
         Ok(reply) => RcptResult {
             outcome: Outcome::Delivered,
             class: ReplyClass::Ok,
@@ -354,13 +413,12 @@ pub(crate) async fn transaction(
             ),
             next_hop_dsn: dsn,
         },
-        Err(r) if is_reply(&r) => r,
-        Err(r) => return wire.broken(fill(results, &r), &r),
+        Err(r) => r,
     };
-    for i in accepted {
+    for &i in accepted {
         results[i] = Some(result.clone());
     }
-    finish(fill(results, &unknown()), true)
+    fill(results, &unknown())
 }
 
 /// Sends one command line (CRLF included) of our own extensions and reads its reply; `Err`

@@ -174,6 +174,8 @@ pub(crate) struct Offers {
     pub dsn: bool,
     /// RFC 2920 3.
     pub pipelining: bool,
+    /// RFC 3030 2.
+    pub chunking: bool,
     /// Our XHANDOFF: the next hop is this Relay's hub (docs/hub.md).
     pub handoff: bool,
     /// Our XSHADOW: that hub holds shadow copies.
@@ -186,6 +188,7 @@ impl Offers {
         Self {
             dsn: offers(reply, "DSN"),
             pipelining: offers(reply, "PIPELINING"),
+            chunking: offers(reply, "CHUNKING"),
             handoff: offers(reply, crate::message::handoff::KEYWORD),
             shadow: offers(reply, crate::message::handoff::SHADOW_KEYWORD),
         }

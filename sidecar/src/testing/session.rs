@@ -179,6 +179,7 @@ fn is_ehlo_keyword(rest: &str) -> bool {
         "8BITMIME",
         "SMTPUTF8",
         "DSN",
+        "CHUNKING",
         "ENHANCEDSTATUSCODES",
         "AUTH PLAIN",
         "XHANDOFF",

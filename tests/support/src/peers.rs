@@ -445,6 +445,39 @@ print(json.dumps(replies))
     serde_json::from_slice(&out).context("smtplib client output")
 }
 
+/// Sends a message in BDAT chunks (RFC 3030) over Python's smtplib connection handling and
+/// reply parsing: EHLO, which must offer CHUNKING, then MAIL and one RCPT, then one `BDAT` per
+/// entry of `chunks` (the last one `LAST`), each sent in one write with its data. Returns every
+/// reply after EHLO as `"<code> <text>"`, in order.
+pub fn smtp_bdat(smtp: SocketAddr, from: &str, to: &str, chunks: &[&[u8]]) -> Result<Vec<String>> {
+    let script = r#"
+import json, smtplib, sys
+host, port, sender, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+data = sys.stdin.buffer.read()
+sizes = [int(n) for n in sys.argv[5:]]
+replies = []
+with smtplib.SMTP(host, port, timeout=30) as s:
+    s.ehlo("client.test")
+    if not s.has_extn("chunking"):
+        sys.exit("the server does not offer CHUNKING: %r" % s.esmtp_features)
+    for line in ("MAIL FROM:<%s>" % sender, "RCPT TO:<%s>" % rcpt):
+        code, text = s.docmd(line)
+        replies.append("%d %s" % (code, text.decode()))
+    at = 0
+    for i, n in enumerate(sizes):
+        last = " LAST" if i == len(sizes) - 1 else ""
+        s.send(b"BDAT %d%s\r\n" % (n, last.encode()) + data[at:at + n])
+        at += n
+        code, text = s.getreply()
+        replies.append("%d %s" % (code, text.decode()))
+print(json.dumps(replies))
+"#;
+    let sizes: Vec<String> = chunks.iter().map(|c| c.len().to_string()).collect();
+    let args = [from, to].into_iter().chain(sizes.iter().map(String::as_str));
+    let out = run_smtplib(script, smtp, args, &chunks.concat())?;
+    serde_json::from_slice(&out).context("smtplib client output")
+}
+
 /// Runs the smtplib `script` with the host and port of `smtp` and then `args` as its arguments
 /// and `message` on its stdin; its stdout, or an error with both outputs if it failed.
 fn run_smtplib<'a>(

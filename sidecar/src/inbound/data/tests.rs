@@ -383,3 +383,74 @@ fn lines_over_998_octets_are_refused_whatever_the_split() {
         }
     }
 }
+
+/// A chunked (BDAT) transfer of `chunks`, finished: the message bytes, or the verdict.
+fn chunked(bare: BareLineEndings, chunks: &[&[u8]]) -> Result<Vec<u8>, Verdict> {
+    let mut rx = DataReceiver::chunked(MAX, bare);
+    let mut out = Vec::new();
+    for chunk in chunks {
+        assert_eq!(rx.feed(chunk, &mut out), None, "a chunk never ends the message");
+    }
+    rx.finish(&mut out);
+    match rx.verdict() {
+        Verdict::Complete { size } => {
+            assert_eq!(size, out.len() as u64);
+            Ok(out)
+        }
+        v => Err(v),
+    }
+}
+
+#[test]
+fn bdat_chunks_are_taken_as_they_are_with_no_terminator_and_no_dot_stuffing() {
+    let want: &[u8] = b"Subject: x\r\n\r\n.\r\n..two\r\n.\r\nend\r\n";
+    assert_eq!(chunked(Reject, &[want]).as_deref(), Ok(want), "one chunk");
+    assert_eq!(
+        chunked(
+            Reject,
+            &[b"Subject: x\r", b"\n\r\n.", b"\r\n..two\r\n.\r\nend\r\n"]
+        )
+        .as_deref(),
+        Ok(want),
+        "a CRLF split over two chunks is one line end"
+    );
+    assert_eq!(
+        chunked(Reject, &[]).as_deref(),
+        Ok(&b""[..]),
+        "BDAT 0 LAST: an empty message"
+    );
+}
+
+#[test]
+fn a_bdat_message_without_a_final_crlf_gets_one_and_a_final_bare_cr_is_bare() {
+    assert_eq!(
+        chunked(Reject, &[b"a: b\r\n\r\nno end"]).as_deref(),
+        Ok(&b"a: b\r\n\r\nno end\r\n"[..])
+    );
+    assert_eq!(
+        chunked(Reject, &[b"a: b\r\n\r\nx\r"]),
+        Err(Verdict::BareLineEnding)
+    );
+    assert_eq!(
+        chunked(Normalize, &[b"a: b\r\n\r\nx\r"]).as_deref(),
+        Ok(&b"a: b\r\n\r\nx\r\n"[..])
+    );
+}
+
+#[test]
+fn bdat_chunks_get_the_same_checks_as_data() {
+    assert_eq!(chunked(Reject, &[b"a: b\n\r\n"]), Err(Verdict::BareLineEnding));
+    assert_eq!(chunked(Reject, &[b"a: b\r\n\0\r\n"]), Err(Verdict::Nul));
+    assert_eq!(
+        chunked(Reject, &[&[b'x'; 999], b"\r\n"]),
+        Err(Verdict::LineTooLong)
+    );
+    assert_eq!(
+        chunked(Reject, &[&[b'x'; 600], b"\r\n", &[b'y'; 600]]),
+        Err(Verdict::TooBig)
+    );
+    assert_eq!(
+        chunked(Normalize, &[b"a: b\n", b"c\rd\r\n"]).as_deref(),
+        Ok(&b"a: b\r\nc\r\nd\r\n"[..])
+    );
+}
