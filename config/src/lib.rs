@@ -130,6 +130,26 @@ pub struct Config {
     /// (docs/hub.md); absent: shadow copies are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadows: Option<ShadowOwners>,
+    /// The delivery trail: one log line per recipient outcome.
+    #[serde(default, skip_serializing_if = "Trail::is_default")]
+    pub trail: Trail,
+}
+
+/// The delivery trail: one log line per recipient outcome (delivered, deferred, bounced,
+/// expired, handed off), like Postfix's `status=` lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trail {
+    /// Log recipient addresses in full. Default `false`: only the domain (`***@example.net`),
+    /// in the recipient field and in the reply text of the remote server.
+    #[serde(default)]
+    pub full_recipients: bool,
+}
+
+impl Trail {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// SMTP listener settings.

@@ -104,6 +104,7 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         bounces: Default::default(),
         handoff: spec.hub.as_ref().map(|h| hub::handoff(&name, &namespace, h)),
         shadows: None,
+        trail: Default::default(),
     };
     let problems = config.validate();
     if !problems.is_empty() {

@@ -79,6 +79,47 @@ fn every_json_log_line_is_one_object_without_repeated_keys() {
             );
         }
     }
+    // The delivery trail: one line per recipient outcome, with every field a log pipeline
+    // needs to answer "what happened to this message", and no full address anywhere (the
+    // upstream repeats the address in its 550 text).
+    let trail_keys = [
+        "attempt",
+        "code",
+        "delay_seconds",
+        "message_id",
+        "recipient",
+        "relay",
+        "remote",
+        "reply",
+        "route",
+        "status",
+    ];
+    for message in ["recipient delivered", "recipient deferred", "recipient bounced"] {
+        for e in events(&summary, message) {
+            let keys = e["keys"].as_array().expect("keys");
+            for k in trail_keys {
+                assert!(keys.contains(&k.into()), "{message:?} has {k}: {e}");
+            }
+        }
+    }
+    let delivered = events(&summary, "recipient delivered");
+    assert_eq!(
+        delivered.len(),
+        2,
+        "ok@ and the bounce to app@ were delivered, one line each:\n{log}"
+    );
+    assert!(
+        log.contains(r#""code":"550","status":"5.1.1""#),
+        "the bounce's codes:\n{log}"
+    );
+    assert!(log.contains(r#""recipient":"***@example.net""#), "{log}");
+    assert!(
+        log.contains(r#""remote":"127.0.0.1""#),
+        "the smarthost answered:\n{log}"
+    );
+    for address in ["ok@example.net", "temp-fail@example.net", "perm-fail@example.net"] {
+        assert!(!log.contains(address), "{address} logged in full:\n{log}");
+    }
     assert!(!events(&summary, "config change rejected").is_empty(), "{log}");
     assert!(
         !log.contains("the body must never be logged"),

@@ -248,8 +248,20 @@ fn a_hand_off_carries_only_the_remaining_recipients_with_their_dsn_parameters() 
         },
     );
     assert_eq!(app.terminate(), Some(0));
-    let report = drain_line(&app.log());
+    let log = app.log();
+    let report = drain_line(&log);
     assert!(report.contains("handed_off=1"), "{report}");
+    // The trail: ok@ delivered here, temp-fail@ handed off (the hub answered), one line each.
+    let trail = |what: &str| log.lines().filter(|l| l.contains(what)).collect::<Vec<_>>();
+    assert_eq!(trail("recipient delivered").len(), 1, "{log}");
+    let [handed] = &trail("recipient handed off")[..] else {
+        panic!("one hand-off line: {log}")
+    };
+    assert!(
+        handed.contains("route=\"hub\"") || handed.contains("route=hub"),
+        "{handed}"
+    );
+    assert!(handed.contains("***@example.net"), "{handed}");
     // The capture writes a message's .json and .eml one after the other: wait for both.
     let envelope = within(Duration::from_secs(30), "the hub's capture", || {
         let files: Vec<_> = std::fs::read_dir(&capture).ok()?.filter_map(Result::ok).collect();

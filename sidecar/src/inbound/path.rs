@@ -75,8 +75,8 @@ pub(super) fn mail(line: &str) -> Result<Mail<'_>, Reply> {
         seen.once(keyword)?;
         match (keyword.to_ascii_uppercase().as_str(), value) {
             ("SIZE", Some(v)) => mail.size = Some(size(v)?),
-            // RFC 6152 2: BODY=8BITMIME (and 7BIT); BINARYMIME (RFC 3030) needs CHUNKING,
-            // which is not offered.
+            // RFC 6152 2: BODY=8BITMIME (and 7BIT). BINARYMIME (RFC 3030 3) is not offered:
+            // binary content could not be relayed to a next hop without CHUNKING.
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("BINARYMIME") => {
                 return Err(reply::UNSUPPORTED_PARAMETER);

@@ -93,6 +93,7 @@ impl Transport for CaptureTransport {
                 class: ReplyClass::Ok,
                 diagnostic: format!("250 2.0.0 captured as {name}"),
                 next_hop_dsn: false,
+                remote: None,
             },
             Ok(Err(e)) => failed(&format!("cannot write capture file: {e}")),
             Err(_) => failed("capture writer stopped"),
@@ -107,6 +108,7 @@ fn failed(diagnostic: &str) -> RcptResult {
         class: ReplyClass::Connection,
         diagnostic: diagnostic.into(),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 

@@ -60,6 +60,7 @@ pub fn result(phase: Phase, err: &SmtpError) -> RcptResult {
         class,
         diagnostic: diagnostic(phase, err),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -96,6 +97,7 @@ pub fn timeout(phase: Phase) -> RcptResult {
         class: ReplyClass::Timeout,
         diagnostic: format!("timed out waiting for {step} from the next hop"),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 

@@ -145,6 +145,7 @@ pub(crate) async fn open(s: &Settings) -> Result<Opened, OpenFailure> {
                 class: ReplyClass::Protocol,
                 diagnostic: format!("{} does not offer XHANDOFF: it is not a mailroom hub", s.host),
                 next_hop_dsn: false,
+                remote: None,
             },
         });
     }
@@ -168,6 +169,7 @@ fn tls_unavailable(why: &str) -> RcptResult {
         class: ReplyClass::Tls,
         diagnostic: why.to_owned(),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -217,6 +219,7 @@ fn auth_failed(why: &str) -> RcptResult {
         class: ReplyClass::Auth,
         diagnostic: format!("authentication with the smarthost failed: {why}"),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -233,6 +236,7 @@ fn read_secret(path: &Path) -> Result<String, RcptResult> {
                 e.kind()
             ),
             next_hop_dsn: false,
+            remote: None,
         }),
     }
 }
@@ -412,6 +416,7 @@ fn end_of_data(
                 reply.message().collect::<Vec<_>>().join(" ")
             ),
             next_hop_dsn: dsn,
+            remote: None,
         },
         Err(r) => r,
     };
@@ -582,6 +587,7 @@ fn unsupported(what: &str) -> RcptResult {
         class: ReplyClass::Protocol,
         diagnostic: format!("the next hop does not support {what}, which this message needs"),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -593,6 +599,7 @@ fn invalid_address(e: &InvalidPath) -> RcptResult {
         class: ReplyClass::Protocol,
         diagnostic: e.to_string(),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -613,6 +620,7 @@ fn unknown() -> RcptResult {
         class: ReplyClass::Protocol,
         diagnostic: "no result for this recipient".into(),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 

@@ -98,6 +98,17 @@ pub struct RcptResult {
     /// 5.2.1): from here on it sends the reports, so a delivered recipient that asked for
     /// SUCCESS gets no "relayed" notice from us (RFC 3461 5.2.2).
     pub next_hop_dsn: bool,
+    /// The server that gave the reply (the smarthost, the hub or the mail exchanger), when one
+    /// did; for the delivery trail.
+    pub remote: Option<String>,
+}
+
+/// `results` with `host` as the server that gave each reply.
+pub(crate) fn with_remote(mut results: Vec<RcptResult>, host: &str) -> Vec<RcptResult> {
+    for r in &mut results {
+        r.remote = Some(host.to_owned());
+    }
+    results
 }
 
 /// Route label values (bounded).

@@ -206,7 +206,7 @@ impl SmarthostTransport {
                 if let Some(p) = probe.take() {
                     p.disarm();
                 }
-                return all(failure.result);
+                return super::with_remote(all(failure.result), &self.settings.host);
             }
         };
         self.connection_ok();
@@ -232,7 +232,7 @@ impl SmarthostTransport {
             self.connection_failed();
         }
         self.idle.give_back((), opened, tx.reusable);
-        tx.results
+        super::with_remote(tx.results, &self.settings.host)
     }
 
     /// A usable idle connection, or a new one.
@@ -311,5 +311,6 @@ fn parked() -> RcptResult {
         class: ReplyClass::Connection,
         diagnostic: "smarthost route parked after repeated connection failures".into(),
         next_hop_dsn: false,
+        remote: None,
     }
 }

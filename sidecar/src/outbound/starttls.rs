@@ -375,6 +375,7 @@ pub(crate) fn connection_failed(detail: &str) -> RcptResult {
         class: ReplyClass::Connection,
         diagnostic: format!("connection failed: {detail}"),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -385,6 +386,7 @@ pub(crate) fn tls_failed(detail: &str) -> RcptResult {
         class: ReplyClass::Tls,
         diagnostic: format!("TLS failed: {detail}"),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 

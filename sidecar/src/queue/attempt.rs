@@ -6,6 +6,7 @@ use super::{
     decide::{After, Decision, Dsn, DsnKind, Inputs, decide, overall},
     delivery::Delivery,
     runner::{Item, Next},
+    trail::{Event, Line, Trail},
 };
 use crate::{
     message::{Envelope, MessageId, MessageWriter, Recipient, SinkError, domain_of, now_secs},
@@ -60,6 +61,7 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         class: ReplyClass::Protocol,
         diagnostic: "transport returned no result for this recipient".into(),
         next_hop_dsn: false,
+        remote: None,
     });
     let route = d.transport.route();
     metrics
@@ -80,7 +82,14 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         route,
         jitter: rand::random::<f64>(),
     });
-    count(&decision, &results, route, d.sender_label(&env), id, metrics);
+    count(&decision, &results, route, d.sender_label(&env), metrics);
+    let line = Line {
+        id,
+        envelope: &env,
+        route,
+        attempt: item.attempts,
+    };
+    trail(&d.trail, &line, &decision, &tried, &results);
     if !decision.dropped.is_empty() {
         // RFC 3461 6.2 / RFC 5321 6.1: a bounce is never bounced; it is dropped and logged.
         tracing::warn!(message_id = %id, recipients = decision.dropped.len(), "bounce could not be delivered; dropping it");
@@ -133,28 +142,44 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
     }
 }
 
-/// Per-recipient counters and log lines for one attempt.
-fn count(
-    decision: &Decision,
-    results: &[RcptResult],
-    route: Route,
-    sender: &str,
-    id: MessageId,
-    metrics: &Metrics,
-) {
+/// The trail line of each recipient tried in this attempt: what the decision made of it, with
+/// what the server said.
+fn trail(trail: &Trail, line: &Line<'_>, decision: &Decision, tried: &[u32], results: &[RcptResult]) {
+    let result = |index: u32| {
+        tried
+            .iter()
+            .position(|&t| t == index)
+            .and_then(|p| results.get(p))
+    };
+    let address = |index: u32| {
+        line.envelope
+            .recipients
+            .get(index as usize)
+            .map_or("", String::as_str)
+    };
+    for &i in &decision.delivered {
+        trail.log(line, address(i), Event::Delivered, result(i));
+    }
+    for (failed, event) in [
+        (&decision.bounced, Event::Bounced),
+        (&decision.deferred, Event::Deferred),
+        (&decision.expired, Event::Expired),
+    ] {
+        for f in failed {
+            trail.log(line, &f.recipient, event, result(f.index));
+        }
+    }
+}
+
+/// Per-recipient counters for one attempt.
+fn count(decision: &Decision, results: &[RcptResult], route: Route, sender: &str, metrics: &Metrics) {
     let route = route.as_str();
     for r in results {
         let labels = [route, sender, r.class.as_str()];
         match r.outcome {
             Outcome::Delivered => metrics.delivered.with_label_values(&labels).inc(),
-            Outcome::Bounced => {
-                metrics.bounced.with_label_values(&labels).inc();
-                tracing::info!(message_id = %id, route, diagnostic = %r.diagnostic, "recipient bounced");
-            }
-            Outcome::Deferred => {
-                metrics.deferred.with_label_values(&labels).inc();
-                tracing::info!(message_id = %id, route, diagnostic = %r.diagnostic, "recipient deferred");
-            }
+            Outcome::Bounced => metrics.bounced.with_label_values(&labels).inc(),
+            Outcome::Deferred => metrics.deferred.with_label_values(&labels).inc(),
         }
     }
     for _ in &decision.expired {

@@ -103,6 +103,8 @@ pub struct Delivery<T = AnyTransport> {
     pub hub: Option<Hub>,
     /// Connections for shadow copies, when the config has `handoff.shadows`.
     pub shadows: Option<std::sync::Arc<crate::outbound::shadow::ShadowClient>>,
+    /// One log line per recipient outcome.
+    pub trail: super::trail::Trail,
     domains: Vec<String>,
     remote_mta: Option<String>,
 }
@@ -165,6 +167,7 @@ impl<T: Transport> Delivery<T> {
         Ok(Self {
             hub: None,
             shadows: None,
+            trail: super::trail::Trail::new(&cfg.relay, &cfg.trail),
             transport,
             signer: dkim::Signer::new(&cfg.domains)?,
             retry: cfg.retry.clone(),

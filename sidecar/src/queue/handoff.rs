@@ -7,6 +7,7 @@ use super::{
     attempt,
     delivery::Delivery,
     runner::{Item, Next},
+    trail::{Event, Line},
 };
 use crate::{
     message::Recipient,
@@ -82,6 +83,18 @@ pub async fn run<T: Transport>(
         return Ok(Next::Done);
     }
     let results = hub.deliver(&envelope, &rcpts, &bytes).await;
+    let line = Line {
+        id,
+        envelope: &envelope,
+        route: hub.route(),
+        attempt: item.attempts + 1,
+    };
+    for (&i, r) in remaining.iter().zip(&results) {
+        if r.outcome == Outcome::Delivered {
+            let address = envelope.recipients.get(i as usize).map_or("", String::as_str);
+            d.trail.log(&line, address, Event::HandedOff, Some(r));
+        }
+    }
     let taken: Vec<u32> = remaining
         .iter()
         .zip(&results)

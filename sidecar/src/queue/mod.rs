@@ -8,3 +8,4 @@ pub mod delivery;
 pub mod handoff;
 pub mod retry;
 pub mod runner;
+pub mod trail;

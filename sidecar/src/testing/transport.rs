@@ -76,6 +76,7 @@ pub fn by_local_part(rcpt: &str) -> RcptResult {
         class,
         diagnostic: diagnostic.into(),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -175,5 +176,6 @@ pub fn by_local_part_ok(_rcpt: &str) -> RcptResult {
         class: ReplyClass::Ok,
         diagnostic: "250 2.0.0 queued".into(),
         next_hop_dsn: false,
+        remote: None,
     }
 }

@@ -123,6 +123,7 @@ impl<R: MxResolver> DirectTransport<R> {
                     "550 5.1.2 direct delivery does not route address literals ({domain}); use a domain name"
                 ),
                 next_hop_dsn: false,
+                remote: None,
             });
         }
         let permits = self.permits(domain);
@@ -162,7 +163,10 @@ impl<R: MxResolver> DirectTransport<R> {
                 Ok(o) => o,
                 Err(r) => {
                     tracing::info!(host = %hop.host, ip = %hop.ip, diagnostic = %r.diagnostic, "mail exchanger failed; trying the next");
-                    last = Some(r);
+                    last = Some(RcptResult {
+                        remote: Some(hop.host.clone()),
+                        ..r
+                    });
                     continue;
                 }
             };
@@ -176,8 +180,9 @@ impl<R: MxResolver> DirectTransport<R> {
                 };
                 tx = client::transaction(&mut opened, limit, envelope, recipients, message).await;
             }
+            let host = hop.host.clone();
             self.idle.give_back((hop, security), opened, tx.reusable);
-            return tx.results;
+            return super::with_remote(tx.results, &host);
         }
         all(last.unwrap_or_else(|| security::failure(format!("no usable mail exchanger for {domain}"))))
     }
@@ -259,6 +264,7 @@ impl<R: MxResolver> Transport for DirectTransport<R> {
                     class: ReplyClass::Protocol,
                     diagnostic: "no result for this recipient".into(),
                     next_hop_dsn: false,
+                    remote: None,
                 })
             })
             .collect()

@@ -45,6 +45,7 @@ fn result(outcome: Outcome, diagnostic: String) -> RcptResult {
         },
         diagnostic,
         next_hop_dsn: false,
+        remote: None,
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) fn failure(diagnostic: String) -> RcptResult {
         class: ReplyClass::Tls,
         diagnostic,
         next_hop_dsn: false,
+        remote: None,
     }
 }
 

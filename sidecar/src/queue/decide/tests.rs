@@ -30,6 +30,7 @@ fn result(outcome: Outcome, class: ReplyClass, diagnostic: &str) -> RcptResult {
         class,
         diagnostic: diagnostic.into(),
         next_hop_dsn: false,
+        remote: None,
     }
 }
 
@@ -355,6 +356,7 @@ fn notify_decides_which_reports_go_out() {
     }
     let passed = || RcptResult {
         next_hop_dsn: true,
+        remote: None,
         ..ok()
     };
     let cases = [
