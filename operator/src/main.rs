@@ -119,18 +119,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("connecting to the apiserver")?;
     let metrics = Arc::new(Metrics::new());
     let dns = HickoryDns::new(&settings.dns_nameservers).map_err(anyhow::Error::msg)?;
-    tokio::spawn(admin::serve(settings.admin_addr, metrics.clone()));
     // Every replica serves the webhook, leader or not: pod admission must not wait for an election.
+    let mut checks = Vec::new();
     if let Some(addr) = settings.webhook.addr {
         let webhook = Webhook::bind(addr, client.clone(), &settings, metrics.clone())
             .await
             .with_context(|| format!("binding the webhook on {addr}"))?;
+        checks.push(webhook.readiness());
         tokio::spawn(async move {
             if let Err(error) = webhook.run().await {
                 tracing::error!(%error, "webhook stopped");
             }
         });
     }
+    tokio::spawn(admin::serve(settings.admin_addr, metrics.clone(), checks));
     let ctx = Arc::new(reconcile::Context {
         events: Events::new(client.clone(), &settings.identity),
         client: client.clone(),

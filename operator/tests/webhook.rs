@@ -301,3 +301,108 @@ fn histogram_quantile(before: &str, after: &str, q: f64) -> f64 {
         .find(|(_, n)| *n >= total * q)
         .map_or(f64::INFINITY, |x| x.0)
 }
+
+/// `GET /readyz` on the operator's admin port, as the kubelet's probe does: status and body.
+async fn readyz(addr: std::net::SocketAddr) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("status line")?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Ok((status, body))
+}
+
+/// A replica whose webhook has no certificate yet (external mode, the Secret not written) is not
+/// Ready, so the webhook Service sends it no admissions; once cert-manager (here: the test)
+/// writes the Secret, it loads the certificate and turns Ready.
+#[tokio::test]
+async fn the_operator_is_not_ready_until_its_webhook_has_a_certificate() -> Result<()> {
+    use mailroom_operator::{
+        admin,
+        metrics::Metrics,
+        settings::Settings,
+        webhook::{
+            Webhook,
+            certs::{self, Plan},
+        },
+    };
+    use std::sync::Arc;
+    let env = Env::start(&[DNS]).await?;
+    let vars = std::collections::HashMap::from([
+        ("OPERATOR_NAMESPACE", env.operator_ns.as_str()),
+        ("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0"),
+        ("OPERATOR_WEBHOOK_CERT_MODE", "external"),
+    ]);
+    let mut settings = Settings::parse(&vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    settings.webhook.check_interval = Duration::from_millis(300);
+    let client = env
+        .cp
+        .client_for_service_account(&env.operator_ns, "mailroom-operator")
+        .await?;
+    let metrics = Arc::new(Metrics::new());
+    let addr = settings.webhook.addr.context("webhook address")?;
+    let webhook = Webhook::bind(addr, client, &settings, metrics.clone()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = listener.local_addr()?;
+    let router = admin::router(metrics.clone(), vec![webhook.readiness()]);
+    let admin_task = tokio::spawn(async move { axum::serve(listener, router).await });
+    let webhook_task = tokio::spawn(webhook.run());
+
+    let (status, body) = readyz(admin_addr).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("webhook certificate"), "{body}");
+
+    let names = certs::names(&settings.webhook.service, &env.operator_ns, &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let Plan::Write { material, .. } = certs::plan(
+        None,
+        &names,
+        now,
+        Duration::from_secs(3600),
+        Duration::from_secs(7200),
+    )?
+    else {
+        anyhow::bail!("a first plan always writes")
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(settings.webhook.secret.clone()),
+            ..Default::default()
+        },
+        data: Some(material.to_data()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(env.admin.clone(), &env.operator_ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz(admin_addr).await?;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still not ready 30 s after the Secret: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.render().lines().any(|l| l
+            .starts_with("mailroom_operator_webhook_certificate_expiry_timestamp_seconds ")
+            && !l.ends_with(" 0")),
+        "the certificate it turned Ready with is the one loaded"
+    );
+    admin_task.abort();
+    webhook_task.abort();
+    Ok(())
+}

@@ -136,6 +136,16 @@ impl Webhook {
         self.listener.local_addr()
     }
 
+    /// What `/readyz` waits for: a serving certificate loaded from the Secret, so that the
+    /// apiserver's calls can complete their handshake.
+    pub fn readiness(&self) -> crate::admin::Check {
+        let store = self.store.clone();
+        crate::admin::Check {
+            what: "webhook certificate not loaded yet",
+            ready: Arc::new(move || store.is_loaded()),
+        }
+    }
+
     /// Keeps the certificate and serves HTTPS until the future is dropped. Handshakes fail
     /// until the first certificate is loaded.
     pub async fn run(self) -> Result<()> {
