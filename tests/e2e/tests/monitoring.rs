@@ -24,14 +24,43 @@ use mailroom_test_support::{
 };
 use serde_json::{Value, json};
 
-/// The rules as the chart renders them into the PrometheusRule.
+/// The rules as the chart renders them into the PrometheusRule, the operator scraped too.
 fn rendered_rules() -> Result<Value> {
-    let docs = documents(&template(
-        "mailroom",
-        "mailroom-system",
-        &["--set", "prometheusRule.enabled=true"],
-    )?)?;
+    rules_with(&["--set", "prometheusRule.enabled=true,serviceMonitor.enabled=true"])
+}
+
+fn rules_with(set: &[&str]) -> Result<Value> {
+    let docs = documents(&template("mailroom", "mailroom-system", set)?)?;
     Ok(find(&docs, "PrometheusRule", None)?["spec"].clone())
+}
+
+/// The group of the alerts about the operator itself (files/prometheus-rules-operator.yaml).
+const OPERATOR_GROUP: &str = "mailroom-operator-health";
+
+/// Without the operator's ServiceMonitor nothing scrapes it, and an alert on its absence would
+/// always fire: the chart leaves those alerts out.
+#[test]
+fn operator_health_alerts_come_only_with_the_operators_scrape() -> Result<()> {
+    let names = |rules: &Value| -> Vec<String> {
+        alerts(rules)
+            .iter()
+            .filter_map(|a| a["alert"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let without = names(&rules_with(&["--set", "prometheusRule.enabled=true"])?);
+    let with = names(&rendered_rules()?);
+    for alert in ["MailroomOperatorAbsent", "MailroomOperatorNoLeader"] {
+        ensure!(
+            with.contains(&alert.to_string()),
+            "{alert} with the ServiceMonitor: {with:?}"
+        );
+        ensure!(
+            !without.contains(&alert.to_string()),
+            "{alert} without it: {without:?}"
+        );
+    }
+    ensure!(with.len() == without.len() + 2, "{with:?} / {without:?}");
+    Ok(())
 }
 
 fn alerts(rules: &Value) -> Vec<&Value> {
@@ -70,12 +99,25 @@ fn rules_pass_promtool_check_and_a_unit_test_per_alert() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("files"))?;
     std::fs::create_dir_all(dir.path().join("tests"))?;
+    // Split as the chart's two files are, for the rule_files of the unit tests.
+    let rendered = rendered_rules()?;
+    let groups = rendered["groups"].as_array().context("groups")?;
+    let (operator, sidecar): (Vec<&Value>, Vec<&Value>) =
+        groups.iter().partition(|g| g["name"] == OPERATOR_GROUP);
     let rules = dir.path().join("files/prometheus-rules.yaml");
-    std::fs::write(&rules, serde_yaml::to_string(&rendered_rules()?)?)?;
+    std::fs::write(&rules, serde_yaml::to_string(&json!({ "groups": sidecar }))?)?;
+    let operator_rules = dir.path().join("files/prometheus-rules-operator.yaml");
+    std::fs::write(
+        &operator_rules,
+        serde_yaml::to_string(&json!({ "groups": operator }))?,
+    )?;
     let tests = std::fs::read_to_string(chart().join("tests/alerts.test.yaml"))?;
     std::fs::write(dir.path().join("tests/alerts.test.yaml"), &tests)?;
 
-    let out = run(testenv::command("promtool")?.args(["check", "rules"]).arg(&rules))?;
+    let out = run(testenv::command("promtool")?
+        .args(["check", "rules"])
+        .arg(&rules)
+        .arg(&operator_rules))?;
     ensure!(out.contains("SUCCESS"), "{out}");
     let out = run(testenv::command("promtool")?
         .args(["test", "rules"])
