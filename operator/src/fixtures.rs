@@ -52,6 +52,8 @@ impl Relay {
             limits: None,
             listen_port: 25,
             hub: None,
+            ehlo_name: None,
+            bounces: None,
         };
         Relay {
             metadata: ObjectMeta {
@@ -80,6 +82,8 @@ impl Relay {
                 username_key: "user".into(),
                 password_key: "pass".into(),
             }),
+            auth_mechanism: None,
+            max_connections: None,
             ca_secret_ref: Some(crate::crd::SecretKeyRef {
                 name: "ca".into(),
                 key: "ca.pem".into(),

@@ -11,7 +11,7 @@ use mailroom_config::{
 
 use crate::{
     Error, Result,
-    crd::{DkimAlgorithm, MailDomain, Relay, SmarthostTls},
+    crd::{DkimAlgorithm, MailDomain, Relay, SmarthostAuth, SmarthostTls},
 };
 
 /// ConfigMap key holding the rendered document.
@@ -65,22 +65,38 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         ))
     })?;
     let mut limits = Limits::default();
+    let mut spool = Spool {
+        dir: SPOOL_DIR.into(),
+        // The sidecar's defaults: 1 GiB, 100000 messages.
+        max_bytes: 1024 * 1024 * 1024,
+        max_messages: 100_000,
+        reserve_bytes: 4 * 1024 * 1024,
+    };
     if let Some(l) = &spec.limits {
         limits.max_message_bytes = l.max_message_bytes.unwrap_or(limits.max_message_bytes);
         limits.max_recipients = l.max_recipients.map_or(limits.max_recipients, |r| r as usize);
         limits.rate_per_minute = l.rate_per_minute;
+        spool.max_bytes = l.spool_max_bytes.unwrap_or(spool.max_bytes);
+        spool.max_messages = l.spool_max_messages.unwrap_or(spool.max_messages);
     }
     let mut retry = Retry::default();
     if let Some(r) = &spec.retry {
         retry.initial_seconds = r.initial_seconds.unwrap_or(retry.initial_seconds);
         retry.max_seconds = r.max_seconds.unwrap_or(retry.max_seconds);
         retry.max_age_seconds = r.max_age_seconds.unwrap_or(retry.max_age_seconds);
+        retry.multiplier = r.multiplier.unwrap_or(retry.multiplier);
     }
+    let bounces = sc::Bounces {
+        delay_notice_after_seconds: spec.bounces.as_ref().and_then(|b| b.delay_notice_after_seconds),
+    };
     let config = Config {
         api_version: API_VERSION.into(),
         kind: sc::KIND.into(),
         relay: format!("{namespace}/{name}"),
-        hostname: format!("{name}.{namespace}.svc"),
+        hostname: spec
+            .ehlo_name
+            .clone()
+            .unwrap_or_else(|| format!("{name}.{namespace}.svc")),
         listen: Listen {
             address: ([127, 0, 0, 1], port).into(),
             allow_non_loopback: false,
@@ -92,16 +108,10 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         domains: domains.iter().map(domain).collect(),
         // The sidecar's default: postmaster@<the first domain>.
         postmaster: None,
-        spool: Spool {
-            dir: SPOOL_DIR.into(),
-            // Sidecar defaults (1 GiB, 100000 messages): the CRD does not expose them yet.
-            max_bytes: 1024 * 1024 * 1024,
-            max_messages: 100_000,
-            reserve_bytes: 4 * 1024 * 1024,
-        },
+        spool,
         delivery: delivery(relay, &namespace, &name)?,
         retry,
-        bounces: Default::default(),
+        bounces,
         handoff: spec.hub.as_ref().map(|h| hub::handoff(&name, &namespace, h)),
         shadows: None,
         trail: Default::default(),
@@ -166,14 +176,18 @@ fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
                 .as_ref()
                 .map(|r| PathBuf::from(CA_MOUNT).join(&r.key)),
             auth: s.credentials_secret_ref.as_ref().map(|c| Auth {
-                mechanism: AuthMechanism::Plain,
+                mechanism: match s.auth_mechanism {
+                    None | Some(SmarthostAuth::Plain) => AuthMechanism::Plain,
+                    Some(SmarthostAuth::Login) => AuthMechanism::Login,
+                    Some(SmarthostAuth::Xoauth2) => AuthMechanism::Xoauth2,
+                },
                 username_file: PathBuf::from(CREDENTIALS_MOUNT).join(&c.username_key),
                 password_file: PathBuf::from(CREDENTIALS_MOUNT).join(&c.password_key),
             }),
-            // Sidecar defaults: the CRD does not expose them yet.
+            // Sidecar defaults: the CRD does not expose them.
             connect_timeout_seconds: 30,
             command_timeout_seconds: 300,
-            max_connections: 4,
+            max_connections: s.max_connections.map_or(4, |n| n as usize),
         })),
         (None, Some(_)) if d.direct.is_none() => Ok(Delivery::Capture(Capture {
             dir: CAPTURE_DIR.into(),
@@ -203,6 +217,9 @@ fn render_direct(spec: &crate::crd::DirectSpec) -> sc::Direct {
             Dane::None => sc::DaneMode::Off,
             Dane::Opportunistic => sc::DaneMode::On,
         },
+        max_connections_per_domain: spec
+            .max_connections_per_domain
+            .map_or(sc::Direct::default().max_connections_per_domain, |n| n as usize),
         ..sc::Direct::default()
     }
 }

@@ -181,7 +181,80 @@ const CASES: &[Case] = &[
         spec: "domains: [a]\ndelivery: {capture: {}}\nlistenPort: 0",
         want: "spec.listenPort",
     },
+    Case {
+        name: "AUTH mechanism without credentials",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {smarthost: {host: smtp.example.net, authMechanism: login}}",
+        want: "spec.delivery.smarthost.authMechanism needs credentialsSecretRef",
+    },
+    Case {
+        name: "unknown AUTH mechanism",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {smarthost: {host: smtp.example.net, credentialsSecretRef: {name: c}, authMechanism: cram-md5}}",
+        want: "spec.delivery.smarthost.authMechanism",
+    },
+    Case {
+        name: "smarthost connections zero",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {smarthost: {host: smtp.example.net, maxConnections: 0}}",
+        want: "spec.delivery.smarthost.maxConnections",
+    },
+    Case {
+        name: "per-domain connections over 100",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {direct: {maxConnectionsPerDomain: 101}}",
+        want: "spec.delivery.direct.maxConnectionsPerDomain",
+    },
+    Case {
+        name: "EHLO name that is an address",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}}\nehloName: 192.0.2.1",
+        want: "spec.ehloName must be a host name",
+    },
+    Case {
+        name: "EHLO name with a space",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}}\nehloName: 'mail host'",
+        want: "spec.ehloName must be a host name",
+    },
+    Case {
+        name: "retry multiplier below 1",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}}\nretry: {multiplier: 0.5}",
+        want: "spec.retry.multiplier",
+    },
+    Case {
+        name: "delay notice too soon",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}}\nbounces: {delayNoticeAfterSeconds: 5}",
+        want: "spec.bounces.delayNoticeAfterSeconds",
+    },
+    Case {
+        name: "spool smaller than 16 MiB",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}}\nlimits: {spoolMaxBytes: 1024}",
+        want: "spec.limits.spoolMaxBytes",
+    },
 ];
+
+/// Every field of the Relay set to a valid value is accepted: the rules above refuse only what
+/// they name.
+#[tokio::test]
+async fn a_relay_with_every_tuning_field_is_accepted() -> Result<()> {
+    let cp = ControlPlane::shared().await?;
+    let client = cp.client().await?;
+    common::install_crds(&client).await?;
+    let ns = cp.new_namespace().await?;
+    let spec = "domains: [a]\nehloName: mail.example.com\n\
+        delivery: {smarthost: {host: smtp.example.net, credentialsSecretRef: {name: c}, authMechanism: xoauth2, maxConnections: 16}}\n\
+        retry: {initialSeconds: 30, multiplier: 1.5, maxSeconds: 600}\n\
+        bounces: {delayNoticeAfterSeconds: 14400}\n\
+        limits: {spoolMaxBytes: 268435456, spoolMaxMessages: 20000}";
+    api(client, "Relay", &ns)
+        .create(&PostParams::default(), &object("Relay", "tuned", spec)?)
+        .await?;
+    Ok(())
+}
 
 fn api(client: kube::Client, kind: &str, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("mailroom.dev", "v1alpha1", kind));

@@ -7,8 +7,19 @@ use serde::{Deserialize, Serialize};
 
 use super::refs::{CredentialsSecretRef, SecretKeyRef, conditions};
 
+/// The host name pattern of the rules below (a macro, so that both can be built from it).
+macro_rules! name_rule {
+    () => {
+        r"self.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$')"
+    };
+}
+
+/// A host name, not an IP address (RFC 5321 4.1.3 wants those as `[192.0.2.1]`), as a CEL
+/// expression over `self`.
+const NAME_RULE: &str = concat!(name_rule!(), " && !isIP(self)");
+
 /// Host name or IPv4/IPv6 literal, as a CEL expression over `self`.
-const HOST_RULE: &str = r"self.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$') || isIP(self)";
+const HOST_RULE: &str = concat!(name_rule!(), " || isIP(self)");
 
 /// An outbound mail relay for the pods of one namespace: the sidecar accepts mail on loopback in
 /// each pod and delivers it as configured here, DKIM-signed for the listed MailDomains.
@@ -60,6 +71,26 @@ pub struct RelaySpec {
     /// the pod (docs/hub.md). Absent: undelivered mail is lost with the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<HubSpec>,
+    /// The name the sidecar gives in EHLO, its greeting, `Received:` fields and bounces. Some
+    /// smarthosts and receivers want a name that resolves. Default `<relay>.<namespace>.svc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(NAME_RULE).message("spec.ehloName must be a host name"))]
+    pub ehlo_name: Option<String>,
+    /// Delivery status notifications the sidecar sends itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounces: Option<BouncesSpec>,
+}
+
+/// Notices to the sender.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BouncesSpec {
+    /// Send one "delayed" notice (RFC 3464) once a message has waited this many seconds, to the
+    /// recipients whose NOTIFY includes DELAY or who gave none. 60 to 2592000. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 2592000))]
+    pub delay_notice_after_seconds: Option<u64>,
 }
 
 /// The Relay's hub (docs/hub.md).
@@ -146,6 +177,10 @@ pub struct DirectSpec {
     /// pod's resolver must pass DNSSEC records through: answers that fail validation defer mail.
     #[serde(default)]
     pub dane: Dane,
+    /// Connections to one recipient domain at once, 1 to 100. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_connections_per_domain: Option<u32>,
 }
 
 /// DANE handling for direct delivery.
@@ -187,6 +222,7 @@ pub enum MtaSts {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || self.tls != 'none'").message("spec.delivery.smarthost.credentialsSecretRef needs tls starttls or implicit; credentials are never sent in plain text"))]
+#[x_kube(validation = Rule::new("!has(self.authMechanism) || has(self.credentialsSecretRef)").message("spec.delivery.smarthost.authMechanism needs credentialsSecretRef"))]
 pub struct SmarthostSpec {
     /// Host name or IP address of the smarthost.
     #[schemars(length(min = 1, max = 253))]
@@ -207,6 +243,27 @@ pub struct SmarthostSpec {
     /// Absent: the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// SMTP AUTH mechanism with the credentials: `plain` (default, RFC 4616), `login`, or
+    /// `xoauth2` (the password key then holds an OAuth 2.0 access token, kept fresh by whoever
+    /// writes the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_mechanism: Option<SmarthostAuth>,
+    /// Connections to the smarthost at once, 1 to 100. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_connections: Option<u32>,
+}
+
+/// SMTP AUTH mechanism for the smarthost.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SmarthostAuth {
+    /// AUTH PLAIN (RFC 4616).
+    Plain,
+    /// AUTH LOGIN.
+    Login,
+    /// AUTH XOAUTH2.
+    Xoauth2,
 }
 
 /// TLS to the smarthost.
@@ -227,7 +284,7 @@ pub enum SmarthostTls {
 pub struct CaptureSpec {}
 
 /// Retry schedule; every duration is in whole seconds and greater than 0.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.initialSeconds) || !has(self.maxSeconds) || self.maxSeconds >= self.initialSeconds").message("spec.retry.maxSeconds must be at least spec.retry.initialSeconds"))]
 pub struct RetrySpec {
@@ -243,6 +300,10 @@ pub struct RetrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 2592000))]
     pub max_age_seconds: Option<u64>,
+    /// Each wait is this many times the one before, 1 to 10. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub multiplier: Option<f64>,
 }
 
 /// Limits on accepted mail.
@@ -262,6 +323,15 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub rate_per_minute: Option<u32>,
+    /// Most bytes the sidecar's spool holds; over it apps get `452 4.3.1`. 16 MiB to 1 TiB.
+    /// Default 1073741824 (1 GiB). Size the pod's ephemeral storage for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16777216, max = 1099511627776_u64))]
+    pub spool_max_bytes: Option<u64>,
+    /// Most messages the sidecar's spool holds, 100 to 10000000. Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 10000000))]
+    pub spool_max_messages: Option<u64>,
 }
 
 /// What the operator observed about a Relay.

@@ -1,5 +1,8 @@
 use super::*;
-use crate::crd::{CredentialsSecretRef, Delivery, LimitsSpec, RetrySpec, SecretKeyRef, SmarthostSpec};
+use crate::crd::{
+    BouncesSpec, CredentialsSecretRef, Delivery, LimitsSpec, RetrySpec, SecretKeyRef, SmarthostAuth,
+    SmarthostSpec,
+};
 
 /// The Relay behind `tests/fixtures/sidecar-config/rendered-relay.yaml`.
 fn golden_input() -> (Relay, Vec<MailDomain>) {
@@ -18,6 +21,8 @@ fn golden_input() -> (Relay, Vec<MailDomain>) {
                 name: "smarthost-ca".into(),
                 key: "ca.crt".into(),
             }),
+            auth_mechanism: Some(SmarthostAuth::Login),
+            max_connections: Some(8),
         }),
         ..Default::default()
     };
@@ -25,11 +30,18 @@ fn golden_input() -> (Relay, Vec<MailDomain>) {
         max_message_bytes: Some(10 * 1024 * 1024),
         max_recipients: Some(50),
         rate_per_minute: Some(600),
+        spool_max_bytes: Some(256 * 1024 * 1024),
+        spool_max_messages: Some(20_000),
     });
     relay.spec.retry = Some(RetrySpec {
         initial_seconds: Some(30),
         max_seconds: Some(1800),
         max_age_seconds: Some(86400),
+        multiplier: Some(1.5),
+    });
+    relay.spec.ehlo_name = Some("mail.shop.example.com".into());
+    relay.spec.bounces = Some(BouncesSpec {
+        delay_notice_after_seconds: Some(14400),
     });
     let domains = vec![
         MailDomain::test("shop", "shop.example.com").with_dkim("mailroom-2026", DkimAlgorithm::Rsa2048),
@@ -111,6 +123,7 @@ fn direct_relay_renders_mx_delivery_with_its_tls_policy() {
             tls: DirectTls::Require,
             mta_sts: MtaSts::Enforce,
             dane: Dane::default(),
+            max_connections_per_domain: Some(2),
         }),
         ..Default::default()
     };
@@ -128,6 +141,7 @@ fn direct_relay_renders_mx_delivery_with_its_tls_policy() {
     );
     assert_eq!(direct.dnssec_trust_anchor_file, None, "the IANA root anchors");
     assert_eq!(direct.port, 25);
+    assert_eq!(direct.max_connections_per_domain, 2);
     assert!(
         direct.resolvers.is_empty(),
         "the pod's resolver (cluster DNS) is used"
