@@ -134,6 +134,10 @@ pub struct Metrics {
     /// `spool_disk_full`: 0 normally; 1 while the disk reserve holds delivery records (new mail
     /// gets `452`); 2 once the reserve is spent too (deliveries paused).
     pub spool_disk_full: IntGauge,
+    /// `spool_limit_bytes`: the spool's size limit in effect (`spool.maxBytes`).
+    pub spool_limit_bytes: IntGauge,
+    /// `spool_limit_messages`: the spool's message limit in effect (`spool.maxMessages`).
+    pub spool_limit_messages: IntGauge,
     /// `route_parked{route}`: 1 while a route is parked after connection failures.
     pub route_parked: IntGaugeVec,
     /// `route_failures_total{route}`: connection-level failures (refused, TLS, timeout) that count
@@ -322,6 +326,14 @@ impl Metrics {
             "spool_disk_full",
             "0 normally; 1 while the spool's disk is full and its reserve holds delivery records (new mail gets 452); 2 once the reserve is spent too (deliveries paused).",
         );
+        let spool_limit_bytes = gauge(
+            "spool_limit_bytes",
+            "The spool's size limit in effect (spool.maxBytes); over it new mail gets 452.",
+        );
+        let spool_limit_messages = gauge(
+            "spool_limit_messages",
+            "The spool's message limit in effect (spool.maxMessages); over it new mail gets 452.",
+        );
         let counter = |name: &str, help: &str| {
             let m = IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
             reg(Box::new(m.clone()));
@@ -401,6 +413,8 @@ impl Metrics {
             spool_quarantined,
             spool_batch,
             spool_disk_full,
+            spool_limit_bytes,
+            spool_limit_messages,
             route_parked,
             route_failures,
             route_probes,

@@ -137,6 +137,12 @@ fn full_spool_answers_452_and_keeps_what_it_accepted() {
     let config = smarthost_config(port.port(), "none", "", "  - domain: example.com", tail)
         .replace("  dir: {dir}/spool", "  dir: {dir}/spool\n  maxMessages: 2");
     let sidecar = Sidecar::start(dir.path(), &config);
+    // The limits in effect, for the MailroomSpoolNearFull alert.
+    assert_eq!(sidecar.metric("mailroom_sidecar_spool_limit_messages"), 2.0);
+    assert_eq!(
+        sidecar.metric("mailroom_sidecar_spool_limit_bytes"),
+        1024.0 * 1024.0 * 1024.0
+    );
     let msg = b"From: app@example.com\r\n\r\nx\r\n";
     for _ in 0..2 {
         smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect("fits");

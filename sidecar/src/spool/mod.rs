@@ -127,6 +127,8 @@ struct Inner {
     handoff_received: prometheus::IntCounterVec,
     shadows_held: prometheus::IntGauge,
     shadow_events: prometheus::IntCounterVec,
+    /// `spool_limit_bytes` and `spool_limit_messages`.
+    limit_gauges: (prometheus::IntGauge, prometheus::IntGauge),
     /// Told the id of each message removed (a sidecar's shadow releases).
     on_removed: Mutex<Option<mpsc::UnboundedSender<MessageId>>>,
 }
@@ -222,9 +224,14 @@ impl Spool {
                 handoff_received: metrics.handoff_received.clone(),
                 shadows_held: metrics.shadows_held.clone(),
                 shadow_events: metrics.shadows.clone(),
+                limit_gauges: (
+                    metrics.spool_limit_bytes.clone(),
+                    metrics.spool_limit_messages.clone(),
+                ),
                 on_removed: Mutex::new(None),
             }),
         };
+        spool.set_limits(cfg);
         spool.reclaim();
         Ok((spool, queued, arrivals_rx))
     }
@@ -246,6 +253,9 @@ impl Spool {
     /// Applies new limits (hot reload).
     pub fn set_limits(&self, cfg: &config::Spool) {
         *lock(&self.inner.limits) = (cfg.max_bytes, cfg.max_messages);
+        let (bytes, messages) = &self.inner.limit_gauges;
+        bytes.set(i64::try_from(cfg.max_bytes).unwrap_or(i64::MAX));
+        messages.set(i64::try_from(cfg.max_messages).unwrap_or(i64::MAX));
     }
 
     /// Starts a message the sidecar generates itself (a bounce): not subject to the rate limit,
