@@ -326,29 +326,11 @@ async fn readyz(addr: std::net::SocketAddr) -> Result<(u16, String)> {
 async fn the_operator_is_not_ready_until_its_webhook_has_a_certificate() -> Result<()> {
     use mailroom_operator::{
         admin,
-        metrics::Metrics,
-        settings::Settings,
-        webhook::{
-            Webhook,
-            certs::{self, Plan},
-        },
+        webhook::certs::{self, Plan},
     };
-    use std::sync::Arc;
     let env = Env::start(&[DNS]).await?;
-    let vars = std::collections::HashMap::from([
-        ("OPERATOR_NAMESPACE", env.operator_ns.as_str()),
-        ("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0"),
-        ("OPERATOR_WEBHOOK_CERT_MODE", "external"),
-    ]);
-    let mut settings = Settings::parse(&vars).map_err(|e| anyhow::anyhow!("{e}"))?;
-    settings.webhook.check_interval = Duration::from_millis(300);
-    let client = env
-        .cp
-        .client_for_service_account(&env.operator_ns, "mailroom-operator")
-        .await?;
-    let metrics = Arc::new(Metrics::new());
-    let addr = settings.webhook.addr.context("webhook address")?;
-    let webhook = Webhook::bind(addr, client, &settings, metrics.clone()).await?;
+    let (webhook, settings, metrics) =
+        common::webhook::bind_webhook(&env, &[("OPERATOR_WEBHOOK_CERT_MODE", "external")], |_| {}).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin_addr = listener.local_addr()?;
     let router = admin::router(metrics.clone(), vec![webhook.readiness()]);

@@ -61,13 +61,13 @@ pub fn registration(name: &str, namespace: &str, url: &str) -> Result<MutatingWe
     Ok(config)
 }
 
-/// Starts the webhook (self-signed mode, certificate for 127.0.0.1) with `vars` added to its
-/// settings and `tweak` applied, registers it, and waits until the apiserver calls it.
-pub async fn start_injector(
+/// A webhook bound on 127.0.0.1 (certificate for that address, checked every 300 ms) with the
+/// operator's ServiceAccount, `vars` added to its settings and `tweak` applied; not serving yet.
+pub async fn bind_webhook(
     env: &Env,
     vars: &[(&str, &str)],
     tweak: impl FnOnce(&mut Settings),
-) -> Result<Injector> {
+) -> Result<(Webhook, Settings, Arc<Metrics>)> {
     let mut all: std::collections::HashMap<&str, &str> = vars.iter().copied().collect();
     all.insert("OPERATOR_NAMESPACE", &env.operator_ns);
     all.insert("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0");
@@ -82,6 +82,17 @@ pub async fn start_injector(
     let metrics = Arc::new(Metrics::new());
     let addr = settings.webhook.addr.context("webhook address")?;
     let webhook = Webhook::bind(addr, client, &settings, metrics.clone()).await?;
+    Ok((webhook, settings, metrics))
+}
+
+/// Starts the webhook (self-signed mode, certificate for 127.0.0.1) with `vars` added to its
+/// settings and `tweak` applied, registers it, and waits until the apiserver calls it.
+pub async fn start_injector(
+    env: &Env,
+    vars: &[(&str, &str)],
+    tweak: impl FnOnce(&mut Settings),
+) -> Result<Injector> {
+    let (webhook, settings, metrics) = bind_webhook(env, vars, tweak).await?;
     let url = format!("https://{}/mutate", webhook.local_addr()?);
     let config = registration(&settings.webhook.config, &env.operator_ns, &url)?;
     Api::<MutatingWebhookConfiguration>::all(env.admin.clone())
