@@ -92,7 +92,15 @@ async fn apiserver_and_etcd_restarts_mid_reconcile_converge() -> Result<()> {
     c.relays = Api::namespaced(c.admin.clone(), &c.ns);
     c.create("after", 7).await?;
     want.insert("after".into(), 7);
-    c.converged(&want).await?;
+    if let Err(e) = c.converged(&want).await {
+        let log = op.log_text().unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!(
+            "OPLOG:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        return Err(e);
+    }
     drop(op);
     Ok(())
 }
