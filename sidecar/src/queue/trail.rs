@@ -39,7 +39,7 @@ impl Event {
 }
 
 /// Writes the trail for one Relay.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Trail {
     relay: String,
     full_recipients: bool,
