@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod hub;
 pub mod mail_domain;
 pub mod relay;
+pub mod triggers;
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
@@ -20,8 +21,8 @@ use kube::{
     Api, Client, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, Predicate, PredicateConfig, WatchStreamExt, controller, controller::Action, predicates,
-        reflector, reflector::ObjectRef, watcher,
+        Predicate, PredicateConfig, WatchStreamExt, controller, controller::Action, predicates, reflector,
+        reflector::ObjectRef, watcher,
     },
 };
 
@@ -83,11 +84,13 @@ pub async fn run(ctx: Arc<Context>) {
             predicates::generation.combine(predicates::annotations),
             PredicateConfig::default(),
         );
-    let domains = Controller::for_stream(own_changes, reader)
+    let domains = triggers::controller(own_changes, reader)
         .with_config(controller::Config::default().concurrency(DOMAIN_CONCURRENCY))
-        .watches(
-            Api::<Secret>::namespaced(client.clone(), &ctx.settings.namespace),
-            watcher::Config::default().labels(mail_domain::KEY_LABEL),
+        .watches_stream(
+            triggers::touched_metadata(
+                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &ctx.settings.namespace),
+                watcher::Config::default().labels(mail_domain::KEY_LABEL),
+            ),
             |secret| {
                 let owner = secret.labels().get(mail_domain::KEY_LABEL).cloned();
                 owner.map(|name| ObjectRef::<MailDomain>::new(&name))
@@ -97,21 +100,33 @@ pub async fn run(ctx: Arc<Context>) {
         .run(reconcile_domain, error_policy_domain, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let relays = Controller::new(Api::<Relay>::all(client.clone()), watcher::Config::default())
-        .with_config(controller::Config::default().concurrency(RELAY_CONCURRENCY));
-    let store = relays.store();
-    let secrets_store = store.clone();
-    let relays = relays
-        .owns(Api::<ConfigMap>::all(client.clone()), relay::children())
-        .owns(Api::<Secret>::all(client.clone()), relay::children())
+    let (reader, writer) = reflector::store();
+    let own_changes = triggers::own(
+        Api::<Relay>::all(client.clone()),
+        watcher::Config::default(),
+        writer,
+    );
+    let store = reader.clone();
+    let secrets_store = reader.clone();
+    let relays = triggers::controller(own_changes, reader)
+        .with_config(controller::Config::default().concurrency(RELAY_CONCURRENCY))
+        .owns_stream(triggers::touched_metadata(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            relay::children(),
+        ))
+        .owns_stream(triggers::touched_metadata(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            relay::children(),
+        ))
         // The hub's readiness (`HubReady`) follows its StatefulSet's status.
-        .owns(Api::<StatefulSet>::all(client.clone()), relay::children())
+        .owns_stream(triggers::touched_metadata(
+            Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
+            relay::children(),
+        ))
         // Only changes a Relay renders from wake its Relays: with hundreds of Relays on one
         // MailDomain, each DNS recheck of it would otherwise reconcile all of them.
         .watches_stream(
-            watcher(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
+            triggers::applied(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
                 .predicate_filter(what_relays_use, PredicateConfig::default()),
             move |md| {
                 let name = md.name_any();
@@ -126,12 +141,10 @@ pub async fn run(ctx: Arc<Context>) {
         // Names are all a Relay needs of other Secrets: metadata only, so the operator never
         // receives (or holds) the values of every Secret in the cluster.
         .watches_stream(
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client),
+            triggers::touched_metadata(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
                 watcher::Config::default(),
-            )
-            .default_backoff()
-            .touched_objects(),
+            ),
             move |secret| {
                 let (ns, name) = (secret.namespace(), secret.name_any());
                 secrets_store
@@ -142,9 +155,8 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<Pod>::all(ctx.client.clone()),
-            relay::injected_pods(),
+        .watches_stream(
+            triggers::touched_metadata(Api::<PartialObjectMeta<Pod>>::all(client), relay::injected_pods()),
             |pod| {
                 let name = pod
                     .labels()

@@ -59,7 +59,11 @@ impl OperatorProcess {
         // Every replica serves the webhook, leader or not; two on one host need two ports.
         .env("OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
         .env("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")
-        .env("RUST_LOG", "info")
+        // `MAILROOM_OPERATOR_LOG` raises the level when a test needs the client's view.
+        .env(
+            "RUST_LOG",
+            std::env::var("MAILROOM_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
