@@ -140,6 +140,47 @@ async fn opted_in_pods_get_a_sidecar_that_passes_pod_security_restricted_and_not
     Ok(())
 }
 
+/// The chart's sidecar knobs, as the operator reads them from its environment, reach the pod the
+/// apiserver stores: the pull policy, pull secrets added beside the pod's own, and a security
+/// context without a fixed UID (OpenShift's restricted-v2 assigns one) that Pod Security
+/// `restricted` still admits.
+#[tokio::test]
+async fn the_sidecar_pull_settings_and_security_context_reach_the_stored_pod() -> Result<()> {
+    let env = Env::start(&[DNS]).await?;
+    let ns = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
+    ready_relays(&env, &[&ns]).await?;
+    let vars = [
+        ("OPERATOR_SIDECAR_PULL_POLICY", "Always"),
+        ("OPERATOR_SIDECAR_IMAGE_PULL_SECRETS", "regcred,mirror"),
+        (
+            "OPERATOR_SIDECAR_SECURITY_CONTEXT",
+            r#"{"runAsNonRoot":true,"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]},"seccompProfile":{"type":"RuntimeDefault"}}"#,
+        ),
+    ];
+    let _injector = start_injector(&env, &vars, |_| {}).await?;
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
+    let mut app = pod("app", Some("outbound"), false)?;
+    let spec = app.spec.as_mut().context("spec")?;
+    spec.image_pull_secrets = Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+        name: "app-creds".into(),
+    }]);
+    let stored = pods.create(&PostParams::default(), &app).await?;
+    let spec = stored.spec.context("spec")?;
+    let secrets: Vec<String> = spec
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(secrets, ["app-creds", "regcred", "mirror"]);
+    let sidecar = &spec.init_containers.context("init")?[0];
+    assert_eq!(sidecar.image_pull_policy.as_deref(), Some("Always"));
+    let ctx = sidecar.security_context.clone().context("security context")?;
+    assert_eq!(ctx.run_as_user, None);
+    assert_eq!(ctx.run_as_non_root, Some(true));
+    Ok(())
+}
+
 #[tokio::test]
 async fn missing_or_unready_relay_is_denied_with_its_reason_unless_allowed() -> Result<()> {
     let env = Env::start(&[DNS]).await?;

@@ -98,7 +98,13 @@ def generated():
     # otherwise refuse them.
     schema["properties"]["global"] = {
         "type": "object",
-        "description": "Values a parent chart shares with all its subcharts (Helm sets it); not read by this chart.",
+        "description": "Values a parent chart shares with all its subcharts (Helm sets it). This chart reads `imageRegistry`; other keys are allowed and ignored.",
+        "properties": {
+            "imageRegistry": {
+                "type": "string",
+                "description": "Registry of every image of this chart, replacing each image's `registry` (e.g. a mirror).",
+            },
+        },
     }
     schema["properties"]["enabled"] = {
         "type": "boolean",

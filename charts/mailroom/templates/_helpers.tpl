@@ -44,6 +44,9 @@ helm.sh/chart: {{ include "mailroom.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: mailroom
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Labels that select the operator pods; never change them (Deployment selectors are immutable). */}}
@@ -62,14 +65,22 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* An image reference from {repository, tag, digest}; the digest wins. Call with (list $ .Values.x.image). */}}
+{{/*
+An image reference from {registry, repository, tag, digest}; global.imageRegistry replaces the
+registry, and the digest wins over the tag. Call with (list $ .Values.x.image).
+*/}}
 {{- define "mailroom.image" -}}
 {{- $root := index . 0 }}
 {{- $image := index . 1 }}
+{{- $registry := dig "imageRegistry" "" ($root.Values.global | default dict) | default $image.registry }}
+{{- $name := $image.repository }}
+{{- if $registry }}
+{{- $name = printf "%s/%s" (trimSuffix "/" $registry) $image.repository }}
+{{- end }}
 {{- if $image.digest }}
-{{- printf "%s@%s" $image.repository $image.digest }}
+{{- printf "%s@%s" $name $image.digest }}
 {{- else }}
-{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- printf "%s:%s" $name (default $root.Chart.AppVersion $image.tag) }}
 {{- end }}
 {{- end }}
 
@@ -102,6 +113,6 @@ Included by the Deployment, so every render runs it.
 {{- end }}
 {{- $min := .Values.operator.podDisruptionBudget.minAvailable }}
 {{- if and .Values.operator.podDisruptionBudget.enabled (not (kindIs "string" $min)) (ge (int $min) (int .Values.operator.replicas)) }}
-{{- fail "operator.podDisruptionBudget.minAvailable must be below operator.replicas: otherwise no node running the operator can ever be drained" }}
+{{- fail (printf "operator.replicas is %d and the PodDisruptionBudget keeps %d available, so no node running the operator could ever be drained: set operator.replicas to 2 or more (recommended: every replica serves the webhook), or lower operator.podDisruptionBudget.minAvailable, or set operator.podDisruptionBudget.enabled=false" (int .Values.operator.replicas) (int $min)) }}
 {{- end }}
 {{- end }}

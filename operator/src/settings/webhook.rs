@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use k8s_openapi::{api::core::v1::ResourceRequirements, apimachinery::pkg::api::resource::Quantity};
+use k8s_openapi::{
+    api::core::v1::{Capabilities, ResourceRequirements, SeccompProfile, SecurityContext},
+    apimachinery::pkg::api::resource::Quantity,
+};
 
 use super::Strings;
 
@@ -26,6 +29,14 @@ pub const ENV_SIDECAR_DRAIN_SECONDS: &str = "OPERATOR_SIDECAR_DRAIN_SECONDS";
 pub const ENV_SIDECAR_LOG_FORMAT: &str = "OPERATOR_SIDECAR_LOG_FORMAT";
 /// JSON `ResourceRequirements` of injected sidecars.
 pub const ENV_SIDECAR_RESOURCES: &str = "OPERATOR_SIDECAR_RESOURCES";
+/// Pull policy of injected sidecars: `Always`, `IfNotPresent`, `Never`; empty leaves Kubernetes'
+/// default (`Always` for `:latest`, else `IfNotPresent`).
+pub const ENV_SIDECAR_PULL_POLICY: &str = "OPERATOR_SIDECAR_PULL_POLICY";
+/// Comma-separated Secret names added to the `imagePullSecrets` of every injected pod.
+pub const ENV_SIDECAR_IMAGE_PULL_SECRETS: &str = "OPERATOR_SIDECAR_IMAGE_PULL_SECRETS";
+/// JSON `SecurityContext` of injected sidecars, replacing the default (see
+/// [`default_security_context`]); OpenShift's restricted-v2 wants one without `runAsUser`.
+pub const ENV_SIDECAR_SECURITY_CONTEXT: &str = "OPERATOR_SIDECAR_SECURITY_CONTEXT";
 /// `deny` (default) or `allow`: what to do with a pod whose Relay is missing or not Ready.
 pub const ENV_INJECT_ON_MISSING_RELAY: &str = "OPERATOR_INJECT_ON_MISSING_RELAY";
 
@@ -37,6 +48,8 @@ pub const DEFAULT_WEBHOOK_SECRET: &str = "mailroom-webhook-tls";
 pub const DEFAULT_WEBHOOK_SERVICE: &str = "mailroom-webhook";
 /// Default MutatingWebhookConfiguration name.
 pub const DEFAULT_WEBHOOK_CONFIG: &str = "mailroom-sidecar-injector";
+/// The sidecar's default user and group (the distroless `nonroot` user the image runs as).
+pub const SIDECAR_UID: i64 = 65532;
 /// Default sidecar image repository; the tag is this crate's version.
 pub const DEFAULT_SIDECAR_REPOSITORY: &str = "ghcr.io/mailroom-dev/mailroom-sidecar";
 /// The one path the webhook serves.
@@ -77,6 +90,12 @@ pub struct WebhookSettings {
     pub sidecar_image: String,
     /// Sidecar resources.
     pub sidecar_resources: ResourceRequirements,
+    /// Sidecar pull policy; `None` leaves Kubernetes' default.
+    pub sidecar_pull_policy: Option<String>,
+    /// Pull secrets added to injected pods.
+    pub sidecar_pull_secrets: Vec<String>,
+    /// Security context of the sidecar container.
+    pub sidecar_security_context: SecurityContext,
     /// Sidecar log format (`plain` or `json`).
     pub sidecar_log_format: String,
     /// Default drain deadline of injected sidecars (capped by the pod's grace period).
@@ -142,6 +161,42 @@ impl WebhookSettings {
                 default_resources()
             }),
         };
+        let sidecar_security_context = match env
+            .get(ENV_SIDECAR_SECURITY_CONTEXT)
+            .filter(|v| !v.trim().is_empty())
+        {
+            None => default_security_context(),
+            Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+                errors.push(format!(
+                    "  {ENV_SIDECAR_SECURITY_CONTEXT}: not a JSON SecurityContext object: {e}"
+                ));
+                default_security_context()
+            }),
+        };
+        let sidecar_pull_policy = match text(ENV_SIDECAR_PULL_POLICY, "").as_str() {
+            "" => None,
+            p @ ("Always" | "IfNotPresent" | "Never") => Some(p.to_string()),
+            other => {
+                errors.push(format!(
+                    "  {ENV_SIDECAR_PULL_POLICY}={other}: must be Always, IfNotPresent or Never"
+                ));
+                None
+            }
+        };
+        let mut sidecar_pull_secrets = Vec::new();
+        for name in text(ENV_SIDECAR_IMAGE_PULL_SECRETS, "")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if is_dns_subdomain(name) {
+                sidecar_pull_secrets.push(name.to_string());
+            } else {
+                errors.push(format!(
+                    "  {ENV_SIDECAR_IMAGE_PULL_SECRETS}: {name:?} is not a Secret name"
+                ));
+            }
+        }
         let sidecar_log_format = text(ENV_SIDECAR_LOG_FORMAT, "plain");
         if !matches!(sidecar_log_format.as_str(), "plain" | "json") {
             errors.push(format!(
@@ -169,6 +224,9 @@ impl WebhookSettings {
             config: text(ENV_WEBHOOK_CONFIG, DEFAULT_WEBHOOK_CONFIG),
             sidecar_image: text(ENV_SIDECAR_IMAGE, &default_image()),
             sidecar_resources,
+            sidecar_pull_policy,
+            sidecar_pull_secrets,
+            sidecar_security_context,
             on_missing_relay,
             extra_names: Vec::new(),
             cert_validity: Duration::from_secs(365 * 24 * 3600),
@@ -181,6 +239,37 @@ impl WebhookSettings {
 /// `ghcr.io/mailroom-dev/mailroom-sidecar:<crate version>`.
 pub fn default_image() -> String {
     format!("{DEFAULT_SIDECAR_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A Secret name: an RFC 1123 subdomain (lowercase letters, digits, `-` and `.`, alphanumeric at
+/// both ends, at most 253 characters).
+fn is_dns_subdomain(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    name.len() <= 253
+        && name.starts_with(ok)
+        && name.ends_with(ok)
+        && name.chars().all(|c| ok(c) || c == '-' || c == '.')
+}
+
+/// Pod Security "restricted": non-root as [`SIDECAR_UID`], no privilege escalation, no
+/// capabilities, RuntimeDefault seccomp, read-only root filesystem.
+pub fn default_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_UID),
+        run_as_group: Some(SIDECAR_UID),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Requests 25m CPU and 32Mi memory; limits memory to 128Mi (no CPU limit: throttling a relay
@@ -216,6 +305,28 @@ mod tests {
         assert_eq!(s.on_missing_relay, MissingRelay::Deny);
         assert!(s.sidecar_image.ends_with(env!("CARGO_PKG_VERSION")));
         assert_eq!(s.sidecar_resources, default_resources());
+        assert_eq!(s.sidecar_pull_policy, None);
+        assert!(s.sidecar_pull_secrets.is_empty());
+        assert_eq!(s.sidecar_security_context, default_security_context());
+    }
+
+    #[test]
+    fn pull_settings_and_an_openshift_security_context_are_read() {
+        let mut errors = Vec::new();
+        let env = HashMap::from([
+            (ENV_SIDECAR_PULL_POLICY, "Always"),
+            (ENV_SIDECAR_IMAGE_PULL_SECRETS, " regcred , mirror-creds ,"),
+            (
+                ENV_SIDECAR_SECURITY_CONTEXT,
+                r#"{"runAsNonRoot":true,"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}"#,
+            ),
+        ]);
+        let s = WebhookSettings::parse(&env, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.sidecar_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(s.sidecar_pull_secrets, ["regcred", "mirror-creds"]);
+        assert_eq!(s.sidecar_security_context.run_as_user, None);
+        assert_eq!(s.sidecar_security_context.run_as_non_root, Some(true));
     }
 
     #[test]
@@ -228,9 +339,19 @@ mod tests {
             (ENV_WEBHOOK_CERT_MODE, "vault"),
             (ENV_INJECT_ON_MISSING_RELAY, "maybe"),
             (ENV_SIDECAR_RESOURCES, "{\"requests\": 5}"),
+            (ENV_SIDECAR_PULL_POLICY, "Sometimes"),
+            (ENV_SIDECAR_IMAGE_PULL_SECRETS, "regcred,Not_A_Name"),
+            (ENV_SIDECAR_SECURITY_CONTEXT, "{\"runAsUser\": \"root\"}"),
         ]);
         WebhookSettings::parse(&env, &mut errors);
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 7, "{errors:?}");
+        for name in [
+            ENV_SIDECAR_PULL_POLICY,
+            ENV_SIDECAR_IMAGE_PULL_SECRETS,
+            ENV_SIDECAR_SECURITY_CONTEXT,
+        ] {
+            assert!(errors.iter().any(|e| e.contains(name)), "{name}: {errors:?}");
+        }
     }
 
     #[test]

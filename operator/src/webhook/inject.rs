@@ -1,5 +1,5 @@
 //! Pure injection: `(Pod, Relay, settings)` -> the JSON patch that adds the native sidecar, its
-//! volumes, the app containers' `SMTP_HOST`/`SMTP_PORT`, the port sysctl and the injected markers.
+//! volumes, the app containers' `SMTP_HOST`/`SMTP_PORT`, the port sysctl, the pull secrets and the injected markers.
 //! Paths come from `render`, so the mounts are where the rendered config expects its files.
 
 use std::collections::BTreeMap;
@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-        EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, SeccompProfile, SecretVolumeSource,
-        SecurityContext, Sysctl, Volume, VolumeMount,
+        ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+        HTTPGetAction, LocalObjectReference, ObjectFieldSelector, Pod, Probe, SecretVolumeSource, Sysctl,
+        Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -44,8 +44,8 @@ pub const CONFIG_MOUNT: &str = "/etc/mailroom/config";
 pub const ADMIN_PORT: u16 = 9465;
 /// Name of the admin container port.
 pub const ADMIN_PORT_NAME: &str = "mailroom-admin";
-/// The sidecar's user and group (the distroless `nonroot` user).
-pub const SIDECAR_UID: i64 = 65532;
+/// The sidecar's default user and group (the distroless `nonroot` user).
+pub use crate::settings::SIDECAR_UID;
 /// The sysctl that lets a non-root process bind a port below 1024.
 pub const PORT_SYSCTL: &str = "net.ipv4.ip_unprivileged_port_start";
 /// Seconds of the grace period kept back from the drain for the final spool sync and exit.
@@ -125,6 +125,7 @@ pub fn patch(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Result<Vec
         ops.extend(smtp_env(&i.to_string(), c, port));
     }
     ops.extend(sysctl(pod, port));
+    ops.extend(pull_secrets(pod, &settings.sidecar_pull_secrets));
     ops.extend(markers(pod, relay, settings));
     Ok(ops)
 }
@@ -242,6 +243,7 @@ fn container(
     Container {
         name: SIDECAR_NAME.into(),
         image: Some(settings.sidecar_image.clone()),
+        image_pull_policy: settings.sidecar_pull_policy.clone(),
         command: Some(vec!["mailroom-sidecar".into()]),
         env: Some(
             env.into_iter()
@@ -262,33 +264,13 @@ fn container(
         }]),
         resources: Some(settings.sidecar_resources.clone()),
         restart_policy: Some("Always".into()),
-        security_context: Some(security_context()),
+        security_context: Some(settings.sidecar_security_context.clone()),
         // The app containers start once this passes: the relay is listening and its spool replayed.
         startup_probe: Some(probe("/readyz", 1, 120)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/livez", 10, 3)),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Default::default()
-    }
-}
-
-/// PodSecurity `restricted`: non-root, no privilege escalation, no capabilities, RuntimeDefault.
-fn security_context() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(SIDECAR_UID),
-        run_as_group: Some(SIDECAR_UID),
-        read_only_root_filesystem: Some(true),
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }
@@ -363,6 +345,25 @@ fn sysctl(pod: &Pod, port: u16) -> Vec<PatchOperation> {
                 value: json!(port.to_string()),
             })],
         },
+    }
+}
+
+/// The configured pull secrets the pod does not list yet (the sidecar's image may live in a
+/// private registry the app's own secrets do not cover).
+fn pull_secrets(pod: &Pod, names: &[String]) -> Vec<PatchOperation> {
+    let existing = pod.spec.as_ref().and_then(|s| s.image_pull_secrets.as_ref());
+    let missing: Vec<LocalObjectReference> = names
+        .iter()
+        .filter(|n| !existing.into_iter().flatten().any(|r| &r.name == *n))
+        .map(|n| LocalObjectReference { name: n.clone() })
+        .collect();
+    match (existing, missing.is_empty()) {
+        (_, true) => Vec::new(),
+        (None, false) => vec![add(&["spec", "imagePullSecrets"], missing)],
+        (Some(_), false) => missing
+            .into_iter()
+            .map(|r| add(&["spec", "imagePullSecrets", "-"], r))
+            .collect(),
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 /// Every optional part of the chart switched on.
 pub const ALL_ON: &str = "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,\
-grafanaDashboards.enabled=true,webhook.certManager.enabled=true";
+grafanaDashboards.enabled=true,webhook.certManager.enabled=true,networkPolicy.enabled=true";
 
 pub use mailroom_test_support::{release::chart, stack::repo};
 

@@ -155,6 +155,7 @@ fn template_renders_defaults_and_every_toggle() -> Result<()> {
         "Certificate",
         "ConfigMap",
         "Issuer",
+        "NetworkPolicy",
         "PodMonitor",
         "PrometheusRule",
         "ServiceMonitor",
@@ -213,6 +214,137 @@ fn template_renders_defaults_and_every_toggle() -> Result<()> {
     Ok(())
 }
 
+/// The knobs platform teams ask for reach the objects: a registry mirror for every image, labels
+/// on every object, the revision history, security contexts without a fixed UID (OpenShift's
+/// restricted-v2 assigns one), and the injected sidecar's pull policy, pull secrets and security
+/// context (passed to the webhook, which puts them on each pod).
+#[test]
+fn knobs_reach_the_objects() -> Result<()> {
+    let chart_yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml"))?)?;
+    let version = chart_yaml["appVersion"].as_str().context("appVersion")?;
+    let image = |name: &str| format!("{name}:{version}");
+    let defaults = documents(&template("mailroom", "mailroom-system", &[])?)?;
+    let deploy = find(&defaults, "Deployment", None)?;
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"].as_str(),
+        Some(image("ghcr.io/mailroom-dev/mailroom-operator").as_str())
+    );
+    let env = env_map(container);
+    assert_eq!(
+        env.get("OPERATOR_SIDECAR_IMAGE").map(String::as_str),
+        Some(image("ghcr.io/mailroom-dev/mailroom-sidecar").as_str()),
+        "the same default as the operator's own (operator/src/settings/webhook.rs)"
+    );
+    let sc: Value = serde_json::from_str(&env["OPERATOR_SIDECAR_SECURITY_CONTEXT"])?;
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+
+    let set = [
+        "--set",
+        "global.imageRegistry=mirror.example:5000,commonLabels.team=mail,operator.revisionHistoryLimit=3",
+        "--set",
+        "operator.podSecurityContext.runAsUser=null,operator.podSecurityContext.runAsGroup=null",
+        "--set",
+        "sidecar.securityContext.runAsUser=null,sidecar.securityContext.runAsGroup=null",
+        "--set",
+        "sidecar.image.pullPolicy=Always,sidecar.imagePullSecrets[0].name=regcred,sidecar.imagePullSecrets[1].name=mirror",
+    ];
+    let docs = documents(&template("mailroom", "mailroom-system", &set)?)?;
+    for doc in &docs {
+        assert_eq!(doc["metadata"]["labels"]["team"], "mail", "{}", doc["kind"]);
+    }
+    let deploy = find(&docs, "Deployment", None)?;
+    assert_eq!(deploy["spec"]["revisionHistoryLimit"], 3);
+    let pod = &deploy["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "mail");
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"].get("team"),
+        None,
+        "selectors never change"
+    );
+    let ctx = &pod["spec"]["securityContext"];
+    assert_eq!(
+        (ctx.get("runAsUser"), ctx.get("runAsGroup")),
+        (None, None),
+        "{ctx}"
+    );
+    assert_eq!(ctx["runAsNonRoot"], true);
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["image"].as_str(),
+        Some(image("mirror.example:5000/mailroom-dev/mailroom-operator").as_str())
+    );
+    let env = env_map(container);
+    assert_eq!(
+        env.get("OPERATOR_SIDECAR_IMAGE").map(String::as_str),
+        Some(image("mirror.example:5000/mailroom-dev/mailroom-sidecar").as_str())
+    );
+    assert_eq!(
+        env.get("OPERATOR_SIDECAR_PULL_POLICY").map(String::as_str),
+        Some("Always")
+    );
+    assert_eq!(
+        env.get("OPERATOR_SIDECAR_IMAGE_PULL_SECRETS").map(String::as_str),
+        Some("regcred,mirror")
+    );
+    let sc: Value = serde_json::from_str(&env["OPERATOR_SIDECAR_SECURITY_CONTEXT"])?;
+    assert_eq!((sc.get("runAsUser"), sc.get("runAsGroup")), (None, None), "{sc}");
+    assert_eq!(sc["runAsNonRoot"], true);
+
+    // An empty registry leaves the repository as the whole name (a local or private reference).
+    let local = documents(&template(
+        "mailroom",
+        "mailroom-system",
+        &[
+            "--set",
+            "operator.image.registry=,operator.image.repository=localhost/op",
+        ],
+    )?)?;
+    let local = &find(&local, "Deployment", None)?["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert_eq!(local.as_str(), Some(image("localhost/op").as_str()));
+    Ok(())
+}
+
+/// The NetworkPolicy admits the webhook and admin ports (from the configured peers) and lets the
+/// operator reach only the apiserver ports and DNS.
+#[test]
+fn network_policy_admits_the_webhook_and_metrics_and_reaches_the_apiserver_and_dns() -> Result<()> {
+    let set = [
+        "--set",
+        "networkPolicy.enabled=true,networkPolicy.apiServerPorts={6443}",
+        "--set-json",
+        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+    ];
+    let docs = documents(&template("mailroom", "mailroom-system", &set)?)?;
+    let np = find(&docs, "NetworkPolicy", None)?;
+    let spec = &np["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    let ingress = spec["ingress"].as_array().context("ingress")?;
+    assert_eq!(ingress[0]["ports"][0]["port"], "https-webhook");
+    assert_eq!(ingress[0].get("from"), None, "the apiserver calls from anywhere");
+    assert_eq!(ingress[1]["ports"][0]["port"], "http-admin");
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let egress = spec["egress"].as_array().context("egress")?;
+    assert_eq!(
+        egress[0]["ports"],
+        serde_json::json!([{"port": 6443, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        egress[1]["ports"],
+        serde_json::json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
+    );
+    assert_eq!(egress.len(), 2);
+    Ok(())
+}
+
 /// The chart's ClusterRole grants exactly `operator/rbac/rules.yaml`, and its Role in the release
 /// namespace exactly `operator/rbac/namespace-rules.yaml`.
 #[test]
@@ -265,6 +397,14 @@ fn schema_rejects_typos_wrong_types_and_unknown_enum_values() -> Result<()> {
             set: "webhook.injectOnMissingRelay=maybe",
             want: "injectOnMissingRelay",
         },
+        Case {
+            set: "sidecar.image.pullPolicy=Sometimes",
+            want: "pullPolicy",
+        },
+        Case {
+            set: "global.imageRegistry=1",
+            want: "imageRegistry",
+        },
     ];
     for case in cases {
         let out = run_fails(
@@ -306,7 +446,7 @@ fn conflicting_settings_fail_with_a_sentence() -> Result<()> {
         },
         Case {
             set: "operator.replicas=1",
-            want: "operator.podDisruptionBudget.minAvailable must be below operator.replicas",
+            want: "operator.replicas is 1 and the PodDisruptionBudget keeps 1 available, so no node running the operator could ever be drained: set operator.replicas to 2 or more",
         },
     ];
     let home = tempfile::tempdir()?;

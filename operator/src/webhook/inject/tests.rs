@@ -395,3 +395,66 @@ fn a_relay_with_a_hub_mounts_its_credential_and_labels_the_pod_for_its_network_p
             .is_some_and(|l| !l.contains_key(render::hub::HUB_CLIENT_LABEL))
     );
 }
+
+fn inject_with(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Pod {
+    let ops = patch(pod, relay, settings).expect("patch");
+    let mut doc = serde_json::to_value(pod).expect("json");
+    json_patch::patch(&mut doc, &ops).expect("patch applies");
+    serde_json::from_value(doc).expect("still a pod")
+}
+
+#[test]
+fn pull_policy_pull_secrets_and_security_context_come_from_the_settings() {
+    let relay = Relay::smarthost_test();
+    let defaults = inject(&pod(APP), &relay);
+    let sc = sidecar(&defaults);
+    assert_eq!(
+        sc.image_pull_policy, None,
+        "Kubernetes' default unless configured"
+    );
+    assert_eq!(
+        sc.security_context,
+        Some(crate::settings::default_security_context())
+    );
+    assert_eq!(defaults.spec.and_then(|s| s.image_pull_secrets), None);
+
+    let env = std::collections::HashMap::from([
+        ("OPERATOR_SIDECAR_PULL_POLICY", "Always"),
+        ("OPERATOR_SIDECAR_IMAGE_PULL_SECRETS", "regcred,mirror"),
+        // OpenShift restricted-v2: the namespace's UID range is assigned, so no runAsUser.
+        (
+            "OPERATOR_SIDECAR_SECURITY_CONTEXT",
+            r#"{"runAsNonRoot":true,"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}"#,
+        ),
+    ]);
+    let settings = Settings::parse(&env).expect("valid").webhook;
+    let sc = sidecar(&inject_with(&pod(APP), &relay, &settings));
+    assert_eq!(sc.image_pull_policy.as_deref(), Some("Always"));
+    let ctx = sc.security_context.expect("security context");
+    assert_eq!((ctx.run_as_user, ctx.run_as_group), (None, None));
+    assert_eq!(ctx.run_as_non_root, Some(true));
+
+    // A pod with pull secrets of its own keeps them; ours are added once, never twice.
+    let with_own = pod("
+metadata: {name: app, labels: {mailroom.dev/relay: outbound}}
+spec:
+  imagePullSecrets: [{name: app-creds}, {name: regcred}]
+  containers: [{name: app, image: app}]
+");
+    let names = |p: Pod| -> Vec<String> {
+        p.spec
+            .and_then(|s| s.image_pull_secrets)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    assert_eq!(
+        names(inject_with(&with_own, &relay, &settings)),
+        ["app-creds", "regcred", "mirror"]
+    );
+    assert_eq!(
+        names(inject_with(&pod(APP), &relay, &settings)),
+        ["regcred", "mirror"]
+    );
+}

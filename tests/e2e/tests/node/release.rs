@@ -79,8 +79,10 @@ impl Release {
         let (op_repo, op_tag) = image::OPERATOR.rsplit_once(':').context("tag")?;
         let (sc_repo, sc_tag) = image::SIDECAR.rsplit_once(':').context("tag")?;
         let values = [
-            format!("operator.image.repository={op_repo},operator.image.tag={op_tag}"),
-            format!("sidecar.image.repository={sc_repo},sidecar.image.tag={sc_tag}"),
+            format!("operator.image.registry=,operator.image.repository={op_repo},operator.image.tag={op_tag}"),
+            format!("sidecar.image.registry=,sidecar.image.repository={sc_repo},sidecar.image.tag={sc_tag}"),
+            // The node has the image and no registry: `Never` proves the setting reaches the pod.
+            "sidecar.image.pullPolicy=Never".into(),
             format!("operator.dns.nameservers={{{}}}", dns.addr()),
             "operator.dns.recheckSeconds=1".into(),
             "podMonitor.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboards.enabled=true"
@@ -246,7 +248,14 @@ impl Release {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        pods.create(&PostParams::default(), &pod).await?;
+        let created = pods.create(&PostParams::default(), &pod).await?;
+        let policy = created
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .find(|c| c.name == SIDECAR)
+            .and_then(|c| c.image_pull_policy.clone());
+        assert_eq!(policy.as_deref(), Some("Never"), "sidecar.image.pullPolicy");
         let deadline = Instant::now() + Duration::from_secs(120);
         let eml = loop {
             self.upstream.proc.check_running()?;

@@ -64,7 +64,8 @@ impl Scene {
     /// for the hub's StatefulSet).
     pub async fn start_on(options: mailroom_test_support::Options) -> Result<Self> {
         let (repository, tag) = image::SIDECAR.rsplit_once(':').context("image tag")?;
-        let images = format!("sidecar.image.repository={repository},sidecar.image.tag={tag}");
+        let images =
+            format!("sidecar.image.registry=,sidecar.image.repository={repository},sidecar.image.tag={tag}");
         let m = Mission::start_on(options, &[&images]).await?;
         let node = Node::start(m.control_plane(), &Node::images()?).await?;
         let gateway = node.gateway().to_string();
