@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 
 .PHONY: test test-node testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook \
-	bench-operator soak deny audit fuzz fuzz-smoke
+	bench-operator soak deny audit fuzz fuzz-smoke chart-docs
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
@@ -13,6 +13,7 @@ help:
 	@echo "make testenv  build only the test environment (kube-apiserver, kubelet, etcd, helm, prometheus, venv, node packages)"
 	@echo "make test-node  only the real-node scenarios (root; MAILROOM_NODE_TESTS=<name part> picks some)"
 	@echo "make fuzz     run every fuzz target FUZZ_SECONDS (default 600) seconds; see docs/security.md"
+	@echo "make chart-docs  regenerate the chart's values.schema.json and README.md from values.yaml"
 	@echo "make audit    check dependencies against the RustSec advisory database (needs network)"
 
 build:
@@ -40,6 +41,12 @@ cargo-test: testenv
 	eval "$$(bash tests/env/prepare.sh --print-env)"; \
 	export MAILROOM_PYTHON="$$MAILROOM_TESTENV_PYTHON"; \
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+# The chart's derived files; tests/e2e/tests/chart.rs fails when the committed ones differ.
+chart-docs: testenv
+	python3 charts/mailroom/hack/generate.py
+	eval "$$(bash tests/env/prepare.sh --print-env)"; \
+	"$$MAILROOM_TESTENV_BIN/helm-docs" --chart-search-root charts/mailroom --skip-version-footer --log-level error
 
 # Dependency policy in deny.toml. Advisories need the advisory database (network): `make audit`.
 deny: testenv

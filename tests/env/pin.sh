@@ -3,7 +3,7 @@
 #
 # Each tool gets its own module so that their dependency graphs never have to agree. The go.mod/go.sum
 # files are committed; prepare.sh builds from them with -mod=readonly and checks they match versions.env.
-# Usage: bash tests/env/pin.sh [kubernetes|etcd|helm|prometheus]...
+# Usage: bash tests/env/pin.sh [kubernetes|etcd|helm|helm-docs|prometheus]...
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -93,12 +93,16 @@ pin() {
     kubernetes) write_kubernetes ;;
     etcd) write_etcd ;;
     helm) write_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    helm-docs)
+        write_simple helm-docs github.com/norwoodj/helm-docs "$HELM_DOCS_VERSION" \
+            github.com/norwoodj/helm-docs/cmd/helm-docs
+        ;;
     prometheus)
         write_simple prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
             "github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool"
         ;;
     *)
-        echo "pin.sh: unknown tool '$name' (want kubernetes, etcd, helm or prometheus)" >&2
+        echo "pin.sh: unknown tool '$name' (want kubernetes, etcd, helm, helm-docs or prometheus)" >&2
         exit 2
         ;;
     esac
@@ -108,7 +112,7 @@ pin() {
 }
 
 if [ "$#" -eq 0 ]; then
-    set -- kubernetes etcd helm prometheus
+    set -- kubernetes etcd helm helm-docs prometheus
 fi
 for tool in "$@"; do
     pin "$tool"

@@ -11,7 +11,7 @@
 #   eval "$(bash tests/env/prepare.sh --print-env)"   same, then export MAILROOM_TESTENV_* here
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
-#   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm prometheus
+#   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm helm-docs prometheus
 #           promtool cargo-fuzz cargo-deny pause busybox
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
@@ -191,6 +191,10 @@ build_go_tools() {
         hflags+=" -X $p.k8sVersionMajor=$((${cgo%%.*} + 1)) -X $p.k8sVersionMinor=$(echo "$cgo" | cut -d. -f2)"
     done
     go_build helm "$(component_dir helm HELM_VERSION)" helm helm.sh/helm/v3/cmd/helm -ldflags="$hflags"
+
+    check_pinned helm-docs github.com/norwoodj/helm-docs "$HELM_DOCS_VERSION"
+    go_build helm-docs "$(component_dir helm-docs HELM_DOCS_VERSION)" helm-docs \
+        github.com/norwoodj/helm-docs/cmd/helm-docs -ldflags="-s -w"
 
     check_pinned prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
     local pver pflags

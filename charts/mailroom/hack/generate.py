@@ -11,8 +11,10 @@
 
 Run from anywhere: `python3 charts/mailroom/hack/generate.py [--check]`. Standard library only, so
 values.yaml is read line by line; the format it accepts is described in values.yaml's header:
-every key has a `# --` comment; a key with a `# @schema {json}` line is a leaf whose schema is that
-JSON (its nested lines, if any, are its default); a key without one is a strict nested object.
+every key has a `# --` comment; a key with a `# @schema {json}` line (written above the `# --`
+line, where helm-docs does not read it) is a leaf whose schema is that JSON (its nested lines, if
+any, are its default); a key without one is a strict nested object. Other `# @` lines are
+helm-docs annotations and ignored here.
 """
 
 import json
@@ -57,6 +59,9 @@ def schema_from_values(text):
                     raise ValuesError(f"values.yaml:{n}: bad @schema JSON: {e}")
             elif body.startswith("--"):
                 doc = [body[2:].strip()]
+            elif body.startswith("@"):
+                # helm-docs annotations (`@default -- ...`): for the chart README, not the schema.
+                pass
             elif doc:
                 doc.append(body)
             continue

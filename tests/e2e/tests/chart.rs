@@ -55,6 +55,30 @@ fn generated_chart_files_are_up_to_date() -> Result<()> {
     Ok(())
 }
 
+/// The chart's README is what helm-docs writes from values.yaml's comments and README.md.gotmpl:
+/// every value documented, none stale (`make chart-docs` regenerates it).
+#[test]
+fn chart_readme_is_what_helm_docs_writes() -> Result<()> {
+    let out = run(Command::new(testenv::bin("helm-docs")?)
+        .args(["--chart-search-root"])
+        .arg(chart())
+        .args(["--dry-run", "--skip-version-footer", "--log-level", "error"]))?;
+    let committed = std::fs::read_to_string(chart().join("README.md"))?;
+    ensure!(
+        out.trim_end() == committed.trim_end(),
+        "charts/mailroom/README.md is stale: run `make chart-docs` and commit it"
+    );
+    let values = std::fs::read_to_string(chart().join("values.yaml"))?;
+    for key in ["sidecar.imagePullSecrets", "networkPolicy.enabled", "commonLabels"] {
+        ensure!(committed.contains(&format!("| {key} |")), "{key} missing from the README");
+    }
+    ensure!(
+        !committed.contains("@schema") && values.contains("@schema"),
+        "schema hints stay out of the README"
+    );
+    Ok(())
+}
+
 #[test]
 fn lint_is_clean_with_defaults_and_with_every_toggle_on() -> Result<()> {
     let home = tempfile::tempdir()?;
