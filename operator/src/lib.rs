@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod check;
 pub mod conditions;
 pub mod crd;
 pub mod dkim;

@@ -6,6 +6,7 @@ use std::{path::PathBuf, sync::Arc};
 use anyhow::{Context as _, bail};
 use mailroom_operator::{
     admin,
+    check::{self, CheckSettings},
     dns::HickoryDns,
     events::Events,
     leader::Elector,
@@ -19,6 +20,8 @@ use mailroom_operator::{
 const USAGE: &str = "usage:
   mailroom-operator                          run the operator (settings from OPERATOR_* env)
   mailroom-operator render -f DIR [-o OUT]   render MailDomain/Relay YAML in DIR offline into OUT (default ./rendered)
+  mailroom-operator check --namespace NS --webhook-config NAME [--name NAME] [--timeout SECONDS]
+                                             prove an installation works (what `helm test` runs)
   mailroom-operator --version";
 
 /// BSD `EX_USAGE`: a bad command line, settings or input files (as the sidecar exits).
@@ -51,6 +54,7 @@ async fn main() -> std::process::ExitCode {
     let result = match args.first().map(String::as_str) {
         None => run().await,
         Some("render") => render(&args[1..]),
+        Some("check") => check(&args[1..]).await,
         Some("--version") => {
             println!("mailroom-operator {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -106,6 +110,59 @@ fn render(args: &[String]) -> Result<(), Exit> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `helm test`: a temporary Relay rendered and injected through every webhook replica.
+async fn check(args: &[String]) -> Result<(), Exit> {
+    let mut settings = CheckSettings {
+        namespace: String::new(),
+        name: "mailroom-check".into(),
+        webhook_config: String::new(),
+        timeout: std::time::Duration::from_secs(120),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{flag} needs a value"))
+                .map_err(Exit::usage)
+        };
+        match arg.as_str() {
+            "--namespace" => settings.namespace = value(arg)?,
+            "--name" => settings.name = value(arg)?,
+            "--webhook-config" => settings.webhook_config = value(arg)?,
+            "--timeout" => {
+                let v = value(arg)?;
+                let secs: u64 = v
+                    .parse()
+                    .with_context(|| format!("--timeout {v}: not a whole number of seconds"))
+                    .map_err(Exit::usage)?;
+                settings.timeout = std::time::Duration::from_secs(secs);
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => {
+                return Err(Exit::usage(anyhow::anyhow!(
+                    "unknown argument {other:?}\n{USAGE}"
+                )));
+            }
+        }
+    }
+    if settings.namespace.is_empty() || settings.webhook_config.is_empty() {
+        return Err(Exit::usage(anyhow::anyhow!(
+            "check needs --namespace and --webhook-config\n{USAGE}"
+        )));
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the apiserver")
+        .map_err(Exit::fatal)?;
+    check::run(&client, &settings, &mut |line| println!("{line}"))
+        .await
+        .map_err(|e| Exit::fatal(e.into()))
 }
 
 async fn run() -> Result<(), Exit> {

@@ -494,7 +494,8 @@ async fn on_node_an_empty_dir_over_its_size_limit_gets_the_pod_evicted() -> Resu
 /// The chart as a user installs it, on the node, in namespaces that enforce PodSecurity
 /// `restricted`: `helm install --wait` returns once both
 /// operator replicas from the chart's Deployment (our operator image, scheduled by
-/// kube-scheduler) are Ready; one of them holds the leader Lease; the webhook they serve (reached
+/// kube-scheduler) are Ready; one of them holds the leader Lease; `helm test` passes (a temporary
+/// Relay rendered and injected by each replica); the webhook they serve (reached
 /// through the Service's endpoints) injects the sidecar into an app pod; the operator pods check
 /// the MailDomain's records against a DNS server on the gateway; the app's message arrives
 /// DKIM-signed at the STARTTLS+AUTH smarthost; a real Prometheus configured from the chart's
@@ -504,6 +505,7 @@ async fn on_node_an_empty_dir_over_its_size_limit_gets_the_pod_evicted() -> Resu
 #[ignore = "runs inside the node sandbox: cargo test --test node"]
 async fn on_node_helm_install_waits_for_operator_pods_that_elect_a_leader_inject_and_deliver() -> Result<()> {
     let mut r = release::Release::install().await?;
+    r.helm_test().await?;
     let t0 = Instant::now();
     r.deliver_one().await?;
     let prom = r.scrape().await?;

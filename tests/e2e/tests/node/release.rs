@@ -174,6 +174,62 @@ impl Release {
         })
     }
 
+    /// `helm test`: the chart's check pod (our operator image, `mailroom-operator check`) runs on
+    /// the node with its hook ServiceAccount, has the leader render a temporary Relay, gets the
+    /// sidecar injected by each webhook replica at its pod IP over TLS verified by the caBundle,
+    /// and removes what it created. Its pod and RBAC are deleted once it succeeded.
+    pub async fn helm_test(&self) -> Result<()> {
+        let t0 = Instant::now();
+        let out = self
+            .cp
+            .helm()?
+            .args([
+                "test",
+                RELEASE,
+                "--namespace",
+                &self.release_ns,
+                "--timeout",
+                "300s",
+            ])
+            .output()
+            .context("running helm test")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "helm test failed ({}):\n{stdout}{}\n--- check pod ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                self.node
+                    .container_log(&self.release_ns, &format!("{RELEASE}-check"), "check")
+            );
+        }
+        ensure!(
+            stdout.contains(&format!("TEST SUITE:     {RELEASE}-check")) && stdout.contains("Succeeded"),
+            "helm test ran no check: {stdout}"
+        );
+        eprintln!("node: helm test passed in {:.1?}", t0.elapsed());
+        let check = format!("{RELEASE}-check");
+        let relays: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.release_ns,
+            &ApiResource::from_gvk(&GroupVersionKind::gvk("mailroom.dev", "v1alpha1", "Relay")),
+        );
+        ensure!(
+            relays.get_opt(&check).await?.is_none(),
+            "the check's temporary Relay is left over"
+        );
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.release_ns);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pods.get_opt(&check).await?.is_some() {
+            ensure!(
+                Instant::now() < deadline,
+                "the succeeded check pod was not deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
     /// The mission's path on the node: MailDomain Ready and published, Relay Ready, the app
     /// namespace opted in, an app pod injected by the operator pods' webhook, its message at the
     /// smarthost, DKIM-verified against DNS.
