@@ -63,6 +63,64 @@ fn operator_health_alerts_come_only_with_the_operators_scrape() -> Result<()> {
     Ok(())
 }
 
+/// `prometheusRule.alerts` drops, retimes, reclassifies and relabels single alerts, and
+/// `alertLabels` labels all of them; the result still passes `promtool check rules`. A name that
+/// is no alert fails the render and lists the real ones.
+#[test]
+fn alerts_can_be_dropped_retimed_and_relabelled() -> Result<()> {
+    let set = [
+        "--set",
+        "prometheusRule.enabled=true,serviceMonitor.enabled=true,prometheusRule.alertLabels.team=mail",
+        "--set",
+        "prometheusRule.alerts.MailroomHandoffFailing.enabled=false",
+        "--set",
+        "prometheusRule.alerts.MailroomQueueBackingUp.for=30m,prometheusRule.alerts.MailroomQueueBackingUp.severity=critical",
+        "--set",
+        "prometheusRule.alerts.MailroomOperatorAbsent.labels.pager=night",
+    ];
+    let tuned = rules_with(&set)?;
+    let defaults = rendered_rules()?;
+    let by_name = |rules: &Value, name: &str| -> Option<Value> {
+        alerts(rules).into_iter().find(|a| a["alert"] == name).cloned()
+    };
+    ensure!(by_name(&tuned, "MailroomHandoffFailing").is_none(), "disabled");
+    ensure!(alerts(&tuned).len() + 1 == alerts(&defaults).len());
+    let queue = by_name(&tuned, "MailroomQueueBackingUp").context("queue alert")?;
+    assert_eq!(queue["for"], "30m");
+    assert_eq!(queue["labels"]["severity"], "critical");
+    let absent = by_name(&tuned, "MailroomOperatorAbsent").context("absent alert")?;
+    assert_eq!(absent["labels"]["pager"], "night");
+    let default_absent = by_name(&defaults, "MailroomOperatorAbsent").context("absent alert")?;
+    assert_eq!(absent["labels"]["severity"], default_absent["labels"]["severity"]);
+    assert_eq!(absent["for"], default_absent["for"], "untouched");
+    for alert in alerts(&tuned) {
+        assert_eq!(alert["labels"]["team"], "mail", "{}", alert["alert"]);
+    }
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&tuned)?)?;
+    let out = run(testenv::command("promtool")?.args(["check", "rules"]).arg(&file))?;
+    ensure!(out.contains("SUCCESS"), "{out}");
+
+    let home = tempfile::tempdir()?;
+    let out = common::run_fails(
+        common::helm(home.path())?
+            .args(["template", "x"])
+            .arg(chart())
+            .args([
+                "--set",
+                "prometheusRule.enabled=true,prometheusRule.alerts.MailroomQueueBackingUP.enabled=false",
+            ]),
+    )?;
+    ensure!(
+        out.contains("prometheusRule.alerts.MailroomQueueBackingUP: there is no such alert")
+            && out.contains("MailroomQueueBackingUp"),
+        "{out}"
+    );
+    Ok(())
+}
+
 fn alerts(rules: &Value) -> Vec<&Value> {
     rules["groups"]
         .as_array()
