@@ -9,7 +9,7 @@ use mail_auth::{
     common::{crypto::Ed25519Key, headers::HeaderWriter},
     dkim::{Canonicalization, DkimSigner, Done},
 };
-use rustls_pemfile::Item;
+use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
 use std::{collections::HashMap, path::PathBuf};
 
 /// Signed header fields (RFC 6376 5.4.1 recommends these). `From` is listed twice so that a second
@@ -151,25 +151,21 @@ fn load_key(domain: &str, dkim: &config::Dkim) -> Result<Key, Error> {
         path: path.clone(),
         reason: reason.to_owned(),
     };
-    let mut rest = pem.as_slice();
-    let item = loop {
-        match rustls_pemfile::read_one(&mut rest) {
-            Ok(Some(item @ (Item::Pkcs1Key(_) | Item::Pkcs8Key(_)))) => break item,
-            Ok(Some(_)) => continue,
-            Ok(None) => return Err(bad("no PKCS#1 or PKCS#8 private key PEM block found")),
-            Err(_) => return Err(bad("not a valid PEM file")),
-        }
-    };
+    // The first private key block; certificates and other blocks before it are skipped.
+    let item = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => bad("no PKCS#1 or PKCS#8 private key PEM block found"),
+        _ => bad("not a valid PEM file"),
+    })?;
     // Library messages are kept out of the error: they might echo key bytes.
     match (dkim.algorithm, item) {
-        (DkimAlgorithm::RsaSha256, Item::Pkcs1Key(k)) => RsaKey::from_pkcs1_der(k.secret_pkcs1_der())
+        (DkimAlgorithm::RsaSha256, PrivateKeyDer::Pkcs1(k)) => RsaKey::from_pkcs1_der(k.secret_pkcs1_der())
             .map(Key::Rsa)
             .ok_or_else(|| bad("not a valid RSA private key")),
-        (DkimAlgorithm::RsaSha256, Item::Pkcs8Key(k)) => RsaKey::from_pkcs8_der(k.secret_pkcs8_der())
+        (DkimAlgorithm::RsaSha256, PrivateKeyDer::Pkcs8(k)) => RsaKey::from_pkcs8_der(k.secret_pkcs8_der())
             .map(Key::Rsa)
             .ok_or_else(|| bad("not a valid RSA private key (PKCS#8)")),
         // OpenSSL writes PKCS#8 v1 (no public key), which ring accepts only "maybe unchecked".
-        (DkimAlgorithm::Ed25519Sha256, Item::Pkcs8Key(k)) => {
+        (DkimAlgorithm::Ed25519Sha256, PrivateKeyDer::Pkcs8(k)) => {
             Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der())
                 .map(Key::Ed25519)
                 .map_err(|_| bad("not a valid Ed25519 private key (PKCS#8)"))

@@ -8,7 +8,7 @@ use rustls::{
     client::WebPkiServerVerifier,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
-    pki_types::{CertificateDer, ServerName, UnixTime},
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
 };
 use std::{path::Path, sync::Arc};
 
@@ -135,7 +135,7 @@ fn roots(system: bool, ca_file: Option<&Path>) -> Result<RootCertStore, TlsSetup
         message,
     };
     let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| ca_err(e.to_string()))?;
     if certs.is_empty() {
