@@ -50,12 +50,12 @@ impl KeyPair {
                 let key =
                     aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(keygen)?;
                 let der = aws_lc_rs::encoding::AsDer::as_der(&key).map_err(keygen)?;
-                pem_encode("PRIVATE KEY", der.as_ref())
+                pem_encode("PRIVATE KEY", der.as_ref())?
             }
             DkimAlgorithm::Ed25519 => {
                 let rng = ring::rand::SystemRandom::new();
                 let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(keygen)?;
-                pem_encode("PRIVATE KEY", der.as_ref())
+                pem_encode("PRIVATE KEY", der.as_ref())?
             }
         };
         Self::from_private_pem(algorithm, &private_pem)
@@ -71,7 +71,7 @@ impl KeyPair {
                 public.as_bytes().to_vec()
             }
             DkimAlgorithm::Ed25519 => {
-                let der = pem_decode("PRIVATE KEY", pem)?;
+                let der = pkcs8_der(pem)?;
                 let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(keygen)?;
                 key.public_key().as_ref().to_vec()
             }
@@ -119,27 +119,17 @@ fn keygen(e: impl std::fmt::Display) -> Error {
     Error::KeyGeneration(e.to_string())
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    let body = B64.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// PEM (RFC 7468) with 64-character lines, as OpenSSL writes it.
+fn pem_encode(label: &str, der: &[u8]) -> Result<String> {
+    rsa::pkcs8::der::pem::encode_string(label, rsa::pkcs8::der::pem::LineEnding::LF, der).map_err(keygen)
 }
 
-fn pem_decode(label: &str, pem: &str) -> Result<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem
-        .find(&begin)
-        .ok_or_else(|| keygen(format!("no {begin} block")))?;
-    let rest = &pem[start + begin.len()..];
-    let stop = rest.find(&end).ok_or_else(|| keygen(format!("no {end} line")))?;
-    let body: String = rest[..stop].chars().filter(|c| !c.is_whitespace()).collect();
-    B64.decode(body).map_err(keygen)
+/// The DER of the first `PRIVATE KEY` (PKCS#8) block.
+fn pkcs8_der(pem: &str) -> Result<Vec<u8>> {
+    use rustls::pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
+    PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .map(|k| k.secret_pkcs8_der().to_vec())
+        .map_err(|e| keygen(format!("no PKCS#8 private key: {e}")))
 }
 
 #[cfg(test)]
