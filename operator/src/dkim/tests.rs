@@ -6,7 +6,11 @@ fn ed25519_key_round_trips_through_pem() {
     assert!(key.private_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
     assert!(key.private_pem.ends_with("-----END PRIVATE KEY-----\n"));
     // OpenSSL's layout: base64 in lines of at most 64 characters.
-    assert!(key.private_pem.lines().all(|l| l.len() <= 64), "{}", key.private_pem);
+    assert!(
+        key.private_pem.lines().all(|l| l.len() <= 64),
+        "{}",
+        key.private_pem
+    );
     assert_eq!(key.public.len(), 32);
     let again = KeyPair::from_private_pem(DkimAlgorithm::Ed25519, &key.private_pem).expect("parse");
     assert_eq!(again, key);

@@ -2,6 +2,8 @@
 //! `mta-sts.<domain>`, its parsing, MX pattern matching and a cache keyed by policy id.
 
 use super::mx::MxResolver;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
 use rustls::{ClientConfig, RootCertStore, pki_types::ServerName};
 use std::{
     collections::HashMap,
@@ -9,7 +11,6 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// RFC 8461 3.3: policy bodies larger than this are not accepted.
 const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -183,50 +184,44 @@ impl Cache {
         let ip = ips.first().ok_or_else(|| format!("{host} has no address"))?;
         let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let work = async {
-            let tcp = tokio::net::TcpStream::connect(SocketAddr::new(*ip, self.port)).await?;
-            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(name, tcp)
-                .await?;
-            let req =
-                format!("GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-            tls.write_all(req.as_bytes()).await?;
-            let mut body = Vec::new();
-            // Many HTTPS servers close without close_notify; rustls reports that as
-            // UnexpectedEof after the data, which is then complete only if Content-Length says
-            // so (checked below), as a truncated policy could lose `mx` lines.
-            let clean = match (&mut tls)
-                .take(MAX_POLICY_BYTES as u64 + 4096)
-                .read_to_end(&mut body)
+            let tcp = tokio::net::TcpStream::connect(SocketAddr::new(*ip, self.port))
                 .await
-            {
-                Ok(_) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-                Err(e) => return Err(e),
-            };
-            Ok::<_, std::io::Error>((body, clean))
+                .map_err(|e| e.to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get("/.well-known/mta-sts.txt")
+                .header(hyper::header::HOST, &host)
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            // RFC 8461 3.3: 200 only; redirects are not followed.
+            let status = response.status();
+            if status != hyper::StatusCode::OK {
+                return Err(format!("answered HTTP {}", status.as_u16()));
+            }
+            // hyper ends the body at its Content-Length or last chunk; a body delimited only by
+            // the connection's end must end with TLS close_notify, or it is an error, as a
+            // truncated policy could lose `mx` lines.
+            let body = Limited::new(response.into_body(), MAX_POLICY_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the policy: {e}"))?
+                .to_bytes();
+            Ok::<_, String>(body)
         };
-        let (raw, clean) = match tokio::time::timeout(self.timeout, work).await {
+        let body = match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => return Err(format!("fetching the policy from {host}: {e}")),
             Err(_) => return Err(format!("fetching the policy from {host} timed out")),
         };
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
-        let status = head.split_whitespace().nth(1).unwrap_or("");
-        if status != "200" {
-            return Err(format!("{host} answered HTTP {status}"));
-        }
-        let length = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        });
-        if !clean && length != Some(body.len()) {
-            return Err(format!(
-                "{host} closed the connection without close_notify and the body length is unconfirmed"
-            ));
-        }
+        let body =
+            std::str::from_utf8(&body).map_err(|_| format!("{host} served a policy that is not UTF-8"))?;
         Policy::parse(body).ok_or_else(|| format!("{host} served an invalid policy"))
     }
 }
@@ -293,3 +288,6 @@ mod tests {
         assert_eq!(txt_id(&s(&["v=STSv1;"])), None);
     }
 }
+
+#[cfg(test)]
+mod fetch_tests;
