@@ -64,78 +64,42 @@ pub fn association(matching: u8, selected: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// The DER SubjectPublicKeyInfo of an X.509 certificate (RFC 5280 4.1), found by walking the
-/// TBSCertificate fields; `None` when the DER is malformed.
+/// The DER SubjectPublicKeyInfo of an X.509 certificate (RFC 5280 4.1); `None` when the
+/// certificate does not parse.
 pub fn spki(cert: &[u8]) -> Option<&[u8]> {
-    let (_, cert_body, _) = tlv(cert)?;
-    let (_, mut tbs, _) = tlv(cert_body)?;
-    // version [0] EXPLICIT is optional (absent for v1 certificates).
-    if tbs.first() == Some(&0xA0) {
-        tbs = tlv(tbs)?.2;
-    }
-    // serialNumber, signature, issuer, validity, subject
-    for _ in 0..5 {
-        tbs = tlv(tbs)?.2;
-    }
-    let (whole, _, _) = tlv(tbs)?;
-    Some(whole)
-}
-
-/// One DER TLV at the start of `input`: (the whole TLV, its value, what follows).
-fn tlv(input: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let first_len = *input.get(1)?;
-    let (len, header) = if first_len < 0x80 {
-        (usize::from(first_len), 2)
-    } else {
-        let n = usize::from(first_len & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let bytes = input.get(2..2 + n)?;
-        (
-            bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
-            2 + n,
-        )
-    };
-    let end = header.checked_add(len)?;
-    let whole = input.get(..end)?;
-    Some((whole, &whole[header..], &input[end..]))
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(parsed.tbs_certificate.subject_pki.raw)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
 
-    /// A tiny hand-made certificate shape: SEQ { SEQ { [0]{INT 2}, INT, SEQ, SEQ, SEQ, SEQ, SPKI } }.
-    fn cert(with_version: bool, spki: &[u8]) -> Vec<u8> {
-        let mut tbs = Vec::new();
-        if with_version {
-            tbs.extend([0xA0, 3, 0x02, 1, 2]);
-        }
-        tbs.extend([0x02, 1, 7]); // serial
-        for _ in 0..4 {
-            tbs.extend([0x30, 0]); // signature, issuer, validity, subject
-        }
-        tbs.extend(spki);
-        let mut t = vec![0x30, tbs.len() as u8];
-        t.extend(tbs);
-        let mut c = vec![0x30, 0x81, t.len() as u8];
-        c.extend(t);
-        c
+    /// A real CA and the server certificate it signed (openssl), as DER: (end entity, CA).
+    fn chain() -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = mailroom_test_support::certs::test_ca(dir.path());
+        let der = |p: &std::path::Path| CertificateDer::from_pem_file(p).expect("pem").to_vec();
+        (der(&ca.cert), der(&ca.ca))
     }
 
     #[test]
-    fn spki_is_found_with_and_without_version() {
-        let key = [0x30, 3, 0x03, 1, 0xAB];
-        assert_eq!(spki(&cert(true, &key)), Some(&key[..]));
-        assert_eq!(spki(&cert(false, &key)), Some(&key[..]));
-        assert_eq!(spki(&[0x30, 5, 1]), None, "truncated");
+    fn spki_is_the_certificates_subject_public_key_info() {
+        let (ee, ca) = chain();
+        let key = spki(&ee).expect("spki");
+        // An EC P-256 SubjectPublicKeyInfo: SEQUENCE of 89 bytes, inside the certificate.
+        assert_eq!((key[0], key.len()), (0x30, 91));
+        assert!(ee.windows(key.len()).any(|w| w == key));
+        assert_ne!(spki(&ca), Some(key), "each certificate has its own key");
+        assert_eq!(spki(&ee[..ee.len() / 2]), None, "truncated");
+        assert_eq!(spki(&[0x30, 3, 0x03, 1, 0xAB]), None, "not a certificate");
     }
 
     #[test]
     fn dane_ee_records_match_by_selector_and_matching_type() {
-        let key = [0x30, 3, 0x03, 1, 0xAB];
-        let c = cert(true, &key);
+        let (c, _) = chain();
+        let key = spki(&c).expect("spki").to_vec();
         let rec = |usage, selector, matching, data: Vec<u8>| Tlsa {
             usage,
             selector,
@@ -158,6 +122,10 @@ mod tests {
             },
             Case {
                 record: rec(3, 0, 0, c.clone()),
+                want: true,
+            },
+            Case {
+                record: rec(3, 0, 1, association(1, &c).expect("sha256")),
                 want: true,
             },
             Case {
@@ -185,8 +153,8 @@ mod tests {
 
     #[test]
     fn dane_ta_records_select_issuers_never_the_end_entity() {
-        let (ee_key, ta_key) = ([0x30, 3, 0x03, 1, 0xEE], [0x30, 3, 0x03, 1, 0x7A]);
-        let (ee, ta) = (cert(true, &ee_key), cert(true, &ta_key));
+        let (ee, ta) = chain();
+        let (ee_key, ta_key) = (spki(&ee).expect("ee").to_vec(), spki(&ta).expect("ta").to_vec());
         let rec = |usage, data: Vec<u8>| Tlsa {
             usage,
             selector: 1,
