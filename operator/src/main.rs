@@ -1,7 +1,12 @@
 //! mailroom operator entry point: `mailroom-operator` runs the controllers (behind a Lease when
 //! leader election is on) and the admin server; `mailroom-operator render -f DIR` works offline.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use clap::{Parser, Subcommand};
 
 use anyhow::{Context as _, bail};
 use mailroom_operator::{
@@ -17,12 +22,48 @@ use mailroom_operator::{
     webhook::Webhook,
 };
 
-const USAGE: &str = "usage:
-  mailroom-operator                          run the operator (settings from OPERATOR_* env)
-  mailroom-operator render -f DIR [-o OUT]   render MailDomain/Relay YAML in DIR offline into OUT (default ./rendered)
-  mailroom-operator check --namespace NS --webhook-config NAME [--name NAME] [--timeout SECONDS]
-                                             prove an installation works (what `helm test` runs)
-  mailroom-operator --version";
+/// The command line; without a subcommand the operator runs (settings from `OPERATOR_*`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailroom-operator",
+    version,
+    about = "The mailroom operator: reconciles MailDomains and Relays, serves the injection webhook.",
+    after_help = "Without a command it runs the operator; settings come from OPERATOR_* variables (docs/operations.md)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Render MailDomain and Relay YAML offline: sidecar configs, DKIM keys, DNS records.
+    #[command(override_usage = "mailroom-operator render -f DIR [-o OUT]")]
+    Render {
+        /// Directory of MailDomain and Relay YAML files.
+        #[arg(short = 'f', value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write what it renders.
+        #[arg(short = 'o', value_name = "OUT", default_value = "rendered")]
+        out: PathBuf,
+    },
+    /// Prove an installation works (what `helm test` runs): a temporary Relay rendered and
+    /// injected by every webhook replica.
+    Check {
+        /// Namespace of the temporary Relay (the release namespace).
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+        /// The MutatingWebhookConfiguration to probe.
+        #[arg(long, value_name = "NAME")]
+        webhook_config: String,
+        /// Name of the temporary MailDomain and Relay.
+        #[arg(long, value_name = "NAME", default_value = "mailroom-check")]
+        name: String,
+        /// Seconds each step may take.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
+    },
+}
 
 /// BSD `EX_USAGE`: a bad command line, settings or input files (as the sidecar exits).
 const EX_USAGE: u8 = 64;
@@ -50,22 +91,42 @@ impl Exit {
 async fn main() -> std::process::ExitCode {
     let json_logs = Env.get(settings::ENV_LOG_FORMAT).as_deref() == Some("json");
     telemetry::init(json_logs);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        // With JSON logs, through the log formatter like every fatal error (one JSON object
+        // per line); otherwise clap's own message, for a person at a terminal.
+        Err(e) if json_logs => {
+            let error = e.render().to_string();
+            tracing::error!(error = error.trim_end(), "mailroom-operator stopped");
+            return std::process::ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(EX_USAGE);
+        }
+    };
+    let result = match cli.command {
         None => run().await,
-        Some("render") => render(&args[1..]),
-        Some("check") => check(&args[1..]).await,
-        Some("--version") => {
-            println!("mailroom-operator {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+        Some(Command::Render { dir, out }) => render(&dir, &out),
+        Some(Command::Check {
+            namespace,
+            webhook_config,
+            name,
+            timeout,
+        }) => {
+            check(CheckSettings {
+                namespace,
+                name,
+                webhook_config,
+                timeout: std::time::Duration::from_secs(timeout),
+            })
+            .await
         }
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(Exit::usage(anyhow::anyhow!(
-            "unknown argument {other:?}\n{USAGE}"
-        ))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -78,34 +139,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// Offline rendering; what it reads is the user's input, so every failure is a usage error.
-fn render(args: &[String]) -> Result<(), Exit> {
-    let (mut dir, mut out) = (None, PathBuf::from("rendered"));
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-f" => dir = it.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            "-o" => {
-                out = it
-                    .next()
-                    .map(PathBuf::from)
-                    .context("-o needs a directory")
-                    .map_err(Exit::usage)?;
-            }
-            other => {
-                return Err(Exit::usage(anyhow::anyhow!(
-                    "unknown argument {other:?}\n{USAGE}"
-                )));
-            }
-        }
-    }
-    let dir = dir
-        .context(format!("-f DIR is required\n{USAGE}"))
-        .map_err(Exit::usage)?;
-    let summary = offline::render_dir(&dir, &out).map_err(Exit::usage)?;
+fn render(dir: &Path, out: &Path) -> Result<(), Exit> {
+    let summary = offline::render_dir(dir, out).map_err(Exit::usage)?;
     for path in summary.configs.iter().chain(&summary.keys).chain(&summary.dns) {
         println!("wrote {}", path.display());
     }
@@ -113,49 +148,7 @@ fn render(args: &[String]) -> Result<(), Exit> {
 }
 
 /// `helm test`: a temporary Relay rendered and injected through every webhook replica.
-async fn check(args: &[String]) -> Result<(), Exit> {
-    let mut settings = CheckSettings {
-        namespace: String::new(),
-        name: "mailroom-check".into(),
-        webhook_config: String::new(),
-        timeout: std::time::Duration::from_secs(120),
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{flag} needs a value"))
-                .map_err(Exit::usage)
-        };
-        match arg.as_str() {
-            "--namespace" => settings.namespace = value(arg)?,
-            "--name" => settings.name = value(arg)?,
-            "--webhook-config" => settings.webhook_config = value(arg)?,
-            "--timeout" => {
-                let v = value(arg)?;
-                let secs: u64 = v
-                    .parse()
-                    .with_context(|| format!("--timeout {v}: not a whole number of seconds"))
-                    .map_err(Exit::usage)?;
-                settings.timeout = std::time::Duration::from_secs(secs);
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => {
-                return Err(Exit::usage(anyhow::anyhow!(
-                    "unknown argument {other:?}\n{USAGE}"
-                )));
-            }
-        }
-    }
-    if settings.namespace.is_empty() || settings.webhook_config.is_empty() {
-        return Err(Exit::usage(anyhow::anyhow!(
-            "check needs --namespace and --webhook-config\n{USAGE}"
-        )));
-    }
+async fn check(settings: CheckSettings) -> Result<(), Exit> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the apiserver")

@@ -63,9 +63,11 @@ fn version_and_usage_errors_exit_as_documented() -> Result<()> {
         bad_yaml.path().join("broken.yaml"),
         "kind: Relay\nspec: [unclosed\n",
     )?;
-    let cases: [&[&str]; 3] = [
+    let cases: [&[&str]; 5] = [
         &["render"],
         &["render", "-f"],
+        &["no-such-command"],
+        &["check", "--namespace", "mailroom-system"],
         &["render", "-f", bad_yaml.path().to_str().unwrap_or_default()],
     ];
     for args in cases {

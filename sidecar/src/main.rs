@@ -1,13 +1,17 @@
 //! `mailroom-sidecar`: wiring only. Settings from the environment, config from the file, then
 //! the app until SIGTERM, then drain.
 
+use clap::Parser;
 use mailroom_sidecar::{
     app::App,
     config::Config,
     settings::{Env, LogFormat, Settings},
     shutdown,
 };
-use std::process::ExitCode;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 /// jemalloc, tuned at build time (.cargo/config.toml) to give memory back after a burst.
 #[global_allocator]
@@ -18,52 +22,73 @@ const EX_USAGE: u8 = 64;
 /// BSD `EX_UNAVAILABLE`: could not start (spool, bind).
 const EX_UNAVAILABLE: u8 = 69;
 
-const HELP: &str = "mailroom-sidecar: local SMTP relay with a durable spool
-
-USAGE:
-    mailroom-sidecar                      run with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml)
-    mailroom-sidecar --config FILE        run with FILE
-    mailroom-sidecar --check-config FILE  validate FILE as start-up would (overrides from the
-                                          environment, files it names) and exit: 0 valid, 64 not
-    mailroom-sidecar --check-document FILE
-                                          validate the document alone (what the operator renders;
-                                          the files it names need not exist here)
-    mailroom-sidecar --version
-
-ENVIRONMENT:
-    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, SIDECAR_DRAIN_SECONDS,
-    SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_LOG_FORMAT (json|plain), RUST_LOG
-";
+/// The command line; settings come from the environment (docs/configuration.md).
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailroom-sidecar",
+    version,
+    about = "mailroom-sidecar: local SMTP relay with a durable spool",
+    after_help = "Without options it runs with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml).\n\n\
+ENVIRONMENT:\n    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, SIDECAR_DRAIN_SECONDS,\n    \
+SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
+)]
+#[group(id = "mode", multiple = false)]
+struct Cli {
+    /// Run with FILE instead of SIDECAR_CONFIG_PATH.
+    #[arg(long, value_name = "FILE", group = "mode")]
+    config: Option<PathBuf>,
+    /// Validate FILE as start-up would (overrides from the environment, the files it names) and
+    /// exit: 0 valid, 64 not.
+    #[arg(long, value_name = "FILE", group = "mode")]
+    check_config: Option<PathBuf>,
+    /// Validate the document alone (what the operator renders; the files it names need not
+    /// exist here).
+    #[arg(long, value_name = "FILE", group = "mode")]
+    check_document: Option<PathBuf>,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json_requested = std::env::var(mailroom_sidecar::settings::ENV_LOG_FORMAT).as_deref() == Ok("json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // With JSON logs, one JSON object like every fatal error; else clap's own message.
+        Err(e) if json_requested => {
+            init_tracing(LogFormat::Json);
+            let error = e.render().to_string();
+            tracing::error!(error = error.trim_end(), "invalid command line");
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if let Some(file) = &cli.check_document {
+        return check_document(file);
+    }
     let mut settings = match Settings::parse(&Env) {
         Ok(s) => s,
         Err(e) => {
             // Through the log formatter the settings asked for, as every later fatal error.
-            let json = std::env::var(mailroom_sidecar::settings::ENV_LOG_FORMAT).as_deref() == Ok("json");
-            init_tracing(if json { LogFormat::Json } else { LogFormat::Plain });
+            init_tracing(if json_requested {
+                LogFormat::Json
+            } else {
+                LogFormat::Plain
+            });
             tracing::error!(error = %e, "invalid settings");
             return ExitCode::from(EX_USAGE);
         }
     };
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] => {}
-        ["--check-config", file] => return check_config(&settings, file),
-        ["--check-document", file] => return check_document(file),
-        ["--config", file] => settings.config_path = file.into(),
-        ["--version"] => {
-            println!("mailroom-sidecar {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        ["--help" | "-h"] => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        _ => {
-            eprint!("mailroom-sidecar: unexpected arguments {args:?}\n\n{HELP}");
-            return ExitCode::from(EX_USAGE);
-        }
+    if let Some(file) = &cli.check_config {
+        return check_config(&settings, file);
+    }
+    if let Some(file) = cli.config {
+        settings.config_path = file;
     }
     init_tracing(settings.log_format);
     let path = settings.config_path.clone();
@@ -100,8 +125,8 @@ fn main() -> ExitCode {
 
 /// Validates `file` exactly as start-up would: the document, the environment's overrides, and
 /// the files it names.
-fn check_config(settings: &Settings, file: &str) -> ExitCode {
-    let path = std::path::Path::new(file);
+fn check_config(settings: &Settings, path: &Path) -> ExitCode {
+    let file = path.display();
     match Config::load(path).and_then(|c| settings.finish(path, c)) {
         Ok(_) => {
             println!("{file}: valid");
@@ -115,8 +140,9 @@ fn check_config(settings: &Settings, file: &str) -> ExitCode {
 }
 
 /// Validates the document alone: for rendered configs checked away from the pod.
-fn check_document(file: &str) -> ExitCode {
-    match Config::load(file.as_ref()) {
+fn check_document(path: &Path) -> ExitCode {
+    let file = path.display();
+    match Config::load(path) {
         Ok(_) => {
             println!("{file}: valid document");
             ExitCode::SUCCESS

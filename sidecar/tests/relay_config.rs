@@ -132,3 +132,44 @@ fn an_environment_override_cannot_open_the_relay() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// The command line: `--version` and `--help` exit 0; an unknown argument, a missing value or
+/// two modes at once exit 64 (EX_USAGE) with a message naming what is wrong, as one JSON object
+/// when JSON logs are asked for.
+#[test]
+fn command_line_errors_exit_64_and_name_the_argument() {
+    let version = run(&["--version".as_ref()], &[]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("mailroom-sidecar {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = run(&["--help".as_ref()], &[]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--check-document <FILE>"));
+    for (args, want) in [
+        (&["--bogus"][..], "'--bogus'"),
+        (&["--check-config"][..], "--check-config <FILE>"),
+        (
+            &["--config", "a", "--check-config", "b"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let out = run(&args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
+    }
+    let out = run(&["--bogus".as_ref()], &[("SIDECAR_LOG_FORMAT", "json".into())]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(err.trim()).expect("one JSON object");
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--bogus")),
+        "{line}"
+    );
+}
