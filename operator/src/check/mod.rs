@@ -10,7 +10,7 @@
 //! 3. the temporary objects are deleted, whatever happened.
 
 mod relay;
-mod webhook;
+pub(crate) mod webhook;
 
 use std::time::Duration;
 

@@ -222,17 +222,26 @@ async fn ask(tls: &TlsConnector, t: &Target, addr: SocketAddr, review: &Value) -
 }
 
 /// Whether an AdmissionReview response allows the pod with a patch that adds the sidecar.
-fn judge(response: &Value, uid: &Value) -> Result<(), String> {
+pub(crate) fn judge(response: &Value, uid: &Value) -> Result<(), String> {
     if &response["uid"] != uid {
         return Err(format!("answer for uid {}, not {uid}", response["uid"]));
     }
     if response["allowed"] != true {
         return Err(format!("denied: {}", response["status"]["message"]));
     }
-    let patch = response["patch"].as_str().ok_or("allowed without a patch")?;
-    let patch = base64::engine::general_purpose::STANDARD
-        .decode(patch)
-        .map_err(|e| format!("patch is not base64: {e}"))?;
+    // The apiserver reads `patch` as Go's []byte: a base64 string, or an array of byte values
+    // (what kube-rs writes).
+    let patch: Vec<u8> = match &response["patch"] {
+        Value::String(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("patch is not base64: {e}"))?,
+        Value::Array(bytes) => bytes
+            .iter()
+            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect::<Option<_>>()
+            .ok_or("patch is not an array of bytes")?,
+        _ => return Err("allowed without a patch".into()),
+    };
     let patch = String::from_utf8_lossy(&patch);
     if patch.contains(SIDECAR_NAME) {
         Ok(())
@@ -260,5 +269,9 @@ mod tests {
         assert!(judge(&skipped, &uid).is_err_and(|e| e.contains("without a patch")));
         let foreign = json!({"uid": "u1", "allowed": true, "patch": patch("[]")});
         assert!(judge(&foreign, &uid).is_err_and(|e| e.contains("adds no")));
+        // What the operator's own webhook sends: kube-rs serializes the bytes as an array.
+        let bytes: Vec<u8> = b"[{\"op\":\"add\",\"value\":{\"name\":\"mailroom-sidecar\"}}]".to_vec();
+        let array = json!({"uid": "u1", "allowed": true, "patch": bytes});
+        assert_eq!(judge(&array, &uid), Ok(()));
     }
 }

@@ -151,3 +151,20 @@ fn an_injected_pod_is_admitted_unchanged() {
     let (r, _) = decide(&req, None, "deny");
     assert!(r.allowed && r.patch.is_none());
 }
+
+/// What `mailroom-operator check` (helm test) accepts is what this webhook sends, as it goes
+/// over the wire; and a skipped pod does not pass for an injected one.
+#[test]
+fn the_helm_test_check_accepts_this_webhooks_injection_and_only_that() {
+    let req = request("CREATE", app(json!({"mailroom.dev/relay": "outbound"})));
+    let (r, _) = decide(&req, Some(&relay(Some(("True", "Reconciled")))), "deny");
+    let wire = serde_json::to_value(r.into_review()).expect("json");
+    assert_eq!(
+        crate::check::webhook::judge(&wire["response"], &json!("u-1")),
+        Ok(())
+    );
+    let skipped = request("CREATE", app(json!({"app": "x"})));
+    let (r, _) = decide(&skipped, None, "deny");
+    let wire = serde_json::to_value(r.into_review()).expect("json");
+    assert!(crate::check::webhook::judge(&wire["response"], &json!("u-1")).is_err());
+}
