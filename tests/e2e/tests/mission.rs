@@ -313,6 +313,8 @@ fn panel_value(
     pod: &mut AppPod,
 ) -> Result<f64> {
     let vars = [
+        // One cluster, no `cluster` label: the variable at All (its allValue) matches everything.
+        ("$cluster", ".*"),
         ("$namespace", m.app_ns.as_str()),
         ("$relay", "outbound"),
         ("$sender_domain", "example.com"),

@@ -388,6 +388,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
         chart().join("dashboards/mailroom.json"),
     )?)?;
     let vars = [
+        ("$cluster", CLUSTER),
         ("$namespace", "shop"),
         ("$relay", "outbound"),
         ("$sender_domain", "example.com"),
@@ -426,8 +427,31 @@ async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -
     }
     eprintln!("panel targets and their series: {summary:#?}");
 
+    // The recording rules: per Relay and cluster, the hub apart (its own `role`).
+    for (record, want) in [
+        (
+            "cluster_namespace_relay:mailroom_sidecar_messages_received:rate5m",
+            1.0,
+        ),
+        ("cluster_namespace_relay:mailroom_sidecar_queue_messages:sum", 0.0),
+        (
+            "cluster_namespace_relay:mailroom_sidecar_accept_duration_seconds_bucket:rate5m",
+            1.0,
+        ),
+    ] {
+        let q = format!("{record}{{cluster=\"{CLUSTER}\", namespace=\"shop\", relay=\"outbound\"}}");
+        eventually(&format!("{q} recorded"), Duration::from_secs(60), || {
+            let result = query(&q)?;
+            Ok(
+                (!result.is_empty() && (want == 0.0 || result.iter().map(sample_value).any(|v| v > 0.0)))
+                    .then_some(()),
+            )
+        })?;
+    }
+
     // Variables: label_values(selector, label) with the previous variables substituted.
     let want = BTreeMap::from([
+        ("cluster", CLUSTER),
         ("namespace", "shop"),
         ("relay", "outbound"),
         ("sender_domain", "example.com"),
@@ -637,8 +661,13 @@ shadows: {{namespace: shop, podSelector: mailroom.dev/hub-client=outbound, check
     })
 }
 
+/// The `cluster` label a multi-cluster Prometheus adds; the dashboard's `cluster` variable
+/// offers it and every panel filters on it. (The node scenario shows the one-cluster case: no
+/// label, the variable at All.)
+const CLUSTER: &str = "test-cluster";
+
 /// Prometheus scraping every target every second, with the target labels the chart's
-/// PodMonitors and ServiceMonitor add, and the chart's alert rules loaded.
+/// PodMonitors and ServiceMonitor add (and `cluster`), and the chart's alert rules loaded.
 fn start_prometheus(
     dir: &std::path::Path,
     sidecar: SocketAddr,
@@ -649,13 +678,13 @@ fn start_prometheus(
     let jobs = [
         json!({"job_name": "mailroom-sidecars", "static_configs": [
                {"targets": [sidecar.to_string()],
-                "labels": {"namespace": "shop", "pod": "app-0", "relay": "outbound"}},
+                "labels": {"cluster": CLUSTER, "namespace": "shop", "pod": "app-0", "relay": "outbound"}},
                {"targets": [hub.parked_admin.to_string()],
-                "labels": {"namespace": "shop", "pod": "app-1", "relay": "outbound"}}]}),
+                "labels": {"cluster": CLUSTER, "namespace": "shop", "pod": "app-1", "relay": "outbound"}}]}),
         json!({"job_name": "mailroom-hubs", "static_configs": [{"targets": [hub.hub_admin.to_string()],
-               "labels": {"namespace": "shop", "pod": "outbound-hub-0", "relay": "outbound", "role": "hub"}}]}),
+               "labels": {"cluster": CLUSTER, "namespace": "shop", "pod": "outbound-hub-0", "relay": "outbound", "role": "hub"}}]}),
         json!({"job_name": "mailroom-operator", "static_configs": [{"targets": [operator.to_string()],
-               "labels": {"namespace": ns, "pod": "mailroom-0"}}]}),
+               "labels": {"cluster": CLUSTER, "namespace": ns, "pod": "mailroom-0"}}]}),
     ];
     let prom = Prometheus::start(dir, &jobs, &rendered_rules()?)?;
     ensure!(

@@ -108,6 +108,8 @@ pub async fn start_operator(cp: &ControlPlane, bin: &Path, namespace: &str, dir:
             (Some(v), _) => v.clone(),
             (None, Some("metadata.namespace")) => namespace.to_string(),
             (None, Some("metadata.name")) => pod.clone(),
+            // The apiserver drops an empty `value` (omitempty): the variable is set and empty.
+            (None, None) if var.value_from.is_none() => String::new(),
             (None, other) => bail!("env {}: cannot resolve {other:?}", var.name),
         };
         env.insert(var.name.clone(), value);

@@ -432,6 +432,8 @@ impl Release {
 
         let dashboard = prometheus::chart_dashboard(&self.client, &self.release_ns).await?;
         let vars = [
+            // One cluster, no `cluster` label: the variable at All matches every series.
+            ("$cluster", ".*"),
             ("$namespace", self.app_ns.as_str()),
             ("$relay", "outbound"),
             ("$sender_domain", "example.com"),
