@@ -97,7 +97,7 @@ async fn steps(
     settings: &CheckSettings,
     report: &mut dyn FnMut(String),
 ) -> Result<(), CheckError> {
-    let rendered = relay::render(client, settings).await?;
+    let rendered = relay::create_and_render(client, settings).await?;
     report(format!(
         "ok   Relay {}/{} is Ready and its rendered config ({} bytes) is a valid sidecar config",
         settings.namespace, settings.name, rendered

@@ -22,7 +22,7 @@ const MANAGER: &str = "mailroom-check";
 /// Creates (or takes over, after an interrupted run) the MailDomain and the Relay, waits until
 /// the Relay is Ready for its current generation, and validates its rendered config with the
 /// sidecar's own parser. Returns the config's size.
-pub async fn render(client: &Client, s: &CheckSettings) -> Result<usize, CheckError> {
+pub async fn create_and_render(client: &Client, s: &CheckSettings) -> Result<usize, CheckError> {
     let apply = PatchParams::apply(MANAGER).force();
     // ed25519: no RSA key generation to wait for. `.invalid` (RFC 2606): never a real domain.
     let domain = json!({
