@@ -12,6 +12,9 @@ pub const READY: &str = "Ready";
 pub const DKIM_KEY_READY: &str = "DkimKeyReady";
 /// `DnsVerified`: every recommended record is served by live DNS.
 pub const DNS_VERIFIED: &str = "DnsVerified";
+/// MailDomain condition, present while `spec.dns.publish` is set: the records are in its
+/// DNSEndpoint for external-dns to publish.
+pub const DNS_PUBLISHED: &str = "DnsPublished";
 /// Relay condition: its hub (`spec.hub`) has a Ready pod to take hand-offs.
 pub const HUB_READY: &str = "HubReady";
 
@@ -78,6 +81,11 @@ pub fn set(conditions: &mut Vec<Condition>, cond: Cond, generation: Option<i64>,
 /// Whether condition `type_` is present with status `True`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Removes the condition of this type, if any.
+pub fn remove(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
 }
 
 /// The condition of this type, if any.

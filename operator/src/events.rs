@@ -55,11 +55,17 @@ pub enum Reason {
     HubReady,
     /// No hub pod is Ready: sidecars that stop now keep their mail (or lose it with the pod).
     HubNotReady,
+    /// The records are in the MailDomain's DNSEndpoint for external-dns (`DnsPublished`).
+    RecordsPublished,
+    /// The DNSEndpoint CRD (`externaldns.k8s.io/v1alpha1`) is not installed.
+    DNSEndpointCRDMissing,
+    /// The apiserver refused the DNSEndpoint (RBAC, or a label or annotation it rejects).
+    PublishRefused,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 25] = [
         Self::Reconciled,
         Self::InvalidSpec,
         Self::SecretNotFound,
@@ -82,6 +88,9 @@ impl Reason {
         Self::KeyRotationCancelled,
         Self::HubReady,
         Self::HubNotReady,
+        Self::RecordsPublished,
+        Self::DNSEndpointCRDMissing,
+        Self::PublishRefused,
     ];
 
     /// The CamelCase spelling.
@@ -109,6 +118,9 @@ impl Reason {
             Self::KeyRotationCancelled => "KeyRotationCancelled",
             Self::HubReady => "HubReady",
             Self::HubNotReady => "HubNotReady",
+            Self::RecordsPublished => "RecordsPublished",
+            Self::DNSEndpointCRDMissing => "DNSEndpointCRDMissing",
+            Self::PublishRefused => "PublishRefused",
         }
     }
 }

@@ -16,6 +16,7 @@ impl MailDomain {
             spf: None,
             dmarc: None,
             allowed_namespaces: AllowedNamespaces::default(),
+            dns: None,
         };
         let mut md = MailDomain::new(name, spec);
         md.metadata.uid = Some(format!("uid-{name}"));
@@ -29,6 +30,19 @@ impl MailDomain {
             algorithm,
             rotation: None,
         };
+        self
+    }
+
+    /// Publishing its records through external-dns.
+    pub fn publishing(mut self) -> Self {
+        self.spec.dns = Some(crate::crd::DnsSpec {
+            publish: Some(crate::crd::DnsPublishSpec {
+                mode: crate::crd::DnsPublishMode::ExternalDns,
+                ttl_seconds: crate::crd::DEFAULT_PUBLISH_TTL,
+                labels: Default::default(),
+                annotations: Default::default(),
+            }),
+        });
         self
     }
 

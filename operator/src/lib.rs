@@ -16,6 +16,7 @@ mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod offline;
+pub mod publish;
 pub mod reconcile;
 pub mod records;
 pub mod render;

@@ -3,7 +3,7 @@
 #
 # Each tool gets its own module so that their dependency graphs never have to agree. The go.mod/go.sum
 # files are committed; prepare.sh builds from them with -mod=readonly and checks they match versions.env.
-# Usage: bash tests/env/pin.sh [kubernetes|etcd|helm|helm-docs|prometheus]...
+# Usage: bash tests/env/pin.sh [kubernetes|etcd|helm|helm-docs|external-dns|prometheus]...
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -85,6 +85,20 @@ write_simple() {
     } >"$here/go/$name/go.mod"
 }
 
+# external-dns with the replacements EXTERNAL_DNS_REPLACE names.
+write_external_dns() {
+    local r
+    write_simple external-dns sigs.k8s.io/external-dns "$EXTERNAL_DNS_VERSION" sigs.k8s.io/external-dns
+    {
+        echo
+        echo "replace ("
+        for r in $EXTERNAL_DNS_REPLACE; do
+            echo "	${r%%=*} => ${r%%=*} ${r#*=}"
+        done
+        echo ")"
+    } >>"$here/go/external-dns/go.mod"
+}
+
 pin() {
     local name="$1"
     echo "==> pinning $name"
@@ -97,12 +111,13 @@ pin() {
         write_simple helm-docs github.com/norwoodj/helm-docs "$HELM_DOCS_VERSION" \
             github.com/norwoodj/helm-docs/cmd/helm-docs
         ;;
+    external-dns) write_external_dns ;;
     prometheus)
         write_simple prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
             "github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool"
         ;;
     *)
-        echo "pin.sh: unknown tool '$name' (want kubernetes, etcd, helm, helm-docs or prometheus)" >&2
+        echo "pin.sh: unknown tool '$name' (want kubernetes, etcd, helm, helm-docs, external-dns or prometheus)" >&2
         exit 2
         ;;
     esac
@@ -112,7 +127,7 @@ pin() {
 }
 
 if [ "$#" -eq 0 ]; then
-    set -- kubernetes etcd helm helm-docs prometheus
+    set -- kubernetes etcd helm helm-docs external-dns prometheus
 fi
 for tool in "$@"; do
     pin "$tool"

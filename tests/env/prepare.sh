@@ -12,7 +12,8 @@
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
 #   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm helm-docs prometheus
-#           promtool cargo-fuzz cargo-deny pause busybox
+#           promtool external-dns cargo-fuzz cargo-deny pause busybox
+#   crds/   dnsendpoints.externaldns.k8s.io.yaml (external-dns' CRD, from its module)
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
 # <hash> is the first 12 hex digits of sha256(versions.env); tests/support computes the same path.
@@ -196,6 +197,20 @@ build_go_tools() {
     go_build helm-docs "$(component_dir helm-docs HELM_DOCS_VERSION)" helm-docs \
         github.com/norwoodj/helm-docs/cmd/helm-docs -ldflags="-s -w"
 
+    check_pinned external-dns sigs.k8s.io/external-dns "$EXTERNAL_DNS_VERSION"
+    local ecdir edir
+    ecdir="$(component_dir external-dns EXTERNAL_DNS_VERSION EXTERNAL_DNS_REPLACE)"
+    go_build external-dns "$ecdir" external-dns sigs.k8s.io/external-dns \
+        -ldflags="-s -w -X sigs.k8s.io/external-dns/pkg/apis/externaldns.Version=$EXTERNAL_DNS_VERSION"
+    # Its DNSEndpoint CRD, as external-dns publishes it, for the tests to install.
+    if [ ! -f "$ecdir/dnsendpoints.externaldns.k8s.io.yaml" ]; then
+        edir="$(cd "$here/go/external-dns" && go list -m -f '{{.Dir}}' sigs.k8s.io/external-dns)"
+        cp "$edir/config/crd/standard/dnsendpoints.externaldns.k8s.io.yaml" "$ecdir/" ||
+            die "external-dns $EXTERNAL_DNS_VERSION has no config/crd/standard/dnsendpoints.externaldns.k8s.io.yaml"
+    fi
+    mkdir -p "$dir/crds"
+    link "$ecdir/dnsendpoints.externaldns.k8s.io.yaml" "$dir/crds/dnsendpoints.externaldns.k8s.io.yaml"
+
     check_pinned prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
     local pver pflags
     # Go module v0.3XY.Z is Prometheus 3.XY.Z.
@@ -298,6 +313,30 @@ node_packages() {
     log "installed ${missing[*]} in $((SECONDS - t0))s"
 }
 
+# The DNS publishing test's authoritative server: Debian's BIND (named), started by the test on
+# loopback with its own config. Installing the package must not start the system service: where no
+# policy-rc.d forbids it already, one is put in place for the install only.
+dns_packages() {
+    if command -v named >/dev/null || [ -x /usr/sbin/named ]; then
+        log "ok      bind9 (named)"
+        return
+    fi
+    [ "$(id -u)" -eq 0 ] ||
+        die "the DNS publishing test needs Debian's bind9; install it as root: apt-get install -y bind9"
+    log "install bind9 (apt-get)"
+    local t0=$SECONDS policy=/usr/sbin/policy-rc.d ours=false
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=true
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bind9 >&2 ||
+        (DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bind9 >&2) ||
+        { $ours && rm -f "$policy"; die "apt-get install bind9 failed (see above)"; }
+    if $ours; then rm -f "$policy"; fi
+    [ -x /usr/sbin/named ] || die "/usr/sbin/named still missing after apt-get install bind9"
+    log "installed bind9 in $((SECONDS - t0))s"
+}
+
 # file_is_static PATH: an ELF executable with no program interpreter (no dynamic loader).
 file_is_static() {
     [ -x "$1" ] && ! od -An -c -N 4096 "$1" | tr -d ' \n' | grep -q 'ld-linux'
@@ -348,6 +387,7 @@ build_cargo_tools
 build_venv
 t_node=$SECONDS
 node_packages
+dns_packages
 build_busybox
 build_pause
 log "node    packages and pause ready in $((SECONDS - t_node))s"

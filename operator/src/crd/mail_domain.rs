@@ -1,6 +1,8 @@
 //! `MailDomain` (cluster-scoped): a sender domain, its DKIM key, the DNS records to publish and
 //! which namespaces' Relays may send as it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -58,6 +60,52 @@ pub struct MailDomainSpec {
     /// Which namespaces' Relays may send as this domain. Empty (the default) allows none.
     #[serde(default)]
     pub allowed_namespaces: AllowedNamespaces,
+    /// How the records get into DNS. Absent: the operator lists them in `status.dnsRecords` and
+    /// checks live DNS, and you publish them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSpec>,
+}
+
+/// How the records get into DNS.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsSpec {
+    /// Publish the records automatically. Absent (the default): publish them yourself from
+    /// `status.dnsRecords`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<DnsPublishSpec>,
+}
+
+/// Automatic publishing of the DKIM (every key a rotation needs), SPF and DMARC records.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsPublishSpec {
+    /// `externalDNS`: the operator keeps the records in a `DNSEndpoint`
+    /// (`externaldns.k8s.io/v1alpha1`, external-dns' CRD) named `dns-<MailDomain name>` in the
+    /// operator's namespace, and external-dns (`--source=crd`) writes them to your DNS provider.
+    /// See docs/dns.md for the external-dns flags this needs.
+    pub mode: DnsPublishMode,
+    /// TTL of the published records in seconds. Default 3600.
+    #[serde(default = "default_publish_ttl")]
+    #[schemars(range(min = 30, max = 604800))]
+    pub ttl_seconds: u32,
+    /// Labels on the DNSEndpoint, e.g. to match an external-dns `--label-filter`. The operator's
+    /// own labels (`app.kubernetes.io/managed-by`, `mailroom.dev/mail-domain`) win over these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations on the DNSEndpoint, e.g. to match an external-dns `--annotation-filter`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Where published records go.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DnsPublishMode {
+    /// A `DNSEndpoint` for external-dns.
+    #[serde(rename = "externalDNS")]
+    ExternalDns,
 }
 
 /// DKIM key settings.
@@ -237,6 +285,13 @@ pub struct DnsRecordStatus {
     /// previous key (keep it until `status.dkim.retiring.retireAt`, then remove it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// Default `spec.dns.publish.ttlSeconds`.
+pub const DEFAULT_PUBLISH_TTL: u32 = 3600;
+
+fn default_publish_ttl() -> u32 {
+    DEFAULT_PUBLISH_TTL
 }
 
 fn default_selector() -> String {

@@ -1,6 +1,7 @@
 //! The mailroom custom resources (`mailroom.dev/v1alpha1`) and `all()` for crdgen.
 
 mod dkim;
+mod dns_endpoint;
 mod mail_domain;
 mod refs;
 mod relay;
@@ -9,6 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use dkim::*;
+pub use dns_endpoint::*;
 pub use mail_domain::*;
 pub use refs::*;
 pub use relay::*;

@@ -3,6 +3,7 @@
 //! out its steps, build status from the answers (pure), patch it, then publish the events.
 
 mod keys;
+mod publish;
 mod report;
 mod status;
 
@@ -17,7 +18,7 @@ use self::status::Answers;
 use super::{Context, now, write_status};
 use crate::{
     Error, Result,
-    conditions::{self, Cond, DKIM_KEY_READY, READY},
+    conditions::{self, Cond, DKIM_KEY_READY, DNS_PUBLISHED, READY},
     crd::{MailDomain, MailDomainStatus},
     dkim::KeyPair,
     events::Notes,
@@ -124,6 +125,18 @@ async fn converge(
     }
     status.dns_records = built.dns_records;
     status.dkim = Some(built.dkim);
+    let mut set = built.conditions;
+    let was_publishing = conditions::get(&status.conditions, DNS_PUBLISHED).is_some();
+    let publishing = match publish::sync(md, ctx, &status.dns_records, was_publishing).await? {
+        publish::Published::Off => {
+            conditions::remove(&mut status.conditions, DNS_PUBLISHED);
+            false
+        }
+        publish::Published::On(cond) => {
+            set.push(cond);
+            true
+        }
+    };
     ctx.metrics.set_rotation(
         &name,
         &md.spec.domain,
@@ -131,9 +144,17 @@ async fn converge(
         plan.state.active_since.as_second(),
         plan.state.pending.as_ref().map(|k| k.created.as_second()),
     );
-    let wake = wake(ctx.settings.dns_recheck, plan.wake_at, t);
-    Ok((wake, built.conditions, plan.steps))
+    let mut wake = wake(ctx.settings.dns_recheck, plan.wake_at, t);
+    if publishing && status.dns_records.iter().any(|r| !r.verified) {
+        // external-dns publishes on its own schedule (`--interval`, 1 min by default); look
+        // sooner than the DNS recheck so that a rotation waiting for its record moves on.
+        wake = wake.min(PUBLISH_RECHECK);
+    }
+    Ok((wake, set, plan.steps))
 }
+
+/// How often DNS is asked while records the operator published are not served yet.
+const PUBLISH_RECHECK: Duration = Duration::from_secs(15);
 
 /// When to look again: at the DNS recheck interval, or sooner when the plan has a deadline.
 fn wake(recheck: Duration, wake_at: Option<Timestamp>, t: &Time) -> Duration {

@@ -14,6 +14,7 @@ fn spec() -> MailDomainSpec {
             report_email: Some("dmarc@example.com".into()),
         }),
         allowed_namespaces: AllowedNamespaces::default(),
+        dns: None,
     }
 }
 

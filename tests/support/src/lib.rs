@@ -19,6 +19,7 @@
 pub mod admission;
 pub mod certs;
 mod control_plane;
+pub mod external_dns;
 mod flags;
 pub mod hub;
 pub mod image;

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
 use crate::{
-    conditions::{self, Cond, DNS_VERIFIED, READY},
+    conditions::{self, Cond, DNS_PUBLISHED, DNS_VERIFIED, READY},
     crd::MailDomain,
     events::{Note, Reason},
     rotation::{self, Step},
@@ -15,7 +15,7 @@ use crate::{
 /// against `old` (`DkimKeyReady` changes are told by the key and rotation events), then one event
 /// per rotation step.
 pub fn notes(md: &MailDomain, old: &[Condition], set: &[Cond], steps: &[Step]) -> Vec<Note> {
-    let mut out = conditions::transitions(old, set, &[READY, DNS_VERIFIED]);
+    let mut out = conditions::transitions(old, set, &[READY, DNS_VERIFIED, DNS_PUBLISHED]);
     out.extend(steps.iter().map(|step| step_note(md, step)));
     out
 }

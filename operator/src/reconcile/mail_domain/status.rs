@@ -232,7 +232,14 @@ pub fn conditions(md: &MailDomain, state: &State, all_verified: bool) -> Vec<Con
             format!("MailDomain {name}: every record is in DNS"),
         )
     } else {
-        let msg = format!("MailDomain {name}: publish the records in status.dnsRecords");
+        let msg = if md.spec.dns.as_ref().is_some_and(|d| d.publish.is_some()) {
+            format!(
+                "MailDomain {name}: waiting for DNS to serve the records external-dns publishes from DNSEndpoint {}",
+                crate::publish::endpoint_name(&name)
+            )
+        } else {
+            format!("MailDomain {name}: publish the records in status.dnsRecords")
+        };
         Cond::no(DNS_VERIFIED, Reason::RecordsNotVerified, msg)
     };
     let ready = Cond::yes(

@@ -37,23 +37,44 @@ pub const NAMESPACE_RULES: &str = include_str!("../../../../operator/rbac/namesp
 
 /// Applies every CRD and waits until each is Established.
 pub async fn install_crds(client: &Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in crd::all() {
-        let name = crd.metadata.name.clone().context("crd name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply("mailroom-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        wait_for(&api, &name, |c: &CustomResourceDefinition| {
-            c.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
-        })
-        .await?;
+        apply_crd(client, &crd).await?;
     }
+    Ok(())
+}
+
+/// Applies external-dns' own DNSEndpoint CRD (copied from its module by tests/env/prepare.sh) and
+/// waits until it is Established.
+pub async fn install_external_dns_crd(client: &Client) -> Result<()> {
+    let path = crate::testenv::dir()?.join("crds/dnsendpoints.externaldns.k8s.io.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (external-dns' CRD): run `bash tests/env/prepare.sh` to build the test environment",
+            path.display()
+        )
+    })?;
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    apply_crd(client, &crd).await
+}
+
+/// Applies `crd` and waits until it is Established.
+pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().context("crd name")?;
+    api.patch(
+        &name,
+        &PatchParams::apply("mailroom-tests").force(),
+        &Patch::Apply(crd),
+    )
+    .await?;
+    wait_for(&api, &name, |c: &CustomResourceDefinition| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+    })
+    .await?;
     Ok(())
 }
 
@@ -214,7 +235,20 @@ pub async fn wait_for<K>(api: &Api<K>, name: &str, pred: impl Fn(&K) -> bool) ->
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_for_within(api, name, Duration::from_secs(60), pred).await
+}
+
+/// Polls `name` until `pred` holds, for at most `timeout`.
+pub async fn wait_for_within<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    pred: impl Fn(&K) -> bool,
+) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + timeout;
     let mut last = None;
     loop {
         if let Some(obj) = api.get_opt(name).await? {
