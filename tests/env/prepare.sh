@@ -12,7 +12,7 @@
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
 #   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm helm-docs prometheus
-#           promtool external-dns cargo-fuzz cargo-deny pause busybox
+#           promtool external-dns dashboard-check cargo-fuzz cargo-deny pause busybox
 #   crds/   dnsendpoints.externaldns.k8s.io.yaml (external-dns' CRD, from its module)
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
 #   env.sh  exports MAILROOM_TESTENV_DIR, MAILROOM_TESTENV_BIN, MAILROOM_TESTENV_PYTHON
@@ -210,6 +210,12 @@ build_go_tools() {
     fi
     mkdir -p "$dir/crds"
     link "$ecdir/dnsendpoints.externaldns.k8s.io.yaml" "$dir/crds/dnsendpoints.externaldns.k8s.io.yaml"
+
+    check_pinned dashboard-check github.com/grafana/grafana-foundation-sdk/go "$GRAFANA_FOUNDATION_SDK_VERSION"
+    local DASHBOARD_CHECK_SHA
+    DASHBOARD_CHECK_SHA="$(sha256sum "$here/go/dashboard-check/main.go" | cut -c1-16)"
+    go_build dashboard-check "$(component_dir dashboard-check GRAFANA_FOUNDATION_SDK_VERSION DASHBOARD_CHECK_SHA)" \
+        dashboard-check mailroom.dev/testenv/dashboard-check -ldflags="-s -w"
 
     check_pinned prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
     local pver pflags

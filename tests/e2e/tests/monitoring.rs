@@ -1,7 +1,8 @@
 //! The chart's monitoring with the real tools: the PrometheusRule passes `promtool check rules` and
 //! a promtool unit test per alert; every alert is documented and links its runbook; and a real
 //! Prometheus scraping a real sidecar and a real operator (installed with the chart, running with
-//! the chart's ServiceAccount and environment) returns data for every dashboard panel.
+//! the chart's ServiceAccount and environment) returns data for every dashboard panel; and the
+//! dashboard decodes strictly into Grafana's published dashboard types.
 
 use mailroom_e2e as common;
 
@@ -282,6 +283,49 @@ fn documented_metrics() -> Result<BTreeSet<String>> {
 /// scrapes both every second and loads the chart's rules. Then: `promtool check metrics` finds
 /// nothing in either `/metrics`, every panel query (variables substituted) returns data, every
 /// variable query returns its value, and no panel names a metric that is not exported.
+/// `dashboard-check` (tests/env/go/dashboard-check: grafana-foundation-sdk's Dashboard, strict, with
+/// every default panel and query plugin) accepts the chart's dashboard, and names the path of each
+/// mistake planted in a copy: so the check reads what Grafana reads, and can fail.
+#[test]
+fn dashboard_decodes_strictly_into_grafanas_published_types() -> Result<()> {
+    let path = chart().join("dashboards/mailroom.json");
+    let out = testenv::command("dashboard-check")?.arg(&path).output()?;
+    ensure!(
+        out.status.success(),
+        "dashboard-check rejects the chart's dashboard:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut bad: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let panels = bad["panels"].as_array_mut().context("panels")?;
+    let i = panels
+        .iter()
+        .position(|p| p["type"] == "timeseries")
+        .context("a timeseries panel")?;
+    let panel = &mut panels[i];
+    let grid = panel["gridPos"].take();
+    panel["gridPoss"] = grid;
+    panel["options"]["legend"]["showLegendd"] = json!(true);
+    panel["targets"][0]["exprr"] = panel["targets"][0]["expr"].clone();
+    bad["refresh"] = json!(30);
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("bad.json");
+    std::fs::write(&copy, serde_json::to_vec_pretty(&bad)?)?;
+    let out = testenv::command("dashboard-check")?.arg(&copy).output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    for want in [
+        format!("$.panels[{i}].gridPoss: unexpected field"),
+        format!("$.panels[{i}].options.legend.showLegendd: unexpected field"),
+        format!("$.panels[{i}].targets[0].exprr: unexpected field"),
+        "$.refresh: ".to_string(),
+    ] {
+        ensure!(report.contains(&want), "no `{want}` in:\n{report}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_dashboard_panel_returns_data_from_a_real_sidecar_and_operator() -> Result<()> {
     let bin = stack::build_binaries()?;
