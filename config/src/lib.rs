@@ -114,7 +114,7 @@ pub struct Config {
     /// Durable message store.
     pub spool: Spool,
     /// How mail leaves: a map with exactly one key, `smarthost`, `direct` or `capture`.
-    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[serde(with = "serde_yaml_ng::with::singleton_map")]
     pub delivery: Delivery,
     /// Retry schedule for deferred recipients.
     #[serde(default)]
@@ -417,7 +417,7 @@ impl Config {
 
     /// Parses and validates config text; `path` is used in error messages only.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
-        let de = serde_yaml::Deserializer::from_str(text);
+        let de = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| Error::Parse {
             path: path.to_owned(),
             field: e.path().to_string(),

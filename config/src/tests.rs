@@ -150,7 +150,7 @@ fn golden_files_load() {
     ] {
         let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
         // Every field the golden file sets survives a serialize/parse round trip.
-        let again = serde_yaml::to_string(&c).expect("serialize");
+        let again = serde_yaml_ng::to_string(&c).expect("serialize");
         assert_eq!(
             Config::parse(Path::new(name), &again).expect("reparse"),
             c,

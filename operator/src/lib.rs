@@ -111,7 +111,7 @@ pub enum Error {
     HubCertificate(String),
     /// Serializing the sidecar config failed.
     #[error("rendering the sidecar config failed: {0}")]
-    Render(#[source] serde_yaml::Error),
+    Render(#[source] serde_yaml_ng::Error),
     /// Converting one of our own objects to or from JSON failed. Never the user's doing (the
     /// types are ours), so it is transient rather than a spec error.
     #[error("{step} failed: {source}")]

@@ -146,8 +146,8 @@ fn load(dir: &Path) -> Result<(BTreeMap<String, MailDomain>, Vec<Relay>), Offlin
             path: path.clone(),
             message,
         };
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).map_err(|e| parse(e.to_string()))?;
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| parse(e.to_string()))?;
             match value.get("kind").and_then(|k| k.as_str()) {
                 Some("MailDomain") => {
                     let md: MailDomain = strict(value).map_err(parse)?;
@@ -167,7 +167,7 @@ fn load(dir: &Path) -> Result<(BTreeMap<String, MailDomain>, Vec<Relay>), Offlin
 
 /// `value` as a `T`, refusing fields `T` does not have: the apiserver would prune them (a typo
 /// such as `listenPrt` silently does nothing), and offline there is no schema to warn first.
-fn strict<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+fn strict<T: serde::de::DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, String> {
     let mut unknown = Vec::new();
     let t: T = serde_ignored::deserialize(value, |path| {
         let path = path.to_string();

@@ -129,7 +129,7 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
 
 /// The document as stored in the ConfigMap: a header comment, then YAML.
 pub fn to_yaml(relay: &Relay, config: &Config) -> Result<String> {
-    let body = serde_yaml::to_string(config).map_err(Error::Render)?;
+    let body = serde_yaml_ng::to_string(config).map_err(Error::Render)?;
     Ok(format!(
         "# Rendered by mailroom-operator from Relay {}/{}; do not edit (changes are overwritten).\n{body}",
         relay.namespace().unwrap_or_default(),

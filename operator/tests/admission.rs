@@ -266,7 +266,7 @@ fn api(client: kube::Client, kind: &str, ns: &str) -> Api<DynamicObject> {
 }
 
 fn object(kind: &str, name: &str, spec: &str) -> Result<DynamicObject> {
-    let spec: serde_json::Value = serde_yaml::from_str(spec)?;
+    let spec: serde_json::Value = serde_yaml_ng::from_str(spec)?;
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "mailroom.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec,
     }))?)
@@ -341,7 +341,7 @@ async fn examples_are_accepted() -> Result<()> {
         include_str!("../../examples/relay.yaml"),
         include_str!("../../examples/relay-direct.yaml"),
     ] {
-        for doc in serde_yaml::Deserializer::from_str(text) {
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
             let value = <serde_json::Value as serde::Deserialize>::deserialize(doc)?;
             let mut obj: DynamicObject = serde_json::from_value(value)?;
             let kind = obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();

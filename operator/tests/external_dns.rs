@@ -123,7 +123,7 @@ async fn external_dns_publishes_the_records_and_a_rotation_completes_on_its_own(
 
     // The domain is the zone apex: SPF lives at the apex, next to SOA and NS.
     let api: Api<MailDomain> = Api::all(env.admin.clone());
-    let spec: MailDomainSpec = serde_yaml::from_str(
+    let spec: MailDomainSpec = serde_yaml_ng::from_str(
         "domain: example.org
 dkim: {rotation: {periodSeconds: 45, graceSeconds: 5}}
 spf: {includes: [spf.provider.net], all: fail}

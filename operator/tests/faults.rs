@@ -169,7 +169,7 @@ impl Cluster {
         install_crds(&admin).await?;
         let op_ns = cp.new_namespace().await?;
         let ns = cp.new_namespace().await?;
-        let spec: MailDomainSpec = serde_yaml::from_str(&format!(
+        let spec: MailDomainSpec = serde_yaml_ng::from_str(&format!(
             "domain: shop.example.com\ndkim: {{algorithm: ed25519}}\nallowedNamespaces: {{names: [{ns}]}}"
         ))?;
         Api::<MailDomain>::all(admin.clone())
@@ -186,7 +186,7 @@ impl Cluster {
     }
 
     async fn create(&self, name: &str, max_recipients: u32) -> Result<()> {
-        let spec: RelaySpec = serde_yaml::from_str(&format!(
+        let spec: RelaySpec = serde_yaml_ng::from_str(&format!(
             "domains: [shop]\ndelivery: {{capture: {{}}}}\nlimits: {{maxRecipients: {max_recipients}}}"
         ))?;
         self.relays

@@ -51,7 +51,7 @@ async fn spec_hub_renders_a_restricted_hub_that_reports_its_readiness_and_goes_a
         "domain: shop.example.com\ndkim: {{algorithm: ed25519}}\nallowedNamespaces: {{names: [{ns}]}}"
     );
     domain(&env, "shop", &allowed).await?;
-    let spec: RelaySpec = serde_yaml::from_str(
+    let spec: RelaySpec = serde_yaml_ng::from_str(
         "domains: [shop]
 delivery:
   smarthost: {host: smtp.provider.net, port: 587}

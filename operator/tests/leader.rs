@@ -30,7 +30,7 @@ async fn holder(api: &Api<Lease>, want: impl Fn(Option<&str>) -> bool) -> Result
 }
 
 async fn create_ready(api: &Api<MailDomain>, name: &str) -> Result<()> {
-    let spec: MailDomainSpec = serde_yaml::from_str(&format!(
+    let spec: MailDomainSpec = serde_yaml_ng::from_str(&format!(
         "domain: {name}.example.com\ndkim: {{algorithm: ed25519}}"
     ))?;
     api.create(&PostParams::default(), &MailDomain::new(name, spec))

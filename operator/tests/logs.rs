@@ -28,7 +28,8 @@ async fn every_json_log_line_is_one_object_without_repeated_keys() -> Result<()>
     let mut op = Operator::spawn_with_env(&cp, &ns, "op-json", &[("OPERATOR_LOG_FORMAT", "json")])?;
 
     let domains: Api<MailDomain> = Api::all(admin.clone());
-    let spec: MailDomainSpec = serde_yaml::from_str("domain: logs.example.com\ndkim: {algorithm: ed25519}")?;
+    let spec: MailDomainSpec =
+        serde_yaml_ng::from_str("domain: logs.example.com\ndkim: {algorithm: ed25519}")?;
     domains
         .create(&PostParams::default(), &MailDomain::new("logs", spec))
         .await?;
@@ -39,7 +40,7 @@ async fn every_json_log_line_is_one_object_without_repeated_keys() -> Result<()>
     })
     .await?;
     let relays: Api<Relay> = Api::namespaced(admin.clone(), &ns);
-    let spec: RelaySpec = serde_yaml::from_str("domains: [nope]\ndelivery: {capture: {}}")?;
+    let spec: RelaySpec = serde_yaml_ng::from_str("domains: [nope]\ndelivery: {capture: {}}")?;
     relays
         .create(&PostParams::default(), &Relay::new("missing", spec))
         .await?;

@@ -17,7 +17,7 @@ use mailroom_operator::crd::{MailDomain, MailDomainSpec};
 use mailroom_test_support::testenv;
 
 fn domain(name: &str, yaml: &str) -> Result<MailDomain> {
-    let spec: MailDomainSpec = serde_yaml::from_str(yaml)?;
+    let spec: MailDomainSpec = serde_yaml_ng::from_str(yaml)?;
     Ok(MailDomain::new(name, spec))
 }
 

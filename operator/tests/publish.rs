@@ -32,7 +32,7 @@ async fn records_are_handed_to_external_dns_in_a_dns_endpoint() -> Result<()> {
     ])
     .await?;
     let api: Api<MailDomain> = Api::all(env.admin.clone());
-    let spec: MailDomainSpec = serde_yaml::from_str(
+    let spec: MailDomainSpec = serde_yaml_ng::from_str(
         "domain: shop.example.com
 spf: {includes: [spf.provider.net]}
 dmarc: {policy: quarantine}

@@ -31,7 +31,7 @@ fn reason_is(want: &'static str) -> impl Fn(&Relay) -> bool {
 }
 
 async fn relay(env: &Env, ns: &str, name: &str, yaml: &str) -> Result<Api<Relay>> {
-    let spec: RelaySpec = serde_yaml::from_str(yaml)?;
+    let spec: RelaySpec = serde_yaml_ng::from_str(yaml)?;
     let api: Api<Relay> = Api::namespaced(env.admin.clone(), ns);
     api.create(&PostParams::default(), &Relay::new(name, spec))
         .await?;

@@ -141,7 +141,7 @@ async fn signing_switches_only_after_the_new_record_resolves_and_the_old_key_ret
     let api: Api<MailDomain> = Api::all(env.admin.clone());
     // A year-long period: the rotation is started by hand; the grace is 3 seconds. RSA, because
     // dkimpy reads Ed25519 keys only in its own raw format.
-    let spec: MailDomainSpec = serde_yaml::from_str(&format!(
+    let spec: MailDomainSpec = serde_yaml_ng::from_str(&format!(
         "domain: {DOMAIN}
 dkim: {{algorithm: rsa-2048, rotation: {{periodSeconds: 31536000, graceSeconds: 3}}}}
 allowedNamespaces: {{names: [{ns}]}}"
@@ -154,7 +154,7 @@ allowedNamespaces: {{names: [{ns}]}}"
     assert!(first.next_rotation.is_some(), "{first:?}");
     dns.serve(&zone(&records(&md)))?;
 
-    let relay: RelaySpec = serde_yaml::from_str("domains: [rot]\ndelivery: {capture: {}}")?;
+    let relay: RelaySpec = serde_yaml_ng::from_str("domains: [rot]\ndelivery: {capture: {}}")?;
     Api::<Relay>::namespaced(env.admin.clone(), &ns)
         .create(&PostParams::default(), &Relay::new("outbound", relay))
         .await?;
@@ -334,7 +334,7 @@ async fn a_period_starts_a_rotation_and_removing_it_cancels_the_pending_key() ->
     ])
     .await?;
     let api: Api<MailDomain> = Api::all(env.admin.clone());
-    let spec: MailDomainSpec = serde_yaml::from_str(&format!(
+    let spec: MailDomainSpec = serde_yaml_ng::from_str(&format!(
         "domain: {DOMAIN}\ndkim: {{algorithm: ed25519, rotation: {{periodSeconds: 2}}}}"
     ))?;
     api.create(&PostParams::default(), &MailDomain::new("rot", spec))

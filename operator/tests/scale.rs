@@ -195,7 +195,7 @@ async fn create_all(client: &Client, cp: &ControlPlane, size: Size) -> Result<Ve
         .map(|i| {
             let domains = domains.clone();
             async move {
-                let spec: MailDomainSpec = serde_yaml::from_str(&format!(
+                let spec: MailDomainSpec = serde_yaml_ng::from_str(&format!(
                     "domain: d{i}.scale.example\nallowedNamespaces:\n  selector:\n    matchLabels: {{mailroom-scale: \"yes\"}}"
                 ))?;
                 domains.create(&PostParams::default(), &MailDomain::new(&format!("md-{i}"), spec)).await?;
@@ -213,7 +213,7 @@ async fn create_all(client: &Client, cp: &ControlPlane, size: Size) -> Result<Ve
                 // Even Relays also send as md-0 (half of all Relays depend on it).
                 let own = 1 + i % (size.domains - 1);
                 let doms = if i % 2 == 0 { format!("[md-0, md-{own}]") } else { format!("[md-{own}]") };
-                let spec: RelaySpec = serde_yaml::from_str(&format!(
+                let spec: RelaySpec = serde_yaml_ng::from_str(&format!(
                     "domains: {doms}\ndelivery:\n  smarthost: {{host: smtp.scale.example, port: 587, tls: starttls}}"
                 ))?;
                 relays.create(&PostParams::default(), &Relay::new(&format!("r-{i}"), spec)).await?;

@@ -95,7 +95,7 @@ async fn a_shadow_copy_goes_to_the_hub_as_one_pipelined_bdat() {
             key_file: ca.key.clone(),
         },
     ));
-    let handoff: Handoff = serde_yaml::from_str(&format!(
+    let handoff: Handoff = serde_yaml_ng::from_str(&format!(
         "host: 127.0.0.1\nport: {port}\ncaFile: {}\nusernameFile: {}\npasswordFile: {}\n",
         ca.ca.display(),
         user.display(),

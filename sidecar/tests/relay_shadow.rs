@@ -60,12 +60,12 @@ impl Cluster {
         let client = cp.client().await?;
         let create = PostParams::default();
         Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .create(&create, &serde_yaml::from_str("metadata: {name: hub}")?)
+            .create(&create, &serde_yaml_ng::from_str("metadata: {name: hub}")?)
             .await?;
         Api::<Role>::namespaced(client.clone(), &ns)
             .create(
                 &create,
-                &serde_yaml::from_str(
+                &serde_yaml_ng::from_str(
                     "metadata: {name: hub}\nrules: [{apiGroups: [''], resources: [pods], verbs: [list]}]",
                 )?,
             )
@@ -73,7 +73,7 @@ impl Cluster {
         Api::<RoleBinding>::namespaced(client.clone(), &ns)
             .create(
                 &create,
-                &serde_yaml::from_str(&format!(
+                &serde_yaml_ng::from_str(&format!(
                     "metadata: {{name: hub}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: hub}}\n\
                      subjects: [{{kind: ServiceAccount, name: hub, namespace: {ns}}}]"
                 ))?,
@@ -86,7 +86,7 @@ impl Cluster {
 
     /// Creates app pod `name` (labelled as the webhook labels a hub client); its UID.
     fn app_pod(&self, name: &str) -> String {
-        let pod: Pod = serde_yaml::from_str(&format!(
+        let pod: Pod = serde_yaml_ng::from_str(&format!(
             "metadata: {{name: {name}, labels: {{mailroom.dev/hub-client: outbound}}}}
 spec:
   automountServiceAccountToken: false

@@ -598,7 +598,7 @@ mod tests {
         assert_eq!(hub.retry, sidecar.retry, "and its retries and expiry");
         assert_eq!(hub.spool.max_bytes, (1024.0 * 1024.0 * 1024.0 * 0.8) as u64);
         // What the sidecar binary loads: the YAML round-trips through the config crate.
-        let yaml = serde_yaml::to_string(&hub).expect("yaml");
+        let yaml = serde_yaml_ng::to_string(&hub).expect("yaml");
         let back = Config::parse(std::path::Path::new("hub.yaml"), &yaml).expect("the sidecar loads it");
         assert_eq!(back, hub);
     }

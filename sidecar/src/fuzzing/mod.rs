@@ -19,7 +19,7 @@ pub fn config_parse(text: &str) {
     match Config::parse(path, text) {
         Ok(config) => {
             assert!(config.validate().is_empty(), "accepted config has problems");
-            let yaml = serde_yaml::to_string(&config).expect("a parsed config serializes");
+            let yaml = serde_yaml_ng::to_string(&config).expect("a parsed config serializes");
             let again = Config::parse(path, &yaml).unwrap_or_else(|e| {
                 panic!("accepted config does not parse back: {e}\n--- serialized ---\n{yaml}")
             });

@@ -72,7 +72,7 @@ pub fn template(release: &str, namespace: &str, args: &[&str]) -> Result<String>
 /// The non-empty YAML documents of a multi-document text, as JSON values.
 pub fn documents(yaml: &str) -> Result<Vec<Value>> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
         let value: Value = serde::Deserialize::deserialize(doc)?;
         if !value.is_null() {
             docs.push(value);

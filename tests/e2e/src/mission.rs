@@ -195,7 +195,7 @@ impl Mission {
     /// Creates pod `name` asking for `relay` (label `mailroom.dev/relay`), then does what the
     /// kubelet would for its injected sidecar: writes its mounted files and runs its command.
     pub async fn run_pod(&self, name: &str, relay: &str) -> Result<AppPod> {
-        let pod: Pod = serde_yaml::from_str(&format!(
+        let pod: Pod = serde_yaml_ng::from_str(&format!(
             "metadata: {{name: {name}, labels: {{app: shop, mailroom.dev/relay: {relay}}}}}
 spec:
   containers:

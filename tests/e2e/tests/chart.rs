@@ -253,7 +253,7 @@ fn template_renders_defaults_and_every_toggle() -> Result<()> {
 /// context (passed to the webhook, which puts them on each pod).
 #[test]
 fn knobs_reach_the_objects() -> Result<()> {
-    let chart_yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml"))?)?;
+    let chart_yaml: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(chart().join("Chart.yaml"))?)?;
     let version = chart_yaml["appVersion"].as_str().context("appVersion")?;
     let image = |name: &str| format!("{name}:{version}");
     let defaults = documents(&template("mailroom", "mailroom-system", &[])?)?;
@@ -385,10 +385,10 @@ fn cluster_role_is_exactly_the_operator_rules() -> Result<()> {
     let docs = documents(&template("mailroom", "mailroom-system", &[])?)?;
     let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole", Some("mailroom"))?.clone())?;
     let want: Vec<PolicyRule> =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("operator/rbac/rules.yaml"))?)?;
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo().join("operator/rbac/rules.yaml"))?)?;
     assert_eq!(role.rules, Some(want));
     let role: Role = serde_json::from_value(find(&docs, "Role", Some("mailroom"))?.clone())?;
-    let want: Vec<PolicyRule> = serde_yaml::from_str(&std::fs::read_to_string(
+    let want: Vec<PolicyRule> = serde_yaml_ng::from_str(&std::fs::read_to_string(
         repo().join("operator/rbac/namespace-rules.yaml"),
     )?)?;
     assert_eq!(role.rules, Some(want));

@@ -100,7 +100,7 @@ fn alerts_can_be_dropped_retimed_and_relabelled() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("rules.yaml");
-    std::fs::write(&file, serde_yaml::to_string(&tuned)?)?;
+    std::fs::write(&file, serde_yaml_ng::to_string(&tuned)?)?;
     let out = run(testenv::command("promtool")?.args(["check", "rules"]).arg(&file))?;
     ensure!(out.contains("SUCCESS"), "{out}");
 
@@ -164,11 +164,11 @@ fn rules_pass_promtool_check_and_a_unit_test_per_alert() -> Result<()> {
     let (operator, sidecar): (Vec<&Value>, Vec<&Value>) =
         groups.iter().partition(|g| g["name"] == OPERATOR_GROUP);
     let rules = dir.path().join("files/prometheus-rules.yaml");
-    std::fs::write(&rules, serde_yaml::to_string(&json!({ "groups": sidecar }))?)?;
+    std::fs::write(&rules, serde_yaml_ng::to_string(&json!({ "groups": sidecar }))?)?;
     let operator_rules = dir.path().join("files/prometheus-rules-operator.yaml");
     std::fs::write(
         &operator_rules,
-        serde_yaml::to_string(&json!({ "groups": operator }))?,
+        serde_yaml_ng::to_string(&json!({ "groups": operator }))?,
     )?;
     let tests = std::fs::read_to_string(chart().join("tests/alerts.test.yaml"))?;
     std::fs::write(dir.path().join("tests/alerts.test.yaml"), &tests)?;
@@ -184,7 +184,7 @@ fn rules_pass_promtool_check_and_a_unit_test_per_alert() -> Result<()> {
     ensure!(out.contains("SUCCESS"), "{out}");
 
     // Every alert has a case where it fires (exp_alerts) and one where it stays quiet.
-    let test_doc: Value = serde_yaml::from_str(&tests)?;
+    let test_doc: Value = serde_yaml_ng::from_str(&tests)?;
     let mut fires = BTreeSet::new();
     let mut quiet = BTreeSet::new();
     for group in test_doc["tests"].as_array().into_iter().flatten() {

@@ -42,12 +42,12 @@ pub(crate) fn document(server: &str, ca_pem: &str, user: &str, creds: Credential
 
 /// Parses a document from `document` into kube's type.
 pub(crate) fn parse(doc: &Value) -> Result<Kubeconfig> {
-    let yaml = serde_yaml::to_string(doc)?;
+    let yaml = serde_yaml_ng::to_string(doc)?;
     Kubeconfig::from_yaml(&yaml).context("parsing generated kubeconfig")
 }
 
 /// Writes a document from `document` as YAML to `path`.
 pub(crate) fn write(doc: &Value, path: &Path) -> Result<()> {
-    let yaml = serde_yaml::to_string(doc)?;
+    let yaml = serde_yaml_ng::to_string(doc)?;
     std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))
 }

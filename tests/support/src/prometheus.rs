@@ -32,14 +32,14 @@ impl Prometheus {
     /// PrometheusRule's `spec`), scraping and evaluating every second.
     pub fn start(dir: &Path, jobs: &[Value], rules: &Value) -> Result<Self> {
         let rule_file = dir.join("rules.yaml");
-        std::fs::write(&rule_file, serde_yaml::to_string(rules)?)?;
+        std::fs::write(&rule_file, serde_yaml_ng::to_string(rules)?)?;
         let config = json!({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [rule_file],
             "scrape_configs": jobs,
         });
         let config_file = dir.join("prometheus.yml");
-        std::fs::write(&config_file, serde_yaml::to_string(&config)?)?;
+        std::fs::write(&config_file, serde_yaml_ng::to_string(&config)?)?;
         let mut proc = Proc::spawn(
             "prometheus",
             testenv::command("prometheus")?

@@ -13,7 +13,7 @@ fn settings() -> WebhookSettings {
 }
 
 fn pod(yaml: &str) -> Pod {
-    serde_yaml::from_str(yaml).expect("pod yaml")
+    serde_yaml_ng::from_str(yaml).expect("pod yaml")
 }
 
 const APP: &str = "

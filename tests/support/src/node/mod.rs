@@ -341,7 +341,7 @@ impl Node {
         )?;
         std::fs::write(
             dir.join("kubelet.yaml"),
-            serde_yaml::to_string(&config::kubelet(layout))?,
+            serde_yaml_ng::to_string(&config::kubelet(layout))?,
         )?;
         // Pods' DNS: the node's gateway, where a test's DNS server can listen.
         std::fs::write(dir.join("resolv.conf"), format!("nameserver {}\n", self.gateway))?;

@@ -54,7 +54,7 @@ pub async fn install_external_dns_crd(client: &Client) -> Result<()> {
         )
     })?;
     let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     apply_crd(client, &crd).await
 }
 
@@ -92,7 +92,7 @@ pub async fn operator_client(cp: &ControlPlane, namespace: &str) -> Result<Clien
     Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
         .create(&PostParams::default(), &sa)
         .await?;
-    let rules: Vec<PolicyRule> = serde_yaml::from_str(RULES)?;
+    let rules: Vec<PolicyRule> = serde_yaml_ng::from_str(RULES)?;
     let role_name = format!("mailroom-operator-{namespace}");
     let role = ClusterRole {
         metadata: ObjectMeta {
@@ -132,7 +132,7 @@ pub async fn operator_client(cp: &ControlPlane, namespace: &str) -> Result<Clien
     };
     let role = Role {
         metadata: meta.clone(),
-        rules: Some(serde_yaml::from_str(NAMESPACE_RULES)?),
+        rules: Some(serde_yaml_ng::from_str(NAMESPACE_RULES)?),
     };
     Api::<Role>::namespaced(admin.clone(), namespace)
         .create(&PostParams::default(), &role)

@@ -52,7 +52,7 @@ pub fn registration(name: &str, namespace: &str, url: &str) -> Result<MutatingWe
         .replace("${FAILURE_POLICY}", "Fail")
         .replace("${TIMEOUT_SECONDS}", "10");
     assert!(!text.contains("${"), "unfilled placeholder in {text}");
-    let mut config: MutatingWebhookConfiguration = serde_yaml::from_str(&text)?;
+    let mut config: MutatingWebhookConfiguration = serde_yaml_ng::from_str(&text)?;
     for webhook in config.webhooks.iter_mut().flatten() {
         webhook.client_config.service = None;
         webhook.client_config.url = Some(url.into());
@@ -175,12 +175,12 @@ spec:
     image: registry.invalid/app:1
     securityContext: {container_ctx}"
     );
-    Ok(serde_yaml::from_str(&yaml)?)
+    Ok(serde_yaml_ng::from_str(&yaml)?)
 }
 
 /// Creates MailDomain `name` from `yaml` and waits until it is Ready.
 pub async fn domain(env: &Env, name: &str, yaml: &str) -> Result<MailDomain> {
-    let spec: MailDomainSpec = serde_yaml::from_str(yaml)?;
+    let spec: MailDomainSpec = serde_yaml_ng::from_str(yaml)?;
     let api: Api<MailDomain> = Api::all(env.admin.clone());
     api.create(&PostParams::default(), &MailDomain::new(name, spec))
         .await?;
@@ -194,7 +194,7 @@ pub async fn domain(env: &Env, name: &str, yaml: &str) -> Result<MailDomain> {
 
 /// Creates Relay `ns/name` from `yaml` and waits until its Ready reason is `reason`.
 pub async fn relay(env: &Env, ns: &str, name: &str, yaml: &str, reason: &str) -> Result<Relay> {
-    let spec: RelaySpec = serde_yaml::from_str(yaml)?;
+    let spec: RelaySpec = serde_yaml_ng::from_str(yaml)?;
     let api: Api<Relay> = Api::namespaced(env.admin.clone(), ns);
     api.create(&PostParams::default(), &Relay::new(name, spec))
         .await?;
