@@ -263,3 +263,25 @@ fn a_retiring_key_keeps_dkim_key_ready_true_with_key_rotated() {
     assert_eq!(conds[0].reason, Reason::KeyRotated);
     assert!(conds[0].message.contains("shop"), "{}", conds[0].message);
 }
+
+#[test]
+fn unverified_records_point_at_the_dns_endpoint_when_external_dns_publishes() {
+    let f = fixture(false);
+    let by_hand = conditions(&f.md, &f.state, false);
+    assert!(
+        by_hand[1]
+            .message
+            .contains("publish the records in status.dnsRecords"),
+        "{}",
+        by_hand[1].message
+    );
+    let md = f.md.clone().publishing();
+    let published = conditions(&md, &f.state, false);
+    assert_eq!((published[1].type_, published[1].status), (DNS_VERIFIED, false));
+    assert!(
+        published[1].message.contains("DNSEndpoint dns-shop")
+            && !published[1].message.contains("publish the records"),
+        "{}",
+        published[1].message
+    );
+}
