@@ -9,7 +9,7 @@ use mailroom_test_support::operator as common;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use common::{Env, ready, wait_for_within};
+use common::{Env, wait_for_within};
 use k8s_openapi::api::{
     core::v1::{Secret, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
@@ -22,18 +22,10 @@ use mailroom_operator::crd::{DNSEndpoint, MailDomain, MailDomainSpec};
 use mailroom_test_support::{
     external_dns::{self, Bind},
     stack::eventually,
-    testenv,
 };
 
 fn condition(md: &MailDomain, type_: &str) -> String {
-    ready(
-        &md.status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default(),
-        type_,
-    )
-    .0
+    common::domain_condition(md, type_).0
 }
 
 /// dkimpy signs a message with the key in `secret` and verifies it against BIND.
@@ -45,25 +37,7 @@ async fn dkimpy_verifies(env: &Env, bind: &Bind, secret: &str, selector: &str) -
         .data
         .and_then(|d| d.get("private.pem").cloned())
         .context("private.pem")?;
-    let key_file = tempfile::NamedTempFile::new()?;
-    std::fs::write(key_file.path(), &pem.0)?;
-    let out = std::process::Command::new(testenv::python()?)
-        .arg("-c")
-        .arg(common::DKIMPY_SIGN_VERIFY)
-        .args([
-            key_file.path().to_str().context("path")?,
-            selector,
-            "example.org",
-            &bind.port.to_string(),
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "dkimpy ({selector}): {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    common::dkimpy_sign_verify(&pem.0, selector, "example.org", bind.port)
 }
 
 /// ServiceAccount `external-dns` in `ns` with the ClusterRole docs/dns.md lists; its kubeconfig.

@@ -4,8 +4,6 @@
 
 use mailroom_test_support::operator as common;
 
-use std::process::Command;
-
 use anyhow::{Context as _, Result, ensure};
 use common::{DnsServer, Env, ready, wait_for};
 use k8s_openapi::api::core::v1::Secret;
@@ -14,7 +12,6 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use mailroom_operator::crd::{MailDomain, MailDomainSpec};
-use mailroom_test_support::testenv;
 
 fn domain(name: &str, yaml: &str) -> Result<MailDomain> {
     let spec: MailDomainSpec = serde_yaml_ng::from_str(yaml)?;
@@ -175,24 +172,7 @@ dmarc: {policy: reject, reportEmail: dmarc@shop.example.com}";
         .data
         .and_then(|d| d.get("private.pem").cloned())
         .context("private.pem")?;
-    let key_file = tempfile::NamedTempFile::new()?;
-    std::fs::write(key_file.path(), &pem.0)?;
-    let verify = Command::new(testenv::python()?)
-        .arg("-c")
-        .arg(common::DKIMPY_SIGN_VERIFY)
-        .args([
-            key_file.path().to_str().context("path")?,
-            "s2026",
-            "shop.example.com",
-            &dns.port.to_string(),
-        ])
-        .output()?;
-    assert!(
-        verify.status.success(),
-        "dkimpy: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    common::dkimpy_sign_verify(&pem.0, "s2026", "shop.example.com", dns.port)?;
 
     // Records disappear: DnsVerified turns False again.
     dns.serve(&[])?;

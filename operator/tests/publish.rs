@@ -7,7 +7,7 @@
 use mailroom_test_support::operator as common;
 
 use anyhow::{Context as _, Result, ensure};
-use common::{DnsServer, Env, ready, wait_for};
+use common::{DnsServer, Env, wait_for};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -15,13 +15,7 @@ use kube::{
 use mailroom_operator::crd::{DNSEndpoint, MailDomain, MailDomainSpec};
 
 fn condition(md: &MailDomain, type_: &str) -> (String, String) {
-    ready(
-        &md.status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default(),
-        type_,
-    )
+    common::domain_condition(md, type_)
 }
 
 #[tokio::test]

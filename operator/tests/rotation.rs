@@ -6,9 +6,7 @@
 
 use mailroom_test_support::operator as common;
 
-use std::process::Command;
-
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 use common::{DnsServer, Env, sidecar, wait_for, wait_gone};
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Secret},
@@ -19,7 +17,6 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use mailroom_operator::crd::{DnsRecordStatus, MailDomain, MailDomainSpec, Relay, RelaySpec, RotationPhase};
-use mailroom_test_support::testenv;
 
 const DOMAIN: &str = "rot.example.com";
 
@@ -97,25 +94,7 @@ async fn key_secrets(env: &Env) -> Result<Vec<String>> {
 
 /// dkimpy signs with `pem` under `selector` and verifies through the DNS server.
 fn dkimpy_verifies(pem: &[u8], selector: &str, dns: &DnsServer) -> Result<()> {
-    let key_file = tempfile::NamedTempFile::new()?;
-    std::fs::write(key_file.path(), pem)?;
-    let out = Command::new(testenv::python()?)
-        .arg("-c")
-        .arg(common::DKIMPY_SIGN_VERIFY)
-        .args([
-            key_file.path().to_str().context("path")?,
-            selector,
-            DOMAIN,
-            &dns.port.to_string(),
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "dkimpy: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    common::dkimpy_sign_verify(pem, selector, DOMAIN, dns.port)
 }
 
 fn record_value(md: &MailDomain, name: &str) -> Result<String> {

@@ -314,6 +314,41 @@ print("verified" if ok else "NOT verified")
 sys.exit(0 if ok else 1)
 "#;
 
+/// dkimpy signs a message for `domain` with the PKCS#8 PEM key `pem` under `selector`, and
+/// verifies it against the DNS server at 127.0.0.1:`dns_port` ([`DKIMPY_SIGN_VERIFY`]).
+pub fn dkimpy_sign_verify(pem: &[u8], selector: &str, domain: &str, dns_port: u16) -> Result<()> {
+    let key_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(key_file.path(), pem)?;
+    let out = std::process::Command::new(crate::testenv::python()?)
+        .arg("-c")
+        .arg(DKIMPY_SIGN_VERIFY)
+        .args([
+            key_file.path().to_str().context("temp path is not UTF-8")?,
+            selector,
+            domain,
+            &dns_port.to_string(),
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "dkimpy ({selector}._domainkey.{domain}): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Status and reason of condition `type_` of a MailDomain (empty strings when absent).
+pub fn domain_condition(md: &mailroom_operator::crd::MailDomain, type_: &str) -> (String, String) {
+    ready(
+        &md.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+        type_,
+    )
+}
+
 /// A Secret named `name` with these keys and (UTF-8) values.
 pub fn secret(name: &str, data: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Secret {
     k8s_openapi::api::core::v1::Secret {
