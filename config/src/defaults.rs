@@ -14,6 +14,9 @@ pub(super) fn default_listen_addr() -> SocketAddr {
 pub(super) fn default_admin_addr() -> SocketAddr {
     DEFAULT_ADMIN_ADDR.parse().expect("constant address parses")
 }
+pub(super) fn default_queue_api_addr() -> SocketAddr {
+    DEFAULT_QUEUE_API_ADDR.parse().expect("constant address parses")
+}
 pub(super) fn default_max_message_bytes() -> u64 {
     25 * 1024 * 1024
 }
@@ -101,6 +104,7 @@ impl Default for Admin {
     fn default() -> Self {
         Self {
             address: default_admin_addr(),
+            queue_api_address: default_queue_api_addr(),
         }
     }
 }

@@ -34,6 +34,8 @@ pub const KIND: &str = "SidecarConfig";
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:2525";
 /// Default admin (metrics, probes) address.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9465";
+/// Default queue API address (always loopback).
+pub const DEFAULT_QUEUE_API_ADDR: &str = "127.0.0.1:9466";
 
 /// Errors loading or validating a config file.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,10 @@ pub struct Admin {
     /// Address of `/metrics`, `/livez`, `/readyz`. Default `127.0.0.1:9465`.
     #[serde(default = "default_admin_addr")]
     pub address: SocketAddr,
+    /// Address of the queue API (`mailroom-sidecar queue ...`, docs/operations.md "Day two").
+    /// Loopback only: it can read envelopes and delete mail. Default `127.0.0.1:9466`.
+    #[serde(default = "default_queue_api_addr")]
+    pub queue_api_address: SocketAddr,
 }
 
 /// What to do with a bare CR or LF inside DATA (RFC 5321 2.3.8).

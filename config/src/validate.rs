@@ -44,6 +44,15 @@ impl Config {
                 ),
             );
         }
+        if !self.admin.queue_api_address.ip().is_loopback() {
+            bad(
+                "admin.queueApiAddress",
+                format!(
+                    "{} is not a loopback address; the queue API can read envelopes and delete mail, so it only listens on loopback (use kubectl exec)",
+                    self.admin.queue_api_address
+                ),
+            );
+        }
         if self.listen.auth.is_some() && self.listen.tls.is_none() {
             bad(
                 "listen.auth",

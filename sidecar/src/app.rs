@@ -67,6 +67,7 @@ pub struct App {
     delivery: Arc<Delivery>,
     listener: TcpListener,
     admin: TcpListener,
+    queue_api: TcpListener,
 }
 
 impl App {
@@ -95,6 +96,7 @@ impl App {
         rate.set(config.limits.rate_per_minute);
         let listener = bind(config.listen.address).await?;
         let admin = bind(config.admin.address).await?;
+        let queue_api = bind(config.admin.queue_api_address).await?;
         tracing::info!(messages = found.len(), "spool replayed");
         Ok(Self {
             settings,
@@ -107,6 +109,7 @@ impl App {
             delivery,
             listener,
             admin,
+            queue_api,
         })
     }
 
@@ -118,6 +121,13 @@ impl App {
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin.local_addr().unwrap_or(self.config.admin.address)
+    }
+
+    /// The bound queue API address.
+    pub fn queue_api_addr(&self) -> SocketAddr {
+        self.queue_api
+            .local_addr()
+            .unwrap_or(self.config.admin.queue_api_address)
     }
 
     /// The metrics registry (for tests).
@@ -149,6 +159,7 @@ impl App {
                 stop_rx.clone(),
             ))
         });
+        let mut api_stop_rx = stop_rx.clone();
         let admin_stop = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
@@ -174,8 +185,17 @@ impl App {
             self.metrics.clone(),
             inbound_stopped,
         ));
-        let runner = Runner::new(self.spool.clone(), delivery_rx, self.metrics.clone(), self.found);
+        let mut runner = Runner::new(self.spool.clone(), delivery_rx, self.metrics.clone(), self.found);
         let stats = runner.stats();
+        let queue_api = tokio::spawn(crate::control::server::serve(
+            self.queue_api,
+            runner.control(),
+            self.spool.clone(),
+            self.metrics.clone(),
+            async move {
+                let _ = api_stop_rx.wait_for(|s| *s).await;
+            },
+        ));
         let runner = tokio::spawn(runner.run(self.arrivals, drain_rx));
         let reload = tokio::spawn(crate::reload::watch(
             self.settings.clone(),
@@ -196,6 +216,7 @@ impl App {
             runner,
             reload,
             admin,
+            queue_api,
             drain_tx,
             stop_tx,
             drain: self.settings.drain,
@@ -219,6 +240,7 @@ pub struct Running {
     runner: JoinHandle<()>,
     reload: JoinHandle<()>,
     admin: JoinHandle<std::io::Result<()>>,
+    queue_api: JoinHandle<std::io::Result<()>>,
     drain_tx: watch::Sender<Phase>,
     stop_tx: watch::Sender<bool>,
     drain: Duration,
@@ -342,6 +364,7 @@ impl Running {
         }
         let _ = self.stop_tx.send(true);
         let _ = self.admin.await;
+        let _ = self.queue_api.await;
         report
     }
 }

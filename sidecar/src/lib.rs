@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod control;
 pub mod dkim;
 pub mod dsn;
 #[cfg(feature = "testing")]

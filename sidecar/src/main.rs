@@ -5,6 +5,7 @@ use clap::Parser;
 use mailroom_sidecar::{
     app::App,
     config::Config,
+    control::cli,
     settings::{Env, LogFormat, Settings},
     shutdown,
 };
@@ -33,7 +34,11 @@ ENVIRONMENT:\n    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, 
 SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
 )]
 #[group(id = "mode", multiple = false)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// See and steer a running sidecar's queue (docs/operations.md "Day two").
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Run with FILE instead of SIDECAR_CONFIG_PATH.
     #[arg(long, value_name = "FILE", group = "mode")]
     config: Option<PathBuf>,
@@ -45,6 +50,25 @@ struct Cli {
     /// exist here).
     #[arg(long, value_name = "FILE", group = "mode")]
     check_document: Option<PathBuf>,
+}
+
+/// Subcommands: clients of a running sidecar's queue API.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// List, show, flush, retry, hold, release or delete queued mail.
+    Queue {
+        #[command(subcommand)]
+        command: cli::QueueCommand,
+        #[command(flatten)]
+        opts: cli::ClientOpts,
+    },
+    /// List or release what the spool set aside as damaged.
+    Quarantine {
+        #[command(subcommand)]
+        command: cli::QuarantineCommand,
+        #[command(flatten)]
+        opts: cli::ClientOpts,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +92,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    match cli.command {
+        Some(Command::Queue { command, opts }) => {
+            return ExitCode::from(cli::run(cli::Request::Queue(command), opts));
+        }
+        Some(Command::Quarantine { command, opts }) => {
+            return ExitCode::from(cli::run(cli::Request::Quarantine(command), opts));
+        }
+        None => {}
+    }
     if let Some(file) = &cli.check_document {
         return check_document(file);
     }

@@ -109,7 +109,9 @@ pub struct Metrics {
     pub dsn_sent: IntCounterVec,
     /// `dkim_signatures_total{domain, algorithm, result}`.
     pub dkim: IntCounterVec,
-    /// `queue_messages{state}`; state is ready|deferred.
+    /// `queue_admin_actions_total{action, result}`: queue API mutations (docs/operations.md).
+    pub queue_admin: IntCounterVec,
+    /// `queue_messages{state}`; state is ready|deferred|held.
     pub queue_messages: IntGaugeVec,
     /// `queue_bytes{state}`.
     pub queue_bytes: IntGaugeVec,
@@ -264,6 +266,11 @@ impl Metrics {
             reg(Box::new(m.clone()));
             m
         };
+        let queue_admin = counter_vec(
+            "queue_admin_actions_total",
+            "Queue API mutations by action (flush, retry, hold, release, delete_bounce, delete_silent, quarantine_release) and result (ok, refused).",
+            &["action", "result"],
+        );
         let queue_messages = gauge_vec("queue_messages", "Messages in the queue by state.", &["state"]);
         let queue_bytes = gauge_vec(
             "queue_bytes",
@@ -350,7 +357,7 @@ impl Metrics {
         );
         let spool_quarantined = counter(
             "spool_quarantined_total",
-            "Corrupt spool records set aside at start-up.",
+            "Corrupt spool records and messages set aside in the quarantine.",
         );
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let m = Histogram::with_opts(HistogramOpts::new(name, help).namespace(NS).buckets(buckets))
@@ -401,6 +408,7 @@ impl Metrics {
             bounced,
             dsn_sent,
             dkim,
+            queue_admin,
             queue_messages,
             queue_bytes,
             oldest_age,

@@ -132,6 +132,7 @@ fn structured(input: &[u8]) -> (Vec<Vec<u8>>, HashMap<MessageId, Vec<u8>>) {
                     crc: crc32fast::hash(&m.body) ^ u32::from(flags & 2),
                     done: Vec::new(),
                     signature: None,
+                    held: false,
                 };
                 let json = serde_json::to_vec(&meta).expect("meta serializes");
                 record::encode(seg, Kind::Commit, id, &json);

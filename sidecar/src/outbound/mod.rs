@@ -152,4 +152,9 @@ pub trait Transport: Send + Sync + 'static {
     fn parked(&self) -> bool {
         false
     }
+    /// An administrator asked for an attempt now (`queue flush`): open a parked route for the
+    /// next attempt, which parks it again if it still fails. Returns whether it was parked.
+    fn unpark(&self) -> bool {
+        false
+    }
 }

@@ -288,6 +288,15 @@ impl Transport for SmarthostTransport {
     fn parked(&self) -> bool {
         lock(&self.breaker).is_parked(Instant::now())
     }
+
+    fn unpark(&self) -> bool {
+        let was = lock(&self.breaker).success();
+        if was {
+            tracing::info!(route = self.route.as_str(), "route unparked by a queue flush");
+            self.set_parked(false);
+        }
+        was
+    }
 }
 
 /// Releases the probe slot if the probing attempt is dropped before it learns anything.

@@ -30,7 +30,7 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
             // The checksum failed: delivering damaged bytes would be worse than not delivering.
             tracing::error!(message_id = %id, error = %e, "spooled message is corrupt; setting it aside");
             metrics.spool_quarantined.inc();
-            spool.remove(id).await;
+            spool.set_aside(id).await;
             return Next::Dropped;
         }
         Err(e) => {
@@ -69,6 +69,14 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         .with_label_values(&[route.as_str(), overall(&results).as_str()])
         .observe(started.elapsed().as_secs_f64());
     item.attempts += 1;
+    if let Some(r) = results.iter().find(|r| r.outcome == Outcome::Deferred) {
+        item.last_error = Some(
+            r.diagnostic
+                .chars()
+                .take(super::control::LAST_ERROR_CHARS)
+                .collect(),
+        );
+    }
 
     let decision = decide(&Inputs {
         envelope: &env,

@@ -71,6 +71,14 @@ impl Transport for AnyTransport {
             Self::Capture(t) => t.parked(),
         }
     }
+
+    fn unpark(&self) -> bool {
+        match self {
+            Self::Smarthost(t) => t.unpark(),
+            Self::Direct(t) => t.unpark(),
+            Self::Capture(t) => t.unpark(),
+        }
+    }
 }
 
 /// The hand-off side of one config generation.

@@ -3,6 +3,7 @@
 //! config generation's transports ([`delivery`]).
 
 pub mod attempt;
+pub mod control;
 pub mod decide;
 pub mod delivery;
 pub mod handoff;

@@ -3,6 +3,7 @@
 
 use super::{
     attempt,
+    control::{Command, Control},
     delivery::{AnyTransport, Delivery},
     handoff::{self, Kept},
 };
@@ -34,6 +35,8 @@ pub struct Item {
     pub attempts: u32,
     /// Whether a delay notice went out (not persisted: after a restart one may go again).
     pub delay_notice_sent: bool,
+    /// What the last failed attempt was told (`queue list`).
+    pub last_error: Option<String>,
 }
 
 /// What an attempt decided.
@@ -112,6 +115,10 @@ pub struct Runner<T: Transport = AnyTransport> {
     /// In a drain: hand-offs that did not reach the hub, how often, and when to try again.
     drain_retries: HashMap<MessageId, (u32, Instant)>,
     stats: Arc<Mutex<DrainStats>>,
+    /// Held by an administrator: in `items`, never in `ready` or `waiting`.
+    held: BTreeSet<MessageId>,
+    /// Requests from the queue API ([`Runner::control`]).
+    commands: Option<mpsc::Receiver<Command>>,
 }
 
 impl<T: Transport> Runner<T> {
@@ -139,6 +146,8 @@ impl<T: Transport> Runner<T> {
             handoff_backoff: HashMap::new(),
             drain_retries: HashMap::new(),
             stats: Arc::default(),
+            held: BTreeSet::new(),
+            commands: None,
         };
         for q in found {
             r.add(q);
@@ -151,8 +160,19 @@ impl<T: Transport> Runner<T> {
         self.stats.clone()
     }
 
+    /// The handle through which the queue API asks this runner (docs/operations.md "Day two").
+    pub fn control(&mut self) -> Control {
+        let (control, rx) = Control::channel();
+        self.commands = Some(rx);
+        control
+    }
+
     fn add(&mut self, q: Queued) {
-        self.ready.push_back(q.id);
+        if q.meta.held {
+            self.held.insert(q.id);
+        } else {
+            self.ready.push_back(q.id);
+        }
         self.items.insert(
             q.id,
             Item {
@@ -160,6 +180,7 @@ impl<T: Transport> Runner<T> {
                 meta: q.meta,
                 attempts: 0,
                 delay_notice_sent: false,
+                last_error: None,
             },
         );
     }
@@ -199,6 +220,7 @@ impl<T: Transport> Runner<T> {
                     self.update_gauges();
                 }
                 _ = compact.tick() => { self.spool.compact().await; }
+                Some(cmd) = next_command(&mut self.commands) => self.command(cmd).await,
                 Ok(()) = phase.changed() => {}
             }
         }
@@ -219,9 +241,10 @@ impl<T: Transport> Runner<T> {
     /// has had its hand-off.
     fn drained(&self) -> bool {
         let stats = crate::sync::lock(&self.stats);
-        self.items
-            .keys()
-            .all(|id| stats.kept.contains_key(id) && !self.retry_left(*id))
+        self.items.keys().all(|id| {
+            // A held message stays in the pod: a hand-off would let the hub deliver it.
+            self.held.contains(id) || (stats.kept.contains_key(id) && !self.retry_left(*id))
+        })
     }
 
     /// Whether a hand-off that did not reach the hub in this drain is to be tried again.
@@ -344,6 +367,7 @@ impl<T: Transport> Runner<T> {
                 }
                 self.handoff_backoff.remove(&id);
                 self.drain_retries.remove(&id);
+                self.held.remove(&id);
                 self.suspect = false;
                 self.items.remove(&id);
                 crate::memory::shrink_sparse(&mut self.items);
@@ -360,45 +384,61 @@ impl<T: Transport> Runner<T> {
                     }
                     crate::sync::lock(&self.stats).kept.insert(id, kept);
                 }
-                self.ready.push_back(id);
+                if !self.held.contains(&id) {
+                    self.ready.push_back(id);
+                }
             }
             Next::Retry(item, delay, connection_failure) => {
                 self.suspect = connection_failure;
-                self.waiting.insert((Instant::now() + delay, id));
+                if !self.held.contains(&id) {
+                    self.waiting.insert((Instant::now() + delay, id));
+                }
                 self.items.insert(id, item);
             }
             Next::Requeue(item) => {
-                self.ready.push_back(id);
+                if !self.held.contains(&id) {
+                    self.ready.push_back(id);
+                }
                 self.items.insert(id, item);
             }
         }
     }
 
     fn update_gauges(&self) {
-        let (mut ready_n, mut ready_b, mut wait_n, mut wait_b) = (0i64, 0i64, 0i64, 0i64);
+        // [ready, deferred, held] as (messages, bytes).
+        let mut by_state = [(0i64, 0i64); 3];
         let waiting: BTreeSet<MessageId> = self.waiting.iter().map(|(_, id)| *id).collect();
         let mut oldest = u64::MAX;
         for (id, item) in &self.items {
             oldest = oldest.min(item.meta.envelope.received_at);
-            if waiting.contains(id) {
-                wait_n += 1;
-                wait_b += item.meta.len as i64;
+            let state = if self.held.contains(id) {
+                2
+            } else if waiting.contains(id) {
+                1
             } else {
-                ready_n += 1;
-                ready_b += item.meta.len as i64;
-            }
+                0
+            };
+            by_state[state].0 += 1;
+            by_state[state].1 += item.meta.len as i64;
         }
         let m = &self.metrics;
-        m.queue_messages.with_label_values(&["ready"]).set(ready_n);
-        m.queue_messages.with_label_values(&["deferred"]).set(wait_n);
-        m.queue_bytes.with_label_values(&["ready"]).set(ready_b);
-        m.queue_bytes.with_label_values(&["deferred"]).set(wait_b);
+        for (state, (n, bytes)) in ["ready", "deferred", "held"].into_iter().zip(by_state) {
+            m.queue_messages.with_label_values(&[state]).set(n);
+            m.queue_bytes.with_label_values(&[state]).set(bytes);
+        }
         let age = if oldest == u64::MAX {
             0
         } else {
             now_secs().saturating_sub(oldest)
         };
         m.oldest_age.set(age as i64);
+    }
+}
+
+async fn next_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -409,5 +449,6 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
+mod commands;
 #[cfg(test)]
 mod tests;

@@ -218,6 +218,7 @@ impl Incoming {
             crc: self.crc.clone().finalize(),
             done: vec![],
             signature,
+            held: false,
         };
         self.flush(Some(&meta)).await?;
         let mut chunks = Vec::new();

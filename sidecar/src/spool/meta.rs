@@ -18,4 +18,7 @@ pub struct Meta {
     /// DKIM-Signature header computed before the first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Held by an administrator: no delivery attempt until released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }

@@ -9,6 +9,7 @@
 
 mod meta;
 mod origins;
+pub mod quarantine;
 pub mod record;
 mod replay;
 mod reserve;
@@ -22,7 +23,7 @@ use writer::WriteError;
 use crate::{
     config,
     message::MessageId,
-    message::{MessageSink, SinkError},
+    message::{MessageSink, MessageWriter, SinkError},
     metrics::Metrics,
     sync::lock,
 };
@@ -372,6 +373,79 @@ impl Spool {
             e.meta.signature = Some(header);
         }
         self.append(id, buf).await;
+    }
+
+    /// What the quarantine holds (docs/operations.md "Day two").
+    pub fn quarantined(&self) -> io::Result<Vec<quarantine::Quarantined>> {
+        quarantine::list(&self.inner.dir)
+    }
+
+    /// Queues quarantined message `id` again, as found, with its unfinished recipients; its
+    /// files move to `quarantine/released/`. Returns the new spool id.
+    pub async fn release_quarantined(&self, id: &str) -> Result<MessageId, quarantine::ReleaseError> {
+        let r = quarantine::take(&self.inner.dir, id)?;
+        let full = || quarantine::ReleaseError::Io(io::Error::other("the spool refused the message (full?)"));
+        let mut w = self.begin_internal().map_err(|_| full())?;
+        w.write(&r.body).await.map_err(|_| full())?;
+        let new = w.commit(r.envelope).await.map_err(|_| full())?;
+        quarantine::mark_released(&self.inner.dir, id)?;
+        Ok(new)
+    }
+
+    /// Sets a message whose bytes failed their check aside in quarantine, as found, and removes
+    /// it from the queue.
+    pub async fn set_aside(&self, id: MessageId) {
+        let found = {
+            let mut st = lock(&self.inner.state);
+            st.entries.get(&id).cloned().map(|e| {
+                let files: Vec<_> = e
+                    .chunks
+                    .iter()
+                    .map(|l| open_segment(&mut st, &self.inner.dir, l.seg))
+                    .collect();
+                (e, files)
+            })
+        };
+        if let Some((entry, files)) = found {
+            let dir = self.inner.dir.clone();
+            let copy = move || {
+                let mut body = Vec::new();
+                for (l, f) in entry.chunks.iter().zip(files) {
+                    let mut chunk = vec![0; l.len as usize];
+                    if let Ok(f) = f
+                        && f.read_exact_at(&mut chunk, l.offset).is_ok()
+                    {
+                        body.extend_from_slice(&chunk);
+                    }
+                }
+                quarantine::write_message(&dir, id, &entry.meta, &body);
+            };
+            let _ = tokio::task::spawn_blocking(copy).await;
+        }
+        self.remove(id).await;
+    }
+
+    /// Holds (`true`) or releases a message, durably: the answer comes after the record's fsync,
+    /// so a hold outlives a crash. Returns false when the message is not in the spool.
+    pub async fn set_held(&self, id: MessageId, held: bool) -> Result<bool, SinkError> {
+        match lock(&self.inner.state).entries.get_mut(&id) {
+            Some(e) => e.meta.held = held,
+            None => return Ok(false),
+        }
+        let mut buf = Vec::new();
+        record::encode(&mut buf, Kind::Hold, id, &[u8::from(held)]);
+        let (seg, _) = self.send(buf, vec![], true).await.map_err(|e| match e {
+            WriteError::DiskFull => SinkError::Full,
+            WriteError::Io => SinkError::Io,
+        })?;
+        let mut st = lock(&self.inner.state);
+        let st = &mut *st;
+        if let Some(e) = st.entries.get_mut(&id)
+            && e.segs.insert(seg)
+        {
+            *st.seg_live.entry(seg).or_default() += 1;
+        }
+        Ok(true)
     }
 
     /// Records that recipients `done` (indices) need no further attempts.

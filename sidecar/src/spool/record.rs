@@ -25,6 +25,9 @@ pub enum Kind {
     RcptDone = 4,
     /// The DKIM-Signature header to prepend, computed once before the first attempt.
     Signature = 5,
+    /// An administrator held (payload `1`) or released (payload `0`) the message: a held message
+    /// gets no delivery attempt, also after a restart (docs/operations.md "Day two").
+    Hold = 6,
 }
 
 impl Kind {
@@ -35,6 +38,7 @@ impl Kind {
             3 => Self::Done,
             4 => Self::RcptDone,
             5 => Self::Signature,
+            6 => Self::Hold,
             _ => return None,
         })
     }

@@ -4,6 +4,7 @@
 use super::{
     Entry,
     meta::Meta,
+    quarantine,
     record::{self, Decoded, Kind},
     writer::Loc,
 };
@@ -48,7 +49,7 @@ pub fn replay(dir: &Path, seqs: &[u64]) -> io::Result<Replayed> {
                     // was acknowledged, so it is simply ignored.
                     None => break,
                     Some(next) => {
-                        quarantine(dir, &format!("segment-{seq}-at-{at}.bin"), &buf[at..next]);
+                        quarantine::write(dir, &format!("segment-{seq}-at-{at}.bin"), &buf[at..next]);
                         tracing::warn!(segment = seq, offset = at, "corrupt spool region skipped");
                         out.quarantined += 1;
                         at = next;
@@ -108,6 +109,12 @@ fn apply(out: &mut Replayed, pending: &mut HashMap<MessageId, Vec<Loc>>, seq: u6
                 e.meta.signature = String::from_utf8(r.payload.to_vec()).ok();
             }
         }
+        Kind::Hold => {
+            if let Some(e) = out.entries.get_mut(&r.id) {
+                e.segs.insert(seq);
+                e.meta.held = r.payload == [1];
+            }
+        }
     }
 }
 
@@ -147,15 +154,8 @@ fn verify(dir: &Path, out: &mut Replayed, seq: u64, buf: &[u8]) {
                 .flatten()
                 .copied()
                 .collect();
-            quarantine(dir, &format!("{id}.partial"), &body);
+            quarantine::write_message(dir, id, &e.meta, &body);
         }
         out.quarantined += 1;
-    }
-}
-
-fn quarantine(dir: &Path, name: &str, bytes: &[u8]) {
-    let qdir = dir.join("quarantine");
-    if let Err(e) = std::fs::create_dir_all(&qdir).and_then(|()| std::fs::write(qdir.join(name), bytes)) {
-        tracing::error!(error = %e, "cannot write to spool quarantine");
     }
 }
