@@ -269,7 +269,8 @@ def start_mailroom(dkim, flaky=False, hub=None, hub_cpus=None):
            "  passwordFile: %s/password\n" % (HUB_PORT, base, base, base) if hub else "")
         + ("  shadows:\n    hosts: [localhost]\n" if hub == "replicated" else "")
     )
-    env = dict(os.environ, RUST_LOG="warn", SIDECAR_POD_NAME="bench-0",
+    # The hub runs beside it: each takes a free loopback port for its queue API.
+    env = dict(os.environ, RUST_LOG="warn", SIDECAR_POD_NAME="bench-0", SIDECAR_QUEUE_API_ADDR="127.0.0.1:0",
                SIDECAR_POD_UID="00000000-0000-4000-8000-000000000000")
     proc = subprocess.Popen([SIDECAR, "--config", config], stderr=open(os.path.join(base, "log"), "w"), env=env)
     wait_port(MAILROOM_PORT)

@@ -131,6 +131,7 @@ class Sidecar:
         # Warnings, and the `listening smtp=… admin=…` line with the ports.
         env = dict(os.environ, SIDECAR_LISTEN_ADDR="127.0.0.1:%d" % self.smtp,
                    SIDECAR_ADMIN_ADDR="127.0.0.1:%d" % self.admin, SIDECAR_LOG_FORMAT="plain",
+                   SIDECAR_QUEUE_API_ADDR="127.0.0.1:0",
                    RUST_LOG="warn,mailroom_sidecar=info")
         self.log.flush()
         offset = os.path.getsize(self.log_path)

@@ -10,6 +10,8 @@ pub const ENV_CONFIG_PATH: &str = "SIDECAR_CONFIG_PATH";
 pub const ENV_LISTEN_ADDR: &str = "SIDECAR_LISTEN_ADDR";
 /// Overrides `admin.address` from the config file.
 pub const ENV_ADMIN_ADDR: &str = "SIDECAR_ADMIN_ADDR";
+/// Overrides `admin.queueApiAddress` from the config file (still loopback only).
+pub const ENV_QUEUE_API_ADDR: &str = "SIDECAR_QUEUE_API_ADDR";
 /// How long to keep delivering after SIGTERM before exiting.
 pub const ENV_DRAIN_SECONDS: &str = "SIDECAR_DRAIN_SECONDS";
 /// How often to look for a changed config file.
@@ -68,6 +70,8 @@ pub struct Settings {
     pub listen_addr: Option<SocketAddr>,
     /// Admin address override.
     pub admin_addr: Option<SocketAddr>,
+    /// Queue API address override.
+    pub queue_api_addr: Option<SocketAddr>,
     /// Drain deadline after SIGTERM.
     pub drain: Duration,
     /// Config reload poll interval.
@@ -98,11 +102,15 @@ impl Settings {
         if let Some(a) = self.admin_addr {
             cfg.admin.address = a;
         }
+        if let Some(a) = self.queue_api_addr {
+            cfg.admin.queue_api_address = a;
+        }
         let mut problems = cfg.validate();
         for p in &mut problems {
             let set_by = match p.field.as_str() {
                 f if f.starts_with("listen.") && self.listen_addr.is_some() => Some(ENV_LISTEN_ADDR),
-                f if f.starts_with("admin.") && self.admin_addr.is_some() => Some(ENV_ADMIN_ADDR),
+                "admin.queueApiAddress" if self.queue_api_addr.is_some() => Some(ENV_QUEUE_API_ADDR),
+                "admin.address" if self.admin_addr.is_some() => Some(ENV_ADMIN_ADDR),
                 _ => None,
             };
             if let Some(var) = set_by {
@@ -135,6 +143,7 @@ impl Settings {
         };
         let listen_addr = addr(ENV_LISTEN_ADDR);
         let admin_addr = addr(ENV_ADMIN_ADDR);
+        let queue_api_addr = addr(ENV_QUEUE_API_ADDR);
         let mut secs = |name: &str, default: u64| match env.get(name) {
             None => Duration::from_secs(default),
             Some(v) => match v.parse::<u64>() {
@@ -164,6 +173,7 @@ impl Settings {
                 config_path,
                 listen_addr,
                 admin_addr,
+                queue_api_addr,
                 drain,
                 reload_interval,
                 log_format,

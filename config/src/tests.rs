@@ -128,6 +128,36 @@ fn non_loopback_listen_needs_explicit_opt_in() {
     Config::parse(Path::new("t.yaml"), &text).expect("explicit opt-in is valid");
 }
 
+/// The queue API reads envelopes and deletes mail: loopback only, with no opt-out, also when the
+/// address comes from the environment.
+#[test]
+fn the_queue_api_listens_on_loopback_only() {
+    let c = Config::parse(Path::new("t.yaml"), MINIMAL).expect("valid");
+    assert_eq!(c.admin.queue_api_address.to_string(), DEFAULT_QUEUE_API_ADDR);
+    let text = format!("{MINIMAL}admin:\n  queueApiAddress: 0.0.0.0:9466\n");
+    let Err(Error::Invalid { problems, .. }) = Config::parse(Path::new("t.yaml"), &text) else {
+        panic!("a queue API off loopback was accepted")
+    };
+    assert_eq!(problems[0].field, "admin.queueApiAddress");
+    assert!(
+        problems[0].message.contains("not a loopback address"),
+        "{}",
+        problems[0].message
+    );
+
+    let env: std::collections::HashMap<&str, &str> = [(settings::ENV_QUEUE_API_ADDR, "10.0.0.1:9466")].into();
+    let settings = settings::Settings::parse(&env).expect("settings");
+    let Err(Error::Invalid { problems, .. }) = settings.finish(Path::new("t.yaml"), c) else {
+        panic!("an override off loopback was accepted")
+    };
+    assert_eq!(problems[0].field, "admin.queueApiAddress");
+    assert!(
+        problems[0].message.contains(settings::ENV_QUEUE_API_ADDR),
+        "{}",
+        problems[0].message
+    );
+}
+
 #[test]
 fn golden_files_load() {
     for (name, text) in [

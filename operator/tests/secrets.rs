@@ -72,7 +72,11 @@ async fn secret_material_never_appears_in_configmaps_status_events_logs_or_metri
     container.env.insert("RUST_LOG".into(), "debug".into());
     // A real pod has its own network namespace; here the sidecar takes free loopback ports
     // (port 0) and reports them.
-    for var in ["SIDECAR_LISTEN_ADDR", "SIDECAR_ADMIN_ADDR"] {
+    for var in [
+        "SIDECAR_LISTEN_ADDR",
+        "SIDECAR_ADMIN_ADDR",
+        "SIDECAR_QUEUE_API_ADDR",
+    ] {
         container.env.insert(var.into(), "127.0.0.1:0".into());
     }
     let mut process = Proc::spawn("sidecar", &mut container.command(&bin)?, tmp.path())?;

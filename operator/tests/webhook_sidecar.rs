@@ -98,7 +98,11 @@ async fn injected_sidecar_relays_mail_dkim_signed_with_the_files_a_kubelet_would
     );
     // A real pod has its own network namespace; here the sidecar takes free loopback ports
     // (port 0) and reports them.
-    for var in ["SIDECAR_LISTEN_ADDR", "SIDECAR_ADMIN_ADDR"] {
+    for var in [
+        "SIDECAR_LISTEN_ADDR",
+        "SIDECAR_ADMIN_ADDR",
+        "SIDECAR_QUEUE_API_ADDR",
+    ] {
         container.env.insert(var.into(), "127.0.0.1:0".into());
     }
     let mut process = Proc::spawn("sidecar", &mut container.command(&bin)?, tmp.path())?;

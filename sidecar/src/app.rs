@@ -266,7 +266,7 @@ pub struct DrainReport {
     /// Their bytes.
     pub undelivered_bytes: u64,
     /// With a hub: why each left message stayed (`hub_unreachable`, `hub_refused`,
-    /// `unreadable`, `no_time`), and how many.
+    /// `unreadable`, `no_time`, `held`), and how many.
     pub left: BTreeMap<&'static str, u64>,
 }
 
@@ -376,8 +376,13 @@ fn report(spool: &Spool, stats: &Mutex<DrainStats>, hub: bool) -> DrainReport {
     let mut left = BTreeMap::new();
     if hub {
         for q in spool.live() {
-            let kept = stats.kept.get(&q.id).copied().unwrap_or(Kept::NoTime);
-            *left.entry(kept.as_str()).or_default() += 1;
+            let reason = match stats.kept.get(&q.id) {
+                // Held on purpose: a hand-off would let the hub deliver it.
+                _ if q.meta.held => "held",
+                Some(kept) => kept.as_str(),
+                None => Kept::NoTime.as_str(),
+            };
+            *left.entry(reason).or_default() += 1;
         }
     }
     DrainReport {

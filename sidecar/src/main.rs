@@ -29,9 +29,10 @@ const EX_UNAVAILABLE: u8 = 69;
     name = "mailroom-sidecar",
     version,
     about = "mailroom-sidecar: local SMTP relay with a durable spool",
-    after_help = "Without options it runs with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml).\n\n\
-ENVIRONMENT:\n    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, SIDECAR_DRAIN_SECONDS,\n    \
-SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
+    after_help = "Without options it runs with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml).\n\
+With `queue` or `quarantine` it is a client of a running sidecar's queue API.\n\n\
+ENVIRONMENT:\n    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, SIDECAR_QUEUE_API_ADDR,\n    \
+SIDECAR_DRAIN_SECONDS, SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
 )]
 #[group(id = "mode", multiple = false)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -147,7 +148,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(EX_UNAVAILABLE);
             }
         };
-        tracing::info!(smtp = %app.smtp_addr(), admin = %app.admin_addr(), "listening");
+        tracing::info!(
+            smtp = %app.smtp_addr(),
+            admin = %app.admin_addr(),
+            queue_api = %app.queue_api_addr(),
+            "listening"
+        );
         let running = app.spawn();
         shutdown::signal_received().await;
         running.drain().await;

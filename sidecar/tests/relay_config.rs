@@ -34,6 +34,7 @@ fn run(args: &[&std::ffi::OsStr], env: &[(&str, String)]) -> Output {
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         // Every run here exits before it serves anything; port 0 if it did.
         .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_QUEUE_API_ADDR", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

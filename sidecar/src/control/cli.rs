@@ -343,15 +343,19 @@ fn quarantine_text(list: &[Quarantined]) -> String {
         return "the quarantine is empty\n".into();
     }
     let mut out = format!(
-        "{:<32}  {:<7}  {:>7}  {:<24}  {}\n",
+        "{:<32}  {:<20}  {:>7}  {:<24}  {}\n",
         "NAME", "KIND", "SIZE", "SENDER", "RECIPIENTS"
     );
     for q in list {
+        let kind = match q.complete {
+            Some(false) => format!("{} (incomplete)", q.kind),
+            _ => q.kind.clone(),
+        };
         let _ = writeln!(
             out,
-            "{:<32}  {:<7}  {:>7}  {:<24}  {}",
+            "{:<32}  {:<20}  {:>7}  {:<24}  {}",
             q.name,
-            q.kind,
+            kind,
             human_bytes(q.bytes),
             q.sender.as_deref().map_or("-".into(), |s| format!("<{s}>")),
             if q.recipients.is_empty() {

@@ -82,13 +82,11 @@ fn actor(headers: &HeaderMap) -> Option<String> {
     ok.then(|| value.to_owned())
 }
 
-fn need_actor(headers: &HeaderMap) -> Result<String, Response> {
-    actor(headers).ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the {ACTOR_HEADER} header (who asks, printable ASCII) is required for a change"),
-        )
-    })
+fn no_actor() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("the {ACTOR_HEADER} header (who asks, printable ASCII) is required for a change"),
+    )
 }
 
 /// The query parameter `name`, if given (values are plain words and domains: no decoding).
@@ -174,9 +172,8 @@ async fn show(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap
 }
 
 async fn flush(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
-    let who = match need_actor(&headers) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let Some(who) = actor(&headers) else {
+        return no_actor();
     };
     let filter = Filter {
         domain: query(&uri, "domain").map(str::to_owned),
@@ -206,9 +203,8 @@ async fn act(
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match need_actor(&headers) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let Some(who) = actor(&headers) else {
+        return no_actor();
     };
     let Some(mid) = parse_id(&id) else {
         return error(
@@ -251,9 +247,8 @@ fn mutation(
 }
 
 async fn delete(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
-    let who = match need_actor(&headers) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let Some(who) = actor(&headers) else {
+        return no_actor();
     };
     let Some(mid) = parse_id(&id) else {
         return error(
@@ -295,9 +290,8 @@ async fn quarantine_list(State(api): State<Api>) -> Response {
 }
 
 async fn quarantine_release(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let who = match need_actor(&headers) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let Some(who) = actor(&headers) else {
+        return no_actor();
     };
     match api.spool.release_quarantined(&id).await {
         Ok(new) => {
@@ -312,7 +306,7 @@ async fn quarantine_release(State(api): State<Api>, Path(id): Path<String>, head
             record(&api, "quarantine_release", &id, &who, Err(&e.to_string()));
             let status = match e {
                 ReleaseError::NotFound(_) => StatusCode::NOT_FOUND,
-                ReleaseError::NoEnvelope(_) => StatusCode::CONFLICT,
+                ReleaseError::NoEnvelope(_) | ReleaseError::Incomplete { .. } => StatusCode::CONFLICT,
                 ReleaseError::Io(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             error(status, e.to_string())

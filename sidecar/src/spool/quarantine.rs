@@ -52,6 +52,10 @@ pub struct Quarantined {
     /// The recipients still to be delivered, for a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<String>,
+    /// For a message: whether all its bytes were found (damaged, but whole). One whose chunk
+    /// records were themselves corrupt has its bytes in a `region` and cannot be released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete: Option<bool>,
 }
 
 /// Everything in quarantine, messages first, each group by name.
@@ -83,6 +87,7 @@ pub fn list(spool: &Path) -> io::Result<Vec<Quarantined>> {
                 quarantined_at: at,
                 sender: meta.as_ref().map(|m| m.envelope.sender.clone()),
                 recipients: meta.as_ref().map(remaining).unwrap_or_default(),
+                complete: meta.as_ref().map(|m| m.len == md.len()),
             });
         } else if name.ends_with(".bin") {
             out.push(Quarantined {
@@ -92,10 +97,11 @@ pub fn list(spool: &Path) -> io::Result<Vec<Quarantined>> {
                 quarantined_at: at,
                 sender: None,
                 recipients: Vec::new(),
+                complete: None,
             });
         }
     }
-    out.sort_by(|a, b| (b.kind.as_str(), &a.name).cmp(&(a.kind.as_str(), &b.name)));
+    out.sort_by(|a, b| (a.kind != "message", &a.name).cmp(&(b.kind != "message", &b.name)));
     Ok(out)
 }
 
@@ -123,6 +129,18 @@ pub enum ReleaseError {
         "{0} has no envelope on record and cannot be released; inspect it in the spool's quarantine folder"
     )]
     NoEnvelope(String),
+    /// Some of its bytes are missing (they were in a corrupt record, set aside as a region).
+    #[error(
+        "{id} is incomplete: {found} of its {len} bytes were found; the rest is in a corrupt region and it cannot be released"
+    )]
+    Incomplete {
+        /// The message.
+        id: String,
+        /// Bytes found.
+        found: u64,
+        /// Bytes it had.
+        len: u64,
+    },
     /// Reading or moving its files failed.
     #[error("quarantine: {0}")]
     Io(#[from] io::Error),
@@ -150,6 +168,13 @@ pub fn take(spool: &Path, id: &str) -> Result<Releasable, ReleaseError> {
         Err(e) => return Err(e.into()),
     };
     let meta = read_meta(spool, id).map_err(|_| ReleaseError::NoEnvelope(id.to_owned()))?;
+    if body.len() as u64 != meta.len {
+        return Err(ReleaseError::Incomplete {
+            id: id.to_owned(),
+            found: body.len() as u64,
+            len: meta.len,
+        });
+    }
     let keep: Vec<usize> = (0..meta.envelope.recipients.len())
         .filter(|i| !meta.done.contains(&(*i as u32)))
         .collect();

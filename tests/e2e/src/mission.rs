@@ -225,7 +225,11 @@ spec:
         );
         // A pod has its own network namespace; here the sidecar takes free loopback ports (port
         // 0) and reports them.
-        for var in ["SIDECAR_LISTEN_ADDR", "SIDECAR_ADMIN_ADDR"] {
+        for var in [
+            "SIDECAR_LISTEN_ADDR",
+            "SIDECAR_ADMIN_ADDR",
+            "SIDECAR_QUEUE_API_ADDR",
+        ] {
             sidecar.env.insert(var.into(), "127.0.0.1:0".into());
         }
         let mut proc = Proc::spawn(

@@ -20,6 +20,7 @@ fn make_demo_shows_a_captured_dkim_signed_message_and_its_metrics() -> Result<()
         // Any free ports: the script reads the ones the sidecar got from its log.
         .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
         .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_QUEUE_API_ADDR", "127.0.0.1:0")
         .output()
         .context("running examples/demo.sh (needs bash, curl and openssl)")?;
     let text = format!(

@@ -591,6 +591,7 @@ retry:
             .arg(&config)
             .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
             .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
+            .env("SIDECAR_QUEUE_API_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info"),
         dir,
     )?;
@@ -660,6 +661,8 @@ shadows: {{namespace: shop, podSelector: mailroom.dev/hub-client=outbound, check
                 .arg(config)
                 .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
                 .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
+                .env("SIDECAR_QUEUE_API_ADDR", "127.0.0.1:0")
+                .env("SIDECAR_QUEUE_API_ADDR", "127.0.0.1:0")
                 .env("RUST_LOG", "info")
                 // The parked sidecar's pod (its copies' owner); the hub asks no apiserver here.
                 .env("SIDECAR_POD_NAME", "app-1")

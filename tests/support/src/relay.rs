@@ -33,6 +33,8 @@ pub struct Sidecar {
     pub smtp: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
+    /// Queue API address (`mailroom-sidecar queue --api`).
+    pub queue_api: SocketAddr,
     /// Config file path: a symlink into `..data/`, as in a ConfigMap volume (see `swap_config`).
     pub config_path: PathBuf,
     /// Work directory; `{dir}` in config templates expands to it.
@@ -59,6 +61,7 @@ impl Sidecar {
             child: None,
             smtp: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:0".parse().expect("addr"),
+            queue_api: "127.0.0.1:0".parse().expect("addr"),
             config_path,
             dir: dir.to_owned(),
             log: Arc::default(),
@@ -74,6 +77,7 @@ impl Sidecar {
             .arg(&self.config_path)
             .env("SIDECAR_LISTEN_ADDR", self.smtp.to_string())
             .env("SIDECAR_ADMIN_ADDR", self.admin.to_string())
+            .env("SIDECAR_QUEUE_API_ADDR", self.queue_api.to_string())
             .env("RUST_LOG", "info,mailroom_sidecar=debug")
             .env_remove("SIDECAR_LOG_FORMAT")
             .stdin(Stdio::null())
@@ -102,6 +106,9 @@ impl Sidecar {
             Err(_) => panic!("sidecar did not start; log:\n{}", self.log()),
         };
         (self.smtp, self.admin) = stack::sidecar_listening(&line).expect("addresses in the listening line");
+        self.queue_api = stack::log_field(&line, "queue_api")
+            .and_then(|a| a.parse().ok())
+            .expect("the queue API's address in the listening line");
         self.wait_ready();
     }
 

@@ -2,6 +2,7 @@
 //! the network. Every wait has a deadline and waits for a positive signal (a call, a gauge).
 
 use super::*;
+use crate::queue::control::Control;
 use crate::{
     config::Config,
     message::{Envelope, MessageSink, MessageWriter},
@@ -20,6 +21,7 @@ struct Harness {
     metrics: Metrics,
     drain: watch::Sender<Phase>,
     runner: JoinHandle<()>,
+    control: Control,
 }
 
 fn config(dir: &Path, retry_seconds: u64) -> Config {
@@ -43,7 +45,8 @@ fn start(concurrency: usize, retry_seconds: u64, fake: &FakeTransport) -> Harnes
     let delivery = Delivery::with_transport(&cfg, fake.clone(), concurrency).expect("delivery");
     let (_delivery_tx, delivery_rx) = watch::channel(Arc::new(delivery));
     let (drain, drain_rx) = watch::channel(Phase::Run);
-    let runner = Runner::new(spool.clone(), delivery_rx, metrics.clone(), Vec::new());
+    let mut runner = Runner::new(spool.clone(), delivery_rx, metrics.clone(), Vec::new());
+    let control = runner.control();
     let runner = tokio::spawn(async move {
         // Keeps the sender alive (a dropped sender is not a reload).
         let _keep = _delivery_tx;
@@ -56,6 +59,7 @@ fn start(concurrency: usize, retry_seconds: u64, fake: &FakeTransport) -> Harnes
         metrics,
         drain,
         runner,
+        control,
     }
 }
 
@@ -235,6 +239,40 @@ async fn drain_delivers_what_it_can_and_returns() {
         .expect("runner task");
     assert_eq!(h.fake.calls().len(), 3);
     assert_eq!(h.spool.usage().0, 0);
+}
+
+/// A held message gets no attempt, a drain does not wait for it (without a hub it would wait
+/// for deferred mail until the deadline), and a release makes it due at once.
+#[tokio::test]
+async fn a_held_message_gets_no_attempt_and_does_not_hold_up_a_drain() {
+    let fake = FakeTransport::new(Route::Smarthost);
+    fake.set_parked(true);
+    let h = start(1, 60, &fake);
+    put(&h.spool, "held", &["a@example.net"]).await;
+    let ready = h.metrics.queue_messages.with_label_values(&["ready"]);
+    wait_until("the runner to have the message", || ready.get() == 1).await;
+    let id = h.spool.live()[0].id;
+    let held = h
+        .control
+        .ask(|r| crate::queue::control::Command::Hold(id, r))
+        .await
+        .expect("runner answers");
+    assert_eq!(held.expect("held").result, "held");
+    assert!(h.spool.live()[0].meta.held, "the spool knows");
+    h.fake.set_parked(false);
+    let rows = h
+        .control
+        .ask(crate::queue::control::Command::List)
+        .await
+        .expect("runner answers");
+    assert_eq!(rows[0].state, crate::queue::control::State::Held);
+    h.drain.send_replace(Phase::Drain);
+    tokio::time::timeout(DEADLINE, h.runner)
+        .await
+        .expect("the drain ended with only a held message left")
+        .expect("runner");
+    assert!(h.fake.calls().is_empty(), "a held message was attempted");
+    assert_eq!(h.spool.usage().0, 1, "the held message stays in the spool");
 }
 
 #[tokio::test]

@@ -85,6 +85,7 @@ impl Sidecar {
             .env("SIDECAR_CONFIG_PATH", root.join("config/sidecar.yaml"))
             .env("SIDECAR_LISTEN_ADDR", "127.0.0.1:0")
             .env("SIDECAR_ADMIN_ADDR", "127.0.0.1:0")
+            .env("SIDECAR_QUEUE_API_ADDR", "127.0.0.1:0")
             .env("SIDECAR_RELOAD_INTERVAL_SECONDS", "1")
             .stderr(std::fs::File::create(&log)?)
             .spawn()
