@@ -284,6 +284,24 @@ fn queue_commands_steer_a_stuck_route() {
         subjects(&up).iter().any(|s| s == "to-hold").then_some(())
     });
     eventually("an empty queue", || rows(api).is_empty().then_some(()));
+    // How each left the queue.
+    for (id, state) in [
+        (&hold_id, "delivered"),
+        (&bounce_id, "deleted"),
+        (&delete_id, "deleted"),
+    ] {
+        let status = cli_json(api, &["queue", "status", id]);
+        assert_eq!(
+            (&status["state"], &status["queued"]),
+            (&Value::from(state), &Value::Bool(false)),
+            "{status}"
+        );
+    }
+    let (_, text, _) = cli(api, &["queue", "status", &hold_id]);
+    assert!(
+        text.starts_with(&format!("{hold_id}: delivered after 1 attempt(s)")),
+        "attempts count since the restart: {text}"
+    );
     assert_eq!(subjects(&up).len(), 2, "the notice and the released message only");
 
     // Counted by action and result (since the restart); logged with who asked.

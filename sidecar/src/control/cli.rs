@@ -3,7 +3,7 @@
 
 use super::client::{Client, Error};
 use crate::{
-    queue::control::{Detail, Done, Flushed, Row},
+    queue::control::{Detail, Done, Flushed, Row, Status},
     spool::quarantine::Quarantined,
 };
 use clap::{Args, Subcommand, ValueEnum};
@@ -47,6 +47,11 @@ pub enum QueueCommand {
         /// Include the body.
         #[arg(long)]
         body: bool,
+    },
+    /// Where one message is, or how it left the queue (delivered, bounced, handed off, ...).
+    Status {
+        /// The message id (the `queued as` of the app's `250`).
+        id: String,
     },
     /// Retry deferred messages now, and open the route if it is parked.
     Flush {
@@ -178,6 +183,18 @@ async fn call(c: &Client, request: Request, output: Output) -> Result<String, Er
             let path = format!("/v1/queue/{id}{}", if body { "?body=true" } else { "" });
             let d: Detail = c.get(&path).await?;
             if json { pretty(&d) } else { show_text(&d) }
+        }
+        Request::Queue(QueueCommand::Status { id }) => {
+            let s: Status = c.get(&format!("/v1/queue/{id}/status")).await?;
+            if json {
+                pretty(&s)
+            } else {
+                let error = s
+                    .last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default();
+                format!("{}: {} after {} attempt(s){error}\n", s.id, s.state, s.attempts)
+            }
         }
         Request::Queue(QueueCommand::Flush { domain, route }) => {
             let mut query = Vec::new();

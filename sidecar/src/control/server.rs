@@ -31,6 +31,7 @@ pub fn router(control: Control, spool: Spool, metrics: Metrics) -> Router {
         .route("/v1/queue", get(list))
         .route("/v1/queue/flush", post(flush))
         .route("/v1/queue/{id}", get(show).delete(delete))
+        .route("/v1/queue/{id}/status", get(status))
         .route("/v1/queue/{id}/{action}", post(act))
         .route("/v1/quarantine", get(quarantine_list))
         .route("/v1/quarantine/{id}/release", post(quarantine_release))
@@ -169,6 +170,23 @@ async fn show(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap
             .then(|| String::from_utf8_lossy(bytes.get(split + 2..).unwrap_or_default()).into_owned()),
     };
     json(StatusCode::OK, &detail)
+}
+
+async fn status(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let Some(mid) = parse_id(&id) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a message id (16 hex digits)"),
+        );
+    };
+    match api.control.ask(|r| Command::Status(mid, r)).await {
+        Ok(Some(s)) => json(StatusCode::OK, &s),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no message {mid} in the queue, nor among the last that left it"),
+        ),
+        Err(_) => stopped(),
+    }
 }
 
 async fn flush(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {

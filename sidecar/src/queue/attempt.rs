@@ -5,7 +5,7 @@
 use super::{
     decide::{After, Decision, Dsn, DsnKind, Inputs, decide, overall},
     delivery::Delivery,
-    runner::{Item, Next},
+    runner::{Finished, Item, Next},
     trail::{Event, Line, Trail},
 };
 use crate::{
@@ -51,7 +51,10 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         .collect();
     if tried.is_empty() {
         spool.remove(id).await;
-        return Next::Done;
+        return Next::Done(Finished {
+            attempts: item.attempts,
+            ..item.finished
+        });
     }
     let rcpts: Vec<Recipient> = tried.iter().filter_map(|&i| env.recipient(i as usize)).collect();
     let started = std::time::Instant::now();
@@ -91,6 +94,8 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         jitter: rand::random::<f64>(),
     });
     count(&decision, &results, route, d.sender_label(&env), metrics);
+    item.finished.delivered += decision.delivered.len() as u32;
+    item.finished.failed += (decision.bounced.len() + decision.expired.len()) as u32;
     let line = Line {
         id,
         envelope: &env,
@@ -137,7 +142,10 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
             // Straight to one Done record: every write between the upstream's 250 and the record
             // of it widens the window in which a crash makes a duplicate (RFC 5321 6.1).
             spool.remove(id).await;
-            Next::Done
+            Next::Done(Finished {
+                attempts: item.attempts,
+                ..item.finished
+            })
         }
         After::Retry {
             delay,

@@ -90,6 +90,24 @@ pub struct Detail {
     pub body: Option<String>,
 }
 
+/// `queue status`: where a message is, or how it left the queue (remembered for the last 1,024
+/// messages that left, since this sidecar started).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The message.
+    pub id: String,
+    /// A queue state (`ready`, `deferred`, `active`, `held`), or how it left: `delivered`,
+    /// `bounced`, `partly_bounced` (a failure notice went to the sender for some recipients),
+    /// `handed_off` (to the Relay's hub), `deleted`, `quarantined`.
+    pub state: String,
+    /// Whether it is still queued.
+    pub queued: bool,
+    /// Attempts made since this sidecar started.
+    pub attempts: u32,
+    /// What the last failed attempt was told.
+    pub last_error: Option<String>,
+}
+
 /// What a flush did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flushed {
@@ -165,6 +183,8 @@ pub enum Command {
     List(Reply<Vec<Row>>),
     /// One message's row and envelope progress.
     Get(MessageId, Reply<Option<(Row, crate::spool::Meta)>>),
+    /// Where one message is, or how it left.
+    Status(MessageId, Reply<Option<Status>>),
     /// Make matching deferred messages due now, and unpark the route.
     Flush(Filter, Reply<Result<Flushed, Refusal>>),
     /// Make one message due now.

@@ -80,7 +80,7 @@ pub async fn run<T: Transport>(
         .collect();
     if rcpts.is_empty() {
         spool.remove(id).await;
-        return Ok(Next::Done);
+        return Ok(Next::Done(Default::default()));
     }
     let results = hub.deliver(&envelope, &rcpts, &bytes).await;
     let line = Line {
@@ -105,7 +105,7 @@ pub async fn run<T: Transport>(
         metrics.handoff.with_label_values(&["accepted"]).inc();
         tracing::info!(message_id = %id, recipients = taken.len(), handoff_key = %envelope.origin.as_deref().unwrap_or(""), "handed off to the hub");
         spool.remove(id).await;
-        return Ok(Next::Done);
+        return Ok(Next::Done(Default::default()));
     }
     spool.recipients_done(id, &taken).await;
     item.meta.done.extend_from_slice(&taken);

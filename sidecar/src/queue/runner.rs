@@ -37,13 +37,37 @@ pub struct Item {
     pub delay_notice_sent: bool,
     /// What the last failed attempt was told (`queue list`).
     pub last_error: Option<String>,
+    /// Recipients delivered and failed (bounced or expired) by this process's attempts.
+    pub finished: Finished,
+}
+
+/// How a message's recipients ended, as far as this process saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// Recipients the next hop took.
+    pub delivered: u32,
+    /// Recipients bounced or expired.
+    pub failed: u32,
+    /// Attempts, the last one included (set when the message is done).
+    pub attempts: u32,
+}
+
+impl Finished {
+    /// `delivered`, `bounced` or `partly_bounced` (`queue status`).
+    pub fn outcome(self) -> &'static str {
+        match (self.delivered, self.failed) {
+            (_, 0) => "delivered",
+            (0, _) => "bounced",
+            _ => "partly_bounced",
+        }
+    }
 }
 
 /// What an attempt decided.
 #[derive(Debug)]
 pub enum Next {
     /// Every recipient is finished; the message is gone from the spool.
-    Done,
+    Done(Finished),
     /// Some recipients remain; try again after the delay. The flag says whether the attempt
     /// failed before reaching the next hop (connection, TLS, timeout).
     Retry(Item, Duration, bool),
@@ -119,7 +143,12 @@ pub struct Runner<T: Transport = AnyTransport> {
     held: BTreeSet<MessageId>,
     /// Requests from the queue API ([`Runner::control`]).
     commands: Option<mpsc::Receiver<Command>>,
+    /// How the last [`RECENT`] messages left the queue (`queue status`).
+    recent: VecDeque<(MessageId, &'static str, u32, Option<String>)>,
 }
+
+/// How many finished messages `queue status` remembers.
+const RECENT: usize = 1024;
 
 impl<T: Transport> Runner<T> {
     /// A runner over `found` (replayed at start) plus whatever arrives later.
@@ -148,6 +177,7 @@ impl<T: Transport> Runner<T> {
             stats: Arc::default(),
             held: BTreeSet::new(),
             commands: None,
+            recent: VecDeque::new(),
         };
         for q in found {
             r.add(q);
@@ -181,6 +211,7 @@ impl<T: Transport> Runner<T> {
                 attempts: 0,
                 delay_notice_sent: false,
                 last_error: None,
+                finished: Finished::default(),
             },
         );
     }
@@ -340,7 +371,7 @@ impl<T: Transport> Runner<T> {
             let (spool, metrics, delivery) = (self.spool.clone(), self.metrics.clone(), delivery.clone());
             self.in_flight.spawn(async move {
                 let next = match handoff::run(item, &spool, &delivery, &metrics).await {
-                    Ok(Next::Done) => Next::HandedOff,
+                    Ok(Next::Done(_)) => Next::HandedOff,
                     Ok(next) => next,
                     Err((item, kept)) => Next::Kept(item, kept),
                 };
@@ -355,12 +386,23 @@ impl<T: Transport> Runner<T> {
         self.busy.remove(&id);
         self.handing_off.remove(&id);
         match next {
-            Next::Done | Next::Dropped | Next::HandedOff => {
+            Next::Done(_) | Next::Dropped | Next::HandedOff => {
+                let outcome = match &next {
+                    Next::Done(f) => f.outcome(),
+                    Next::HandedOff => "handed_off",
+                    _ => "quarantined",
+                };
+                if let Next::Done(f) = &next
+                    && let Some(item) = self.items.get_mut(&id)
+                {
+                    item.attempts = f.attempts;
+                }
+                self.remember(id, outcome);
                 {
                     let mut stats = crate::sync::lock(&self.stats);
                     match (&next, self.phase) {
                         (Next::HandedOff, _) => stats.handed_off += 1,
-                        (Next::Done, Phase::Drain | Phase::HandOff) => stats.delivered += 1,
+                        (Next::Done(_), Phase::Drain | Phase::HandOff) => stats.delivered += 1,
                         _ => {}
                     }
                     stats.kept.remove(&id);

@@ -4,7 +4,7 @@
 use super::{Runner, Transport};
 use crate::{
     message::{Envelope, MessageId, MessageWriter, domain_of, now_secs},
-    queue::control::{Command, Done, Filter, Flushed, Mutation, Refusal, Row, State},
+    queue::control::{Command, Done, Filter, Flushed, Mutation, Refusal, Row, State, Status},
 };
 use std::collections::HashMap;
 use tokio::time::Instant;
@@ -23,6 +23,9 @@ impl<T: Transport> Runner<T> {
                 let due = self.due();
                 let found = self.items.get(&id).map(|i| (self.row(id, &due), i.meta.clone()));
                 let _ = reply.send(found);
+            }
+            Command::Status(id, reply) => {
+                let _ = reply.send(self.status(id));
             }
             Command::Flush(filter, reply) => {
                 let _ = reply.send(self.flush(&filter));
@@ -92,6 +95,40 @@ impl<T: Transport> Runner<T> {
                 .map(|t| now + t.saturating_duration_since(Instant::now()).as_secs()),
             last_error: item.last_error.clone(),
         }
+    }
+
+    fn status(&self, id: MessageId) -> Option<Status> {
+        if let Some(item) = self.items.get(&id) {
+            let row = self.row(id, &self.due());
+            return Some(Status {
+                id: row.id,
+                state: row.state.as_str().to_owned(),
+                queued: true,
+                attempts: item.attempts,
+                last_error: item.last_error.clone(),
+            });
+        }
+        let (_, outcome, attempts, last_error) = self.recent.iter().rev().find(|(r, ..)| *r == id)?;
+        Some(Status {
+            id: id.to_string(),
+            state: (*outcome).to_owned(),
+            queued: false,
+            attempts: *attempts,
+            last_error: last_error.clone(),
+        })
+    }
+
+    /// Remembers how message `id` left the queue, for [`Command::Status`].
+    pub(super) fn remember(&mut self, id: MessageId, outcome: &'static str) {
+        let (attempts, last_error) = self
+            .items
+            .get(&id)
+            .map(|i| (i.attempts, i.last_error.clone()))
+            .unwrap_or_default();
+        if self.recent.len() >= super::RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, outcome, attempts, last_error));
     }
 
     /// Makes matching deferred messages due now and opens a parked route.
@@ -224,6 +261,7 @@ impl<T: Transport> Runner<T> {
             "deleted without a notice".to_owned()
         };
         self.spool.remove(id).await;
+        self.remember(id, "deleted");
         self.items.remove(&id);
         self.held.remove(&id);
         self.waiting.retain(|(_, w)| *w != id);
