@@ -10,6 +10,7 @@
 
 use mailroom_e2e as common;
 mod hub;
+mod plugin;
 mod release;
 mod scene;
 
