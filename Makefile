@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 
 .PHONY: test test-node testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook \
-	bench-operator soak deny audit fuzz fuzz-smoke chart-docs
+	bench-operator soak deny audit fuzz fuzz-smoke chart-docs plugin-dist
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
@@ -15,6 +15,7 @@ help:
 	@echo "make fuzz     run every fuzz target FUZZ_SECONDS (default 600) seconds; see docs/security.md"
 	@echo "make chart-docs  regenerate the chart's values.schema.json and README.md from values.yaml"
 	@echo "make audit    check dependencies against the RustSec advisory database (needs network)"
+	@echo "make plugin-dist  the kubectl-mailroom archive and its krew manifest in dist/ (docs/install.md)"
 
 build:
 	$(CARGO) build --workspace --bins
@@ -76,6 +77,12 @@ test-node: testenv
 
 demo: build
 	bash examples/demo.sh
+
+# kubectl-mailroom for krew: dist/kubectl-mailroom_linux_amd64.tar.gz and dist/mailroom.yaml.
+PLUGIN_VERSION ?= v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+plugin-dist:
+	$(CARGO) build --release -p kubectl-mailroom
+	bash plugin/krew/package.sh $(PLUGIN_VERSION) dist target/release/kubectl-mailroom
 
 # Benchmarks are not part of `make test`: slow, and noisy on shared machines. See docs/benchmarks.md.
 bench:

@@ -3,7 +3,7 @@
 #
 # Each tool gets its own module so that their dependency graphs never have to agree. The go.mod/go.sum
 # files are committed; prepare.sh builds from them with -mod=readonly and checks they match versions.env.
-# Usage: bash tests/env/pin.sh [kubernetes|etcd|helm|helm-docs|external-dns|dashboard-check|prometheus]...
+# Usage: bash tests/env/pin.sh [kubernetes|etcd|helm|helm-docs|krew|external-dns|dashboard-check|prometheus]...
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -123,6 +123,10 @@ pin() {
         write_simple helm-docs github.com/norwoodj/helm-docs "$HELM_DOCS_VERSION" \
             github.com/norwoodj/helm-docs/cmd/helm-docs
         ;;
+    krew)
+        write_simple krew sigs.k8s.io/krew "$KREW_VERSION" \
+            "sigs.k8s.io/krew/cmd/krew sigs.k8s.io/krew/cmd/validate-krew-manifest"
+        ;;
     external-dns) write_external_dns ;;
     dashboard-check) write_dashboard_check ;;
     prometheus)
@@ -130,7 +134,7 @@ pin() {
             "github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool"
         ;;
     *)
-        echo "pin.sh: unknown tool '$name' (want kubernetes, etcd, helm, helm-docs, external-dns, dashboard-check or prometheus)" >&2
+        echo "pin.sh: unknown tool '$name' (want kubernetes, etcd, helm, helm-docs, krew, external-dns, dashboard-check or prometheus)" >&2
         exit 2
         ;;
     esac
@@ -140,7 +144,7 @@ pin() {
 }
 
 if [ "$#" -eq 0 ]; then
-    set -- kubernetes etcd helm helm-docs external-dns dashboard-check prometheus
+    set -- kubernetes etcd helm helm-docs krew external-dns dashboard-check prometheus
 fi
 for tool in "$@"; do
     pin "$tool"

@@ -11,7 +11,7 @@
 #   eval "$(bash tests/env/prepare.sh --print-env)"   same, then export MAILROOM_TESTENV_* here
 #
 # Output: $MAILROOM_TESTENV_DIR = ${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/testenv/<k8s version>-<hash>
-#   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm helm-docs prometheus
+#   bin/    kube-apiserver kube-controller-manager kubelet kube-scheduler etcd helm helm-docs krew prometheus
 #           promtool external-dns dashboard-check cargo-fuzz cargo-deny pause busybox
 #   crds/   dnsendpoints.externaldns.k8s.io.yaml (external-dns' CRD, from its module)
 #   venv/   python with aiosmtpd, dkimpy, cryptography, dnspython
@@ -196,6 +196,11 @@ build_go_tools() {
     check_pinned helm-docs github.com/norwoodj/helm-docs "$HELM_DOCS_VERSION"
     go_build helm-docs "$(component_dir helm-docs HELM_DOCS_VERSION)" helm-docs \
         github.com/norwoodj/helm-docs/cmd/helm-docs -ldflags="-s -w"
+
+    check_pinned krew sigs.k8s.io/krew "$KREW_VERSION"
+    go_build krew "$(component_dir krew KREW_VERSION)" "krew validate-krew-manifest" \
+        "sigs.k8s.io/krew/cmd/krew sigs.k8s.io/krew/cmd/validate-krew-manifest" \
+        -ldflags="-s -w -X sigs.k8s.io/krew/internal/version.gitTag=$KREW_VERSION"
 
     check_pinned external-dns sigs.k8s.io/external-dns "$EXTERNAL_DNS_VERSION"
     local ecdir edir
