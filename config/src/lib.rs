@@ -372,6 +372,10 @@ pub struct Smarthost {
     /// Concurrent connections to the smarthost. Default 4.
     #[serde(default = "default_smarthost_connections")]
     pub max_connections: usize,
+    /// A second smarthost, used when this one is parked (down) or answers a recipient with a
+    /// temporary failure (4xx); its own TLS, CA and credentials. It has no backup of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Box<Smarthost>>,
 }
 
 /// Capture delivery.

@@ -210,32 +210,15 @@ impl Config {
             );
         }
         if let Delivery::Smarthost(s) = &self.delivery {
-            if s.host.parse::<std::net::IpAddr>().is_err() && !is_hostname(&s.host) {
-                bad(
-                    "delivery.smarthost.host",
-                    format!("{:?} is not a host name or IP address", s.host),
-                );
-            }
-            if s.port == 0 {
-                bad("delivery.smarthost.port", "must be between 1 and 65535".into());
-            }
-            if s.connect_timeout_seconds == 0 {
-                bad(
-                    "delivery.smarthost.connectTimeoutSeconds",
-                    "must be greater than 0".into(),
-                );
-            }
-            if s.command_timeout_seconds == 0 {
-                bad(
-                    "delivery.smarthost.commandTimeoutSeconds",
-                    "must be greater than 0".into(),
-                );
-            }
-            if s.max_connections == 0 {
-                bad(
-                    "delivery.smarthost.maxConnections",
-                    "must be greater than 0".into(),
-                );
+            smarthost_problems(s, "delivery.smarthost", &mut bad);
+            if let Some(b) = &s.backup {
+                smarthost_problems(b, "delivery.smarthost.backup", &mut bad);
+                if b.backup.is_some() {
+                    bad(
+                        "delivery.smarthost.backup.backup",
+                        "a backup smarthost has no backup of its own".into(),
+                    );
+                }
             }
         }
         let r = &self.retry;
@@ -285,18 +268,15 @@ impl Config {
         }
         match &self.delivery {
             Delivery::Smarthost(s) => {
-                if let Some(ca) = &s.ca_file {
-                    files.push(("delivery.smarthost.caFile".into(), ca.as_path()));
-                }
-                if let Some(auth) = &s.auth {
-                    files.push((
-                        "delivery.smarthost.auth.usernameFile".into(),
-                        auth.username_file.as_path(),
-                    ));
-                    files.push((
-                        "delivery.smarthost.auth.passwordFile".into(),
-                        auth.password_file.as_path(),
-                    ));
+                let backup = s.backup.as_deref().map(|b| (b, "delivery.smarthost.backup"));
+                for (s, at) in std::iter::once((s, "delivery.smarthost")).chain(backup) {
+                    if let Some(ca) = &s.ca_file {
+                        files.push((format!("{at}.caFile"), ca.as_path()));
+                    }
+                    if let Some(auth) = &s.auth {
+                        files.push((format!("{at}.auth.usernameFile"), auth.username_file.as_path()));
+                        files.push((format!("{at}.auth.passwordFile"), auth.password_file.as_path()));
+                    }
                 }
             }
             Delivery::Direct(d) => {
@@ -334,5 +314,27 @@ impl Config {
                 })
             })
             .collect()
+    }
+}
+
+/// The problems of one smarthost's settings, under field path `at`.
+fn smarthost_problems(s: &Smarthost, at: &str, bad: &mut impl FnMut(&str, String)) {
+    if s.host.parse::<std::net::IpAddr>().is_err() && !is_hostname(&s.host) {
+        bad(
+            &format!("{at}.host"),
+            format!("{:?} is not a host name or IP address", s.host),
+        );
+    }
+    if s.port == 0 {
+        bad(&format!("{at}.port"), "must be between 1 and 65535".into());
+    }
+    for (field, value) in [
+        ("connectTimeoutSeconds", s.connect_timeout_seconds),
+        ("commandTimeoutSeconds", s.command_timeout_seconds),
+        ("maxConnections", s.max_connections as u64),
+    ] {
+        if value == 0 {
+            bad(&format!("{at}.{field}"), "must be greater than 0".into());
+        }
     }
 }

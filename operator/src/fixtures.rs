@@ -102,6 +102,7 @@ impl Relay {
                 name: "ca".into(),
                 key: "ca.pem".into(),
             }),
+            backup: None,
         });
         relay
     }

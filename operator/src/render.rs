@@ -23,6 +23,10 @@ pub const DKIM_MOUNT: &str = "/etc/mailroom/dkim";
 pub const CREDENTIALS_MOUNT: &str = "/etc/mailroom/credentials";
 /// Where the pod mounts the smarthost CA Secret.
 pub const CA_MOUNT: &str = "/etc/mailroom/smarthost-ca";
+/// Where the pod mounts the backup smarthost's credentials Secret.
+pub const BACKUP_CREDENTIALS_MOUNT: &str = "/etc/mailroom/backup-credentials";
+/// Where the pod mounts the backup smarthost's CA Secret.
+pub const BACKUP_CA_MOUNT: &str = "/etc/mailroom/backup-ca";
 /// Spool directory inside the pod (an `emptyDir`).
 pub const SPOOL_DIR: &str = "/var/spool/mailroom";
 /// Capture directory inside the pod (capture delivery only).
@@ -159,36 +163,28 @@ fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
         return Ok(Delivery::Direct(render_direct(direct)));
     }
     match (&d.smarthost, &d.capture) {
-        (Some(s), None) if d.direct.is_none() => Ok(Delivery::Smarthost(Smarthost {
-            host: s.host.clone(),
-            port: u16::try_from(s.port).map_err(|_| {
-                Error::InvalidSpec(format!(
-                    "Relay {namespace}/{name}: spec.delivery.smarthost.port is out of range"
-                ))
-            })?,
-            tls: match s.tls {
-                SmarthostTls::Starttls => TlsMode::Starttls,
-                SmarthostTls::Implicit => TlsMode::Implicit,
-                SmarthostTls::None => TlsMode::None,
-            },
-            ca_file: s
-                .ca_secret_ref
-                .as_ref()
-                .map(|r| PathBuf::from(CA_MOUNT).join(&r.key)),
-            auth: s.credentials_secret_ref.as_ref().map(|c| Auth {
-                mechanism: match s.auth_mechanism {
-                    None | Some(SmarthostAuth::Plain) => AuthMechanism::Plain,
-                    Some(SmarthostAuth::Login) => AuthMechanism::Login,
-                    Some(SmarthostAuth::Xoauth2) => AuthMechanism::Xoauth2,
-                },
-                username_file: PathBuf::from(CREDENTIALS_MOUNT).join(&c.username_key),
-                password_file: PathBuf::from(CREDENTIALS_MOUNT).join(&c.password_key),
-            }),
-            // Sidecar defaults: the CRD does not expose them.
-            connect_timeout_seconds: 30,
-            command_timeout_seconds: 300,
-            max_connections: s.max_connections.map_or(4, |n| n as usize),
-        })),
+        (Some(s), None) if d.direct.is_none() => {
+            let mut primary = smarthost(
+                s,
+                CREDENTIALS_MOUNT,
+                CA_MOUNT,
+                "spec.delivery.smarthost",
+                namespace,
+                name,
+            )?;
+            if let Some(b) = s.backup_endpoint() {
+                let backup = smarthost(
+                    &b,
+                    BACKUP_CREDENTIALS_MOUNT,
+                    BACKUP_CA_MOUNT,
+                    "spec.delivery.smarthost.backup",
+                    namespace,
+                    name,
+                )?;
+                primary.backup = Some(Box::new(backup));
+            }
+            Ok(Delivery::Smarthost(primary))
+        }
         (None, Some(_)) if d.direct.is_none() => Ok(Delivery::Capture(Capture {
             dir: CAPTURE_DIR.into(),
         })),
@@ -196,6 +192,44 @@ fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
             "Relay {namespace}/{name}: spec.delivery must set exactly one of smarthost, direct or capture"
         ))),
     }
+}
+
+/// One smarthost's settings, its Secrets mounted at `credentials` and `ca`; `at` is its field
+/// path for errors.
+fn smarthost(
+    s: &crate::crd::SmarthostSpec,
+    credentials: &str,
+    ca: &str,
+    at: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Smarthost> {
+    Ok(Smarthost {
+        host: s.host.clone(),
+        port: u16::try_from(s.port).map_err(|_| {
+            Error::InvalidSpec(format!("Relay {namespace}/{name}: {at}.port is out of range"))
+        })?,
+        tls: match s.tls {
+            SmarthostTls::Starttls => TlsMode::Starttls,
+            SmarthostTls::Implicit => TlsMode::Implicit,
+            SmarthostTls::None => TlsMode::None,
+        },
+        ca_file: s.ca_secret_ref.as_ref().map(|r| PathBuf::from(ca).join(&r.key)),
+        auth: s.credentials_secret_ref.as_ref().map(|c| Auth {
+            mechanism: match s.auth_mechanism {
+                None | Some(SmarthostAuth::Plain) => AuthMechanism::Plain,
+                Some(SmarthostAuth::Login) => AuthMechanism::Login,
+                Some(SmarthostAuth::Xoauth2) => AuthMechanism::Xoauth2,
+            },
+            username_file: PathBuf::from(credentials).join(&c.username_key),
+            password_file: PathBuf::from(credentials).join(&c.password_key),
+        }),
+        // Sidecar defaults: the CRD does not expose them.
+        connect_timeout_seconds: 30,
+        command_timeout_seconds: 300,
+        max_connections: s.max_connections.map_or(4, |n| n as usize),
+        backup: None,
+    })
 }
 
 /// Direct delivery uses the pod's resolver (the cluster DNS) and port 25; the rest are the

@@ -44,7 +44,10 @@ fn krew_validates_the_manifest_and_installs_the_plugin_from_it() {
     let manifest = dist.join("mailroom.yaml");
     let validate = testenv::bin("validate-krew-manifest").unwrap_or_else(|e| panic!("{e:#}"));
     run(
-        Command::new(validate).arg("-manifest").arg(&manifest).arg("-skip-install"),
+        Command::new(validate)
+            .arg("-manifest")
+            .arg(&manifest)
+            .arg("-skip-install"),
         "validate-krew-manifest",
     );
 
@@ -53,7 +56,10 @@ fn krew_validates_the_manifest_and_installs_the_plugin_from_it() {
         krew(&root)
             .arg("install")
             .arg(format!("--manifest={}", manifest.display()))
-            .arg(format!("--archive={}", dist.join("kubectl-mailroom_linux_amd64.tar.gz").display())),
+            .arg(format!(
+                "--archive={}",
+                dist.join("kubectl-mailroom_linux_amd64.tar.gz").display()
+            )),
         "krew install",
     );
     let installed = root.join("bin/kubectl-mailroom");

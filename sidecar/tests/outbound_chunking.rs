@@ -144,6 +144,7 @@ async fn a_smarthost_that_offers_chunking_still_gets_data() {
             connect_timeout_seconds: 5,
             command_timeout_seconds: 5,
             max_connections: 1,
+            backup: None,
         },
         "relay.test",
         Metrics::new(),

@@ -48,6 +48,7 @@ fn smarthost(port: u16, tls: TlsMode, ca_file: &Path) -> Smarthost {
         connect_timeout_seconds: 5,
         command_timeout_seconds: 5,
         max_connections: 2,
+        backup: None,
     }
 }
 

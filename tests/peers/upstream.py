@@ -41,6 +41,8 @@ def parse_args():
     p.add_argument("--maildir", required=True)
     p.add_argument("--greeting-421", action="store_true", help="answer every connection with 421 and close")
     p.add_argument("--fail-data", type=int, help="reply code after DATA, e.g. 451 or 554")
+    p.add_argument("--accept-all-recipients", action="store_true",
+                   help="no temp-fail*/perm-fail*/slow* local-part rules (a backup that takes what the primary refused)")
     p.add_argument("--slow-seconds", type=float, default=5.0)
     p.add_argument("--hang-data", type=int, default=0, metavar="N", help="never answer the first N DATA")
     p.add_argument("--dsn", action="store_true", help="advertise DSN and accept RET, ENVID, NOTIFY, ORCPT")
@@ -87,6 +89,8 @@ class Handler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0].lstrip('"').lower()
+        if self.args.accept_all_recipients:
+            local = ""
         if local.startswith("temp-fail"):
             return "450 4.2.0 <%s>: mailbox temporarily unavailable" % address
         if local.startswith("perm-fail"):

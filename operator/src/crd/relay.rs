@@ -252,6 +252,61 @@ pub struct SmarthostSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_connections: Option<u32>,
+    /// A backup smarthost with its own TLS, CA and credentials: used while this one is parked
+    /// (down after repeated connection failures) and, within the same attempt, for each
+    /// recipient this one refuses with a temporary failure (4xx). Delivery goes back to this one
+    /// as soon as it answers again. The `route` label of the delivery metrics says which one
+    /// took each recipient (`smarthost` or `backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSmarthostSpec>,
+}
+
+/// The backup smarthost: the same fields as the smarthost, without a backup of its own.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || self.tls != 'none'").message("spec.delivery.smarthost.backup.credentialsSecretRef needs tls starttls or implicit; credentials are never sent in plain text"))]
+#[x_kube(validation = Rule::new("!has(self.authMechanism) || has(self.credentialsSecretRef)").message("spec.delivery.smarthost.backup.authMechanism needs credentialsSecretRef"))]
+pub struct BackupSmarthostSpec {
+    /// Host name or IP address of the backup smarthost.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(HOST_RULE).message("spec.delivery.smarthost.backup.host must be a host name or IP address"))]
+    pub host: String,
+    /// TCP port, 1 to 65535. Default 587 (submission).
+    #[serde(default = "default_smarthost_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+    /// `starttls` (default), `implicit` or `none`, as for the smarthost.
+    #[serde(default)]
+    pub tls: SmarthostTls,
+    /// Secret with the backup's SMTP AUTH user name and password. Absent: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// Secret key holding a PEM CA bundle for the backup's certificate. Absent: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// SMTP AUTH mechanism: `plain` (default), `login` or `xoauth2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_mechanism: Option<SmarthostAuth>,
+    /// Connections to the backup at once, 1 to 100. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_connections: Option<u32>,
+}
+
+impl SmarthostSpec {
+    /// The backup's settings as a smarthost of their own (without a backup).
+    pub fn backup_endpoint(&self) -> Option<SmarthostSpec> {
+        self.backup.as_ref().map(|b| SmarthostSpec {
+            host: b.host.clone(),
+            port: b.port,
+            tls: b.tls,
+            credentials_secret_ref: b.credentials_secret_ref.clone(),
+            ca_secret_ref: b.ca_secret_ref.clone(),
+            auth_mechanism: b.auth_mechanism,
+            max_connections: b.max_connections,
+            backup: None,
+        })
+    }
 }
 
 /// SMTP AUTH mechanism for the smarthost.

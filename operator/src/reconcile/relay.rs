@@ -55,8 +55,10 @@ pub fn children() -> watcher::Config {
 /// Whether `relay` references Secret `name` (credentials or CA).
 pub fn references_secret(relay: &Relay, name: &str) -> bool {
     relay.spec.delivery.smarthost.as_ref().is_some_and(|s| {
-        s.credentials_secret_ref.as_ref().is_some_and(|c| c.name == name)
-            || s.ca_secret_ref.as_ref().is_some_and(|c| c.name == name)
+        std::iter::once(s.clone()).chain(s.backup_endpoint()).any(|s| {
+            s.credentials_secret_ref.as_ref().is_some_and(|c| c.name == name)
+                || s.ca_secret_ref.as_ref().is_some_and(|c| c.name == name)
+        })
     })
 }
 
@@ -247,16 +249,18 @@ async fn check_secrets(relay: &Relay, ns: &str, ctx: &Context) -> Result<()> {
     let Some(s) = &relay.spec.delivery.smarthost else {
         return Ok(());
     };
-    let mut wanted: Vec<(&str, &str)> = Vec::new();
-    if let Some(c) = &s.credentials_secret_ref {
-        wanted.push((&c.name, &c.username_key));
-        wanted.push((&c.name, &c.password_key));
-    }
-    if let Some(c) = &s.ca_secret_ref {
-        wanted.push((&c.name, &c.key));
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for s in std::iter::once(s.clone()).chain(s.backup_endpoint()) {
+        if let Some(c) = &s.credentials_secret_ref {
+            wanted.push((c.name.clone(), c.username_key.clone()));
+            wanted.push((c.name.clone(), c.password_key.clone()));
+        }
+        if let Some(c) = &s.ca_secret_ref {
+            wanted.push((c.name.clone(), c.key.clone()));
+        }
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    for (name, key) in wanted {
+    for (name, key) in &wanted {
         let secret = api
             .get_opt(name)
             .await

@@ -456,6 +456,22 @@ fn pod_template(relay_obj: &Relay, image: &str, log_format: &str, spec: &HubSpec
         if let Some(c) = &sh.ca_secret_ref {
             route_volumes.push((secret("smarthost-ca", c.name.clone()), CA_MOUNT, true));
         }
+        if let Some(b) = &sh.backup {
+            if let Some(c) = &b.credentials_secret_ref {
+                route_volumes.push((
+                    secret("backup-credentials", c.name.clone()),
+                    crate::render::BACKUP_CREDENTIALS_MOUNT,
+                    true,
+                ));
+            }
+            if let Some(c) = &b.ca_secret_ref {
+                route_volumes.push((
+                    secret("backup-ca", c.name.clone()),
+                    crate::render::BACKUP_CA_MOUNT,
+                    true,
+                ));
+            }
+        }
     }
     if delivery.capture.is_some() {
         route_volumes.push((

@@ -1,7 +1,7 @@
 use super::*;
 use crate::crd::{
-    BouncesSpec, CredentialsSecretRef, Delivery, LimitsSpec, RetrySpec, SecretKeyRef, SmarthostAuth,
-    SmarthostSpec,
+    BackupSmarthostSpec, BouncesSpec, CredentialsSecretRef, Delivery, LimitsSpec, RetrySpec, SecretKeyRef,
+    SmarthostAuth, SmarthostSpec,
 };
 
 /// The Relay behind `tests/fixtures/sidecar-config/rendered-relay.yaml`.
@@ -23,6 +23,19 @@ fn golden_input() -> (Relay, Vec<MailDomain>) {
             }),
             auth_mechanism: Some(SmarthostAuth::Login),
             max_connections: Some(8),
+            backup: Some(BackupSmarthostSpec {
+                host: "smtp.backup.example.org".into(),
+                port: 465,
+                tls: SmarthostTls::Implicit,
+                credentials_secret_ref: Some(CredentialsSecretRef {
+                    name: "backup-credentials".into(),
+                    username_key: "username".into(),
+                    password_key: "password".into(),
+                }),
+                ca_secret_ref: None,
+                auth_mechanism: None,
+                max_connections: None,
+            }),
         }),
         ..Default::default()
     };

@@ -169,6 +169,22 @@ fn volumes(relay: &Relay) -> (Vec<Volume>, Vec<VolumeMount>) {
         if let Some(c) = &s.ca_secret_ref {
             push(secret("mailroom-smarthost-ca", &c.name), CA_MOUNT, true);
         }
+        if let Some(b) = &s.backup {
+            if let Some(c) = &b.credentials_secret_ref {
+                push(
+                    secret("mailroom-backup-credentials", &c.name),
+                    render::BACKUP_CREDENTIALS_MOUNT,
+                    true,
+                );
+            }
+            if let Some(c) = &b.ca_secret_ref {
+                push(
+                    secret("mailroom-backup-ca", &c.name),
+                    render::BACKUP_CA_MOUNT,
+                    true,
+                );
+            }
+        }
     }
     if relay.spec.hub.is_some() {
         // The hand-off credential and the hub's CA (docs/hub.md).

@@ -6,6 +6,7 @@ pub mod classify;
 pub mod client;
 mod command;
 pub mod direct;
+pub mod failover;
 pub mod park;
 pub mod pool;
 pub mod shadow;
@@ -122,6 +123,8 @@ pub enum Route {
     Direct,
     /// Handed to the Relay's hub (docs/hub.md).
     Hub,
+    /// Through the backup smarthost (`delivery.smarthost.backup`).
+    Backup,
 }
 
 impl Route {
@@ -132,6 +135,7 @@ impl Route {
             Self::Capture => "capture",
             Self::Direct => "direct",
             Self::Hub => "hub",
+            Self::Backup => "backup",
         }
     }
 }
@@ -151,6 +155,20 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether the route is parked (down); the queue then holds mail instead of trying it.
     fn parked(&self) -> bool {
         false
+    }
+    /// [`Transport::deliver`], also saying which route took each recipient (a transport with a
+    /// backup uses two).
+    fn deliver_routed(
+        &self,
+        envelope: &Envelope,
+        rcpts: &[Recipient],
+        message: &[u8],
+    ) -> impl Future<Output = (Vec<RcptResult>, Vec<Route>)> + Send {
+        async move {
+            let results = self.deliver(envelope, rcpts, message).await;
+            let routes = vec![self.route(); results.len()];
+            (results, routes)
+        }
     }
     /// An administrator asked for an attempt now (`queue flush`): open a parked route for the
     /// next attempt, which parks it again if it still fails. Returns whether it was parked.

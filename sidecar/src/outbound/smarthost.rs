@@ -69,6 +69,16 @@ impl SmarthostTransport {
     /// Prepares the transport; `hostname` is sent in EHLO. Reads the CA file now (credentials are
     /// read at each connection). Sets `route_parked{route="smarthost"}` in `metrics`.
     pub fn new(cfg: &config::Smarthost, hostname: &str, metrics: Metrics) -> Result<Self, DeliveryError> {
+        Self::on_route(cfg, hostname, metrics, Route::Smarthost)
+    }
+
+    /// [`SmarthostTransport::new`] for `route` (`backup` for `delivery.smarthost.backup`).
+    pub fn on_route(
+        cfg: &config::Smarthost,
+        hostname: &str,
+        metrics: Metrics,
+        route: Route,
+    ) -> Result<Self, DeliveryError> {
         let tls_config = match cfg.tls {
             TlsMode::None => None,
             TlsMode::Starttls | TlsMode::Implicit => Some(
@@ -89,12 +99,7 @@ impl SmarthostTransport {
             command_timeout: Duration::from_secs(cfg.command_timeout_seconds),
             handoff: false,
         };
-        Ok(Self::with_settings(
-            settings,
-            Route::Smarthost,
-            cfg.max_connections,
-            metrics,
-        ))
+        Ok(Self::with_settings(settings, route, cfg.max_connections, metrics))
     }
 
     /// The hand-off to the Relay's hub (config `handoff`): TLS from the first byte verified

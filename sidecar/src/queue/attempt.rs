@@ -58,7 +58,9 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
     }
     let rcpts: Vec<Recipient> = tried.iter().filter_map(|&i| env.recipient(i as usize)).collect();
     let started = std::time::Instant::now();
-    let mut results = d.transport.deliver(&env, &rcpts, &bytes).await;
+    let (mut results, mut routes) = d.transport.deliver_routed(&env, &rcpts, &bytes).await;
+    let route = d.transport.route();
+    routes.resize(rcpts.len(), route);
     results.resize_with(rcpts.len(), || RcptResult {
         outcome: Outcome::Deferred,
         class: ReplyClass::Protocol,
@@ -66,10 +68,11 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         next_hop_dsn: false,
         remote: None,
     });
-    let route = d.transport.route();
+    // The route that answered last: the backup's when it took any recipient.
+    let used = routes.iter().copied().find(|r| *r != route).unwrap_or(route);
     metrics
         .delivery_duration
-        .with_label_values(&[route.as_str(), overall(&results).as_str()])
+        .with_label_values(&[used.as_str(), overall(&results).as_str()])
         .observe(started.elapsed().as_secs_f64());
     item.attempts += 1;
     if let Some(r) = results.iter().find(|r| r.outcome == Outcome::Deferred) {
@@ -93,7 +96,7 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         route,
         jitter: rand::random::<f64>(),
     });
-    count(&decision, &results, route, d.sender_label(&env), metrics);
+    count(&decision, &results, &routes, route, d.sender_label(&env), metrics);
     item.finished.delivered += decision.delivered.len() as u32;
     item.finished.failed += (decision.bounced.len() + decision.expired.len()) as u32;
     let line = Line {
@@ -102,7 +105,7 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
         route,
         attempt: item.attempts,
     };
-    trail(&d.trail, &line, &decision, &tried, &results);
+    trail(&d.trail, &line, &decision, &tried, &results, &routes);
     if !decision.dropped.is_empty() {
         // RFC 3461 6.2 / RFC 5321 6.1: a bounce is never bounced; it is dropped and logged.
         tracing::warn!(message_id = %id, recipients = decision.dropped.len(), "bounce could not be delivered; dropping it");
@@ -160,12 +163,22 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
 
 /// The trail line of each recipient tried in this attempt: what the decision made of it, with
 /// what the server said.
-fn trail(trail: &Trail, line: &Line<'_>, decision: &Decision, tried: &[u32], results: &[RcptResult]) {
-    let result = |index: u32| {
-        tried
-            .iter()
-            .position(|&t| t == index)
-            .and_then(|p| results.get(p))
+fn trail(
+    trail: &Trail,
+    line: &Line<'_>,
+    decision: &Decision,
+    tried: &[u32],
+    results: &[RcptResult],
+    routes: &[Route],
+) {
+    let position = |index: u32| tried.iter().position(|&t| t == index);
+    let result = |index: u32| position(index).and_then(|p| results.get(p));
+    // Each recipient's line names the route that answered it.
+    let line_for = |index: u32| Line {
+        route: position(index)
+            .and_then(|p| routes.get(p).copied())
+            .unwrap_or(line.route),
+        ..*line
     };
     let address = |index: u32| {
         line.envelope
@@ -174,7 +187,7 @@ fn trail(trail: &Trail, line: &Line<'_>, decision: &Decision, tried: &[u32], res
             .map_or("", String::as_str)
     };
     for &i in &decision.delivered {
-        trail.log(line, address(i), Event::Delivered, result(i));
+        trail.log(&line_for(i), address(i), Event::Delivered, result(i));
     }
     for (failed, event) in [
         (&decision.bounced, Event::Bounced),
@@ -182,16 +195,22 @@ fn trail(trail: &Trail, line: &Line<'_>, decision: &Decision, tried: &[u32], res
         (&decision.expired, Event::Expired),
     ] {
         for f in failed {
-            trail.log(line, &f.recipient, event, result(f.index));
+            trail.log(&line_for(f.index), &f.recipient, event, result(f.index));
         }
     }
 }
 
-/// Per-recipient counters for one attempt.
-fn count(decision: &Decision, results: &[RcptResult], route: Route, sender: &str, metrics: &Metrics) {
-    let route = route.as_str();
-    for r in results {
-        let labels = [route, sender, r.class.as_str()];
+/// Per-recipient counters for one attempt, each under the route that answered it.
+fn count(
+    decision: &Decision,
+    results: &[RcptResult],
+    routes: &[Route],
+    route: Route,
+    sender: &str,
+    metrics: &Metrics,
+) {
+    for (r, via) in results.iter().zip(routes) {
+        let labels = [via.as_str(), sender, r.class.as_str()];
         match r.outcome {
             Outcome::Delivered => metrics.delivered.with_label_values(&labels).inc(),
             Outcome::Bounced => metrics.bounced.with_label_values(&labels).inc(),
@@ -201,7 +220,7 @@ fn count(decision: &Decision, results: &[RcptResult], route: Route, sender: &str
     for _ in &decision.expired {
         metrics
             .bounced
-            .with_label_values(&[route, sender, "expired"])
+            .with_label_values(&[route.as_str(), sender, "expired"])
             .inc();
     }
 }

@@ -14,6 +14,7 @@ use crate::{
             DirectTransport,
             mx::{self, HickoryResolver},
         },
+        failover::FailoverTransport,
         smarthost::SmarthostTransport,
     },
 };
@@ -41,6 +42,8 @@ pub enum Error {
 pub enum AnyTransport {
     /// `delivery.smarthost`.
     Smarthost(Box<SmarthostTransport>),
+    /// `delivery.smarthost` with a `backup`.
+    Failover(Box<FailoverTransport>),
     /// `delivery.direct`.
     Direct(Box<DirectTransport<HickoryResolver>>),
     /// `delivery.capture`.
@@ -51,6 +54,7 @@ impl Transport for AnyTransport {
     fn route(&self) -> Route {
         match self {
             Self::Smarthost(t) => t.route(),
+            Self::Failover(t) => t.route(),
             Self::Direct(t) => t.route(),
             Self::Capture(t) => t.route(),
         }
@@ -59,14 +63,30 @@ impl Transport for AnyTransport {
     async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
         match self {
             Self::Smarthost(t) => t.deliver(envelope, rcpts, message).await,
+            Self::Failover(t) => t.deliver(envelope, rcpts, message).await,
             Self::Direct(t) => t.deliver(envelope, rcpts, message).await,
             Self::Capture(t) => t.deliver(envelope, rcpts, message).await,
+        }
+    }
+
+    async fn deliver_routed(
+        &self,
+        envelope: &Envelope,
+        rcpts: &[Recipient],
+        message: &[u8],
+    ) -> (Vec<RcptResult>, Vec<Route>) {
+        match self {
+            Self::Failover(t) => t.deliver_routed(envelope, rcpts, message).await,
+            Self::Smarthost(t) => t.deliver_routed(envelope, rcpts, message).await,
+            Self::Direct(t) => t.deliver_routed(envelope, rcpts, message).await,
+            Self::Capture(t) => t.deliver_routed(envelope, rcpts, message).await,
         }
     }
 
     fn parked(&self) -> bool {
         match self {
             Self::Smarthost(t) => t.parked(),
+            Self::Failover(t) => t.parked(),
             Self::Direct(t) => t.parked(),
             Self::Capture(t) => t.parked(),
         }
@@ -75,6 +95,7 @@ impl Transport for AnyTransport {
     fn unpark(&self) -> bool {
         match self {
             Self::Smarthost(t) => t.unpark(),
+            Self::Failover(t) => t.unpark(),
             Self::Direct(t) => t.unpark(),
             Self::Capture(t) => t.unpark(),
         }
@@ -124,7 +145,17 @@ impl Delivery {
             config::Delivery::Smarthost(s) => {
                 let t = SmarthostTransport::new(s, &cfg.hostname, metrics.clone())
                     .map_err(|e| Error::Transport(e.to_string()))?;
-                (AnyTransport::Smarthost(Box::new(t)), s.max_connections)
+                match &s.backup {
+                    None => (AnyTransport::Smarthost(Box::new(t)), s.max_connections),
+                    Some(b) => {
+                        let backup =
+                            SmarthostTransport::on_route(b, &cfg.hostname, metrics.clone(), Route::Backup)
+                                .map_err(|e| Error::Transport(format!("delivery.smarthost.backup: {e}")))?;
+                        let t = FailoverTransport::new(t, backup);
+                        let n = t.max_connections();
+                        (AnyTransport::Failover(Box::new(t)), n)
+                    }
+                }
             }
             config::Delivery::Direct(d) => {
                 let anchors = match d.dane {
