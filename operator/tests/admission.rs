@@ -152,6 +152,18 @@ const CASES: &[Case] = &[
         want: "spec.delivery.smarthost.tls",
     },
     Case {
+        name: "backup host",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {smarthost: {host: smtp.example.net, backup: {host: 'bad host'}}}",
+        want: "spec.delivery.smarthost.backup.host must be a host name or IP address",
+    },
+    Case {
+        name: "backup credentials in plain text",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {smarthost: {host: smtp.example.net, backup: {host: b.example.net, tls: none, credentialsSecretRef: {name: c}}}}",
+        want: "spec.delivery.smarthost.backup.credentialsSecretRef needs tls starttls or implicit",
+    },
+    Case {
         name: "credentials in plain text",
         kind: "Relay",
         spec: "domains: [a]\ndelivery: {smarthost: {host: smtp.example.net, tls: none, credentialsSecretRef: {name: c}}}",

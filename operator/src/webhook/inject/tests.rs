@@ -114,6 +114,63 @@ fn plain_pod_gets_a_native_sidecar_volumes_env_sysctl_and_markers() {
     assert!(out.annotations().contains_key(INJECTED_ANNOTATION));
 }
 
+/// A backup smarthost's Secrets are mounted where the rendered config names them.
+#[test]
+fn a_backup_smarthost_gets_its_own_credentials_and_ca_mounted() {
+    let mut relay = Relay::smarthost_test();
+    if let Some(s) = relay.spec.delivery.smarthost.as_mut() {
+        s.backup = Some(crate::crd::BackupSmarthostSpec {
+            host: "backup.example.net".into(),
+            port: 465,
+            tls: crate::crd::SmarthostTls::Implicit,
+            credentials_secret_ref: Some(crate::crd::CredentialsSecretRef {
+                name: "backup-creds".into(),
+                username_key: "u".into(),
+                password_key: "p".into(),
+            }),
+            ca_secret_ref: Some(crate::crd::SecretKeyRef {
+                name: "backup-ca".into(),
+                key: "ca.pem".into(),
+            }),
+            auth_mechanism: None,
+            max_connections: None,
+        });
+    }
+    let out = inject(&pod(APP), &relay);
+    let spec = out.spec.expect("spec");
+    let secret_of = |volume: &str| {
+        spec.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == volume)
+            .and_then(|v| v.secret.as_ref()?.secret_name.clone())
+    };
+    assert_eq!(
+        secret_of("mailroom-backup-credentials").as_deref(),
+        Some("backup-creds")
+    );
+    assert_eq!(secret_of("mailroom-backup-ca").as_deref(), Some("backup-ca"));
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == SIDECAR_NAME)
+        .expect("sidecar");
+    let mounts: Vec<(&str, &str)> = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert!(mounts.contains(&(
+        "mailroom-backup-credentials",
+        crate::render::BACKUP_CREDENTIALS_MOUNT
+    )));
+    assert!(mounts.contains(&("mailroom-backup-ca", crate::render::BACKUP_CA_MOUNT)));
+    // The rendered config names the same paths: the golden file
+    // (tests/fixtures/sidecar-config/rendered-relay.yaml) has a backup.
+}
+
 #[test]
 fn reinjecting_an_injected_pod_changes_nothing() {
     let relay = Relay::smarthost_test();
