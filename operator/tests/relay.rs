@@ -210,6 +210,22 @@ async fn relay_negative_paths_set_ready_false_with_their_reason() -> Result<()> 
         .await?;
     wait_for(&api, "creds", reason_is("Reconciled")).await?;
 
+    // A backup smarthost's Secret is checked like the primary's, and its creation is watched.
+    let spec = "domains: [open]\ndelivery: {smarthost: {host: smtp.provider.net, credentialsSecretRef: {name: creds}, \
+                backup: {host: smtp.backup.net, tls: implicit, port: 465, credentialsSecretRef: {name: backup-creds}}}}";
+    relay(&env, &ns, "backup", spec).await?;
+    let r = wait_for(&api, "backup", reason_is("SecretNotFound")).await?;
+    let msg = r
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .context("Ready")?
+        .message;
+    assert!(msg.contains("backup-creds"), "{msg}");
+    secrets
+        .create(&PostParams::default(), &secret("backup-creds", &["username", "password"]))
+        .await?;
+    wait_for(&api, "backup", reason_is("Reconciled")).await?;
+
     // A MailDomain that loses its key is not Ready; Relays using it say DomainNotReady.
     let key = format!("dkim-{}", "open");
     Api::<Secret>::namespaced(env.admin.clone(), &env.operator_ns)
