@@ -32,6 +32,14 @@ pub const SPOOL_DIR: &str = "/var/spool/mailroom";
 /// Capture directory inside the pod (capture delivery only).
 pub const CAPTURE_DIR: &str = "/var/lib/mailroom/capture";
 
+/// Each of `pods` pods' share of a Relay-wide budget of `budget` messages a minute: rounded down,
+/// so the pods together never exceed it, and at least 1, so that no pod refuses everything
+/// (with more pods than the budget, the Relay may then exceed it by up to one message a minute
+/// per pod). No pods yet: the first pod gets it all, and the next render shares it.
+pub fn rate_share(budget: Option<u32>, pods: u32) -> Option<u32> {
+    budget.map(|b| (b / pods.max(1)).max(1))
+}
+
 /// Name of the ConfigMap holding a Relay's rendered config.
 pub fn config_map_name(relay: &str) -> String {
     format!("{relay}-sidecar")

@@ -222,7 +222,10 @@ async fn relay_negative_paths_set_ready_false_with_their_reason() -> Result<()> 
         .message;
     assert!(msg.contains("backup-creds"), "{msg}");
     secrets
-        .create(&PostParams::default(), &secret("backup-creds", &["username", "password"]))
+        .create(
+            &PostParams::default(),
+            &secret("backup-creds", &["username", "password"]),
+        )
         .await?;
     wait_for(&api, "backup", reason_is("Reconciled")).await?;
 

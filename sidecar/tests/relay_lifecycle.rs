@@ -472,4 +472,26 @@ fn rate_limit_defers_clients_with_451() {
         1.0
     );
     sidecar.wait_metric("mailroom_sidecar_messages_delivered_total", |v| v == 2.0);
+    // On one connection, as smtplib's sendmail does it (no RSET after a refused DATA): the next
+    // message is refused for the rate again, not as a nested MAIL.
+    let out = std::process::Command::new(relay::python())
+        .args([
+            "-c",
+            "import smtplib, sys\n\
+             s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]))\n\
+             for _ in range(2):\n\
+             \x20   try:\n\
+             \x20       s.sendmail('app@example.com', ['u@example.net'], b'From: app@example.com\\r\\n\\r\\nx\\r\\n')\n\
+             \x20   except smtplib.SMTPResponseException as e:\n\
+             \x20       print(e.smtp_code)\n",
+            &sidecar.smtp.port().to_string(),
+        ])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "451\n451\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

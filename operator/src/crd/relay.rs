@@ -373,8 +373,11 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_recipients: Option<u32>,
-    /// Messages each sidecar accepts per minute (a minute's worth may arrive at once); over it
-    /// apps get `451 4.7.1` and retry. 1 to 1000000. Default: no limit.
+    /// Messages the whole Relay accepts per minute: the operator divides this budget among the
+    /// Relay's live pods (`status.ratePerMinutePerPod`, re-rendered as pods come and go), so a
+    /// provider's quota holds however many replicas send. Each sidecar may take its minute's
+    /// share at once, then its share per minute; over it apps get `451 4.7.1` and retry.
+    /// 1 to 1000000. Default: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub rate_per_minute: Option<u32>,
@@ -416,6 +419,10 @@ pub struct RelayStatus {
     /// `mailroom.dev/relay=<name>` and `mailroom.dev/injected=true`).
     #[serde(default)]
     pub pods: u32,
+    /// Each pod's share of `spec.limits.ratePerMinute`: the budget divided by the live pods
+    /// (rounded down, at least 1), as rendered into the sidecar config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute_per_pod: Option<u32>,
     /// The hub, when `spec.hub` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<HubStatus>,

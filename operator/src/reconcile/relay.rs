@@ -44,7 +44,13 @@ async fn count_pods(ctx: &Context, ns: &str, name: &str) -> Result<u32> {
         .list_metadata(&kube::api::ListParams::default().labels(&selector))
         .await
         .map_err(Error::kube("list pods"))?;
-    Ok(u32::try_from(list.items.len()).unwrap_or(u32::MAX))
+    // A pod being deleted sends no more new mail: its share goes to the others.
+    let live = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count();
+    Ok(u32::try_from(live).unwrap_or(u32::MAX))
 }
 
 /// Watch config selecting Relay children.
@@ -111,6 +117,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
             status.dkim_secret_name = old.dkim_secret_name.clone();
             status.effective_domains = old.effective_domains.clone();
             status.hub = old.hub.clone();
+            status.rate_per_minute_per_pod = old.rate_per_minute_per_pod;
             (Action::await_change(), Cond::no(READY, e.reason(), msg))
         }
         Err(e) => return Err(e),
@@ -156,7 +163,10 @@ async fn converge(
     let domains = gather_domains(relay, ns, ctx).await?;
     check_secrets(relay, ns, ctx).await?;
     let keys = gather_keys(&domains, ctx).await?;
-    let config = render::sidecar_config(relay, &domains)?;
+    let mut config = render::sidecar_config(relay, &domains)?;
+    // The Relay's budget, shared by its live pods (the pod watch re-renders as they come and go).
+    config.limits.rate_per_minute = render::rate_share(config.limits.rate_per_minute, status.pods);
+    status.rate_per_minute_per_pod = config.limits.rate_per_minute;
     let text = render::to_yaml(relay, &config)?;
     let name = relay.name_any();
     let owner = owner_ref(relay)?;

@@ -188,3 +188,18 @@ fn a_rotated_domain_signs_with_the_active_selector_from_status() {
         PathBuf::from("/etc/mailroom/dkim/example.org.mailroom-20260401-010203.key")
     );
 }
+
+#[test]
+fn a_relay_wide_rate_is_shared_by_its_pods_and_never_exceeded() {
+    assert_eq!(rate_share(None, 3), None);
+    assert_eq!(rate_share(Some(600), 0), Some(600), "the first pod gets it all");
+    assert_eq!(rate_share(Some(600), 1), Some(600));
+    assert_eq!(rate_share(Some(600), 7), Some(85), "7 x 85 = 595 <= 600");
+    assert_eq!(rate_share(Some(5), 10), Some(1), "at least one a minute");
+    for pods in 1..50u32 {
+        for budget in [1u32, 7, 60, 600, 1_000_000] {
+            let share = rate_share(Some(budget), pods).expect("share");
+            assert!(share * pods <= budget.max(pods), "{budget}/{pods}: {share}");
+        }
+    }
+}

@@ -184,6 +184,10 @@ where
             Ok(writer) => writer,
             Err(e) => {
                 self.metrics.rejected(sink_reject_reason(e));
+                // A refused DATA ends the transaction. RFC 5321 leaves the state open, and
+                // common clients (Python's smtplib.sendmail, and the frameworks on it) send the
+                // next MAIL without RSET: keeping the transaction would answer that `503`.
+                self.tx = None;
                 return self.reply(sink_reply(e));
             }
         };
