@@ -135,6 +135,9 @@ pub struct Config {
     /// The delivery trail: one log line per recipient outcome.
     #[serde(default, skip_serializing_if = "Trail::is_default")]
     pub trail: Trail,
+    /// Per-destination concurrency and rate.
+    #[serde(default, skip_serializing_if = "is_default_shaping")]
+    pub shaping: Shaping,
 }
 
 /// The delivery trail: one log line per recipient outcome (delivered, deferred, bounced,
@@ -171,6 +174,34 @@ pub struct Listen {
     /// XHANDOFF extension. Requires `tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ListenAuth>,
+}
+
+/// Per-destination traffic shaping: how many attempts at once and how many messages a minute
+/// may go to one recipient domain (docs/operations.md "Per-destination shaping").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Shaping {
+    /// Every domain not listed in `domains`.
+    #[serde(default)]
+    pub default: DestinationLimits,
+    /// By recipient domain (lower case), e.g. `gmail.com`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub domains: std::collections::BTreeMap<String, DestinationLimits>,
+}
+
+/// The limits of one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationLimits {
+    /// Delivery attempts to this destination at once. Absent: with direct delivery its
+    /// `maxConnectionsPerDomain` (a destination never holds more attempts than it has
+    /// connections, so a slow one leaves the other slots to the others); with a smarthost, its
+    /// connections (set a lower default to keep room for the other destinations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Messages to this destination a minute (a minute's worth may go at once). Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute: Option<u32>,
 }
 
 /// Admin server settings.
@@ -490,3 +521,7 @@ impl Limits {
 
 #[cfg(test)]
 mod tests;
+
+fn is_default_shaping(s: &Shaping) -> bool {
+    *s == Shaping::default()
+}

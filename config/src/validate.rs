@@ -221,6 +221,28 @@ impl Config {
                 }
             }
         }
+        let limits = std::iter::once(("shaping.default".to_owned(), &self.shaping.default)).chain(
+            self.shaping
+                .domains
+                .iter()
+                .map(|(d, l)| (format!("shaping.domains.{d}"), l)),
+        );
+        for (at, l) in limits {
+            if l.concurrency == Some(0) {
+                bad(&format!("{at}.concurrency"), "must be greater than 0".into());
+            }
+            if l.rate_per_minute == Some(0) {
+                bad(&format!("{at}.ratePerMinute"), "must be greater than 0".into());
+            }
+        }
+        for d in self.shaping.domains.keys() {
+            if !is_hostname(d) || d.to_ascii_lowercase() != *d {
+                bad(
+                    &format!("shaping.domains.{d}"),
+                    format!("{d:?} is not a lower-case domain name"),
+                );
+            }
+        }
         let r = &self.retry;
         if r.initial_seconds == 0 {
             bad("retry.initialSeconds", "must be greater than 0".into());

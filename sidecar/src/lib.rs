@@ -16,6 +16,7 @@ pub mod message;
 pub mod metrics;
 pub mod outbound;
 pub mod queue;
+pub mod rate;
 pub mod reload;
 pub mod shadow;
 pub mod shutdown;

@@ -18,6 +18,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("shutdown", 0),
     ("sync", 0),
     ("memory", 0),
+    ("rate", 0),
     // Services over the vocabulary.
     ("metrics", 1),
     ("dkim", 1),

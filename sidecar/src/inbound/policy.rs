@@ -3,9 +3,8 @@
 //! message starts ([`RateLimited`], a sink wrapper around the spool). The sidecar's own DSNs go
 //! to the spool directly and are not rate limited.
 
-mod rate;
-
 use super::reply::{self, Reply};
+use crate::rate::TokenBucket;
 use crate::{
     config::Config,
     message::{self, MessageSink, SinkError},
@@ -13,7 +12,6 @@ use crate::{
     sync::lock,
 };
 use mail_parser::{HeaderName, MessageParser};
-use rate::TokenBucket;
 use std::{
     sync::{Arc, Mutex},
     time::Instant,

@@ -128,6 +128,11 @@ pub struct Delivery<T = AnyTransport> {
     pub hostname: String,
     /// Concurrent delivery attempts.
     pub concurrency: usize,
+    /// Per-destination concurrency and rate (config `shaping`).
+    pub shaping: config::Shaping,
+    /// Attempts at once to a destination without a `shaping` concurrency: direct delivery's
+    /// connections per domain, else `concurrency`.
+    pub destination_concurrency: usize,
     /// The Relay's hub, when the config has `handoff` (docs/hub.md).
     pub hub: Option<Hub>,
     /// Connections for shadow copies, when the config has `handoff.shadows`.
@@ -213,6 +218,11 @@ impl<T: Transport> Delivery<T> {
             bounces: cfg.bounces.clone(),
             hostname: cfg.hostname.clone(),
             concurrency,
+            shaping: cfg.shaping.clone(),
+            destination_concurrency: match &cfg.delivery {
+                config::Delivery::Direct(d) => d.max_connections_per_domain.min(concurrency).max(1),
+                _ => concurrency,
+            },
             domains: cfg.domains.iter().map(|d| d.domain.clone()).collect(),
             remote_mta: match &cfg.delivery {
                 config::Delivery::Smarthost(s) => Some(s.host.clone()),

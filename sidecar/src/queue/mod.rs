@@ -9,4 +9,5 @@ pub mod delivery;
 pub mod handoff;
 pub mod retry;
 pub mod runner;
+pub mod shaping;
 pub mod trail;

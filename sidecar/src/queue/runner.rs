@@ -6,6 +6,7 @@ use super::{
     control::{Command, Control},
     delivery::{AnyTransport, Delivery},
     handoff::{self, Kept},
+    shaping::{Admission, Shaper},
 };
 use crate::{
     message::{MessageId, now_secs},
@@ -145,6 +146,14 @@ pub struct Runner<T: Transport = AnyTransport> {
     commands: Option<mpsc::Receiver<Command>>,
     /// How the last [`RECENT`] messages left the queue (`queue status`).
     recent: VecDeque<(MessageId, &'static str, u32, Option<String>)>,
+    /// Per-destination concurrency and rate (config `shaping`), and the delivery generation it
+    /// was configured from.
+    shaper: Shaper,
+    shaped_for: usize,
+    /// Messages waiting for a destination that has all the attempts it may have, by domain.
+    blocked: HashMap<String, VecDeque<MessageId>>,
+    /// The destinations of each delivery under way (what the shaper counted).
+    busy_domains: HashMap<MessageId, Vec<String>>,
 }
 
 /// How many finished messages `queue status` remembers.
@@ -178,6 +187,10 @@ impl<T: Transport> Runner<T> {
             held: BTreeSet::new(),
             commands: None,
             recent: VecDeque::new(),
+            shaper: Shaper::new(&Default::default(), 1),
+            shaped_for: 0,
+            blocked: HashMap::new(),
+            busy_domains: HashMap::new(),
         };
         for q in found {
             r.add(q);
@@ -250,7 +263,10 @@ impl<T: Transport> Runner<T> {
                     self.promote();
                     self.update_gauges();
                 }
-                _ = compact.tick() => { self.spool.compact().await; }
+                _ = compact.tick() => {
+                    self.spool.compact().await;
+                    self.shaper.prune(Instant::now().into_std());
+                }
                 Some(cmd) = next_command(&mut self.commands) => self.command(cmd).await,
                 Ok(()) = phase.changed() => {}
             }
@@ -323,15 +339,37 @@ impl<T: Transport> Runner<T> {
         if delivery.transport.parked() || self.phase == Phase::HandOff {
             return;
         }
+        let generation = Arc::as_ptr(&delivery) as usize;
+        if self.shaped_for != generation {
+            self.shaper
+                .configure(&delivery.shaping, delivery.destination_concurrency);
+            self.shaped_for = generation;
+        }
         let limit = if self.suspect { 1 } else { delivery.concurrency };
+        let now = Instant::now();
         while self.in_flight.len() < limit {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(item) = self.items.get(&id).cloned() else {
                 continue;
             };
-            if !self.busy.insert(id) {
+            if self.busy.contains(&id) {
                 continue;
             }
+            // One destination's limits hold back only its own mail (docs/operations.md).
+            let domains = destinations(&item);
+            match self.shaper.admit(&domains, now.into_std()) {
+                Admission::Go => {}
+                Admission::Full(domain) => {
+                    self.blocked.entry(domain).or_default().push_back(id);
+                    continue;
+                }
+                Admission::Wait(after) => {
+                    self.waiting.insert((now + after, id));
+                    continue;
+                }
+            }
+            self.busy.insert(id);
+            self.busy_domains.insert(id, domains);
             let (spool, metrics, delivery) = (self.spool.clone(), self.metrics.clone(), delivery.clone());
             self.in_flight
                 .spawn(async move { (id, attempt::run(item, &spool, &delivery, &metrics).await) });
@@ -342,6 +380,10 @@ impl<T: Transport> Runner<T> {
     /// to the hub's connections.
     fn hand_off(&mut self, delivery: &Arc<Delivery<T>>) {
         let limit = delivery.hub.as_ref().map_or(1, |h| h.transport.max_connections());
+        // Shaping is for deliveries: what waited for a destination goes to the hub too.
+        for (_, queued) in self.blocked.drain() {
+            self.ready.extend(queued);
+        }
         let waiting: Vec<MessageId> = self.waiting.iter().map(|(_, id)| *id).collect();
         self.waiting.clear();
         self.ready.extend(waiting);
@@ -384,6 +426,17 @@ impl<T: Transport> Runner<T> {
 
     fn finish(&mut self, id: MessageId, next: Next) {
         self.busy.remove(&id);
+        if let Some(domains) = self.busy_domains.remove(&id) {
+            self.shaper.done(&domains);
+            // What waited for room at these destinations goes first.
+            for d in &domains {
+                if let Some(queued) = self.blocked.remove(d) {
+                    for waiting in queued.into_iter().rev() {
+                        self.ready.push_front(waiting);
+                    }
+                }
+            }
+        }
         self.handing_off.remove(&id);
         match next {
             Next::Done(_) | Next::Dropped | Next::HandedOff => {
@@ -431,7 +484,10 @@ impl<T: Transport> Runner<T> {
                 }
             }
             Next::Retry(item, delay, connection_failure) => {
-                self.suspect = connection_failure;
+                // A smarthost that does not answer is probed with one message at a time; with
+                // direct delivery one domain's dead MX says nothing about the others.
+                self.suspect = connection_failure
+                    && self.delivery.borrow().transport.route() != crate::outbound::Route::Direct;
                 if !self.held.contains(&id) {
                     self.waiting.insert((Instant::now() + delay, id));
                 }
@@ -475,6 +531,23 @@ impl<T: Transport> Runner<T> {
         };
         m.oldest_age.set(age as i64);
     }
+}
+
+/// The destinations of a message: the domains of its recipients still to be delivered, each
+/// once, lower case.
+fn destinations(item: &Item) -> Vec<String> {
+    let env = &item.meta.envelope;
+    let mut out: Vec<String> = Vec::new();
+    for (i, r) in env.recipients.iter().enumerate() {
+        if item.meta.done.contains(&(i as u32)) {
+            continue;
+        }
+        let d = crate::message::domain_of(r).to_ascii_lowercase();
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
 }
 
 async fn next_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {

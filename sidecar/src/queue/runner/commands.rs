@@ -118,6 +118,14 @@ impl<T: Transport> Runner<T> {
         })
     }
 
+    /// Takes `id` out of the queues of destinations that were full.
+    fn unblock(&mut self, id: MessageId) {
+        for queued in self.blocked.values_mut() {
+            queued.retain(|b| *b != id);
+        }
+        self.blocked.retain(|_, q| !q.is_empty());
+    }
+
     /// Remembers how message `id` left the queue, for [`Command::Status`].
     pub(super) fn remember(&mut self, id: MessageId, outcome: &'static str) {
         let (attempts, last_error) = self
@@ -182,6 +190,7 @@ impl<T: Transport> Runner<T> {
         }
         self.waiting.retain(|(_, w)| *w != id);
         self.ready.retain(|r| *r != id);
+        self.unblock(id);
         self.ready.push_front(id);
         self.handoff_backoff.remove(&id);
         let unparked = self.delivery.borrow().transport.unpark();
@@ -211,6 +220,7 @@ impl<T: Transport> Runner<T> {
         self.held.insert(id);
         self.waiting.retain(|(_, w)| *w != id);
         self.ready.retain(|r| *r != id);
+        self.unblock(id);
         if let Some(item) = self.items.get_mut(&id) {
             item.meta.held = true;
         }
@@ -266,6 +276,7 @@ impl<T: Transport> Runner<T> {
         self.held.remove(&id);
         self.waiting.retain(|(_, w)| *w != id);
         self.ready.retain(|r| *r != id);
+        self.unblock(id);
         self.handoff_backoff.remove(&id);
         self.drain_retries.remove(&id);
         crate::sync::lock(&self.stats).kept.remove(&id);

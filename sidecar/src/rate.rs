@@ -1,5 +1,5 @@
-//! Token bucket for `limits.ratePerMinute`: a full minute's worth may arrive at once, then
-//! messages are admitted at the configured rate (pure; the caller passes the clock).
+//! Token bucket for `limits.ratePerMinute` (inbound) and `shaping` (per destination): a full
+//! minute's worth may go at once, then the configured rate (pure; the caller passes the clock).
 
 use std::time::Instant;
 
@@ -24,6 +24,24 @@ impl TokenBucket {
     /// The configured rate.
     pub fn per_minute(&self) -> u32 {
         self.per_minute
+    }
+
+    /// How long from `now` until a token is there (zero when one is).
+    pub fn wait(&self, now: Instant) -> std::time::Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let per_second = f64::from(self.per_minute) / 60.0;
+        let tokens = (self.tokens + elapsed * per_second).min(f64::from(self.per_minute));
+        if tokens >= 1.0 || per_second <= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64((1.0 - tokens) / per_second)
+        }
+    }
+
+    /// Whether the bucket is full at `now` (as a new one would be).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * f64::from(self.per_minute) / 60.0 >= f64::from(self.per_minute)
     }
 
     /// Takes one token if there is one.
