@@ -159,6 +159,29 @@ fn the_queue_api_listens_on_loopback_only() {
 }
 
 #[test]
+fn shaping_problems_name_their_field() {
+    let text = format!(
+        "{MINIMAL}shaping:\n  default: {{concurrency: 0}}\n  domains:\n    Gmail.com: {{ratePerMinute: 0}}\n"
+    );
+    let Err(Error::Invalid { problems, .. }) = Config::parse(Path::new("t.yaml"), &text) else {
+        panic!("bad shaping was accepted")
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "shaping.default.concurrency",
+            "shaping.domains.Gmail.com.ratePerMinute",
+            "shaping.domains.Gmail.com"
+        ]
+    );
+    let ok =
+        format!("{MINIMAL}shaping:\n  domains:\n    gmail.com: {{concurrency: 20, ratePerMinute: 600}}\n");
+    let c = Config::parse(Path::new("t.yaml"), &ok).expect("valid");
+    assert_eq!(c.shaping.domains["gmail.com"].rate_per_minute, Some(600));
+}
+
+#[test]
 fn golden_files_load() {
     for (name, text) in [
         (

@@ -68,6 +68,7 @@ impl Relay {
             hub: None,
             ehlo_name: None,
             bounces: None,
+            shaping: None,
         };
         Relay {
             metadata: ObjectMeta {

@@ -127,6 +127,7 @@ pub fn sidecar_config(relay: &Relay, domains: &[MailDomain]) -> Result<Config> {
         handoff: spec.hub.as_ref().map(|h| hub::handoff(&name, &namespace, h)),
         shadows: None,
         trail: Default::default(),
+        shaping: spec.shaping.as_ref().map(shaping).unwrap_or_default(),
     };
     let problems = config.validate();
     if !problems.is_empty() {
@@ -199,6 +200,18 @@ fn delivery(relay: &Relay, namespace: &str, name: &str) -> Result<Delivery> {
         _ => Err(Error::InvalidSpec(format!(
             "Relay {namespace}/{name}: spec.delivery must set exactly one of smarthost, direct or capture"
         ))),
+    }
+}
+
+/// `spec.shaping` as the sidecar reads it.
+fn shaping(s: &crate::crd::ShapingSpec) -> sc::Shaping {
+    let limits = |l: &crate::crd::DestinationLimitsSpec| sc::DestinationLimits {
+        concurrency: l.concurrency.map(|n| n as usize),
+        rate_per_minute: l.rate_per_minute,
+    };
+    sc::Shaping {
+        default: s.default.as_ref().map(limits).unwrap_or_default(),
+        domains: s.domains.iter().map(|(d, l)| (d.clone(), limits(l))).collect(),
     }
 }
 

@@ -164,6 +164,18 @@ const CASES: &[Case] = &[
         want: "spec.delivery.smarthost.backup.credentialsSecretRef needs tls starttls or implicit",
     },
     Case {
+        name: "shaping domain not lower case",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}}\nshaping: {domains: {Gmail.com: {concurrency: 2}}}",
+        want: "spec.shaping.domains keys must be lower-case domain names",
+    },
+    Case {
+        name: "shaping concurrency zero",
+        kind: "Relay",
+        spec: "domains: [a]\ndelivery: {capture: {}}\nshaping: {default: {concurrency: 0}}",
+        want: "spec.shaping.default.concurrency",
+    },
+    Case {
         name: "credentials in plain text",
         kind: "Relay",
         spec: "domains: [a]\ndelivery: {smarthost: {host: smtp.example.net, tls: none, credentialsSecretRef: {name: c}}}",

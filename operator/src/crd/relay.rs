@@ -4,6 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::refs::{CredentialsSecretRef, SecretKeyRef, conditions};
 
@@ -80,6 +81,41 @@ pub struct RelaySpec {
     /// Delivery status notifications the sidecar sends itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounces: Option<BouncesSpec>,
+    /// Per-destination shaping: attempts at once and messages a minute per recipient domain,
+    /// with a default for every other domain. One destination's limits, slowness or deferrals
+    /// hold back only its own mail (docs/operations.md "Per-destination shaping").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<ShapingSpec>,
+}
+
+/// Per-destination shaping.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ShapingSpec {
+    /// Every recipient domain not listed in `domains`. Absent `concurrency`: with direct delivery
+    /// `maxConnectionsPerDomain`, with a smarthost its `maxConnections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<DestinationLimitsSpec>,
+    /// By recipient domain, lower case (`gmail.com: {concurrency: 20, ratePerMinute: 600}`); a
+    /// listed domain without a `ratePerMinute` takes the default's. At most 200.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 200))]
+    #[x_kube(validation = Rule::new("self.all(d, d.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$'))").message("spec.shaping.domains keys must be lower-case domain names, e.g. gmail.com"))]
+    pub domains: BTreeMap<String, DestinationLimitsSpec>,
+}
+
+/// The limits of one destination.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationLimitsSpec {
+    /// Delivery attempts to the destination at once, 1 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub concurrency: Option<u32>,
+    /// Messages to the destination a minute (a minute's worth may go at once), 1 to 1000000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub rate_per_minute: Option<u32>,
 }
 
 /// Notices to the sender.

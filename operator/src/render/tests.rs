@@ -53,6 +53,20 @@ fn golden_input() -> (Relay, Vec<MailDomain>) {
         multiplier: Some(1.5),
     });
     relay.spec.ehlo_name = Some("mail.shop.example.com".into());
+    relay.spec.shaping = Some(crate::crd::ShapingSpec {
+        default: Some(crate::crd::DestinationLimitsSpec {
+            concurrency: Some(3),
+            rate_per_minute: None,
+        }),
+        domains: [(
+            "gmail.com".to_string(),
+            crate::crd::DestinationLimitsSpec {
+                concurrency: Some(20),
+                rate_per_minute: Some(600),
+            },
+        )]
+        .into(),
+    });
     relay.spec.bounces = Some(BouncesSpec {
         delay_notice_after_seconds: Some(14400),
     });
