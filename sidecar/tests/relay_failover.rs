@@ -42,17 +42,6 @@ fn send(sidecar: &Sidecar, to: &[&str], subject: &str) {
     smtplib_send(sidecar.smtp, "app@example.com", to, message.as_bytes()).expect("accepted");
 }
 
-fn subjects(up: &Upstream) -> Vec<String> {
-    up.received()
-        .iter()
-        .filter_map(|r| {
-            String::from_utf8_lossy(&r.data)
-                .lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
-        })
-        .collect()
-}
-
 fn delivered(sidecar: &Sidecar, route: &str) -> f64 {
     sidecar
         .metrics()
@@ -128,7 +117,7 @@ fn an_outage_of_the_primary_fails_over_and_back() {
         send(&sidecar, &["user@example.net"], &format!("outage-{n}"));
     }
     eventually("four messages at the backup", || {
-        (subjects(&backup).len() == 4).then_some(())
+        (backup.subjects().len() == 4).then_some(())
     });
     // Three connection failures park the primary; the backup is not parked.
     assert_eq!(
@@ -169,12 +158,12 @@ fn an_outage_of_the_primary_fails_over_and_back() {
     });
     send(&sidecar, &["user@example.net"], "after");
     eventually("the next message at the primary", || {
-        subjects(&primary).iter().any(|s| s == "after").then_some(())
+        primary.subjects().iter().any(|s| s == "after").then_some(())
     });
-    assert!(!subjects(&backup).iter().any(|s| s == "after"));
+    assert!(!backup.subjects().iter().any(|s| s == "after"));
     // Every message arrived once, at one of the two.
-    let mut all = subjects(&primary);
-    all.extend(subjects(&backup));
+    let mut all = primary.subjects();
+    all.extend(backup.subjects());
     all.sort();
     let total = all.len();
     all.dedup();

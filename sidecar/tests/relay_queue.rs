@@ -74,18 +74,6 @@ fn message(subject: &str, body: &str) -> Vec<u8> {
     format!("From: app@example.com\r\nTo: someone\r\nSubject: {subject}\r\n\r\n{body}\r\n").into_bytes()
 }
 
-/// Which subjects the upstream received, in order.
-fn subjects(up: &Upstream) -> Vec<String> {
-    up.received()
-        .iter()
-        .filter_map(|r| {
-            String::from_utf8_lossy(&r.data)
-                .lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
-        })
-        .collect()
-}
-
 /// Listing shows the right rows for a stuck route; show gives envelope and headers (the body
 /// only when asked); hold keeps a message through a `kill -9`; delete bounces when asked and is
 /// silent otherwise; flush delivers at once when the upstream is back; release delivers the held
@@ -270,9 +258,9 @@ fn queue_commands_steer_a_stuck_route() {
         (rows.len() == 1 && rows[0]["state"] == "held").then_some(())
     });
     assert!(
-        !subjects(&up).iter().any(|s| s == "to-hold" || s == "to-delete"),
+        !up.subjects().iter().any(|s| s == "to-hold" || s == "to-delete"),
         "neither the held nor the deleted message went out: {:?}",
-        subjects(&up)
+        up.subjects()
     );
 
     // Release: delivered at once.
@@ -281,7 +269,7 @@ fn queue_commands_steer_a_stuck_route() {
         "released"
     );
     eventually("the released message delivered", || {
-        subjects(&up).iter().any(|s| s == "to-hold").then_some(())
+        up.subjects().iter().any(|s| s == "to-hold").then_some(())
     });
     eventually("an empty queue", || rows(api).is_empty().then_some(()));
     // How each left the queue.
@@ -302,7 +290,7 @@ fn queue_commands_steer_a_stuck_route() {
         text.starts_with(&format!("{hold_id}: delivered after 1 attempt(s)")),
         "attempts count since the restart: {text}"
     );
-    assert_eq!(subjects(&up).len(), 2, "the notice and the released message only");
+    assert_eq!(up.subjects().len(), 2, "the notice and the released message only");
 
     // Counted by action and result (since the restart); logged with who asked.
     for (action, result, n) in [

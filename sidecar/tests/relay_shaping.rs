@@ -13,17 +13,6 @@ fn send(sidecar: &Sidecar, to: &str, subject: &str) {
     smtplib_send(sidecar.smtp, "app@example.com", &[to], message.as_bytes()).expect("accepted");
 }
 
-fn subjects(up: &Upstream) -> Vec<String> {
-    up.received()
-        .iter()
-        .filter_map(|r| {
-            String::from_utf8_lossy(&r.data)
-                .lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
-        })
-        .collect()
-}
-
 const SHAPING: &str = "shaping:
   default: {concurrency: 2}
   domains:
@@ -54,18 +43,18 @@ fn a_slow_or_deferring_destination_never_delays_the_others() {
     let t0 = Instant::now();
     send(&sidecar, "ok@fast.example", "fast");
     eventually("the healthy destination's message", || {
-        subjects(&up).iter().any(|s| s == "fast").then_some(())
+        up.subjects().iter().any(|s| s == "fast").then_some(())
     });
     let waited = t0.elapsed();
     assert_eq!(
-        subjects(&up).first().map(String::as_str),
+        up.subjects().first().map(String::as_str),
         Some("fast"),
         "nothing of the slow destination was delivered before it"
     );
     eprintln!("shaping: the healthy destination's message arrived {waited:.1?} after it was sent");
     // The slow destination's six go two at a time, all of them.
     eventually("the slow destination's six", || {
-        (subjects(&up).iter().filter(|s| s.starts_with("slow-")).count() == 6).then_some(())
+        (up.subjects().iter().filter(|s| s.starts_with("slow-")).count() == 6).then_some(())
     });
 }
 
@@ -80,7 +69,7 @@ fn a_destinations_rate_holds_and_its_mail_waits_without_error() {
     for n in 0..4 {
         send(&sidecar, "x@rated.example", &format!("rated-{n}"));
     }
-    eventually("three at once", || (subjects(&up).len() == 3).then_some(()));
+    eventually("three at once", || (up.subjects().len() == 3).then_some(()));
     let t3 = Instant::now();
     let out = std::process::Command::new(mailroom_test_support::relay::sidecar_bin())
         .args([
@@ -106,7 +95,7 @@ fn a_destinations_rate_holds_and_its_mail_waits_without_error() {
         "the fourth waits for the rate, untried: {rows}"
     );
     eventually("the fourth after its token", || {
-        (subjects(&up).len() == 4).then_some(())
+        (up.subjects().len() == 4).then_some(())
     });
     let gap = t3.elapsed();
     assert!(

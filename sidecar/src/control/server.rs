@@ -69,6 +69,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     )
 }
 
+fn bad_id(id: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("{id:?} is not a message id (16 hex digits)"),
+    )
+}
+
 fn stopped() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -133,10 +140,7 @@ async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 async fn show(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     let Some(mid) = parse_id(&id) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a message id (16 hex digits)"),
-        );
+        return bad_id(&id);
     };
     let who = actor(&headers).unwrap_or_else(|| "anonymous".into());
     let found = match api.control.ask(|r| Command::Get(mid, r)).await {
@@ -174,10 +178,7 @@ async fn show(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap
 
 async fn status(State(api): State<Api>, Path(id): Path<String>) -> Response {
     let Some(mid) = parse_id(&id) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a message id (16 hex digits)"),
-        );
+        return bad_id(&id);
     };
     match api.control.ask(|r| Command::Status(mid, r)).await {
         Ok(Some(s)) => json(StatusCode::OK, &s),
@@ -225,10 +226,7 @@ async fn act(
         return no_actor();
     };
     let Some(mid) = parse_id(&id) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a message id (16 hex digits)"),
-        );
+        return bad_id(&id);
     };
     let (action, answer) = match action.as_str() {
         "retry" => ("retry", api.control.ask(|r| Command::Retry(mid, r)).await),
@@ -269,10 +267,7 @@ async fn delete(State(api): State<Api>, Path(id): Path<String>, headers: HeaderM
         return no_actor();
     };
     let Some(mid) = parse_id(&id) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a message id (16 hex digits)"),
-        );
+        return bad_id(&id);
     };
     // Stated, never assumed: whether the sender hears about it is the caller's decision.
     let bounce = match query(&uri, "bounce") {

@@ -280,9 +280,15 @@ async fn queue_dsn<T: Transport>(
         DsnKind::Relayed => crate::dsn::success(&report, &list, true),
         DsnKind::Delivered => crate::dsn::success(&report, &list, false),
     };
+    queue_notice(spool, &body, env).await
+}
+
+/// Queues notice `body` to the sender of `env` with the null reverse-path (RFC 3461 6.2: a
+/// notice is never answered with another).
+pub(crate) async fn queue_notice(spool: &Spool, body: &[u8], env: &Envelope) -> Result<(), SinkError> {
     let mut w = spool.begin_internal()?;
-    w.write(&body).await?;
-    let dsn_env = Envelope {
+    w.write(body).await?;
+    let notice = Envelope {
         sender: String::new(),
         recipients: vec![env.sender.clone()],
         smtputf8: env.smtputf8,
@@ -291,6 +297,6 @@ async fn queue_dsn<T: Transport>(
         origin: None,
         shadow: None,
     };
-    w.commit(dsn_env).await?;
+    w.commit(notice).await?;
     Ok(())
 }

@@ -157,6 +157,18 @@ impl Upstream {
             .collect()
     }
 
+    /// The `Subject:` of every message saved so far, in order.
+    pub fn subjects(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter_map(|r| {
+                String::from_utf8_lossy(&r.data)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+            })
+            .collect()
+    }
+
     /// upstream.py's output so far, for assertion messages.
     pub fn log(&self) -> String {
         self.proc.log()

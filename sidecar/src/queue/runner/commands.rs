@@ -3,7 +3,7 @@
 
 use super::{Runner, Transport};
 use crate::{
-    message::{Envelope, MessageId, MessageWriter, domain_of, now_secs},
+    message::{Envelope, MessageId, domain_of, now_secs},
     queue::control::{Command, Done, Filter, Flushed, Mutation, Refusal, Row, State, Status},
 };
 use std::collections::HashMap;
@@ -314,19 +314,9 @@ impl<T: Transport> Runner<T> {
             now: now_secs(),
         };
         let body = crate::dsn::failure(&report, &entries);
-        let spool_error = |e: crate::message::SinkError| Refusal::Spool(e.to_string());
-        let mut w = self.spool.begin_internal().map_err(spool_error)?;
-        w.write(&body).await.map_err(spool_error)?;
-        let notice = Envelope {
-            sender: String::new(),
-            recipients: vec![env.sender.clone()],
-            smtputf8: env.smtputf8,
-            received_at: now_secs(),
-            dsn: Default::default(),
-            origin: None,
-            shadow: None,
-        };
-        w.commit(notice).await.map_err(spool_error)?;
+        crate::queue::attempt::queue_notice(&self.spool, &body, env)
+            .await
+            .map_err(|e| Refusal::Spool(e.to_string()))?;
         self.metrics.dsn_sent.with_label_values(&["failure"]).inc();
         Ok(format!("deleted; failure notice queued to <{}>", env.sender))
     }
