@@ -27,6 +27,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 /// How long the drain waits for the spool's final fsync.
 const SPOOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the queue API may take to finish an answer under way when the drain ends.
+const API_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the end of the drain may spend sending shadow releases (a copy not released is
 /// delivered by the hub once this pod is gone).
 const SHADOW_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,7 +161,8 @@ impl App {
                 stop_rx.clone(),
             ))
         });
-        let mut api_stop_rx = stop_rx.clone();
+        // The queue API holds a spool handle: it stops before the spool closes (its own signal).
+        let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
         let admin_stop = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
@@ -217,6 +220,7 @@ impl App {
             reload,
             admin,
             queue_api,
+            api_stop_tx,
             drain_tx,
             stop_tx,
             drain: self.settings.drain,
@@ -241,6 +245,7 @@ pub struct Running {
     reload: JoinHandle<()>,
     admin: JoinHandle<std::io::Result<()>>,
     queue_api: JoinHandle<std::io::Result<()>>,
+    api_stop_tx: watch::Sender<bool>,
     drain_tx: watch::Sender<Phase>,
     stop_tx: watch::Sender<bool>,
     drain: Duration,
@@ -354,6 +359,14 @@ impl Running {
                 "drain: shadow releases not delivered to the hub; those messages may be delivered twice"
             );
         }
+        // The queue API holds a spool handle, which the close below would wait for.
+        let _ = self.api_stop_tx.send(true);
+        if tokio::time::timeout(API_STOP_TIMEOUT, &mut self.queue_api)
+            .await
+            .is_err()
+        {
+            self.queue_api.abort();
+        }
         // Done records are written lazily; the final fsync keeps delivered mail from being sent
         // again after the next start. Bounded, in case a task still holds a spool handle.
         if tokio::time::timeout(SPOOL_CLOSE_TIMEOUT, self.spool.close())
@@ -364,7 +377,6 @@ impl Running {
         }
         let _ = self.stop_tx.send(true);
         let _ = self.admin.await;
-        let _ = self.queue_api.await;
         report
     }
 }

@@ -368,6 +368,12 @@ fn sigterm_drains_and_undelivered_mail_survives_restart() {
         log.contains("undelivered_messages=1") && log.contains("drain ended with undelivered mail"),
         "the drain reports what it left behind:\n{log}"
     );
+    // Every spool handle is gone when the spool closes: no wait for the close's timeout (a
+    // kubelet would kill the sidecar before it logs `stopped`).
+    assert!(
+        !log.contains("spool did not close in time") && log.contains("stopped"),
+        "the spool closed at once:\n{log}"
+    );
     let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
     sidecar.restart();
     eventually("delivery after restart", || {
