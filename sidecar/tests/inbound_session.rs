@@ -367,6 +367,32 @@ async fn stalled_data_gets_421_after_the_data_timeout_and_nothing_is_stored() {
     assert!(h.sink.messages().is_empty());
 }
 
+/// After a refused DATA, a new MAIL without RSET starts over (what Python's smtplib.sendmail
+/// sends next), while DATA may also be tried again (the test below).
+#[tokio::test]
+async fn a_new_mail_after_a_refused_data_starts_over() {
+    let mut h = Harness::ready(config()).await;
+    h.sink.fail_begin(Some(SinkError::RateLimited));
+    h.client.command("MAIL FROM:<a@example.com>", "250").await;
+    h.client.command("RCPT TO:<x@dest.test>", "250").await;
+    h.client.command("DATA", "451 4.7.1").await;
+    h.sink.fail_begin(None);
+    h.client.command("MAIL FROM:<a@example.com>", "250").await;
+    h.client.command("RCPT TO:<y@dest.test>", "250").await;
+    h.client.command("DATA", "354").await;
+    h.client.send(format!("{HEADER}x\r\n.\r\n")).await;
+    h.client.expect("250").await;
+    h.client.command("QUIT", "221").await;
+    h.end().await;
+    let messages = h.sink.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0].envelope.recipients,
+        ["y@dest.test"],
+        "only the second transaction's recipient"
+    );
+}
+
 #[tokio::test]
 async fn full_spool_answers_data_itself_with_452() {
     let mut h = Harness::ready(config()).await;

@@ -64,6 +64,9 @@ where
         if self.helo.is_none() {
             return self.bad(reply::NEED_HELO);
         }
+        if self.tx.as_ref().is_some_and(|tx| tx.data_refused) {
+            self.tx = None;
+        }
         if self.tx.is_some() || self.chunks.is_some() {
             return self.bad(reply::NESTED_MAIL);
         }
@@ -110,6 +113,7 @@ where
             },
             handoff: from.handoff,
             shadow: from.shadow,
+            data_refused: false,
         });
         self.reply(reply::SENDER_OK)
     }
@@ -184,10 +188,13 @@ where
             Ok(writer) => writer,
             Err(e) => {
                 self.metrics.rejected(sink_reject_reason(e));
-                // A refused DATA ends the transaction. RFC 5321 leaves the state open, and
-                // common clients (Python's smtplib.sendmail, and the frameworks on it) send the
-                // next MAIL without RSET: keeping the transaction would answer that `503`.
-                self.tx = None;
+                // RFC 5321 leaves the state after a refused DATA open. The transaction stays, so
+                // DATA may be tried again; but common clients (Python's smtplib.sendmail, and
+                // the frameworks on it) send the next MAIL without RSET, and it starts over
+                // rather than getting `503` (RFC 5321 4.1.1.2: MAIL clears the buffers).
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.data_refused = true;
+                }
                 return self.reply(sink_reply(e));
             }
         };

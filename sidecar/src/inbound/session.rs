@@ -74,6 +74,9 @@ pub(super) struct Transaction {
     pub(super) handoff: Option<Handoff>,
     /// XSHADOW: the hand-off is a shadow copy held for this pod.
     pub(super) shadow: Option<Owner>,
+    /// DATA was refused (rate limit, full spool): DATA may be tried again, and a new MAIL
+    /// starts over instead of getting `503` (see `commands::data`).
+    pub(super) data_refused: bool,
 }
 
 /// Whether the session goes on after a command.
