@@ -2,20 +2,8 @@
 //! manifest `plugin/krew/package.sh` writes, and `krew install` installs the plugin from it and
 //! its archive (checking the sha256), into a krew root of the test's own.
 
-use mailroom_test_support::testenv;
+use mailroom_test_support::{relay::run_ok as run, testenv};
 use std::{path::Path, process::Command};
-
-fn run(cmd: &mut Command, what: &str) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn package(out: &Path) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/krew/package.sh");
