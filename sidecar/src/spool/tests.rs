@@ -233,6 +233,18 @@ async fn segments_are_allocated_ahead_and_replay_stops_only_at_an_all_zero_tail(
         writer::ALLOCATE_STEP,
         "allocated ahead of the records, so that an fdatasync need not write the inode"
     );
+    // Written, not fallocated: a filesystem reports an fallocated range (an unwritten extent on
+    // ext4, which the first write into it must convert) as a hole, and an fdatasync after that
+    // write has the conversion to write too.
+    let last_block = writer::ALLOCATE_STEP - 4096;
+    assert!(bytes[..last_block as usize].iter().rposition(|&b| b != 0) < Some(4096));
+    let file = std::fs::File::open(&seg).expect("open segment");
+    assert_eq!(
+        rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(last_block)).ok(),
+        Some(last_block),
+        "the tail past the records is zeros written ahead, not a hole"
+    );
+    drop(file);
 
     // The zero tail is the end: nothing quarantined.
     let metrics = Metrics::new();

@@ -72,14 +72,27 @@ pub struct Op {
 pub(super) const LAZY_SYNC: Duration = Duration::from_millis(50);
 /// No segment has this sequence number; marks "no fsync has failed".
 const NO_SEGMENT: u64 = 0;
-/// Segments grow in steps of this much allocated space (`fallocate`), so that an fdatasync
-/// after an append writes the data and not also the inode for the new file size: on ext4 that is
-/// one device write per commit instead of two. Small steps, because allocated space counts
+/// Segments grow in steps of this much space, written as zeros ahead of the records, so that an
+/// fdatasync after an append writes the data and not also the inode for the new file size or an
+/// extent conversion: on ext4 that is one device write per commit instead of two or three. Small steps, because allocated space counts
 /// against a pod's ephemeral-storage limit.
 pub(super) const ALLOCATE_STEP: u64 = 256 << 10;
 /// Writes larger than this leave the async worker to other tasks while they run
 /// (`block_in_place`): a large write may wait for the page cache's writeback.
 const LARGE_WRITE: usize = 64 << 10;
+
+/// Writes zeros to `file` over `[from, to)`.
+fn write_zeros_at(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    // In .bss: reading it touches the kernel's shared zero page, not resident memory of ours.
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
 
 /// Handle to the log; dropping it ends the sync thread after a last fsync.
 #[derive(Debug)]
@@ -288,18 +301,17 @@ impl State {
         let start = self.offset;
         let end = start + buf.len() as u64;
         if end > self.allocated {
-            // Without it (no room, or a filesystem that cannot) writes extend the file instead.
-            let len = (end - self.allocated).max(ALLOCATE_STEP);
-            if rustix::fs::fallocate(
-                &*self.file,
-                rustix::fs::FallocateFlags::empty(),
-                self.allocated,
-                len,
-            )
-            .is_ok()
-            {
-                self.allocated += len;
-            }
+            // Zeros written, not `fallocate`d: ext4 keeps fallocated blocks as unwritten extents,
+            // and the first write into one converts it, a metadata change that the next
+            // fdatasync must write too (without a journal, the extent block and the inode). On
+            // blocks already written an fdatasync writes the data alone. Only the part the
+            // record itself does not cover is zeroed. Without room the record extends the file.
+            let target = self.allocated + (end - self.allocated).max(ALLOCATE_STEP);
+            self.allocated = if write_zeros_at(&self.file, end.max(self.allocated), target).is_ok() {
+                target
+            } else {
+                self.allocated.min(start)
+            };
         }
         if let Err(e) = self.file.write_all_at(buf, start) {
             tracing::error!(error = %e, "spool write failed");
