@@ -89,8 +89,9 @@ def plot_memory(scenarios, table, path):
 def main():
     data = json.load(open(sys.argv[1]))
     every, table = summarize(data["results"])
-    # The hub's scenarios compare mailroom with itself; they have their own section.
-    scenarios = [sc for sc in every if "Relay with a hub" not in sc]
+    # The hub's scenarios compare mailroom with itself, and pinned ones measure latency alone;
+    # they have their own sections.
+    scenarios = [sc for sc in every if "Relay with a hub" not in sc and "own CPU" not in sc]
     img = os.path.join(ROOT, "docs", "img")
     os.makedirs(img, exist_ok=True)
     plot(scenarios, table, "accepted_per_s", "Accepted (until the last 250)", os.path.join(img, "bench-accepted.png"))
@@ -156,6 +157,49 @@ def main():
     out += ["", "DKIM rows are compared with the unsigned Postfix run of the same load (Postfix does not sign).", "",
             "![accepted](img/bench-accepted.png)", "", "![end to end](img/bench-e2e.png)", "",
             "![memory](img/bench-memory.png)", ""]
+    budget = [sc for sc in scenarios if any((table.get((sc, s)) or {}).get("accept_busy_cores") for s in SYSTEMS)
+              and (sc, "ceiling") in table]
+    if budget:
+        out += ["## Where the CPU goes while the load runs", "",
+                "CPU time per message while `smtp-source` runs (until its last `250`), of the load generator",
+                "(`smtp-source`), the sink (`smtp-sink`) and the relay, and how many of the machine's CPUs were",
+                "busy in that time (all processes). A relay receives each message as the sink does and sends",
+                "it on as `smtp-source` does, and stores it durably first; when the machine's CPUs are all",
+                "busy, its accepted/s against the ceiling is about *(load + sink) / (load + sink + relay)*",
+                "of the ceiling's CPU per message.", "",
+                "| scenario | system | accepted/s | CPUs busy | load µs/msg | sink µs/msg | relay µs/msg | total µs/msg |",
+                "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for sc in budget:
+            for system in SYSTEMS:
+                r = table.get((sc, system))
+                if not r or r.get("accept_busy_cores") is None:
+                    continue
+                per = lambda k: None if r.get(k) is None else r[k] / r["messages"] * 1e6
+                parts = [per("accept_load_cpu_s"), per("accept_sink_cpu_s"), per("accept_relay_cpu_s")]
+                out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    sc, system, fmt(r["accepted_per_s"]), fmt(r["accept_busy_cores"], "{:.2f}"),
+                    *(fmt(v, "{:.0f}") for v in parts), fmt(sum(v for v in parts if v is not None), "{:.0f}")))
+        out.append("")
+    pinned = [sc for sc in every if "relay on its own CPU" in sc]
+    if pinned:
+        out += ["## Accept latency with the relay on its own CPU", "",
+                "The same load as *2 KiB, 10 sessions*, with the relay (every process and thread) on one CPU",
+                "and the load generator, the probe and the sink on the other, so that the relay never waits",
+                "for a CPU behind them. The ceiling row has no relay: its latency is the probe's own floor on",
+                "the shared CPU. This is not a throughput comparison (the relay has a CPU the ceiling does",
+                "not use).", "",
+                "| scenario | system | accepted/s | p50 ms | p99 ms | p99 above the ceiling's ms |",
+                "|---|---|---:|---:|---:|---:|"]
+        for sc in pinned:
+            floor = (table.get((sc, "ceiling")) or {}).get("latency_p99_ms")
+            for system in SYSTEMS:
+                r = table.get((sc, system))
+                if r:
+                    out.append("| %s | %s | %s | %s | %s | %s |" % (
+                        sc, system, fmt(r["accepted_per_s"]), fmt(r["latency_p50_ms"], "{:.2f}"),
+                        fmt(r["latency_p99_ms"], "{:.2f}"),
+                        fmt(None if system == "ceiling" or floor is None else r["latency_p99_ms"] - floor, "{:+.2f}")))
+        out.append("")
     flaky = [sc for sc in scenarios if "defers" in sc]
     if flaky:
         out += ["## Retries do not stall new mail", "",

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -60,6 +61,13 @@ def cpu_seconds(pid, children=False):
     if children:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / CLK
+
+
+def machine_ticks():
+    """(busy, steal) clock ticks of all CPUs since boot, from /proc/stat."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
 
 
 def descendants(root):
@@ -340,22 +348,37 @@ def run_one(system, sc):
     # "The hub on another node": the hub gets CPU 1 to itself and everything else (load, probe,
     # sink, sidecar) shares CPU 0, in every system of the scenario, so that the comparison stays
     # fair. The disk is still shared: both spools fsync on it.
-    hub_cpus = None
-    if sc.get("hub_own_cpu"):
+    # "The relay on its own CPU": the relay (every process and thread of it) gets CPU 1, the load,
+    # the probe and the sink CPU 0; with no relay (ceiling) that is the probe's own floor.
+    hub_cpus = relay_cpus = None
+    if sc.get("hub_own_cpu") or sc.get("relay_own_cpu"):
         if len(os.sched_getaffinity(0)) < 2:
             raise SystemExit("%s needs 2 CPUs" % sc["name"])
         everything = os.sched_getaffinity(0)
-        app_cpu, hub_cpu = sorted(everything)[:2]
-        hub_cpus = {hub_cpu}
+        app_cpu, own_cpu = sorted(everything)[:2]
+        if sc.get("hub_own_cpu"):
+            hub_cpus = {own_cpu}
+        else:
+            relay_cpus = {own_cpu}
         os.sched_setaffinity(0, {app_cpu})
     try:
-        return measure(system, sc, flaky, hub_cpus)
+        return measure(system, sc, flaky, hub_cpus, relay_cpus)
     finally:
-        if hub_cpus:
+        if hub_cpus or relay_cpus:
             os.sched_setaffinity(0, everything)
 
 
-def measure(system, sc, flaky, hub_cpus):
+def pin(pids, cpus):
+    """Every thread of `pids` on `cpus`; what they start later inherits it."""
+    for pid in pids:
+        try:
+            for task in os.listdir("/proc/%d/task" % pid):
+                os.sched_setaffinity(int(task), cpus)
+        except OSError:
+            pass
+
+
+def measure(system, sc, flaky, hub_cpus, relay_cpus=None):
     sink, state = start_flaky_sink() if flaky else start_sink()
     relay = None
     try:
@@ -365,6 +388,8 @@ def measure(system, sc, flaky, hub_cpus):
             relay = start_mailroom(sc.get("dkim"), flaky)
         elif system in ("mailroom-hub", "mailroom-replicated"):
             relay = start_mailroom(sc.get("dkim"), flaky, hub=system.split("-", 1)[1], hub_cpus=hub_cpus)
+        if relay and relay_cpus:
+            pin(relay.pids(), relay_cpus)
         port = relay.port if relay else SINK_PORT
         time.sleep(1)
         idle = relay.pss() if relay else None
@@ -381,6 +406,10 @@ def measure(system, sc, flaky, hub_cpus):
         probe = Probe(port, sc["size"])
         probe.start()
         t0 = time.perf_counter()
+        busy0, steal0 = machine_ticks()
+        load0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sink0 = cpu_seconds(sink.pid)
+        relay_cpu0 = relay.cpu() if relay else None
         # -d: one connection per session for all its messages; without it, one per message (as
         # PHP's mail(), cron jobs and many framework defaults do).
         reuse = ["-d"] if sc.get("reuse", True) else []
@@ -400,6 +429,18 @@ def measure(system, sc, flaky, hub_cpus):
                     raise SystemExit("%s: the probe sent %d of %d" % (system, probe.sent, sc["probes"]))
                 time.sleep(0.05)
         t_accept = time.perf_counter() - t0
+        # Where the CPU went while the load ran: the machine's busy time (all CPUs), and that of
+        # the load generator, the sink and the relay, so that a rate can be read against what
+        # the machine had left to give.
+        busy1, steal1 = machine_ticks()
+        load1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        accept_cpu = {
+            "accept_busy_cores": (busy1 - busy0) / CLK / t_accept,
+            "accept_steal_cores": (steal1 - steal0) / CLK / t_accept,
+            "accept_load_cpu_s": (load1.ru_utime + load1.ru_stime) - (load0.ru_utime + load0.ru_stime),
+            "accept_sink_cpu_s": cpu_seconds(sink.pid) - sink0,
+            "accept_relay_cpu_s": (relay.cpu() - relay_cpu0) if relay else None,
+        }
         deadline = time.time() + 600
         if flaky:
             # The probe goes on while the relay works off its retries: fresh mail must not
@@ -443,6 +484,7 @@ def measure(system, sc, flaky, hub_cpus):
             "pss_peak_kib": peak[0] if relay else None,
             "pss_after_burst_kib": after,
             "settle_s": sc.get("settle"),
+            **accept_cpu,
         }
     finally:
         if relay:
@@ -458,6 +500,11 @@ SCENARIOS = [
      "scale": 0.5},
     {"name": "2 KiB, 50 sessions, one connection per message", "size": 2048, "sessions": 50, "reuse": False,
      "scale": 0.5},
+    # Accept latency when the relay does not wait for a CPU behind the load generator and the
+    # sink: the relay on one CPU, everything else on the other (the ceiling row is the probe's
+    # floor on that shared CPU). Not a throughput comparison: its own section in the report.
+    {"name": "2 KiB, 10 sessions, relay on its own CPU", "size": 2048, "sessions": 10, "scale": 0.5,
+     "relay_own_cpu": True},
     {"name": "100 KiB, 10 sessions", "size": 100 * 1024, "sessions": 10, "scale": 0.1},
     {"name": "2 KiB, 50 sessions, DKIM RSA-2048", "size": 2048, "sessions": 50, "dkim": "rsa", "systems": ["mailroom"]},
     {"name": "2 KiB, 50 sessions, DKIM Ed25519", "size": 2048, "sessions": 50, "dkim": "ed25519", "systems": ["mailroom"]},
