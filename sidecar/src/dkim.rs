@@ -110,6 +110,11 @@ impl Signer {
         Ok(Self { keys })
     }
 
+    /// Whether no domain signs.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The algorithm used for `domain`, if it signs (for the `algorithm` metric label).
     pub fn algorithm(&self, domain: &str) -> Option<DkimAlgorithm> {
         self.keys.get(&domain.to_ascii_lowercase()).map(|k| k.algorithm)

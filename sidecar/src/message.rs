@@ -98,6 +98,23 @@ pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
 
+/// Parses a message's header section for its originator fields alone (From:, Sender:,
+/// Resent-From:, Resent-Sender:, RFC 5322 3.6.2 and 3.6.6), as addresses; every other field is
+/// skipped unparsed. The inbound policy and the DKIM signer need nothing else, and a full parse
+/// (Received: fields tokenised, dates, MIME) was about 2 % of the relay's CPU per message.
+pub fn parse_originators(header: &[u8]) -> Option<mail_parser::Message<'_>> {
+    use mail_parser::{HeaderName, MessageParser};
+    static PARSER: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
+        MessageParser::new()
+            .header_address(HeaderName::From)
+            .header_address(HeaderName::Sender)
+            .header_address(HeaderName::ResentFrom)
+            .header_address(HeaderName::ResentSender)
+            .default_header_ignore()
+    });
+    PARSER.parse_headers(header)
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now()

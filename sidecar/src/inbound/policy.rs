@@ -11,7 +11,7 @@ use crate::{
     metrics::RejectReason,
     sync::lock,
 };
-use mail_parser::{HeaderName, MessageParser};
+use mail_parser::HeaderName;
 use std::{
     sync::{Arc, Mutex},
     time::Instant,
@@ -49,7 +49,7 @@ pub fn envelope_sender(
 /// Sender policy on the header: exactly one From: field (RFC 5322 3.6) whose every address is
 /// in a configured domain. `Err` carries the reply to send after DATA.
 pub fn header_from(header: &[u8], config: &Config) -> Result<(), Reply> {
-    let parsed = MessageParser::new().parse_headers(header);
+    let parsed = crate::message::parse_originators(header);
     let Some(message) = parsed else {
         return Err(reply::BAD_HEADER_FROM);
     };

@@ -227,7 +227,10 @@ fn count(
 
 /// Signs with the key of the header From: domain (what DMARC aligns with), if it has one.
 pub(crate) fn sign<T: Transport>(d: &Delivery<T>, message: &[u8], metrics: &Metrics) -> Option<String> {
-    let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
+    if d.signer.is_empty() {
+        return None;
+    }
+    let parsed = crate::message::parse_originators(message)?;
     let from = parsed.from()?.first()?.address()?;
     let domain = domain_of(from).to_ascii_lowercase();
     let result = d.signer.sign(&domain, message)?;
