@@ -40,11 +40,11 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 # === processes and measurements ===
 
-def pss_kib(pid):
+def pss_kib(pid, field="Pss:"):
     try:
         with open("/proc/%d/smaps_rollup" % pid) as f:
             for line in f:
-                if line.startswith("Pss:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -98,8 +98,8 @@ class Relay:
     def pids(self):
         return (descendants(self.root_pid) if self.root_pid else []) + self.extra_pids
 
-    def pss(self):
-        return sum(pss_kib(p) for p in self.pids())
+    def pss(self, field="Pss:"):
+        return sum(pss_kib(p, field) for p in self.pids())
 
     def cpu(self):
         # Live processes plus the root's reaped children (Postfix daemons come and go).
@@ -464,10 +464,13 @@ def measure(system, sc, flaky, hub_cpus, relay_cpus=None):
         done.set()
         cpu = (relay.cpu() - cpu0) if relay else None
         # What the relay keeps once the burst is over: a sidecar's idle memory counts once per pod.
-        after = None
+        after = after_anon = None
         if relay and sc.get("settle"):
             time.sleep(sc["settle"])
             after = relay.pss()
+            # The part no other process shares: the binary's pages count once per node for every
+            # pod that runs the same image, its anonymous memory once per pod.
+            after_anon = relay.pss("Pss_Anon:")
         fresh = [lat for at, lat in state.get("probes", []) if flaky and tail_from and at >= tail_from]
         return {
             "fresh_during_retries": len(fresh) if flaky else None,
@@ -483,6 +486,7 @@ def measure(system, sc, flaky, hub_cpus, relay_cpus=None):
             "pss_idle_kib": idle,
             "pss_peak_kib": peak[0] if relay else None,
             "pss_after_burst_kib": after,
+            "pss_anon_after_burst_kib": after_anon,
             "settle_s": sc.get("settle"),
             **accept_cpu,
         }
