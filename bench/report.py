@@ -37,6 +37,14 @@ def summarize(results):
     return scenarios, table
 
 
+def section(title, prose, columns):
+    """A report section: its title, its prose, and the head of its table (`columns` as
+    (name, right-aligned) pairs)."""
+    return ["## " + title, "", *prose, "",
+            "| " + " | ".join(name for name, _ in columns) + " |",
+            "|" + "|".join("---:" if right else "---" for _, right in columns) + "|"]
+
+
 def fmt(v, spec="{:.0f}"):
     return "–" if v is None else spec.format(v)
 
@@ -162,15 +170,15 @@ def main():
     budget = [sc for sc in scenarios if any((table.get((sc, s)) or {}).get("accept_busy_cores") for s in SYSTEMS)
               and (sc, "ceiling") in table]
     if budget:
-        out += ["## Where the CPU goes while the load runs", "",
-                "CPU time per message while `smtp-source` runs (until its last `250`), of the load generator",
-                "(`smtp-source`), the sink (`smtp-sink`) and the relay, and how many of the machine's CPUs were",
-                "busy in that time (all processes). A relay receives each message as the sink does and sends",
-                "it on as `smtp-source` does, and stores it durably first; when the machine's CPUs are all",
-                "busy, its accepted/s against the ceiling is about *(load + sink) / (load + sink + relay)*",
-                "of the ceiling's CPU per message.", "",
-                "| scenario | system | accepted/s | CPUs busy | load µs/msg | sink µs/msg | relay µs/msg | total µs/msg |",
-                "|---|---|---:|---:|---:|---:|---:|---:|"]
+        out += section("Where the CPU goes while the load runs", [
+            "CPU time per message while `smtp-source` runs (until its last `250`), of the load generator",
+            "(`smtp-source`), the sink (`smtp-sink`) and the relay, and how many of the machine's CPUs were",
+            "busy in that time (all processes). A relay receives each message as the sink does and sends",
+            "it on as `smtp-source` does, and stores it durably first; when the machine's CPUs are all",
+            "busy, its accepted/s against the ceiling is about *(load + sink) / (load + sink + relay)*",
+            "of the ceiling's CPU per message."],
+            [("scenario", False), ("system", False), ("accepted/s", True), ("CPUs busy", True),
+             ("load µs/msg", True), ("sink µs/msg", True), ("relay µs/msg", True), ("total µs/msg", True)])
         for sc in budget:
             for system in SYSTEMS:
                 r = table.get((sc, system))
@@ -184,14 +192,14 @@ def main():
         out.append("")
     pinned = [sc for sc in every if "relay on its own CPU" in sc]
     if pinned:
-        out += ["## Accept latency with the relay on its own CPU", "",
-                "The same load as *2 KiB, 10 sessions*, with the relay (every process and thread) on one CPU",
-                "and the load generator, the probe and the sink on the other, so that the relay never waits",
-                "for a CPU behind them. The ceiling row has no relay: its latency is the probe's own floor on",
-                "the shared CPU. This is not a throughput comparison (the relay has a CPU the ceiling does",
-                "not use).", "",
-                "| scenario | system | accepted/s | p50 ms | p99 ms | p99 above the ceiling's ms |",
-                "|---|---|---:|---:|---:|---:|"]
+        out += section("Accept latency with the relay on its own CPU", [
+            "The same load as *2 KiB, 10 sessions*, with the relay (every process and thread) on one CPU",
+            "and the load generator, the probe and the sink on the other, so that the relay never waits",
+            "for a CPU behind them. The ceiling row has no relay: its latency is the probe's own floor on",
+            "the shared CPU. This is not a throughput comparison (the relay has a CPU the ceiling does",
+            "not use)."],
+            [("scenario", False), ("system", False), ("accepted/s", True), ("p50 ms", True), ("p99 ms", True),
+             ("p99 above the ceiling's ms", True)])
         for sc in pinned:
             floor = (table.get((sc, "ceiling")) or {}).get("latency_p99_ms")
             for system in SYSTEMS:
