@@ -5,14 +5,19 @@ use mailroom_sidecar::{
     config::{Auth, AuthMechanism, Smarthost, TlsMode},
     message::Envelope,
     metrics::Metrics,
-    outbound::{Outcome, RcptResult, ReplyClass, SmarthostTransport, Transport, park::ParkPolicy},
+    outbound::{
+        Outcome, RcptResult, ReplyClass, SmarthostTransport, Transport, park::ParkPolicy, pool::IDLE_TIMEOUT,
+    },
 };
 use mailroom_test_support::{
     certs::{TestCa, test_ca},
     peers::Upstream,
     relay,
 };
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 const MESSAGE: &[u8] = b"From: App <app@example.com>\r\nTo: <ok@example.net>\r\nSubject: caf\xc3\xa9\r\n\
 \r\n.a line starting with a dot\r\n..two dots\r\n.\r\nlast line\r\n";
@@ -355,6 +360,31 @@ async fn connections_are_reused_between_messages() {
     assert_eq!(t.idle_connections(), 1);
     t.close().await;
     assert_eq!(t.idle_connections(), 0);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_quit_once_stale() {
+    let h = harness();
+    let up = upstream(&h, &["--tls", "none"]);
+    let t = transport(&smarthost(up.port, TlsMode::None, &h.ca.ca));
+    send(&t, "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(t.idle_connections(), 1);
+    t.close_stale_at(Instant::now());
+    assert_eq!(
+        t.idle_connections(),
+        1,
+        "a fresh connection stays for the next message"
+    );
+    t.close_stale_at(Instant::now() + IDLE_TIMEOUT);
+    assert_eq!(t.idle_connections(), 0, "a stale one leaves the pool");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.quits() == 0 {
+        assert!(Instant::now() < deadline, "the upstream never saw QUIT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send(&t, "app@example.com", &["ok@example.net"]).await;
+    assert_eq!(up.connections(), 2, "the next message opens a new connection");
+    assert_eq!(up.received().len(), 2);
 }
 
 #[tokio::test]

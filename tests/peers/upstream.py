@@ -56,6 +56,7 @@ class State:
     def __init__(self, maildir):
         self.maildir = maildir
         self.connections = 0
+        self.quits = 0
         self.transactions = 0
         self.hung = 0
 
@@ -63,6 +64,10 @@ class State:
         self.connections += 1
         write_atomic(os.path.join(self.maildir, "connections"), str(self.connections).encode())
         return self.connections
+
+    def quit(self):
+        self.quits += 1
+        write_atomic(os.path.join(self.maildir, "quits"), str(self.quits).encode())
 
 
 def write_atomic(path, data):
@@ -176,6 +181,10 @@ class CountingSMTP(SMTP):
         if self.envelope.mail_from is not None and not hasattr(self.envelope, "mail_raw"):
             self.envelope.mail_raw = arg
             self.envelope.pipelined = pipelined
+
+    async def smtp_QUIT(self, arg):
+        self.state.quit()
+        await super().smtp_QUIT(arg)
 
     async def smtp_RSET(self, arg):
         self.rsets += 1

@@ -71,6 +71,11 @@ impl Transport for FailoverTransport {
         self.primary.parked() && self.backup.parked()
     }
 
+    fn close_stale(&self) {
+        self.primary.close_stale();
+        self.backup.close_stale();
+    }
+
     fn unpark(&self) -> bool {
         let primary = self.primary.unpark();
         let backup = self.backup.unpark();

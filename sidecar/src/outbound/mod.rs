@@ -170,6 +170,9 @@ pub trait Transport: Send + Sync + 'static {
             (results, routes)
         }
     }
+    /// Closes pooled connections idle for [`pool::IDLE_TIMEOUT`] or longer (QUIT goes out in
+    /// the background); the queue calls it every second.
+    fn close_stale(&self) {}
     /// An administrator asked for an attempt now (`queue flush`): open a parked route for the
     /// next attempt, which parks it again if it still fails. Returns whether it was parked.
     fn unpark(&self) -> bool {

@@ -47,6 +47,23 @@ impl<K> Pool<K> {
         lock(&self.idle).values().map(Vec::len).sum()
     }
 
+    /// Takes out every connection idle for [`IDLE_TIMEOUT`] or longer at `now`, to be closed:
+    /// a server should not see us hold connections we no longer use (Postfix's connection
+    /// cache keeps one 2 s), and each holds buffers in a sidecar that has gone quiet.
+    pub fn take_stale(&self, now: Instant) -> Vec<Opened> {
+        let mut idle = lock(&self.idle);
+        let mut stale = Vec::new();
+        for list in idle.values_mut() {
+            let (old, fresh): (Vec<Idle>, Vec<Idle>) = list
+                .drain(..)
+                .partition(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT);
+            *list = fresh;
+            stale.extend(old.into_iter().map(|i| i.opened));
+        }
+        idle.retain(|_, list| !list.is_empty());
+        stale
+    }
+
     /// Takes every idle connection out (to close them at shutdown).
     pub fn drain(&self) -> Vec<Opened> {
         lock(&self.idle)
@@ -55,6 +72,20 @@ impl<K> Pool<K> {
             .map(|i| i.opened)
             .collect()
     }
+}
+
+/// Sends QUIT on each of `conns` (RFC 5321 4.1.1.10), each given at most `limit`, and drops
+/// them, in the background: the caller does not wait for slow servers.
+pub(crate) fn quit_in_background(conns: Vec<Opened>, limit: Duration) {
+    if conns.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let quits = conns.into_iter().map(|mut opened| async move {
+            let _ = tokio::time::timeout(limit, opened.conn.quit()).await;
+        });
+        futures_util::future::join_all(quits).await;
+    });
 }
 
 impl<K: Eq + Hash> Pool<K> {

@@ -169,6 +169,12 @@ impl SmarthostTransport {
         self.idle.len()
     }
 
+    /// Closes the pooled connections idle for [`super::pool::IDLE_TIMEOUT`] or longer at `now`
+    /// ([`Transport::close_stale`] with the clock's time).
+    pub fn close_stale_at(&self, now: Instant) {
+        super::pool::quit_in_background(self.idle.take_stale(now), self.settings.command_timeout);
+    }
+
     /// Sends QUIT on every idle connection and drops them (at shutdown).
     pub async fn close(&self) {
         for mut opened in self.idle.drain() {
@@ -292,6 +298,10 @@ impl Transport for SmarthostTransport {
 
     fn parked(&self) -> bool {
         lock(&self.breaker).is_parked(Instant::now())
+    }
+
+    fn close_stale(&self) {
+        self.close_stale_at(Instant::now());
     }
 
     fn unpark(&self) -> bool {

@@ -92,6 +92,15 @@ impl Transport for AnyTransport {
         }
     }
 
+    fn close_stale(&self) {
+        match self {
+            Self::Smarthost(t) => t.close_stale(),
+            Self::Failover(t) => t.close_stale(),
+            Self::Direct(t) => t.close_stale(),
+            Self::Capture(t) => t.close_stale(),
+        }
+    }
+
     fn unpark(&self) -> bool {
         match self {
             Self::Smarthost(t) => t.unpark(),

@@ -262,6 +262,7 @@ impl<T: Transport> Runner<T> {
                 _ = tick.tick() => {
                     self.promote();
                     self.update_gauges();
+                    self.close_stale_connections();
                 }
                 _ = compact.tick() => {
                     self.spool.compact().await;
@@ -270,6 +271,16 @@ impl<T: Transport> Runner<T> {
                 Some(cmd) = next_command(&mut self.commands) => self.command(cmd).await,
                 Ok(()) = phase.changed() => {}
             }
+        }
+    }
+
+    /// Connections left idle since the last delivery are closed once stale, to the route and
+    /// to the hub alike, instead of waiting for the next message to find them so.
+    fn close_stale_connections(&self) {
+        let delivery = self.delivery.borrow().clone();
+        delivery.transport.close_stale();
+        if let Some(hub) = &delivery.hub {
+            hub.transport.close_stale();
         }
     }
 

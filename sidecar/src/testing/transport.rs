@@ -43,6 +43,7 @@ struct Inner {
     latency: Mutex<Duration>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    stale_sweeps: AtomicUsize,
 }
 
 impl std::fmt::Debug for FakeTransport {
@@ -93,6 +94,7 @@ impl FakeTransport {
                 latency: Mutex::new(Duration::ZERO),
                 in_flight: AtomicUsize::new(0),
                 max_in_flight: AtomicUsize::new(0),
+                stale_sweeps: AtomicUsize::new(0),
             }),
         }
     }
@@ -115,6 +117,11 @@ impl FakeTransport {
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.inner.calls).clone()
+    }
+
+    /// How often the queue asked it to close stale pooled connections.
+    pub fn stale_sweeps(&self) -> usize {
+        self.inner.stale_sweeps.load(Ordering::SeqCst)
     }
 
     /// The most calls that were in flight at once.
@@ -162,6 +169,10 @@ impl Transport for FakeTransport {
         self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.inner.count.send_modify(|c| *c += 1);
         results
+    }
+
+    fn close_stale(&self) {
+        self.inner.stale_sweeps.fetch_add(1, Ordering::SeqCst);
     }
 
     fn parked(&self) -> bool {

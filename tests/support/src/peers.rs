@@ -209,7 +209,16 @@ impl Upstream {
     /// TCP connections accepted so far (0 before the first: upstream.py writes the count when
     /// one arrives).
     pub fn connections(&self) -> u64 {
-        std::fs::read_to_string(self.maildir.join("connections"))
+        self.counter("connections")
+    }
+
+    /// QUIT commands received so far.
+    pub fn quits(&self) -> u64 {
+        self.counter("quits")
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        std::fs::read_to_string(self.maildir.join(name))
             .ok()
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)

@@ -243,6 +243,11 @@ impl<R: MxResolver> Transport for DirectTransport<R> {
         Route::Direct
     }
 
+    fn close_stale(&self) {
+        let stale = self.idle.take_stale(std::time::Instant::now());
+        super::pool::quit_in_background(stale, self.settings.command_timeout);
+    }
+
     async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
         let addresses: Vec<&str> = rcpts.iter().map(|r| r.address.as_str()).collect();
         let groups = route::group_by_domain(&addresses);

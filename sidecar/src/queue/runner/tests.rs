@@ -121,6 +121,21 @@ async fn messages_go_out_in_arrival_order() {
 }
 
 #[tokio::test]
+async fn the_queue_closes_stale_connections_while_idle() {
+    let fake = FakeTransport::new(Route::Smarthost);
+    let h = start(1, 60, &fake);
+    put(&h.spool, "m0", &["a@example.net"]).await;
+    wait_for_calls(&h.fake, 1, "one message").await;
+    // Nothing more arrives: the sweep still runs, on the queue's one-second tick.
+    let before = h.fake.stale_sweeps();
+    wait_until("two sweeps with nothing to deliver", || {
+        h.fake.stale_sweeps() >= before + 2
+    })
+    .await;
+    h.runner.abort();
+}
+
+#[tokio::test]
 async fn a_parked_route_holds_mail_until_it_comes_back() {
     let fake = FakeTransport::new(Route::Smarthost);
     fake.set_parked(true);
