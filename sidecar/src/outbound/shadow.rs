@@ -97,6 +97,14 @@ impl ShadowClient {
         Ok(Self { hubs, home, owner })
     }
 
+    /// Closes the connections to every hub idle for [`super::pool::IDLE_TIMEOUT`] or longer.
+    pub fn close_stale(&self) {
+        let now = std::time::Instant::now();
+        for hub in &self.hubs {
+            super::pool::quit_in_background(hub.idle.take_stale(now), hub.settings.command_timeout);
+        }
+    }
+
     /// The pod the copies belong to.
     pub fn owner(&self) -> &Owner {
         &self.owner

@@ -274,13 +274,17 @@ impl<T: Transport> Runner<T> {
         }
     }
 
-    /// Connections left idle since the last delivery are closed once stale, to the route and
-    /// to the hub alike, instead of waiting for the next message to find them so.
+    /// Connections left idle since the last delivery are closed once stale, to the route, the
+    /// hub and the hubs holding shadow copies alike, instead of waiting for the next message to
+    /// find them so.
     fn close_stale_connections(&self) {
         let delivery = self.delivery.borrow().clone();
         delivery.transport.close_stale();
         if let Some(hub) = &delivery.hub {
             hub.transport.close_stale();
+        }
+        if let Some(shadows) = &delivery.shadows {
+            shadows.close_stale();
         }
     }
 
