@@ -539,8 +539,9 @@ def main():
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
-    ap.add_argument("--only", help="run only scenarios whose name contains this; with an existing --out,"
-                    " their rows replace the old ones and the other scenarios' rows are kept")
+    ap.add_argument("--only", help="run only the scenario of this name, or else those whose name contains"
+                    " it; with an existing --out, their rows replace the old ones and the other scenarios'"
+                    " rows are kept")
     args = ap.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix", "openssl"):
         if not shutil.which(tool):
@@ -551,7 +552,8 @@ def main():
     results = []
     for rep in range(args.repeat):
         for sc in SCENARIOS:
-            if args.only and args.only not in sc["name"]:
+            exact = any(s["name"] == args.only for s in SCENARIOS)
+            if args.only and (sc["name"] != args.only if exact else args.only not in sc["name"]):
                 continue
             sc = dict(sc, count=max(100, int(args.messages * sc.get("scale", 1))) if sc["sessions"] else 0)
             systems = sc.get("systems", ["ceiling", "postfix", "mailroom"])
