@@ -47,10 +47,25 @@ impl<K> Pool<K> {
         lock(&self.idle).values().map(Vec::len).sum()
     }
 
-    /// Takes out every connection idle for [`IDLE_TIMEOUT`] or longer at `now`, to be closed:
-    /// a server should not see us hold connections we no longer use (Postfix's connection
-    /// cache keeps one 2 s), and each holds buffers in a sidecar that has gone quiet.
-    pub fn take_stale(&self, now: Instant) -> Vec<Opened> {
+    /// Closes every connection idle for [`IDLE_TIMEOUT`] or longer at `now`: a server should
+    /// not see us hold connections we no longer use (Postfix's connection cache keeps one 2 s),
+    /// and each holds buffers in a sidecar that has gone quiet. QUIT (RFC 5321 4.1.1.10) goes
+    /// out in the background, each given at most `limit`: the caller does not wait for slow
+    /// servers.
+    pub fn close_stale(&self, now: Instant, limit: Duration) {
+        let stale = self.take_stale(now);
+        if stale.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let quits = stale.into_iter().map(|mut opened| async move {
+                let _ = tokio::time::timeout(limit, opened.conn.quit()).await;
+            });
+            futures_util::future::join_all(quits).await;
+        });
+    }
+
+    fn take_stale(&self, now: Instant) -> Vec<Opened> {
         let mut idle = lock(&self.idle);
         let mut stale = Vec::new();
         for list in idle.values_mut() {
@@ -72,20 +87,6 @@ impl<K> Pool<K> {
             .map(|i| i.opened)
             .collect()
     }
-}
-
-/// Sends QUIT on each of `conns` (RFC 5321 4.1.1.10), each given at most `limit`, and drops
-/// them, in the background: the caller does not wait for slow servers.
-pub(crate) fn quit_in_background(conns: Vec<Opened>, limit: Duration) {
-    if conns.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        let quits = conns.into_iter().map(|mut opened| async move {
-            let _ = tokio::time::timeout(limit, opened.conn.quit()).await;
-        });
-        futures_util::future::join_all(quits).await;
-    });
 }
 
 impl<K: Eq + Hash> Pool<K> {

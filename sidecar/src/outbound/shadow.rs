@@ -101,7 +101,7 @@ impl ShadowClient {
     pub fn close_stale(&self) {
         let now = std::time::Instant::now();
         for hub in &self.hubs {
-            super::pool::quit_in_background(hub.idle.take_stale(now), hub.settings.command_timeout);
+            hub.idle.close_stale(now, hub.settings.command_timeout);
         }
     }
 

@@ -172,7 +172,7 @@ impl SmarthostTransport {
     /// Closes the pooled connections idle for [`super::pool::IDLE_TIMEOUT`] or longer at `now`
     /// ([`Transport::close_stale`] with the clock's time).
     pub fn close_stale_at(&self, now: Instant) {
-        super::pool::quit_in_background(self.idle.take_stale(now), self.settings.command_timeout);
+        self.idle.close_stale(now, self.settings.command_timeout);
     }
 
     /// Sends QUIT on every idle connection and drops them (at shutdown).

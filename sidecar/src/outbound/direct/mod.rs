@@ -244,8 +244,8 @@ impl<R: MxResolver> Transport for DirectTransport<R> {
     }
 
     fn close_stale(&self) {
-        let stale = self.idle.take_stale(std::time::Instant::now());
-        super::pool::quit_in_background(stale, self.settings.command_timeout);
+        self.idle
+            .close_stale(std::time::Instant::now(), self.settings.command_timeout);
     }
 
     async fn deliver(&self, envelope: &Envelope, rcpts: &[Recipient], message: &[u8]) -> Vec<RcptResult> {
