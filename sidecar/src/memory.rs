@@ -7,14 +7,19 @@
 
 use std::{collections::HashMap, hash::Hash};
 
-/// Below this many slots a map is not worth shrinking.
-const FLOOR: usize = 1024;
+/// Below this many bytes of slots a map is not worth shrinking. Counted in bytes, not slots: the
+/// queue's entries are a few hundred bytes each, so a floor of 1,024 slots kept 384 KiB for each
+/// empty index after a burst.
+const FLOOR_BYTES: usize = 16 * 1024;
 
-/// Shrinks `map` to twice its length once it uses less than a quarter of its capacity. The gap
-/// between the two keeps a map whose size swings around one value from reallocating each time.
+/// Shrinks `map` to twice its length once it uses less than a quarter of its capacity and its
+/// slots take more than [`FLOOR_BYTES`]. The gap between the two keeps a map whose size swings
+/// around one value from reallocating each time; as a map drains it is shrunk a logarithmic
+/// number of times.
 pub fn shrink_sparse<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > FLOOR && map.len() < map.capacity() / 4 {
-        map.shrink_to((map.len() * 2).max(FLOOR / 2));
+    let slot = std::mem::size_of::<(K, V)>().max(1);
+    if map.capacity() * slot > FLOOR_BYTES && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -31,12 +36,22 @@ mod tests {
         assert_eq!(map.capacity(), busy, "still busy: {} of {busy}", map.len());
         map.retain(|k, _| *k < 10);
         shrink_sparse(&mut map);
+        let bytes = map.capacity() * std::mem::size_of::<(u64, [u8; 64])>();
         assert!(
-            map.capacity() < 2 * FLOOR,
-            "kept {} slots for 10 entries",
+            bytes <= FLOOR_BYTES,
+            "kept {} slots ({bytes} bytes) for 10 entries",
             map.capacity()
         );
         assert_eq!(map.len(), 10);
+        // Entries as large as the queue's: emptied, the map keeps no more than the floor.
+        let mut wide: HashMap<u64, [u8; 344]> = (0..5_000).map(|i| (i, [0; 344])).collect();
+        wide.retain(|k, _| *k < 3);
+        shrink_sparse(&mut wide);
+        assert!(
+            wide.capacity() * 352 <= FLOOR_BYTES,
+            "kept {} wide slots",
+            wide.capacity()
+        );
         let mut small: HashMap<u64, u8> = (0..500).map(|i| (i, 0)).collect();
         let cap = small.capacity();
         small.clear();
