@@ -25,7 +25,10 @@ use std::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes asked of the socket per read.
-pub(super) const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Below this much spare room the input buffer is grown before a read.
+const MIN_READ: usize = 4 * 1024;
 
 /// One inbound SMTP connection. Build it with [`Session::new`], then [`Session::run`] it to the end.
 pub struct Session<S, K: MessageSink> {
@@ -254,7 +257,12 @@ where
 
     /// Reads more input within `limit`; while waiting for a command, a shutdown ends the wait.
     pub(super) async fn read(&mut self, limit: Duration, watch_shutdown: bool) -> Read {
-        self.input.reserve(READ_CHUNK);
+        // Only when the room is low: command lines are handed out as shared `Bytes`, so growing
+        // the buffer while one is alive allocates a fresh one. Reserving on every read did that
+        // once per message.
+        if self.input.capacity() - self.input.len() < MIN_READ {
+            self.input.reserve(READ_CHUNK);
+        }
         let read = tokio::time::timeout(limit, self.stream.read_buf(&mut self.input));
         let result = if watch_shutdown {
             tokio::select! {
