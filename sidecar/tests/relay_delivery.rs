@@ -46,10 +46,12 @@ fn starttls_auth_relay_is_byte_exact_and_dkim_signed() {
     )
     .expect("accepted");
 
-    let got = eventually("two messages upstream", || {
+    let mut got = eventually("two messages upstream", || {
         let r = up.received();
         (r.len() == 2).then_some(r)
     });
+    // The two messages are delivered concurrently, so they may arrive in either order.
+    got.sort_by_key(|r| String::from_utf8_lossy(&r.data).contains("<news@ed.example.com>"));
     for (received, original, txt) in [(&got[0], body, &rsa_txt), (&got[1], &ed_body[..], &ed_txt)] {
         assert_eq!(received.meta["tls"], true, "{:?}", received.meta);
         assert_eq!(received.meta["authenticated"], true);

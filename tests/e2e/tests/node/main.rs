@@ -59,10 +59,12 @@ fn node_scenarios_pass_in_a_sandbox_and_leave_the_host_untouched() -> Result<()>
     let filter = std::env::var("MAILROOM_NODE_TESTS").unwrap_or_else(|_| "on_node_".into());
     let args = ["--ignored", "--test-threads=1", "--nocapture", &filter].map(String::from);
     let exe = std::env::current_exe()?;
-    let status = node::run_isolated(&exe, &args, &[(node::ENV_IMAGES, images.path())])?;
+    let run = node::run_isolated(&exe, &args, &[(node::ENV_IMAGES, images.path())])?;
     ensure!(
-        status.success(),
-        "the node scenarios failed ({status}); their output is above"
+        run.status.success(),
+        "the node scenarios failed ({}); their output is above. What failed:\n\n{}",
+        run.status,
+        run.failures.summary()
     );
     Ok(())
 }

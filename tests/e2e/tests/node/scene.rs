@@ -145,7 +145,8 @@ spec:
         .await
     }
 
-    /// Polls pod `name` until `done` holds; fails with its status and the kubelet's log.
+    /// Polls pod `name` until `done` holds; fails with its status and the kubelet's log, or at
+    /// once if the pod was evicted.
     pub async fn wait_pod(
         &self,
         name: &str,
@@ -159,6 +160,13 @@ spec:
                 last = serde_json::to_value(&pod)?;
                 if done(&last) {
                     return Ok(last);
+                }
+                // An eviction is final for the pod, so waiting on is only slower to report it.
+                if last["status"]["reason"] == "Evicted" {
+                    bail!(
+                        "pod {name} was evicted: {}",
+                        last["status"]["message"].as_str().unwrap_or("no message")
+                    );
                 }
             }
             if Instant::now() > deadline {

@@ -100,6 +100,9 @@ pub(crate) fn cni(layout: &Layout<'_>) -> serde_json::Value {
     })
 }
 
+/// Below this much free disk the kubelet evicts pods (`evictionHard`).
+pub(crate) const EVICTION_DISK_FREE: &str = "256Mi";
+
 /// The KubeletConfiguration: cgroupfs under our own cgroup root, no host iptables chains, image
 /// GC and eviction that never fire on a busy shared machine, the HTTPS API on loopback only.
 pub(crate) fn kubelet(layout: &Layout<'_>) -> serde_json::Value {
@@ -131,8 +134,11 @@ pub(crate) fn kubelet(layout: &Layout<'_>) -> serde_json::Value {
         "authorization": {"mode": "AlwaysAllow"},
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+        // Absolute, not a share of the host's disk: 1 % of a 252 GB disk is 2.5 GB, and a
+        // machine with less free than that (a large build tree beside the run) saw every pod
+        // evicted for ephemeral-storage. `isolation::check_disk` asks for more than this.
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": EVICTION_DISK_FREE,
+                         "imagefs.available": EVICTION_DISK_FREE, "nodefs.inodesFree": "1%"},
         // Pod updates (ConfigMap/Secret volumes, status) reach the node within a few seconds.
         "syncFrequency": "5s",
         "nodeStatusUpdateFrequency": "2s",
@@ -179,6 +185,23 @@ mod tests {
         assert_eq!(config["healthzBindAddress"], "127.0.0.1");
         assert_eq!(config["makeIPTablesUtilChains"], false);
         assert_eq!(config["cgroupRoot"], "/mailroom-node-x/node-0");
+    }
+
+    #[test]
+    fn disk_eviction_thresholds_are_absolute_and_below_what_a_run_checks_for() {
+        let config = kubelet(&layout());
+        for signal in ["nodefs.available", "imagefs.available"] {
+            let value = config["evictionHard"][signal].as_str().expect(signal);
+            let mib: u64 = value
+                .strip_suffix("Mi")
+                .expect("in Mi")
+                .parse()
+                .expect("a number");
+            assert!(
+                mib << 20 < crate::node::isolation::MIN_FREE_DISK / 2,
+                "{signal} {value}"
+            );
+        }
     }
 
     #[test]

@@ -13,9 +13,12 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context, Result, bail};
+
+use super::output::{FailureScanner, Failures, tee};
 
 /// Set inside the sandbox: the directory of the run (cgroups are named after its last part).
 pub const ENV_ROOT: &str = "MAILROOM_NODE_ROOT";
@@ -140,8 +143,9 @@ pub(crate) fn cgroup_name(root: &Path) -> Result<String> {
 
 /// Runs `program args...` inside a new sandbox and returns its exit status once the janitor has
 /// cleaned up. Output goes to ours. Fails if the host's network or kernel settings changed.
-pub fn run_isolated(program: &Path, args: &[String], envs: &[(&str, &Path)]) -> Result<ExitStatus> {
+pub fn run_isolated(program: &Path, args: &[String], envs: &[(&str, &Path)]) -> Result<Isolated> {
     check_tools()?;
+    check_disk(&std::env::temp_dir())?;
     let before = HostState::capture()?;
     let dir = tempfile::Builder::new()
         .prefix("mailroom-node-")
@@ -171,10 +175,29 @@ pub fn run_isolated(program: &Path, args: &[String], envs: &[(&str, &Path)]) -> 
         .env(ENV_ROOT, &dir)
         .env("TMPDIR", dir.join("tmp"))
         .envs(envs.iter().copied())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child: Child = cmd.spawn().context("starting unshare (util-linux)")?;
     janitor.watch(child.id())?;
+    let scanner = Arc::new(Mutex::new(FailureScanner::default()));
+    let copies = [
+        tee(
+            child.stdout.take().context("stdout")?,
+            std::io::stdout(),
+            scanner.clone(),
+        ),
+        tee(
+            child.stderr.take().context("stderr")?,
+            std::io::stderr(),
+            scanner.clone(),
+        ),
+    ];
     let status = child.wait()?;
+    for copy in copies {
+        let _ = copy.join();
+    }
+    let failures = std::mem::take(&mut *scanner.lock().unwrap_or_else(|e| e.into_inner())).finish();
     if !status.success() {
         let _ = std::fs::write(dir.join(".keep-logs"), b"");
     }
@@ -183,7 +206,35 @@ pub fn run_isolated(program: &Path, args: &[String], envs: &[(&str, &Path)]) -> 
     if let Some(diff) = before.diff(&after) {
         bail!("the node run changed the host: {diff}");
     }
-    Ok(status)
+    Ok(Isolated { status, failures })
+}
+
+/// How a sandboxed run ended, and the failure messages its output held.
+#[derive(Debug)]
+pub struct Isolated {
+    pub status: ExitStatus,
+    pub failures: Failures,
+}
+
+/// Free disk a node run needs where it writes (its images, containerd's content and snapshots,
+/// the pods' volumes and logs), with room left above the kubelet's eviction threshold.
+pub(crate) const MIN_FREE_DISK: u64 = 3 << 30;
+
+/// Fails before the run when the disk under `dir` is short: otherwise the kubelet evicts the
+/// scenarios' pods for ephemeral-storage and they fail far from the cause.
+fn check_disk(dir: &Path) -> Result<()> {
+    let st = rustix::fs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < MIN_FREE_DISK {
+        bail!(
+            "only {:.1} GiB free under {}: a node run needs {} GiB (images, containerd, pod volumes); \
+             free some space (old build trees: `cargo clean`) or point TMPDIR at a larger disk",
+            free as f64 / (1u64 << 30) as f64,
+            dir.display(),
+            MIN_FREE_DISK >> 30
+        );
+    }
+    Ok(())
 }
 
 /// The tools the sandbox and the node need, each with how to get it.

@@ -15,6 +15,7 @@ mod cgroup;
 mod config;
 pub mod isolation;
 mod logs;
+mod output;
 
 use std::{
     net::Ipv4Addr,
@@ -31,7 +32,8 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-pub use self::isolation::{HostState, run_isolated};
+pub use self::isolation::{HostState, Isolated, run_isolated};
+pub use self::output::Failures;
 use crate::{ControlPlane, image, pki::NODE_NAME, process::Proc, testenv};
 use isolation::run;
 
