@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 
 .PHONY: test test-node testenv lint fmt clippy check-golden cargo-test demo build help bench bench-webhook \
-	bench-operator soak deny audit fuzz fuzz-smoke chart-docs plugin-dist
+	bench-operator soak deny audit fuzz fuzz-smoke chart-docs plugin-dist layout
 
 help:
 	@echo "make test     build the test environment (cached), lint, and run every test"
@@ -15,6 +15,7 @@ help:
 	@echo "make fuzz     run every fuzz target FUZZ_SECONDS (default 600) seconds; see docs/security.md"
 	@echo "make chart-docs  regenerate the chart's values.schema.json and README.md from values.yaml"
 	@echo "make audit    check dependencies against the RustSec advisory database (needs network)"
+	@echo "make layout   regenerate sidecar/layout/hot.ld (the sidecar's code layout) under callgrind; see docs/benchmarks.md"
 	@echo "make plugin-dist  the kubectl-mailroom archive and its krew manifest in dist/ (docs/install.md)"
 
 build:
@@ -89,6 +90,14 @@ bench:
 	bash bench/run.sh
 	$(MAKE) bench-webhook bench-operator
 	"$${XDG_CACHE_HOME:-$$HOME/.cache}/mailroom/bench/venv/bin/python" bench/report.py bench/results/latest.json
+
+# The functions the sidecar runs, for its release code layout (sidecar/build.rs). Regenerate when
+# sidecar/tests/layout.rs says the list is stale. Needs valgrind and Postfix's smtp-source.
+layout:
+	command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind >/dev/null; }
+	command -v smtp-source >/dev/null || { echo "make layout: smtp-source missing: run make bench once (installs Postfix)" >&2; exit 1; }
+	MAILROOM_LAYOUT=default CARGO_TARGET_DIR=target/layout $(CARGO) build --release --bin mailroom-sidecar
+	python3 sidecar/layout/generate.py target/layout/release/mailroom-sidecar
 
 # Admission latency of the injection webhook (1,000 dry-run pod creations on the real apiserver).
 bench-webhook: testenv
