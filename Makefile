@@ -94,7 +94,7 @@ bench:
 # The functions the sidecar runs, for its release code layout (sidecar/build.rs). Regenerate when
 # sidecar/tests/layout.rs says the list is stale. Needs valgrind and Postfix's smtp-source.
 layout:
-	command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind >/dev/null; }
+	command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "make layout: valgrind missing: apt-get install valgrind" >&2; exit 1; }; apt-get install -y -qq valgrind >/dev/null; }
 	command -v smtp-source >/dev/null || { echo "make layout: smtp-source missing: run make bench once (installs Postfix)" >&2; exit 1; }
 	MAILROOM_LAYOUT=default CARGO_TARGET_DIR=target/layout $(CARGO) build --release --bin mailroom-sidecar
 	python3 sidecar/layout/generate.py target/layout/release/mailroom-sidecar
