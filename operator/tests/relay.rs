@@ -250,3 +250,42 @@ fn plain_pod(name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
         "spec": {"containers": [{"name": "app", "image": "app:1"}]},
     }))?)
 }
+
+/// `allowedNamespaces.selector` follows the namespace's labels: labelling the namespace grants the
+/// MailDomain to its Relays, and removing the label takes it away, with no change to the Relay or
+/// the MailDomain (the operator watches Namespaces and reads their labels from that cache).
+#[tokio::test]
+async fn namespace_labels_grant_and_revoke_a_domain_by_selector() -> Result<()> {
+    let env = Env::start(&[("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")]).await?;
+    let ns = env.cp.new_namespace().await?;
+    domain(
+        &env,
+        "team",
+        "domain: team.example.com\ndkim: {algorithm: ed25519}\n\
+         allowedNamespaces: {selector: {matchLabels: {mail: granted}}}",
+    )
+    .await?;
+    let api = relay(&env, &ns, "outbound", "domains: [team]\ndelivery: {capture: {}}").await?;
+    wait_for(&api, "outbound", reason_is("DomainNotAllowed")).await?;
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.admin.clone());
+    let label = |value: Option<&str>| serde_json::json!({"metadata": {"labels": {"mail": value}}});
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(label(Some("granted"))),
+        )
+        .await?;
+    let r = wait_for(&api, "outbound", reason_is("Reconciled")).await?;
+    assert_eq!(
+        r.status.map(|s| s.effective_domains).unwrap_or_default(),
+        ["team.example.com"]
+    );
+
+    namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(label(None)))
+        .await?;
+    wait_for(&api, "outbound", reason_is("DomainNotAllowed")).await?;
+    Ok(())
+}

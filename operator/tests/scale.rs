@@ -241,6 +241,7 @@ async fn relays_at_scale_converge_and_follow_a_shared_domain_change() -> Result<
     let fan_out = size.relays.div_ceil(2);
 
     // Cold start: every DKIM key is generated (RSA-2048, the default) and every Relay rendered.
+    let before = api_requests(&admin).await?;
     let started = Instant::now();
     let mut op = Operator::spawn(&cp, &operator_ns, &dns)?;
     let all_ready = |r: &HashMap<String, String>, d: &HashMap<String, String>| {
@@ -248,6 +249,8 @@ async fn relays_at_scale_converge_and_follow_a_shared_domain_change() -> Result<
     };
     let cold = watch_until(&admin, started, all_ready).await?;
     let (rss_cold, peak_cold) = op.rss_kib()?;
+    let cold_requests = requests_since(&before, &api_requests(&admin).await?);
+    let cold_reconciles = reconcile_runs(&op.metrics()?);
 
     // The fan-out: md-0 stops granting the namespaces; every Relay using it must notice.
     let domains: Api<MailDomain> = Api::all(admin.clone());
@@ -269,8 +272,11 @@ async fn relays_at_scale_converge_and_follow_a_shared_domain_change() -> Result<
     op = Operator::spawn(&cp, &operator_ns, &dns)?;
     // A fresh process re-reads everything; "Ready" from before counts only once it reconciled
     // again, so wait for its own metric instead of the (already Ready) statuses.
+    let before = api_requests(&admin).await?;
     let warm = wait_reconciled(&op, size, started).await?;
     let (rss_warm, peak_warm) = op.rss_kib()?;
+    let warm_requests = requests_since(&before, &api_requests(&admin).await?);
+    let warm_reconciles = reconcile_runs(&op.metrics()?);
 
     let report = serde_json::json!({
         "relays": size.relays, "namespaces": size.namespaces, "maildomains": size.domains,
@@ -283,6 +289,10 @@ async fn relays_at_scale_converge_and_follow_a_shared_domain_change() -> Result<
         "fan_out_restore_seconds": restore.as_secs_f64(),
         "warm_restart_all_reconciled_seconds": warm.as_secs_f64(),
         "rss_after_warm_restart_kib": rss_warm, "peak_rss_warm_kib": peak_warm,
+        "cold_start_apiserver_requests": cold_requests,
+        "cold_start_reconciles": cold_reconciles,
+        "warm_restart_apiserver_requests": warm_requests,
+        "warm_restart_reconciles": warm_reconciles,
     });
     eprintln!("operator at scale: {report:#}");
     if let Ok(out) = std::env::var("MAILROOM_SCALE_OUT") {
@@ -310,4 +320,63 @@ async fn wait_reconciled(op: &Operator, size: Size, started: Instant) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The apiserver's `apiserver_request_total`, summed by verb and resource (with subresource), from
+/// its own /metrics: how many requests a phase cost, whoever made them. The test's own watches
+/// make one LIST and one WATCH each; the rest is the operator.
+async fn api_requests(client: &Client) -> Result<HashMap<String, u64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let (labels, value) = line.rsplit_once(' ').context("a sample has a value")?;
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let key = match sub.as_str() {
+            "" => format!("{verb} {resource}"),
+            _ => format!("{verb} {resource}/{sub}"),
+        };
+        let n: f64 = value.parse().with_context(|| format!("sample value in {line}"))?;
+        *out.entry(key).or_default() += n as u64;
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "the apiserver's /metrics has no apiserver_request_total"
+    );
+    Ok(out)
+}
+
+/// What `after` counted beyond `before`, by key, with the total under "all"; zeros left out.
+fn requests_since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> serde_json::Value {
+    let mut delta: std::collections::BTreeMap<String, u64> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    // The metrics scrapes themselves.
+    delta.remove("GET ");
+    let all = delta.values().sum::<u64>();
+    delta.insert("all".into(), all);
+    serde_json::json!(delta)
+}
+
+/// The operator's `mailroom_operator_reconcile_runs_total`, by kind.
+fn reconcile_runs(metrics: &str) -> serde_json::Value {
+    let runs: std::collections::BTreeMap<String, f64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("mailroom_operator_reconcile_runs_total{kind=\""))
+        .filter_map(|l| {
+            let (kind, rest) = l.split_once('"')?;
+            Some((kind.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    serde_json::json!(runs)
 }

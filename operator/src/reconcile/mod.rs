@@ -6,6 +6,8 @@ pub mod hub;
 pub mod mail_domain;
 pub mod relay;
 pub mod triggers;
+pub mod views;
+pub mod written;
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
@@ -15,7 +17,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{ConfigMap, Pod, Secret},
+    core::v1::{ConfigMap, Namespace, Pod, Secret},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -106,17 +108,23 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
         writer,
     );
+    // What Relay reconciles read comes from caches filled by the streams that wake them.
+    let (views, fill) = views::Views::new();
+    let (written, config_maps, secrets) = written::Written::new(reader.clone());
     let store = reader.clone();
     let secrets_store = reader.clone();
+    let namespace_store = reader.clone();
     let relays = triggers::controller(own_changes, reader)
         .with_config(controller::Config::default().concurrency(RELAY_CONCURRENCY))
-        .owns_stream(triggers::touched_metadata(
+        .owns_stream(triggers::reflected_metadata(
             Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
             relay::children(),
+            config_maps,
         ))
-        .owns_stream(triggers::touched_metadata(
+        .owns_stream(triggers::reflected_metadata(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             relay::children(),
+            secrets,
         ))
         // The hub's readiness (`HubReady`) follows its StatefulSet's status.
         .owns_stream(triggers::touched_metadata(
@@ -126,8 +134,12 @@ pub async fn run(ctx: Arc<Context>) {
         // Only changes a Relay renders from wake its Relays: with hundreds of Relays on one
         // MailDomain, each DNS recheck of it would otherwise reconcile all of them.
         .watches_stream(
-            triggers::applied(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
-                .predicate_filter(what_relays_use, PredicateConfig::default()),
+            triggers::reflected(
+                Api::<MailDomain>::all(client.clone()),
+                watcher::Config::default(),
+                fill.domains,
+            )
+            .predicate_filter(what_relays_use, PredicateConfig::default()),
             move |md| {
                 let name = md.name_any();
                 store
@@ -137,6 +149,33 @@ pub async fn run(ctx: Arc<Context>) {
                     .map(|r| ObjectRef::from_obj(&*r))
                     .collect::<Vec<_>>()
             },
+        )
+        // A Namespace's labels decide which MailDomains it may use (`allowedNamespaces.selector`).
+        .watches_stream(
+            triggers::reflected_metadata(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+                fill.namespaces,
+            )
+            .predicate_filter(predicates::labels, PredicateConfig::default()),
+            move |namespace| {
+                let ns = Some(namespace.name_any());
+                namespace_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns)
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // DKIM keys never change once written: this stream only fills the cache.
+        .watches_stream(
+            triggers::reflected(
+                Api::<Secret>::namespaced(client.clone(), &ctx.settings.namespace),
+                watcher::Config::default().labels(mail_domain::KEY_LABEL),
+                fill.keys,
+            ),
+            |_| None::<ObjectRef<Relay>>,
         )
         // Names are all a Relay needs of other Secrets: metadata only, so the operator never
         // receives (or holds) the values of every Secret in the cluster.
@@ -156,7 +195,11 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .watches_stream(
-            triggers::touched_metadata(Api::<PartialObjectMeta<Pod>>::all(client), relay::injected_pods()),
+            triggers::reflected_metadata(
+                Api::<PartialObjectMeta<Pod>>::all(client),
+                relay::injected_pods(),
+                fill.pods,
+            ),
             |pod| {
                 let name = pod
                     .labels()
@@ -168,7 +211,11 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile_relay, error_policy_relay, ctx)
+        .run(
+            reconcile_relay,
+            error_policy_relay,
+            Arc::new(relay::Shared { ctx, views, written }),
+        )
         .for_each(|_| futures::future::ready(()));
     futures::join!(domains, relays);
 }
@@ -195,11 +242,11 @@ async fn reconcile_domain(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
-async fn reconcile_relay(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_relay(relay: Arc<Relay>, work: Arc<relay::Shared>) -> Result<Action, Error> {
     let key = backoff_key("Relay", &relay.name_any(), relay.namespace().as_deref());
-    let result = relay::reconcile(relay, ctx.clone()).await;
+    let result = relay::reconcile(relay, &work).await;
     if result.is_ok() {
-        ctx.backoff.succeeded(&key);
+        work.ctx.backoff.succeeded(&key);
     }
     result
 }
@@ -209,9 +256,9 @@ fn error_policy_domain(md: Arc<MailDomain>, error: &Error, ctx: Arc<Context>) ->
     error_policy("MailDomain", &key, error, &ctx)
 }
 
-fn error_policy_relay(relay: Arc<Relay>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy_relay(relay: Arc<Relay>, error: &Error, work: Arc<relay::Shared>) -> Action {
     let key = backoff_key("Relay", &relay.name_any(), relay.namespace().as_deref());
-    error_policy("Relay", &key, error, &ctx)
+    error_policy("Relay", &key, error, &work.ctx)
 }
 
 fn backoff_key(kind: &str, name: &str, namespace: Option<&str>) -> String {

@@ -1,22 +1,30 @@
 //! Relay reconcile: gather the MailDomains and Secrets it references (names and keys only),
-//! render the sidecar config, apply ConfigMap + DKIM Secret owned by the Relay, patch status, then
-//! announce a changed `Ready` as an event.
+//! render the sidecar config, apply ConfigMap + DKIM Secret owned by the Relay, patch status when
+//! it changed, then announce a changed `Ready` as an event. MailDomains, Namespaces, DKIM keys
+//! and pods are read from the operator's caches ([`Views`]).
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Namespace, Secret},
+    api::core::v1::{ConfigMap, Secret},
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
     Api, ResourceExt,
     api::ObjectMeta,
     core::{Selector, SelectorExt},
-    runtime::{controller::Action, watcher},
+    runtime::{controller::Action, reflector::ObjectRef, watcher},
 };
 
-use super::{Context, mail_domain::PRIVATE_KEY, now, write_status};
+use super::{
+    Context,
+    mail_domain::PRIVATE_KEY,
+    now,
+    views::Views,
+    write_status,
+    written::{Children, Written},
+};
 use crate::{
     Error, Result,
     apply::{apply, owner_ref},
@@ -34,23 +42,6 @@ pub const INJECTED_LABEL: &str = "mailroom.dev/injected";
 /// Watch config selecting injected pods (to keep `status.pods` current).
 pub fn injected_pods() -> watcher::Config {
     watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"))
-}
-
-/// Counts the injected pods of Relay `name` in `ns` (metadata only).
-async fn count_pods(ctx: &Context, ns: &str, name: &str) -> Result<u32> {
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("{RELAY_LABEL}={name},{INJECTED_LABEL}=true");
-    let list = pods
-        .list_metadata(&kube::api::ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube("list pods"))?;
-    // A pod being deleted sends no more new mail: its share goes to the others.
-    let live = list
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .count();
-    Ok(u32::try_from(live).unwrap_or(u32::MAX))
 }
 
 /// Watch config selecting Relay children.
@@ -86,9 +77,22 @@ pub fn allows(md: &MailDomain, ns: &str, labels: &BTreeMap<String, String>) -> b
     }
 }
 
+/// What the Relay controller's reconciles share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The operator's context.
+    pub ctx: Arc<Context>,
+    /// The caches a reconcile reads.
+    pub views: Views,
+    /// The children applied and unchanged since.
+    pub written: Written,
+}
+
 /// Reconciles one Relay.
-pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(relay: Arc<Relay>, shared: &Shared) -> Result<Action> {
+    let Shared { ctx, views, .. } = shared;
     let _timer = ctx.metrics.start("Relay");
+    views.ready().await;
     let ns = relay.namespace().ok_or(Error::MissingNamespace)?;
     let name = relay.name_any();
     let old = relay.status.clone().unwrap_or_default();
@@ -98,10 +102,10 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
         mode: Some(relay.spec.delivery.mode().into()),
         ..Default::default()
     };
-    status.pods = count_pods(&ctx, &ns, &name).await?;
+    status.pods = views.pods(&ns, &name);
     let t = now();
     let had_hub = old.hub.is_some();
-    let (action, ready) = match converge(&relay, &ns, &ctx, &mut status, had_hub).await {
+    let (action, ready) = match converge(&relay, &ns, shared, &mut status, had_hub).await {
         Ok(()) => {
             let msg = format!(
                 "Relay {ns}/{name} is rendered into ConfigMap {}",
@@ -140,8 +144,13 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action> {
         &name,
         conditions::is_true(&status.conditions, READY),
     );
+    // An unchanged status is not written again: the write would change nothing but wake this
+    // Relay's own watch for another reconcile (and cost the apiserver a request).
+    if relay.status.as_ref() == Some(&status) && notes == Notes::default() {
+        return Ok(action);
+    }
     let api = Api::<Relay>::namespaced(ctx.client.clone(), &ns);
-    write_status(&ctx, &api, &*relay, &status, notes).await?;
+    write_status(ctx, &api, &*relay, &status, notes).await?;
     Ok(action)
 }
 
@@ -156,13 +165,14 @@ fn announce(old: &[Condition], ready: &Cond, hub: Option<&Cond>) -> Vec<Note> {
 async fn converge(
     relay: &Relay,
     ns: &str,
-    ctx: &Context,
+    shared: &Shared,
     status: &mut RelayStatus,
     had_hub: bool,
 ) -> Result<()> {
-    let domains = gather_domains(relay, ns, ctx).await?;
+    let Shared { ctx, views, written } = shared;
+    let domains = gather_domains(relay, ns, ctx, views).await?;
     check_secrets(relay, ns, ctx).await?;
-    let keys = gather_keys(&domains, ctx).await?;
+    let keys = gather_keys(&domains, ctx, views).await?;
     let mut config = render::sidecar_config(relay, &domains)?;
     // The Relay's budget, shared by its live pods (the pod watch re-renders as they come and go).
     config.limits.rate_per_minute = render::rate_share(config.limits.rate_per_minute, status.pods);
@@ -188,18 +198,26 @@ async fn converge(
         data: Some(keys),
         ..Default::default()
     };
-    apply(
-        &Api::namespaced(ctx.client.clone(), ns),
-        &with_type(secret, "v1", "Secret")?,
-        "apply DKIM Secret",
-    )
-    .await?;
-    apply(
-        &Api::namespaced(ctx.client.clone(), ns),
-        &with_type(cm, "v1", "ConfigMap")?,
-        "apply ConfigMap",
-    )
-    .await?;
+    let (secret, cm) = (
+        with_type(secret, "v1", "Secret")?,
+        with_type(cm, "v1", "ConfigMap")?,
+    );
+    let children = Children {
+        config_map: &cm,
+        secret: &secret,
+    };
+    let stamp = children.stamp()?;
+    let key = ObjectRef::from_obj(relay);
+    if !written.current(&key, &children, &stamp) {
+        let secret = apply(
+            &Api::namespaced(ctx.client.clone(), ns),
+            &secret,
+            "apply DKIM Secret",
+        )
+        .await?;
+        let cm = apply(&Api::namespaced(ctx.client.clone(), ns), &cm, "apply ConfigMap").await?;
+        written.record(key, stamp, (&cm, &secret));
+    }
     let hub = super::hub::converge(relay, ns, ctx, &config, &meta, had_hub).await?;
     status.hub = hub.map(|(h, _)| h);
     status.effective_domains = domains.iter().map(|d| d.spec.domain.clone()).collect();
@@ -220,24 +238,19 @@ pub(super) fn with_type<K: serde::Serialize + serde::de::DeserializeOwned>(
     serde_json::from_value(v).map_err(Error::serde("deserialize child"))
 }
 
-async fn gather_domains(relay: &Relay, ns: &str, ctx: &Context) -> Result<Vec<MailDomain>> {
-    let api: Api<MailDomain> = Api::all(ctx.client.clone());
+async fn gather_domains(relay: &Relay, ns: &str, ctx: &Context, views: &Views) -> Result<Vec<MailDomain>> {
     let mut labels: Option<BTreeMap<String, String>> = None;
     let mut out = Vec::new();
     for name in &relay.spec.domains {
-        let md = api
-            .get_opt(name)
-            .await
-            .map_err(Error::kube("get MailDomain"))?
+        let md = views
+            .domain(ctx, name)
+            .await?
             .ok_or_else(|| Error::DomainNotFound { domain: name.clone() })?;
-        if labels.is_none() {
-            let namespace = Api::<Namespace>::all(ctx.client.clone())
-                .get_opt(ns)
-                .await
-                .map_err(Error::kube("get Namespace"))?;
-            labels = Some(namespace.map(|n| n.labels().clone()).unwrap_or_default());
-        }
-        if !allows(&md, ns, labels.as_ref().unwrap_or(&BTreeMap::new())) {
+        let labels = match &labels {
+            Some(l) => l,
+            None => labels.insert(views.namespace_labels(ctx, ns).await?),
+        };
+        if !allows(&md, ns, labels) {
             return Err(Error::DomainNotAllowed {
                 domain: name.clone(),
                 namespace: ns.into(),
@@ -250,7 +263,7 @@ async fn gather_domains(relay: &Relay, ns: &str, ctx: &Context) -> Result<Vec<Ma
         if !ready || md.status.as_ref().and_then(|s| s.dkim.as_ref()).is_none() {
             return Err(Error::DomainNotReady { domain: name.clone() });
         }
-        out.push(md);
+        out.push(Arc::unwrap_or_clone(md));
     }
     Ok(out)
 }
@@ -295,8 +308,11 @@ async fn check_secrets(relay: &Relay, ns: &str, ctx: &Context) -> Result<()> {
 
 /// The private keys of every domain, keyed as the rendered config expects: the signing key, and
 /// during a rotation the pending or retiring one too, so that the switch only changes the config.
-async fn gather_keys(domains: &[MailDomain], ctx: &Context) -> Result<BTreeMap<String, ByteString>> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+async fn gather_keys(
+    domains: &[MailDomain],
+    ctx: &Context,
+    views: &Views,
+) -> Result<BTreeMap<String, ByteString>> {
     let mut out = BTreeMap::new();
     for md in domains {
         let Some(dkim) = md.status.as_ref().and_then(|s| s.dkim.as_ref()) else {
@@ -304,32 +320,30 @@ async fn gather_keys(domains: &[MailDomain], ctx: &Context) -> Result<BTreeMap<S
                 domain: md.name_any(),
             });
         };
-        let ns = ctx.settings.namespace.clone();
         let name = dkim.secret_name.clone();
-        let secret = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube("get DKIM Secret"))?
+        let secret = views
+            .key(ctx, &name)
+            .await?
             .ok_or_else(|| Error::DomainNotReady {
                 domain: md.name_any(),
             })?;
         let pem = secret
             .data
-            .and_then(|mut d| d.remove(PRIVATE_KEY))
+            .as_ref()
+            .and_then(|d| d.get(PRIVATE_KEY))
+            .cloned()
             .ok_or(Error::SecretKeyMissing {
-                namespace: ns,
+                namespace: ctx.settings.namespace.clone(),
                 name,
                 key: PRIVATE_KEY.into(),
             })?;
         out.insert(render::dkim_key_name(&md.spec.domain, &dkim.selector), pem);
         // The other key is a courtesy: missing means it is being created or retired.
         for other in [&dkim.pending, &dkim.retiring].into_iter().flatten() {
-            let pem = api
-                .get_opt(&other.secret_name)
-                .await
-                .map_err(Error::kube("get DKIM Secret"))?
-                .and_then(|s| s.data)
-                .and_then(|mut d| d.remove(PRIVATE_KEY));
+            let pem = views
+                .key(ctx, &other.secret_name)
+                .await?
+                .and_then(|s| s.data.as_ref()?.get(PRIVATE_KEY).cloned());
             if let Some(pem) = pem {
                 out.insert(render::dkim_key_name(&md.spec.domain, &other.selector), pem);
             }

@@ -71,7 +71,8 @@ where
 }
 
 /// Objects of kind `K` that changed or went away, metadata only: for `owns_stream` (children
-/// carry an owner reference) and for mappers that need only names and labels.
+/// carry an owner reference) and for mappers that need only names and labels. kube asks the
+/// apiserver for metadata only (`as=PartialObjectMetadataList`) for `PartialObjectMeta`.
 pub fn touched_metadata<K>(
     api: Api<PartialObjectMeta<K>>,
     config: watcher::Config,
@@ -82,16 +83,36 @@ where
     watcher(api, config).default_backoff().touched_objects()
 }
 
-/// Whole objects of kind `K` that were created or changed (deletions are not reported): for
-/// mappers that read the spec or status.
-pub fn applied<K>(
+/// [`touched_metadata`], recording each object in `writer` before passing it on: a reconcile
+/// woken by the change reads it from the store.
+pub fn reflected_metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+    writer: Writer<PartialObjectMeta<K>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// Whole objects of kind `K` that changed or went away, each recorded in `writer` before it is
+/// passed on.
+pub fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
+    writer: Writer<K>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watcher(api, config).default_backoff().applied_objects()
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
 }
 
 #[cfg(test)]
