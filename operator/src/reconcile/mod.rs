@@ -80,6 +80,7 @@ pub async fn run(ctx: Arc<Context>) {
     let (reader, writer) = reflector::store();
     let own_changes = watcher(Api::<MailDomain>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(triggers::forget_managed_fields)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(

@@ -54,6 +54,12 @@ where
     Controller::for_stream(own, reader).trigger_backoff(Independent)
 }
 
+/// Drops `metadata.managedFields` before an object is cached: nothing here reads them, and
+/// kept for every cached object (tens of nested maps each) they were most of the caches' memory.
+pub fn forget_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// Every change to `K` (applied or deleted), recorded in `writer`'s store: a Controller's own
 /// stream.
 pub fn own<K>(
@@ -66,6 +72,7 @@ where
 {
     watcher(api, config)
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(writer)
         .applied_objects()
 }
@@ -95,6 +102,7 @@ where
 {
     watcher(api, config)
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(writer)
         .touched_objects()
 }
@@ -111,6 +119,7 @@ where
 {
     watcher(api, config)
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(writer)
         .touched_objects()
 }
