@@ -94,12 +94,64 @@ def plot_memory(scenarios, table, path):
     plt.close(fig)
 
 
+def profile_section(results, table):
+    """Where the relay's CPU goes at 10 sessions, from the profiled run (bench/cpu_profile.py)."""
+    runs = [r for r in results if r.get("profile")]
+    if not runs:
+        return []
+    r = runs[-1]
+    p = r["profile"]
+    base = table.get((r["scenario"].replace(", relay profiled", ""), "mailroom")) or {}
+    per_msg = None
+    if base.get("accept_relay_cpu_s") and base.get("messages"):
+        per_msg = base["accept_relay_cpu_s"] / base["messages"] * 1e6
+    out = section("Where the relay's CPU goes at 10 sessions", [
+        "`perf record` (`cpu-clock`, %d Hz, call chains) on the relay's processes while `smtp-source` ran" % p["frequency_hz"],
+        "the load of *%s* (%s messages, in a run of its own: sampling slows the relay)." % (
+            r["scenario"].replace(", relay profiled", ""), "{:,}".format(r["messages"])),
+        "Each sample is charged to the system call its kernel call chain is in, or to user space (no",
+        "kernel frame). *µs per message* applies each share to the relay's CPU per message in the",
+        "unprofiled run of the same load (%s µs). %s samples. On loopback, `sendto` also runs the" % (
+            fmt(per_msg), "{:,}".format(p["samples"])),
+        "receiving side's TCP input and wakes the reader; `finish_task_switch` is the cost of switching",
+        "to another thread or process, which in this virtual machine includes its exits."],
+        [("where", False), ("share of the relay's CPU", True), ("µs per message", True)])
+    total = max(1, p["samples"])
+    for group, n in sorted(p["groups"].items(), key=lambda kv: -kv[1]):
+        share = n / total
+        out.append("| %s | %.1f %% | %s |" % (group, 100 * share, fmt(per_msg and share * per_msg)))
+    listing = lambda d: ", ".join("`%s` %.1f %%" % (k, 100 * v / total) for k, v in d.items())
+    out += ["", "By system call: %s." % listing(p["syscalls"]), "",
+            "Functions the samples were in (innermost frame), kernel: %s." % listing(p["top_kernel"]), "",
+            "User space: %s." % listing(p["top_user"]), ""]
+    return out
+
+
+def requests_section(o):
+    """The apiserver requests of the operator's cold start and warm restart, by verb and resource."""
+    cold, warm = o.get("cold_start_apiserver_requests"), o.get("warm_restart_apiserver_requests")
+    if not cold or not warm:
+        return []
+    out = ["Requests the apiserver served during the cold start and the warm restart (its own",
+           "`apiserver_request_total`, by verb and resource; the test's watches add one LIST and one WATCH",
+           "each), and the operator's reconciles (`mailroom_operator_reconcile_runs_total`):", "",
+           "| request | cold start | warm restart |", "|---|---:|---:|"]
+    keys = sorted(set(cold) | set(warm), key=lambda k: (k == "all", -(cold.get(k, 0) + warm.get(k, 0)), k))
+    for k in keys:
+        label = "**all**" if k == "all" else "`%s`" % k
+        out.append("| %s | %s | %s |" % (label, cold.get(k, 0), warm.get(k, 0)))
+    for kind in sorted(set(o.get("cold_start_reconciles", {})) | set(o.get("warm_restart_reconciles", {}))):
+        out.append("| reconciles of %s | %.0f | %.0f |" % (
+            kind, o.get("cold_start_reconciles", {}).get(kind, 0), o.get("warm_restart_reconciles", {}).get(kind, 0)))
+    return out + [""]
+
+
 def main():
     data = json.load(open(sys.argv[1]))
     every, table = summarize(data["results"])
     # The hub's scenarios compare mailroom with itself, and pinned ones measure latency alone;
     # they have their own sections.
-    scenarios = [sc for sc in every if "Relay with a hub" not in sc and "own CPU" not in sc]
+    scenarios = [sc for sc in every if "Relay with a hub" not in sc and "own CPU" not in sc and "profiled" not in sc]
     img = os.path.join(ROOT, "docs", "img")
     os.makedirs(img, exist_ok=True)
     plot(scenarios, table, "accepted_per_s", "Accepted (until the last 250)", os.path.join(img, "bench-accepted.png"))
@@ -190,6 +242,7 @@ def main():
                     sc, system, fmt(r["accepted_per_s"]), fmt(r["accept_busy_cores"], "{:.2f}"),
                     *(fmt(v, "{:.0f}") for v in parts), fmt(sum(v for v in parts if v is not None), "{:.0f}")))
         out.append("")
+    out += profile_section(data["results"], table)
     pinned = [sc for sc in every if "relay on its own CPU" in sc]
     if pinned:
         out += section("Accept latency with the relay on its own CPU", [
@@ -288,6 +341,7 @@ def main():
                 "| operator RSS after the warm restart (peak) | %.1f MiB (%.1f MiB) | ≤ 64 MiB |" % (
                     o["rss_after_warm_restart_kib"] / 1024, o["peak_rss_warm_kib"] / 1024),
                 ""]
+        out += requests_section(o)
     notes = os.path.join(ROOT, "bench", "notes.md")
     if os.path.exists(notes):
         out += [open(notes).read().rstrip(), ""]

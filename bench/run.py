@@ -30,6 +30,8 @@ import sys
 import threading
 import time
 
+import cpu_profile as relay_profile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDECAR = os.path.join(ROOT, "target", "release", "mailroom-sidecar")
 SINK_PORT, POSTFIX_PORT, MAILROOM_PORT, ADMIN_PORT = 30025, 30026, 30027, 30028
@@ -403,6 +405,12 @@ def measure(system, sc, flaky, hub_cpus, relay_cpus=None):
 
         if relay:
             threading.Thread(target=sample, daemon=True).start()
+        prof = None
+        if sc.get("profile") and relay:
+            missing = relay_profile.available()
+            if missing:
+                raise SystemExit("%s: %s" % (sc["name"], missing))
+            prof = relay_profile.Profile(relay.pids())
         probe = Probe(port, sc["size"])
         probe.start()
         t0 = time.perf_counter()
@@ -429,6 +437,7 @@ def measure(system, sc, flaky, hub_cpus, relay_cpus=None):
                     raise SystemExit("%s: the probe sent %d of %d" % (system, probe.sent, sc["probes"]))
                 time.sleep(0.05)
         t_accept = time.perf_counter() - t0
+        profiled = prof.stop() if prof else None
         # Where the CPU went while the load ran: the machine's busy time (all CPUs), and that of
         # the load generator, the sink and the relay, so that a rate can be read against what
         # the machine had left to give.
@@ -488,6 +497,7 @@ def measure(system, sc, flaky, hub_cpus, relay_cpus=None):
             "pss_after_burst_kib": after,
             "pss_anon_after_burst_kib": after_anon,
             "settle_s": sc.get("settle"),
+            "profile": profiled,
             **accept_cpu,
         }
     finally:
@@ -509,6 +519,10 @@ SCENARIOS = [
     # floor on that shared CPU). Not a throughput comparison: its own section in the report.
     {"name": "2 KiB, 10 sessions, relay on its own CPU", "size": 2048, "sessions": 10, "scale": 0.5,
      "relay_own_cpu": True},
+    # The same load as "2 KiB, 10 sessions" under `perf record` (bench/cpu_profile.py), in a run of
+    # its own so that sampling does not slow the runs that are compared.
+    {"name": "2 KiB, 10 sessions, relay profiled", "size": 2048, "sessions": 10, "scale": 0.5, "profile": True,
+     "systems": ["mailroom"]},
     {"name": "100 KiB, 10 sessions", "size": 100 * 1024, "sessions": 10, "scale": 0.1},
     {"name": "2 KiB, 50 sessions, DKIM RSA-2048", "size": 2048, "sessions": 50, "dkim": "rsa", "systems": ["mailroom"]},
     {"name": "2 KiB, 50 sessions, DKIM Ed25519", "size": 2048, "sessions": 50, "dkim": "ed25519", "systems": ["mailroom"]},

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: mailroom-sidecar vs Postfix vs the no-relay ceiling on this machine, then the
 # report (docs/benchmarks.md and its plots). Installs what it needs: Postfix (Debian package, for
-# postfix itself and its smtp-source / smtp-sink tools) and a venv with matplotlib in the cache.
+# postfix itself and its smtp-source / smtp-sink tools), perf (linux-perf) and a venv with matplotlib in the cache.
 # Usage: bash bench/run.sh [--messages N] [--repeat N]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +14,11 @@ if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
     apt-get update -qq
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+if ! command -v perf >/dev/null; then
+    [ "$(id -u)" = 0 ] || { log "perf is missing (the profiled scenario); run as root or: sudo apt-get install linux-perf"; exit 1; }
+    log "installing perf (Debian package linux-perf)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
 fi
 command -v openssl >/dev/null || { log "openssl is missing: apt-get install openssl"; exit 1; }
 if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c "import matplotlib" 2>/dev/null; then
