@@ -112,6 +112,13 @@ pub enum Error {
     /// Serializing the sidecar config failed.
     #[error("rendering the sidecar config failed: {0}")]
     Render(#[source] serde_yaml_ng::Error),
+    /// A cache a Relay reconcile reads has not received its first list (the watch may be
+    /// forbidden, or the apiserver slow); the reconcile is retried with backoff.
+    #[error("the operator's caches of {caches} have not synced")]
+    CacheNotReady {
+        /// The caches that have not synced, comma-separated.
+        caches: String,
+    },
     /// Converting one of our own objects to or from JSON failed. Never the user's doing (the
     /// types are ours), so it is transient rather than a spec error.
     #[error("{step} failed: {source}")]
@@ -143,9 +150,11 @@ impl Error {
     /// The condition and event reason for this error.
     pub fn reason(&self) -> Reason {
         match self {
-            Self::Kube { .. } | Self::Render(_) | Self::Serde { .. } | Self::HubCertificate(_) => {
-                Reason::ApplyFailed
-            }
+            Self::Kube { .. }
+            | Self::Render(_)
+            | Self::Serde { .. }
+            | Self::HubCertificate(_)
+            | Self::CacheNotReady { .. } => Reason::ApplyFailed,
             Self::MissingNamespace | Self::MissingIdentity | Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::DomainNotFound { .. } => Reason::DomainNotFound,
             Self::DomainNotAllowed { .. } => Reason::DomainNotAllowed,
@@ -176,6 +185,7 @@ impl Error {
             Self::HubCertificate(_) => "hub_certificate",
             Self::Render(_) => "render",
             Self::Serde { .. } => "serde",
+            Self::CacheNotReady { .. } => "cache_not_ready",
         }
     }
 
@@ -188,6 +198,7 @@ impl Error {
                 | Self::HubCertificate(_)
                 | Self::Render(_)
                 | Self::Serde { .. }
+                | Self::CacheNotReady { .. }
         )
     }
 }

@@ -92,7 +92,7 @@ pub struct Shared {
 pub async fn reconcile(relay: Arc<Relay>, shared: &Shared) -> Result<Action> {
     let Shared { ctx, views, .. } = shared;
     let _timer = ctx.metrics.start("Relay");
-    views.ready().await;
+    views.ready().await?;
     let ns = relay.namespace().ok_or(Error::MissingNamespace)?;
     let name = relay.name_any();
     let old = relay.status.clone().unwrap_or_default();

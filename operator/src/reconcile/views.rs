@@ -11,7 +11,9 @@
 //! written (rotation writes a new one under a new name), so it needs no trigger. An object the
 //! cache has not seen yet (created a moment ago) is read from the apiserver instead.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::FutureExt;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{
@@ -25,6 +27,9 @@ use super::{
     relay::{INJECTED_LABEL, RELAY_LABEL},
 };
 use crate::{Error, Result, crd::MailDomain};
+
+/// How long a reconcile waits for the caches' first lists.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The caches a Relay reconcile reads.
 #[derive(Clone)]
@@ -82,15 +87,35 @@ impl Views {
     }
 
     /// Waits until every cache holds its first full list: before that, a missing object might
-    /// only be one the cache has not listed yet (and a pod count would be short). A writer is
-    /// dropped only when the controllers stop; then there is nothing to wait for.
-    pub async fn ready(&self) {
-        let _ = futures::join!(
-            self.domains.wait_until_ready(),
-            self.namespaces.wait_until_ready(),
-            self.keys.wait_until_ready(),
-            self.pods.wait_until_ready(),
-        );
+    /// only be one the cache has not listed yet (and a pod count would be short). Gives up after
+    /// [`SYNC_TIMEOUT`] with the caches that are not ready, so that a watch that cannot start
+    /// (say, a ClusterRole older than the operator) fails reconciles with a reason instead of
+    /// holding every reconcile slot forever.
+    pub async fn ready(&self) -> Result<()> {
+        let all = async {
+            futures::join!(
+                self.domains.wait_until_ready(),
+                self.namespaces.wait_until_ready(),
+                self.keys.wait_until_ready(),
+                self.pods.wait_until_ready(),
+            )
+        };
+        if tokio::time::timeout(SYNC_TIMEOUT, all).await.is_ok() {
+            return Ok(());
+        }
+        let unready: Vec<&str> = [
+            ("MailDomains", self.domains.wait_until_ready().now_or_never()),
+            ("Namespaces", self.namespaces.wait_until_ready().now_or_never()),
+            ("DKIM key Secrets", self.keys.wait_until_ready().now_or_never()),
+            ("pods", self.pods.wait_until_ready().now_or_never()),
+        ]
+        .into_iter()
+        .filter(|(_, ready)| ready.is_none())
+        .map(|(name, _)| name)
+        .collect();
+        Err(Error::CacheNotReady {
+            caches: unready.join(", "),
+        })
     }
 
     /// MailDomain `name`, if it exists.
@@ -145,5 +170,37 @@ impl Views {
             })
             .count();
         u32::try_from(live).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    /// A watch that never lists (forbidden, say) fails reconciles after the timeout, naming its
+    /// cache, instead of holding them forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_cache_that_never_syncs_fails_the_reconcile_by_name() {
+        let (views, mut fill) = Views::new();
+        let error = views.ready().await.expect_err("nothing has synced");
+        assert_eq!(
+            error.to_string(),
+            "the operator's caches of MailDomains, Namespaces, DKIM key Secrets, pods have not synced"
+        );
+        assert!(!error.is_spec_error(), "retried with backoff");
+        assert_eq!(error.metric_label(), "cache_not_ready");
+
+        fill.domains.apply_watcher_event(&Event::InitDone);
+        fill.namespaces.apply_watcher_event(&Event::InitDone);
+        fill.keys.apply_watcher_event(&Event::InitDone);
+        let error = views.ready().await.expect_err("pods have not synced");
+        assert_eq!(error.to_string(), "the operator's caches of pods have not synced");
+
+        fill.pods.apply_watcher_event(&Event::InitDone);
+        let started = tokio::time::Instant::now();
+        views.ready().await.expect("all synced");
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait once synced");
     }
 }
