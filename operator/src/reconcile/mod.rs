@@ -117,12 +117,12 @@ pub async fn run(ctx: Arc<Context>) {
     let namespace_store = reader.clone();
     let relays = triggers::controller(own_changes, reader)
         .with_config(controller::Config::default().concurrency(RELAY_CONCURRENCY))
-        .owns_stream(triggers::reflected_metadata(
+        .owns_stream(triggers::reflected(
             Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
             relay::children(),
             config_maps,
         ))
-        .owns_stream(triggers::reflected_metadata(
+        .owns_stream(triggers::reflected(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             relay::children(),
             secrets,
@@ -153,7 +153,7 @@ pub async fn run(ctx: Arc<Context>) {
         )
         // A Namespace's labels decide which MailDomains it may use (`allowedNamespaces.selector`).
         .watches_stream(
-            triggers::reflected_metadata(
+            triggers::reflected(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher::Config::default(),
                 fill.namespaces,
@@ -196,7 +196,7 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .watches_stream(
-            triggers::reflected_metadata(
+            triggers::reflected(
                 Api::<PartialObjectMeta<Pod>>::all(client),
                 relay::injected_pods(),
                 fill.pods,

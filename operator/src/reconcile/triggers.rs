@@ -90,25 +90,9 @@ where
     watcher(api, config).default_backoff().touched_objects()
 }
 
-/// [`touched_metadata`], recording each object in `writer` before passing it on: a reconcile
-/// woken by the change reads it from the store.
-pub fn reflected_metadata<K>(
-    api: Api<PartialObjectMeta<K>>,
-    config: watcher::Config,
-    writer: Writer<PartialObjectMeta<K>>,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    watcher(api, config)
-        .default_backoff()
-        .modify(forget_managed_fields)
-        .reflect(writer)
-        .touched_objects()
-}
-
-/// Whole objects of kind `K` that changed or went away, each recorded in `writer` before it is
-/// passed on.
+/// Objects of kind `K` that changed or went away, each recorded in `writer` (without its
+/// `managedFields`) before it is passed on: a reconcile woken by the change reads it from the
+/// store. `K` may be a `PartialObjectMeta` (metadata only).
 pub fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
