@@ -18,6 +18,8 @@ pub const ENV_DRAIN_SECONDS: &str = "SIDECAR_DRAIN_SECONDS";
 pub const ENV_RELOAD_INTERVAL_SECONDS: &str = "SIDECAR_RELOAD_INTERVAL_SECONDS";
 /// `json` for JSON logs; anything else is plain text.
 pub const ENV_LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
+/// The nice value of the delivery threads, 0 (the sessions' own priority) to 19 (the lowest).
+pub const ENV_DELIVERY_NICE: &str = "SIDECAR_DELIVERY_NICE";
 /// The pod's name (the webhook sets it from the downward API): the owner of its shadow copies.
 pub const ENV_POD_NAME: &str = "SIDECAR_POD_NAME";
 /// The pod's UID (downward API), see [`ENV_POD_NAME`].
@@ -29,6 +31,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailroom/sidecar.yaml";
 pub const DEFAULT_DRAIN_SECONDS: u64 = 25;
 /// Default reload poll interval.
 pub const DEFAULT_RELOAD_INTERVAL_SECONDS: u64 = 2;
+/// Default nice value of the delivery threads: a client waiting for its `250` runs first.
+pub const DEFAULT_DELIVERY_NICE: i32 = 5;
 
 /// A source of named strings (the environment, or a map in tests).
 pub trait Strings {
@@ -78,6 +82,8 @@ pub struct Settings {
     pub reload_interval: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Nice value of the delivery threads (0 to 19).
+    pub delivery_nice: i32,
 }
 
 /// Every invalid variable, with its name and value.
@@ -164,6 +170,18 @@ impl Settings {
                 LogFormat::Plain
             }
         };
+        let delivery_nice = match env.get(ENV_DELIVERY_NICE) {
+            None => DEFAULT_DELIVERY_NICE,
+            Some(v) => match v.parse::<i32>() {
+                Ok(n) if (0..=19).contains(&n) => n,
+                _ => {
+                    errors.push(format!(
+                        "{ENV_DELIVERY_NICE}={v:?}: expected a nice value from 0 (the sessions' own priority) to 19"
+                    ));
+                    DEFAULT_DELIVERY_NICE
+                }
+            },
+        };
         let config_path = env
             .get(ENV_CONFIG_PATH)
             .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into())
@@ -177,6 +195,7 @@ impl Settings {
                 drain,
                 reload_interval,
                 log_format,
+                delivery_nice,
             })
         } else {
             Err(Error(errors))
@@ -195,6 +214,7 @@ mod tests {
         assert_eq!(s.listen_addr, None);
         assert_eq!(s.drain, Duration::from_secs(DEFAULT_DRAIN_SECONDS));
         assert_eq!(s.log_format, LogFormat::Plain);
+        assert_eq!(s.delivery_nice, DEFAULT_DELIVERY_NICE);
     }
 
     #[test]
@@ -204,11 +224,13 @@ mod tests {
             (ENV_ADMIN_ADDR, "127.0.0.1:9465"),
             (ENV_DRAIN_SECONDS, "soon"),
             (ENV_LOG_FORMAT, "xml"),
+            (ENV_DELIVERY_NICE, "-5"),
         ]);
         let Error(errors) = Settings::parse(&env).expect_err("invalid");
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].starts_with("SIDECAR_LISTEN_ADDR="));
         assert!(errors[1].starts_with("SIDECAR_DRAIN_SECONDS="));
         assert!(errors[2].starts_with("SIDECAR_LOG_FORMAT="));
+        assert!(errors[3].starts_with("SIDECAR_DELIVERY_NICE=\"-5\": expected a nice value"));
     }
 }

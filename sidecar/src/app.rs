@@ -3,6 +3,7 @@
 use crate::{
     admin::{self, Readiness},
     config::Config,
+    delivery_runtime::DeliveryRuntime,
     inbound::{
         self,
         policy::{RateLimit, RateLimited},
@@ -199,7 +200,19 @@ impl App {
                 let _ = api_stop_rx.wait_for(|s| *s).await;
             },
         ));
-        let runner = tokio::spawn(runner.run(self.arrivals, drain_rx));
+        // Delivery runs on threads of its own, below the sessions' priority (delivery_runtime.rs).
+        let delivery_rt = match DeliveryRuntime::build(self.settings.delivery_nice) {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the delivery threads; delivery shares the sessions' threads");
+                None
+            }
+        };
+        let run = runner.run(self.arrivals, drain_rx);
+        let runner = match &delivery_rt {
+            Some(rt) => rt.spawn(run),
+            None => tokio::spawn(run),
+        };
         let reload = tokio::spawn(crate::reload::watch(
             self.settings.clone(),
             config_tx,
@@ -217,6 +230,7 @@ impl App {
             inbound,
             inbound_stop,
             runner,
+            delivery_rt,
             reload,
             admin,
             queue_api,
@@ -242,6 +256,8 @@ pub struct Running {
     inbound: JoinHandle<()>,
     inbound_stop: watch::Sender<bool>,
     runner: JoinHandle<()>,
+    /// The runtime the runner and its attempts run on (none if it could not start).
+    delivery_rt: Option<DeliveryRuntime>,
     reload: JoinHandle<()>,
     admin: JoinHandle<std::io::Result<()>>,
     queue_api: JoinHandle<std::io::Result<()>>,
@@ -307,6 +323,10 @@ impl Running {
         if !finished && tokio::time::timeout_at(deadline, &mut runner).await.is_err() {
             tracing::warn!("drain deadline reached; undelivered mail stays in the spool");
             runner.abort();
+        }
+        // Pooled upstream connections and anything an aborted runner left end with the runtime.
+        if let Some(rt) = &mut self.delivery_rt {
+            rt.shutdown();
         }
         let report = report(&self.spool, &self.stats, reserve.is_some());
         let messages = report.undelivered_messages;

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod app;
 pub mod control;
+pub mod delivery_runtime;
 pub mod dkim;
 pub mod dsn;
 #[cfg(feature = "testing")]

@@ -32,7 +32,7 @@ const EX_UNAVAILABLE: u8 = 69;
     after_help = "Without options it runs with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml).\n\
 With `queue` or `quarantine` it is a client of a running sidecar's queue API.\n\n\
 ENVIRONMENT:\n    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, SIDECAR_QUEUE_API_ADDR,\n    \
-SIDECAR_DRAIN_SECONDS, SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
+SIDECAR_DRAIN_SECONDS, SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_DELIVERY_NICE (0-19),\n    SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
 )]
 #[group(id = "mode", multiple = false)]
 #[command(args_conflicts_with_subcommands = true)]

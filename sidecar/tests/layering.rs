@@ -34,6 +34,7 @@ const FLOORS: &[(&str, u8)] = &[
     // Wiring.
     ("reload", 5),
     ("app", 5),
+    ("delivery_runtime", 5),
     // The queue API server and the `queue`/`quarantine` subcommands that call it.
     ("control", 5),
     // Shadow copies: the replicated accept and the hub's owner checks, over the spool, the queue's
