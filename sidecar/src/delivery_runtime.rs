@@ -43,7 +43,8 @@ impl DeliveryRuntime {
     {
         match &self.runtime {
             Some(rt) => rt.spawn(future),
-            // Only after `shutdown`, which consumes the last use.
+            // Nothing spawns after the drain's `shutdown`; were it to, the task runs with the
+            // caller's rather than being dropped unseen.
             None => tokio::spawn(future),
         }
     }
