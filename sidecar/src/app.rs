@@ -201,18 +201,8 @@ impl App {
             },
         ));
         // Delivery runs on threads of its own, below the sessions' priority (delivery_runtime.rs).
-        let delivery_rt = match DeliveryRuntime::build(self.settings.delivery_nice) {
-            Ok(rt) => Some(rt),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the delivery threads; delivery shares the sessions' threads");
-                None
-            }
-        };
-        let run = runner.run(self.arrivals, drain_rx);
-        let runner = match &delivery_rt {
-            Some(rt) => rt.spawn(run),
-            None => tokio::spawn(run),
-        };
+        let delivery_rt = DeliveryRuntime::start(self.settings.delivery_nice);
+        let runner = delivery_rt.spawn(runner.run(self.arrivals, drain_rx));
         let reload = tokio::spawn(crate::reload::watch(
             self.settings.clone(),
             config_tx,
@@ -256,8 +246,8 @@ pub struct Running {
     inbound: JoinHandle<()>,
     inbound_stop: watch::Sender<bool>,
     runner: JoinHandle<()>,
-    /// The runtime the runner and its attempts run on (none if it could not start).
-    delivery_rt: Option<DeliveryRuntime>,
+    /// The runtime the runner and its attempts run on.
+    delivery_rt: DeliveryRuntime,
     reload: JoinHandle<()>,
     admin: JoinHandle<std::io::Result<()>>,
     queue_api: JoinHandle<std::io::Result<()>>,
@@ -325,9 +315,7 @@ impl Running {
             runner.abort();
         }
         // Pooled upstream connections and anything an aborted runner left end with the runtime.
-        if let Some(rt) = &mut self.delivery_rt {
-            rt.shutdown();
-        }
+        self.delivery_rt.shutdown();
         let report = report(&self.spool, &self.stats, reserve.is_some());
         let messages = report.undelivered_messages;
         self.metrics

@@ -35,7 +35,17 @@ impl DeliveryRuntime {
         })
     }
 
-    /// Runs `future` on the delivery threads.
+    /// [`DeliveryRuntime::build`], or when the threads cannot start (logged), none: then
+    /// delivery shares the caller's runtime.
+    pub fn start(nice: i32) -> Self {
+        Self::build(nice).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot start the delivery threads; delivery shares the sessions' threads");
+            Self { runtime: None }
+        })
+    }
+
+    /// Runs `future` on the delivery threads, or on the caller's runtime when there are none
+    /// (they could not start, or the drain has shut them down).
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -43,8 +53,6 @@ impl DeliveryRuntime {
     {
         match &self.runtime {
             Some(rt) => rt.spawn(future),
-            // Nothing spawns after the drain's `shutdown`; were it to, the task runs with the
-            // caller's rather than being dropped unseen.
             None => tokio::spawn(future),
         }
     }
