@@ -320,6 +320,20 @@ def main():
                     fmt(r.get("cpu_seconds"), "{:.1f}"),
                     fmt(mib(r.get("pss_peak_kib")), "{:.1f}")))
         out.append("")
+    backlog = os.path.join(ROOT, "bench", "results", "backlog.json")
+    if os.path.exists(backlog):
+        b = json.load(open(backlog))
+        out += ["## Memory per queued message", "",
+                "`bench/backlog.py` (part of `make bench`): the release sidecar relays to an upstream that takes",
+                "connections and never answers, so every message it accepts stays queued; `smtp-source` sends",
+                "%d messages of 2 KiB over 10 sessions. This is what a backlog costs: a slow or unreachable" % b["messages"],
+                "upstream, or sessions that accept faster than delivery sends on.", "",
+                "| measure | result |", "|---|---:|",
+                "| PSS before / with every message queued (peak) | %.1f / %.1f MiB (%.1f MiB) |" % (
+                    b["pss_before_kib"] / 1024, b["pss_queued_kib"] / 1024, b["pss_peak_kib"] / 1024),
+                "| per queued message (at the peak) | %.0f bytes (%.0f bytes) |" % (
+                    b["bytes_per_message"], b["peak_bytes_per_message"]),
+                ""]
     webhook = os.path.join(ROOT, "bench", "results", "webhook.txt")
     if os.path.exists(webhook):
         out += ["## Injection webhook", "",

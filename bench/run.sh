@@ -29,4 +29,5 @@ fi
 log "building mailroom-sidecar (release)"
 (cd "$root" && cargo build --release --bin mailroom-sidecar)
 "$cache/venv/bin/python" "$root/bench/run.py" "$@"
+"$cache/venv/bin/python" "$root/bench/backlog.py"
 "$cache/venv/bin/python" "$root/bench/report.py" "$root/bench/results/latest.json"

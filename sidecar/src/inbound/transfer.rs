@@ -203,7 +203,7 @@ where
             received_at,
             dsn: tx.dsn,
             origin: tx.handoff.map(|h| h.key),
-            shadow: tx.shadow,
+            shadow: tx.shadow.map(Box::new),
         };
         match writer.commit(envelope).await {
             Ok(id) => {

@@ -120,7 +120,7 @@ impl ShadowClient {
     pub async fn store(&self, envelope: &Envelope, key: &str, message: &[u8]) -> Result<String, ShadowError> {
         let mut envelope = envelope.clone();
         envelope.origin = Some(key.to_owned());
-        envelope.shadow = Some(self.owner.clone());
+        envelope.shadow = Some(Box::new(self.owner.clone()));
         let rcpts: Vec<Recipient> = (0..envelope.recipients.len())
             .filter_map(|i| envelope.recipient(i))
             .collect();

@@ -41,9 +41,9 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
     if item.meta.signature.is_none()
         && let Some(header) = sign(d, &bytes, metrics)
     {
-        spool.set_signature(id, header.clone()).await;
+        let shared = spool.set_signature(id, header.clone()).await;
         bytes.splice(0..0, header.bytes());
-        item.meta.signature = Some(header);
+        item.adopt(shared, |m| m.signature = Some(header));
     }
     let env = item.meta.envelope.clone();
     let tried: Vec<u32> = (0..env.recipients.len() as u32)
@@ -154,8 +154,8 @@ pub async fn run<T: Transport>(mut item: Item, spool: &Spool, d: &Delivery<T>, m
             delay,
             connection_failure,
         } => {
-            spool.recipients_done(id, &decision.finished).await;
-            item.meta.done.extend_from_slice(&decision.finished);
+            let shared = spool.recipients_done(id, &decision.finished).await;
+            item.adopt(shared, |m| m.done.extend_from_slice(&decision.finished));
             Next::Retry(item, delay, connection_failure)
         }
     }

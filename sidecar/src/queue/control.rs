@@ -182,7 +182,10 @@ pub enum Command {
     /// Every message, oldest first.
     List(Reply<Vec<Row>>),
     /// One message's row and envelope progress.
-    Get(MessageId, Reply<Option<(Row, crate::spool::Meta)>>),
+    Get(
+        MessageId,
+        Reply<Option<(Row, std::sync::Arc<crate::spool::Meta>)>>,
+    ),
     /// Where one message is, or how it left.
     Status(MessageId, Reply<Option<Status>>),
     /// Make matching deferred messages due now, and unpark the route.

@@ -65,9 +65,9 @@ pub async fn run<T: Transport>(
     if item.meta.signature.is_none()
         && let Some(header) = attempt::sign(d, &bytes, metrics)
     {
-        spool.set_signature(id, header.clone()).await;
+        let shared = spool.set_signature(id, header.clone()).await;
         bytes.splice(0..0, header.bytes());
-        item.meta.signature = Some(header);
+        item.adopt(shared, |m| m.signature = Some(header));
     }
     let mut envelope = item.meta.envelope.clone();
     envelope.origin = Some(spool.handoff_key(id));
@@ -107,8 +107,8 @@ pub async fn run<T: Transport>(
         spool.remove(id).await;
         return Ok(Next::Done(Default::default()));
     }
-    spool.recipients_done(id, &taken).await;
-    item.meta.done.extend_from_slice(&taken);
+    let shared = spool.recipients_done(id, &taken).await;
+    item.adopt(shared, |m| m.done.extend_from_slice(&taken));
     let answered = results.iter().any(|r| {
         r.outcome != Outcome::Delivered
             && matches!(

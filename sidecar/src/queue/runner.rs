@@ -30,8 +30,9 @@ use tokio::{
 pub struct Item {
     /// Spool id.
     pub id: MessageId,
-    /// Envelope and progress as the spool has it.
-    pub meta: crate::spool::Meta,
+    /// Envelope and progress as the spool has it (the spool's own copy, shared until either
+    /// side changes it).
+    pub meta: Arc<crate::spool::Meta>,
     /// Attempts made since this process started.
     pub attempts: u32,
     /// Whether a delay notice went out (not persisted: after a restart one may go again).
@@ -40,6 +41,22 @@ pub struct Item {
     pub last_error: Option<String>,
     /// Recipients delivered and failed (bounced or expired) by this process's attempts.
     pub finished: Finished,
+}
+
+impl Item {
+    /// Takes the spool's copy of this message after the spool changed it, so that the two
+    /// share one copy again; makes the same `change` to its own copy when the spool no longer
+    /// has the message.
+    pub fn adopt(
+        &mut self,
+        shared: Option<Arc<crate::spool::Meta>>,
+        change: impl FnOnce(&mut crate::spool::Meta),
+    ) {
+        match shared {
+            Some(meta) => self.meta = meta,
+            None => change(Arc::make_mut(&mut self.meta)),
+        }
+    }
 }
 
 /// How a message's recipients ended, as far as this process saw.

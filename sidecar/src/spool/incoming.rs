@@ -7,7 +7,7 @@ use crate::{
     message::{MessageWriter, SinkError},
     sync::lock,
 };
-use std::{collections::BTreeSet, sync::atomic::Ordering};
+use std::sync::{Arc, atomic::Ordering};
 use tokio::sync::oneshot;
 
 type Reply = oneshot::Receiver<super::writer::Written>;
@@ -212,17 +212,17 @@ impl Incoming {
     ) -> Result<MessageId, SinkError> {
         // A hand-off arrives signed by its sidecar; an empty signature means "never sign".
         let signature = signed.or_else(|| envelope.origin.as_ref().map(|_| String::new()));
-        let meta = Meta {
+        let meta = Arc::new(Meta {
             envelope,
             len: self.len,
             crc: self.crc.clone().finalize(),
             done: vec![],
             signature,
             held: false,
-        };
+        });
         self.flush(Some(&meta)).await?;
-        let mut chunks = Vec::new();
-        let mut segs = BTreeSet::new();
+        let mut chunks = super::Chunks::new();
+        let mut segs = super::Segs::default();
         for rx in std::mem::take(&mut self.pending) {
             match rx.await {
                 Ok(Ok((seg, locs))) => {
@@ -261,7 +261,7 @@ impl Incoming {
 pub struct Held {
     spool: Spool,
     id: MessageId,
-    meta: Meta,
+    meta: Arc<Meta>,
 }
 
 impl Held {

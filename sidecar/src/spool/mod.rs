@@ -13,11 +13,16 @@ pub mod quarantine;
 pub mod record;
 mod replay;
 mod reserve;
+mod segs;
 mod shadows;
 mod writer;
 
 pub use meta::Meta;
+pub use segs::Segs;
 pub use writer::Loc;
+
+/// Where a message's body is: its Chunk payloads in order.
+pub type Chunks = smallvec::SmallVec<[Loc; 1]>;
 use writer::WriteError;
 
 use crate::{
@@ -29,7 +34,7 @@ use crate::{
 };
 use record::Kind;
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     io,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
@@ -59,12 +64,14 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 /// A live message as the spool tracks it.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// Envelope and progress.
-    pub meta: Meta,
-    /// Where the body is.
-    pub chunks: Vec<Loc>,
+    /// Envelope and progress, shared with the runner: one copy per queued message, not two
+    /// (a backlog of 20,000 messages cost 1.5 KiB each with two; docs/benchmarks.md). Changed
+    /// with `Arc::make_mut`, which copies it only while the runner holds the old one.
+    pub meta: Arc<Meta>,
+    /// Where the body is (one chunk up to 256 KiB, inline).
+    pub chunks: Chunks,
     /// Segments holding any record of this message (pinned while it lives).
-    pub segs: BTreeSet<u64>,
+    pub segs: Segs,
     verified: bool,
 }
 
@@ -73,8 +80,8 @@ pub struct Entry {
 pub struct Queued {
     /// Spool id.
     pub id: MessageId,
-    /// Envelope and progress.
-    pub meta: Meta,
+    /// Envelope and progress (the spool's own, shared).
+    pub meta: Arc<Meta>,
 }
 
 /// Spool errors at open.
@@ -317,24 +324,26 @@ impl Spool {
 
     /// Reads a message: the stored DKIM signature (if any) followed by the body as received.
     pub async fn read(&self, id: MessageId) -> io::Result<Vec<u8>> {
-        let (entry, files) = {
+        // Only what the read needs leaves the lock: the shared envelope and the chunk list.
+        let (meta, chunks, files) = {
             let mut st = lock(&self.inner.state);
-            let entry = st.entries.get(&id).cloned().ok_or(io::ErrorKind::NotFound)?;
-            let mut files = Vec::new();
-            for l in &entry.chunks {
+            let entry = st.entries.get(&id).ok_or(io::ErrorKind::NotFound)?;
+            let (meta, chunks) = (entry.meta.clone(), entry.chunks.clone());
+            let mut files = Vec::with_capacity(chunks.len());
+            for l in &chunks {
                 files.push(open_segment(&mut st, &self.inner.dir, l.seg)?);
             }
-            (entry, files)
+            (meta, chunks, files)
         };
-        let recent = crate::message::now_secs().saturating_sub(entry.meta.envelope.received_at)
-            <= INLINE_READ_AGE_SECS;
-        let inline = recent && entry.meta.len <= INLINE_READ_BYTES;
+        let recent =
+            crate::message::now_secs().saturating_sub(meta.envelope.received_at) <= INLINE_READ_AGE_SECS;
+        let inline = recent && meta.len <= INLINE_READ_BYTES;
         let read = move || {
-            let sig = entry.meta.signature.as_deref().unwrap_or("").as_bytes();
+            let sig = meta.signature.as_deref().unwrap_or("").as_bytes();
             // Sized from the chunks found on disk, not from the Commit's length: a corrupt length
             // must fail the check below, not ask the allocator for terabytes (found by fuzzing).
-            let stored: u64 = entry.chunks.iter().map(|l| u64::from(l.len)).sum();
-            if stored != entry.meta.len {
+            let stored: u64 = chunks.iter().map(|l| u64::from(l.len)).sum();
+            if stored != meta.len {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "message length does not match its commit record",
@@ -343,13 +352,13 @@ impl Spool {
             let mut out = Vec::with_capacity(sig.len() + stored as usize);
             out.extend_from_slice(sig);
             let mut crc = crc32fast::Hasher::new();
-            for (l, f) in entry.chunks.iter().zip(files) {
+            for (l, f) in chunks.iter().zip(files) {
                 let at = out.len();
                 out.resize(at + l.len as usize, 0);
                 f.read_exact_at(&mut out[at..], l.offset)?;
                 crc.update(&out[at..]);
             }
-            if crc.finalize() != entry.meta.crc {
+            if crc.finalize() != meta.crc {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "message checksum mismatch",
@@ -365,14 +374,23 @@ impl Spool {
             .map_err(io::Error::other)?
     }
 
-    /// Records the DKIM-Signature header to prepend from now on.
-    pub async fn set_signature(&self, id: MessageId, header: String) {
+    /// Records the DKIM-Signature header to prepend from now on. Returns the message's
+    /// envelope and progress as changed, for the runner to share (`None`: no longer here).
+    pub async fn set_signature(&self, id: MessageId, header: String) -> Option<Arc<Meta>> {
         let mut buf = Vec::new();
         record::encode(&mut buf, Kind::Signature, id, header.as_bytes());
-        if let Some(e) = lock(&self.inner.state).entries.get_mut(&id) {
-            e.meta.signature = Some(header);
-        }
+        let meta = self.change(id, |m| m.signature = Some(header));
         self.append(id, buf).await;
+        meta
+    }
+
+    /// Changes live message `id`'s envelope or progress; returns it as changed. The copy is
+    /// made here, while the runner still holds the old one; the runner then takes this one.
+    fn change(&self, id: MessageId, f: impl FnOnce(&mut Meta)) -> Option<Arc<Meta>> {
+        let mut st = lock(&self.inner.state);
+        let e = st.entries.get_mut(&id)?;
+        f(Arc::make_mut(&mut e.meta));
+        Some(e.meta.clone())
     }
 
     /// What the quarantine holds (docs/operations.md "Day two").
@@ -426,12 +444,12 @@ impl Spool {
     }
 
     /// Holds (`true`) or releases a message, durably: the answer comes after the record's fsync,
-    /// so a hold outlives a crash. Returns false when the message is not in the spool.
-    pub async fn set_held(&self, id: MessageId, held: bool) -> Result<bool, SinkError> {
-        match lock(&self.inner.state).entries.get_mut(&id) {
-            Some(e) => e.meta.held = held,
-            None => return Ok(false),
-        }
+    /// so a hold outlives a crash. Returns the message as changed, or `None` when it is not in
+    /// the spool.
+    pub async fn set_held(&self, id: MessageId, held: bool) -> Result<Option<Arc<Meta>>, SinkError> {
+        let Some(meta) = self.change(id, |m| m.held = held) else {
+            return Ok(None);
+        };
         let mut buf = Vec::new();
         record::encode(&mut buf, Kind::Hold, id, &[u8::from(held)]);
         let (seg, _) = self.send(buf, vec![], true).await.map_err(|e| match e {
@@ -445,21 +463,21 @@ impl Spool {
         {
             *st.seg_live.entry(seg).or_default() += 1;
         }
-        Ok(true)
+        Ok(Some(meta))
     }
 
-    /// Records that recipients `done` (indices) need no further attempts.
-    pub async fn recipients_done(&self, id: MessageId, done: &[u32]) {
+    /// Records that recipients `done` (indices) need no further attempts. Returns the message
+    /// as changed, for the runner to share (`None`: no longer here).
+    pub async fn recipients_done(&self, id: MessageId, done: &[u32]) -> Option<Arc<Meta>> {
         if done.is_empty() {
-            return;
+            return lock(&self.inner.state).entries.get(&id).map(|e| e.meta.clone());
         }
         let payload: Vec<u8> = done.iter().flat_map(|i| i.to_le_bytes()).collect();
         let mut buf = Vec::new();
         record::encode(&mut buf, Kind::RcptDone, id, &payload);
-        if let Some(e) = lock(&self.inner.state).entries.get_mut(&id) {
-            e.meta.done.extend_from_slice(done);
-        }
+        let meta = self.change(id, |m| m.done.extend_from_slice(done));
         self.append(id, buf).await;
+        meta
     }
 
     /// Removes a finished message; its space is reclaimed once its segments hold nothing live.
@@ -675,7 +693,7 @@ impl Spool {
                 *n -= 1;
             }
         }
-        e.chunks = locs;
+        e.chunks = locs.into_iter().collect();
         e.segs.insert(seg);
         *st.seg_live.entry(seg).or_default() += 1;
         Ok(())

@@ -9,11 +9,7 @@ use super::{
     writer::Loc,
 };
 use crate::message::MessageId;
-use std::{
-    collections::{BTreeSet, HashMap},
-    io,
-    path::Path,
-};
+use std::{collections::HashMap, io, path::Path, sync::Arc};
 
 /// What replay found.
 #[derive(Debug, Default)]
@@ -76,13 +72,14 @@ fn apply(out: &mut Replayed, pending: &mut HashMap<MessageId, Vec<Loc>>, seq: u6
                 return;
             };
             let chunks = pending.remove(&r.id).unwrap_or_default();
-            let mut segs: BTreeSet<u64> = chunks.iter().map(|l| l.seg).collect();
+            let mut segs: super::Segs = chunks.iter().map(|l| l.seg).collect();
             segs.insert(seq);
             out.entries.insert(
                 r.id,
                 Entry {
-                    meta,
-                    chunks,
+                    meta: Arc::new(meta),
+                    // Collected, not converted: a converted Vec keeps its heap buffer.
+                    chunks: chunks.into_iter().collect(),
                     segs,
                     verified: false,
                 },
@@ -98,7 +95,7 @@ fn apply(out: &mut Replayed, pending: &mut HashMap<MessageId, Vec<Loc>>, seq: u6
                 for idx in r.payload.chunks_exact(4) {
                     let i = u32::from_le_bytes([idx[0], idx[1], idx[2], idx[3]]);
                     if !e.meta.done.contains(&i) {
-                        e.meta.done.push(i);
+                        Arc::make_mut(&mut e.meta).done.push(i);
                     }
                 }
             }
@@ -106,13 +103,13 @@ fn apply(out: &mut Replayed, pending: &mut HashMap<MessageId, Vec<Loc>>, seq: u6
         Kind::Signature => {
             if let Some(e) = out.entries.get_mut(&r.id) {
                 e.segs.insert(seq);
-                e.meta.signature = String::from_utf8(r.payload.to_vec()).ok();
+                Arc::make_mut(&mut e.meta).signature = String::from_utf8(r.payload.to_vec()).ok();
             }
         }
         Kind::Hold => {
             if let Some(e) = out.entries.get_mut(&r.id) {
                 e.segs.insert(seq);
-                e.meta.held = r.payload == [1];
+                Arc::make_mut(&mut e.meta).held = r.payload == [1];
             }
         }
     }

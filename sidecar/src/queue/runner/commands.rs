@@ -212,17 +212,17 @@ impl<T: Transport> Runner<T> {
         if self.held.contains(&id) {
             return Ok(done(id, "already held"));
         }
-        match self.spool.set_held(id, true).await {
-            Ok(true) => {}
-            Ok(false) => return Err(Refusal::NotFound(name)),
+        let shared = match self.spool.set_held(id, true).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Err(Refusal::NotFound(name)),
             Err(e) => return Err(Refusal::Spool(e.to_string())),
-        }
+        };
         self.held.insert(id);
         self.waiting.retain(|(_, w)| *w != id);
         self.ready.retain(|r| *r != id);
         self.unblock(id);
         if let Some(item) = self.items.get_mut(&id) {
-            item.meta.held = true;
+            item.meta = shared;
         }
         Ok(done(
             id,
@@ -242,14 +242,14 @@ impl<T: Transport> Runner<T> {
         if !self.held.contains(&id) {
             return Ok(done(id, "not held"));
         }
-        match self.spool.set_held(id, false).await {
-            Ok(true) => {}
-            Ok(false) => return Err(Refusal::NotFound(name)),
+        let shared = match self.spool.set_held(id, false).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Err(Refusal::NotFound(name)),
             Err(e) => return Err(Refusal::Spool(e.to_string())),
-        }
+        };
         self.held.remove(&id);
         if let Some(item) = self.items.get_mut(&id) {
-            item.meta.held = false;
+            item.meta = shared;
         }
         if !self.busy.contains(&id) {
             self.ready.push_back(id);

@@ -290,6 +290,43 @@ async fn a_held_message_gets_no_attempt_and_does_not_hold_up_a_drain() {
     assert_eq!(h.spool.usage().0, 1, "the held message stays in the spool");
 }
 
+/// The spool's index and the runner hold one copy of a message's envelope between them, also
+/// after an attempt or an administrator changed it (tests/queue_memory.rs counts the bytes).
+#[tokio::test]
+async fn the_runner_shares_the_spools_copy_of_a_message_as_it_changes() {
+    let fake = FakeTransport::new(Route::Smarthost);
+    let h = start(1, 60, &fake);
+    put(&h.spool, "m", &["a@example.net", "defer@example.net"]).await;
+    wait_for_calls(&h.fake, 1, "the first attempt").await;
+    let deferred = h.metrics.queue_messages.with_label_values(&["deferred"]);
+    wait_until("the retry to be scheduled", || deferred.get() == 1).await;
+    let id = h.spool.live()[0].id;
+    let shared = |what: &str| {
+        let control = h.control.clone();
+        let spool = h.spool.clone();
+        let what = what.to_owned();
+        async move {
+            let (_, runners) = control
+                .ask(|r| crate::queue::control::Command::Get(id, r))
+                .await
+                .expect("runner answers")
+                .expect("the runner has the message");
+            let spools = spool.live()[0].meta.clone();
+            assert!(Arc::ptr_eq(&runners, &spools), "{what}: two copies");
+            runners
+        }
+    };
+    let meta = shared("after a partial delivery").await;
+    assert_eq!(meta.done, [0], "the delivered recipient is recorded");
+    h.control
+        .ask(|r| crate::queue::control::Command::Hold(id, r))
+        .await
+        .expect("runner answers")
+        .expect("held");
+    assert!(shared("after a hold").await.held);
+    h.runner.abort();
+}
+
 #[tokio::test]
 async fn drain_keeps_going_while_mail_is_deferred() {
     let fake = FakeTransport::new(Route::Smarthost);
