@@ -133,6 +133,9 @@ pub struct Metrics {
     pub spool_quarantined: IntCounter,
     /// `spool_commit_batch_size`: messages made durable by one fsync.
     pub spool_batch: Histogram,
+    /// `spool_fsync_duration_seconds`: one group commit's fdatasync (and the directory's, when a
+    /// new segment began): the disk's part of every accept.
+    pub spool_fsync_duration: Histogram,
     /// `spool_disk_full`: 0 normally; 1 while the disk reserve holds delivery records (new mail
     /// gets `452`); 2 once the reserve is spent too (deliveries paused).
     pub spool_disk_full: IntGauge,
@@ -380,6 +383,11 @@ impl Metrics {
             "Messages made durable by one spool fsync (group commit).",
             prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets"),
         );
+        let spool_fsync_duration = histogram(
+            "spool_fsync_duration_seconds",
+            "One spool group commit's fsync: the disk's part of every accept.",
+            prometheus::exponential_buckets(0.000_125, 2.0, 14).expect("valid buckets"),
+        );
         let delivery_duration = HistogramVec::new(
             HistogramOpts::new(
                 "delivery_duration_seconds",
@@ -420,6 +428,7 @@ impl Metrics {
             config_reload_failures,
             spool_quarantined,
             spool_batch,
+            spool_fsync_duration,
             spool_disk_full,
             spool_limit_bytes,
             spool_limit_messages,

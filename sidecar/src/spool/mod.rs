@@ -209,7 +209,7 @@ impl Spool {
             active_seq,
             SEGMENT_BYTES,
             active.clone(),
-            metrics.spool_batch.clone(),
+            (metrics.spool_batch.clone(), metrics.spool_fsync_duration.clone()),
             reserve,
         )
         .map_err(err)?;

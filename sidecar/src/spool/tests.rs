@@ -328,3 +328,32 @@ async fn a_handoff_key_is_held_once_through_reopen_and_after_delivery() {
         "the instance id is kept in the directory"
     );
 }
+
+/// Every group commit is timed (`spool_fsync_duration_seconds`, the disk's part of an accept)
+/// and counted with its batch; a lazy sync of delivery records alone is timed too.
+#[tokio::test]
+async fn each_group_commit_is_timed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Metrics::new();
+    let (spool, _, _arrivals) = Spool::open(&cfg(dir.path()), metrics.clone()).expect("open");
+    assert_eq!(metrics.spool_fsync_duration.get_sample_count(), 0);
+    let id = put(&spool, b"Subject: t\r\n\r\nbody\r\n", &["x@example.net"]).await;
+    let commits = metrics.spool_fsync_duration.get_sample_count();
+    assert!(commits >= 1, "a commit was acknowledged without a timed fsync");
+    assert_eq!(metrics.spool_batch.get_sample_count(), commits);
+    assert!(metrics.spool_fsync_duration.get_sample_sum() > 0.0);
+    spool.remove(id).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metrics.spool_fsync_duration.get_sample_count() == commits {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Done record was never synced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        metrics.spool_batch.get_sample_count(),
+        commits,
+        "a lazy sync is no batch of commits"
+    );
+}

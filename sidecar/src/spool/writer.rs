@@ -106,6 +106,7 @@ struct Shared {
     /// The sync thread waits here for work.
     work: Condvar,
     batch_size: prometheus::Histogram,
+    fsync_duration: prometheus::Histogram,
 }
 
 #[derive(Debug)]
@@ -148,7 +149,7 @@ impl Log {
         seq: u64,
         seg_limit: u64,
         active: Arc<AtomicU64>,
-        batch_size: prometheus::Histogram,
+        (batch_size, fsync_duration): (prometheus::Histogram, prometheus::Histogram),
         reserve: Reserve,
     ) -> io::Result<(Self, JoinHandle<()>)> {
         let file = Arc::new(open_new(&dir, seq)?);
@@ -174,6 +175,7 @@ impl Log {
             }),
             work: Condvar::new(),
             batch_size,
+            fsync_duration,
         });
         let thread = {
             let shared = shared.clone();
@@ -393,7 +395,11 @@ impl Shared {
             st.lazy_since = None;
             let (poisoned, closed) = (st.poisoned, st.closed);
             drop(st);
+            let started = Instant::now();
             let result = sync(&dirty, dir.as_deref(), poisoned);
+            if !dirty.is_empty() {
+                self.fsync_duration.observe(started.elapsed().as_secs_f64());
+            }
             {
                 let mut st = lock(&self.state);
                 st.syncing = false;
