@@ -268,6 +268,29 @@ def main():
                         fmt(r["latency_p99_ms"], "{:.2f}"),
                         fmt(None if system == "ceiling" or floor is None else r["latency_p99_ms"] - floor, "{:+.2f}")))
         out.append("")
+    timed = [sc for sc in every if (table.get((sc, "mailroom")) or {}).get("relay_accept_p99_ms") is not None
+             and "Relay with a hub" not in sc and "profiled" not in sc]
+    if timed:
+        out += section("Accept latency as the relay times it", [
+            "The probe's p99 (the tables above) is taken from a few hundred messages and includes the wait",
+            "for a CPU before the relay reads the probe's final dot and after it writes the `250`, on two",
+            "CPUs that the load generator and the sink keep busy. The sidecar times every accept itself",
+            "(`mailroom_sidecar_accept_duration_seconds`: end of DATA to `250`, every message of the run,",
+            "the load's and the probe's) and every group commit's fsync",
+            "(`mailroom_sidecar_spool_fsync_duration_seconds`); percentiles are estimated from the",
+            "histograms' buckets (powers of two) as Prometheus's `histogram_quantile` does. A message that",
+            "arrives while an fsync runs waits for it and for the next one, so the disk alone puts an",
+            "accept's p99 near twice the fsync's."],
+            [("scenario", False), ("probe p99 ms", True), ("relay's own p99 ms", True),
+             ("accepts within 2 ms", True), ("fsync p50 ms", True), ("fsync p99 ms", True)])
+        for sc in timed:
+            r = table[sc, "mailroom"]
+            within = r.get("relay_accepts_within_2ms")
+            out.append("| %s | %s | %s | %s | %s | %s |" % (
+                sc, fmt(r["latency_p99_ms"], "{:.1f}"), fmt(r["relay_accept_p99_ms"], "{:.1f}"),
+                fmt(None if within is None else 100 * within, "{:.1f} %"),
+                fmt(r.get("relay_fsync_p50_ms"), "{:.2f}"), fmt(r.get("relay_fsync_p99_ms"), "{:.2f}")))
+        out.append("")
     flaky = [sc for sc in scenarios if "defers" in sc]
     if flaky:
         out += ["## Retries do not stall new mail", "",
