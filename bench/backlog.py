@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from run import pss_kib, wait_port  # noqa: E402
+from run import pss_kib, relay_config, relay_env, wait_port  # noqa: E402
 
 TARPIT_PORT = 26025
 LISTEN_PORT = 26026
@@ -69,16 +69,9 @@ def main():
     pit = tarpit()
     base = tempfile.mkdtemp(prefix="mailroom-backlog-")
     config = os.path.join(base, "sidecar.yaml")
-    open(config, "w").write(
-        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nhostname: bench.local\n"
-        "listen:\n  address: 127.0.0.1:%d\nadmin:\n  address: 127.0.0.1:%d\n"
-        "limits:\n  maxConnections: 1024\ndomains:\n  - domain: example.com\n"
-        "spool:\n  dir: %s/spool\n"
-        "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: %d\n    tls: none\n    maxConnections: 20\n"
-        % (LISTEN_PORT, ADMIN_PORT, base, TARPIT_PORT))
-    env = dict(os.environ, RUST_LOG="warn", SIDECAR_POD_NAME="backlog-0", SIDECAR_QUEUE_API_ADDR="127.0.0.1:0",
-               SIDECAR_POD_UID="00000000-0000-4000-8000-000000000000")
-    proc = subprocess.Popen([args.sidecar, "--config", config], stderr=open(os.path.join(base, "log"), "w"), env=env)
+    open(config, "w").write(relay_config(LISTEN_PORT, ADMIN_PORT, "  - domain: example.com\n", base, TARPIT_PORT))
+    proc = subprocess.Popen([args.sidecar, "--config", config], stderr=open(os.path.join(base, "log"), "w"),
+                            env=relay_env("backlog-0"))
     try:
         wait_port(LISTEN_PORT)
         wait_port(ADMIN_PORT)

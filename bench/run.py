@@ -254,6 +254,25 @@ def start_hub(base, cpus=None):
     return proc
 
 
+def relay_config(listen, admin, domains, base, upstream):
+    """A standalone sidecar's config: `domains` (YAML list items), its spool in `base`, relaying to
+    `upstream` on loopback with Postfix's default destination concurrency."""
+    return (
+        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nhostname: bench.local\n"
+        "listen:\n  address: 127.0.0.1:%d\nadmin:\n  address: 127.0.0.1:%d\n"
+        "limits:\n  maxConnections: 1024\ndomains:\n%s"
+        "spool:\n  dir: %s/spool\n"
+        "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: %d\n    tls: none\n    maxConnections: 20\n"
+        % (listen, admin, domains, base, upstream))
+
+
+def relay_env(pod):
+    """The sidecar's environment: a pod name and uid for the hand-off keys, and a free loopback
+    port for its queue API (a hub may run beside it)."""
+    return dict(os.environ, RUST_LOG="warn", SIDECAR_POD_NAME=pod, SIDECAR_QUEUE_API_ADDR="127.0.0.1:0",
+                SIDECAR_POD_UID="00000000-0000-4000-8000-000000000000")
+
+
 def start_mailroom(dkim, flaky=False, hub=None, hub_cpus=None):
     base = os.path.join(WORK, "mailroom")
     shutil.rmtree(base, ignore_errors=True)
@@ -268,21 +287,14 @@ def start_mailroom(dkim, flaky=False, hub=None, hub_cpus=None):
         domain += "    dkim:\n      selector: bench\n      algorithm: %s\n      keyFile: %s\n" % (name, key)
     config = os.path.join(base, "sidecar.yaml")
     open(config, "w").write(
-        "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\nhostname: bench.local\n"
-        "listen:\n  address: 127.0.0.1:%d\nadmin:\n  address: 127.0.0.1:%d\n"
-        "limits:\n  maxConnections: 1024\ndomains:\n%s"
-        "spool:\n  dir: %s/spool\n"
-        "delivery:\n  smarthost:\n    host: 127.0.0.1\n    port: %d\n    tls: none\n    maxConnections: 20\n"
-        % (MAILROOM_PORT, ADMIN_PORT, domain, base, SINK_PORT)
+        relay_config(MAILROOM_PORT, ADMIN_PORT, domain, base, SINK_PORT)
         + ("retry:\n  initialSeconds: %d\n  maxSeconds: %d\n" % (RETRY_FIRST_S, RETRY_MAX_S) if flaky else "")
         + ("handoff:\n  host: localhost\n  port: %d\n  caFile: %s/ca.crt\n  usernameFile: %s/user\n"
            "  passwordFile: %s/password\n" % (HUB_PORT, base, base, base) if hub else "")
         + ("  shadows:\n    hosts: [localhost]\n" if hub == "replicated" else "")
     )
-    # The hub runs beside it: each takes a free loopback port for its queue API.
-    env = dict(os.environ, RUST_LOG="warn", SIDECAR_POD_NAME="bench-0", SIDECAR_QUEUE_API_ADDR="127.0.0.1:0",
-               SIDECAR_POD_UID="00000000-0000-4000-8000-000000000000")
-    proc = subprocess.Popen([SIDECAR, "--config", config], stderr=open(os.path.join(base, "log"), "w"), env=env)
+    proc = subprocess.Popen([SIDECAR, "--config", config], stderr=open(os.path.join(base, "log"), "w"),
+                            env=relay_env("bench-0"))
     wait_port(MAILROOM_PORT)
 
     def stop():
