@@ -69,8 +69,9 @@ struct Operator {
 }
 
 impl Operator {
-    fn spawn(cp: &ControlPlane, ns: &str, dns: &DnsServer) -> Result<Self> {
-        let path = cp.logs_dir().join("operator-scale.log");
+    /// `phase` names its log (`operator-scale-<phase>.log`): each start keeps its own.
+    fn spawn(cp: &ControlPlane, ns: &str, dns: &DnsServer, phase: &str) -> Result<Self> {
+        let path = cp.logs_dir().join(format!("operator-scale-{phase}.log"));
         let log = std::fs::File::create(&path)?;
         let child = Command::new(env!("CARGO_BIN_EXE_mailroom-operator"))
             .env("KUBECONFIG", cp.kubeconfig_path())
@@ -243,7 +244,7 @@ async fn relays_at_scale_converge_and_follow_a_shared_domain_change() -> Result<
     // Cold start: every DKIM key is generated (RSA-2048, the default) and every Relay rendered.
     let before = api_requests(&admin).await?;
     let started = Instant::now();
-    let mut op = Operator::spawn(&cp, &operator_ns, &dns)?;
+    let mut op = Operator::spawn(&cp, &operator_ns, &dns, "cold")?;
     let all_ready = |r: &HashMap<String, String>, d: &HashMap<String, String>| {
         count(r, "Ready") == size.relays && count(d, "Ready") == size.domains
     };
@@ -269,7 +270,7 @@ async fn relays_at_scale_converge_and_follow_a_shared_domain_change() -> Result<
     // Warm restart: keys exist, so this is reconciling alone.
     drop(op);
     let started = Instant::now();
-    op = Operator::spawn(&cp, &operator_ns, &dns)?;
+    op = Operator::spawn(&cp, &operator_ns, &dns, "warm")?;
     // A fresh process re-reads everything; "Ready" from before counts only once it reconciled
     // again, so wait for its own metric instead of the (already Ready) statuses.
     let before = api_requests(&admin).await?;
