@@ -156,9 +156,16 @@ async fn watch_until(
         });
     let mut events = stream::select(relays.boxed(), domains.boxed());
     let (mut r, mut d) = (HashMap::new(), HashMap::new());
+    // The last objects to become Ready, with when and what they waited in before: the tail of
+    // a convergence is where a missed wake-up shows.
+    let mut last: Vec<(Duration, String, String)> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     loop {
         if done(&r, &d) {
+            last.sort();
+            for (at, key, before) in last.iter().rev().take(5) {
+                eprintln!("scale: {key} Ready at {:.2} s (was {before:?})", at.as_secs_f64());
+            }
             return Ok(started.elapsed());
         }
         let next = tokio::time::timeout_at(deadline, events.next())
@@ -166,10 +173,11 @@ async fn watch_until(
             .context("not converged within 600 s")?;
         let Some(event) = next else { bail!("watch ended") };
         let (is_relay, key, why) = event?;
-        if is_relay {
-            r.insert(key, why);
-        } else {
-            d.insert(key, why);
+        let map = if is_relay { &mut r } else { &mut d };
+        let kind = if is_relay { "Relay" } else { "MailDomain" };
+        let before = map.insert(key.clone(), why.clone()).unwrap_or_default();
+        if why == "Ready" && before != "Ready" {
+            last.push((started.elapsed(), format!("{kind} {key}"), before));
         }
     }
 }
