@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from run import pss_kib, relay_config, relay_env, wait_port  # noqa: E402
+from run import pss_kib, relay_config, relay_env, scrape, wait_port  # noqa: E402
 
 TARPIT_PORT = 26025
 LISTEN_PORT = 26026
@@ -48,11 +48,8 @@ def tarpit():
 
 def queued(admin):
     """The sidecar's own count of queued messages (`queue_messages`, all states)."""
-    import urllib.request
-
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin, timeout=5).read().decode()
     total = 0
-    for line in text.splitlines():
+    for line in scrape(admin).splitlines():
         if line.startswith("mailroom_sidecar_queue_messages{"):
             total += int(float(line.rsplit(" ", 1)[1]))
     return total

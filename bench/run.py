@@ -366,14 +366,19 @@ def histogram_quantile(q, buckets):
     return lower
 
 
+def scrape(port):
+    """A sidecar's /metrics text, from its admin port on loopback."""
+    import urllib.request
+    return urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+
+
 def relay_histograms():
     """The sidecar's own timing of every accept in the run, load and probe alike: the share it
     timed at 2 ms or less from the end of DATA to its `250`, its p99 (estimated from the buckets),
     and the p50 and p99 of one spool fsync. The probe's p99 adds the wait for a CPU before the
     session reads the client's final dot and after it writes the reply."""
-    import urllib.request
     try:
-        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % ADMIN_PORT, timeout=5).read().decode()
+        text = scrape(ADMIN_PORT)
     except OSError:
         return {}
     hist = {}

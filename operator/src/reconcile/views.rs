@@ -44,7 +44,7 @@ pub struct Views {
     /// Every cache's first list, awaited once for all reconciles. A `Store`'s own
     /// `wait_until_ready` keeps only the waker of its last poller (a oneshot channel inside), so
     /// of 16 reconciles waiting at start-up 15 were never woken and went on only when their
-    /// timeout polled them again: a cold start with 1,000 Relays took 30 s instead of 13
+    /// timeout polled them again: a cold start with 1,000 Relays took 30 s instead of 12
     /// (docs/benchmarks.md). A shared future wakes every waiter.
     synced: Shared<BoxFuture<'static, ()>>,
 }
