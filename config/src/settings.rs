@@ -20,6 +20,9 @@ pub const ENV_RELOAD_INTERVAL_SECONDS: &str = "SIDECAR_RELOAD_INTERVAL_SECONDS";
 pub const ENV_LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
 /// The nice value of the delivery threads, 0 (the sessions' own priority) to 19 (the lowest).
 pub const ENV_DELIVERY_NICE: &str = "SIDECAR_DELIVERY_NICE";
+/// How many threads run the SMTP sessions (and the admin and queue APIs): a number, or `0` for
+/// one per CPU the process may use.
+pub const ENV_SESSION_THREADS: &str = "SIDECAR_SESSION_THREADS";
 /// The pod's name (the webhook sets it from the downward API): the owner of its shadow copies.
 pub const ENV_POD_NAME: &str = "SIDECAR_POD_NAME";
 /// The pod's UID (downward API), see [`ENV_POD_NAME`].
@@ -33,6 +36,13 @@ pub const DEFAULT_DRAIN_SECONDS: u64 = 25;
 pub const DEFAULT_RELOAD_INTERVAL_SECONDS: u64 = 2;
 /// Default nice value of the delivery threads: a client waiting for its `250` runs first.
 pub const DEFAULT_DELIVERY_NICE: i32 = 5;
+
+/// Default number of session threads. One: a sidecar's sessions spend their time waiting for
+/// their client's next command and for the spool's fsync, and a second thread mostly adds
+/// hand-offs between the two (docs/benchmarks.md, "One thread for the sessions").
+pub const DEFAULT_SESSION_THREADS: usize = 1;
+/// The most session threads a setting may ask for.
+pub const MAX_SESSION_THREADS: usize = 1024;
 
 /// A source of named strings (the environment, or a map in tests).
 pub trait Strings {
@@ -84,6 +94,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Nice value of the delivery threads (0 to 19).
     pub delivery_nice: i32,
+    /// Threads for the SMTP sessions; `0` is one per CPU the process may use.
+    pub session_threads: usize,
 }
 
 /// Every invalid variable, with its name and value.
@@ -182,6 +194,18 @@ impl Settings {
                 }
             },
         };
+        let session_threads = match env.get(ENV_SESSION_THREADS) {
+            None => DEFAULT_SESSION_THREADS,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n <= MAX_SESSION_THREADS => n,
+                _ => {
+                    errors.push(format!(
+                        "{ENV_SESSION_THREADS}={v:?}: expected a number of threads up to {MAX_SESSION_THREADS}, or 0 for one per CPU"
+                    ));
+                    DEFAULT_SESSION_THREADS
+                }
+            },
+        };
         let config_path = env
             .get(ENV_CONFIG_PATH)
             .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into())
@@ -196,6 +220,7 @@ impl Settings {
                 reload_interval,
                 log_format,
                 delivery_nice,
+                session_threads,
             })
         } else {
             Err(Error(errors))
@@ -215,6 +240,24 @@ mod tests {
         assert_eq!(s.drain, Duration::from_secs(DEFAULT_DRAIN_SECONDS));
         assert_eq!(s.log_format, LogFormat::Plain);
         assert_eq!(s.delivery_nice, DEFAULT_DELIVERY_NICE);
+        assert_eq!(s.session_threads, 1);
+    }
+
+    #[test]
+    fn session_threads_take_a_count_or_zero_for_one_per_cpu() {
+        for (v, want) in [("0", 0), ("1", 1), ("8", 8)] {
+            let s = Settings::parse(&HashMap::from([(ENV_SESSION_THREADS, v)])).expect("valid");
+            assert_eq!(s.session_threads, want, "{v}");
+        }
+        for v in ["-1", "two", "1025", ""] {
+            let Error(errors) = Settings::parse(&HashMap::from([(ENV_SESSION_THREADS, v)])).expect_err(v);
+            assert_eq!(
+                errors,
+                [format!(
+                    "SIDECAR_SESSION_THREADS={v:?}: expected a number of threads up to 1024, or 0 for one per CPU"
+                )]
+            );
+        }
     }
 
     #[test]

@@ -32,7 +32,8 @@ const EX_UNAVAILABLE: u8 = 69;
     after_help = "Without options it runs with SIDECAR_CONFIG_PATH (default /etc/mailroom/sidecar.yaml).\n\
 With `queue` or `quarantine` it is a client of a running sidecar's queue API.\n\n\
 ENVIRONMENT:\n    SIDECAR_CONFIG_PATH, SIDECAR_LISTEN_ADDR, SIDECAR_ADMIN_ADDR, SIDECAR_QUEUE_API_ADDR,\n    \
-SIDECAR_DRAIN_SECONDS, SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_DELIVERY_NICE (0-19),\n    SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
+SIDECAR_DRAIN_SECONDS, SIDECAR_RELOAD_INTERVAL_SECONDS, SIDECAR_DELIVERY_NICE (0-19),\n    \
+SIDECAR_SESSION_THREADS (0 = one per CPU), SIDECAR_LOG_FORMAT (json|plain), RUST_LOG"
 )]
 #[group(id = "mode", multiple = false)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -133,7 +134,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match sessions_runtime(settings.session_threads) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -152,6 +153,7 @@ fn main() -> ExitCode {
             smtp = %app.smtp_addr(),
             admin = %app.admin_addr(),
             queue_api = %app.queue_api_addr(),
+            session_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "listening"
         );
         let running = app.spawn();
@@ -160,6 +162,18 @@ fn main() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// The runtime of the SMTP sessions and the admin and queue APIs (delivery has its own,
+/// `DeliveryRuntime`): `threads` workers, or one per CPU the process may use (which honours a
+/// cgroup CPU limit) when 0.
+fn sessions_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_name("sessions").enable_all();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.build()
 }
 
 /// Validates `file` exactly as start-up would: the document, the environment's overrides, and

@@ -501,3 +501,57 @@ fn rate_limit_defers_clients_with_451() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `SIDECAR_SESSION_THREADS` sizes the sessions' runtime: one thread by default, the number
+/// given, or one per CPU the process may use for `0`. The count is the runtime's own (its
+/// metrics), not the setting echoed back, and as many threads of that name exist; mail still
+/// flows with each.
+#[test]
+fn session_threads_follow_the_setting() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (setting, want) in [(None, 1), (Some("3"), 3), (Some("0"), cpus)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = Upstream::start(dir.path(), &["--tls", "none"]);
+        let env: Vec<_> = setting
+            .map(|v| ("SIDECAR_SESSION_THREADS", v))
+            .into_iter()
+            .collect();
+        let mut sidecar = Sidecar::start_with_env(
+            dir.path(),
+            &smarthost_config(up.port, "none", "", "  - domain: example.com", ""),
+            &env,
+        );
+        let line = eventually("the listening line", || {
+            sidecar
+                .log()
+                .lines()
+                .find(|l| l.contains("listening"))
+                .map(str::to_owned)
+        });
+        assert!(
+            line.contains(&format!("session_threads={want}")),
+            "{setting:?}: {want} session threads: {line}"
+        );
+        let named = std::fs::read_dir(format!("/proc/{}/task", sidecar.pid()))
+            .expect("the sidecar's threads")
+            .filter(|t| {
+                let comm = t.as_ref().expect("a thread").path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "sessions")
+            })
+            .count();
+        // Threads the runtime starts for blocking work carry the name too.
+        assert!(
+            named >= want,
+            "{setting:?}: {named} threads named sessions, want {want} at least"
+        );
+        smtplib_send(
+            sidecar.smtp,
+            "app@example.com",
+            &["user@example.net"],
+            b"From: app@example.com\r\nSubject: t\r\n\r\nx\r\n",
+        )
+        .expect("accepted");
+        eventually("delivered", || (up.received().len() == 1).then_some(()));
+        sidecar.terminate();
+    }
+}

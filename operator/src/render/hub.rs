@@ -499,6 +499,9 @@ fn pod_template(relay_obj: &Relay, image: &str, log_format: &str, spec: &HubSpec
         env: Some(vec![
             env(s::ENV_CONFIG_PATH, format!("{HUB_CONFIG_MOUNT}/{CONFIG_KEY}")),
             env(s::ENV_LOG_FORMAT, log_format.into()),
+            // A hub serves every sidecar of its Relay, over TLS: its sessions may use every CPU
+            // (a sidecar's default is one thread).
+            env(s::ENV_SESSION_THREADS, "0".into()),
         ]),
         ports: Some(vec![port("smtp", HUB_PORT), port("admin", HUB_ADMIN_PORT)]),
         resources: Some(resources),
@@ -772,6 +775,13 @@ mod tests {
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
+        // Its sessions may use every CPU (a sidecar's run on one thread).
+        let threads = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SIDECAR_SESSION_THREADS");
+        assert_eq!(threads.and_then(|e| e.value.as_deref()), Some("0"));
         // Its own account, which may only list pods (the owners of its shadow copies).
         assert_eq!(pod.service_account_name.as_deref(), Some("outbound-hub"));
         let rules = o.role.rules.expect("rules");
