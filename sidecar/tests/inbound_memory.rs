@@ -45,7 +45,7 @@ async fn sessions_that_end_free_their_memory_with_no_further_connection() {
 
     // A session's task, with all of its state, is freed once it is joined. If ended sessions
     // were only joined when the next client connects, each would keep its task's allocation
-    // (13 KiB in a release build) while the pod sits idle.
+    // (9 KiB in a release build) while the pod sits idle.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = live() - baseline;

@@ -94,7 +94,9 @@ impl MessageWriter for Incoming {
 
     async fn commit(mut self, envelope: Envelope) -> Result<MessageId, SinkError> {
         if let (Some(key), Some(owner)) = (envelope.origin.clone(), envelope.shadow.clone()) {
-            return self.commit_shadow(envelope, &key, &owner).await;
+            // On the heap: a hub's path alone, and every session's task holds the largest
+            // path of its commit inline.
+            return Box::pin(self.commit_shadow(envelope, &key, &owner)).await;
         }
         let origin = envelope.origin.clone();
         if let Some(key) = &origin {
