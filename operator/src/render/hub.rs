@@ -775,7 +775,7 @@ mod tests {
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
-        // Its sessions may use every CPU (a sidecar's run on one thread).
+        // Its sessions may use every CPU (a sidecar's sessions run on one thread).
         let threads = c
             .env
             .iter()
