@@ -152,7 +152,6 @@ async fn replicate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     /// Every session's task holds its largest path inline, and a future is copied whole each
     /// time it moves (into its parent, into the task). Inline, the replicated commit, which
@@ -162,13 +161,8 @@ mod tests {
     #[tokio::test]
     async fn a_commit_holds_no_replication_inline() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = format!(
-            "apiVersion: mailroom.dev/v1alpha1\nkind: SidecarConfig\ndomains:\n  - domain: example.com\n\
-             spool:\n  dir: {}\ndelivery:\n  capture:\n    dir: {}\n",
-            dir.path().join("spool").display(),
-            dir.path().join("capture").display(),
-        );
-        let cfg = crate::config::Config::parse(Path::new("test.yaml"), &text).expect("config");
+        let mut cfg = crate::testing::config();
+        cfg.spool.dir = dir.path().join("spool");
         let metrics = Metrics::new();
         let (spool, _, _arrivals) = Spool::open(&cfg.spool, metrics.clone()).expect("spool");
         let delivery = Delivery::build(&cfg, &metrics).expect("delivery");
