@@ -44,6 +44,18 @@ pub const DEFAULT_SESSION_THREADS: usize = 1;
 /// The most session threads a setting may ask for.
 pub const MAX_SESSION_THREADS: usize = 1024;
 
+/// A session thread count as [`ENV_SESSION_THREADS`] takes it; the error says what is expected.
+/// The operator checks its own setting and the pod annotation with it, so that a value it
+/// injects is one the sidecar starts with.
+pub fn session_threads(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n <= MAX_SESSION_THREADS => Ok(n),
+        _ => Err(format!(
+            "expected a number of threads up to {MAX_SESSION_THREADS}, or 0 for one per CPU"
+        )),
+    }
+}
+
 /// A source of named strings (the environment, or a map in tests).
 pub trait Strings {
     /// The value of `name`, if set.
@@ -196,15 +208,10 @@ impl Settings {
         };
         let session_threads = match env.get(ENV_SESSION_THREADS) {
             None => DEFAULT_SESSION_THREADS,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if n <= MAX_SESSION_THREADS => n,
-                _ => {
-                    errors.push(format!(
-                        "{ENV_SESSION_THREADS}={v:?}: expected a number of threads up to {MAX_SESSION_THREADS}, or 0 for one per CPU"
-                    ));
-                    DEFAULT_SESSION_THREADS
-                }
-            },
+            Some(v) => session_threads(&v).unwrap_or_else(|e| {
+                errors.push(format!("{ENV_SESSION_THREADS}={v:?}: {e}"));
+                DEFAULT_SESSION_THREADS
+            }),
         };
         let config_path = env
             .get(ENV_CONFIG_PATH)

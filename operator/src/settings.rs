@@ -168,9 +168,26 @@ mod tests {
             (ENV_LOG_FORMAT, "xml"),
             (webhook::ENV_SIDECAR_LOG_FORMAT, "yaml"),
             (webhook::ENV_SIDECAR_DRAIN_SECONDS, "soon"),
+            (webhook::ENV_SIDECAR_SESSION_THREADS, "2000"),
         ]);
         let err = Settings::parse(&env).expect_err("invalid");
-        assert_eq!(err.0.len(), 7, "{err}");
+        assert_eq!(err.0.len(), 8, "{err}");
+        assert!(
+            err.0.iter().any(|e| e
+                == "  OPERATOR_SIDECAR_SESSION_THREADS=2000: expected a number of threads up to 1024, or 0 for one per CPU"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sidecar_session_threads_are_left_to_the_sidecar_unless_set() {
+        let s = Settings::parse(&HashMap::new()).expect("valid");
+        assert_eq!(s.webhook.sidecar_session_threads, None);
+        for (v, want) in [("0", Some(0)), ("4", Some(4)), ("", None)] {
+            let env = HashMap::from([(webhook::ENV_SIDECAR_SESSION_THREADS, v)]);
+            let s = Settings::parse(&env).expect("valid");
+            assert_eq!(s.webhook.sidecar_session_threads, want, "{v:?}");
+        }
     }
 
     #[test]

@@ -143,9 +143,9 @@ async fn opted_in_pods_get_a_sidecar_that_passes_pod_security_restricted_and_not
 /// The chart's sidecar knobs, as the operator reads them from its environment, reach the pod the
 /// apiserver stores: the pull policy, pull secrets added beside the pod's own, and a security
 /// context without a fixed UID (OpenShift's restricted-v2 assigns one) that Pod Security
-/// `restricted` still admits.
+/// `restricted` still admits; and the session threads, from the setting or the pod's annotation.
 #[tokio::test]
-async fn the_sidecar_pull_settings_and_security_context_reach_the_stored_pod() -> Result<()> {
+async fn the_sidecar_pull_settings_security_context_and_session_threads_reach_the_stored_pod() -> Result<()> {
     let env = Env::start(&[DNS]).await?;
     let ns = env.cp.new_namespace_with_labels(OPTED_IN_RESTRICTED).await?;
     ready_relays(&env, &[&ns]).await?;
@@ -156,6 +156,7 @@ async fn the_sidecar_pull_settings_and_security_context_reach_the_stored_pod() -
             "OPERATOR_SIDECAR_SECURITY_CONTEXT",
             r#"{"runAsNonRoot":true,"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]},"seccompProfile":{"type":"RuntimeDefault"}}"#,
         ),
+        ("OPERATOR_SIDECAR_SESSION_THREADS", "0"),
     ];
     let _injector = start_injector(&env, &vars, |_| {}).await?;
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
@@ -178,6 +179,37 @@ async fn the_sidecar_pull_settings_and_security_context_reach_the_stored_pod() -
     let ctx = sidecar.security_context.clone().context("security context")?;
     assert_eq!(ctx.run_as_user, None);
     assert_eq!(ctx.run_as_non_root, Some(true));
+    let threads = |c: &k8s_openapi::api::core::v1::Container| {
+        let env = c.env.iter().flatten();
+        env.filter(|e| e.name == "SIDECAR_SESSION_THREADS")
+            .map(|e| e.value.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(threads(sidecar), ["0"], "the setting");
+
+    // A pod's annotation wins over the setting; one the sidecar would refuse refuses the pod.
+    let annotated = |name: &str, v: &str| -> Result<Pod> {
+        let mut p = pod(name, Some("outbound"), false)?;
+        p.annotations_mut()
+            .insert("mailroom.dev/session-threads".into(), v.into());
+        Ok(p)
+    };
+    let stored = pods
+        .create(&PostParams::default(), &annotated("two-threads", "2")?)
+        .await?;
+    let init = stored.spec.and_then(|s| s.init_containers).context("init")?;
+    assert_eq!(threads(&init[0]), ["2"], "the annotation");
+    let refused = denial(
+        pods.create(&PostParams::default(), &annotated("many-threads", "many")?)
+            .await,
+    );
+    assert_eq!(
+        refused,
+        format!(
+            "admission webhook \"sidecar-injector.mailroom.dev\" denied the request: mailroom: cannot inject pod {ns}/many-threads: \
+             pod annotation mailroom.dev/session-threads=\"many\": expected a number of threads up to 1024, or 0 for one per CPU"
+        )
+    );
     Ok(())
 }
 

@@ -58,7 +58,8 @@ def schema_from_values(text):
                 except json.JSONDecodeError as e:
                     raise ValuesError(f"values.yaml:{n}: bad @schema JSON: {e}")
             elif body.startswith("--"):
-                doc = [body[2:].strip()]
+                # A leading `(int)` is helm-docs' type for the README (a null default has none).
+                doc = [re.sub(r"^\(\w+\)\s*", "", body[2:].strip())]
             elif body.startswith("@"):
                 # helm-docs annotations (`@default -- ...`): for the chart README, not the schema.
                 pass

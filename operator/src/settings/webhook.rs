@@ -25,6 +25,9 @@ pub const ENV_SIDECAR_IMAGE: &str = "OPERATOR_SIDECAR_IMAGE";
 /// Drain deadline of injected sidecars in seconds, capped by each pod's grace period minus 5 s;
 /// unset or 0: derived from the grace period alone.
 pub const ENV_SIDECAR_DRAIN_SECONDS: &str = "OPERATOR_SIDECAR_DRAIN_SECONDS";
+/// Session threads of injected sidecars (their `SIDECAR_SESSION_THREADS`); unset leaves the
+/// sidecar's default, and a pod's `mailroom.dev/session-threads` annotation overrides it.
+pub const ENV_SIDECAR_SESSION_THREADS: &str = "OPERATOR_SIDECAR_SESSION_THREADS";
 /// Log format of injected sidecars: `plain` (default) or `json` (their `SIDECAR_LOG_FORMAT`).
 pub const ENV_SIDECAR_LOG_FORMAT: &str = "OPERATOR_SIDECAR_LOG_FORMAT";
 /// JSON `ResourceRequirements` of injected sidecars.
@@ -100,6 +103,8 @@ pub struct WebhookSettings {
     pub sidecar_log_format: String,
     /// Default drain deadline of injected sidecars (capped by the pod's grace period).
     pub sidecar_drain_seconds: Option<u32>,
+    /// Session threads of injected sidecars; `None` leaves the sidecar's default.
+    pub sidecar_session_threads: Option<usize>,
     /// Missing or not-Ready Relay policy.
     pub on_missing_relay: MissingRelay,
     /// Extra certificate names (IP addresses or DNS names). Not from env: tests that register the
@@ -214,11 +219,20 @@ impl WebhookSettings {
                 None
             }
         };
+        let sidecar_session_threads = env
+            .get(ENV_SIDECAR_SESSION_THREADS)
+            .filter(|v| !v.trim().is_empty())
+            .and_then(|v| {
+                mailroom_config::settings::session_threads(v.trim())
+                    .map_err(|e| errors.push(format!("  {ENV_SIDECAR_SESSION_THREADS}={v}: {e}")))
+                    .ok()
+            });
         Self {
             addr,
             cert_mode,
             sidecar_log_format,
             sidecar_drain_seconds,
+            sidecar_session_threads,
             secret: text(ENV_WEBHOOK_SECRET, DEFAULT_WEBHOOK_SECRET),
             service: text(ENV_WEBHOOK_SERVICE, DEFAULT_WEBHOOK_SERVICE),
             config: text(ENV_WEBHOOK_CONFIG, DEFAULT_WEBHOOK_CONFIG),

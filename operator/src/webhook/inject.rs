@@ -30,6 +30,9 @@ pub const SIDECAR_NAME: &str = "mailroom-sidecar";
 pub const RELAY_LABEL: &str = crate::reconcile::relay::RELAY_LABEL;
 /// Pod annotation naming the Relay when the label's value is empty (names over 63 characters).
 pub const RELAY_ANNOTATION: &str = "mailroom.dev/relay";
+/// Pod annotation setting its sidecar's session threads (`SIDECAR_SESSION_THREADS`: a number up
+/// to 1024, or `0` for one per CPU), over `OPERATOR_SIDECAR_SESSION_THREADS`.
+pub const SESSION_THREADS_ANNOTATION: &str = "mailroom.dev/session-threads";
 /// Namespace label opting a namespace in; value [`NAMESPACE_VALUE`].
 pub const NAMESPACE_LABEL: &str = "mailroom.dev/injection";
 /// Value of [`NAMESPACE_LABEL`].
@@ -110,7 +113,14 @@ pub fn patch(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Result<Vec
             v.name
         )));
     }
-    let sidecar = container(port, mounts, spec.termination_grace_period_seconds, settings);
+    let threads = session_threads(pod, settings)?;
+    let sidecar = container(
+        port,
+        mounts,
+        spec.termination_grace_period_seconds,
+        threads,
+        settings,
+    );
     let mut ops = Vec::new();
     match &spec.init_containers {
         None => ops.push(add(&["spec", "initContainers"], vec![sidecar])),
@@ -128,6 +138,19 @@ pub fn patch(pod: &Pod, relay: &Relay, settings: &WebhookSettings) -> Result<Vec
     ops.extend(pull_secrets(pod, &settings.sidecar_pull_secrets));
     ops.extend(markers(pod, relay, settings));
     Ok(ops)
+}
+
+/// The sidecar's session threads: the pod's annotation, else the setting, else the sidecar's own
+/// default (`None`). A bad annotation refuses the pod: the sidecar would refuse to start with it.
+fn session_threads(pod: &Pod, settings: &WebhookSettings) -> Result<Option<usize>> {
+    match pod.annotations().get(SESSION_THREADS_ANNOTATION) {
+        None => Ok(settings.sidecar_session_threads),
+        Some(v) => mailroom_config::settings::session_threads(v.trim())
+            .map(Some)
+            .map_err(|e| {
+                Error::NotInjectable(format!("pod annotation {SESSION_THREADS_ANNOTATION}={v:?}: {e}"))
+            }),
+    }
 }
 
 /// The volumes and the sidecar's mounts for them.
@@ -230,9 +253,11 @@ fn container(
     port: u16,
     mounts: Vec<VolumeMount>,
     grace: Option<i64>,
+    session_threads: Option<usize>,
     settings: &WebhookSettings,
 ) -> Container {
     use mailroom_config::settings as s;
+    let threads = session_threads.map(|n| (s::ENV_SESSION_THREADS, n.to_string()));
     let env = [
         (
             s::ENV_CONFIG_PATH,
@@ -245,7 +270,9 @@ fn container(
             capped_drain(drain_seconds(grace), settings.sidecar_drain_seconds).to_string(),
         ),
         (s::ENV_LOG_FORMAT, settings.sidecar_log_format.clone()),
-    ];
+    ]
+    .into_iter()
+    .chain(threads);
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -262,8 +289,7 @@ fn container(
         image_pull_policy: settings.sidecar_pull_policy.clone(),
         command: Some(vec!["mailroom-sidecar".into()]),
         env: Some(
-            env.into_iter()
-                .map(|(k, v)| env_var(k, v))
+            env.map(|(k, v)| env_var(k, v))
                 // The pod's identity: it owns the shadow copies its sidecar stores on the hub
                 // (`durability: replicated`, docs/hub.md).
                 .chain([

@@ -272,6 +272,11 @@ fn knobs_reach_the_objects() -> Result<()> {
     let sc: Value = serde_json::from_str(&env["OPERATOR_SIDECAR_SECURITY_CONTEXT"])?;
     assert_eq!(sc["runAsUser"], 65532);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        env.get("OPERATOR_SIDECAR_SESSION_THREADS"),
+        None,
+        "unset leaves the sidecar's own default"
+    );
 
     let set = [
         "--set",
@@ -282,6 +287,8 @@ fn knobs_reach_the_objects() -> Result<()> {
         "sidecar.securityContext.runAsUser=null,sidecar.securityContext.runAsGroup=null",
         "--set",
         "sidecar.image.pullPolicy=Always,sidecar.imagePullSecrets[0].name=regcred,sidecar.imagePullSecrets[1].name=mirror",
+        "--set",
+        "sidecar.sessionThreads=0",
     ];
     let docs = documents(&template("mailroom", "mailroom-system", &set)?)?;
     for doc in &docs {
@@ -320,6 +327,11 @@ fn knobs_reach_the_objects() -> Result<()> {
     assert_eq!(
         env.get("OPERATOR_SIDECAR_IMAGE_PULL_SECRETS").map(String::as_str),
         Some("regcred,mirror")
+    );
+    assert_eq!(
+        env.get("OPERATOR_SIDECAR_SESSION_THREADS").map(String::as_str),
+        Some("0"),
+        "0 is a value (one per CPU), not unset"
     );
     let sc: Value = serde_json::from_str(&env["OPERATOR_SIDECAR_SECURITY_CONTEXT"])?;
     assert_eq!((sc.get("runAsUser"), sc.get("runAsGroup")), (None, None), "{sc}");
@@ -433,6 +445,10 @@ fn schema_rejects_typos_wrong_types_and_unknown_enum_values() -> Result<()> {
         Case {
             set: "sidecar.image.pullPolicy=Sometimes",
             want: "pullPolicy",
+        },
+        Case {
+            set: "sidecar.sessionThreads=2000",
+            want: "sessionThreads",
         },
         Case {
             set: "global.imageRegistry=1",

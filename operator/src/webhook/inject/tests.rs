@@ -515,3 +515,46 @@ spec:
         ["regcred", "mirror"]
     );
 }
+
+#[test]
+fn session_threads_come_from_the_pod_annotation_else_the_setting_else_the_sidecar() {
+    let relay = Relay::smarthost_test();
+    let threads =
+        |p: &Pod, s: &WebhookSettings| env(&sidecar(&inject_with(p, &relay, s)), "SIDECAR_SESSION_THREADS");
+    let defaults = settings();
+    assert_eq!(threads(&pod(APP), &defaults), None, "the sidecar's own default");
+
+    let env = std::collections::HashMap::from([("OPERATOR_SIDECAR_SESSION_THREADS", "0")]);
+    let configured = Settings::parse(&env).expect("valid").webhook;
+    assert_eq!(threads(&pod(APP), &configured).as_deref(), Some("0"));
+
+    let annotated = |v: &str| {
+        pod(&format!(
+            "
+metadata:
+  name: app
+  labels: {{mailroom.dev/relay: outbound}}
+  annotations: {{mailroom.dev/session-threads: {v:?}}}
+spec:
+  containers: [{{name: app, image: app}}]
+"
+        ))
+    };
+    assert_eq!(threads(&annotated("2"), &defaults).as_deref(), Some("2"));
+    assert_eq!(
+        threads(&annotated(" 3 "), &configured).as_deref(),
+        Some("3"),
+        "the pod wins"
+    );
+
+    // A value the sidecar would refuse at start-up refuses the pod now, naming the annotation.
+    for bad in ["two", "-1", "1025", ""] {
+        let err = patch(&annotated(bad), &relay, &defaults).expect_err(bad);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "pod annotation mailroom.dev/session-threads={bad:?}: expected a number of threads up to 1024, or 0 for one per CPU"
+            )
+        );
+    }
+}

@@ -233,14 +233,17 @@ async fn on_node_a_pod_runs_as_the_image_user_and_reaches_the_gateway() -> Resul
 /// injected native sidecar (our image) runs as UID 65532 on a read-only root and binds port 25
 /// thanks to the pod's `ip_unprivileged_port_start` sysctl; it is started before the app, whose
 /// first and only attempt sends a message through it, delivered DKIM-signed to a STARTTLS+AUTH
-/// smarthost on the node's gateway. On deletion the app gets TERM before the sidecar stops.
+/// smarthost on the node's gateway. Its `mailroom.dev/session-threads` annotation sizes the
+/// sidecar's session threads. On deletion the app gets TERM before the sidecar stops.
 #[tokio::test]
 #[ignore = "runs inside the node sandbox: cargo test --test node"]
 async fn on_node_an_injected_pod_sends_mail_through_its_sidecar_and_stops_first() -> Result<()> {
     let mut s = Scene::start().await?;
     s.relay(s.upstream.port).await?;
     let t0 = Instant::now();
-    let pod = s.run_app("shop-0", 30).await?;
+    let pod = s
+        .run_app_annotated("shop-0", 30, &[("mailroom.dev/session-threads", "2")])
+        .await?;
     eprintln!("node: pod running {:.1?} after create", t0.elapsed());
     let spec = &pod["spec"];
     assert_eq!(
@@ -261,6 +264,19 @@ async fn on_node_an_injected_pod_sends_mail_through_its_sidecar_and_stops_first(
     let pid = s.node.container_pid(id)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     ensure!(status.contains("Uid:\t65532\t65532\t65532\t65532"), "{status}");
+    // The pod's annotation sized the sessions' runtime (`SIDECAR_SESSION_THREADS=2`): the
+    // runtime's own count in the log, and the threads of that name (the runtime's blocking
+    // threads carry it too, hence at least).
+    s.wait_sidecar_log("shop-0", "session_threads=2", 1, Duration::from_secs(10))
+        .await?;
+    let sessions = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "sessions")
+        .count();
+    ensure!(
+        sessions >= 2,
+        "{sessions} threads named sessions, want 2 at least"
+    );
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
     let root = mountinfo
         .lines()

@@ -133,13 +133,29 @@ spec:
 
     /// `run_app` with the app container running `command` (`sh -c`).
     pub async fn run_app_with(&self, name: &str, grace: u32, command: &str) -> Result<Value> {
-        create_injected(
-            &self.pods,
-            &app_pod(name, self.node.name(), grace, command)?,
-            Duration::from_secs(60),
-        )
-        .await?;
-        self.wait_pod(name, Duration::from_secs(120), |p| {
+        self.run_pod(app_pod(name, self.node.name(), grace, command)?)
+            .await
+    }
+
+    /// `run_app` with `annotations` on the pod.
+    pub async fn run_app_annotated(
+        &self,
+        name: &str,
+        grace: u32,
+        annotations: &[(&str, &str)],
+    ) -> Result<Value> {
+        let mut pod = app_pod(name, self.node.name(), grace, &app_command())?;
+        for (k, v) in annotations {
+            kube::ResourceExt::annotations_mut(&mut pod).insert((*k).into(), (*v).into());
+        }
+        self.run_pod(pod).await
+    }
+
+    /// Creates `pod` through the webhook and waits until its app container runs.
+    async fn run_pod(&self, pod: Pod) -> Result<Value> {
+        let name = kube::ResourceExt::name_any(&pod);
+        create_injected(&self.pods, &pod, Duration::from_secs(60)).await?;
+        self.wait_pod(&name, Duration::from_secs(120), |p| {
             container(p, "app")["state"]["running"].is_object()
         })
         .await
