@@ -481,7 +481,7 @@ impl Config {
         match (&self.postmaster, self.domains.first()) {
             (Some(address), _) => address.clone(),
             (None, Some(d)) => format!("postmaster@{}", d.domain),
-            // validate() refuses a config without domains; the host name is still an answer.
+            // No domains: every message is refused, but the host name is still an answer.
             (None, None) => format!("postmaster@{}", self.hostname),
         }
     }

@@ -158,9 +158,9 @@ impl Config {
                 "must be greater than 0 (leave it out for no limit)".into(),
             );
         }
-        if self.domains.is_empty() {
-            bad("domains", "at least one sender domain is required".into());
-        }
+        // An empty list is allowed: every message is refused (`550 5.7.1`). The operator renders
+        // one when every domain of a Relay is withdrawn from its namespace, and running sidecars
+        // must take that config rather than keep sending as the withdrawn domains.
         for (i, d) in self.domains.iter().enumerate() {
             if !is_hostname(&d.domain) || d.domain.to_ascii_lowercase() != d.domain {
                 bad(

@@ -61,11 +61,14 @@ pub enum Reason {
     DNSEndpointCRDMissing,
     /// The apiserver refused the DNSEndpoint (RBAC, or a label or annotation it rejects).
     PublishRefused,
+    /// A Relay's sidecars stopped sending as a domain its namespace is no longer granted (or
+    /// whose MailDomain is gone), and its keys left the Relay's Secret.
+    DomainWithdrawn,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Self::Reconciled,
         Self::InvalidSpec,
         Self::SecretNotFound,
@@ -91,6 +94,7 @@ impl Reason {
         Self::RecordsPublished,
         Self::DNSEndpointCRDMissing,
         Self::PublishRefused,
+        Self::DomainWithdrawn,
     ];
 
     /// The CamelCase spelling.
@@ -121,6 +125,7 @@ impl Reason {
             Self::RecordsPublished => "RecordsPublished",
             Self::DNSEndpointCRDMissing => "DNSEndpointCRDMissing",
             Self::PublishRefused => "PublishRefused",
+            Self::DomainWithdrawn => "DomainWithdrawn",
         }
     }
 }

@@ -254,6 +254,8 @@ fn plain_pod(name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
 /// `allowedNamespaces.selector` follows the namespace's labels: labelling the namespace grants the
 /// MailDomain to its Relays, and removing the label takes it away, with no change to the Relay or
 /// the MailDomain (the operator watches Namespaces and reads their labels from that cache).
+/// Taking it away, or deleting the MailDomain, withdraws the domain and its key from the Relays'
+/// children at once; the domains still granted stay.
 #[tokio::test]
 async fn namespace_labels_grant_and_revoke_a_domain_by_selector() -> Result<()> {
     let env = Env::start(&[("OPERATOR_DNS_NAMESERVERS", "127.0.0.1:9")]).await?;
@@ -283,9 +285,114 @@ async fn namespace_labels_grant_and_revoke_a_domain_by_selector() -> Result<()> 
         ["team.example.com"]
     );
 
+    // A second Relay sends as `team` and as `always`, which grants the namespace by name.
+    let always = format!(
+        "domain: always.example.com\ndkim: {{algorithm: ed25519}}\nallowedNamespaces: {{names: [{ns}]}}"
+    );
+    domain(&env, "always", &always).await?;
+    relay(
+        &env,
+        &ns,
+        "both",
+        "domains: [team, always]\ndelivery: {capture: {}}",
+    )
+    .await?;
+    wait_for(&api, "both", reason_is("Reconciled")).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &ns);
+    let domains_of = |relay: &'static str| {
+        let cms = cms.clone();
+        async move {
+            let (_, _, config) = rendered_config(&cms, relay).await?;
+            anyhow::Ok(config.domains.into_iter().map(|d| d.domain).collect::<Vec<_>>())
+        }
+    };
+    let keys_of = |s: &Secret| -> Vec<String> { s.data.iter().flatten().map(|(k, _)| k.clone()).collect() };
+    assert_eq!(domains_of("outbound").await?, ["team.example.com"]);
+    assert_eq!(
+        keys_of(&secrets.get("outbound-dkim").await?),
+        ["team.example.com.mailroom.key"]
+    );
+
+    // Revoking the grant withdraws the domain from the sidecars at once, although the Relay
+    // cannot render: its key leaves the Secret and its name the config (which then refuses
+    // every sender). The other Relay keeps the domain it is still granted.
     namespaces
         .patch(&ns, &PatchParams::default(), &Patch::Merge(label(None)))
         .await?;
-    wait_for(&api, "outbound", reason_is("DomainNotAllowed")).await?;
+    let r = wait_for(&api, "outbound", reason_is("DomainNotAllowed")).await?;
+    wait_for(&secrets, "outbound-dkim", |s: &Secret| keys_of(s).is_empty()).await?;
+    let r = wait_for(&api, "outbound", |r: &Relay| {
+        r.status.as_ref().is_some_and(|s| s.effective_domains.is_empty())
+    })
+    .await
+    .with_context(|| format!("{:?}", r.status))?;
+    assert_eq!(
+        r.status.and_then(|s| s.config_map_name).as_deref(),
+        Some("outbound-sidecar"),
+        "the children stay"
+    );
+    assert!(domains_of("outbound").await?.is_empty());
+    let (_, text, _) = rendered_config(&cms, "outbound").await?;
+    mailroom_config::Config::parse(std::path::Path::new("sidecar.yaml"), &text)
+        .context("a sidecar takes the config without domains")?;
+    wait_for(&api, "both", reason_is("DomainNotAllowed")).await?;
+    wait_for(&secrets, "both-dkim", |s: &Secret| {
+        keys_of(s) == ["always.example.com.mailroom.key"]
+    })
+    .await?;
+    assert_eq!(domains_of("both").await?, ["always.example.com"]);
+    let r = api.get("both").await?;
+    assert_eq!(
+        r.status.map(|s| s.effective_domains).unwrap_or_default(),
+        ["always.example.com"]
+    );
+    // Each withdrawal was announced once on its Relay.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.admin.clone(), &ns)
+        .list(&Default::default())
+        .await?;
+    for relay in ["outbound", "both"] {
+        let notes: Vec<String> = events
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(relay))
+            .filter(|e| e.reason.as_deref() == Some("DomainWithdrawn"))
+            .filter_map(|e| e.note.clone())
+            .collect();
+        assert_eq!(notes.len(), 1, "{relay}: {notes:?}");
+        assert!(
+            notes[0].contains("no longer send as team.example.com")
+                && notes[0].contains(&format!("{relay}-dkim")),
+            "{}",
+            notes[0]
+        );
+    }
+
+    // Deleting a MailDomain withdraws it the same way (Ready still names the first problem,
+    // `team`).
+    Api::<MailDomain>::all(env.admin.clone())
+        .delete("always", &DeleteParams::default())
+        .await?;
+    wait_for(&secrets, "both-dkim", |s: &Secret| keys_of(s).is_empty()).await?;
+    assert!(domains_of("both").await?.is_empty());
+    wait_for(&api, "both", |r: &Relay| {
+        r.status.as_ref().is_some_and(|s| s.effective_domains.is_empty())
+    })
+    .await?;
+
+    // Granting the namespace again renders the domain and its key back.
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(label(Some("granted"))),
+        )
+        .await?;
+    wait_for(&api, "outbound", reason_is("Reconciled")).await?;
+    wait_for(&secrets, "outbound-dkim", |s: &Secret| {
+        keys_of(s) == ["team.example.com.mailroom.key"]
+    })
+    .await?;
+    assert_eq!(domains_of("outbound").await?, ["team.example.com"]);
     Ok(())
 }

@@ -77,6 +77,7 @@ impl App {
     /// Opens the spool (replaying it), loads keys and binds both listeners. `config` is the one
     /// [`Settings::finish`] returned.
     pub async fn build(settings: Settings, config: Config) -> Result<Self, Error> {
+        crate::reload::warn_if_no_domains(&config);
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let delivery = Arc::new(Delivery::build(&config, &metrics)?);

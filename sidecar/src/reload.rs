@@ -76,7 +76,16 @@ fn apply(
     }
     spool.set_limits(&new.spool);
     rate.set(new.limits.rate_per_minute);
+    warn_if_no_domains(&new);
     config_tx.send_replace(Arc::new(new));
     metrics.config_reloads.inc();
     tracing::info!("config reloaded");
+}
+
+/// A config without sender domains refuses every message (the operator renders one when every
+/// domain of a Relay is withdrawn from its namespace): said once per start or reload.
+pub(crate) fn warn_if_no_domains(config: &Config) {
+    if config.domains.is_empty() {
+        tracing::warn!("no sender domains: every message is refused with 550 5.7.1");
+    }
 }

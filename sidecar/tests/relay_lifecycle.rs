@@ -127,6 +127,41 @@ fn config_reload_applies_valid_changes_and_keeps_old_config_on_error() {
     assert!(sidecar.log().contains("config change rejected"));
 }
 
+/// A config without sender domains, as the operator renders it when every domain of a Relay is
+/// withdrawn from its namespace, is taken on reload (not rejected, which would keep the old
+/// domains in force): every new message is refused with `550 5.7.1`, the log says why, and mail
+/// accepted before is still delivered once the smarthost is back.
+#[test]
+fn a_reload_without_domains_refuses_every_sender_and_delivers_what_was_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = relay::reserve_port();
+    let config = |domains: &str| smarthost_config(port.port(), "none", "", domains, "");
+    let sidecar = Sidecar::start(dir.path(), &config("  - domain: example.com"));
+    let msg = b"From: app@example.com\r\nSubject: t\r\n\r\nx\r\n";
+    smtplib_send(sidecar.smtp, "app@example.com", &["u@example.net"], msg).expect("accepted");
+
+    sidecar.swap_config(&config("  []"));
+    sidecar.wait_metric("mailroom_sidecar_config_reloads_total", |v| v == 1.0);
+    assert!(
+        sidecar
+            .log()
+            .contains("no sender domains: every message is refused with 550 5.7.1"),
+        "{}",
+        sidecar.log()
+    );
+    for (sender, from) in [("app@example.com", "app@example.com"), ("", "app@example.com")] {
+        let msg = format!("From: {from}\r\nSubject: t\r\n\r\nx\r\n");
+        let err = smtplib_send(sidecar.smtp, sender, &["u@example.net"], msg.as_bytes())
+            .expect_err("no domain is allowed");
+        assert!(err.contains("550") && err.contains("5.7.1"), "{sender:?}: {err}");
+    }
+
+    let up = Upstream::start_on(dir.path(), &port, &["--tls", "none"]);
+    eventually("the message accepted before is delivered", || {
+        (up.received().len() == 1).then_some(())
+    });
+}
+
 /// Proves back-pressure: with the spool at its message limit (the smarthost is down, so nothing
 /// drains) new mail gets `452 4.3.1`, and what was accepted is delivered once the smarthost is up.
 #[test]

@@ -135,12 +135,12 @@ pub async fn run(ctx: Arc<Context>) {
         // Only changes a Relay renders from wake its Relays: with hundreds of Relays on one
         // MailDomain, each DNS recheck of it would otherwise reconcile all of them.
         .watches_stream(
-            triggers::reflected(
+            triggers::reflected_changes(
                 Api::<MailDomain>::all(client.clone()),
                 watcher::Config::default(),
                 fill.domains,
-            )
-            .predicate_filter(what_relays_use, PredicateConfig::default()),
+                what_relays_use,
+            ),
             move |md| {
                 let name = md.name_any();
                 store

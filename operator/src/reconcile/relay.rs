@@ -34,6 +34,8 @@ use crate::{
     render,
 };
 
+mod withdraw;
+
 /// Label on every child of a Relay (ConfigMap, DKIM Secret), and on pods that ask for it.
 pub const RELAY_LABEL: &str = "mailroom.dev/relay";
 /// Label the webhook puts on injected pods.
@@ -105,6 +107,7 @@ pub async fn reconcile(relay: Arc<Relay>, shared: &Shared) -> Result<Action> {
     status.pods = views.pods(&ns, &name);
     let t = now();
     let had_hub = old.hub.is_some();
+    let mut withdrawn = None;
     let (action, ready) = match converge(&relay, &ns, shared, &mut status, had_hub).await {
         Ok(()) => {
             let msg = format!(
@@ -116,10 +119,25 @@ pub async fn reconcile(relay: Arc<Relay>, shared: &Shared) -> Result<Action> {
         Err(e) if e.is_spec_error() => {
             let msg = format!("Relay {ns}/{name}: {e}");
             ctx.metrics.failure("Relay", e.metric_label());
-            // Keep the last good children and their names in status.
+            // Keep the last good children and their names in status, minus any domain the
+            // namespace is no longer granted.
             status.config_map_name = old.config_map_name.clone();
             status.dkim_secret_name = old.dkim_secret_name.clone();
-            status.effective_domains = old.effective_domains.clone();
+            let effective = &old.effective_domains;
+            status.effective_domains = match withdraw::enforce(&relay, &ns, shared, effective).await? {
+                None => old.effective_domains.clone(),
+                Some(w) => {
+                    withdrawn = (!w.withdrawn.is_empty()).then(|| Note::warning(
+                        Reason::DomainWithdrawn,
+                        format!(
+                            "Relay {ns}/{name}: its sidecars no longer send as {} ({e}); its DKIM keys left Secret {}",
+                            w.withdrawn.join(", "),
+                            render::dkim_secret_name(&name)
+                        ),
+                    ));
+                    w.left
+                }
+            };
             status.hub = old.hub.clone();
             status.rate_per_minute_per_pod = old.rate_per_minute_per_pod;
             (Action::await_change(), Cond::no(READY, e.reason(), msg))
@@ -132,7 +150,11 @@ pub async fn reconcile(relay: Arc<Relay>, shared: &Shared) -> Result<Action> {
         .hub
         .as_ref()
         .map(|h| super::hub::readiness(&ns, &name, h.replicas, h.ready_replicas));
-    let notes = Notes::repeating(announce(&old.conditions, &ready, hub_ready.as_ref()));
+    let mut notes = Notes::repeating(announce(&old.conditions, &ready, hub_ready.as_ref()));
+    // Published even if the status write fails: the children have changed already.
+    if let Some(note) = withdrawn {
+        notes.once(note);
+    }
     conditions::set(&mut status.conditions, ready, status.observed_generation, &t);
     match hub_ready {
         Some(c) => conditions::set(&mut status.conditions, c, status.observed_generation, &t),

@@ -10,15 +10,15 @@
 //! So every stream here carries the client-go backoff itself (one watch's failures delay only
 //! that watch), and the merged stream gets [`Independent`], which never pauses.
 
-use std::{fmt::Debug, time::Duration};
+use std::{collections::HashMap, fmt::Debug, time::Duration};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::{
     Api, Resource,
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
-        reflector::{Store, store::Writer},
+        reflector::{ObjectRef, Store, store::Writer},
         utils::Backoff,
         watcher,
     },
@@ -106,6 +106,56 @@ where
         .modify(forget_managed_fields)
         .reflect(writer)
         .touched_objects()
+}
+
+/// [`reflected`], but an object passes only when `changed` hashes it differently from its last
+/// version, or when it was deleted. kube's `predicate_filter` would drop the deletion too: a
+/// deleted object arrives as its last version, whose hash it has seen (kube-runtime's
+/// "Deletion handling"), and a Relay would go on sending as a MailDomain that is gone.
+pub fn reflected_changes<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    changed: fn(&K) -> Option<u64>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(forget_managed_fields)
+        .reflect(writer);
+    changes(events, changed)
+}
+
+/// The filter of [`reflected_changes`], over any event stream. Objects `changed` gives no hash
+/// always pass.
+fn changes<K, E>(
+    events: impl Stream<Item = Result<watcher::Event<K>, E>>,
+    changed: fn(&K) -> Option<u64>,
+) -> impl Stream<Item = Result<K, E>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut seen: HashMap<ObjectRef<K>, u64> = HashMap::new();
+    events.filter_map(move |event| {
+        let out = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Delete(obj)) => {
+                seen.remove(&ObjectRef::from_obj(&obj));
+                Some(Ok(obj))
+            }
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => match changed(&obj) {
+                None => Some(Ok(obj)),
+                Some(hash) => {
+                    let last = seen.insert(ObjectRef::from_obj(&obj), hash);
+                    (last != Some(hash)).then_some(Ok(obj))
+                }
+            },
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        };
+        futures::future::ready(out)
+    })
 }
 
 #[cfg(test)]
@@ -235,6 +285,51 @@ mod tests {
         assert!(
             own < Duration::from_millis(200),
             "reconciled {own:?} after it appeared"
+        );
+    }
+
+    /// What a Relay takes from a ConfigMap here: its data.
+    fn data(cm: &ConfigMap) -> Option<u64> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        cm.data.hash(&mut h);
+        Some(h.finish())
+    }
+
+    fn with_data(name: &str, value: &str) -> ConfigMap {
+        let mut c = cm(name);
+        c.data = Some([("k".to_string(), value.to_string())].into());
+        c
+    }
+
+    #[tokio::test]
+    async fn unchanged_objects_are_dropped_but_deletions_always_pass() {
+        let events = futures::stream::iter([
+            Ok::<_, ()>(Event::Init),
+            Ok(Event::InitApply(with_data("a", "1"))),
+            Ok(Event::InitDone),
+            // Only its status or resourceVersion changed: nothing a Relay takes.
+            Ok(Event::Apply(with_data("a", "1"))),
+            Ok(Event::Apply(with_data("a", "2"))),
+            Err(()),
+            // Deleted as it last was: the predicate has seen this version.
+            Ok(Event::Delete(with_data("a", "2"))),
+            // Created again with the same content: new to the filter.
+            Ok(Event::Apply(with_data("a", "2"))),
+        ]);
+        let passed: Vec<Result<String, ()>> = changes(events, data)
+            .map(|r| r.map(|c| c.data.unwrap_or_default()["k"].clone()))
+            .collect()
+            .await;
+        assert_eq!(
+            passed,
+            [
+                Ok("1".into()),
+                Ok("2".into()),
+                Err(()),
+                Ok("2".into()),
+                Ok("2".into())
+            ]
         );
     }
 }

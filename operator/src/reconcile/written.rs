@@ -131,6 +131,13 @@ impl Written {
         }
     }
 
+    /// Forgets what was applied for `relay`: its children were changed outside [`Self::record`]
+    /// (a domain withdrawn from the last good ones), so the next render is applied whatever its
+    /// stamp.
+    pub fn forget(&self, relay: &ObjectRef<Relay>) {
+        self.lock().remove(relay);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Relay>, Entry>> {
         // A panic while holding the lock leaves a map that is still consistent: every insert
         // and remove is a single call.
