@@ -118,8 +118,9 @@ pub async fn enforce(
     if withdrawn.is_empty() && keys.len() == had_keys {
         return Ok(Some(Withdrawal { withdrawn, left }));
     }
-    // The config first: a sidecar that reloads it never looks for a key that is gone. (It reads
-    // keys only when its config changes, so the order of the kubelet's updates does not matter.)
+    // A sidecar reads key files only when its config changes, and the new config names none of
+    // the keys that go: whichever of the two updates the kubelet delivers first, no reload looks
+    // for a key that is gone.
     let keep = |meta: &ObjectMeta| ObjectMeta {
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
