@@ -462,6 +462,80 @@ async fn on_node_a_killed_sidecar_is_restarted_replays_its_spool_and_reloads_a_r
     Ok(())
 }
 
+/// Taking a domain away reaches a running pod, without a restart: the MailDomain stops granting
+/// the app's namespace, the operator withdraws the domain from the Relay's children, the kubelet
+/// swaps the sidecar's config and key volumes, and the sidecar then refuses the app's next
+/// message (`550 5.7.1`, from smtplib in the pod's network namespace) and holds no key file.
+#[tokio::test]
+#[ignore = "runs inside the node sandbox: cargo test --test node"]
+async fn on_node_a_revoked_grant_stops_a_running_sidecar_sending_as_the_domain() -> Result<()> {
+    let mut s = Scene::start().await?;
+    s.relay(s.upstream.port).await?;
+    let pod = s.run_app("shop-0", 10).await?;
+    s.wait_messages(1, Duration::from_secs(60)).await?;
+    let id = container(&pod, SIDECAR)["containerID"]
+        .as_str()
+        .context("sidecar containerID")?
+        .to_string();
+    let pid = s.node.container_pid(&id)?;
+    let key = PathBuf::from(format!(
+        "/proc/{pid}/root/etc/mailroom/dkim/example.com.mailroom.key"
+    ));
+    ensure!(key.is_file(), "{} is not in the sidecar", key.display());
+
+    let t0 = Instant::now();
+    let domains: Api<kube::api::DynamicObject> = Api::all_with(
+        s.m.client.clone(),
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "mailroom.dev",
+            "v1alpha1",
+            "MailDomain",
+        )),
+    );
+    let revoke = json!({"spec": {"allowedNamespaces": {"names": []}}});
+    domains
+        .patch("example-com", &PatchParams::default(), &Patch::Merge(&revoke))
+        .await?;
+    s.wait_sidecar_log("shop-0", "no sender domains", 1, Duration::from_secs(120))
+        .await?;
+    eprintln!(
+        "node: the withdrawal reached the sidecar {:.1?} after the MailDomain changed",
+        t0.elapsed()
+    );
+    let script = "import smtplib, sys\n\
+        try:\n\
+        \x20   smtplib.SMTP('127.0.0.1', 25, timeout=30).sendmail('app@example.com', ['someone@example.net'], \
+        b'From: app@example.com\\r\\nSubject: after\\r\\n\\r\\nafter\\r\\n')\n\
+        \x20   print('accepted')\n\
+        except smtplib.SMTPSenderRefused as e:\n\
+        \x20   print(e.smtp_code, e.smtp_error.decode())\n";
+    let sent = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "--"])
+        .arg(testenv::python()?)
+        .args(["-c", script])
+        .output()?;
+    let answer = String::from_utf8_lossy(&sent.stdout);
+    ensure!(
+        answer.starts_with("550 5.7.1"),
+        "smtplib in the pod's network namespace: {answer} {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    // The key leaves the sidecar's volume with the kubelet's next sync of the Secret.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while key.exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} is still in the sidecar",
+            key.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pod = s.wait_pod("shop-0", Duration::from_secs(5), |_| true).await?;
+    assert_eq!(container(&pod, SIDECAR)["restartCount"], 0, "no restart");
+    assert_eq!(s.upstream.messages()?.len(), 1, "nothing more was sent");
+    Ok(())
+}
+
 /// What the kubelet does with an `emptyDir` written past its `sizeLimit` (as the sidecar's
 /// spool volume is): it evicts the pod, saying which volume exceeded which limit.
 #[tokio::test]
