@@ -271,14 +271,14 @@ async fn namespace_labels_grant_and_revoke_a_domain_by_selector() -> Result<()> 
     wait_for(&api, "outbound", reason_is("DomainNotAllowed")).await?;
 
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.admin.clone());
-    let label = |value: Option<&str>| serde_json::json!({"metadata": {"labels": {"mail": value}}});
-    namespaces
-        .patch(
-            &ns,
-            &PatchParams::default(),
-            &Patch::Merge(label(Some("granted"))),
-        )
-        .await?;
+    let label = async |value: Option<&str>| -> Result<()> {
+        let patch = serde_json::json!({"metadata": {"labels": {"mail": value}}});
+        namespaces
+            .patch(&ns, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    };
+    label(Some("granted")).await?;
     let r = wait_for(&api, "outbound", reason_is("Reconciled")).await?;
     assert_eq!(
         r.status.map(|s| s.effective_domains).unwrap_or_default(),
@@ -317,9 +317,7 @@ async fn namespace_labels_grant_and_revoke_a_domain_by_selector() -> Result<()> 
     // Revoking the grant withdraws the domain from the sidecars at once, although the Relay
     // cannot render: its key leaves the Secret and its name the config (which then refuses
     // every sender). The other Relay keeps the domain it is still granted.
-    namespaces
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(label(None)))
-        .await?;
+    label(None).await?;
     let r = wait_for(&api, "outbound", reason_is("DomainNotAllowed")).await?;
     wait_for(&secrets, "outbound-dkim", |s: &Secret| keys_of(s).is_empty()).await?;
     let r = wait_for(&api, "outbound", |r: &Relay| {
@@ -381,13 +379,7 @@ async fn namespace_labels_grant_and_revoke_a_domain_by_selector() -> Result<()> 
     .await?;
 
     // Granting the namespace again renders the domain and its key back.
-    namespaces
-        .patch(
-            &ns,
-            &PatchParams::default(),
-            &Patch::Merge(label(Some("granted"))),
-        )
-        .await?;
+    label(Some("granted")).await?;
     wait_for(&api, "outbound", reason_is("Reconciled")).await?;
     wait_for(&secrets, "outbound-dkim", |s: &Secret| {
         keys_of(s) == ["team.example.com.mailroom.key"]

@@ -459,7 +459,7 @@ fn check_config_lists_every_problem_and_exits_64() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "apiVersion: mailroom.dev/v2\nkind: SidecarConfig\ndomains: []\nspool:\n  dir: /x\n\
+        "apiVersion: mailroom.dev/v2\nkind: SidecarConfig\ndomains: [{domain: Shop.Example}]\nspool:\n  dir: /x\n\
          delivery:\n  smarthost:\n    host: 'not a host'\n    port: 0\n",
     )
     .expect("write");
@@ -472,7 +472,7 @@ fn check_config_lists_every_problem_and_exits_64() {
     let err = String::from_utf8_lossy(&out.stderr);
     for field in [
         "apiVersion",
-        "domains",
+        "domains[0].domain",
         "delivery.smarthost.host",
         "delivery.smarthost.port",
     ] {

@@ -367,7 +367,8 @@ spec:
         })
     }
 
-    fn api(&self, kind: &str) -> Api<DynamicObject> {
+    /// The API of our kind `kind`: MailDomains, or another kind in the app namespace.
+    pub fn api(&self, kind: &str) -> Api<DynamicObject> {
         let plural = format!("{}s", kind.to_lowercase());
         let resource = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("mailroom.dev", "v1alpha1", kind),

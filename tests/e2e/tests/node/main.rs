@@ -434,17 +434,8 @@ async fn on_node_a_killed_sidecar_is_restarted_replays_its_spool_and_reloads_a_r
 
     let t0 = Instant::now();
     let patch = json!({"spec": {"delivery": {"smarthost": {"port": s.upstream.port}}}});
-    let relays = s.m.client.clone();
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        relays,
-        &s.m.app_ns,
-        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            "mailroom.dev",
-            "v1alpha1",
-            "Relay",
-        )),
-    );
-    api.patch("outbound", &PatchParams::default(), &Patch::Merge(&patch))
+    s.m.api("Relay")
+        .patch("outbound", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     s.wait_sidecar_log("shop-0", "config reloaded", 1, Duration::from_secs(90))
         .await?;
@@ -484,16 +475,8 @@ async fn on_node_a_revoked_grant_stops_a_running_sidecar_sending_as_the_domain()
     ensure!(key.is_file(), "{} is not in the sidecar", key.display());
 
     let t0 = Instant::now();
-    let domains: Api<kube::api::DynamicObject> = Api::all_with(
-        s.m.client.clone(),
-        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            "mailroom.dev",
-            "v1alpha1",
-            "MailDomain",
-        )),
-    );
     let revoke = json!({"spec": {"allowedNamespaces": {"names": []}}});
-    domains
+    s.m.api("MailDomain")
         .patch("example-com", &PatchParams::default(), &Patch::Merge(&revoke))
         .await?;
     s.wait_sidecar_log("shop-0", "no sender domains", 1, Duration::from_secs(120))
