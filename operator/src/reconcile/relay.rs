@@ -130,8 +130,9 @@ pub async fn reconcile(relay: Arc<Relay>, shared: &Shared) -> Result<Action> {
                     withdrawn = (!w.withdrawn.is_empty()).then(|| Note::warning(
                         Reason::DomainWithdrawn,
                         format!(
-                            "Relay {ns}/{name}: its sidecars no longer send as {} ({e}); its DKIM keys left Secret {}",
+                            "Relay {ns}/{name}: its sidecars no longer send as {} ({e}), and the {} keys left Secret {}",
                             w.withdrawn.join(", "),
+                            if w.withdrawn.len() == 1 { "domain's" } else { "domains'" },
                             render::dkim_secret_name(&name)
                         ),
                     ));
