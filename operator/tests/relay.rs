@@ -386,5 +386,13 @@ async fn namespace_labels_grant_and_revoke_a_domain_by_selector() -> Result<()> 
     })
     .await?;
     assert_eq!(domains_of("outbound").await?, ["team.example.com"]);
+
+    // A domain the Relay itself stops listing goes too, even when the new list cannot render.
+    let patch = serde_json::json!({"spec": {"domains": ["nope"]}});
+    api.patch("outbound", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_for(&api, "outbound", reason_is("DomainNotFound")).await?;
+    wait_for(&secrets, "outbound-dkim", |s: &Secret| keys_of(s).is_empty()).await?;
+    assert!(domains_of("outbound").await?.is_empty());
     Ok(())
 }
